@@ -1,0 +1,54 @@
+# procflow — every task a developer or CI runs. `make ci` is exactly what CI runs.
+SHELL := /bin/bash
+CARGO ?= cargo
+DATA_DIR ?= $(CURDIR)/.procflow
+BIN := target/release/procflow
+VENV := .venv-deploy
+
+.PHONY: all build release run test lint fmt ci bench bench-smoke image deploy-check clean
+
+all: build
+
+build:
+	$(CARGO) build --all-targets
+
+release:
+	$(CARGO) build --release --bins
+
+# Aggregator (embedded store) + collector on this host + live tail. Ctrl-C stops all three.
+run: release
+	@DATA_DIR="$(DATA_DIR)" ./scripts/run-local.sh
+
+# The README's test command: unit, integration (real sockets, processes, namespaces,
+# gRPC, SQLite) and the benchmark smoke run.
+test:
+	$(CARGO) test --all-targets -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+ci: lint test deploy-check
+
+# Default benchmark suite (~10 min on 2 cores); writes bench-results.json.
+bench: release
+	$(CARGO) build --release --bin procflow-bench
+	./target/release/procflow-bench default --json bench-results.json
+
+image:
+	docker build -f deploy/Dockerfile -t procflow:dev .
+
+# Validates every Kubernetes manifest against the Kubernetes schemas, renders the
+# kustomizations and checks the ECS task definitions against their JSON schema.
+deploy-check:
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null || \
+		$(VENV)/bin/pip install --quiet -r deploy/requirements.txt
+	$(VENV)/bin/python deploy/check.py
+
+clean:
+	$(CARGO) clean
+	rm -rf $(DATA_DIR) $(VENV)

@@ -1,0 +1,51 @@
+//! The contract between the flow table (sockets) and the process tracker: who owns a socket.
+//!
+//! The flow table calls [`OwnerLookup::refresh`] once per dump with the inodes it has not
+//! seen before, then [`OwnerLookup::owner`] for each new socket. The process side decides
+//! how (fd tables of processes whose fd count changed, the uid table, listeners).
+
+use crate::model::{Attribution, UnixNanos};
+
+/// The process a socket belongs to, and how that was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owner {
+    pub pid: Option<u32>,
+    pub start_time: Option<UnixNanos>,
+    pub attribution: Attribution,
+}
+
+impl Owner {
+    pub const NONE: Owner = Owner {
+        pid: None,
+        start_time: None,
+        attribution: Attribution::None,
+    };
+
+    pub fn is_known(&self) -> bool {
+        self.pid.is_some()
+    }
+}
+
+/// Resolves socket inodes to processes.
+pub trait OwnerLookup {
+    /// Called once per dump with the inodes first seen in it (never empty), before any
+    /// `owner` call for them, so that an implementation can rescan fd tables in one pass.
+    fn refresh(&mut self, new_inodes: &[u64]);
+
+    /// The owner of a socket by inode (0 when the kernel gave none) and uid.
+    /// `listener` is the owner of the local listener an inbound socket was accepted from,
+    /// if any: the fallback when the fd table is not readable.
+    fn owner(&mut self, inode: u64, uid: Option<u32>, listener: Option<Owner>) -> Owner;
+}
+
+/// Attributes nothing: for `--no-attribution` and tests of the socket side alone.
+#[derive(Debug, Default)]
+pub struct NoAttribution;
+
+impl OwnerLookup for NoAttribution {
+    fn refresh(&mut self, _new_inodes: &[u64]) {}
+
+    fn owner(&mut self, _inode: u64, _uid: Option<u32>, _listener: Option<Owner>) -> Owner {
+        Owner::NONE
+    }
+}

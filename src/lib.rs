@@ -1,0 +1,22 @@
+//! procflow: unprivileged runtime visibility for serverless Kubernetes.
+//!
+//! See `ARCHITECTURE.md` for the data path and what each module owns. The crate
+//! forbids `unsafe` everywhere except in [`sys`], where each block carries a
+//! `// SAFETY:` comment.
+
+pub mod aggregator;
+pub mod attribution;
+pub mod client;
+pub mod collector;
+pub mod config;
+pub mod flows;
+pub mod model;
+pub mod pipeline;
+pub mod procs;
+pub mod proto;
+pub mod rules;
+pub mod sockdiag;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,3 @@
+//! Detection rules (being written).
+
+pub mod cli;
