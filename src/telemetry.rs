@@ -15,3 +15,8 @@ pub fn init_logging(json: bool) {
         builder.init();
     }
 }
+
+// === Metric names (one place; label values come from bounded enums) ===
+
+/// Records dropped because the collector's queue was full.
+pub const QUEUE_DROPPED: &str = "procflow_queue_dropped_total";
