@@ -1,1 +1,5 @@
-//! (being written)
+//! Every `unsafe` block of the crate lives under this module, each with a `// SAFETY:`
+//! comment; the rest of the crate denies `unsafe_code`.
+
+pub mod net;
+pub mod proc;

@@ -1,1 +1,10 @@
+//! All integration tests in one binary: real sockets, processes, network namespaces,
+//! gRPC connections and databases. Each module asserts only on what it created.
 
+mod aggregator;
+mod bench;
+mod procs;
+mod pipeline;
+mod rules;
+mod sandbox;
+mod sockets;

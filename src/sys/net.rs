@@ -1,0 +1,1 @@
+//! Socket-level syscalls libc has no safe wrapper for (being written).

@@ -1,0 +1,1 @@
+//! Process-level syscalls libc has no safe wrapper for (being written).
