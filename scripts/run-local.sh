@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `make run`: the whole pipeline on this host — aggregator with the embedded store,
+# a collector watching this host's network namespace and pid namespace, and a live tail.
+# Ctrl-C stops all three (by PID); the data stays in $DATA_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/procflow}
+DATA_DIR=${DATA_DIR:-$PWD/.procflow}
+LISTEN=${LISTEN:-127.0.0.1:7410}
+mkdir -p "$DATA_DIR/spool" "$DATA_DIR/logs"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo
+  echo "procflow stopped. Stored records stay in $DATA_DIR (query them with: $BIN query --aggregator http://$LISTEN --since 1h after 'make run')."
+}
+trap cleanup INT TERM EXIT
+
+"$BIN" aggregator --listen "$LISTEN" --data-dir "$DATA_DIR" --metrics-listen 127.0.0.1:9465 \
+  >"$DATA_DIR/logs/aggregator.log" 2>&1 &
+pids+=($!)
+
+# Wait until the aggregator accepts connections (bounded).
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/${LISTEN%:*}/${LISTEN##*:}") 2>/dev/null; then break; fi
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then
+    echo "aggregator failed to start; its log:" >&2; cat "$DATA_DIR/logs/aggregator.log" >&2; exit 1
+  fi
+  sleep 0.1
+done
+
+POD_NAME=${POD_NAME:-$(hostname)} POD_NAMESPACE=${POD_NAMESPACE:-local} \
+"$BIN" collector --output grpc --aggregator "http://$LISTEN" --spool-dir "$DATA_DIR/spool" \
+  --metrics-listen 127.0.0.1:9464 >"$DATA_DIR/logs/collector.log" 2>&1 &
+pids+=($!)
+
+cat <<MSG
+procflow is running on this host:
+  aggregator  gRPC $LISTEN, store $DATA_DIR/procflow.db (SQLite), log $DATA_DIR/logs/aggregator.log
+              metrics http://127.0.0.1:9465/metrics
+  collector   log $DATA_DIR/logs/collector.log, metrics http://127.0.0.1:9464/metrics, spool $DATA_DIR/spool
+  live tail   below (flows, processes, alerts); Ctrl-C stops everything
+  later       $BIN query --aggregator http://$LISTEN --since 10m --json
+MSG
+"$BIN" tail --aggregator "http://$LISTEN" &
+pids+=($!)
+wait "${pids[2]}"
