@@ -5,7 +5,7 @@ DATA_DIR ?= $(CURDIR)/.procflow
 BIN := target/release/procflow
 VENV := .venv-deploy
 
-.PHONY: all build release run test lint fmt ci bench bench-smoke image deploy-check clean
+.PHONY: docs all build release run test lint fmt ci bench bench-smoke image deploy-check clean
 
 all: build
 
@@ -52,3 +52,7 @@ deploy-check:
 clean:
 	$(CARGO) clean
 	rm -rf $(DATA_DIR) $(VENV)
+
+# Regenerates docs/CONFIG.md from the binary's --help (a test fails when it drifts).
+docs:
+	PROCFLOW_BLESS=1 $(CARGO) test --test it cli::config_reference_matches_the_binary

@@ -40,7 +40,11 @@ pub fn env_name(key: &str) -> String {
 /// Reads `path` and exports its keys as `PROCFLOW_*` variables that are not already set.
 /// `known_env` lists the variables the subcommand declares; any other key is an error.
 /// Must run before clap parses and before any thread starts (it mutates the environment).
-pub fn apply_config_file(path: &Path, command: &str, known_env: &[String]) -> Result<(), ConfigError> {
+pub fn apply_config_file(
+    path: &Path,
+    command: &str,
+    known_env: &[String],
+) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,

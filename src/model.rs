@@ -238,7 +238,9 @@ pub struct Heartbeat {
 
 // === Alerts ===
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Severity {
     #[default]
@@ -331,7 +333,9 @@ impl std::str::FromStr for RecordKind {
         RecordKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown record kind {s:?} (flow, process, listener, heartbeat, alert)"))
+            .ok_or_else(|| {
+                format!("unknown record kind {s:?} (flow, process, listener, heartbeat, alert)")
+            })
     }
 }
 
@@ -496,7 +500,10 @@ mod tests {
         assert_eq!(escaped, "evil\n\u{1b}[31mname\\\\\\xff\\xfe(sh)");
         assert_eq!(unescape_bytes(&escaped), hostile);
         let shown = display_bytes(&hostile);
-        assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown}");
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{shown}"
+        );
     }
 
     proptest! {

@@ -3,6 +3,7 @@
 
 mod aggregator;
 mod bench;
+mod cli;
 mod procs;
 mod pipeline;
 mod rules;

@@ -1,0 +1,95 @@
+//! The command line as users see it: the configuration reference stays true to the binary,
+//! and configuration layers apply in the documented order.
+
+use std::process::Command;
+
+const SUBCOMMANDS: [&str; 5] = ["collector", "aggregator", "tail", "query", "rules"];
+
+fn procflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_procflow"))
+}
+
+fn help(subcommand: &str) -> String {
+    let out = procflow()
+        .args([subcommand, "--help"])
+        .env_clear()
+        .output()
+        .expect("run procflow --help");
+    assert!(out.status.success(), "procflow {subcommand} --help failed");
+    String::from_utf8(out.stdout).expect("help is UTF-8")
+}
+
+fn render_config_reference() -> String {
+    let mut doc = String::from(
+        "# Configuration reference\n\n\
+         Generated from `procflow <command> --help` by `make docs`; a test fails when it drifts.\n\n\
+         Every flag is also an environment variable `PROCFLOW_<FLAG>` (shown as `[env: …]`) and a\n\
+         key of the TOML file given with `--config` (the flag's name without dashes, e.g.\n\
+         `poll-interval = \"500ms\"`). Precedence: flag > environment > file > default.\n",
+    );
+    for sub in SUBCOMMANDS {
+        doc.push_str(&format!(
+            "\n## procflow {sub}\n\n```text\n{}```\n",
+            help(sub)
+        ));
+    }
+    doc
+}
+
+#[test]
+fn config_reference_matches_the_binary() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md");
+    let rendered = render_config_reference();
+    if std::env::var_os("PROCFLOW_BLESS").is_some() {
+        std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/docs")).expect("mkdir docs");
+        std::fs::write(path, &rendered).expect("write docs/CONFIG.md");
+        return;
+    }
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        current == rendered,
+        "docs/CONFIG.md is out of date with the binary's flags: run `make docs` and commit it"
+    );
+}
+
+#[test]
+fn every_flag_has_an_environment_variable() {
+    use clap::CommandFactory;
+    let command = procflow::cli::Cli::command();
+    let mut missing = Vec::new();
+    for sub in command.get_subcommands() {
+        for arg in sub.get_arguments().chain(command.get_arguments()) {
+            let is_flag = arg.get_long().is_some();
+            if is_flag
+                && arg.get_env().is_none()
+                && !matches!(arg.get_id().as_str(), "help" | "version")
+            {
+                missing.push(format!(
+                    "procflow {} --{}",
+                    sub.get_name(),
+                    arg.get_long().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags without a PROCFLOW_* variable: {missing:?}"
+    );
+}
+
+#[test]
+fn config_file_rejects_unknown_keys_and_names_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("procflow.toml");
+    std::fs::write(&path, "definitely-not-a-flag = 3\n").expect("write config");
+    let out = procflow()
+        .args(["aggregator", "--config"])
+        .arg(&path)
+        .env_clear()
+        .output()
+        .expect("run procflow");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("definitely-not-a-flag"), "{stderr}");
+}
