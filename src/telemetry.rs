@@ -20,3 +20,17 @@ pub fn init_logging(json: bool) {
 
 /// Records dropped because the collector's queue was full.
 pub const QUEUE_DROPPED: &str = "procflow_queue_dropped_total";
+/// sock_diag messages or datagrams that did not parse (skipped).
+pub const SOCKDIAG_MALFORMED: &str = "procflow_sockdiag_malformed_total";
+/// Dumps the kernel flagged NLM_F_DUMP_INTR (no vanish inference from them).
+pub const SOCKDIAG_DUMP_INTERRUPTED: &str = "procflow_sockdiag_dump_interrupted_total";
+/// Destroy events lost by the kernel (ENOBUFS; exact count from SO_MEMINFO).
+pub const DESTROY_OVERFLOW_LOST: &str = "procflow_destroy_events_lost_total";
+/// Destroy events dropped because the engine's channel was full.
+pub const DESTROY_QUEUE_DROPPED: &str = "procflow_destroy_queue_dropped_total";
+/// Receive errors on the destroy stream other than ENOBUFS.
+pub const DESTROY_RECV_ERRORS: &str = "procflow_destroy_recv_errors_total";
+/// Destroy events received.
+pub const DESTROY_EVENTS: &str = "procflow_destroy_events_total";
+/// Flows ended by disappearance from dumps (their destroy event never came).
+pub const FLOWS_ENDED_WITHOUT_EVENT: &str = "procflow_flows_ended_without_event_total";

@@ -1,1 +1,101 @@
-//! Socket-level syscalls libc has no safe wrapper for (being written).
+//! Socket options that neither std nor netlink-sys wrap: the receive-buffer override, the
+//! kernel's exact drop count, and a receive timeout.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+/// `SK_MEMINFO_DROPS`: index of the drop counter in the `SO_MEMINFO` array.
+const SK_MEMINFO_DROPS: usize = 8;
+const SK_MEMINFO_VARS: usize = 9;
+
+/// Packets the kernel dropped on this socket because its receive buffer was full.
+pub fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut meminfo = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&meminfo) as libc::socklen_t;
+    // SAFETY: `meminfo` is a writable buffer of `len` bytes that outlives the call, and the
+    // kernel writes at most `len` bytes into it and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            meminfo.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(meminfo[SK_MEMINFO_DROPS])
+}
+
+/// Sets the receive buffer past `net.core.rmem_max` (needs CAP_NET_ADMIN), falling back to
+/// the unprivileged `SO_RCVBUF` (capped by the kernel at 2 × rmem_max). Returns the size
+/// the kernel granted.
+pub fn grow_receive_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    if set_int(fd, libc::SO_RCVBUFFORCE, want).is_err() {
+        set_int(fd, libc::SO_RCVBUF, want)?;
+    }
+    get_int(fd, libc::SO_RCVBUF).map(|v| usize::try_from(v).unwrap_or(0))
+}
+
+/// Makes blocking receives return `EAGAIN` after `timeout`, so a reader thread can notice a
+/// shutdown request.
+pub fn set_receive_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+    };
+    // SAFETY: `tv` is a valid `timeval` for the duration of the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_int(fd: BorrowedFd<'_>, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a valid c_int for the duration of the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn get_int(fd: BorrowedFd<'_>, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is a writable c_int and `len` its size; both outlive the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}

@@ -1,0 +1,974 @@
+//! The flow table, keyed by socket cookie.
+//!
+//! Dumps bring sockets alive (START, with uid and inode for attribution), refresh their
+//! counters (UPDATE at the active timeout, only when they moved) and, when a socket is gone
+//! from a complete dump for longer than a grace period, end it (END, `VANISHED` or
+//! `RECOVERED` after a destroy-stream overflow). Destroy events end sockets with the kernel's
+//! final counters (END, `DESTROY_EVENT`). A cookie, once ended, is remembered for a while so
+//! that a late second signal cannot produce a second END.
+//!
+//! Counters are payload bytes: `tcpi_bytes_sent − tcpi_bytes_retrans` for data written, and
+//! `tcpi_bytes_received` minus the one sequence number a received FIN takes (see
+//! [`fin_received`]). A connection reset by `SO_LINGER 0` or a failed connect has its counters
+//! zeroed before the destroy event: the last dumped values are kept and `reset` is set.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::attribution::{Owner, OwnerLookup};
+use crate::flows::classify::{canonical, Scoper};
+use crate::model::{
+    Attribution, Direction, EndReason, Family, FlowPhase, FlowRecord, ListenerRecord, Protocol,
+    Record, Scope, UnixNanos,
+};
+use crate::sockdiag::msg::{self, SocketInfo, TcpInfo};
+use crate::telemetry;
+
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// An UPDATE is emitted at most this often per flow, and only if its counters moved.
+    pub active_timeout: Duration,
+    /// How long a socket may be missing from complete dumps before it ends as vanished
+    /// (its destroy event may still be on its way).
+    pub vanish_grace: Duration,
+    /// How long an ended cookie is remembered to suppress a second END.
+    pub ended_memory: Duration,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            active_timeout: Duration::from_secs(30),
+            vanish_grace: Duration::from_secs(1),
+            ended_memory: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of what the table did; every loss or guess is here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlowStats {
+    pub started: u64,
+    pub updated: u64,
+    pub ended_destroy: u64,
+    pub ended_vanished: u64,
+    pub ended_recovered: u64,
+    pub ended_shutdown: u64,
+    /// Sockets known only from their destroy event (born and gone between two dumps).
+    pub destroy_only: u64,
+    /// Of those, the ones whose peer the kernel had already zeroed (reset before any dump).
+    pub destroy_only_without_peer: u64,
+    /// Second end signals for an already ended cookie (ignored).
+    pub duplicate_ends: u64,
+    pub listeners_started: u64,
+    pub listeners_ended: u64,
+}
+
+/// Last known state of one tracked socket, kept compact (the table holds every socket).
+#[derive(Debug, Clone)]
+struct Entry {
+    local_ip: IpAddr,
+    remote_ip: IpAddr,
+    local_port: u16,
+    remote_port: u16,
+    protocol: Protocol,
+    family: Family,
+    state: u8,
+    direction: Direction,
+    scope: Scope,
+    attribution: Attribution,
+    preexisting: bool,
+    /// Counters moved since the last record.
+    dirty: bool,
+    generation: u32,
+    uid: u32,
+    inode: u32,
+    pid: u32,
+    start_time: UnixNanos,
+    first_seen: UnixNanos,
+    last_seen: UnixNanos,
+    last_emit: UnixNanos,
+    /// When it went missing from complete dumps; 0 while present.
+    missing_since: UnixNanos,
+    tcp: Option<Counters>,
+}
+
+/// The tcp_info fields carried between dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    bytes_sent: u64,
+    /// Sequence space received (payload + 1 after a FIN).
+    bytes_received_seq: u64,
+    segs_out: u32,
+    segs_in: u32,
+    data_segs_in: u32,
+    total_retrans: u32,
+    rtt_us: u32,
+    retransmits: u8,
+}
+
+impl Counters {
+    fn from_info(info: &TcpInfo) -> Counters {
+        Counters {
+            bytes_sent: info.payload_sent().unwrap_or(0),
+            bytes_received_seq: info.bytes_received.unwrap_or(0),
+            segs_out: info.segs_out.unwrap_or(0),
+            segs_in: info.segs_in.unwrap_or(0),
+            data_segs_in: info.data_segs_in.unwrap_or(0),
+            total_retrans: info.total_retrans.unwrap_or(0),
+            rtt_us: info.rtt_us.unwrap_or(0),
+            retransmits: info.retransmits,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ListenerEntry {
+    local: SocketAddr,
+    protocol: Protocol,
+    family: Family,
+    generation: u32,
+    missing_since: UnixNanos,
+    owner: Owner,
+}
+
+pub struct FlowTable {
+    config: FlowConfig,
+    scoper: Scoper,
+    flows: HashMap<u64, Entry>,
+    listeners: HashMap<u64, ListenerEntry>,
+    ended: HashMap<u64, UnixNanos>,
+    ended_order: VecDeque<(UnixNanos, u64)>,
+    generation: u32,
+    /// The first dump has been applied: later sockets are not preexisting.
+    primed: bool,
+    last_overflow: UnixNanos,
+    stats: FlowStats,
+    new_flows: Vec<u64>,
+    new_listeners: Vec<u64>,
+    new_inodes: Vec<u64>,
+}
+
+impl FlowTable {
+    pub fn new(config: FlowConfig, scoper: Scoper) -> Self {
+        FlowTable {
+            config,
+            scoper,
+            flows: HashMap::new(),
+            listeners: HashMap::new(),
+            ended: HashMap::new(),
+            ended_order: VecDeque::new(),
+            generation: 0,
+            primed: false,
+            last_overflow: 0,
+            stats: FlowStats::default(),
+            new_flows: Vec::new(),
+            new_listeners: Vec::new(),
+            new_inodes: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        self.stats
+    }
+
+    /// Sockets currently tracked (flows and listeners).
+    pub fn len(&self) -> usize {
+        self.flows.len() + self.listeners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records that the destroy stream lost events at `now`: flows that go missing around
+    /// it end as `RECOVERED`.
+    pub fn note_overflow(&mut self, now: UnixNanos) {
+        self.last_overflow = now;
+    }
+
+    /// Applies one dump of all tables. `complete` is false when the kernel flagged the dump
+    /// as interrupted: then nothing is concluded from absences.
+    pub fn apply_dump(
+        &mut self,
+        sockets: &[SocketInfo],
+        complete: bool,
+        now: UnixNanos,
+        lookup: &mut dyn OwnerLookup,
+        out: &mut Vec<Record>,
+    ) {
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        self.new_flows.clear();
+        self.new_listeners.clear();
+        self.new_inodes.clear();
+
+        // Listeners first: they decide the direction of the flows in the same dump.
+        for s in sockets.iter().filter(|s| is_listener(s)) {
+            if let Some(l) = self.listeners.get_mut(&s.cookie) {
+                l.generation = generation;
+                l.missing_since = 0;
+            } else if !self.ended.contains_key(&s.cookie) {
+                self.listeners.insert(
+                    s.cookie,
+                    ListenerEntry {
+                        local: s.local,
+                        protocol: s.protocol,
+                        family: s.family,
+                        generation,
+                        missing_since: 0,
+                        owner: Owner::NONE,
+                    },
+                );
+                self.new_listeners.push(s.cookie);
+                if s.inode != 0 {
+                    self.new_inodes.push(s.inode);
+                }
+            }
+        }
+
+        for s in sockets.iter().filter(|s| !is_listener(s)) {
+            if let Some(e) = self.flows.get_mut(&s.cookie) {
+                e.generation = generation;
+                e.missing_since = 0;
+                e.last_seen = now;
+                e.state = s.state;
+                if let Some(info) = &s.tcp {
+                    let counters = Counters::from_info(info);
+                    if e.tcp != Some(counters) && !info.is_zeroed() {
+                        e.tcp = Some(counters);
+                        e.dirty = true;
+                    }
+                }
+                continue;
+            }
+            if self.ended.contains_key(&s.cookie) {
+                continue;
+            }
+            let entry = self.new_entry(s, now, generation);
+            self.flows.insert(s.cookie, entry);
+            self.new_flows.push(s.cookie);
+            if s.inode != 0 {
+                self.new_inodes.push(s.inode);
+            }
+        }
+
+        if !self.new_inodes.is_empty() {
+            lookup.refresh(&self.new_inodes);
+        }
+        for i in 0..self.new_listeners.len() {
+            let cookie = self.new_listeners[i];
+            let Some((inode, uid)) = sockets
+                .iter()
+                .find(|s| s.cookie == cookie)
+                .map(|s| (s.inode, s.uid))
+            else {
+                continue;
+            };
+            let owner = lookup.owner(inode, Some(uid), None);
+            if let Some(l) = self.listeners.get_mut(&cookie) {
+                l.owner = owner;
+                self.stats.listeners_started += 1;
+                out.push(Record::Listener(listener_record(
+                    cookie,
+                    l,
+                    FlowPhase::Start,
+                    !self.primed,
+                    now,
+                    None,
+                    Some(uid),
+                    Some(inode),
+                )));
+            }
+        }
+        let mut by_cookie: HashMap<u64, &SocketInfo> = HashMap::new();
+        if !self.new_flows.is_empty() {
+            by_cookie.reserve(self.new_flows.len());
+            for s in sockets {
+                by_cookie.insert(s.cookie, s);
+            }
+        }
+        for i in 0..self.new_flows.len() {
+            let cookie = self.new_flows[i];
+            let Some(s) = by_cookie.get(&cookie) else {
+                continue;
+            };
+            let listener_owner = self.listener_owner_for(s.protocol, s.local);
+            let owner = lookup.owner(s.inode, Some(s.uid), listener_owner);
+            if let Some(e) = self.flows.get_mut(&cookie) {
+                e.pid = owner.pid.unwrap_or(0);
+                e.start_time = owner.start_time.unwrap_or(0);
+                e.attribution = owner.attribution;
+                e.last_emit = now;
+                e.dirty = false;
+                self.stats.started += 1;
+                out.push(Record::Flow(flow_record(
+                    cookie,
+                    e,
+                    FlowPhase::Start,
+                    now,
+                    None,
+                )));
+            }
+        }
+
+        // Periodic updates, only for flows whose counters moved.
+        let active_timeout = nanos(self.config.active_timeout);
+        for (cookie, e) in &mut self.flows {
+            if e.dirty
+                && e.generation == generation
+                && now.saturating_sub(e.last_emit) >= active_timeout
+            {
+                e.dirty = false;
+                e.last_emit = now;
+                self.stats.updated += 1;
+                out.push(Record::Flow(flow_record(
+                    *cookie,
+                    e,
+                    FlowPhase::Update,
+                    now,
+                    None,
+                )));
+            }
+        }
+
+        if complete {
+            for e in self.flows.values_mut() {
+                if e.generation != generation && e.missing_since == 0 {
+                    e.missing_since = now;
+                }
+            }
+            for l in self.listeners.values_mut() {
+                if l.generation != generation && l.missing_since == 0 {
+                    l.missing_since = now;
+                }
+            }
+        }
+        self.primed = true;
+        self.expire(now, out);
+    }
+
+    /// Ends sockets missing for longer than the grace period, and forgets old ended cookies.
+    pub fn expire(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
+        let grace = nanos(self.config.vanish_grace);
+        let gone: Vec<u64> = self
+            .flows
+            .iter()
+            .filter(|(_, e)| e.missing_since != 0 && now.saturating_sub(e.missing_since) >= grace)
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in gone {
+            if let Some(e) = self.flows.remove(&cookie) {
+                // An overflow since shortly before it went missing means its event was lost.
+                let reason =
+                    if self.last_overflow != 0 && self.last_overflow + grace >= e.missing_since {
+                        self.stats.ended_recovered += 1;
+                        EndReason::Recovered
+                    } else {
+                        self.stats.ended_vanished += 1;
+                        EndReason::Vanished
+                    };
+                metrics::counter!(telemetry::FLOWS_ENDED_WITHOUT_EVENT).increment(1);
+                out.push(Record::Flow(flow_record(
+                    cookie,
+                    &e,
+                    FlowPhase::End,
+                    now,
+                    Some((reason, e.missing_since)),
+                )));
+                self.remember_ended(cookie, now);
+            }
+        }
+        let gone: Vec<u64> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.missing_since != 0 && now.saturating_sub(l.missing_since) >= grace)
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in gone {
+            if let Some(l) = self.listeners.remove(&cookie) {
+                self.stats.listeners_ended += 1;
+                out.push(Record::Listener(listener_record(
+                    cookie,
+                    &l,
+                    FlowPhase::End,
+                    false,
+                    now,
+                    Some(l.missing_since),
+                    None,
+                    None,
+                )));
+                self.remember_ended(cookie, now);
+            }
+        }
+        let memory = nanos(self.config.ended_memory);
+        while let Some(&(at, cookie)) = self.ended_order.front() {
+            if now.saturating_sub(at) < memory {
+                break;
+            }
+            self.ended_order.pop_front();
+            if self.ended.get(&cookie) == Some(&at) {
+                self.ended.remove(&cookie);
+            }
+        }
+    }
+
+    /// Applies a destroy event: the socket's END with the kernel's final counters.
+    pub fn apply_destroy(&mut self, s: &SocketInfo, at: UnixNanos, out: &mut Vec<Record>) {
+        if let Some(l) = self.listeners.remove(&s.cookie) {
+            self.stats.listeners_ended += 1;
+            out.push(Record::Listener(listener_record(
+                s.cookie,
+                &l,
+                FlowPhase::End,
+                false,
+                at,
+                Some(at),
+                None,
+                None,
+            )));
+            self.remember_ended(s.cookie, at);
+            return;
+        }
+        if self.ended.contains_key(&s.cookie) {
+            self.stats.duplicate_ends += 1;
+            return;
+        }
+        if is_listener(s) {
+            return; // a listener we never saw alive: nothing to end
+        }
+        let mut entry = match self.flows.remove(&s.cookie) {
+            Some(e) => e,
+            None => {
+                // Born and gone between two dumps: only what the event carries.
+                self.stats.destroy_only += 1;
+                let mut e = self.new_entry(s, at, self.generation);
+                e.preexisting = false;
+                if s.remote.ip().is_unspecified() && s.protocol == Protocol::Tcp {
+                    self.stats.destroy_only_without_peer += 1;
+                    e.direction = Direction::Unknown;
+                    e.scope = Scope::Unspecified;
+                }
+                e.tcp = None;
+                if let Some(owner) = self.listener_owner_for(s.protocol, s.local) {
+                    if e.direction == Direction::Inbound {
+                        e.pid = owner.pid.unwrap_or(0);
+                        e.start_time = owner.start_time.unwrap_or(0);
+                        e.attribution = Attribution::Listener;
+                    }
+                }
+                e
+            }
+        };
+        let mut reset = false;
+        if let Some(info) = &s.tcp {
+            if info.is_zeroed() && entry.tcp.is_some() {
+                reset = true; // keep the last dumped counters
+            } else {
+                let mut counters = Counters::from_info(info);
+                let fin = fin_received(entry.tcp.as_ref(), &counters, entry.state);
+                counters.bytes_received_seq =
+                    counters.bytes_received_seq.saturating_sub(u64::from(fin));
+                // Stored as payload from here on (state CLOSE means "already adjusted").
+                entry.tcp = Some(counters);
+                entry.state = msg::TCP_CLOSE;
+            }
+            if info.is_zeroed() && entry.tcp.is_none() {
+                reset = true;
+            }
+        }
+        entry.last_seen = at;
+        self.stats.ended_destroy += 1;
+        let mut record = flow_record(
+            s.cookie,
+            &entry,
+            FlowPhase::End,
+            at,
+            Some((EndReason::DestroyEvent, at)),
+        );
+        record.reset = reset;
+        if entry.protocol == Protocol::Tcp {
+            record.state = msg::tcp_state_name(s.state).to_owned();
+        }
+        out.push(Record::Flow(record));
+        self.remember_ended(s.cookie, at);
+    }
+
+    /// Ends every live socket (collector shutdown).
+    pub fn shutdown(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
+        for (cookie, e) in self.flows.drain() {
+            self.stats.ended_shutdown += 1;
+            out.push(Record::Flow(flow_record(
+                cookie,
+                &e,
+                FlowPhase::End,
+                now,
+                Some((EndReason::Shutdown, now)),
+            )));
+        }
+        for (cookie, l) in self.listeners.drain() {
+            self.stats.listeners_ended += 1;
+            out.push(Record::Listener(listener_record(
+                cookie,
+                &l,
+                FlowPhase::End,
+                false,
+                now,
+                Some(now),
+                None,
+                None,
+            )));
+        }
+    }
+
+    fn new_entry(&mut self, s: &SocketInfo, now: UnixNanos, generation: u32) -> Entry {
+        self.scoper.learn_local(s.local.ip());
+        let connected = !(s.remote.ip().is_unspecified() && s.remote.port() == 0);
+        let direction = match s.protocol {
+            Protocol::Tcp if self.listener_owner_for(s.protocol, s.local).is_some() => {
+                Direction::Inbound
+            }
+            Protocol::Tcp => Direction::Outbound,
+            Protocol::Udp if connected => Direction::Outbound,
+            Protocol::Udp => Direction::Unknown,
+        };
+        let scope = if connected {
+            self.scoper.scope(s.remote.ip())
+        } else if canonical(s.local.ip()).is_loopback() {
+            Scope::Local
+        } else {
+            Scope::Unspecified
+        };
+        Entry {
+            local_ip: s.local.ip(),
+            remote_ip: s.remote.ip(),
+            local_port: s.local.port(),
+            remote_port: s.remote.port(),
+            protocol: s.protocol,
+            family: s.family,
+            state: s.state,
+            direction,
+            scope,
+            attribution: Attribution::None,
+            preexisting: !self.primed,
+            dirty: false,
+            generation,
+            uid: s.uid,
+            inode: u32::try_from(s.inode).unwrap_or(0),
+            pid: 0,
+            start_time: 0,
+            first_seen: now,
+            last_seen: now,
+            last_emit: now,
+            missing_since: 0,
+            tcp: s
+                .tcp
+                .as_ref()
+                .filter(|_| s.protocol == Protocol::Tcp)
+                .map(Counters::from_info),
+        }
+    }
+
+    /// The owner of the listener a socket with this local address was accepted from.
+    fn listener_owner_for(&self, protocol: Protocol, local: SocketAddr) -> Option<Owner> {
+        if protocol != Protocol::Tcp {
+            return None;
+        }
+        let ip = canonical(local.ip());
+        self.listeners
+            .values()
+            .find(|l| {
+                l.protocol == protocol
+                    && l.local.port() == local.port()
+                    && (l.local.ip().is_unspecified() || canonical(l.local.ip()) == ip)
+            })
+            .map(|l| l.owner)
+    }
+
+    fn remember_ended(&mut self, cookie: u64, at: UnixNanos) {
+        self.ended.insert(cookie, at);
+        self.ended_order.push_back((at, cookie));
+    }
+}
+
+/// Whether the final `bytes_received` of a closing TCP socket includes a received FIN's
+/// sequence number. A state past CLOSE_WAIT says so; otherwise the counters since the last
+/// dump do: no new data segment means any advance is the FIN; new data with a graceful close
+/// is taken to carry a FIN (an abortive close without one then over-counts by one byte).
+fn fin_received(last: Option<&Counters>, now: &Counters, last_state: u8) -> bool {
+    const CLOSE_WAIT: u8 = 8;
+    const LAST_ACK: u8 = 9;
+    const CLOSING: u8 = 11;
+    if matches!(
+        last_state,
+        CLOSE_WAIT | LAST_ACK | CLOSING | msg::TCP_TIME_WAIT
+    ) {
+        return true;
+    }
+    match last {
+        Some(last) if now.data_segs_in == last.data_segs_in => {
+            now.bytes_received_seq > last.bytes_received_seq
+        }
+        // No data ever arrived: anything received is the FIN.
+        _ if now.data_segs_in == 0 => now.bytes_received_seq > 0,
+        _ => true,
+    }
+}
+
+fn is_listener(s: &SocketInfo) -> bool {
+    s.protocol == Protocol::Tcp && s.state == msg::TCP_LISTEN
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn opt(v: u32) -> Option<u32> {
+    (v != 0).then_some(v)
+}
+
+fn flow_record(
+    cookie: u64,
+    e: &Entry,
+    phase: FlowPhase,
+    now: UnixNanos,
+    end: Option<(EndReason, UnixNanos)>,
+) -> FlowRecord {
+    let connected = !(e.remote_ip.is_unspecified() && e.remote_port == 0);
+    let state = match e.protocol {
+        Protocol::Tcp => msg::tcp_state_name(e.state).to_owned(),
+        Protocol::Udp if connected => "ESTABLISHED".to_owned(),
+        Protocol::Udp => "UNCONN".to_owned(),
+    };
+    // While alive, bytes_received_seq may include a FIN (states past CLOSE_WAIT); at END it
+    // has been adjusted already.
+    let fin_now = end.is_none() && matches!(e.state, 6 | 8 | 9 | 11);
+    let tcp = e.tcp.as_ref();
+    FlowRecord {
+        cookie,
+        protocol: e.protocol,
+        family: e.family,
+        local_addr: e.local_ip,
+        local_port: e.local_port,
+        remote_addr: connected.then_some(e.remote_ip),
+        remote_port: connected.then_some(e.remote_port),
+        direction: e.direction,
+        scope: e.scope,
+        phase,
+        state,
+        preexisting: e.preexisting,
+        bytes_sent: tcp.map(|c| c.bytes_sent),
+        bytes_received: tcp.map(|c| c.bytes_received_seq.saturating_sub(u64::from(fin_now))),
+        segs_out: tcp.map(|c| u64::from(c.segs_out)),
+        segs_in: tcp.map(|c| u64::from(c.segs_in)),
+        retransmits: tcp.map(|c| u32::from(c.retransmits)),
+        total_retrans: tcp.map(|c| c.total_retrans),
+        rtt_us: tcp.map(|c| c.rtt_us),
+        first_seen: e.first_seen,
+        last_seen: if end.is_some() { now } else { e.last_seen },
+        ended_at: end.map(|(_, at)| at),
+        uid: (e.inode != 0 || e.uid != 0).then_some(e.uid),
+        inode: (e.inode != 0).then_some(u64::from(e.inode)),
+        pid: opt(e.pid),
+        process_start_time: (e.start_time != 0).then_some(e.start_time),
+        attribution: e.attribution,
+        end_reason: end.map(|(r, _)| r).unwrap_or_default(),
+        reset: false,
+        cgroup_id: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn listener_record(
+    cookie: u64,
+    l: &ListenerEntry,
+    phase: FlowPhase,
+    preexisting: bool,
+    now: UnixNanos,
+    ended_at: Option<UnixNanos>,
+    uid: Option<u32>,
+    inode: Option<u64>,
+) -> ListenerRecord {
+    ListenerRecord {
+        cookie,
+        protocol: l.protocol,
+        family: l.family,
+        local_addr: l.local.ip(),
+        local_port: l.local.port(),
+        phase,
+        preexisting,
+        first_seen: now,
+        ended_at,
+        uid,
+        inode,
+        pid: l.owner.pid,
+        process_start_time: l.owner.start_time,
+        attribution: l.owner.attribution,
+        backlog: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::NoAttribution;
+
+    fn tcp_socket(
+        cookie: u64,
+        local: &str,
+        remote: &str,
+        state: u8,
+        sent: u64,
+        received: u64,
+        data_in: u32,
+    ) -> SocketInfo {
+        SocketInfo {
+            cookie,
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            state,
+            local: local.parse().expect("addr"),
+            remote: remote.parse().expect("addr"),
+            rqueue: 0,
+            wqueue: 0,
+            uid: 1000,
+            inode: cookie + 1000,
+            tcp: Some(TcpInfo {
+                len: 232,
+                state,
+                bytes_sent: Some(sent),
+                bytes_retrans: Some(0),
+                bytes_received: Some(received),
+                bytes_acked: Some(sent + 1),
+                segs_out: Some(3),
+                segs_in: Some(3),
+                data_segs_in: Some(data_in),
+                ..TcpInfo::default()
+            }),
+            cgroup_id: None,
+        }
+    }
+
+    fn flows(out: &[Record]) -> Vec<&FlowRecord> {
+        out.iter()
+            .filter_map(|r| match r {
+                Record::Flow(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn table() -> FlowTable {
+        FlowTable::new(FlowConfig::default(), Scoper::default())
+    }
+
+    #[test]
+    fn start_then_destroy_gives_one_start_one_end_with_payload_bytes() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let listener = tcp_socket(1, "127.0.0.1:80", "0.0.0.0:0", msg::TCP_LISTEN, 0, 0, 0);
+        t.apply_dump(&[listener.clone()], true, 10, &mut NoAttribution, &mut out);
+        out.clear();
+        let s = tcp_socket(
+            2,
+            "127.0.0.1:80",
+            "127.0.0.1:5555",
+            msg::TCP_ESTABLISHED,
+            333,
+            1000,
+            1,
+        );
+        t.apply_dump(
+            &[listener, s.clone()],
+            true,
+            20,
+            &mut NoAttribution,
+            &mut out,
+        );
+        let started = flows(&out);
+        assert_eq!(started.len(), 1);
+        assert_eq!(
+            (
+                started[0].phase,
+                started[0].direction,
+                started[0].preexisting
+            ),
+            (FlowPhase::Start, Direction::Inbound, false)
+        );
+        out.clear();
+        // Final: the peer's FIN took one sequence number, no new data segment.
+        let fin = tcp_socket(
+            2,
+            "127.0.0.1:80",
+            "127.0.0.1:5555",
+            msg::TCP_CLOSE,
+            333,
+            1001,
+            1,
+        );
+        t.apply_destroy(&fin, 30, &mut out);
+        t.apply_destroy(&fin, 31, &mut out); // a duplicate signal
+        let ended = flows(&out);
+        assert_eq!(ended.len(), 1, "exactly one END");
+        assert_eq!(
+            (ended[0].bytes_sent, ended[0].bytes_received),
+            (Some(333), Some(1000))
+        );
+        assert_eq!(ended[0].end_reason, EndReason::DestroyEvent);
+        assert_eq!(t.stats().duplicate_ends, 1);
+    }
+
+    #[test]
+    fn zeroed_counters_keep_the_last_dump_and_mark_reset() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let s = tcp_socket(
+            5,
+            "10.0.0.2:40000",
+            "203.0.113.9:443",
+            msg::TCP_ESTABLISHED,
+            500,
+            700,
+            2,
+        );
+        t.apply_dump(&[], true, 1, &mut NoAttribution, &mut out);
+        t.apply_dump(&[s], true, 2, &mut NoAttribution, &mut out);
+        out.clear();
+        let mut zeroed = tcp_socket(5, "10.0.0.2:40000", "0.0.0.0:0", msg::TCP_CLOSE, 0, 0, 0);
+        if let Some(info) = zeroed.tcp.as_mut() {
+            info.bytes_acked = Some(0);
+            info.segs_in = Some(0);
+            info.segs_out = Some(0);
+        }
+        t.apply_destroy(&zeroed, 3, &mut out);
+        let end = flows(&out)[0];
+        assert!(end.reset);
+        assert_eq!((end.bytes_sent, end.bytes_received), (Some(500), Some(700)));
+        assert_eq!(end.remote_addr, Some("203.0.113.9".parse().expect("ip")));
+        assert_eq!(
+            (end.scope, end.direction),
+            (Scope::NorthSouth, Direction::Outbound)
+        );
+    }
+
+    #[test]
+    fn vanished_sockets_end_after_the_grace_period_once() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let s = tcp_socket(
+            7,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            msg::TCP_ESTABLISHED,
+            1,
+            1,
+            1,
+        );
+        t.apply_dump(&[s.clone()], true, 1, &mut NoAttribution, &mut out);
+        out.clear();
+        let sec = 1_000_000_000;
+        t.apply_dump(&[], false, 2, &mut NoAttribution, &mut out); // interrupted: no inference
+        t.apply_dump(&[], true, 3, &mut NoAttribution, &mut out);
+        assert!(flows(&out).is_empty(), "still within grace");
+        t.expire(3 + sec, &mut out);
+        t.apply_destroy(&s, 4 + sec, &mut out); // late event
+        let ended = flows(&out);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].end_reason, EndReason::Vanished);
+    }
+
+    #[test]
+    fn destroy_only_sockets_get_an_end_alone() {
+        let mut t = table();
+        let mut out = Vec::new();
+        t.apply_dump(&[], true, 1, &mut NoAttribution, &mut out);
+        let s = tcp_socket(
+            9,
+            "127.0.0.1:3000",
+            "127.0.0.1:4000",
+            msg::TCP_CLOSE,
+            10,
+            21,
+            1,
+        );
+        t.apply_destroy(&s, 2, &mut out);
+        let f = flows(&out);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].phase, FlowPhase::End);
+        assert_eq!(t.stats().destroy_only, 1);
+    }
+
+    #[test]
+    fn updates_only_when_counters_move_after_the_active_timeout() {
+        let mut t = FlowTable::new(
+            FlowConfig {
+                active_timeout: Duration::from_nanos(100),
+                ..FlowConfig::default()
+            },
+            Scoper::default(),
+        );
+        let mut out = Vec::new();
+        let a = tcp_socket(
+            3,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            msg::TCP_ESTABLISHED,
+            1,
+            1,
+            1,
+        );
+        t.apply_dump(&[a.clone()], true, 0, &mut NoAttribution, &mut out);
+        t.apply_dump(&[a.clone()], true, 500, &mut NoAttribution, &mut out);
+        let b = tcp_socket(
+            3,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            msg::TCP_ESTABLISHED,
+            50,
+            1,
+            1,
+        );
+        t.apply_dump(&[b.clone()], true, 550, &mut NoAttribution, &mut out);
+        t.apply_dump(&[b], true, 1000, &mut NoAttribution, &mut out);
+        let phases: Vec<FlowPhase> = flows(&out).iter().map(|f| f.phase).collect();
+        assert_eq!(phases, vec![FlowPhase::Start, FlowPhase::Update]);
+    }
+
+    #[test]
+    fn fin_inference() {
+        let last = Counters {
+            bytes_sent: 0,
+            bytes_received_seq: 100,
+            segs_out: 0,
+            segs_in: 0,
+            data_segs_in: 2,
+            total_retrans: 0,
+            rtt_us: 0,
+            retransmits: 0,
+        };
+        let same = Counters {
+            bytes_received_seq: 100,
+            ..last
+        };
+        let plus_fin = Counters {
+            bytes_received_seq: 101,
+            ..last
+        };
+        assert!(!fin_received(Some(&last), &same, msg::TCP_ESTABLISHED));
+        assert!(fin_received(Some(&last), &plus_fin, msg::TCP_ESTABLISHED));
+        let only_fin = Counters {
+            bytes_received_seq: 1,
+            data_segs_in: 0,
+            ..last
+        };
+        assert!(fin_received(None, &only_fin, msg::TCP_ESTABLISHED));
+    }
+
+    #[test]
+    fn entry_stays_compact() {
+        // The table's per-socket cost: entry + cookie key + hash-map control byte.
+        let per_socket = std::mem::size_of::<Entry>() + 8 + 1;
+        assert!(per_socket <= 200, "{per_socket} bytes per tracked socket");
+    }
+}

@@ -1,0 +1,193 @@
+//! The destroy-event stream: every socket of the network namespace that dies is reported
+//! once by the kernel on the `SKNLGRP_*_DESTROY` multicast groups, with its final counters.
+//!
+//! A dedicated thread reads it and never blocks on anything else: events go into a bounded
+//! channel (drops counted). When the kernel itself drops events (`ENOBUFS`), the exact count
+//! from `SO_MEMINFO` is sent as [`DestroyEvent::Overflow`] so the engine resynchronises with a
+//! full dump.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
+
+use super::msg::{self, SocketInfo, SOCK_DIAG_BY_FAMILY};
+use crate::model::{Protocol, UnixNanos};
+use crate::telemetry;
+
+/// `SKNLGRP_*` group numbers from `include/uapi/linux/sock_diag.h`.
+const SKNLGRP_INET_TCP_DESTROY: u32 = 1;
+const SKNLGRP_INET_UDP_DESTROY: u32 = 2;
+const SKNLGRP_INET6_TCP_DESTROY: u32 = 3;
+const SKNLGRP_INET6_UDP_DESTROY: u32 = 4;
+
+/// Asked-for receive buffer; unprivileged sockets get at most 2 × `net.core.rmem_max`.
+const WANTED_RCVBUF: usize = 32 * 1024 * 1024;
+const RECV_BUF: usize = 64 * 1024;
+/// How often the reader looks at its stop flag while idle.
+const STOP_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestroyEvent {
+    Destroyed {
+        socket: SocketInfo,
+        at: UnixNanos,
+    },
+    /// The kernel dropped `lost` events: resynchronise with a full dump.
+    Overflow {
+        lost: u64,
+    },
+}
+
+/// Handle on the reader thread; dropping it does not stop the thread, `stop` does.
+pub struct DestroyListener {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Receive buffer the kernel granted.
+    pub rcvbuf: usize,
+}
+
+impl DestroyListener {
+    /// Joins the four destroy groups and starts the reader thread. Events arrive on the
+    /// returned channel, which holds at most `capacity` events.
+    pub fn start(capacity: usize) -> io::Result<(DestroyListener, Receiver<DestroyEvent>)> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        let rcvbuf = crate::sys::net::grow_receive_buffer(socket.as_fd(), WANTED_RCVBUF)?;
+        crate::sys::net::set_receive_timeout(socket.as_fd(), STOP_POLL)?;
+        for group in [
+            SKNLGRP_INET_TCP_DESTROY,
+            SKNLGRP_INET_UDP_DESTROY,
+            SKNLGRP_INET6_TCP_DESTROY,
+            SKNLGRP_INET6_UDP_DESTROY,
+        ] {
+            socket.add_membership(group)?;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("destroy-events".into())
+            .spawn({
+                let stop = stop.clone();
+                move || read_loop(socket, tx, stop)
+            })?;
+        Ok((
+            DestroyListener {
+                stop,
+                thread: Some(thread),
+                rcvbuf,
+            },
+            rx,
+        ))
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for DestroyListener {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_loop(socket: Socket, tx: Sender<DestroyEvent>, stop: Arc<AtomicBool>) {
+    let mut buf = Vec::with_capacity(RECV_BUF);
+    let mut kernel_drops_seen = 0u32;
+    let mut warned_full = false;
+    while !stop.load(Ordering::Relaxed) {
+        buf.clear();
+        let (len, from) = match socket.recv_from(&mut buf, 0) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                let drops =
+                    crate::sys::net::socket_drops(socket.as_fd()).unwrap_or(kernel_drops_seen);
+                let lost = u64::from(drops.wrapping_sub(kernel_drops_seen)).max(1);
+                kernel_drops_seen = drops;
+                metrics::counter!(telemetry::DESTROY_OVERFLOW_LOST).increment(lost);
+                tracing::warn!(
+                    lost,
+                    "destroy-event stream overflowed (ENOBUFS): resynchronising with a full dump"
+                );
+                send(&tx, DestroyEvent::Overflow { lost }, &mut warned_full);
+                continue;
+            }
+            Err(error) => {
+                metrics::counter!(telemetry::DESTROY_RECV_ERRORS).increment(1);
+                tracing::error!(%error, "destroy-event stream: receive failed");
+                std::thread::sleep(STOP_POLL);
+                continue;
+            }
+        };
+        let at = crate::model::now_ns();
+        // The group bit tells TCP from UDP: the message itself does not say.
+        let protocol = if from.multicast_groups()
+            & (bit(SKNLGRP_INET_UDP_DESTROY) | bit(SKNLGRP_INET6_UDP_DESTROY))
+            != 0
+        {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
+        for message in msg::messages(&buf[..len.min(buf.len())]) {
+            let parsed = message.map_err(|e| e.to_string()).and_then(|m| {
+                if m.kind != SOCK_DIAG_BY_FAMILY {
+                    return Err(format!("unexpected message type {}", m.kind));
+                }
+                msg::parse_socket(m.payload, protocol).map_err(|e| e.to_string())
+            });
+            match parsed {
+                Ok(socket) => {
+                    metrics::counter!(telemetry::DESTROY_EVENTS).increment(1);
+                    send(
+                        &tx,
+                        DestroyEvent::Destroyed { socket, at },
+                        &mut warned_full,
+                    );
+                }
+                Err(error) => {
+                    metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
+                    tracing::warn!(%error, "skipping malformed destroy event");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn bit(group: u32) -> u32 {
+    1 << (group - 1)
+}
+
+fn send(tx: &Sender<DestroyEvent>, event: DestroyEvent, warned_full: &mut bool) {
+    match tx.try_send(event) {
+        Ok(()) => *warned_full = false,
+        Err(TrySendError::Full(_)) => {
+            metrics::counter!(telemetry::DESTROY_QUEUE_DROPPED).increment(1);
+            if !*warned_full {
+                *warned_full = true;
+                tracing::warn!("destroy-event queue full: dropping events (counted; flows end by disappearance instead)");
+            }
+        }
+        Err(TrySendError::Disconnected(_)) => {}
+    }
+}

@@ -1,0 +1,204 @@
+//! Full sock_diag dumps over one `NETLINK_SOCK_DIAG` socket, reused across polls.
+//!
+//! Each dump is read to `NLMSG_DONE`, datagram by datagram, walking every message in each.
+//! A message that does not parse is skipped and counted; a kernel error ends the dump with
+//! a typed error; `NLM_F_DUMP_INTR` marks the result incomplete (sockets changed during the
+//! dump), which the caller must not use to conclude that a socket vanished.
+
+use std::io;
+
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
+use thiserror::Error;
+
+use super::msg::{
+    self, SocketInfo, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_DUMP_INTR,
+    SOCK_DIAG_BY_FAMILY,
+};
+use crate::model::{Family, Protocol};
+use crate::telemetry;
+
+/// Receive buffer per datagram: the kernel sends dump datagrams of at most ~32 KiB.
+const RECV_BUF: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum DumpError {
+    #[error("opening a NETLINK_SOCK_DIAG socket: {0}")]
+    Open(#[source] io::Error),
+    #[error("{family:?}/{protocol:?} dump: sending the request: {source}")]
+    Send {
+        family: Family,
+        protocol: Protocol,
+        source: io::Error,
+    },
+    #[error("{family:?}/{protocol:?} dump: receiving: {source}")]
+    Recv {
+        family: Family,
+        protocol: Protocol,
+        source: io::Error,
+    },
+    #[error("{family:?}/{protocol:?} dump: the kernel answered error {errno} ({})", io::Error::from_raw_os_error(*errno))]
+    Kernel {
+        family: Family,
+        protocol: Protocol,
+        errno: i32,
+    },
+    #[error("{family:?}/{protocol:?} dump: datagram of {len} bytes filled the {RECV_BUF}-byte buffer and may be truncated")]
+    Truncated {
+        family: Family,
+        protocol: Protocol,
+        len: usize,
+    },
+}
+
+/// What one dump saw besides the sockets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DumpStats {
+    pub messages: usize,
+    pub datagrams: usize,
+    /// The kernel flagged the dump as interrupted: it may miss or repeat sockets.
+    pub interrupted: bool,
+    /// Messages that did not parse (skipped, counted).
+    pub malformed: usize,
+}
+
+impl DumpStats {
+    fn add(&mut self, other: DumpStats) {
+        self.messages += other.messages;
+        self.datagrams += other.datagrams;
+        self.interrupted |= other.interrupted;
+        self.malformed += other.malformed;
+    }
+}
+
+/// The four socket tables procflow follows.
+pub const TABLES: [(Family, Protocol); 4] = [
+    (Family::Ipv4, Protocol::Tcp),
+    (Family::Ipv6, Protocol::Tcp),
+    (Family::Ipv4, Protocol::Udp),
+    (Family::Ipv6, Protocol::Udp),
+];
+
+/// A sock_diag socket for dumps, with its receive buffer kept across dumps.
+pub struct Dumper {
+    socket: Socket,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+impl Dumper {
+    pub fn open() -> Result<Self, DumpError> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(DumpError::Open)?;
+        socket.bind_auto().map_err(DumpError::Open)?;
+        Ok(Dumper {
+            socket,
+            buf: Vec::with_capacity(RECV_BUF),
+            seq: 0,
+        })
+    }
+
+    /// Dumps every tracked socket of all four tables into `out` (appended).
+    pub fn dump_all(&mut self, out: &mut Vec<SocketInfo>) -> Result<DumpStats, DumpError> {
+        let mut stats = DumpStats::default();
+        for (family, protocol) in TABLES {
+            let states = match protocol {
+                Protocol::Tcp => msg::TCP_STATES_TRACKED,
+                Protocol::Udp => msg::ALL_STATES,
+            };
+            stats.add(self.dump(family, protocol, states, out)?);
+        }
+        Ok(stats)
+    }
+
+    /// Dumps one table: the sockets of `family`/`protocol` in the `states` bit mask.
+    pub fn dump(
+        &mut self,
+        family: Family,
+        protocol: Protocol,
+        states: u32,
+        out: &mut Vec<SocketInfo>,
+    ) -> Result<DumpStats, DumpError> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = msg::dump_request(family, protocol, states, self.seq);
+        self.socket
+            .send(&request, 0)
+            .map_err(|source| DumpError::Send {
+                family,
+                protocol,
+                source,
+            })?;
+        let mut stats = DumpStats::default();
+        loop {
+            self.buf.clear();
+            let len = match self.socket.recv(&mut self.buf, 0) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(DumpError::Recv {
+                        family,
+                        protocol,
+                        source,
+                    })
+                }
+            };
+            if len >= RECV_BUF {
+                return Err(DumpError::Truncated {
+                    family,
+                    protocol,
+                    len,
+                });
+            }
+            stats.datagrams += 1;
+            for message in msg::messages(&self.buf[..len]) {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(error) => {
+                        stats.malformed += 1;
+                        metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
+                        tracing::warn!(%error, ?family, ?protocol, "skipping malformed sock_diag datagram");
+                        break;
+                    }
+                };
+                if message.seq != self.seq {
+                    continue; // a late reply to an earlier, abandoned dump
+                }
+                if message.flags & NLM_F_DUMP_INTR != 0 {
+                    stats.interrupted = true;
+                }
+                match message.kind {
+                    SOCK_DIAG_BY_FAMILY => {
+                        stats.messages += 1;
+                        match msg::parse_socket(message.payload, protocol) {
+                            Ok(socket) => out.push(socket),
+                            Err(error) => {
+                                stats.malformed += 1;
+                                metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
+                                tracing::warn!(%error, ?family, ?protocol, "skipping malformed sock_diag message");
+                            }
+                        }
+                    }
+                    NLMSG_DONE => {
+                        if stats.interrupted {
+                            metrics::counter!(telemetry::SOCKDIAG_DUMP_INTERRUPTED).increment(1);
+                        }
+                        return Ok(stats);
+                    }
+                    NLMSG_ERROR => {
+                        let errno = msg::error_code(message.payload)
+                            .map(|e| -e)
+                            .unwrap_or(libc::EPROTO);
+                        if errno == 0 {
+                            continue; // an ACK
+                        }
+                        return Err(DumpError::Kernel {
+                            family,
+                            protocol,
+                            errno,
+                        });
+                    }
+                    NLMSG_NOOP | NLMSG_OVERRUN => {}
+                    _ => {}
+                }
+            }
+        }
+    }
+}
