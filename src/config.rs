@@ -108,7 +108,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "no-such-flag = 1\n").expect("write");
-        let err = apply_config_file(&path, "collector", &["PROCFLOW_ONCE".into()]).unwrap_err();
+        let err = apply_config_file(&path, "collector", &["PROCFLOW_ONCE".into()])
+            .expect_err("unknown key must fail");
         assert!(err.to_string().contains("no-such-flag"), "{err}");
     }
 

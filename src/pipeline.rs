@@ -2,5 +2,6 @@
 //! (gRPC exporter with spool, stdout JSON lines).
 
 pub mod queue;
+pub mod stdout;
 
 pub use queue::{record_queue, RecordRx, RecordTx};

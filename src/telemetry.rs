@@ -8,6 +8,7 @@ pub fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -34,3 +35,9 @@ pub const DESTROY_RECV_ERRORS: &str = "procflow_destroy_recv_errors_total";
 pub const DESTROY_EVENTS: &str = "procflow_destroy_events_total";
 /// Flows ended by disappearance from dumps (their destroy event never came).
 pub const FLOWS_ENDED_WITHOUT_EVENT: &str = "procflow_flows_ended_without_event_total";
+/// Full dumps run.
+pub const SOCKDIAG_DUMPS: &str = "procflow_sockdiag_dumps_total";
+/// Dumps that failed (kernel error, receive error).
+pub const SOCKDIAG_DUMP_ERRORS: &str = "procflow_sockdiag_dump_errors_total";
+/// Time per full dump + flow-table diff.
+pub const SOCKDIAG_DUMP_SECONDS: &str = "procflow_sockdiag_dump_seconds";

@@ -79,6 +79,9 @@ struct Entry {
     scope: Scope,
     attribution: Attribution,
     preexisting: bool,
+    /// START has been emitted. A socket still in a listener's accept queue has no inode
+    /// (no fd yet): its START waits for the inode, so that it can be attributed.
+    announced: bool,
     /// Counters moved since the last record.
     dirty: bool,
     generation: u32,
@@ -228,6 +231,7 @@ impl FlowTable {
             }
         }
 
+        let grace = nanos(self.config.vanish_grace);
         for s in sockets.iter().filter(|s| !is_listener(s)) {
             if let Some(e) = self.flows.get_mut(&s.cookie) {
                 e.generation = generation;
@@ -241,6 +245,16 @@ impl FlowTable {
                         e.dirty = true;
                     }
                 }
+                if !e.announced {
+                    if s.inode != 0 {
+                        e.inode = u32::try_from(s.inode).unwrap_or(0);
+                        e.uid = s.uid;
+                        self.new_flows.push(s.cookie);
+                        self.new_inodes.push(s.inode);
+                    } else if now.saturating_sub(e.first_seen) >= grace {
+                        self.new_flows.push(s.cookie); // never accepted: announce unattributed
+                    }
+                }
                 continue;
             }
             if self.ended.contains_key(&s.cookie) {
@@ -248,9 +262,12 @@ impl FlowTable {
             }
             let entry = self.new_entry(s, now, generation);
             self.flows.insert(s.cookie, entry);
-            self.new_flows.push(s.cookie);
-            if s.inode != 0 {
-                self.new_inodes.push(s.inode);
+            let in_accept_queue = s.inode == 0 && s.protocol == Protocol::Tcp;
+            if !in_accept_queue {
+                self.new_flows.push(s.cookie);
+                if s.inode != 0 {
+                    self.new_inodes.push(s.inode);
+                }
             }
         }
 
@@ -300,6 +317,7 @@ impl FlowTable {
                 e.pid = owner.pid.unwrap_or(0);
                 e.start_time = owner.start_time.unwrap_or(0);
                 e.attribution = owner.attribution;
+                e.announced = true;
                 e.last_emit = now;
                 e.dirty = false;
                 self.stats.started += 1;
@@ -359,7 +377,8 @@ impl FlowTable {
             .map(|(c, _)| *c)
             .collect();
         for cookie in gone {
-            if let Some(e) = self.flows.remove(&cookie) {
+            if let Some(mut e) = self.flows.remove(&cookie) {
+                self.announce_late(cookie, &mut e, out);
                 // An overflow since shortly before it went missing means its event was lost.
                 let reason =
                     if self.last_overflow != 0 && self.last_overflow + grace >= e.missing_since {
@@ -439,7 +458,10 @@ impl FlowTable {
             return; // a listener we never saw alive: nothing to end
         }
         let mut entry = match self.flows.remove(&s.cookie) {
-            Some(e) => e,
+            Some(mut e) => {
+                self.announce_late(s.cookie, &mut e, out);
+                e
+            }
             None => {
                 // Born and gone between two dumps: only what the event carries.
                 self.stats.destroy_only += 1;
@@ -497,7 +519,9 @@ impl FlowTable {
 
     /// Ends every live socket (collector shutdown).
     pub fn shutdown(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
-        for (cookie, e) in self.flows.drain() {
+        let flows: Vec<(u64, Entry)> = self.flows.drain().collect();
+        for (cookie, mut e) in flows {
+            self.announce_late(cookie, &mut e, out);
             self.stats.ended_shutdown += 1;
             out.push(Record::Flow(flow_record(
                 cookie,
@@ -552,6 +576,7 @@ impl FlowTable {
             scope,
             attribution: Attribution::None,
             preexisting: !self.primed,
+            announced: false,
             dirty: false,
             generation,
             uid: s.uid,
@@ -568,6 +593,33 @@ impl FlowTable {
                 .filter(|_| s.protocol == Protocol::Tcp)
                 .map(Counters::from_info),
         }
+    }
+
+    /// Emits the START a socket never got because it ended while still in an accept queue.
+    fn announce_late(&mut self, cookie: u64, e: &mut Entry, out: &mut Vec<Record>) {
+        if e.announced {
+            return;
+        }
+        if let Some(owner) =
+            self.listener_owner_for(e.protocol, SocketAddr::new(e.local_ip, e.local_port))
+        {
+            e.pid = owner.pid.unwrap_or(0);
+            e.start_time = owner.start_time.unwrap_or(0);
+            e.attribution = if owner.is_known() {
+                Attribution::Listener
+            } else {
+                Attribution::None
+            };
+        }
+        e.announced = true;
+        self.stats.started += 1;
+        out.push(Record::Flow(flow_record(
+            cookie,
+            e,
+            FlowPhase::Start,
+            e.first_seen,
+            None,
+        )));
     }
 
     /// The owner of the listener a socket with this local address was accepted from.
@@ -768,7 +820,13 @@ mod tests {
         let mut t = table();
         let mut out = Vec::new();
         let listener = tcp_socket(1, "127.0.0.1:80", "0.0.0.0:0", msg::TCP_LISTEN, 0, 0, 0);
-        t.apply_dump(&[listener.clone()], true, 10, &mut NoAttribution, &mut out);
+        t.apply_dump(
+            std::slice::from_ref(&listener),
+            true,
+            10,
+            &mut NoAttribution,
+            &mut out,
+        );
         out.clear();
         let s = tcp_socket(
             2,
@@ -865,7 +923,13 @@ mod tests {
             1,
             1,
         );
-        t.apply_dump(&[s.clone()], true, 1, &mut NoAttribution, &mut out);
+        t.apply_dump(
+            std::slice::from_ref(&s),
+            true,
+            1,
+            &mut NoAttribution,
+            &mut out,
+        );
         out.clear();
         let sec = 1_000_000_000;
         t.apply_dump(&[], false, 2, &mut NoAttribution, &mut out); // interrupted: no inference
@@ -918,8 +982,20 @@ mod tests {
             1,
             1,
         );
-        t.apply_dump(&[a.clone()], true, 0, &mut NoAttribution, &mut out);
-        t.apply_dump(&[a.clone()], true, 500, &mut NoAttribution, &mut out);
+        t.apply_dump(
+            std::slice::from_ref(&a),
+            true,
+            0,
+            &mut NoAttribution,
+            &mut out,
+        );
+        t.apply_dump(
+            std::slice::from_ref(&a),
+            true,
+            500,
+            &mut NoAttribution,
+            &mut out,
+        );
         let b = tcp_socket(
             3,
             "127.0.0.1:1",
@@ -929,7 +1005,13 @@ mod tests {
             1,
             1,
         );
-        t.apply_dump(&[b.clone()], true, 550, &mut NoAttribution, &mut out);
+        t.apply_dump(
+            std::slice::from_ref(&b),
+            true,
+            550,
+            &mut NoAttribution,
+            &mut out,
+        );
         t.apply_dump(&[b], true, 1000, &mut NoAttribution, &mut out);
         let phases: Vec<FlowPhase> = flows(&out).iter().map(|f| f.phase).collect();
         assert_eq!(phases, vec![FlowPhase::Start, FlowPhase::Update]);

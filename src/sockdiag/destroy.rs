@@ -32,6 +32,8 @@ const RECV_BUF: usize = 64 * 1024;
 /// How often the reader looks at its stop flag while idle.
 const STOP_POLL: Duration = Duration::from_millis(200);
 
+// `Destroyed` is the common variant: boxing it would allocate once per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestroyEvent {
     Destroyed {

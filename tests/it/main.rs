@@ -4,8 +4,9 @@
 mod aggregator;
 mod bench;
 mod cli;
-mod procs;
 mod pipeline;
+mod procs;
 mod rules;
 mod sandbox;
 mod sockets;
+mod util;

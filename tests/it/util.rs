@@ -1,0 +1,167 @@
+//! Helpers shared by the integration tests: running the real `procflow` binary as a
+//! separate process, reading its JSON lines, and network namespaces that clean up.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use procflow::model::{FlowPhase, FlowRecord, Record};
+
+pub fn procflow_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_procflow")
+}
+
+/// A collector process whose stdout (JSON lines) is collected until it stops.
+pub struct Collector {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Collector {
+    /// Starts `prefix… procflow collector args…` and waits until it reports it is running.
+    pub fn start(prefix: &[&str], args: &[&str]) -> Collector {
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(procflow_bin());
+                c
+            }
+            None => Command::new(procflow_bin()),
+        };
+        let mut child = command
+            .arg("collector")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start collector");
+        let (line_tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("collector running") {
+                    let _ = ready_tx.send(());
+                }
+                eprintln!("[collector] {line}");
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("collector did not report it was running");
+        // Let the initial dump and the first trigger reads settle.
+        std::thread::sleep(Duration::from_millis(200));
+        Collector { child, lines }
+    }
+
+    /// Stops the collector with SIGTERM (it ends live flows and drains) and returns every record.
+    pub fn stop(mut self) -> Vec<Record> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait collector");
+        assert!(exit.success(), "collector exited with {exit}");
+        self.lines
+            .try_iter()
+            .map(|l| {
+                serde_json::from_str::<Record>(&l)
+                    .unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn flows(records: &[Record]) -> Vec<&FlowRecord> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn count_phase(flows: &[&FlowRecord], phase: FlowPhase) -> usize {
+    flows.iter().filter(|f| f.phase == phase).count()
+}
+
+/// Runs a command and panics with its output when it fails.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Network namespaces created by a test, deleted on drop (also on panic).
+pub struct Netns {
+    pub names: Vec<String>,
+}
+
+impl Netns {
+    pub fn new(tag: &str, names: &[&str]) -> Netns {
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| format!("pf{}{tag}{n}", std::process::id()))
+            .collect();
+        for n in &names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+            sh(&["ip", "netns", "add", n]);
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        Netns { names }
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// Connects namespaces `a` and `b` with a veth pair and addresses (CIDR notation).
+    pub fn link(&self, a: usize, addr_a: &str, b: usize, addr_b: &str, tag: &str) {
+        let (na, nb) = (self.name(a), self.name(b));
+        let (va, vb) = (
+            format!("va{tag}{}", std::process::id() % 100000),
+            format!("vb{tag}{}", std::process::id() % 100000),
+        );
+        sh(&[
+            "ip", "link", "add", &va, "netns", na, "type", "veth", "peer", "name", &vb, "netns", nb,
+        ]);
+        sh(&["ip", "-n", na, "addr", "add", addr_a, "dev", &va]);
+        sh(&["ip", "-n", nb, "addr", "add", addr_b, "dev", &vb]);
+        sh(&["ip", "-n", na, "link", "set", &va, "up"]);
+        sh(&["ip", "-n", nb, "link", "set", &vb, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
