@@ -13,8 +13,9 @@ use crossbeam_channel::Receiver;
 use crate::attribution::{NoAttribution, OwnerLookup};
 use crate::config::parse_duration;
 use crate::flows::{ClusterCidrs, FlowConfig, FlowTable, Scoper};
-use crate::model::{now_ns, Record};
+use crate::model::{now_ns, Heartbeat, Record};
 use crate::pipeline::{record_queue, RecordTx};
+use crate::procs::{ProcessConfig, ProcessMonitor};
 use crate::sockdiag::{trigger::Trigger, DestroyEvent, DestroyListener, Dumper, SocketInfo};
 use crate::telemetry;
 
@@ -54,6 +55,24 @@ pub struct Args {
     /// Destroy events buffered between the reader thread and the engine.
     #[arg(long, env = "PROCFLOW_DESTROY_QUEUE_CAPACITY", default_value_t = 65536)]
     pub destroy_queue_capacity: usize,
+    /// Do not watch processes (and attribute no socket to one).
+    #[arg(long, env = "PROCFLOW_NO_PROCESSES")]
+    pub no_processes: bool,
+    /// Full /proc sweep (exits, execs of older processes) at least this often; new pids are read at once.
+    #[arg(long, env = "PROCFLOW_PROCESS_SWEEP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub process_sweep_interval: Duration,
+    /// Exited processes kept for lineage, at most.
+    #[arg(long, env = "PROCFLOW_TOMBSTONE_MAX", default_value_t = 10_000)]
+    pub tombstone_max: usize,
+    /// Exited processes kept for lineage, at most this long.
+    #[arg(long, env = "PROCFLOW_TOMBSTONE_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub tombstone_age: Duration,
+    /// How often the collector reports its own counters (heartbeat record).
+    #[arg(long, env = "PROCFLOW_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// /proc of the pid namespace to watch.
+    #[arg(long, env = "PROCFLOW_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: std::path::PathBuf,
     /// Stop after this long (for tests and benchmarks); runs until SIGINT/SIGTERM otherwise.
     #[arg(long, env = "PROCFLOW_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -67,6 +86,8 @@ pub struct EngineConfig {
     pub flows: FlowConfig,
     pub cluster_cidrs: ClusterCidrs,
     pub destroy_queue_capacity: usize,
+    pub processes: Option<ProcessConfig>,
+    pub heartbeat_interval: Duration,
 }
 
 impl From<&Args> for EngineConfig {
@@ -81,6 +102,14 @@ impl From<&Args> for EngineConfig {
             },
             cluster_cidrs: a.cluster_cidrs.clone(),
             destroy_queue_capacity: a.destroy_queue_capacity,
+            processes: (!a.no_processes).then(|| ProcessConfig {
+                proc_root: a.proc_root.clone(),
+                sweep_interval: a.process_sweep_interval,
+                tombstone_max: a.tombstone_max,
+                tombstone_age: a.tombstone_age,
+                ..ProcessConfig::default()
+            }),
+            heartbeat_interval: a.heartbeat_interval,
         }
     }
 }
@@ -213,21 +242,115 @@ impl SocketMonitor {
 /// into `tx`. On stop, ends live flows and returns.
 pub fn run_engine(
     mut sockets: SocketMonitor,
+    mut procs: Option<ProcessMonitor>,
     config: &EngineConfig,
     tx: RecordTx,
     stop: &AtomicBool,
 ) {
-    let mut lookup = NoAttribution;
     let mut out = Vec::with_capacity(1024);
-    sockets.dump(&mut lookup, &mut out);
+    let mut no_attribution = NoAttribution;
+    let mut last_heartbeat = Instant::now();
+    snapshot(&mut sockets, procs.as_mut(), &mut out);
     tx.send_all(&mut out);
     while !stop.load(Ordering::Relaxed) {
-        sockets.tick(&mut lookup, &mut out);
+        let now = now_ns();
+        // Processes first: a socket's new owner must be known before the socket is attributed.
+        let lookup: &mut dyn OwnerLookup = match procs.as_mut() {
+            Some(p) => {
+                p.poll(now, &mut out);
+                p
+            }
+            None => &mut no_attribution,
+        };
+        sockets.tick(lookup, &mut out);
+        if last_heartbeat.elapsed() >= config.heartbeat_interval {
+            last_heartbeat = Instant::now();
+            out.push(Record::Heartbeat(heartbeat(&sockets, procs.as_ref(), &tx)));
+        }
         tx.send_all(&mut out);
         std::thread::sleep(config.trigger_interval);
     }
     sockets.shutdown(&mut out);
+    out.push(Record::Heartbeat(heartbeat(&sockets, procs.as_ref(), &tx)));
     tx.send_all(&mut out);
+}
+
+/// Every current process and socket, as START records (`preexisting` for sockets).
+pub fn snapshot(
+    sockets: &mut SocketMonitor,
+    procs: Option<&mut ProcessMonitor>,
+    out: &mut Vec<Record>,
+) {
+    match procs {
+        Some(p) => {
+            p.sweep(now_ns(), out);
+            sockets.dump(p, out);
+        }
+        None => sockets.dump(&mut NoAttribution, out),
+    }
+}
+
+/// The collector's own counters: every loss has one.
+pub fn heartbeat(
+    sockets: &SocketMonitor,
+    procs: Option<&ProcessMonitor>,
+    tx: &RecordTx,
+) -> Heartbeat {
+    let f = sockets.table().stats();
+    let mut counters = vec![
+        ("flows_started".to_owned(), f.started),
+        ("flows_updated".to_owned(), f.updated),
+        ("flows_ended_destroy_event".to_owned(), f.ended_destroy),
+        ("flows_ended_vanished".to_owned(), f.ended_vanished),
+        ("flows_ended_recovered".to_owned(), f.ended_recovered),
+        ("flows_destroy_only".to_owned(), f.destroy_only),
+        (
+            "flows_destroy_only_without_peer".to_owned(),
+            f.destroy_only_without_peer,
+        ),
+        ("flows_duplicate_ends".to_owned(), f.duplicate_ends),
+        ("listeners_started".to_owned(), f.listeners_started),
+        (
+            "queue_sent".to_owned(),
+            tx.stats().sent.load(Ordering::Relaxed),
+        ),
+        (
+            "queue_dropped".to_owned(),
+            tx.stats().dropped.load(Ordering::Relaxed),
+        ),
+    ];
+    if let Some(p) = procs {
+        let s = p.stats();
+        counters.extend([
+            ("processes_started".to_owned(), s.started),
+            ("processes_exec".to_owned(), s.execs),
+            ("processes_exited".to_owned(), s.exits),
+            ("proc_raced_exit".to_owned(), s.raced_exit),
+            ("proc_permission_denied".to_owned(), s.permission_denied),
+            ("pids_unseen".to_owned(), s.pids_unseen),
+        ]);
+    }
+    let (rss_bytes, cpu_time_ns) = own_usage();
+    Heartbeat {
+        time: now_ns(),
+        counters,
+        flows_tracked: sockets.table().len() as u64,
+        processes_tracked: procs.map_or(0, |p| p.len() as u64),
+        rss_bytes,
+        cpu_time_ns,
+        features: Vec::new(),
+    }
+}
+
+/// Resident memory and CPU time of this process, from /proc/self.
+fn own_usage() -> (u64, u64) {
+    let me = procfs::process::Process::myself().ok();
+    let stat = me.as_ref().and_then(|p| p.stat().ok());
+    let page = procfs::page_size();
+    let ticks = procfs::ticks_per_second().max(1);
+    stat.map_or((0, 0), |s| {
+        (s.rss * page, (s.utime + s.stime) * (1_000_000_000 / ticks))
+    })
 }
 
 /// `procflow collector`.
@@ -242,9 +365,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .spawn(move || crate::pipeline::stdout::write_json_lines(&rx, std::io::stdout().lock()))?;
 
     let mut sockets = SocketMonitor::new(&config)?;
+    let mut procs = match &config.processes {
+        Some(pc) => Some(ProcessMonitor::new(pc.clone()).context("reading /proc")?),
+        None => None,
+    };
     if args.once {
         let mut out = Vec::new();
-        sockets.dump(&mut NoAttribution, &mut out);
+        snapshot(&mut sockets, procs.as_mut(), &mut out);
         tx.send_all(&mut out);
         drop(tx);
         writer
@@ -256,7 +383,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watcher(stop.clone(), args.duration)?;
     tracing::info!(poll_interval = ?config.poll_interval, trigger_interval = ?config.trigger_interval, "collector running");
-    run_engine(sockets, &config, tx, &stop);
+    run_engine(sockets, procs, &config, tx, &stop);
     writer
         .join()
         .map_err(|_| anyhow::anyhow!("stdout writer panicked"))??;

@@ -1,1 +1,8 @@
-//! (being written)
+//! Processes: /proc parsers, discovery by polling, lineage with tombstones, and the
+//! socket → process attribution that the flow table asks for.
+
+pub mod attribute;
+pub mod monitor;
+pub mod parse;
+
+pub use monitor::{ProcessConfig, ProcessMonitor, ProcessStats};

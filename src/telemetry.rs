@@ -41,3 +41,9 @@ pub const SOCKDIAG_DUMPS: &str = "procflow_sockdiag_dumps_total";
 pub const SOCKDIAG_DUMP_ERRORS: &str = "procflow_sockdiag_dump_errors_total";
 /// Time per full dump + flow-table diff.
 pub const SOCKDIAG_DUMP_SECONDS: &str = "procflow_sockdiag_dump_seconds";
+/// Processes seen starting.
+pub const PROCESSES_STARTED: &str = "procflow_processes_started_total";
+/// /proc reads denied for lack of ptrace access (exe, cwd, fd).
+pub const PROC_PERMISSION_DENIED: &str = "procflow_proc_permission_denied_total";
+/// Sockets whose inode was not found in any readable fd table.
+pub const ATTRIBUTION_MISSES: &str = "procflow_attribution_misses_total";

@@ -1,0 +1,483 @@
+//! Process discovery by polling /proc, cheaply: the last-pid field of /proc/loadavg moves
+//! whenever the pid namespace allocates a pid, so a tick that sees it unchanged costs one
+//! small read. Only then are new pids read; a slower sweep finds exits and execs of older
+//! processes. Very young processes are re-checked on every tick for a short while, because
+//! fork-then-exec changes the image without allocating a pid.
+//!
+//! Processes are keyed by (pid, start time). Exited ones stay as tombstones (bounded in count
+//! and age) so the lineage of a short-lived chain resolves after its members are gone.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs;
+use std::io::{self, ErrorKind, Read};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::model::{Ancestor, ProcessPhase, ProcessRecord, Record, Unavailable, UnixNanos};
+use crate::procs::parse::{self, Stat};
+use crate::telemetry;
+
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// /proc of the pid namespace to watch.
+    pub proc_root: PathBuf,
+    /// Full sweep (exits, execs of older processes) at least this often.
+    pub sweep_interval: Duration,
+    /// Processes younger than this are re-read on every tick to catch fork-then-exec.
+    pub young_age: Duration,
+    pub tombstone_max: usize,
+    pub tombstone_age: Duration,
+    pub max_argv_bytes: usize,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            proc_root: PathBuf::from("/proc"),
+            sweep_interval: Duration::from_millis(500),
+            young_age: Duration::from_millis(50),
+            tombstone_max: 10_000,
+            tombstone_age: Duration::from_secs(600),
+            max_argv_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Counters of what discovery saw and missed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessStats {
+    pub started: u64,
+    pub execs: u64,
+    pub exits: u64,
+    pub scans: u64,
+    pub sweeps: u64,
+    /// A /proc read raced the process's exit.
+    pub raced_exit: u64,
+    /// exe / cwd / fd reads denied (ptrace access).
+    pub permission_denied: u64,
+    /// Pids allocated (loadavg) that were never seen as a process: threads, or processes
+    /// that lived and died between two ticks.
+    pub pids_unseen: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Proc {
+    pub record: ProcessRecord,
+    pub starttime_ticks: u64,
+    pub first_seen: Instant,
+    /// Open-fd count at the last fd scan (`stat(/proc/pid/fd).st_size`), for attribution.
+    pub fd_count: Option<u64>,
+    pub fd_unreadable: bool,
+}
+
+pub struct ProcessMonitor {
+    config: ProcessConfig,
+    boot_time_ns: u64,
+    tick_ns: u64,
+    pub(crate) live: HashMap<u32, Proc>,
+    tombstones: HashMap<(u32, UnixNanos), Tombstone>,
+    tombstone_order: VecDeque<(Instant, (u32, UnixNanos))>,
+    last_pid: Option<u32>,
+    last_sweep: Option<Instant>,
+    loadavg: fs::File,
+    buf: Vec<u8>,
+    stats: ProcessStats,
+    pod_uid_env: Option<String>,
+    /// Processes started since the last tick, to count pids never seen.
+    new_since_last: u64,
+    pub(crate) index: crate::procs::attribute::InodeIndex,
+}
+
+/// An exited process, kept for the lineage of its descendants.
+#[derive(Debug, Clone)]
+struct Tombstone {
+    ancestor: Ancestor,
+    ppid: u32,
+    parent_start_time: Option<UnixNanos>,
+}
+
+impl ProcessMonitor {
+    pub fn new(config: ProcessConfig) -> io::Result<Self> {
+        let boot_time_ns =
+            procfs::boot_time_secs().map_err(|e| io::Error::other(e.to_string()))? * 1_000_000_000;
+        let ticks = procfs::ticks_per_second().max(1);
+        let loadavg = fs::File::open(config.proc_root.join("loadavg"))?;
+        Ok(ProcessMonitor {
+            config,
+            boot_time_ns,
+            tick_ns: 1_000_000_000 / ticks,
+            live: HashMap::new(),
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
+            last_pid: None,
+            last_sweep: None,
+            loadavg,
+            buf: Vec::with_capacity(4096),
+            stats: ProcessStats::default(),
+            pod_uid_env: std::env::var("POD_UID").ok().filter(|s| !s.is_empty()),
+            new_since_last: 0,
+            index: Default::default(),
+        })
+    }
+
+    pub(crate) fn proc_root(&self) -> &std::path::Path {
+        &self.config.proc_root
+    }
+
+    pub fn stats(&self) -> ProcessStats {
+        self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// One tick: cheap when nothing happened. Returns whether /proc was scanned.
+    pub fn poll(&mut self, now: UnixNanos, out: &mut Vec<Record>) -> bool {
+        let last_pid = self.read_last_pid();
+        let sweep_due = self
+            .last_sweep
+            .is_none_or(|t| t.elapsed() >= self.config.sweep_interval);
+        let mut scanned = false;
+        if sweep_due {
+            self.sweep(now, out);
+            scanned = true;
+        } else if last_pid.is_some() && last_pid != self.last_pid {
+            self.scan_new(now, out);
+            scanned = true;
+        }
+        if let (Some(before), Some(after)) = (self.last_pid, last_pid) {
+            let allocated = u64::from(after.wrapping_sub(before).min(1 << 22));
+            self.stats.pids_unseen += allocated.saturating_sub(self.new_since_last);
+        }
+        self.new_since_last = 0;
+        self.last_pid = last_pid.or(self.last_pid);
+        self.recheck_young(now, out);
+        scanned
+    }
+
+    /// Reads every process now (start-up snapshot and the periodic safety net).
+    pub fn sweep(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
+        self.stats.sweeps += 1;
+        self.last_sweep = Some(Instant::now());
+        let pids = self.list_pids();
+        let present: HashSet<u32> = pids.iter().copied().collect();
+        let gone: Vec<u32> = self
+            .live
+            .keys()
+            .copied()
+            .filter(|p| !present.contains(p))
+            .collect();
+        for pid in gone {
+            self.exit(pid, now, out);
+        }
+        for pid in pids {
+            self.observe(pid, now, out);
+        }
+        self.expire_tombstones();
+    }
+
+    /// Reads only pids not yet known (after the last-pid trigger moved).
+    fn scan_new(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
+        self.stats.scans += 1;
+        for pid in self.list_pids() {
+            if !self.live.contains_key(&pid) {
+                self.observe(pid, now, out);
+            }
+        }
+    }
+
+    fn recheck_young(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
+        let young: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|(_, p)| p.first_seen.elapsed() < self.config.young_age)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in young {
+            self.observe(pid, now, out);
+        }
+    }
+
+    fn list_pids(&mut self) -> Vec<u32> {
+        let Ok(dir) = fs::read_dir(&self.config.proc_root) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    fn read_last_pid(&mut self) -> Option<u32> {
+        use std::io::Seek;
+        self.buf.clear();
+        self.loadavg.seek(io::SeekFrom::Start(0)).ok()?;
+        self.loadavg.read_to_end(&mut self.buf).ok()?;
+        parse::loadavg_last_pid(&self.buf)
+    }
+
+    /// Reads one pid and emits START, EXEC, or EXIT+START (pid reuse) as it finds it.
+    fn observe(&mut self, pid: u32, now: UnixNanos, out: &mut Vec<Record>) {
+        let stat = match self.read_stat(pid) {
+            Some(stat) => stat,
+            None => {
+                if self.live.contains_key(&pid) {
+                    self.exit(pid, now, out);
+                }
+                return;
+            }
+        };
+        if let Some(known) = self.live.get(&pid) {
+            if known.starttime_ticks == stat.starttime {
+                if known.record.comm != stat.comm {
+                    self.exec(pid, stat, now, out);
+                }
+                return;
+            }
+            self.exit(pid, now, out); // the pid was reused
+        }
+        self.start(stat, now, out);
+    }
+
+    fn start(&mut self, stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
+        let start_time = self.boot_time_ns + stat.starttime * self.tick_ns;
+        let parent_start_time = self
+            .live
+            .get(&stat.ppid)
+            .map(|p| p.record.start_time)
+            .filter(|t| *t <= start_time);
+        let mut record = ProcessRecord {
+            pid: stat.pid,
+            start_time,
+            ppid: stat.ppid,
+            parent_start_time,
+            phase: ProcessPhase::Start,
+            comm: stat.comm,
+            exe: None,
+            argv: Vec::new(),
+            cwd: None,
+            uid: 0,
+            gid: 0,
+            euid: 0,
+            egid: 0,
+            tty: (stat.tty_nr != 0).then_some(stat.tty_nr),
+            session_id: stat.session,
+            pgid: stat.pgrp,
+            container_id: None,
+            pod_uid: None,
+            exit_time: None,
+            ancestors: Vec::new(),
+            exe_unavailable: Unavailable::Unspecified,
+            cwd_unavailable: Unavailable::Unspecified,
+            exe_deleted: false,
+            seen_at_exit_only: false,
+            stdio_is_socket: None,
+            stdio_socket_inodes: Vec::new(),
+        };
+        self.fill_details(&mut record);
+        record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);
+        self.stats.started += 1;
+        self.new_since_last += 1;
+        metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
+        out.push(Record::Process(record.clone()));
+        self.live.insert(
+            record.pid,
+            Proc {
+                starttime_ticks: stat.starttime,
+                record,
+                first_seen: Instant::now(),
+                fd_count: None,
+                fd_unreadable: false,
+            },
+        );
+    }
+
+    fn exec(&mut self, pid: u32, stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
+        let Some(mut p) = self.live.remove(&pid) else {
+            return;
+        };
+        p.record.comm = stat.comm;
+        p.record.phase = ProcessPhase::Exec;
+        p.record.tty = (stat.tty_nr != 0).then_some(stat.tty_nr);
+        p.record.session_id = stat.session;
+        p.record.pgid = stat.pgrp;
+        self.fill_details(&mut p.record);
+        p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
+        p.fd_count = None;
+        self.stats.execs += 1;
+        out.push(Record::Process(p.record.clone()));
+        self.live.insert(pid, p);
+    }
+
+    fn exit(&mut self, pid: u32, now: UnixNanos, out: &mut Vec<Record>) {
+        let Some(mut p) = self.live.remove(&pid) else {
+            return;
+        };
+        p.record.phase = ProcessPhase::Exit;
+        p.record.exit_time = Some(now);
+        p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
+        self.stats.exits += 1;
+        let key = (pid, p.record.start_time);
+        self.tombstones.insert(
+            key,
+            Tombstone {
+                ancestor: ancestor_of(&p.record, true),
+                ppid: p.record.ppid,
+                parent_start_time: p.record.parent_start_time,
+            },
+        );
+        self.tombstone_order.push_back((Instant::now(), key));
+        out.push(Record::Process(p.record));
+    }
+
+    /// The chain of ancestors, parent first, through live processes and tombstones.
+    pub fn ancestors_of(
+        &self,
+        mut ppid: u32,
+        mut parent_start: Option<UnixNanos>,
+    ) -> Vec<Ancestor> {
+        let mut chain = Vec::new();
+        while ppid != 0 && chain.len() < 64 {
+            let link = match (self.live.get(&ppid), parent_start) {
+                (Some(p), Some(t)) if p.record.start_time == t => Some((
+                    ancestor_of(&p.record, false),
+                    p.record.ppid,
+                    p.record.parent_start_time,
+                )),
+                (Some(p), None) => Some((
+                    ancestor_of(&p.record, false),
+                    p.record.ppid,
+                    p.record.parent_start_time,
+                )),
+                _ => parent_start
+                    .and_then(|t| self.tombstones.get(&(ppid, t)))
+                    .map(|t| (t.ancestor.clone(), t.ppid, t.parent_start_time)),
+            };
+            let Some((ancestor, next_ppid, next_start)) = link else {
+                break;
+            };
+            chain.push(ancestor);
+            ppid = next_ppid;
+            parent_start = next_start;
+        }
+        chain
+    }
+
+    fn expire_tombstones(&mut self) {
+        while let Some((at, key)) = self.tombstone_order.front().copied() {
+            if self.tombstone_order.len() <= self.config.tombstone_max
+                && at.elapsed() < self.config.tombstone_age
+            {
+                break;
+            }
+            self.tombstone_order.pop_front();
+            self.tombstones.remove(&key);
+        }
+    }
+
+    fn read_stat(&mut self, pid: u32) -> Option<Stat> {
+        let path = self.config.proc_root.join(pid.to_string()).join("stat");
+        match read_into(&path, &mut self.buf, 4096) {
+            Ok(()) => parse::parse_stat(&self.buf),
+            Err(_) => {
+                self.stats.raced_exit += 1;
+                None
+            }
+        }
+    }
+
+    /// Fills what needs more reads: ids, argv, identity, and the ptrace-guarded exe, cwd, stdio.
+    fn fill_details(&mut self, r: &mut ProcessRecord) {
+        let dir = self.config.proc_root.join(r.pid.to_string());
+        if read_into(&dir.join("status"), &mut self.buf, 16 * 1024).is_ok() {
+            if let Some(ids) = parse::parse_status(&self.buf) {
+                (r.uid, r.euid, r.gid, r.egid) = (ids.uid, ids.euid, ids.gid, ids.egid);
+            }
+        }
+        if read_into(
+            &dir.join("cmdline"),
+            &mut self.buf,
+            self.config.max_argv_bytes,
+        )
+        .is_ok()
+        {
+            r.argv = parse::parse_cmdline(&self.buf);
+        }
+        if read_into(&dir.join("cgroup"), &mut self.buf, 16 * 1024).is_ok() {
+            let identity = parse::parse_cgroup(&self.buf);
+            r.container_id = identity.container_id;
+            r.pod_uid = identity.pod_uid.or_else(|| self.pod_uid_env.clone());
+        }
+        match fs::read_link(dir.join("exe")) {
+            Ok(target) => {
+                let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec();
+                r.exe_deleted = bytes.ends_with(b" (deleted)") || bytes.starts_with(b"/memfd:");
+                r.exe = Some(bytes);
+                r.exe_unavailable = Unavailable::Unspecified;
+            }
+            Err(e) => {
+                r.exe = None;
+                r.exe_unavailable = self.unavailable(&e, r.ppid);
+            }
+        }
+        match fs::read_link(dir.join("cwd")) {
+            Ok(target) => {
+                r.cwd = Some(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec());
+                r.cwd_unavailable = Unavailable::Unspecified;
+            }
+            Err(e) => {
+                r.cwd = None;
+                r.cwd_unavailable = self.unavailable(&e, r.ppid);
+            }
+        }
+        r.stdio_socket_inodes.clear();
+        let mut readable = false;
+        for fd in 0..3 {
+            if let Ok(link) = fs::read_link(dir.join("fd").join(fd.to_string())) {
+                readable = true;
+                if let Some(inode) =
+                    parse::socket_inode(std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()))
+                {
+                    r.stdio_socket_inodes.push(inode);
+                }
+            }
+        }
+        r.stdio_is_socket = readable.then_some(!r.stdio_socket_inodes.is_empty());
+    }
+
+    fn unavailable(&mut self, e: &io::Error, ppid: u32) -> Unavailable {
+        match e.kind() {
+            ErrorKind::PermissionDenied => {
+                self.stats.permission_denied += 1;
+                metrics::counter!(telemetry::PROC_PERMISSION_DENIED).increment(1);
+                Unavailable::PermissionDenied
+            }
+            // Kernel threads (children of kthreadd, pid 2) have no executable.
+            ErrorKind::NotFound if ppid == 2 || ppid == 0 => Unavailable::None,
+            _ => Unavailable::ProcessGone,
+        }
+    }
+}
+
+pub(crate) fn ancestor_of(r: &ProcessRecord, exited: bool) -> Ancestor {
+    Ancestor {
+        pid: r.pid,
+        start_time: r.start_time,
+        comm: r.comm.clone(),
+        exe: r.exe.clone(),
+        argv: r.argv.clone(),
+        exited,
+        uid: Some(r.uid),
+    }
+}
+
+/// Reads a /proc file into `buf` (cleared first), at most `limit` bytes.
+pub(crate) fn read_into(path: &std::path::Path, buf: &mut Vec<u8>, limit: usize) -> io::Result<()> {
+    buf.clear();
+    let file = fs::File::open(path)?;
+    file.take(limit as u64).read_to_end(buf)?;
+    Ok(())
+}

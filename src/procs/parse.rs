@@ -1,0 +1,309 @@
+//! Pure parsers for /proc text. A process names itself whatever it likes (newlines,
+//! parentheses, invalid UTF-8), so nothing here trusts the bytes: `comm` is whatever lies
+//! between the first `(` and the *last* `)` of stat, and every parser returns `None` rather
+//! than panicking on malformed input.
+
+/// The fields of `/proc/<pid>/stat` procflow uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub comm: Vec<u8>,
+    pub state: u8,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub session: u32,
+    pub tty_nr: u32,
+    /// Clock ticks since boot.
+    pub starttime: u64,
+}
+
+pub fn parse_stat(text: &[u8]) -> Option<Stat> {
+    let open = text.iter().position(|&b| b == b'(')?;
+    let close = text.iter().rposition(|&b| b == b')')?;
+    if close < open {
+        return None;
+    }
+    let pid = parse_num(trim(&text[..open]))?;
+    let comm = text[open + 1..close].to_vec();
+    // After ") ": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
+    // utime stime cutime cstime priority nice num_threads itrealvalue starttime ...
+    let mut fields = text.get(close + 2..)?.split(|&b| b == b' ');
+    let state = *fields.next()?.first()?;
+    let ppid = parse_num(fields.next()?)?;
+    let pgrp = parse_num(fields.next()?)?;
+    let session = parse_num(fields.next()?)?;
+    let tty_nr = parse_num(fields.next()?)?;
+    let starttime = parse_num(fields.nth(14)?)?;
+    Some(Stat {
+        pid: u32::try_from(pid).ok()?,
+        comm,
+        state,
+        ppid: u32::try_from(ppid).ok()?,
+        pgrp: u32::try_from(pgrp).ok()?,
+        session: u32::try_from(session).ok()?,
+        tty_nr: u32::try_from(tty_nr).ok()?,
+        starttime,
+    })
+}
+
+/// Real and effective ids from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ids {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+}
+
+pub fn parse_status(text: &[u8]) -> Option<Ids> {
+    let mut ids = Ids::default();
+    let (mut have_uid, mut have_gid) = (false, false);
+    for line in text.split(|&b| b == b'\n') {
+        let (key, rest) = match line.iter().position(|&b| b == b':') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => continue,
+        };
+        let mut values = rest
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|v| !v.is_empty())
+            .map(parse_num);
+        match key {
+            b"Uid" => {
+                ids.uid = u32::try_from(values.next()??).ok()?;
+                ids.euid = u32::try_from(values.next()??).ok()?;
+                have_uid = true;
+            }
+            b"Gid" => {
+                ids.gid = u32::try_from(values.next()??).ok()?;
+                ids.egid = u32::try_from(values.next()??).ok()?;
+                have_gid = true;
+            }
+            _ => {}
+        }
+        if have_uid && have_gid {
+            return Some(ids);
+        }
+    }
+    None
+}
+
+/// NUL-separated arguments, kept as the kernel's bytes. A trailing NUL ends the last one.
+pub fn parse_cmdline(text: &[u8]) -> Vec<Vec<u8>> {
+    let text = text.strip_suffix(b"\0").unwrap_or(text);
+    if text.is_empty() {
+        return Vec::new();
+    }
+    text.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+}
+
+/// Container and pod identity found in `/proc/<pid>/cgroup`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CgroupIdentity {
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+/// Finds a container id (64 hex characters: containerd, CRI-O, docker; or an ECS task's
+/// `<task>-<container hash>` form) and a Kubernetes pod uid (`pod<uid>`, with `_` or `-`)
+/// in any cgroup v1 or v2 line.
+pub fn parse_cgroup(text: &[u8]) -> CgroupIdentity {
+    let mut identity = CgroupIdentity::default();
+    let text = String::from_utf8_lossy(text);
+    for line in text.lines() {
+        // "hierarchy-id:controllers:path"
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        for segment in path.split('/') {
+            if identity.pod_uid.is_none() {
+                if let Some(uid) = pod_uid_of(segment) {
+                    identity.pod_uid = Some(uid);
+                }
+            }
+            if identity.container_id.is_none() {
+                identity.container_id = container_id_of(segment);
+            }
+        }
+    }
+    identity
+}
+
+fn pod_uid_of(segment: &str) -> Option<String> {
+    let start = segment.find("pod")? + 3;
+    let rest = segment[start..].trim_end_matches(".slice");
+    let uid: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == '_')
+        .collect();
+    (uid.len() == 36 && uid.chars().filter(|c| *c == '-' || *c == '_').count() == 4)
+        .then(|| uid.replace('_', "-"))
+}
+
+fn container_id_of(segment: &str) -> Option<String> {
+    // "cri-containerd-<id>.scope", "crio-<id>.scope", "docker-<id>.scope", "<id>",
+    // ECS: "<task id>-<container hash>" under /ecs/<task id>/.
+    let core = segment.trim_end_matches(".scope");
+    let candidate = core.rsplit(['-', ':']).next().unwrap_or(core);
+    if candidate.len() == 64 && candidate.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Some(candidate.to_owned());
+    }
+    let mut parts = core.splitn(2, '-');
+    let (task, hash) = (parts.next()?, parts.next()?);
+    (task.len() == 32
+        && task.chars().all(|c| c.is_ascii_hexdigit())
+        && hash.chars().all(|c| c.is_ascii_digit())
+        && !hash.is_empty())
+    .then(|| core.to_owned())
+}
+
+/// The most recently allocated pid of this pid namespace: the last field of /proc/loadavg.
+pub fn loadavg_last_pid(text: &[u8]) -> Option<u32> {
+    let last = trim(text).rsplit(|&b| b == b' ').next()?;
+    u32::try_from(parse_num(last)?).ok()
+}
+
+/// `socket:[12345]` → 12345.
+pub fn socket_inode(link: &[u8]) -> Option<u64> {
+    parse_num(link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+fn parse_num(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 20 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    b.iter().try_fold(0u64, |acc, d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn stat_with_hostile_comm() {
+        let text = b"4242 (evil) (name\n\xff) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+        let stat = parse_stat(text).expect("parses");
+        assert_eq!(stat.pid, 4242);
+        assert_eq!(stat.comm, b"evil) (name\n\xff".to_vec());
+        assert_eq!(
+            (
+                stat.state,
+                stat.ppid,
+                stat.session,
+                stat.tty_nr,
+                stat.starttime
+            ),
+            (b'S', 1, 4242, 34816, 987654)
+        );
+    }
+
+    #[test]
+    fn status_ids() {
+        let text = b"Name:\tsh\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1001\t1000\t1000\nGid:\t100\t101\t100\t100\n";
+        assert_eq!(
+            parse_status(text),
+            Some(Ids {
+                uid: 1000,
+                euid: 1001,
+                gid: 100,
+                egid: 101
+            })
+        );
+        assert_eq!(parse_status(b"Name: x\n"), None);
+    }
+
+    #[test]
+    fn cmdline_keeps_bytes() {
+        assert_eq!(
+            parse_cmdline(b"sh\0-c\0echo \xff\n\0"),
+            vec![b"sh".to_vec(), b"-c".to_vec(), b"echo \xff\n".to_vec()]
+        );
+        assert!(parse_cmdline(b"").is_empty());
+    }
+
+    #[test]
+    fn cgroup_formats() {
+        let id = "3f1c2b7a9d8e4f60a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718";
+        // containerd (EKS), cgroup v1 with systemd driver
+        let containerd = format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1d5c2f3e_8a9b_4c1d_9e2f_3a4b5c6d7e8f.slice/cri-containerd-{id}.scope\n");
+        let c = parse_cgroup(containerd.as_bytes());
+        assert_eq!(c.container_id.as_deref(), Some(id));
+        assert_eq!(
+            c.pod_uid.as_deref(),
+            Some("1d5c2f3e-8a9b-4c1d-9e2f-3a4b5c6d7e8f")
+        );
+        // CRI-O
+        let crio = format!("0::/kubepods.slice/kubepods-pod1d5c2f3e_8a9b_4c1d_9e2f_3a4b5c6d7e8f.slice/crio-{id}.scope\n");
+        assert_eq!(
+            parse_cgroup(crio.as_bytes()).container_id.as_deref(),
+            Some(id)
+        );
+        // cgroupfs driver, v1
+        let cgroupfs = format!(
+            "12:memory:/kubepods/besteffort/pod1d5c2f3e-8a9b-4c1d-9e2f-3a4b5c6d7e8f/{id}\n"
+        );
+        let c = parse_cgroup(cgroupfs.as_bytes());
+        assert_eq!(
+            (c.container_id.as_deref(), c.pod_uid.as_deref()),
+            (Some(id), Some("1d5c2f3e-8a9b-4c1d-9e2f-3a4b5c6d7e8f"))
+        );
+        // docker
+        let docker = format!("0::/system.slice/docker-{id}.scope\n");
+        assert_eq!(
+            parse_cgroup(docker.as_bytes()).container_id.as_deref(),
+            Some(id)
+        );
+        // ECS on Fargate: /ecs/<task id>/<task id>-<container hash>
+        let ecs = "0::/ecs/0123456789abcdef0123456789abcdef/0123456789abcdef0123456789abcdef-2436482521\n";
+        assert_eq!(
+            parse_cgroup(ecs.as_bytes()).container_id.as_deref(),
+            Some("0123456789abcdef0123456789abcdef-2436482521")
+        );
+        // a host process
+        assert_eq!(parse_cgroup(b"0::/init.scope\n"), CgroupIdentity::default());
+    }
+
+    #[test]
+    fn loadavg_and_socket_links() {
+        assert_eq!(
+            loadavg_last_pid(b"0.00 0.01 0.05 1/123 45678\n"),
+            Some(45678)
+        );
+        assert_eq!(socket_inode(b"socket:[98765]"), Some(98765));
+        assert_eq!(socket_inode(b"pipe:[1]"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn hostile_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_stat(&bytes);
+            let _ = parse_status(&bytes);
+            let _ = parse_cmdline(&bytes);
+            let _ = parse_cgroup(&bytes);
+            let _ = loadavg_last_pid(&bytes);
+            let _ = socket_inode(&bytes);
+        }
+
+        #[test]
+        fn any_comm_round_trips_through_stat(comm in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut text = b"77 (".to_vec();
+            text.extend_from_slice(&comm);
+            text.extend_from_slice(b") R 5 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0\n");
+            let stat = parse_stat(&text).expect("parses");
+            prop_assert_eq!(stat.comm, comm);
+            prop_assert_eq!((stat.ppid, stat.starttime), (5, 555));
+        }
+    }
+}
