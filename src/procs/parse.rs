@@ -127,7 +127,7 @@ pub fn parse_cgroup(text: &[u8]) -> CgroupIdentity {
 }
 
 fn pod_uid_of(segment: &str) -> Option<String> {
-    let start = segment.find("pod")? + 3;
+    let start = segment.rfind("pod")? + 3;
     let rest = segment[start..].trim_end_matches(".slice");
     let uid: String = rest
         .chars()
