@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Sidecar daemon: sockets from sock_diag, processes from /proc, streamed out.
-    Collector(crate::collector::Args),
+    Collector(Box<crate::collector::Args>),
     /// gRPC service that collectors stream into: store, rules, alerts, subscriptions.
     Aggregator(crate::aggregator::Args),
     /// Follow live records and alerts from an aggregator.
@@ -43,7 +43,7 @@ pub fn main_with_args(args: Vec<OsString>) -> anyhow::Result<()> {
     let cli = Cli::parse_from(args);
     crate::telemetry::init_logging(cli.log_format == "json");
     match cli.command {
-        Command::Collector(args) => crate::collector::run(args),
+        Command::Collector(args) => crate::collector::run(*args),
         Command::Aggregator(args) => crate::aggregator::run(args),
         Command::Tail(args) => crate::client::run_tail(args),
         Command::Query(args) => crate::client::run_query(args),
