@@ -172,8 +172,7 @@ fn attribution_run(prefix: &[&str]) -> (procflow::model::FlowRecord, ProcessReco
     // setpriv execs into bash: the latest image (EXEC, or START if seen after the exec).
     let process = processes(&records)
         .into_iter()
-        .filter(|p| p.pid == client_pid && p.phase != ProcessPhase::Exit)
-        .next_back()
+        .rfind(|p| p.pid == client_pid && p.phase != ProcessPhase::Exit)
         .cloned()
         .unwrap_or_else(|| panic!("client process {client_pid} not reported"));
     (flow, process)
