@@ -1,8 +1,167 @@
-//! The aggregator daemon (being written).
+//! The aggregator: the gRPC service that collectors stream into. Ingest validates and
+//! deduplicates batches, stores them, and fans them out to live subscribers; Query reads
+//! the store. Authentication is a bearer token; TLS is rustls.
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+pub mod hub;
+pub mod service;
+pub mod store;
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`procflow aggregator` is not built yet")
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::parse_duration;
+use crate::proto::v1 as pb;
+use crate::wire::Limits;
+
+pub use hub::Hub;
+pub use service::{Auth, IngestService, QueryService, SubscribeService};
+pub use store::{SqliteStore, Store};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// gRPC listen address. A non-loopback address requires --token-file.
+    #[arg(long, env = "PROCFLOW_LISTEN", default_value = "127.0.0.1:7410")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store (SQLite, WAL mode).
+    #[arg(long, env = "PROCFLOW_DATA_DIR", default_value = ".procflow")]
+    pub data_dir: PathBuf,
+    /// File holding the bearer token clients must present.
+    #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS (with --tls-key).
+    #[arg(long, env = "PROCFLOW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "PROCFLOW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "PROCFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Stored events older than this are deleted.
+    #[arg(long, env = "PROCFLOW_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// The store is trimmed (oldest first) above this size.
+    #[arg(long, env = "PROCFLOW_MAX_DB_BYTES", default_value_t = 10 << 30)]
+    pub max_db_bytes: u64,
+    /// Largest accepted gRPC message (one batch).
+    #[arg(long, env = "PROCFLOW_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    pub max_message_bytes: usize,
+    /// Most records accepted in one batch.
+    #[arg(long, env = "PROCFLOW_MAX_BATCH_RECORDS", default_value_t = 65_536)]
+    pub max_batch_records: usize,
+    /// Live events buffered per subscriber before it is sent a gap marker.
+    #[arg(long, env = "PROCFLOW_SUBSCRIBER_QUEUE", default_value_t = 4096)]
+    pub subscriber_queue: usize,
+}
+
+/// `procflow aggregator`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the aggregator until `shutdown` completes.
+pub async fn serve(
+    args: Args,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    if token.is_none() {
+        if !args.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {} without --token-file: anyone who can reach it could write and read records",
+                args.listen
+            );
+        }
+        tracing::warn!(listen = %args.listen, "no --token-file: accepting unauthenticated clients on loopback only");
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let store = Arc::new(
+        SqliteStore::open(
+            &args.data_dir,
+            store::Retention {
+                max_age: args.retention,
+                max_bytes: args.max_db_bytes,
+            },
+        )
+        .context("opening the store")?,
+    );
+    tracing::info!(path = %store.path().display(), "embedded store ready");
+    let hub = Arc::new(Hub::new(args.subscriber_queue));
+    let auth = Auth::new(token);
+    let limits = Limits::default();
+    let ingest = IngestService::new(store.clone(), hub.clone(), limits, args.max_batch_records);
+    let subscribe = SubscribeService::new(hub);
+    let query = QueryService::new(store);
+
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+        );
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(
+                std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?,
+            ));
+        }
+        builder = builder.tls_config(tls).context("TLS configuration")?;
+    }
+    let max = args.max_message_bytes;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "aggregator serving");
+    builder
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::ingest_server::IngestServer::new(ingest).max_decoding_message_size(max),
+            auth.clone().interceptor(),
+        ))
+        .add_service(pb::subscribe_server::SubscribeServer::with_interceptor(
+            subscribe,
+            auth.clone().interceptor(),
+        ))
+        .add_service(pb::query_server::QueryServer::with_interceptor(
+            query,
+            auth.interceptor(),
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("serving gRPC")?;
+    tracing::info!("aggregator stopped");
+    Ok(())
 }

@@ -1,15 +1,334 @@
-//! `procflow tail` and `procflow query` (being written).
+//! `procflow tail` (live events) and `procflow query` (stored events): gRPC clients of the
+//! aggregator. `--json` writes `model::Event` as JSON lines, the same shape for both; the
+//! human form escapes every byte a process controls before it reaches the terminal.
 
-#[derive(Debug, clap::Args)]
-pub struct TailArgs {}
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
 
-#[derive(Debug, clap::Args)]
-pub struct QueryArgs {}
+use anyhow::Context;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-pub fn run_tail(_args: TailArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`procflow tail` is not built yet")
+use crate::config::parse_duration;
+use crate::model::{display_bytes, Event, Record, RecordKind};
+use crate::proto::v1 as pb;
+use crate::wire::{self, Limits};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Aggregator URL (`https://` for TLS).
+    #[arg(
+        long,
+        env = "PROCFLOW_AGGREGATOR",
+        default_value = "http://127.0.0.1:7410"
+    )]
+    pub aggregator: String,
+    /// File holding the bearer token.
+    #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA bundle that signed the aggregator's certificate.
+    #[arg(long, env = "PROCFLOW_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
-pub fn run_query(_args: QueryArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`procflow query` is not built yet")
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
+    /// Only these record kinds (flow, process, listener, heartbeat, alert); repeatable.
+    #[arg(long = "kind", env = "PROCFLOW_KIND", value_delimiter = ',')]
+    pub kinds: Vec<RecordKind>,
+    /// Only records from these pods; repeatable.
+    #[arg(long = "pod", env = "PROCFLOW_POD", value_delimiter = ',')]
+    pub pods: Vec<String>,
+    /// Only records from these namespaces; repeatable.
+    #[arg(long = "namespace", env = "PROCFLOW_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Print JSON lines (`model::Event`) instead of text.
+    #[arg(long, env = "PROCFLOW_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Only flows of these scopes (local, east-west, north-south); repeatable.
+    #[arg(long = "scope", env = "PROCFLOW_SCOPE", value_delimiter = ',', value_parser = ["local", "east-west", "north-south"])]
+    pub scopes: Vec<String>,
+    /// Only flows of these directions (inbound, outbound, listen); repeatable.
+    #[arg(long = "direction", env = "PROCFLOW_DIRECTION", value_delimiter = ',', value_parser = ["inbound", "outbound", "listen", "unknown"])]
+    pub directions: Vec<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Only records of the last DUR (e.g. 10m, 2h).
+    #[arg(long, env = "PROCFLOW_SINCE", default_value = "1h", value_parser = parse_duration)]
+    pub since: Duration,
+    /// At most this many records.
+    #[arg(long, env = "PROCFLOW_LIMIT", default_value_t = 10_000)]
+    pub limit: u32,
+}
+
+pub fn run_tail(args: TailArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = connect(&args.connect).await?;
+        let mut client = pb::subscribe_client::SubscribeClient::new(channel);
+        let mut filter = proto_filter(&args.filter);
+        filter.scopes = args
+            .scopes
+            .iter()
+            .map(|s| match s.as_str() {
+                "local" => pb::Scope::Local,
+                "east-west" => pb::Scope::EastWest,
+                _ => pb::Scope::NorthSouth,
+            } as i32)
+            .collect();
+        filter.directions = args
+            .directions
+            .iter()
+            .map(|d| match d.as_str() {
+                "inbound" => pb::Direction::Inbound,
+                "outbound" => pb::Direction::Outbound,
+                "listen" => pb::Direction::Listen,
+                _ => pb::Direction::Unknown,
+            } as i32)
+            .collect();
+        let request = authorized(
+            &args.connect,
+            pb::SubscribeRequest {
+                filter: Some(filter),
+            },
+        )?;
+        let mut stream = client
+            .subscribe(request)
+            .await
+            .context("subscribing")?
+            .into_inner();
+        let mut printer = Printer::new(args.filter.json);
+        while let Some(item) = stream.message().await.context("live stream")? {
+            match item.item {
+                Some(pb::subscribe_item::Item::Event(e)) => printer.event(e)?,
+                Some(pb::subscribe_item::Item::Gap(g)) => printer.gap(g.missed)?,
+                None => {}
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = connect(&args.connect).await?;
+        let mut client =
+            pb::query_client::QueryClient::new(channel).max_decoding_message_size(64 << 20);
+        let since = crate::model::now_ns().saturating_sub(args.since.as_nanos() as u64);
+        let request = authorized(
+            &args.connect,
+            pb::QueryRequest {
+                filter: Some(proto_filter(&args.filter)),
+                since,
+                until: 0,
+                limit: args.limit,
+            },
+        )?;
+        let mut stream = client
+            .records(request)
+            .await
+            .context("querying")?
+            .into_inner();
+        let mut printer = Printer::new(args.filter.json);
+        while let Some(e) = stream.message().await.context("query results")? {
+            printer.event(e)?;
+        }
+        Ok(())
+    })
+}
+
+async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(args.aggregator.clone())
+        .with_context(|| format!("invalid aggregator URL {:?}", args.aggregator))?
+        .connect_timeout(Duration::from_secs(5));
+    if args.aggregator.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &args.tls_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.aggregator))
+}
+
+fn authorized<T>(args: &ConnectArgs, message: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    if let Some(path) = &args.token_file {
+        let token =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.trim())
+                .parse()
+                .context("token is not valid header text")?,
+        );
+    }
+    Ok(request)
+}
+
+fn proto_filter(f: &FilterArgs) -> pb::Filter {
+    pb::Filter {
+        kinds: f
+            .kinds
+            .iter()
+            .map(|k| match k {
+                RecordKind::Flow => pb::RecordKind::Flow,
+                RecordKind::Process => pb::RecordKind::Process,
+                RecordKind::Listener => pb::RecordKind::Listener,
+                RecordKind::Heartbeat => pb::RecordKind::Heartbeat,
+                RecordKind::Alert => pb::RecordKind::Alert,
+            } as i32)
+            .collect(),
+        pods: f.pods.clone(),
+        namespaces: f.namespaces.clone(),
+        scopes: Vec::new(),
+        directions: Vec::new(),
+    }
+}
+
+struct Printer {
+    json: bool,
+    colour: bool,
+    out: std::io::Stdout,
+    limits: Limits,
+}
+
+impl Printer {
+    fn new(json: bool) -> Printer {
+        let out = std::io::stdout();
+        Printer {
+            json,
+            colour: !json && out.is_terminal(),
+            out,
+            limits: Limits::default(),
+        }
+    }
+
+    fn event(&mut self, e: pb::Event) -> anyhow::Result<()> {
+        let event = match wire::event_from_proto(e, &self.limits) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::warn!(%error, "skipping an event that does not validate");
+                return Ok(());
+            }
+        };
+        let mut out = self.out.lock();
+        if self.json {
+            serde_json::to_writer(&mut out, &event)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", human(&event, self.colour))?;
+        }
+        Ok(())
+    }
+
+    fn gap(&mut self, missed: u64) -> anyhow::Result<()> {
+        let mut out = self.out.lock();
+        if self.json {
+            writeln!(out, "{{\"kind\":\"gap\",\"missed\":{missed}}}")?;
+        } else {
+            writeln!(out, "-- fell behind: {missed} live events not shown (they are stored; use `procflow query`) --")?;
+        }
+        Ok(())
+    }
+}
+
+/// One line per event, for people. Every kernel byte goes through `display_bytes`.
+pub fn human(e: &Event, colour: bool) -> String {
+    let paint = |code: &str, s: String| {
+        if colour {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s
+        }
+    };
+    let pod = format!("{}/{}", e.source.pod_namespace, e.source.pod_name);
+    match &e.record {
+        Record::Flow(f) => {
+            let remote = match (f.remote_addr, f.remote_port) {
+                (Some(a), Some(p)) => format!("{a}:{p}"),
+                _ => "(unconnected)".into(),
+            };
+            let bytes = match (f.bytes_sent, f.bytes_received) {
+                (Some(s), Some(r)) => format!("sent={s} recv={r}"),
+                _ => "bytes=n/a".into(),
+            };
+            let owner = f.pid.map_or("pid=?".into(), |p| format!("pid={p}"));
+            format!(
+                "{} {pod} {:?} {:?} {:?} {}:{} -> {remote} {bytes} {owner} ({:?}){}",
+                paint("36", "flow".into()),
+                f.phase,
+                f.direction,
+                f.scope,
+                f.local_addr,
+                f.local_port,
+                f.attribution,
+                if f.reset { " reset" } else { "" }
+            )
+        }
+        Record::Listener(l) => format!(
+            "{} {pod} {:?} {}:{} pid={:?}",
+            paint("34", "listen".into()),
+            l.phase,
+            l.local_addr,
+            l.local_port,
+            l.pid
+        ),
+        Record::Process(p) => {
+            let argv: Vec<String> = p.argv.iter().take(8).map(|a| display_bytes(a)).collect();
+            let lineage: Vec<String> = p
+                .ancestors
+                .iter()
+                .take(6)
+                .map(|a| format!("{}({})", display_bytes(&a.comm), a.pid))
+                .collect();
+            format!(
+                "{} {pod} {:?} pid={} uid={} {} [{}] <- {}",
+                paint("33", "proc".into()),
+                p.phase,
+                p.pid,
+                p.uid,
+                display_bytes(&p.comm),
+                argv.join(" "),
+                lineage.join(" <- ")
+            )
+        }
+        Record::Heartbeat(h) => format!(
+            "{} {pod} flows={} processes={} rss={}KiB",
+            paint("2", "heartbeat".into()),
+            h.flows_tracked,
+            h.processes_tracked,
+            h.rss_bytes / 1024
+        ),
+        Record::Alert(a) => format!(
+            "{} {pod} {:?} {} x{}: {}",
+            paint("1;31", "ALERT".into()),
+            a.severity,
+            a.rule_id,
+            a.count,
+            a.output
+        ),
+    }
 }

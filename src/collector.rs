@@ -73,6 +73,8 @@ pub struct Args {
     /// /proc of the pid namespace to watch.
     #[arg(long, env = "PROCFLOW_PROC_ROOT", default_value = "/proc")]
     pub proc_root: std::path::PathBuf,
+    #[command(flatten)]
+    pub pipeline: crate::pipeline::PipelineArgs,
     /// Stop after this long (for tests and benchmarks); runs until SIGINT/SIGTERM otherwise.
     #[arg(long, env = "PROCFLOW_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -330,6 +332,7 @@ pub fn heartbeat(
             ("pids_unseen".to_owned(), s.pids_unseen),
         ]);
     }
+    counters.extend(crate::pipeline::exporter::EXPORT_STATS.counters());
     let (rss_bytes, cpu_time_ns) = own_usage();
     Heartbeat {
         time: now_ns(),
@@ -357,38 +360,105 @@ fn own_usage() -> (u64, u64) {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = EngineConfig::from(&args);
     let (tx, rx) = record_queue(args.queue_capacity);
-    if args.output != Output::Stdout {
-        anyhow::bail!("--output grpc is not available in this build yet; use --output stdout");
-    }
-    let writer = std::thread::Builder::new()
-        .name("stdout".into())
-        .spawn(move || crate::pipeline::stdout::write_json_lines(&rx, std::io::stdout().lock()))?;
-
     let mut sockets = SocketMonitor::new(&config)?;
     let mut procs = match &config.processes {
         Some(pc) => Some(ProcessMonitor::new(pc.clone()).context("reading /proc")?),
         None => None,
     };
+    let outputs = start_outputs(&args, rx)?;
     if args.once {
         let mut out = Vec::new();
         snapshot(&mut sockets, procs.as_mut(), &mut out);
         tx.send_all(&mut out);
         drop(tx);
-        writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("stdout writer panicked"))??;
-        return Ok(());
+        return outputs.join();
     }
-
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watcher(stop.clone(), args.duration)?;
-    tracing::info!(poll_interval = ?config.poll_interval, trigger_interval = ?config.trigger_interval, "collector running");
+    tracing::info!(poll_interval = ?config.poll_interval, trigger_interval = ?config.trigger_interval, output = ?args.output, "collector running");
     run_engine(sockets, procs, &config, tx, &stop);
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("stdout writer panicked"))??;
+    outputs.join()?;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// The output threads; joining waits until they have drained everything.
+struct Outputs(Vec<std::thread::JoinHandle<anyhow::Result<()>>>);
+
+impl Outputs {
+    fn join(self) -> anyhow::Result<()> {
+        for handle in self.0 {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("an output thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+fn start_outputs(args: &Args, rx: crate::pipeline::RecordRx) -> anyhow::Result<Outputs> {
+    let spawn = |name: &str, f: Box<dyn FnOnce() -> anyhow::Result<()> + Send>| {
+        std::thread::Builder::new().name(name.into()).spawn(f)
+    };
+    let mut threads = Vec::new();
+    let grpc_rx = match args.output {
+        Output::Stdout => {
+            threads.push(spawn(
+                "stdout",
+                Box::new(move || {
+                    crate::pipeline::stdout::write_json_lines(&rx, std::io::stdout().lock())?;
+                    Ok(())
+                }),
+            )?);
+            None
+        }
+        Output::Grpc => Some(rx),
+        Output::Both => {
+            // A tee: JSON lines here, every record forwarded to the gRPC side's own queue.
+            let (grpc_tx, grpc_rx) = record_queue(args.queue_capacity);
+            threads.push(spawn(
+                "stdout",
+                Box::new(move || {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    for record in rx.rx.iter() {
+                        serde_json::to_writer(&mut out, &record)?;
+                        std::io::Write::write_all(&mut out, b"\n")?;
+                        if rx.rx.is_empty() {
+                            std::io::Write::flush(&mut out)?;
+                        }
+                        grpc_tx.send(record);
+                    }
+                    std::io::Write::flush(&mut out)?;
+                    Ok(())
+                }),
+            )?);
+            Some(grpc_rx)
+        }
+    };
+    if let Some(rx) = grpc_rx {
+        let exporter_config = args.pipeline.exporter_config()?;
+        let batcher_config = args.pipeline.batcher_config();
+        let identity = crate::pipeline::batcher::identity_from_env();
+        tracing::info!(collector_id = %identity.collector_id, aggregator = %exporter_config.endpoint, "exporting over gRPC");
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(16);
+        threads.push(spawn(
+            "batcher",
+            Box::new(move || {
+                crate::pipeline::batcher::run(batcher_config, identity, rx, batch_tx);
+                Ok(())
+            }),
+        )?);
+        threads.push(spawn(
+            "exporter",
+            Box::new(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(crate::pipeline::exporter::run(exporter_config, batch_rx))
+            }),
+        )?);
+    }
+    Ok(Outputs(threads))
 }
 
 /// Sets `stop` on SIGINT/SIGTERM, or after `duration`.

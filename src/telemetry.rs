@@ -47,3 +47,19 @@ pub const PROCESSES_STARTED: &str = "procflow_processes_started_total";
 pub const PROC_PERMISSION_DENIED: &str = "procflow_proc_permission_denied_total";
 /// Sockets whose inode was not found in any readable fd table.
 pub const ATTRIBUTION_MISSES: &str = "procflow_attribution_misses_total";
+/// Live events dropped for a subscriber that fell behind (it gets a gap marker).
+pub const SUBSCRIBER_DROPPED: &str = "procflow_subscriber_dropped_total";
+/// Requests rejected for a missing or wrong bearer token.
+pub const AUTH_REJECTED: &str = "procflow_auth_rejected_total";
+/// Batches rejected as invalid.
+pub const BATCHES_REJECTED: &str = "procflow_batches_rejected_total";
+/// Batches received again (at-least-once delivery) and not stored twice.
+pub const BATCHES_DEDUPLICATED: &str = "procflow_batches_deduplicated_total";
+/// Records received in valid batches.
+pub const RECORDS_RECEIVED: &str = "procflow_records_received_total";
+/// Records stored.
+pub const RECORDS_STORED: &str = "procflow_records_stored_total";
+/// Batches built by the collector's batcher.
+pub const BATCHES_BUILT: &str = "procflow_batches_built_total";
+/// Records the exporter dropped (spool full, no spool, rejected batches).
+pub const EXPORT_RECORDS_DROPPED: &str = "procflow_export_records_dropped_total";

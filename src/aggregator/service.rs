@@ -1,0 +1,302 @@
+//! The gRPC services: Ingest (batches in, acks out), Subscribe (live events), Query
+//! (stored events), and the bearer-token check in front of all three.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::aggregator::hub::{Hub, LiveFilter};
+use crate::aggregator::store::{Appended, EventQuery, Store};
+use crate::model::{now_ns, Event, RecordKind};
+use crate::proto::v1 as pb;
+use crate::telemetry;
+use crate::wire::{self, Limits};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+// === Auth ===
+
+/// The bearer token every request must carry, when one is configured.
+#[derive(Clone)]
+pub struct Auth {
+    token: Option<Arc<str>>,
+}
+
+impl Auth {
+    pub fn new(token: Option<String>) -> Auth {
+        Auth {
+            token: token.map(Arc::from),
+        }
+    }
+
+    pub fn interceptor(self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+        move |request: Request<()>| {
+            let Some(token) = &self.token else {
+                return Ok(request);
+            };
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match presented {
+                Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(request),
+                Some(_) => {
+                    metrics::counter!(telemetry::AUTH_REJECTED).increment(1);
+                    tracing::warn!(peer = ?request.remote_addr(), "rejected a client: wrong bearer token");
+                    Err(Status::unauthenticated("invalid bearer token"))
+                }
+                None => {
+                    metrics::counter!(telemetry::AUTH_REJECTED).increment(1);
+                    tracing::warn!(peer = ?request.remote_addr(), "rejected a client: no bearer token");
+                    Err(Status::unauthenticated(
+                        "missing `authorization: Bearer <token>`",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+// === Ingest ===
+
+pub struct IngestService {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    limits: Limits,
+    max_batch_records: usize,
+}
+
+impl IngestService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        limits: Limits,
+        max_batch_records: usize,
+    ) -> Self {
+        IngestService {
+            store,
+            hub,
+            limits,
+            max_batch_records,
+        }
+    }
+}
+
+/// Validates a batch into events; the error says which field is wrong.
+fn decode_batch(
+    batch: pb::Batch,
+    limits: &Limits,
+    max_records: usize,
+) -> Result<(String, u64, Vec<Event>), String> {
+    if batch.records.len() > max_records {
+        return Err(format!(
+            "batch of {} records exceeds the limit of {max_records}",
+            batch.records.len()
+        ));
+    }
+    let identity =
+        wire::identity_from_proto(batch.identity.ok_or("batch.identity: missing")?, limits)
+            .map_err(|e| e.to_string())?;
+    let received_at = now_ns();
+    let mut events = Vec::with_capacity(batch.records.len());
+    for (i, record) in batch.records.into_iter().enumerate() {
+        let record =
+            wire::record_from_proto(record, limits).map_err(|e| format!("records[{i}].{e}"))?;
+        events.push(Event {
+            source: identity.clone(),
+            received_at,
+            record,
+        });
+    }
+    Ok((identity.collector_id, batch.seq, events))
+}
+
+#[tonic::async_trait]
+impl pb::ingest_server::Ingest for IngestService {
+    type StreamStream = BoxStream<pb::Ack>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::Batch>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request.remote_addr();
+        let mut batches = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (store, hub, limits, max_records) = (
+            self.store.clone(),
+            self.hub.clone(),
+            self.limits,
+            self.max_batch_records,
+        );
+        tokio::spawn(async move {
+            loop {
+                let batch = match batches.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(?peer, %status, "ingest stream ended with an error");
+                        break;
+                    }
+                };
+                let seq = batch.seq;
+                let ack = match decode_batch(batch, &limits, max_records) {
+                    Err(error) => {
+                        metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
+                        tracing::warn!(?peer, seq, %error, "rejected an invalid batch");
+                        pb::Ack {
+                            seq,
+                            rejected: true,
+                            error,
+                        }
+                    }
+                    Ok((collector_id, seq, events)) => {
+                        let count = events.len() as u64;
+                        metrics::counter!(telemetry::RECORDS_RECEIVED).increment(count);
+                        let published = events.clone();
+                        match store.append(collector_id, seq, events).await {
+                            Ok(Ok(Appended::Stored(n))) => {
+                                metrics::counter!(telemetry::RECORDS_STORED).increment(n as u64);
+                                hub.publish(&published);
+                                pb::Ack {
+                                    seq,
+                                    rejected: false,
+                                    error: String::new(),
+                                }
+                            }
+                            Ok(Ok(Appended::Duplicate)) => {
+                                metrics::counter!(telemetry::BATCHES_DEDUPLICATED).increment(1);
+                                pb::Ack {
+                                    seq,
+                                    rejected: false,
+                                    error: String::new(),
+                                }
+                            }
+                            Ok(Err(error)) => {
+                                tracing::error!(%error, "store failed; the collector will resend");
+                                let _ = tx
+                                    .send(Err(Status::unavailable(format!("store: {error}"))))
+                                    .await;
+                                break;
+                            }
+                            Err(_) => {
+                                let _ = tx
+                                    .send(Err(Status::unavailable("store writer stopped")))
+                                    .await;
+                                break;
+                            }
+                        }
+                    }
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+// === Subscribe ===
+
+pub struct SubscribeService {
+    hub: Arc<Hub>,
+}
+
+impl SubscribeService {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        SubscribeService { hub }
+    }
+}
+
+fn kinds_of(filter: &pb::Filter) -> Vec<RecordKind> {
+    filter
+        .kinds
+        .iter()
+        .filter_map(|k| match pb::RecordKind::try_from(*k) {
+            Ok(pb::RecordKind::Flow) => Some(RecordKind::Flow),
+            Ok(pb::RecordKind::Process) => Some(RecordKind::Process),
+            Ok(pb::RecordKind::Listener) => Some(RecordKind::Listener),
+            Ok(pb::RecordKind::Heartbeat) => Some(RecordKind::Heartbeat),
+            Ok(pb::RecordKind::Alert) => Some(RecordKind::Alert),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl pb::subscribe_server::Subscribe for SubscribeService {
+    type SubscribeStream = BoxStream<pb::SubscribeItem>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let live = LiveFilter {
+            kinds: kinds_of(&filter),
+            pods: filter.pods.clone(),
+            namespaces: filter.namespaces.clone(),
+            scopes: filter
+                .scopes
+                .iter()
+                .filter_map(|s| pb::Scope::try_from(*s).ok())
+                .collect(),
+            directions: filter
+                .directions
+                .iter()
+                .filter_map(|d| pb::Direction::try_from(*d).ok())
+                .collect(),
+        };
+        let rx = self.hub.subscribe(live);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+// === Query ===
+
+pub struct QueryService {
+    store: Arc<dyn Store>,
+}
+
+impl QueryService {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        QueryService { store }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::query_server::Query for QueryService {
+    type RecordsStream = BoxStream<pb::Event>;
+
+    async fn records(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<Self::RecordsStream>, Status> {
+        let req = request.into_inner();
+        let filter = req.filter.unwrap_or_default();
+        let query = EventQuery {
+            kinds: kinds_of(&filter),
+            pods: filter.pods,
+            namespaces: filter.namespaces,
+            since: req.since,
+            until: req.until,
+            limit: req.limit as usize,
+        };
+        let store = self.store.clone();
+        let events = tokio::task::spawn_blocking(move || store.query(&query))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let items: Vec<Result<pb::Event, Status>> =
+            events.iter().map(|e| Ok(wire::event_to_proto(e))).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+}

@@ -1,0 +1,355 @@
+//! Storage behind the aggregator. [`Store`] is what a distributed backend would implement;
+//! [`SqliteStore`] is the embedded default: SQLite in WAL mode, one writer thread that
+//! commits many batches per transaction, events as encoded protobuf plus indexed columns.
+//! Deduplication on (collector id, batch seq) is a table in the same transaction as the
+//! events, so a batch is stored exactly once however often it is delivered, across restarts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use prost::Message;
+use rusqlite::{params, Connection, OptionalExtension};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::model::{Event, Record, RecordKind};
+use crate::proto::v1 as pb;
+use crate::wire;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("the store's writer has stopped")]
+    WriterGone,
+    #[error("stored event {id} does not decode: {reason}")]
+    Corrupt { id: i64, reason: String },
+}
+
+/// What happened to an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored(usize),
+    Duplicate,
+}
+
+/// A filter over stored events; empty lists match everything.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub kinds: Vec<RecordKind>,
+    pub pods: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub since: u64,
+    pub until: u64,
+    pub limit: usize,
+}
+
+/// The storage contract of the aggregator.
+pub trait Store: Send + Sync {
+    /// Stores a batch's events unless (collector_id, seq) was stored before.
+    fn append(
+        &self,
+        collector_id: String,
+        seq: u64,
+        events: Vec<Event>,
+    ) -> oneshot::Receiver<Result<Appended, StoreError>>;
+    fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+}
+
+enum Request {
+    Append {
+        collector_id: String,
+        seq: u64,
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: crossbeam_channel::Sender<Request>,
+}
+
+/// Retention: events older than `max_age` are deleted; then the oldest until under `max_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_bytes: u64,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    pod TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    collector TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
+CREATE INDEX IF NOT EXISTS events_kind_received ON events(kind, received_at);
+CREATE INDEX IF NOT EXISTS events_pod_received ON events(pod, received_at);
+CREATE TABLE IF NOT EXISTS batches (
+    collector TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (collector, seq)
+) WITHOUT ROWID;
+";
+
+impl SqliteStore {
+    /// Opens (or creates) `dir/procflow.db` and starts the writer thread.
+    pub fn open(dir: &Path, retention: Retention) -> Result<SqliteStore, StoreError> {
+        let path = dir.join("procflow.db");
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(sqlite)?;
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        let (writer, requests) = crossbeam_channel::bounded::<Request>(1024);
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(conn, requests, thread_path, retention))
+            .map_err(|e| StoreError::Sqlite {
+                path: path.clone(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(SqliteStore { path, writer })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Store for SqliteStore {
+    fn append(
+        &self,
+        collector_id: String,
+        seq: u64,
+        events: Vec<Event>,
+    ) -> oneshot::Receiver<Result<Appended, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        // Blocking when the writer is behind is the backpressure: acks wait, collectors buffer.
+        if let Err(crossbeam_channel::SendError(Request::Append { reply, .. })) =
+            self.writer.send(Request::Append {
+                collector_id,
+                seq,
+                events,
+                reply,
+            })
+        {
+            let _ = reply.send(Err(StoreError::WriterGone));
+        }
+        rx
+    }
+
+    fn query(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let sqlite = |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let conn =
+            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(sqlite)?;
+        let mut sql = String::from(
+            "SELECT id, body FROM events WHERE received_at >= ?1 AND received_at <= ?2",
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![
+            (q.since as i64).into(),
+            (if q.until == 0 {
+                i64::MAX
+            } else {
+                q.until as i64
+            })
+            .into(),
+        ];
+        let mut in_list = |column: &str, values: Vec<String>| {
+            if values.is_empty() {
+                return;
+            }
+            let marks: Vec<String> = values
+                .into_iter()
+                .map(|v| {
+                    args.push(v.into());
+                    format!("?{}", args.len())
+                })
+                .collect();
+            sql.push_str(&format!(" AND {column} IN ({})", marks.join(",")));
+        };
+        in_list(
+            "kind",
+            q.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+        );
+        in_list("pod", q.pods.clone());
+        in_list("namespace", q.namespaces.clone());
+        sql.push_str(&format!(
+            " ORDER BY id LIMIT {}",
+            if q.limit == 0 { 100_000 } else { q.limit }
+        ));
+        let mut stmt = conn.prepare(&sql).map_err(sqlite)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(sqlite)?;
+        let limits = wire::Limits::default();
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row.map_err(sqlite)?;
+            let event = pb::Event::decode(body.as_slice())
+                .map_err(|e| e.to_string())
+                .and_then(|e| wire::event_from_proto(e, &limits).map_err(|e| e.to_string()))
+                .map_err(|reason| StoreError::Corrupt { id, reason })?;
+            out.push(event);
+        }
+        Ok(out)
+    }
+}
+
+fn write_loop(
+    mut conn: Connection,
+    requests: crossbeam_channel::Receiver<Request>,
+    path: PathBuf,
+    retention: Retention,
+) {
+    let mut last_retention = std::time::Instant::now();
+    while let Ok(first) = requests.recv() {
+        // Group what is queued into one transaction: one fsync for many batches.
+        let mut group = vec![first];
+        while group.len() < 256 {
+            match requests.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&mut conn, &group);
+        for (request, outcome) in group.into_iter().zip(result.iter_outcomes()) {
+            let Request::Append { reply, .. } = request;
+            let _ = reply.send(outcome.map_err(|source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            }));
+        }
+        if last_retention.elapsed() > Duration::from_secs(60) {
+            last_retention = std::time::Instant::now();
+            if let Err(error) = apply_retention(&conn, retention) {
+                tracing::warn!(%error, "retention pass failed");
+            }
+        }
+    }
+}
+
+/// Per-request outcomes of one group commit (all fail together if the transaction fails).
+struct GroupResult(Result<Vec<Appended>, rusqlite::Error>, usize);
+
+impl GroupResult {
+    fn iter_outcomes(&self) -> Vec<Result<Appended, rusqlite::Error>> {
+        match &self.0 {
+            Ok(v) => v.iter().map(|a| Ok(*a)).collect(),
+            Err(e) => (0..self.1).map(|_| Err(clone_err(e))).collect(),
+        }
+    }
+}
+
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
+}
+
+fn commit(conn: &mut Connection, group: &[Request]) -> GroupResult {
+    let mut run = || -> Result<Vec<Appended>, rusqlite::Error> {
+        let tx = conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(group.len());
+        {
+            let mut dedupe = tx.prepare_cached(
+                "INSERT OR IGNORE INTO batches (collector, seq, received_at) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (received_at, time, kind, pod, namespace, collector, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut body = Vec::with_capacity(1024);
+            for Request::Append {
+                collector_id,
+                seq,
+                events,
+                ..
+            } in group
+            {
+                let now = crate::model::now_ns() as i64;
+                if dedupe.execute(params![collector_id, *seq as i64, now])? == 0 {
+                    outcomes.push(Appended::Duplicate);
+                    continue;
+                }
+                for e in events {
+                    body.clear();
+                    wire::event_to_proto(e).encode(&mut body).map_err(|e| {
+                        rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
+                    })?;
+                    insert.execute(params![
+                        e.received_at as i64,
+                        record_time(&e.record) as i64,
+                        e.record.kind().as_str(),
+                        e.source.pod_name,
+                        e.source.pod_namespace,
+                        e.source.collector_id,
+                        body
+                    ])?;
+                }
+                outcomes.push(Appended::Stored(events.len()));
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    };
+    GroupResult(run(), group.len())
+}
+
+/// The time a record is about: when it started, ended or was observed.
+pub fn record_time(r: &Record) -> u64 {
+    match r {
+        Record::Flow(f) => f.ended_at.unwrap_or(f.last_seen),
+        Record::Listener(l) => l.ended_at.unwrap_or(l.first_seen),
+        Record::Process(p) => p.exit_time.unwrap_or(p.start_time),
+        Record::Heartbeat(h) => h.time,
+        Record::Alert(a) => a.last_seen,
+    }
+}
+
+fn apply_retention(conn: &Connection, retention: Retention) -> Result<(), rusqlite::Error> {
+    let cutoff = crate::model::now_ns().saturating_sub(retention.max_age.as_nanos() as u64) as i64;
+    conn.execute("DELETE FROM events WHERE received_at < ?1", params![cutoff])?;
+    conn.execute(
+        "DELETE FROM batches WHERE received_at < ?1",
+        params![cutoff],
+    )?;
+    let size: i64 = conn.query_row(
+        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        [],
+        |r| r.get(0),
+    )?;
+    if size as u64 > retention.max_bytes {
+        let total: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        let drop = (total / 10).max(1);
+        conn.execute(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
+            params![drop],
+        )?;
+        tracing::info!(
+            deleted = drop,
+            "store over its size limit: deleted the oldest events"
+        );
+    }
+    let _ = conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        .optional();
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The gRPC exporter: batches go out on one `Ingest.Stream`, and stay buffered until the
+//! aggregator acknowledges their sequence number. After a disconnect everything unacknowledged
+//! is sent again (the aggregator deduplicates), after an exponential backoff with jitter.
+//! Batches wait in a bounded memory buffer, then in the on-disk spool (FIFO across both);
+//! when the spool is full its oldest batch is dropped and counted.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::pipeline::spool::Spool;
+use crate::proto::v1 as pb;
+use crate::telemetry;
+
+/// Process-wide exporter counters, reported in the collector's heartbeat.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub batches_sent: AtomicU64,
+    pub batches_acked: AtomicU64,
+    pub batches_rejected: AtomicU64,
+    pub batches_spooled: AtomicU64,
+    pub records_dropped: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+pub static EXPORT_STATS: ExportStats = ExportStats {
+    batches_sent: AtomicU64::new(0),
+    batches_acked: AtomicU64::new(0),
+    batches_rejected: AtomicU64::new(0),
+    batches_spooled: AtomicU64::new(0),
+    records_dropped: AtomicU64::new(0),
+    reconnects: AtomicU64::new(0),
+};
+
+impl ExportStats {
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("export_batches_sent".into(), get(&self.batches_sent)),
+            ("export_batches_acked".into(), get(&self.batches_acked)),
+            (
+                "export_batches_rejected".into(),
+                get(&self.batches_rejected),
+            ),
+            ("export_batches_spooled".into(), get(&self.batches_spooled)),
+            ("export_records_dropped".into(), get(&self.records_dropped)),
+            ("export_reconnects".into(), get(&self.reconnects)),
+        ]
+    }
+}
+
+/// Where and how to export.
+#[derive(Debug, Clone)]
+pub struct ExporterConfig {
+    pub endpoint: String,
+    pub token: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Batches held in memory before the spool takes over.
+    pub memory_batches: usize,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: u64,
+    /// How long shutdown waits for the last acknowledgements before spooling the rest.
+    pub drain_timeout: Duration,
+}
+
+/// Batches waiting for an acknowledgement: memory first, then the spool, in order.
+struct Buffer {
+    memory: VecDeque<pb::Batch>,
+    capacity: usize,
+    spool: Option<Spool>,
+}
+
+impl Buffer {
+    fn push(&mut self, batch: pb::Batch) {
+        let spool_has_older = self.spool.as_ref().is_some_and(|s| !s.is_empty());
+        if self.memory.len() < self.capacity && !spool_has_older {
+            self.memory.push_back(batch);
+            return;
+        }
+        match &mut self.spool {
+            Some(spool) => {
+                EXPORT_STATS.batches_spooled.fetch_add(1, Ordering::Relaxed);
+                if let Err(error) = spool.push(&batch) {
+                    drop_batch(&batch, &format!("spool write failed: {error}"));
+                }
+            }
+            None => {
+                // No spool: the oldest unacknowledged batch makes room.
+                if let Some(oldest) = self.memory.pop_front() {
+                    drop_batch(&oldest, "memory buffer full and no spool configured");
+                }
+                self.memory.push_back(batch);
+            }
+        }
+    }
+
+    /// Moves spooled batches into memory as room frees up.
+    fn refill(&mut self) {
+        let Some(spool) = &mut self.spool else { return };
+        while self.memory.len() < self.capacity {
+            match spool.pop() {
+                Ok(Some(batch)) => self.memory.push_back(batch),
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "unreadable spool entry skipped (counted)");
+                    EXPORT_STATS.records_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.memory.is_empty() && self.spool.as_ref().is_none_or(Spool::is_empty)
+    }
+
+    /// Shutdown: what is still in memory goes to the spool for the next run.
+    fn persist(&mut self) {
+        if let Some(spool) = &mut self.spool {
+            let rest: Vec<pb::Batch> = self.memory.drain(..).collect();
+            if let Err(error) = spool.push_front_all(&rest) {
+                tracing::warn!(%error, "could not spool unacknowledged batches at shutdown");
+            }
+        }
+        for batch in self.memory.drain(..) {
+            drop_batch(&batch, "shutdown without a spool before acknowledgement");
+        }
+    }
+}
+
+pub(crate) fn drop_batch(batch: &pb::Batch, why: &str) {
+    let records = batch.records.len() as u64;
+    EXPORT_STATS
+        .records_dropped
+        .fetch_add(records, Ordering::Relaxed);
+    metrics::counter!(telemetry::EXPORT_RECORDS_DROPPED).increment(records);
+    tracing::warn!(
+        seq = batch.seq,
+        records,
+        why,
+        "dropped a batch (counted in procflow_export_records_dropped_total)"
+    );
+}
+
+/// Runs until `batches` closes and everything is acknowledged or spooled (or the drain
+/// timeout passes).
+pub async fn run(
+    config: ExporterConfig,
+    mut batches: mpsc::Receiver<pb::Batch>,
+) -> anyhow::Result<()> {
+    let spool = match &config.spool_dir {
+        Some(dir) => Some(
+            Spool::open(dir, config.spool_max_bytes)
+                .with_context(|| format!("opening spool {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut buffer = Buffer {
+        memory: VecDeque::new(),
+        capacity: config.memory_batches.max(1),
+        spool,
+    };
+    buffer.refill();
+    let endpoint = endpoint(&config)?;
+    let mut backoff = Backoff::new();
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        if closing.is_some() && buffer.is_empty() {
+            return Ok(());
+        }
+        if closing.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+            buffer.persist();
+            return Ok(());
+        }
+        match session(&endpoint, &config, &mut buffer, &mut batches, &mut closing).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                EXPORT_STATS.reconnects.fetch_add(1, Ordering::Relaxed);
+                let wait = backoff.next();
+                tracing::warn!(%error, retry_in = ?wait, "aggregator unreachable; buffering");
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                // Keep accepting batches while waiting.
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        b = batches.recv(), if closing.is_none() => match b {
+                            Some(b) => buffer.push(b),
+                            None => closing = Some(tokio::time::Instant::now() + config.drain_timeout),
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One connection: send what is buffered, then new batches; pop what is acknowledged.
+async fn session(
+    endpoint: &Endpoint,
+    config: &ExporterConfig,
+    buffer: &mut Buffer,
+    batches: &mut mpsc::Receiver<pb::Batch>,
+    closing: &mut Option<tokio::time::Instant>,
+) -> anyhow::Result<()> {
+    let channel: Channel = endpoint.connect().await.context("connecting")?;
+    let mut client =
+        pb::ingest_client::IngestClient::new(channel).max_decoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel::<pb::Batch>(256);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &config.token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .context("token is not valid header text")?,
+        );
+    }
+    // Sending may block on the window: send the buffered head before awaiting the response.
+    let mut sent = 0usize;
+    while sent < buffer.memory.len() && tx.try_send(buffer.memory[sent].clone()).is_ok() {
+        sent += 1;
+    }
+    let mut acks = client
+        .stream(request)
+        .await
+        .context("opening the ingest stream")?
+        .into_inner();
+    tracing::info!(endpoint = %config.endpoint, "connected to the aggregator");
+    loop {
+        while sent < buffer.memory.len() {
+            match tx.try_send(buffer.memory[sent].clone()) {
+                Ok(()) => {
+                    sent += 1;
+                    EXPORT_STATS.batches_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => break,
+            }
+        }
+        if closing.is_some() && buffer.is_empty() {
+            return Ok(());
+        }
+        let deadline =
+            closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            b = batches.recv(), if closing.is_none() => match b {
+                Some(b) => buffer.push(b),
+                None => *closing = Some(tokio::time::Instant::now() + config.drain_timeout),
+            },
+            ack = acks.message() => match ack {
+                Ok(Some(ack)) => {
+                    if ack.rejected {
+                        EXPORT_STATS.batches_rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(seq = ack.seq, error = %ack.error, "aggregator rejected a batch (not resent)");
+                    }
+                    while buffer.memory.front().is_some_and(|b| b.seq <= ack.seq) {
+                        if let Some(acked) = buffer.memory.pop_front() {
+                            if ack.rejected && acked.seq == ack.seq {
+                                drop_batch(&acked, "rejected by the aggregator");
+                            }
+                        }
+                        sent = sent.saturating_sub(1);
+                        EXPORT_STATS.batches_acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    buffer.refill();
+                }
+                Ok(None) => anyhow::bail!("the aggregator closed the stream"),
+                Err(status) => anyhow::bail!("stream failed: {status}"),
+            },
+            _ = tokio::time::sleep_until(deadline), if closing.is_some() => {
+                buffer.persist();
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn endpoint(config: &ExporterConfig) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+        .with_context(|| format!("invalid aggregator URL {:?}", config.endpoint))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    if config.endpoint.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &config.tls_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(
+                std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?,
+            ));
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert)?,
+                std::fs::read(key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+    }
+    Ok(endpoint)
+}
+
+/// Exponential backoff from 100 ms to 10 s with full jitter.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { attempt: 0 }
+    }
+
+    fn next(&mut self) -> Duration {
+        let ceiling = 100u64.saturating_mul(1 << self.attempt.min(7)).min(10_000);
+        self.attempt += 1;
+        Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling))
+    }
+}
