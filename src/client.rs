@@ -234,13 +234,14 @@ impl Printer {
                 return Ok(());
             }
         };
-        let mut out = self.out.lock();
-        if self.json {
-            serde_json::to_writer(&mut out, &event)?;
-            writeln!(out)?;
+        // One write per event, so a reader never sees half a line.
+        let mut line = if self.json {
+            serde_json::to_string(&event)?
         } else {
-            writeln!(out, "{}", human(&event, self.colour))?;
-        }
+            human(&event, self.colour)
+        };
+        line.push('\n');
+        self.out.lock().write_all(line.as_bytes())?;
         Ok(())
     }
 

@@ -142,7 +142,10 @@ impl pb::ingest_server::Ingest for IngestService {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::info!(?peer, %status, "ingest stream ended with an error");
+                        // E.g. a message over the size limit: tell the client why.
+                        metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
+                        tracing::warn!(?peer, %status, "ingest stream failed");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };
