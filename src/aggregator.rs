@@ -53,6 +53,9 @@ pub struct Args {
     /// Most records accepted in one batch.
     #[arg(long, env = "PROCFLOW_MAX_BATCH_RECORDS", default_value_t = 65_536)]
     pub max_batch_records: usize,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, env = "PROCFLOW_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Live events buffered per subscriber before it is sent a gap marker.
     #[arg(long, env = "PROCFLOW_SUBSCRIBER_QUEUE", default_value_t = 4096)]
     pub subscriber_queue: usize,
@@ -106,6 +109,7 @@ pub async fn serve(
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let ready = crate::telemetry::start_health_endpoint(args.metrics_listen)?;
     let store = Arc::new(
         SqliteStore::open(
             &args.data_dir,
@@ -143,6 +147,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "aggregator serving");
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     builder
         .add_service(tonic::service::interceptor::InterceptedService::new(
             pb::ingest_server::IngestServer::new(ingest).max_decoding_message_size(max),

@@ -75,6 +75,9 @@ pub struct Args {
     pub proc_root: std::path::PathBuf,
     #[command(flatten)]
     pub pipeline: crate::pipeline::PipelineArgs,
+    /// Serve /metrics, /healthz and /readyz here (e.g. 0.0.0.0:9464 for kubelet probes).
+    #[arg(long, env = "PROCFLOW_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Stop after this long (for tests and benchmarks); runs until SIGINT/SIGTERM otherwise.
     #[arg(long, env = "PROCFLOW_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -373,8 +376,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         drop(tx);
         return outputs.join();
     }
+    let ready = crate::telemetry::start_health_endpoint(args.metrics_listen)?;
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watcher(stop.clone(), args.duration)?;
+    ready.store(true, Ordering::Relaxed);
     tracing::info!(poll_interval = ?config.poll_interval, trigger_interval = ?config.trigger_interval, output = ?args.output, "collector running");
     run_engine(sockets, procs, &config, tx, &stop);
     outputs.join()?;

@@ -63,3 +63,91 @@ pub const RECORDS_STORED: &str = "procflow_records_stored_total";
 pub const BATCHES_BUILT: &str = "procflow_batches_built_total";
 /// Records the exporter dropped (spool full, no spool, rejected batches).
 pub const EXPORT_RECORDS_DROPPED: &str = "procflow_export_records_dropped_total";
+
+// === Prometheus + health endpoint ===
+
+/// Serves `GET /metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (ready once
+/// `ready` is set) over a deliberately tiny HTTP/1.1 implementation: one request per
+/// connection, bounded request size, no body.
+pub struct HealthServer {
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HealthServer {
+    /// Installs the global Prometheus recorder (once per process).
+    pub fn install() -> anyhow::Result<HealthServer> {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+        Ok(HealthServer {
+            handle,
+            ready: Default::default(),
+        })
+    }
+
+    pub fn ready_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Accepts connections until the process exits.
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let handle = self.handle.clone();
+            let ready = self.ready.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+                let path = std::str::from_utf8(&buf[..n])
+                    .ok()
+                    .and_then(|req| req.split_whitespace().nth(1))
+                    .unwrap_or("");
+                let (status, body) = match path {
+                    "/metrics" => ("200 OK", handle.render()),
+                    "/healthz" => ("200 OK", "ok\n".to_owned()),
+                    "/readyz" if ready.load(std::sync::atomic::Ordering::Relaxed) => ("200 OK", "ready\n".to_owned()),
+                    "/readyz" => ("503 Service Unavailable", "starting\n".to_owned()),
+                    _ => ("404 Not Found", "not found\n".to_owned()),
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    }
+}
+
+/// Starts the endpoint on its own thread when `listen` is set; returns the ready flag.
+pub fn start_health_endpoint(listen: Option<std::net::SocketAddr>) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let Some(addr) = listen else {
+        return Ok(Default::default());
+    };
+    let server = HealthServer::install()?;
+    let ready = server.ready_flag();
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e}"))?;
+    std_listener.set_nonblocking(true)?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::error!(%error, "metrics endpoint runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(listener) => server.serve(listener).await,
+                Err(error) => tracing::error!(%error, "metrics endpoint"),
+            }
+        });
+    })?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    Ok(ready)
+}
