@@ -37,9 +37,13 @@ pub struct Args {
     /// Safety-net dump period; dumps also happen whenever the trigger sees a change.
     #[arg(long, env = "PROCFLOW_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// How often the cheap change check (/proc/net/sockstat, snmp) runs.
+    /// How often the cheap change checks (/proc/net/sockstat, /proc/loadavg) run while anything happens.
     #[arg(long, env = "PROCFLOW_TRIGGER_INTERVAL", default_value = "5ms", value_parser = parse_duration)]
     pub trigger_interval: Duration,
+    /// The checks back off to this interval while nothing changes (an idle pod costs less; a
+    /// connection opened after a quiet spell is seen within this long).
+    #[arg(long, env = "PROCFLOW_IDLE_INTERVAL", default_value = "40ms", value_parser = parse_duration)]
+    pub idle_interval: Duration,
     /// A flow's counters are re-reported (UPDATE) at most this often, and only if they moved.
     #[arg(long, env = "PROCFLOW_ACTIVE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub active_timeout: Duration,
@@ -50,16 +54,16 @@ pub struct Args {
     #[arg(long, env = "PROCFLOW_CLUSTER_CIDRS", default_value = crate::flows::classify::DEFAULT_CLUSTER_CIDRS)]
     pub cluster_cidrs: ClusterCidrs,
     /// Records buffered between the sources and the output; beyond it records are dropped and counted.
-    #[arg(long, env = "PROCFLOW_QUEUE_CAPACITY", default_value_t = 65536)]
+    #[arg(long, env = "PROCFLOW_QUEUE_CAPACITY", default_value_t = 4096)]
     pub queue_capacity: usize,
     /// Destroy events buffered between the reader thread and the engine.
-    #[arg(long, env = "PROCFLOW_DESTROY_QUEUE_CAPACITY", default_value_t = 65536)]
+    #[arg(long, env = "PROCFLOW_DESTROY_QUEUE_CAPACITY", default_value_t = 16384)]
     pub destroy_queue_capacity: usize,
     /// Do not watch processes (and attribute no socket to one).
     #[arg(long, env = "PROCFLOW_NO_PROCESSES")]
     pub no_processes: bool,
     /// Full /proc sweep (exits, execs of older processes) at least this often; new pids are read at once.
-    #[arg(long, env = "PROCFLOW_PROCESS_SWEEP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "PROCFLOW_PROCESS_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub process_sweep_interval: Duration,
     /// Exited processes kept for lineage, at most.
     #[arg(long, env = "PROCFLOW_TOMBSTONE_MAX", default_value_t = 10_000)]
@@ -88,6 +92,7 @@ pub struct Args {
 pub struct EngineConfig {
     pub poll_interval: Duration,
     pub trigger_interval: Duration,
+    pub idle_interval: Duration,
     pub flows: FlowConfig,
     pub cluster_cidrs: ClusterCidrs,
     pub destroy_queue_capacity: usize,
@@ -100,6 +105,7 @@ impl From<&Args> for EngineConfig {
         EngineConfig {
             poll_interval: a.poll_interval,
             trigger_interval: a.trigger_interval,
+            idle_interval: a.idle_interval.max(a.trigger_interval),
             flows: FlowConfig {
                 active_timeout: a.active_timeout,
                 vanish_grace: a.vanish_grace,
@@ -257,6 +263,7 @@ pub fn run_engine(
     let mut last_heartbeat = Instant::now();
     snapshot(&mut sockets, procs.as_mut(), &mut out);
     tx.send_all(&mut out);
+    let mut interval = config.trigger_interval;
     while !stop.load(Ordering::Relaxed) {
         let now = now_ns();
         // Processes first: a socket's new owner must be known before the socket is attributed.
@@ -267,13 +274,23 @@ pub fn run_engine(
             }
             None => &mut no_attribution,
         };
-        sockets.tick(lookup, &mut out);
+        let dumped = sockets.tick(lookup, &mut out);
+        // Wake-ups dominate an idle collector's cost: tick fast only while things happen.
+        interval = if dumped || !out.is_empty() {
+            config.trigger_interval
+        } else {
+            (interval * 2).min(config.idle_interval)
+        };
         if last_heartbeat.elapsed() >= config.heartbeat_interval {
             last_heartbeat = Instant::now();
             out.push(Record::Heartbeat(heartbeat(&sockets, procs.as_ref(), &tx)));
         }
         tx.send_all(&mut out);
-        std::thread::sleep(config.trigger_interval);
+        std::thread::sleep(interval);
+    }
+    // A last sweep reports the exits since the previous one.
+    if let Some(p) = procs.as_mut() {
+        p.sweep(now_ns(), &mut out);
     }
     sockets.shutdown(&mut out);
     out.push(Record::Heartbeat(heartbeat(&sockets, procs.as_ref(), &tx)));

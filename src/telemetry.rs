@@ -94,12 +94,19 @@ impl HealthServer {
     pub async fn serve(self, listener: tokio::net::TcpListener) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handle = self.handle.clone();
             let ready = self.ready.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+                let n = match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    stream.read(&mut buf),
+                )
+                .await
+                {
                     Ok(Ok(n)) => n,
                     _ => return,
                 };
@@ -110,7 +117,9 @@ impl HealthServer {
                 let (status, body) = match path {
                     "/metrics" => ("200 OK", handle.render()),
                     "/healthz" => ("200 OK", "ok\n".to_owned()),
-                    "/readyz" if ready.load(std::sync::atomic::Ordering::Relaxed) => ("200 OK", "ready\n".to_owned()),
+                    "/readyz" if ready.load(std::sync::atomic::Ordering::Relaxed) => {
+                        ("200 OK", "ready\n".to_owned())
+                    }
                     "/readyz" => ("503 Service Unavailable", "starting\n".to_owned()),
                     _ => ("404 Not Found", "not found\n".to_owned()),
                 };
@@ -125,29 +134,37 @@ impl HealthServer {
 }
 
 /// Starts the endpoint on its own thread when `listen` is set; returns the ready flag.
-pub fn start_health_endpoint(listen: Option<std::net::SocketAddr>) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+pub fn start_health_endpoint(
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     let Some(addr) = listen else {
         return Ok(Default::default());
     };
     let server = HealthServer::install()?;
     let ready = server.ready_flag();
-    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e}"))?;
+    let std_listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e}"))?;
     std_listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(r) => r,
-            Err(error) => {
-                tracing::error!(%error, "metrics endpoint runtime");
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            match tokio::net::TcpListener::from_std(std_listener) {
-                Ok(listener) => server.serve(listener).await,
-                Err(error) => tracing::error!(%error, "metrics endpoint"),
-            }
-        });
-    })?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::error!(%error, "metrics endpoint runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(listener) => server.serve(listener).await,
+                    Err(error) => tracing::error!(%error, "metrics endpoint"),
+                }
+            });
+        })?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     Ok(ready)
 }

@@ -555,14 +555,32 @@ fn http_get(port: u16, path: &str) -> String {
 
 #[test]
 fn aggregator_serves_health_and_metrics_of_what_moved() {
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     let agg = Aggregator::start(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
-    let acks = ingest(&agg.url(), None, vec![batch(&identity("metrics"), 1, 0, 7), batch(&identity("metrics"), 1, 0, 7)]).expect("ingest");
+    let acks = ingest(
+        &agg.url(),
+        None,
+        vec![
+            batch(&identity("metrics"), 1, 0, 7),
+            batch(&identity("metrics"), 1, 0, 7),
+        ],
+    )
+    .expect("ingest");
     assert_eq!(acks.len(), 2);
     assert!(http_get(metrics_port, "/healthz").starts_with("HTTP/1.1 200"));
     assert!(http_get(metrics_port, "/readyz").starts_with("HTTP/1.1 200"));
     assert!(http_get(metrics_port, "/nope").starts_with("HTTP/1.1 404"));
     let metrics = http_get(metrics_port, "/metrics");
-    assert!(metrics.contains("procflow_records_stored_total 7"), "{metrics}");
-    assert!(metrics.contains("procflow_batches_deduplicated_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("procflow_records_stored_total 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("procflow_batches_deduplicated_total 1"),
+        "{metrics}"
+    );
 }
