@@ -108,6 +108,18 @@ impl Drop for Aggregator {
     }
 }
 
+/// N distinct free ports (held together while chosen, so they differ).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&listeners) {
+        *p = l.local_addr().expect("addr").port();
+    }
+    ports
+}
+
 fn identity(id: &str) -> CollectorIdentity {
     CollectorIdentity {
         collector_id: id.into(),
@@ -547,7 +559,8 @@ fn collector_to_aggregator_query_and_subscribe_agree() {
 
 fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("request");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .expect("request");
     let mut response = String::new();
     std::io::Read::read_to_string(&mut s, &mut response).expect("response");
     response
