@@ -32,6 +32,9 @@ pub struct Args {
     /// File holding the bearer token clients must present.
     #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The bearer token itself (prefer the environment variable, e.g. from a secret, over the flag).
+    #[arg(long, env = "PROCFLOW_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
     /// PEM certificate chain for TLS (with --tls-key).
     #[arg(long, env = "PROCFLOW_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -96,7 +99,7 @@ pub async fn serve(
                 .trim()
                 .to_owned(),
         ),
-        None => None,
+        None => args.token.clone().filter(|t| !t.is_empty()),
     };
     if token.is_none() {
         if !args.listen.ip().is_loopback() {

@@ -26,6 +26,9 @@ pub struct ConnectArgs {
     /// File holding the bearer token.
     #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The bearer token itself (prefer the environment variable over the flag).
+    #[arg(long, env = "PROCFLOW_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
     /// CA bundle that signed the aggregator's certificate.
     #[arg(long, env = "PROCFLOW_TLS_CA")]
     pub tls_ca: Option<PathBuf>,

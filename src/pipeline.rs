@@ -27,6 +27,9 @@ pub struct PipelineArgs {
     /// File holding the bearer token for the aggregator.
     #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The bearer token itself (prefer the environment variable, e.g. from a secret, over the flag).
+    #[arg(long, env = "PROCFLOW_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
     /// CA bundle that signed the aggregator's certificate.
     #[arg(long, env = "PROCFLOW_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -62,7 +65,7 @@ impl PipelineArgs {
                     .trim()
                     .to_owned(),
             ),
-            None => None,
+            None => self.token.clone(),
         };
         Ok(exporter::ExporterConfig {
             endpoint: self.aggregator.clone(),
