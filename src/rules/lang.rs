@@ -1,0 +1,924 @@
+//! The condition language: hand-written lexer, recursive-descent parser with
+//! positions, compiled once into a typed tree whose field accessors are resolved
+//! per record kind at load time.
+//!
+//! ```text
+//! expr    := or
+//! or      := and ("or" and)*
+//! and     := unary ("and" unary)*
+//! unary   := "not" unary | "(" expr ")" | "any" "(" "proc.ancestors" "," expr ")" | pred | MACRO
+//! pred    := FIELD (op literal | "in" list | "glob" STR | "regex" STR | "startswith" STR
+//!            | "contains" STR | "in_cidr" list) | FIELD (bool field)
+//! list    := "(" literal ("," literal)* ")" | LISTNAME
+//! ```
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::model::{Ancestor, FlowRecord, ListenerRecord, ProcessRecord, RecordKind};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{line}:{col}: {msg}")]
+pub struct ParseError {
+    pub line: usize,
+    pub col: usize,
+    pub msg: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Int(i64),
+    LParen,
+    RParen,
+    Comma,
+    Op(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Spanned {
+    tok: Tok,
+    line: usize,
+    col: usize,
+}
+
+fn lex(src: &str) -> Result<Vec<Spanned>, ParseError> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = src.chars().collect();
+    let (mut i, mut line, mut col) = (0usize, 1usize, 1usize);
+    let err = |line, col, msg: String| ParseError { line, col, msg };
+    while i < chars.len() {
+        let c = chars[i];
+        let (sl, sc) = (line, col);
+        let adv = |i: &mut usize, col: &mut usize, n: usize| {
+            *i += n;
+            *col += n;
+        };
+        if c == '\n' {
+            i += 1;
+            line += 1;
+            col = 1;
+            continue;
+        }
+        if c.is_whitespace() {
+            adv(&mut i, &mut col, 1);
+            continue;
+        }
+        let push = |out: &mut Vec<Spanned>, tok| {
+            out.push(Spanned {
+                tok,
+                line: sl,
+                col: sc,
+            })
+        };
+        match c {
+            '(' => {
+                push(&mut out, Tok::LParen);
+                adv(&mut i, &mut col, 1);
+            }
+            ')' => {
+                push(&mut out, Tok::RParen);
+                adv(&mut i, &mut col, 1);
+            }
+            ',' => {
+                push(&mut out, Tok::Comma);
+                adv(&mut i, &mut col, 1);
+            }
+            '=' | '!' | '<' | '>' => {
+                let two = chars.get(i + 1) == Some(&'=');
+                let op = match (c, two) {
+                    ('=', true) => "==",
+                    ('!', true) => "!=",
+                    ('<', true) => "<=",
+                    ('>', true) => ">=",
+                    ('<', false) => "<",
+                    ('>', false) => ">",
+                    _ => return Err(err(sl, sc, format!("unexpected character {c:?}"))),
+                };
+                push(&mut out, Tok::Op(op));
+                adv(&mut i, &mut col, if two { 2 } else { 1 });
+            }
+            '"' | '\'' => {
+                let q = c;
+                adv(&mut i, &mut col, 1);
+                let mut s = String::new();
+                loop {
+                    match chars.get(i) {
+                        None => return Err(err(sl, sc, "unterminated string".into())),
+                        Some(&ch) if ch == q => {
+                            adv(&mut i, &mut col, 1);
+                            break;
+                        }
+                        Some('\\') => {
+                            match chars.get(i + 1) {
+                                Some(&e @ ('\\' | '"' | '\'')) => s.push(e),
+                                Some('n') => s.push('\n'),
+                                Some('t') => s.push('\t'),
+                                _ => return Err(err(line, col, "bad escape in string".into())),
+                            }
+                            adv(&mut i, &mut col, 2);
+                        }
+                        Some('\n') => return Err(err(sl, sc, "newline in string".into())),
+                        Some(&ch) => {
+                            s.push(ch);
+                            adv(&mut i, &mut col, 1);
+                        }
+                    }
+                }
+                push(&mut out, Tok::Str(s));
+            }
+            c if c.is_ascii_digit() => {
+                let start = i;
+                while chars.get(i).is_some_and(|c| c.is_ascii_digit()) {
+                    adv(&mut i, &mut col, 1);
+                }
+                let s: String = chars[start..i].iter().collect();
+                let n = s
+                    .parse()
+                    .map_err(|_| err(sl, sc, format!("integer {s} out of range")))?;
+                push(&mut out, Tok::Int(n));
+            }
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                let start = i;
+                while chars
+                    .get(i)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                {
+                    adv(&mut i, &mut col, 1);
+                }
+                push(&mut out, Tok::Ident(chars[start..i].iter().collect()));
+            }
+            _ => return Err(err(sl, sc, format!("unexpected character {c:?}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// A field, resolved to an accessor at compile time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field {
+    // process (on process records directly; on flows/listeners through the engine's pid cache)
+    Pid,
+    Ppid,
+    Comm,
+    Exe,
+    ExeName,
+    Cmdline,
+    Cwd,
+    Uid,
+    Euid,
+    Tty,
+    ExeDeleted,
+    StdioSocket,
+    ContainerId,
+    AncestorCount,
+    Phase,
+    RootPid,
+    RootComm,
+    CommMatchesExe,
+    // ancestor inside any(...)
+    AComm,
+    AExe,
+    APid,
+    AUid,
+    // flow / listener
+    RAddr,
+    RPort,
+    LAddr,
+    LPort,
+    Direction,
+    Scope,
+    Protocol,
+    BytesSent,
+    BytesReceived,
+    FlowPhase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ty {
+    Bytes,
+    Int,
+    Bool,
+    Ip,
+}
+
+fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Field, Ty)> {
+    use Field::*;
+    let net = matches!(kind, RecordKind::Flow | RecordKind::Listener);
+    let f = match name {
+        "proc.pid" => (Pid, Ty::Int),
+        "proc.ppid" => (Ppid, Ty::Int),
+        "proc.comm" | "proc.name" => (Comm, Ty::Bytes),
+        "proc.exe" => (Exe, Ty::Bytes),
+        "proc.exe_name" => (ExeName, Ty::Bytes),
+        "proc.cmdline" => (Cmdline, Ty::Bytes),
+        "proc.cwd" => (Cwd, Ty::Bytes),
+        "proc.uid" => (Uid, Ty::Int),
+        "proc.euid" => (Euid, Ty::Int),
+        "proc.tty" => (Tty, Ty::Int),
+        "proc.exe_deleted" => (ExeDeleted, Ty::Bool),
+        "proc.stdio_is_socket" => (StdioSocket, Ty::Bool),
+        "proc.container_id" => (ContainerId, Ty::Bytes),
+        "proc.ancestors.count" => (AncestorCount, Ty::Int),
+        "proc.phase" => (Phase, Ty::Bytes),
+        "proc.root.pid" => (RootPid, Ty::Int),
+        "proc.root.comm" => (RootComm, Ty::Bytes),
+        "proc.comm_matches_exe" => (CommMatchesExe, Ty::Bool),
+        "a.comm" if in_any => (AComm, Ty::Bytes),
+        "a.exe" if in_any => (AExe, Ty::Bytes),
+        "a.pid" if in_any => (APid, Ty::Int),
+        "a.uid" if in_any => (AUid, Ty::Int),
+        "fd.rip" | "fd.raddr" if kind == RecordKind::Flow => (RAddr, Ty::Ip),
+        "fd.rport" if kind == RecordKind::Flow => (RPort, Ty::Int),
+        "fd.lip" | "fd.laddr" if net => (LAddr, Ty::Ip),
+        "fd.lport" if net => (LPort, Ty::Int),
+        "fd.direction" if kind == RecordKind::Flow => (Direction, Ty::Bytes),
+        "fd.scope" if kind == RecordKind::Flow => (Scope, Ty::Bytes),
+        "fd.protocol" if net => (Protocol, Ty::Bytes),
+        "fd.bytes_sent" if kind == RecordKind::Flow => (BytesSent, Ty::Int),
+        "fd.bytes_received" if kind == RecordKind::Flow => (BytesReceived, Ty::Int),
+        "fd.phase" if net => (FlowPhase, Ty::Bytes),
+        _ => return None,
+    };
+    Some(f)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// The compiled, typed evaluation tree.
+#[derive(Debug, Clone)]
+pub enum Node {
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+    Const(bool),
+    BoolField(Field),
+    CmpInt(Field, CmpOp, i64),
+    CmpBytes(Field, bool, Vec<u8>),
+    InBytes(Field, Vec<Vec<u8>>),
+    InInt(Field, Vec<i64>),
+    InIp(Field, Vec<IpAddr>),
+    Cidr(Field, Vec<IpNet>),
+    Prefix(Field, Vec<Vec<u8>>),
+    Contains(Field, Vec<u8>),
+    Regex(Field, regex::bytes::Regex),
+    AnyAncestor(Box<Node>),
+}
+
+/// Named lists and macros (macros are raw source, compiled per use site).
+#[derive(Debug, Default, Clone)]
+pub struct Defs {
+    pub lists: HashMap<String, Vec<serde_yaml_ng::Value>>,
+    pub macros: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+enum Lit {
+    Str(String),
+    Int(i64),
+}
+
+struct Parser<'a> {
+    toks: Vec<Spanned>,
+    pos: usize,
+    kind: RecordKind,
+    in_any: bool,
+    defs: &'a Defs,
+    depth: usize,
+    end: (usize, usize),
+}
+
+/// Compiles `src` for records of `kind`.
+pub fn compile(src: &str, kind: RecordKind, defs: &Defs) -> Result<Node, ParseError> {
+    compile_inner(src, kind, defs, false, 0)
+}
+
+fn compile_inner(
+    src: &str,
+    kind: RecordKind,
+    defs: &Defs,
+    in_any: bool,
+    depth: usize,
+) -> Result<Node, ParseError> {
+    if depth > 16 {
+        return Err(ParseError {
+            line: 1,
+            col: 1,
+            msg: "macro nesting too deep (cycle?)".into(),
+        });
+    }
+    let toks = lex(src)?;
+    let end = src
+        .lines()
+        .enumerate()
+        .last()
+        .map(|(l, s)| (l + 1, s.chars().count() + 1))
+        .unwrap_or((1, 1));
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        kind,
+        in_any,
+        defs,
+        depth,
+        end,
+    };
+    let n = p.or()?;
+    if let Some(t) = p.toks.get(p.pos) {
+        return Err(ParseError {
+            line: t.line,
+            col: t.col,
+            msg: format!("unexpected {:?} after expression", t.tok),
+        });
+    }
+    Ok(n)
+}
+
+impl Parser<'_> {
+    fn here(&self) -> (usize, usize) {
+        self.toks
+            .get(self.pos)
+            .map(|t| (t.line, t.col))
+            .unwrap_or(self.end)
+    }
+    fn err<T>(&self, msg: impl Into<String>) -> Result<T, ParseError> {
+        let (line, col) = self.here();
+        Err(ParseError {
+            line,
+            col,
+            msg: msg.into(),
+        })
+    }
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos).map(|t| &t.tok)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).map(|t| t.tok.clone());
+        self.pos += 1;
+        t
+    }
+    fn is_kw(&self, kw: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Ident(s)) if s == kw)
+    }
+    fn expect(&mut self, t: Tok, what: &str) -> Result<(), ParseError> {
+        if self.peek() == Some(&t) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            self.err(format!("expected {what}"))
+        }
+    }
+    fn or(&mut self) -> Result<Node, ParseError> {
+        let mut v = vec![self.and()?];
+        while self.is_kw("or") {
+            self.pos += 1;
+            v.push(self.and()?);
+        }
+        Ok(if v.len() == 1 {
+            v.remove(0)
+        } else {
+            Node::Or(v)
+        })
+    }
+    fn and(&mut self) -> Result<Node, ParseError> {
+        let mut v = vec![self.unary()?];
+        while self.is_kw("and") {
+            self.pos += 1;
+            v.push(self.unary()?);
+        }
+        Ok(if v.len() == 1 {
+            v.remove(0)
+        } else {
+            Node::And(v)
+        })
+    }
+    fn unary(&mut self) -> Result<Node, ParseError> {
+        match self.peek() {
+            Some(Tok::Ident(s)) if s == "not" => {
+                self.pos += 1;
+                Ok(Node::Not(Box::new(self.unary()?)))
+            }
+            Some(Tok::LParen) => {
+                self.pos += 1;
+                let n = self.or()?;
+                self.expect(Tok::RParen, "`)`")?;
+                Ok(n)
+            }
+            Some(Tok::Ident(s)) if s == "true" || s == "false" => {
+                let b = s == "true";
+                self.pos += 1;
+                Ok(Node::Const(b))
+            }
+            Some(Tok::Ident(s)) if s == "any" => {
+                self.pos += 1;
+                self.expect(Tok::LParen, "`(` after any")?;
+                if !self.is_kw("proc.ancestors") {
+                    return self.err("any() takes proc.ancestors as its first argument");
+                }
+                self.pos += 1;
+                self.expect(Tok::Comma, "`,`")?;
+                let saved = self.in_any;
+                self.in_any = true;
+                let inner = self.or()?;
+                self.in_any = saved;
+                self.expect(Tok::RParen, "`)`")?;
+                Ok(Node::AnyAncestor(Box::new(inner)))
+            }
+            Some(Tok::Ident(name)) => {
+                let name = name.clone();
+                if let Some(m) = self.defs.macros.get(&name) {
+                    let at = self.here();
+                    self.pos += 1;
+                    return compile_inner(m, self.kind, self.defs, self.in_any, self.depth + 1)
+                        .map_err(|e| ParseError {
+                            line: at.0,
+                            col: at.1,
+                            msg: format!("in macro {name} at {}:{}: {}", e.line, e.col, e.msg),
+                        });
+                }
+                self.pred(&name)
+            }
+            _ => self.err("expected a condition"),
+        }
+    }
+    fn pred(&mut self, name: &str) -> Result<Node, ParseError> {
+        let Some((field, ty)) = resolve(name, self.kind, self.in_any) else {
+            return self.err(format!(
+                "unknown field or macro `{name}` for {} records",
+                self.kind.as_str()
+            ));
+        };
+        self.pos += 1;
+        let op = match self.peek() {
+            Some(Tok::Op(o)) => o.to_string(),
+            Some(Tok::Ident(s))
+                if ["in", "glob", "regex", "startswith", "contains", "in_cidr"]
+                    .contains(&s.as_str()) =>
+            {
+                s.clone()
+            }
+            _ => {
+                return if ty == Ty::Bool {
+                    Ok(Node::BoolField(field))
+                } else {
+                    self.err(format!("expected an operator after `{name}`"))
+                };
+            }
+        };
+        self.pos += 1;
+        let at = self.here();
+        let bad = |msg: String| ParseError {
+            line: at.0,
+            col: at.1,
+            msg,
+        };
+        match op.as_str() {
+            "in" | "in_cidr" | "startswith" => {
+                let lits = if op == "startswith" && matches!(self.peek(), Some(Tok::Str(_))) {
+                    vec![self.lit()?]
+                } else {
+                    self.list()?
+                };
+                let strs = || {
+                    lits.iter().map(|l| match l {
+                        Lit::Str(s) => s.clone(),
+                        Lit::Int(i) => i.to_string(),
+                    })
+                };
+                match (op.as_str(), ty) {
+                    ("in_cidr", Ty::Ip) => Ok(Node::Cidr(
+                        field,
+                        strs()
+                            .map(|s| {
+                                s.parse::<IpNet>()
+                                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                                    .map_err(|_| bad(format!("bad CIDR {s:?}")))
+                            })
+                            .collect::<Result<_, _>>()?,
+                    )),
+                    ("in", Ty::Ip) => Ok(Node::InIp(
+                        field,
+                        strs()
+                            .map(|s| {
+                                s.parse::<IpAddr>()
+                                    .map_err(|_| bad(format!("bad IP {s:?}")))
+                            })
+                            .collect::<Result<_, _>>()?,
+                    )),
+                    ("in", Ty::Int) => Ok(Node::InInt(
+                        field,
+                        lits.iter()
+                            .map(|l| match l {
+                                Lit::Int(i) => Ok(*i),
+                                Lit::Str(s) => Err(bad(format!("expected an integer, got {s:?}"))),
+                            })
+                            .collect::<Result<_, _>>()?,
+                    )),
+                    ("in", Ty::Bytes) => Ok(Node::InBytes(
+                        field,
+                        strs().map(String::into_bytes).collect(),
+                    )),
+                    ("startswith", Ty::Bytes) => Ok(Node::Prefix(
+                        field,
+                        strs().map(String::into_bytes).collect(),
+                    )),
+                    _ => Err(bad(format!("`{op}` does not apply to `{name}`"))),
+                }
+            }
+            "glob" | "regex" | "contains" => {
+                let Some(Tok::Str(s)) = self.next() else {
+                    return Err(bad("expected a string".into()));
+                };
+                if ty != Ty::Bytes {
+                    return Err(bad(format!("`{op}` applies to text fields, not `{name}`")));
+                }
+                match op.as_str() {
+                    "contains" => Ok(Node::Contains(field, s.into_bytes())),
+                    "glob" => Ok(Node::Regex(
+                        field,
+                        regex::bytes::Regex::new(&glob_to_regex(&s))
+                            .map_err(|e| bad(e.to_string()))?,
+                    )),
+                    _ => Ok(Node::Regex(
+                        field,
+                        regex::bytes::Regex::new(&s).map_err(|e| bad(format!("bad regex: {e}")))?,
+                    )),
+                }
+            }
+            o => {
+                let cop = match o {
+                    "==" => CmpOp::Eq,
+                    "!=" => CmpOp::Ne,
+                    "<" => CmpOp::Lt,
+                    "<=" => CmpOp::Le,
+                    ">" => CmpOp::Gt,
+                    _ => CmpOp::Ge,
+                };
+                let lit = self.lit()?;
+                match (ty, lit) {
+                    (Ty::Int, Lit::Int(i)) => Ok(Node::CmpInt(field, cop, i)),
+                    (Ty::Bytes, Lit::Str(s)) if matches!(cop, CmpOp::Eq | CmpOp::Ne) => {
+                        Ok(Node::CmpBytes(field, cop == CmpOp::Eq, s.into_bytes()))
+                    }
+                    (Ty::Ip, Lit::Str(s)) if matches!(cop, CmpOp::Eq | CmpOp::Ne) => {
+                        let ip: IpAddr = s.parse().map_err(|_| bad(format!("bad IP {s:?}")))?;
+                        let n = Node::InIp(field, vec![ip]);
+                        Ok(if cop == CmpOp::Eq {
+                            n
+                        } else {
+                            Node::Not(Box::new(n))
+                        })
+                    }
+                    _ => Err(bad(format!("type mismatch: `{name}` {o} this value"))),
+                }
+            }
+        }
+    }
+    fn lit(&mut self) -> Result<Lit, ParseError> {
+        match self.peek().cloned() {
+            Some(Tok::Str(s)) => {
+                self.pos += 1;
+                Ok(Lit::Str(s))
+            }
+            Some(Tok::Int(i)) => {
+                self.pos += 1;
+                Ok(Lit::Int(i))
+            }
+            _ => self.err("expected a string or integer"),
+        }
+    }
+    fn list(&mut self) -> Result<Vec<Lit>, ParseError> {
+        match self.peek().cloned() {
+            Some(Tok::LParen) => {
+                self.pos += 1;
+                let mut v = Vec::new();
+                loop {
+                    if self.peek() == Some(&Tok::RParen) {
+                        self.pos += 1;
+                        break;
+                    }
+                    if let Some(Tok::Ident(n)) = self.peek().cloned() {
+                        self.pos += 1;
+                        // a bare word inside ( ... ) is a named list if one exists, else a string
+                        if self.defs.lists.contains_key(&n) {
+                            v.extend(self.named_list(&n)?);
+                        } else {
+                            v.push(Lit::Str(n));
+                        }
+                    } else {
+                        v.push(self.lit()?);
+                    }
+                    match self.peek() {
+                        Some(Tok::Comma) => self.pos += 1,
+                        Some(Tok::RParen) => {}
+                        _ => return self.err("expected `,` or `)` in list"),
+                    }
+                }
+                Ok(v)
+            }
+            Some(Tok::Ident(n)) => {
+                self.pos += 1;
+                self.named_list(&n)
+            }
+            _ => self.err("expected a list `( ... )` or a list name"),
+        }
+    }
+    fn named_list(&mut self, n: &str) -> Result<Vec<Lit>, ParseError> {
+        let Some(items) = self.defs.lists.get(n) else {
+            self.pos -= 1;
+            return self.err(format!("unknown list `{n}`"));
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                serde_yaml_ng::Value::String(s) => Ok(Lit::Str(s.clone())),
+                serde_yaml_ng::Value::Number(x) => x.as_i64().map(Lit::Int).ok_or(()),
+                _ => Err(()),
+            })
+            .collect::<Result<_, ()>>()
+            .or_else(|()| {
+                self.err(format!(
+                    "list `{n}` holds a value that is not a string or integer"
+                ))
+            })
+    }
+}
+
+fn glob_to_regex(g: &str) -> String {
+    let mut r = String::from("^(?s-u)");
+    for c in g.chars() {
+        match c {
+            '*' => r.push_str(".*"),
+            '?' => r.push('.'),
+            c => r.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    r.push('$');
+    r
+}
+
+/// What a condition is evaluated against.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub process: Option<&'a ProcessRecord>,
+    pub flow: Option<&'a FlowRecord>,
+    pub listener: Option<&'a ListenerRecord>,
+    pub ancestor: Option<&'a Ancestor>,
+}
+
+pub enum Val<'a> {
+    Null,
+    Bytes(std::borrow::Cow<'a, [u8]>),
+    Int(i64),
+    Bool(bool),
+    Ip(IpAddr),
+}
+
+fn basename(b: &[u8]) -> &[u8] {
+    match b.iter().rposition(|&c| c == b'/') {
+        Some(i) => &b[i + 1..],
+        None => b,
+    }
+}
+
+fn up(s: &str) -> Val<'static> {
+    Val::Bytes(std::borrow::Cow::Owned(s.as_bytes().to_vec()))
+}
+
+fn enum_name<T: serde::Serialize>(v: &T) -> Val<'static> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => up(&s),
+        _ => Val::Null,
+    }
+}
+
+/// Reads a field; absent values are `Null` and never match.
+pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
+    use std::borrow::Cow::Borrowed;
+    use Field::*;
+    let p = c.process;
+    let b = |x: &'a [u8]| Val::Bytes(Borrowed(x));
+    match f {
+        Pid => p
+            .map(|p| Val::Int(p.pid.into()))
+            .or_else(|| {
+                c.flow
+                    .and_then(|f| f.pid)
+                    .or(c.listener.and_then(|l| l.pid))
+                    .map(|x| Val::Int(x.into()))
+            })
+            .unwrap_or(Val::Null),
+        Ppid => p.map(|p| Val::Int(p.ppid.into())).unwrap_or(Val::Null),
+        Comm => p.map(|p| b(&p.comm)).unwrap_or(Val::Null),
+        Exe => p.and_then(|p| p.exe.as_deref()).map(b).unwrap_or(Val::Null),
+        ExeName => p
+            .and_then(|p| p.exe.as_deref())
+            .map(|e| b(basename(e)))
+            .unwrap_or(Val::Null),
+        Cmdline => p
+            .map(|p| Val::Bytes(std::borrow::Cow::Owned(p.argv.join(&b' '))))
+            .unwrap_or(Val::Null),
+        Cwd => p.and_then(|p| p.cwd.as_deref()).map(b).unwrap_or(Val::Null),
+        Uid => p.map(|p| Val::Int(p.uid.into())).unwrap_or(Val::Null),
+        Euid => p.map(|p| Val::Int(p.euid.into())).unwrap_or(Val::Null),
+        Tty => p
+            .and_then(|p| p.tty)
+            .map(|t| Val::Int(t.into()))
+            .unwrap_or(Val::Null),
+        ExeDeleted => p.map(|p| Val::Bool(p.exe_deleted)).unwrap_or(Val::Null),
+        StdioSocket => p
+            .and_then(|p| p.stdio_is_socket)
+            .map(Val::Bool)
+            .unwrap_or(Val::Null),
+        ContainerId => p
+            .and_then(|p| p.container_id.as_deref())
+            .map(|s| b(s.as_bytes()))
+            .unwrap_or(Val::Null),
+        AncestorCount => p
+            .map(|p| Val::Int(p.ancestors.len() as i64))
+            .unwrap_or(Val::Null),
+        Phase => p.map(|p| enum_name(&p.phase)).unwrap_or(Val::Null),
+        RootPid => p
+            .map(|p| Val::Int(p.ancestors.last().map_or(p.pid, |a| a.pid).into()))
+            .unwrap_or(Val::Null),
+        RootComm => p
+            .map(|p| b(p.ancestors.last().map_or(&p.comm, |a| &a.comm)))
+            .unwrap_or(Val::Null),
+        CommMatchesExe => p
+            .and_then(|p| {
+                p.exe.as_deref().map(|e| {
+                    let base = basename(e);
+                    let base = base.strip_suffix(b" (deleted)").unwrap_or(base);
+                    Val::Bool(base.get(..15).unwrap_or(base) == p.comm.as_slice())
+                })
+            })
+            .unwrap_or(Val::Null),
+        AComm => c.ancestor.map(|a| b(&a.comm)).unwrap_or(Val::Null),
+        AExe => c
+            .ancestor
+            .and_then(|a| a.exe.as_deref())
+            .map(b)
+            .unwrap_or(Val::Null),
+        APid => c
+            .ancestor
+            .map(|a| Val::Int(a.pid.into()))
+            .unwrap_or(Val::Null),
+        AUid => c
+            .ancestor
+            .and_then(|a| a.uid)
+            .map(|u| Val::Int(u.into()))
+            .unwrap_or(Val::Null),
+        RAddr => c
+            .flow
+            .and_then(|f| f.remote_addr)
+            .map(Val::Ip)
+            .unwrap_or(Val::Null),
+        RPort => c
+            .flow
+            .and_then(|f| f.remote_port)
+            .map(|x| Val::Int(x.into()))
+            .unwrap_or(Val::Null),
+        LAddr => c
+            .flow
+            .map(|f| f.local_addr)
+            .or(c.listener.map(|l| l.local_addr))
+            .map(Val::Ip)
+            .unwrap_or(Val::Null),
+        LPort => c
+            .flow
+            .map(|f| f.local_port)
+            .or(c.listener.map(|l| l.local_port))
+            .map(|x| Val::Int(x.into()))
+            .unwrap_or(Val::Null),
+        Direction => c.flow.map(|f| enum_name(&f.direction)).unwrap_or(Val::Null),
+        Scope => c.flow.map(|f| enum_name(&f.scope)).unwrap_or(Val::Null),
+        Protocol => c
+            .flow
+            .map(|f| enum_name(&f.protocol))
+            .or(c.listener.map(|l| enum_name(&l.protocol)))
+            .unwrap_or(Val::Null),
+        BytesSent => c
+            .flow
+            .and_then(|f| f.bytes_sent)
+            .map(|x| Val::Int(x as i64))
+            .unwrap_or(Val::Null),
+        BytesReceived => c
+            .flow
+            .and_then(|f| f.bytes_received)
+            .map(|x| Val::Int(x as i64))
+            .unwrap_or(Val::Null),
+        FlowPhase => c
+            .flow
+            .map(|f| enum_name(&f.phase))
+            .or(c.listener.map(|l| enum_name(&l.phase)))
+            .unwrap_or(Val::Null),
+    }
+}
+
+impl Node {
+    pub fn eval(&self, c: &Ctx<'_>) -> bool {
+        match self {
+            Node::And(v) => v.iter().all(|n| n.eval(c)),
+            Node::Or(v) => v.iter().any(|n| n.eval(c)),
+            Node::Not(n) => !n.eval(c),
+            Node::Const(b) => *b,
+            Node::BoolField(f) => matches!(get(*f, c), Val::Bool(true)),
+            Node::CmpInt(f, op, k) => match get(*f, c) {
+                Val::Int(v) => match op {
+                    CmpOp::Eq => v == *k,
+                    CmpOp::Ne => v != *k,
+                    CmpOp::Lt => v < *k,
+                    CmpOp::Le => v <= *k,
+                    CmpOp::Gt => v > *k,
+                    CmpOp::Ge => v >= *k,
+                },
+                _ => false,
+            },
+            Node::CmpBytes(f, eq, k) => match get(*f, c) {
+                Val::Bytes(v) => (v.as_ref() == k.as_slice()) == *eq,
+                _ => false,
+            },
+            Node::InBytes(f, ks) => {
+                matches!(get(*f, c), Val::Bytes(v) if ks.iter().any(|k| k.as_slice() == v.as_ref()))
+            }
+            Node::InInt(f, ks) => matches!(get(*f, c), Val::Int(v) if ks.contains(&v)),
+            Node::InIp(f, ks) => matches!(get(*f, c), Val::Ip(v) if ks.contains(&v)),
+            Node::Cidr(f, ks) => {
+                matches!(get(*f, c), Val::Ip(v) if ks.iter().any(|n| n.contains(&v)))
+            }
+            Node::Prefix(f, ks) => {
+                matches!(get(*f, c), Val::Bytes(v) if ks.iter().any(|k| v.starts_with(k)))
+            }
+            Node::Contains(f, k) => {
+                matches!(get(*f, c), Val::Bytes(v) if v.windows(k.len().max(1)).any(|w| w == k.as_slice()))
+            }
+            Node::Regex(f, r) => matches!(get(*f, c), Val::Bytes(v) if r.is_match(&v)),
+            Node::AnyAncestor(n) => c.process.is_some_and(|p| {
+                p.ancestors.iter().any(|a| {
+                    n.eval(&Ctx {
+                        ancestor: Some(a),
+                        ..*c
+                    })
+                })
+            }),
+        }
+    }
+}
+
+const FIELD_NAMES: &[&str] = &[
+    "proc.pid",
+    "proc.ppid",
+    "proc.comm",
+    "proc.name",
+    "proc.exe",
+    "proc.exe_name",
+    "proc.cmdline",
+    "proc.cwd",
+    "proc.uid",
+    "proc.euid",
+    "proc.tty",
+    "proc.exe_deleted",
+    "proc.stdio_is_socket",
+    "proc.container_id",
+    "proc.ancestors.count",
+    "proc.phase",
+    "proc.root.pid",
+    "proc.root.comm",
+    "proc.comm_matches_exe",
+    "fd.rip",
+    "fd.raddr",
+    "fd.rport",
+    "fd.lip",
+    "fd.laddr",
+    "fd.lport",
+    "fd.direction",
+    "fd.scope",
+    "fd.protocol",
+    "fd.bytes_sent",
+    "fd.bytes_received",
+    "fd.phase",
+];
+
+/// Every field name usable in output templates.
+pub fn field_names() -> &'static [&'static str] {
+    FIELD_NAMES
+}
+
+/// The accessor for a field name regardless of record kind (templates print `<NA>` when absent).
+pub fn field_for_name(name: &str) -> Option<Field> {
+    [RecordKind::Flow, RecordKind::Listener, RecordKind::Process]
+        .into_iter()
+        .find_map(|k| resolve(name, k, false))
+        .map(|(f, _)| f)
+}
