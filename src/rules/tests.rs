@@ -55,21 +55,27 @@ fn managed_set_compiles() {
 #[test]
 fn parse_errors_name_file_rule_and_position() {
     let e = one("proc.comm == \"a\" and\n  proc.nope == 1")
-        .unwrap_err()
+        .expect_err("must fail")
         .to_string();
     assert!(
         e.contains("t.yaml") && e.contains("T1") && e.contains("2:3") && e.contains("proc.nope"),
         "{e}"
     );
-    let e = one("proc.comm ==").unwrap_err().to_string();
+    let e = one("proc.comm ==").expect_err("must fail").to_string();
     assert!(e.contains("1:13"), "{e}");
-    let e = one("proc.pid == \"x\"").unwrap_err().to_string();
+    let e = one("proc.pid == \"x\"").expect_err("must fail").to_string();
     assert!(e.contains("type mismatch"), "{e}");
-    let e = one("proc.comm regex \"(\"").unwrap_err().to_string();
+    let e = one("proc.comm regex \"(\"")
+        .expect_err("must fail")
+        .to_string();
     assert!(e.contains("bad regex"), "{e}");
-    let e = one("(proc.comm == \"a\"").unwrap_err().to_string();
+    let e = one("(proc.comm == \"a\"")
+        .expect_err("must fail")
+        .to_string();
     assert!(e.contains("expected `)`"), "{e}");
-    let e = one("proc.comm in nolist and 1").unwrap_err().to_string();
+    let e = one("proc.comm in nolist and 1")
+        .expect_err("must fail")
+        .to_string();
     assert!(e.contains("unknown list"), "{e}");
 }
 
@@ -197,4 +203,24 @@ fn falco_payload_shape() {
     ] {
         assert!(v.get(k).is_some(), "{k}");
     }
+}
+
+/// `cargo test --release --lib rules::tests::throughput -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn throughput() {
+    let engine = bench_engine();
+    let recs = bench_records();
+    let n = 2_000_000usize;
+    let t = std::time::Instant::now();
+    let mut hits = 0usize;
+    for i in 0..n {
+        hits += engine.count_matches(&recs[i % recs.len()]);
+    }
+    let s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{} records in {s:.3}s: {:.0} records/s, {hits} hits",
+        n,
+        n as f64 / s
+    );
 }
