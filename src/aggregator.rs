@@ -33,7 +33,12 @@ pub struct Args {
     #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// The bearer token itself (prefer the environment variable, e.g. from a secret, over the flag).
-    #[arg(long, env = "PROCFLOW_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(
+        long,
+        env = "PROCFLOW_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub token: Option<String>,
     /// PEM certificate chain for TLS (with --tls-key).
     #[arg(long, env = "PROCFLOW_TLS_CERT", requires = "tls_key")]

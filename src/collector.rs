@@ -249,6 +249,9 @@ impl SocketMonitor {
     }
 }
 
+/// How long the engine keeps ticking fast after the last sign of activity.
+const ACTIVE_HOLD: Duration = Duration::from_secs(1);
+
 /// Runs the engine loop until `stop` is set: ticks every `trigger_interval`, pushes records
 /// into `tx`. On stop, ends live flows and returns.
 pub fn run_engine(
@@ -264,6 +267,7 @@ pub fn run_engine(
     snapshot(&mut sockets, procs.as_mut(), &mut out);
     tx.send_all(&mut out);
     let mut interval = config.trigger_interval;
+    let mut last_activity = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now = now_ns();
         // Processes first: a socket's new owner must be known before the socket is attributed.
@@ -274,9 +278,13 @@ pub fn run_engine(
             }
             None => &mut no_attribution,
         };
-        let dumped = sockets.tick(lookup, &mut out);
-        // Wake-ups dominate an idle collector's cost: tick fast only while things happen.
-        interval = if dumped || !out.is_empty() {
+        sockets.tick(lookup, &mut out);
+        // Wake-ups dominate an idle collector's cost: tick fast while things happen and for a
+        // second after, then back off towards the idle interval.
+        if !out.is_empty() {
+            last_activity = Instant::now();
+        }
+        interval = if last_activity.elapsed() < ACTIVE_HOLD {
             config.trigger_interval
         } else {
             (interval * 2).min(config.idle_interval)

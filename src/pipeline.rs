@@ -28,7 +28,12 @@ pub struct PipelineArgs {
     #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// The bearer token itself (prefer the environment variable, e.g. from a secret, over the flag).
-    #[arg(long, env = "PROCFLOW_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(
+        long,
+        env = "PROCFLOW_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub token: Option<String>,
     /// CA bundle that signed the aggregator's certificate.
     #[arg(long, env = "PROCFLOW_TLS_CA")]

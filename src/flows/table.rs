@@ -151,7 +151,14 @@ pub struct FlowTable {
     new_flows: Vec<u64>,
     new_listeners: Vec<u64>,
     new_inodes: Vec<u64>,
+    /// Listeners closed recently: a connection they accepted often outlives them (a server
+    /// shutting down), and is first seen only then; it is still inbound.
+    closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,
 }
+
+/// How long, and how many, closed listeners still decide direction.
+const CLOSED_LISTENER_MEMORY: Duration = Duration::from_secs(120);
+const CLOSED_LISTENER_MAX: usize = 4096;
 
 impl FlowTable {
     pub fn new(config: FlowConfig, scoper: Scoper) -> Self {
@@ -169,6 +176,7 @@ impl FlowTable {
             new_flows: Vec::new(),
             new_listeners: Vec::new(),
             new_inodes: Vec::new(),
+            closed_listeners: VecDeque::new(),
         }
     }
 
@@ -237,7 +245,10 @@ impl FlowTable {
                 e.generation = generation;
                 e.missing_since = 0;
                 e.last_seen = now;
-                e.state = s.state;
+                // tcp_info's own state is read after the message header's, closer to the
+                // counters: it narrows the window in which the counters already hold a FIN
+                // the state does not show yet.
+                e.state = s.tcp.as_ref().map_or(s.state, |info| info.state);
                 if let Some(info) = &s.tcp {
                     let counters = Counters::from_info(info);
                     if e.tcp != Some(counters) && !info.is_zeroed() {
@@ -407,6 +418,7 @@ impl FlowTable {
             .collect();
         for cookie in gone {
             if let Some(l) = self.listeners.remove(&cookie) {
+                self.remember_closed_listener(&l, now);
                 self.stats.listeners_ended += 1;
                 out.push(Record::Listener(listener_record(
                     cookie,
@@ -436,6 +448,7 @@ impl FlowTable {
     /// Applies a destroy event: the socket's END with the kernel's final counters.
     pub fn apply_destroy(&mut self, s: &SocketInfo, at: UnixNanos, out: &mut Vec<Record>) {
         if let Some(l) = self.listeners.remove(&s.cookie) {
+            self.remember_closed_listener(&l, at);
             self.stats.listeners_ended += 1;
             out.push(Record::Listener(listener_record(
                 s.cookie,
@@ -550,7 +563,10 @@ impl FlowTable {
         self.scoper.learn_local(s.local.ip());
         let connected = !(s.remote.ip().is_unspecified() && s.remote.port() == 0);
         let direction = match s.protocol {
-            Protocol::Tcp if self.listener_owner_for(s.protocol, s.local).is_some() => {
+            Protocol::Tcp
+                if self.listener_owner_for(s.protocol, s.local).is_some()
+                    || self.was_listening(s.protocol, s.local, now) =>
+            {
                 Direction::Inbound
             }
             Protocol::Tcp => Direction::Outbound,
@@ -638,6 +654,31 @@ impl FlowTable {
             .map(|l| l.owner)
     }
 
+    fn remember_closed_listener(&mut self, l: &ListenerEntry, at: UnixNanos) {
+        if self.closed_listeners.len() >= CLOSED_LISTENER_MAX {
+            self.closed_listeners.pop_front();
+        }
+        self.closed_listeners.push_back((at, l.protocol, l.local));
+    }
+
+    /// Whether a listener on this address closed within [`CLOSED_LISTENER_MEMORY`].
+    fn was_listening(&mut self, protocol: Protocol, local: SocketAddr, now: UnixNanos) -> bool {
+        let horizon = now.saturating_sub(nanos(CLOSED_LISTENER_MEMORY));
+        while self
+            .closed_listeners
+            .front()
+            .is_some_and(|(at, _, _)| *at < horizon)
+        {
+            self.closed_listeners.pop_front();
+        }
+        let ip = canonical(local.ip());
+        self.closed_listeners.iter().any(|(_, p, l)| {
+            *p == protocol
+                && l.port() == local.port()
+                && (l.ip().is_unspecified() || canonical(l.ip()) == ip)
+        })
+    }
+
     fn remember_ended(&mut self, cookie: u64, at: UnixNanos) {
         self.ended.insert(cookie, at);
         self.ended_order.push_back((at, cookie));
@@ -659,6 +700,8 @@ fn fin_received(last: Option<&Counters>, now: &Counters, last_state: u8) -> bool
         return true;
     }
     match last {
+        // No data since the last dump: any advance is the FIN. (A FIN that landed between
+        // the dump's state read and its counter read is missed here: one byte too many.)
         Some(last) if now.data_segs_in == last.data_segs_in => {
             now.bytes_received_seq > last.bytes_received_seq
         }
@@ -1018,6 +1061,37 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_first_seen_after_its_listener_closed_is_inbound() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let listener = tcp_socket(1, "0.0.0.0:9090", "0.0.0.0:0", msg::TCP_LISTEN, 0, 0, 0);
+        t.apply_dump(
+            std::slice::from_ref(&listener),
+            true,
+            10,
+            &mut NoAttribution,
+            &mut out,
+        );
+        t.apply_destroy(&listener, 20, &mut out);
+        out.clear();
+        let accepted = tcp_socket(2, "10.0.0.1:9090", "10.0.0.2:40000", 5, 50, 100, 1);
+        let dialed = tcp_socket(3, "10.0.0.1:40001", "10.0.0.2:9090", 1, 50, 100, 1);
+        t.apply_dump(&[accepted, dialed], true, 30, &mut NoAttribution, &mut out);
+        let directions: Vec<(u16, Direction)> = flows(&out)
+            .iter()
+            .map(|f| (f.local_port, f.direction))
+            .collect();
+        assert!(
+            directions.contains(&(9090, Direction::Inbound)),
+            "{directions:?}"
+        );
+        assert!(
+            directions.contains(&(40001, Direction::Outbound)),
+            "{directions:?}"
+        );
+    }
+
+    #[test]
     fn fin_inference() {
         let last = Counters {
             bytes_sent: 0,
@@ -1039,6 +1113,12 @@ mod tests {
         };
         assert!(!fin_received(Some(&last), &same, msg::TCP_ESTABLISHED));
         assert!(fin_received(Some(&last), &plus_fin, msg::TCP_ESTABLISHED));
+        // Our FIN acked, none from the peer (an orphan leaving FIN_WAIT2): no FIN counted.
+        let acked_only = Counters {
+            segs_in: last.segs_in + 1,
+            ..last
+        };
+        assert!(!fin_received(Some(&last), &acked_only, 5)); // FIN_WAIT2
         let only_fin = Counters {
             bytes_received_seq: 1,
             data_segs_in: 0,

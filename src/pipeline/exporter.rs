@@ -121,6 +121,12 @@ impl Buffer {
         self.memory.is_empty() && self.spool.as_ref().is_none_or(Spool::is_empty)
     }
 
+    /// Without a spool, a full memory buffer stops intake (the batcher, then the record queue
+    /// behind it, absorb and count the overflow) rather than dropping batches in flight.
+    fn has_room(&self) -> bool {
+        self.spool.is_some() || self.memory.len() < self.capacity
+    }
+
     /// Shutdown: what is still in memory goes to the spool for the next run.
     fn persist(&mut self) {
         if let Some(spool) = &mut self.spool {
@@ -191,7 +197,7 @@ pub async fn run(
                 loop {
                     tokio::select! {
                         _ = &mut sleep => break,
-                        b = batches.recv(), if closing.is_none() => match b {
+                        b = batches.recv(), if closing.is_none() && buffer.has_room() => match b {
                             Some(b) => buffer.push(b),
                             None => closing = Some(tokio::time::Instant::now() + config.drain_timeout),
                         },
@@ -250,7 +256,7 @@ async fn session(
         let deadline =
             closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            b = batches.recv(), if closing.is_none() => match b {
+            b = batches.recv(), if closing.is_none() && buffer.has_room() => match b {
                 Some(b) => buffer.push(b),
                 None => *closing = Some(tokio::time::Instant::now() + config.drain_timeout),
             },

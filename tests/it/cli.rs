@@ -93,3 +93,21 @@ fn config_file_rejects_unknown_keys_and_names_them() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("definitely-not-a-flag"), "{stderr}");
 }
+
+#[test]
+fn every_metric_is_documented() {
+    let source = include_str!("../../src/telemetry.rs");
+    let docs = include_str!("../../docs/METRICS.md");
+    let names: Vec<&str> = source
+        .lines()
+        .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \"procflow_"))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(names.len() > 10, "found the metric constants");
+    for name in names {
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "metric {name} is missing from docs/METRICS.md"
+        );
+    }
+}

@@ -25,11 +25,11 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn start(extra: &[&str]) -> Aggregator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let [port] = free_ports::<1>();
+        Aggregator::start_on(port, extra)
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> Aggregator {
         let mut a = Aggregator {
             port,
             dir: tempfile::tempdir().expect("tempdir"),
@@ -568,12 +568,9 @@ fn http_get(port: u16, path: &str) -> String {
 
 #[test]
 fn aggregator_serves_health_and_metrics_of_what_moved() {
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let agg = Aggregator::start(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let [grpc_port, metrics_port] = free_ports::<2>();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let agg = Aggregator::start_on(grpc_port, &["--metrics-listen", &metrics_listen]);
     let acks = ingest(
         &agg.url(),
         None,
