@@ -2,6 +2,8 @@
 //! deduplicates batches, stores them, and fans them out to live subscribers; Query reads
 //! the store. Authentication is a bearer token; TLS is rustls.
 
+pub mod alert_out;
+pub mod detect;
 pub mod hub;
 pub mod service;
 pub mod store;
@@ -67,6 +69,33 @@ pub struct Args {
     /// Live events buffered per subscriber before it is sent a gap marker.
     #[arg(long, env = "PROCFLOW_SUBSCRIBER_QUEUE", default_value_t = 4096)]
     pub subscriber_queue: usize,
+    /// Directory of custom rule files (*.yaml), loaded beside the managed set and reloaded
+    /// when they change (a failed reload keeps the previous set).
+    #[arg(long, env = "PROCFLOW_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Do not load the managed rule set.
+    #[arg(long, env = "PROCFLOW_NO_MANAGED_RULES")]
+    pub no_managed_rules: bool,
+    /// Turn detection off entirely.
+    #[arg(long, env = "PROCFLOW_NO_DETECTION")]
+    pub no_detection: bool,
+    /// A repeat of an alert group is emitted (with its count) at most this often.
+    #[arg(long, env = "PROCFLOW_ALERT_REEMIT", default_value = "1m", value_parser = parse_duration)]
+    pub alert_reemit: Duration,
+    /// Print alerts as JSON lines on stdout.
+    #[arg(long, env = "PROCFLOW_ALERT_STDOUT")]
+    pub alert_stdout: bool,
+    /// POST each alert to this http:// URL (retried with backoff; e.g. falcosidekick).
+    #[arg(long, env = "PROCFLOW_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+    /// Body of the webhook POST.
+    #[arg(
+        long,
+        env = "PROCFLOW_ALERT_WEBHOOK_FORMAT",
+        value_enum,
+        default_value = "procflow"
+    )]
+    pub alert_webhook_format: alert_out::WebhookFormat,
 }
 
 /// `procflow aggregator`.
@@ -132,7 +161,38 @@ pub async fn serve(
     let hub = Arc::new(Hub::new(args.subscriber_queue));
     let auth = Auth::new(token);
     let limits = Limits::default();
-    let ingest = IngestService::new(store.clone(), hub.clone(), limits, args.max_batch_records);
+    let (detector, detect_thread) = if args.no_detection {
+        tracing::warn!("--no-detection: records are stored but no rule runs");
+        (None, None)
+    } else {
+        let webhook = args
+            .alert_webhook
+            .as_deref()
+            .map(alert_out::HttpTarget::parse)
+            .transpose()?;
+        let outputs =
+            alert_out::Outputs::new(args.alert_stdout, webhook, args.alert_webhook_format)?;
+        let (detector, handle) = detect::Detector::start(
+            detect::DetectConfig {
+                rules_dir: args.rules.clone(),
+                with_managed: !args.no_managed_rules,
+                state_path: args.data_dir.join("rule-state.json"),
+                reemit: args.alert_reemit,
+                outputs,
+            },
+            store.clone(),
+            hub.clone(),
+        )
+        .context("loading detection rules")?;
+        (Some(detector), Some(handle))
+    };
+    let ingest = IngestService::new(
+        store.clone(),
+        hub.clone(),
+        detector,
+        limits,
+        args.max_batch_records,
+    );
     let subscribe = SubscribeService::new(hub);
     let query = QueryService::new(store);
 
@@ -175,6 +235,17 @@ pub async fn serve(
         )
         .await
         .context("serving gRPC")?;
+    if let Some(handle) = detect_thread {
+        // The services (and with them the detector's sender) are gone: the thread drains,
+        // saves its state and stops.
+        let joined = tokio::task::spawn_blocking(move || handle.join());
+        if tokio::time::timeout(Duration::from_secs(10), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("detection did not stop within 10 s");
+        }
+    }
     tracing::info!("aggregator stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod lang;
+pub mod stateful;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ pub const MANAGED: &[(&str, &str)] = &[
     (
         "managed/exec.yaml",
         include_str!("../rules/managed/exec.yaml"),
+    ),
+    (
+        "managed/behavior.yaml",
+        include_str!("../rules/managed/behavior.yaml"),
     ),
 ];
 
@@ -58,6 +63,22 @@ struct FileSpec {
     macros: HashMap<String, String>,
     #[serde(default)]
     rules: Vec<RuleSpec>,
+    /// Tuning of rules defined elsewhere (the managed set) without copying them.
+    #[serde(default)]
+    overrides: Vec<OverrideSpec>,
+}
+
+/// `overrides:` entry: appends exceptions to a rule, or changes whether it runs and how loud.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideSpec {
+    rule: String,
+    #[serde(default)]
+    exceptions: Vec<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    severity: Option<SeveritySpec>,
 }
 
 fn yes() -> bool {
@@ -83,6 +104,13 @@ pub struct RuleSpec {
     pub output: String,
     #[serde(default)]
     pub group_by: Vec<String>,
+    /// Stateful kinds (at most one): the condition selects, the state decides.
+    #[serde(default)]
+    pub threshold: Option<stateful::ThresholdSpec>,
+    #[serde(default)]
+    pub new_value: Option<stateful::NewValueSpec>,
+    #[serde(default)]
+    pub rate: Option<stateful::RateSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -114,6 +142,34 @@ pub struct Rule {
     pub file: String,
     compiled: Vec<(RecordKind, Node, Vec<Node>)>,
     output: Vec<Piece>,
+    pub stateful: Option<stateful::Kind>,
+}
+
+/// Key fields that come from the record's source rather than the record.
+const SOURCE_FIELDS: [&str; 3] = ["k8s.ns.name", "k8s.pod.name", "k8s.workload"];
+
+fn known_field(name: &str) -> bool {
+    SOURCE_FIELDS.contains(&name) || lang::field_for_name(name).is_some()
+}
+
+/// A pod's workload: its name without the pod and ReplicaSet hashes a Deployment adds
+/// (`web-7c9f8d6b5-x2k4q` → `web`), so learning and windows span a workload's replicas.
+/// Kubernetes draws both from a vowel-free alphabet; a StatefulSet's `db-0` stays itself.
+pub fn workload_of(pod_name: &str) -> &str {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let hashy = |s: &str, lens: std::ops::RangeInclusive<usize>| {
+        lens.contains(&s.len()) && s.bytes().all(|b| ALPHABET.contains(&b))
+    };
+    let Some((rest, pod_hash)) = pod_name.rsplit_once('-') else {
+        return pod_name;
+    };
+    if rest.is_empty() || !hashy(pod_hash, 5..=5) {
+        return pod_name;
+    }
+    match rest.rsplit_once('-') {
+        Some((name, rs_hash)) if !name.is_empty() && hashy(rs_hash, 6..=10) => name,
+        _ => rest, // a DaemonSet or Job pod: name-xxxxx
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +209,7 @@ impl RuleSet {
     pub fn compile(files: &[(String, String)]) -> Result<RuleSet, RuleError> {
         let mut defs = Defs::default();
         let mut specs = Vec::new();
+        let mut overrides = Vec::new();
         for (file, text) in files {
             let spec: FileSpec = serde_yaml_ng::from_str(text).map_err(|e| RuleError::File {
                 file: file.clone(),
@@ -166,6 +223,23 @@ impl RuleSet {
             }
             defs.macros.extend(spec.macros);
             specs.extend(spec.rules.into_iter().map(|r| (file.clone(), r)));
+            overrides.extend(spec.overrides.into_iter().map(|o| (file.clone(), o)));
+        }
+        for (file, o) in overrides {
+            let Some((_, target)) = specs.iter_mut().find(|(_, r)| r.id == o.rule) else {
+                return Err(RuleError::Rule {
+                    file,
+                    rule: o.rule,
+                    msg: "override of a rule that is not loaded".into(),
+                });
+            };
+            target.exceptions.extend(o.exceptions);
+            if let Some(enabled) = o.enabled {
+                target.enabled = enabled;
+            }
+            if let Some(severity) = o.severity {
+                target.severity = severity;
+            }
         }
         let mut rules: Vec<Rule> = Vec::new();
         for (file, spec) in specs {
@@ -207,11 +281,34 @@ impl RuleSet {
                 compiled.push((kind, cond, exc));
             }
             let output = parse_template(&spec.output).map_err(rerr)?;
+            let kinds: Vec<stateful::Kind> = [
+                spec.threshold.clone().map(stateful::Kind::Threshold),
+                spec.new_value.clone().map(stateful::Kind::NewValue),
+                spec.rate.clone().map(stateful::Kind::Rate),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if kinds.len() > 1 {
+                return Err(rerr(
+                    "at most one of threshold, new_value, rate per rule".into(),
+                ));
+            }
+            let stateful = kinds.into_iter().next();
+            if let Some(k) = &stateful {
+                if let Some(bad) = k.fields().into_iter().find(|f| !known_field(f)) {
+                    return Err(rerr(format!("unknown field `{bad}` in its state keys")));
+                }
+            }
+            if let Some(bad) = spec.group_by.iter().find(|f| !known_field(f)) {
+                return Err(rerr(format!("unknown field `{bad}` in group_by")));
+            }
             rules.push(Rule {
                 spec,
                 file,
                 compiled,
                 output,
+                stateful,
             });
         }
         Ok(RuleSet { rules })
@@ -271,6 +368,7 @@ pub struct Hit {
     pub output: String,
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Group {
     first_seen: UnixNanos,
     last_emit: UnixNanos,
@@ -278,18 +376,20 @@ struct Group {
     emitted_count: u64,
 }
 
-/// The evaluator: a rule set, a pid → process cache so flow and listener rules
-/// can see their owning process, and alert groups.
+/// The evaluator: a rule set, a process cache per source (pids repeat across pods) so flow
+/// and listener rules can see their owning process, stateful rule state, and alert groups.
 pub struct Engine {
     set: RuleSet,
-    procs: HashMap<u32, ProcessRecord>,
+    procs: HashMap<(String, u32), ProcessRecord>,
     groups: HashMap<String, Group>,
+    state: stateful::State,
     /// A group re-emits at most once per this many nanoseconds (with its count).
     pub reemit_ns: u64,
     seq: u64,
 }
 
-const PROC_CACHE_MAX: usize = 65_536;
+const PROC_CACHE_MAX: usize = 262_144;
+const GROUPS_MAX: usize = 100_000;
 
 impl Engine {
     pub fn new(set: RuleSet) -> Self {
@@ -297,6 +397,7 @@ impl Engine {
             set,
             procs: HashMap::new(),
             groups: HashMap::new(),
+            state: stateful::State::default(),
             reemit_ns: 60_000_000_000,
             seq: 0,
         }
@@ -309,53 +410,66 @@ impl Engine {
     /// Loads a new set; on error the current set stays in force.
     pub fn reload(&mut self, dir: Option<&Path>, with_managed: bool) -> Result<(), RuleError> {
         self.set = RuleSet::load(dir, with_managed)?;
+        let ids: std::collections::HashSet<&str> =
+            self.set.rules.iter().map(|r| r.spec.id.as_str()).collect();
+        self.state.retain_rules(&ids);
         Ok(())
     }
 
-    fn remember(&mut self, rec: &Record) {
+    /// Restores stateful rule state saved by [`Engine::save_state`].
+    pub fn load_state(&mut self, path: &Path) -> anyhow::Result<()> {
+        self.state = stateful::State::load(path)?;
+        Ok(())
+    }
+
+    pub fn save_state(&self, path: &Path) -> anyhow::Result<()> {
+        self.state.save(path)
+    }
+
+    /// Keys of stateful rules not tracked because a rule hit its bound.
+    pub fn state_keys_refused(&self) -> u64 {
+        self.state.keys_refused
+    }
+
+    fn remember(&mut self, source: &str, rec: &Record) {
         if let Record::Process(p) = rec {
+            let key = (source.to_owned(), p.pid);
             if p.phase == crate::model::ProcessPhase::Exit {
-                self.procs.remove(&p.pid);
+                self.procs.remove(&key);
             } else {
-                if self.procs.len() >= PROC_CACHE_MAX && !self.procs.contains_key(&p.pid) {
+                if self.procs.len() >= PROC_CACHE_MAX && !self.procs.contains_key(&key) {
+                    tracing::warn!(
+                        size = self.procs.len(),
+                        "rule process cache full; starting over"
+                    );
                     self.procs.clear();
                 }
-                self.procs.insert(p.pid, p.clone());
+                self.procs.insert(key, p.clone());
             }
         }
     }
 
-    /// Stateless matching: which rules fire on `rec`, with rendered output.
+    fn ctx<'a>(&'a self, source: &str, rec: &'a Record) -> Option<(RecordKind, Ctx<'a>)> {
+        make_ctx(rec, self.owner_of(source, rec))
+    }
+
+    fn owner_of(&self, source: &str, rec: &Record) -> Option<&ProcessRecord> {
+        match rec {
+            Record::Flow(f) => self.owner(source, f.pid, f.process_start_time),
+            Record::Listener(l) => self.owner(source, l.pid, l.process_start_time),
+            _ => None,
+        }
+    }
+
+    /// Which rules' conditions hold for `rec` (stateful rules included, before their state
+    /// is consulted), with rendered output.
     pub fn matches(&self, rec: &Record) -> Vec<Hit> {
-        let (kind, ctx) = match rec {
-            Record::Process(p) => (
-                RecordKind::Process,
-                Ctx {
-                    process: Some(p),
-                    flow: None,
-                    listener: None,
-                    ancestor: None,
-                },
-            ),
-            Record::Flow(f) => (
-                RecordKind::Flow,
-                Ctx {
-                    process: self.owner(f.pid, f.process_start_time),
-                    flow: Some(f),
-                    listener: None,
-                    ancestor: None,
-                },
-            ),
-            Record::Listener(l) => (
-                RecordKind::Listener,
-                Ctx {
-                    process: self.owner(l.pid, l.process_start_time),
-                    flow: None,
-                    listener: Some(l),
-                    ancestor: None,
-                },
-            ),
-            _ => return Vec::new(),
+        self.matches_from("", rec)
+    }
+
+    fn matches_from(&self, source: &str, rec: &Record) -> Vec<Hit> {
+        let Some((kind, ctx)) = self.ctx(source, rec) else {
+            return Vec::new();
         };
         let mut hits = Vec::new();
         for (i, r) in self.set.rules.iter().enumerate() {
@@ -374,37 +488,10 @@ impl Engine {
         hits
     }
 
-    /// Counts matching rules without rendering output (the benchmark's hot path).
+    /// Counts rules whose conditions hold, without rendering output or state.
     pub fn count_matches(&self, rec: &Record) -> usize {
-        let (kind, ctx) = match rec {
-            Record::Process(p) => (
-                RecordKind::Process,
-                Ctx {
-                    process: Some(p),
-                    flow: None,
-                    listener: None,
-                    ancestor: None,
-                },
-            ),
-            Record::Flow(f) => (
-                RecordKind::Flow,
-                Ctx {
-                    process: self.owner(f.pid, f.process_start_time),
-                    flow: Some(f),
-                    listener: None,
-                    ancestor: None,
-                },
-            ),
-            Record::Listener(l) => (
-                RecordKind::Listener,
-                Ctx {
-                    process: self.owner(l.pid, l.process_start_time),
-                    flow: None,
-                    listener: Some(l),
-                    ancestor: None,
-                },
-            ),
-            _ => return 0,
+        let Some((kind, ctx)) = self.ctx("", rec) else {
+            return 0;
         };
         self.set
             .rules
@@ -415,8 +502,13 @@ impl Engine {
             .count()
     }
 
-    fn owner(&self, pid: Option<u32>, start: Option<UnixNanos>) -> Option<&ProcessRecord> {
-        let p = self.procs.get(&pid?)?;
+    fn owner(
+        &self,
+        source: &str,
+        pid: Option<u32>,
+        start: Option<UnixNanos>,
+    ) -> Option<&ProcessRecord> {
+        let p = self.procs.get(&(source.to_owned(), pid?))?;
         match start {
             Some(s) if s != p.start_time => None,
             _ => Some(p),
@@ -426,39 +518,72 @@ impl Engine {
     /// Evaluates one ingested event: alerts to emit now (first of a group, then
     /// at most once per `reemit_ns` per group with the updated count).
     pub fn evaluate(&mut self, event: &Event, now: UnixNanos) -> Vec<AlertRecord> {
-        self.remember(&event.record);
-        let hits = self.matches(&event.record);
+        let source = event.source.collector_id.as_str();
+        self.remember(source, &event.record);
+        let hits = self.matches_from(source, &event.record);
+        if hits.is_empty() {
+            return Vec::new();
+        }
+        let owner = self.owner_of(source, &event.record).cloned();
+        let Some((_, ctx)) = make_ctx(&event.record, owner.as_ref()) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for h in hits {
             let rule = &self.set.rules[h.rule];
-            let ctx_proc: Option<ProcessRecord> = match &event.record {
-                Record::Process(p) => Some(p.clone()),
-                Record::Flow(f) => self.owner(f.pid, f.process_start_time).cloned(),
-                Record::Listener(l) => self.owner(l.pid, l.process_start_time).cloned(),
-                _ => None,
+            let field = |name: &str| {
+                source_field(name, event)
+                    .unwrap_or_else(|| render(&[Piece::Field(name.to_owned())], &ctx))
             };
-            let flows: Vec<FlowRecord> = match &event.record {
-                Record::Flow(f) => vec![f.clone()],
-                _ => Vec::new(),
-            };
+            let workload = format!(
+                "{}/{}",
+                event.source.pod_namespace,
+                workload_of(&event.source.pod_name)
+            );
+            let mut state_evidence = None;
+            if let Some(kind) = &rule.stateful {
+                let mut key = workload.clone();
+                for b in kind.by() {
+                    key.push('|');
+                    key.push_str(&field(b));
+                }
+                let (value, amount) = match kind {
+                    stateful::Kind::Threshold(t) => {
+                        (None, t.sum.as_deref().and_then(|f| numeric(f, &ctx)))
+                    }
+                    stateful::Kind::NewValue(n) => (Some(field(&n.value)), None),
+                    stateful::Kind::Rate(r) => (Some(field(&r.distinct)), None),
+                };
+                let verdict = self.state.observe(
+                    &rule.spec.id,
+                    kind,
+                    &key,
+                    value.as_deref(),
+                    amount,
+                    Some((source, &event.record)),
+                    now,
+                );
+                if !verdict.fire {
+                    continue;
+                }
+                state_evidence = Some(verdict.evidence);
+            }
+            let ctx_proc: Option<ProcessRecord> = ctx.process.cloned();
+            let flows: Vec<FlowRecord> = ctx.flow.into_iter().cloned().collect();
             let mut key = format!(
                 "{}|{}|{}",
                 rule.spec.id, event.source.pod_namespace, event.source.pod_name
             );
             for g in &rule.spec.group_by {
-                let ctx = Ctx {
-                    process: ctx_proc.as_ref(),
-                    flow: flows.first(),
-                    listener: match &event.record {
-                        Record::Listener(l) => Some(l),
-                        _ => None,
-                    },
-                    ancestor: None,
-                };
                 key.push('|');
-                key.push_str(&render(&[Piece::Field(g.clone())], &ctx));
+                key.push_str(&field(g));
             }
-            let g = self.groups.entry(key.clone()).or_insert(Group {
+            if self.groups.len() >= GROUPS_MAX && !self.groups.contains_key(&key) {
+                // Oldest-emitted groups go first; a pruned group just alerts afresh.
+                let horizon = now.saturating_sub(self.reemit_ns);
+                self.groups.retain(|_, g| g.last_emit >= horizon);
+            }
+            let g = self.groups.entry(key).or_insert(Group {
                 first_seen: now,
                 last_emit: 0,
                 count: 0,
@@ -471,12 +596,29 @@ impl Engine {
             }
             g.last_emit = now;
             g.emitted_count = g.count;
+            let g = *g;
             self.seq += 1;
             let mut evidence = vec![format!(
-                "rule {} matched a {} record",
+                "rule {} matched a {} record from {}/{}",
                 rule.spec.id,
-                event.record.kind().as_str()
+                event.record.kind().as_str(),
+                event.source.pod_namespace,
+                event.source.pod_name
             )];
+            evidence.extend(state_evidence);
+            if let Some(f) = &ctx.flow {
+                evidence.push(format!(
+                    "flow {}:{} -> {}:{} {:?} {:?} sent={} received={}",
+                    f.local_addr,
+                    f.local_port,
+                    f.remote_addr.map_or("*".to_owned(), |a| a.to_string()),
+                    f.remote_port.map_or("*".to_owned(), |p| p.to_string()),
+                    f.direction,
+                    f.scope,
+                    f.bytes_sent.map_or("n/a".to_owned(), |b| b.to_string()),
+                    f.bytes_received.map_or("n/a".to_owned(), |b| b.to_string()),
+                ));
+            }
             if let Some(p) = &ctx_proc {
                 let chain: Vec<String> =
                     std::iter::once(format!("{}({})", display_bytes(&p.comm), p.pid))
@@ -509,6 +651,41 @@ impl Engine {
             });
         }
         out
+    }
+}
+
+fn make_ctx<'a>(
+    rec: &'a Record,
+    owner: Option<&'a ProcessRecord>,
+) -> Option<(RecordKind, Ctx<'a>)> {
+    let ctx = |process, flow, listener| Ctx {
+        process,
+        flow,
+        listener,
+        ancestor: None,
+    };
+    Some(match rec {
+        Record::Process(p) => (RecordKind::Process, ctx(Some(p), None, None)),
+        Record::Flow(f) => (RecordKind::Flow, ctx(owner, Some(f), None)),
+        Record::Listener(l) => (RecordKind::Listener, ctx(owner, None, Some(l))),
+        _ => return None,
+    })
+}
+
+/// Key fields taken from the event's source.
+fn source_field(name: &str, event: &Event) -> Option<String> {
+    match name {
+        "k8s.ns.name" => Some(event.source.pod_namespace.clone()),
+        "k8s.pod.name" => Some(event.source.pod_name.clone()),
+        "k8s.workload" => Some(workload_of(&event.source.pod_name).to_owned()),
+        _ => None,
+    }
+}
+
+fn numeric(name: &str, ctx: &Ctx<'_>) -> Option<u64> {
+    match lang::get(lang::field_for_name(name)?, ctx) {
+        lang::Val::Int(i) => u64::try_from(i).ok(),
+        _ => None,
     }
 }
 
@@ -593,7 +770,7 @@ fn chrono_like_rfc3339(secs: u64, nanos: u64) -> String {
 pub fn bench_engine() -> Engine {
     let mut e = Engine::new(RuleSet::managed().unwrap_or_default());
     for r in bench_records() {
-        e.remember(&r);
+        e.remember("", &r);
     }
     e
 }

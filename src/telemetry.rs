@@ -63,6 +63,24 @@ pub const RECORDS_STORED: &str = "procflow_records_stored_total";
 pub const BATCHES_BUILT: &str = "procflow_batches_built_total";
 /// Records the exporter dropped (spool full, no spool, rejected batches).
 pub const EXPORT_RECORDS_DROPPED: &str = "procflow_export_records_dropped_total";
+/// Records stored but not evaluated by the rules (detection queue full or stopped).
+pub const DETECT_DROPPED: &str = "procflow_detect_dropped_total";
+/// Records evaluated by the detection rules.
+pub const RULES_EVALUATED: &str = "procflow_rules_evaluated_total";
+/// Alerts raised (first of a group, then grouped repeats at the re-emit interval).
+pub const ALERTS_RAISED: &str = "procflow_alerts_raised_total";
+/// Alerts the store could not keep (still published and delivered).
+pub const ALERTS_UNSTORED: &str = "procflow_alerts_unstored_total";
+/// Alerts delivered to an output (label `output`).
+pub const ALERTS_DELIVERED: &str = "procflow_alerts_delivered_total";
+/// Alerts an output dropped after its retries or because its queue was full (label `output`).
+pub const ALERTS_DROPPED: &str = "procflow_alerts_dropped_total";
+/// Successful rule reloads.
+pub const RULE_RELOADS: &str = "procflow_rule_reloads_total";
+/// Failed rule reloads (the previous set stays in force).
+pub const RULE_RELOAD_FAILURES: &str = "procflow_rule_reload_failures_total";
+/// Keys of stateful rules not tracked because a rule reached its bound.
+pub const RULE_STATE_KEYS_REFUSED: &str = "procflow_rule_state_keys_refused";
 
 // === Prometheus + health endpoint ===
 

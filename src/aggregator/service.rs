@@ -8,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::aggregator::detect::Detector;
 use crate::aggregator::hub::{Hub, LiveFilter};
 use crate::aggregator::store::{Appended, EventQuery, Store};
 use crate::model::{now_ns, Event, RecordKind};
@@ -70,6 +71,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct IngestService {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    detector: Option<Detector>,
     limits: Limits,
     max_batch_records: usize,
 }
@@ -78,12 +80,14 @@ impl IngestService {
     pub fn new(
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
+        detector: Option<Detector>,
         limits: Limits,
         max_batch_records: usize,
     ) -> Self {
         IngestService {
             store,
             hub,
+            detector,
             limits,
             max_batch_records,
         }
@@ -130,9 +134,10 @@ impl pb::ingest_server::Ingest for IngestService {
         let peer = request.remote_addr();
         let mut batches = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let (store, hub, limits, max_records) = (
+        let (store, hub, detector, limits, max_records) = (
             self.store.clone(),
             self.hub.clone(),
+            self.detector.clone(),
             self.limits,
             self.max_batch_records,
         );
@@ -168,6 +173,11 @@ impl pb::ingest_server::Ingest for IngestService {
                             Ok(Ok(Appended::Stored(n))) => {
                                 metrics::counter!(telemetry::RECORDS_STORED).increment(n as u64);
                                 hub.publish(&published);
+                                // Only stored (never duplicate) records are evaluated, so a
+                                // resent batch cannot raise its alerts twice.
+                                if let Some(detector) = &detector {
+                                    detector.submit(published);
+                                }
                                 pb::Ack {
                                     seq,
                                     rejected: false,

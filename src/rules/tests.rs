@@ -205,22 +205,263 @@ fn falco_payload_shape() {
     }
 }
 
-/// `cargo test --release --lib rules::tests::throughput -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn throughput() {
-    let engine = bench_engine();
-    let recs = bench_records();
-    let n = 2_000_000usize;
-    let t = std::time::Instant::now();
-    let mut hits = 0usize;
-    for i in 0..n {
-        hits += engine.count_matches(&recs[i % recs.len()]);
+// === Stateful rules ===
+
+const SEC: u64 = 1_000_000_000;
+
+fn flow_to(remote: &str, rport: u16, cookie: u64, phase: &str, sent: u64) -> FlowRecord {
+    serde_json::from_value(serde_json::json!({
+        "cookie": cookie.to_string(), "protocol": "TCP", "family": "IPV4", "local_addr": "10.1.1.1",
+        "local_port": 40000, "remote_addr": remote, "remote_port": rport, "direction": "OUTBOUND",
+        "scope": "NORTH_SOUTH", "phase": phase, "state": "ESTABLISHED", "preexisting": false,
+        "bytes_sent": sent, "bytes_received": 0, "segs_out": null, "segs_in": null,
+        "retransmits": null, "total_retrans": null, "rtt_us": null, "first_seen": 1,
+        "last_seen": 1, "ended_at": null, "uid": 1000, "inode": 1, "pid": 100,
+        "process_start_time": 1, "attribution": "FD", "end_reason": "UNSPECIFIED",
+        "reset": false, "cgroup_id": null
+    }))
+    .expect("flow json")
+}
+
+fn stateful_engine(rule: &str) -> Engine {
+    let y = format!("rules:\n{rule}");
+    let mut e = Engine::new(RuleSet::compile(&[("s.yaml".into(), y)]).expect("compiles"));
+    e.reemit_ns = 0;
+    e
+}
+
+fn pod_event(pod: &str, record: Record) -> Event {
+    Event {
+        source: CollectorIdentity {
+            collector_id: format!("c-{pod}"),
+            pod_name: pod.into(),
+            pod_namespace: "shop".into(),
+            ..CollectorIdentity::default()
+        },
+        received_at: 0,
+        record,
     }
-    let s = t.elapsed().as_secs_f64();
-    eprintln!(
-        "{} records in {s:.3}s: {:.0} records/s, {hits} hits",
-        n,
-        n as f64 / s
+}
+
+const EXFIL: &str = "- id: X\n  name: x\n  severity: high\n  kinds: [flow]\n  condition: fd.direction == \"OUTBOUND\"\n  threshold:\n    sum: fd.bytes_sent\n    window: 10s\n    above: 1000\n    by: [fd.rip]\n  output: 'x {fd.rip}'\n";
+
+#[test]
+fn threshold_adds_what_each_socket_moved_and_slides_its_window() {
+    let mut e = stateful_engine(EXFIL);
+    let ev = |f| pod_event("web-7c9f8d6b5-x2k4q", Record::Flow(f));
+    // One socket reports cumulative counters: 600 then 900 is 900 moved, not 1500.
+    assert!(e
+        .evaluate(&ev(flow_to("1.2.3.4", 443, 1, "START", 600)), SEC)
+        .is_empty());
+    assert!(e
+        .evaluate(&ev(flow_to("1.2.3.4", 443, 1, "UPDATE", 900)), 2 * SEC)
+        .is_empty());
+    // Another socket to the same destination pushes the window over 1000.
+    let a = e.evaluate(&ev(flow_to("1.2.3.4", 443, 2, "END", 200)), 3 * SEC);
+    assert_eq!(a.len(), 1, "900 + 200 > 1000");
+    assert!(
+        a[0].evidence
+            .iter()
+            .any(|l| l.contains("fd.bytes_sent 1100")),
+        "{:?}",
+        a[0].evidence
     );
+    // Other destinations have their own window.
+    assert!(e
+        .evaluate(&ev(flow_to("5.6.7.8", 443, 3, "END", 999)), 3 * SEC)
+        .is_empty());
+    // Window edge: at exactly 10 s after the first event, that event has left the window.
+    assert!(e
+        .evaluate(&ev(flow_to("9.9.9.9", 443, 4, "END", 600)), 20 * SEC)
+        .is_empty());
+    assert!(e
+        .evaluate(&ev(flow_to("9.9.9.9", 443, 5, "END", 300)), 29 * SEC)
+        .is_empty());
+    assert_eq!(
+        e.evaluate(&ev(flow_to("9.9.9.9", 443, 6, "END", 200)), 29 * SEC)
+            .len(),
+        1
+    );
+    assert!(
+        e.evaluate(&ev(flow_to("9.9.9.9", 443, 7, "END", 1)), 39 * SEC + 1)
+            .is_empty(),
+        "only 201 left in the window"
+    );
+}
+
+#[test]
+fn replicas_of_a_workload_share_state_and_other_workloads_do_not() {
+    let mut e = stateful_engine(EXFIL);
+    let f = |c| Record::Flow(flow_to("1.2.3.4", 443, c, "END", 600));
+    assert!(e
+        .evaluate(&pod_event("web-7c9f8d6b5-x2k4q", f(1)), SEC)
+        .is_empty());
+    assert!(e
+        .evaluate(&pod_event("api-5d4f7b9c8-abcde", f(2)), SEC)
+        .is_empty());
+    assert_eq!(
+        e.evaluate(&pod_event("web-7c9f8d6b5-zzzzz", f(3)), SEC)
+            .len(),
+        1
+    );
+    assert_eq!(workload_of("web-7c9f8d6b5-x2k4q"), "web");
+    assert_eq!(workload_of("db-0"), "db-0");
+    assert_eq!(workload_of("worker"), "worker");
+}
+
+const NEW_DEST: &str = "- id: N\n  name: n\n  severity: medium\n  kinds: [flow]\n  condition: fd.direction == \"OUTBOUND\"\n  new_value:\n    value: fd.rip\n    learning: 1h\n    allow: [\"8.8.8.8\"]\n  output: 'new {fd.rip}'\n";
+
+#[test]
+fn new_value_learns_then_alerts_once_per_new_value() {
+    let mut e = stateful_engine(NEW_DEST);
+    let ev = |ip: &str, c| {
+        pod_event(
+            "web-7c9f8d6b5-x2k4q",
+            Record::Flow(flow_to(ip, 443, c, "START", 0)),
+        )
+    };
+    let t0 = 1_000 * SEC;
+    assert!(e.evaluate(&ev("1.1.1.1", 1), t0).is_empty(), "learning");
+    assert!(
+        e.evaluate(&ev("2.2.2.2", 2), t0 + 3599 * SEC).is_empty(),
+        "still learning"
+    );
+    assert!(
+        e.evaluate(&ev("1.1.1.1", 3), t0 + 3600 * SEC).is_empty(),
+        "learned"
+    );
+    assert!(
+        e.evaluate(&ev("2.2.2.2", 4), t0 + 3600 * SEC).is_empty(),
+        "learned at the edge"
+    );
+    assert!(
+        e.evaluate(&ev("8.8.8.8", 5), t0 + 3600 * SEC).is_empty(),
+        "allowlisted"
+    );
+    let a = e.evaluate(&ev("6.6.6.6", 6), t0 + 3600 * SEC);
+    assert_eq!(a.len(), 1);
+    assert!(
+        e.evaluate(&ev("6.6.6.6", 7), t0 + 3700 * SEC).is_empty(),
+        "now known"
+    );
+    // Another workload starts its own learning period.
+    let other = pod_event(
+        "api-5d4f7b9c8-abcde",
+        Record::Flow(flow_to("6.6.6.6", 443, 8, "START", 0)),
+    );
+    assert!(e.evaluate(&other, t0 + 3700 * SEC).is_empty());
+}
+
+#[test]
+fn stateful_state_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rule-state.json");
+    let ev = |ip: &str, c| {
+        pod_event(
+            "web-7c9f8d6b5-x2k4q",
+            Record::Flow(flow_to(ip, 443, c, "END", 600)),
+        )
+    };
+    let t0 = 1_000 * SEC;
+    {
+        let mut e = stateful_engine(&format!("{NEW_DEST}{EXFIL}"));
+        assert!(e.evaluate(&ev("1.1.1.1", 1), t0).is_empty());
+        e.save_state(&path).expect("save");
+    }
+    let mut e = stateful_engine(&format!("{NEW_DEST}{EXFIL}"));
+    e.load_state(&path).expect("load");
+    // The learning clock and the learned value came back...
+    assert!(e.evaluate(&ev("1.1.1.1", 2), t0 + 7200 * SEC).is_empty());
+    // ...and so did the threshold window: 600 before the restart + 600 now.
+    let fired: Vec<String> = e
+        .evaluate(&ev("1.1.1.1", 3), t0 + 5 * SEC)
+        .into_iter()
+        .map(|a| a.rule_id)
+        .collect();
+    assert_eq!(fired, vec!["X".to_string()]);
+    // A corrupt state file is an error, not a silent fresh start.
+    std::fs::write(&path, b"{not json").expect("write");
+    assert!(e.load_state(&path).is_err());
+}
+
+#[test]
+fn rate_counts_distinct_values_in_its_window() {
+    let rule = "- id: R\n  name: r\n  severity: high\n  kinds: [flow]\n  condition: fd.direction == \"OUTBOUND\"\n  rate:\n    distinct: fd.rport\n    by: [fd.rip]\n    window: 60s\n    above: 3\n  output: 'scan {fd.rip}'\n";
+    let mut e = stateful_engine(rule);
+    let ev = |port, c| {
+        pod_event(
+            "scanner",
+            Record::Flow(flow_to("10.9.9.9", port, c, "START", 0)),
+        )
+    };
+    for (i, port) in [22, 22, 80, 443].into_iter().enumerate() {
+        assert!(
+            e.evaluate(&ev(port, i as u64), SEC).is_empty(),
+            "3 distinct ports is not above 3"
+        );
+    }
+    assert_eq!(e.evaluate(&ev(8080, 9), 2 * SEC).len(), 1);
+    // After the window only the new port counts.
+    assert!(e.evaluate(&ev(9090, 10), 70 * SEC).is_empty());
+}
+
+#[test]
+fn stateful_rules_reject_unknown_fields_and_two_kinds() {
+    let bad = EXFIL.replace("by: [fd.rip]", "by: [fd.nope]");
+    let err = RuleSet::compile(&[("s.yaml".into(), format!("rules:\n{bad}"))])
+        .expect_err("unknown field")
+        .to_string();
+    assert!(err.contains("s.yaml") && err.contains("fd.nope"), "{err}");
+    let two = EXFIL.replace(
+        "  output:",
+        "  new_value:\n    value: fd.rip\n    learning: 1h\n  output:",
+    );
+    let err = RuleSet::compile(&[("s.yaml".into(), format!("rules:\n{two}"))])
+        .expect_err("two kinds")
+        .to_string();
+    assert!(err.contains("at most one"), "{err}");
+    let bad_window = EXFIL.replace("window: 10s", "window: soon");
+    assert!(RuleSet::compile(&[("s.yaml".into(), format!("rules:\n{bad_window}"))]).is_err());
+}
+
+#[test]
+fn overrides_tune_managed_rules_and_name_unknown_targets() {
+    let tuning = "overrides:\n- rule: PF-EXEC-TMP\n  exceptions: ['proc.exe startswith (\"/memfd:sealed-\",)']\n- rule: PF-PACKAGE-MANAGER\n  enabled: false\n";
+    let mut files = managed_files();
+    files.push(("site.yaml".into(), tuning.into()));
+    let set = RuleSet::compile(&files).expect("compiles");
+    let e = Engine::new(set);
+    let hits = |p: &ProcessRecord| -> Vec<String> {
+        e.matches(&Record::Process(p.clone()))
+            .into_iter()
+            .map(|h| e.rules().rules[h.rule].spec.id.clone())
+            .collect()
+    };
+    assert!(!hits(&proc(b"x", Some("/memfd:sealed-1234 (deleted)")))
+        .contains(&"PF-EXEC-TMP".to_string()));
+    assert!(
+        hits(&proc(b"x", Some("/memfd:payload (deleted)"))).contains(&"PF-EXEC-TMP".to_string())
+    );
+    assert!(hits(&proc(b"apt-get", Some("/usr/bin/apt-get"))).is_empty());
+    let err = RuleSet::compile(&[(
+        "site.yaml".into(),
+        "overrides:\n- rule: NOPE\n  enabled: false\n".into(),
+    )])
+    .expect_err("unknown rule")
+    .to_string();
+    assert!(err.contains("site.yaml") && err.contains("NOPE"), "{err}");
+}
+
+#[test]
+fn masquerade_needs_a_readable_exe() {
+    let set = RuleSet::managed().expect("managed");
+    let e = Engine::new(set);
+    let ids = |p: &ProcessRecord| -> Vec<String> {
+        e.matches(&Record::Process(p.clone()))
+            .into_iter()
+            .map(|h| e.rules().rules[h.rule].spec.id.clone())
+            .collect()
+    };
+    assert!(!ids(&proc(b"process_api", None)).contains(&"PF-MASQUERADE".to_string()));
+    assert!(ids(&proc(b"nginx", Some("/tmp/.x/miner"))).contains(&"PF-MASQUERADE".to_string()));
 }

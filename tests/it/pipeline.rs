@@ -441,7 +441,8 @@ fn slow_subscriber_does_not_slow_ingest_and_sees_a_gap() {
 
 #[test]
 fn collector_to_aggregator_query_and_subscribe_agree() {
-    let agg = Aggregator::start(&[]);
+    // Records only: alerts about this host would be streamed beside them.
+    let agg = Aggregator::start(&["--no-detection"]);
     let mut tail = Command::new(procflow_bin())
         .args(["tail", "--aggregator", &agg.url(), "--json"])
         .stdout(Stdio::piped())

@@ -212,3 +212,176 @@ fn managed_rules_stay_quiet_on_benign_workloads() {
     );
     assert!(fired.is_empty(), "benign workloads raised {fired:?}");
 }
+
+/// One collector snapshot inside network namespace `ns`.
+fn snapshot_in(ns: &str) -> Vec<Record> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, procflow_bin()])
+        .args(["collector", "--output", "stdout", "--once"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("collector --once");
+    assert!(out.status.success(), "collector --once failed");
+    let mut recs: Vec<Record> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    recs.sort_by_key(|r| !matches!(r, Record::Process(_)));
+    recs
+}
+
+/// Feeds a snapshot to the engine as the pod `web-7c9f8d6b5-x2k4q` at time `now`; returns
+/// (rule id, owning pid) of every alert.
+fn evaluate_as_pod(
+    engine: &mut Engine,
+    records: Vec<Record>,
+    now: u64,
+) -> Vec<(String, Option<u32>)> {
+    let source = CollectorIdentity {
+        collector_id: "sandbox".into(),
+        pod_name: "web-7c9f8d6b5-x2k4q".into(),
+        pod_namespace: "shop".into(),
+        ..CollectorIdentity::default()
+    };
+    let mut fired = Vec::new();
+    for record in records {
+        let ev = Event {
+            source: source.clone(),
+            received_at: now,
+            record,
+        };
+        for a in engine.evaluate(&ev, now) {
+            fired.push((a.rule_id, a.process.map(|p| p.pid)));
+        }
+    }
+    fired
+}
+
+fn python_in(ns: &str, code: &str) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "/usr/bin/python3", "-c", code])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python in netns")
+}
+
+/// A client in the pod: connects to `addr:port`, sends `bytes`, then holds the connection.
+fn uploader(bytes: usize, addr: &str, port: u16) -> String {
+    format!(
+        "import socket,time\nc=socket.create_connection(('{addr}',{port}))\nb=b'x'*65536\nn={bytes}\nwhile n>0:\n    c.sendall(b[:min(n,65536)]); n-=min(n,65536)\ntime.sleep(30)"
+    )
+}
+
+const LISTEN_PY: &str = "import socket,sys,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',int(sys.argv[1])))\ns.listen()\ntime.sleep(30)";
+
+/// The stateful managed rules with real sockets in a pod-like network namespace and an
+/// "internet" peer: after the learning period (the engine's clock is moved on by two
+/// hours; the records are real), a large upload to a new address, a new listener and a
+/// connect scan fire; the app's known destination and known listener stay quiet.
+#[test]
+fn stateful_managed_rules_fire_after_learning_and_not_on_benign_twins() {
+    let ns = crate::util::Netns::new("r", &["pod", "inet"]);
+    ns.link(0, "203.0.113.1/24", 1, "203.0.113.2/24", "r");
+    crate::util::sh(&[
+        "ip",
+        "-n",
+        ns.name(1),
+        "addr",
+        "add",
+        "203.0.113.3/24",
+        "dev",
+        &format!("vbr{}", std::process::id() % 100000),
+    ]);
+    let mut kids = Kids(Vec::new());
+    // The internet: a sink on 443 (both addresses) and 25 open ports on .2 for the scan.
+    let sink = "import socket,threading\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',443))\ns.listen(64)\ndef drain(c):\n    while c.recv(1<<20): pass\nwhile True:\n    c,_=s.accept(); threading.Thread(target=drain,args=(c,),daemon=True).start()";
+    kids.0.push(python_in(ns.name(1), sink));
+    let ports = "import socket,time\nl=[]\nfor p in range(10001,10026):\n    s=socket.socket(); s.bind(('203.0.113.2',p)); s.listen(); l.append(s)\ntime.sleep(30)";
+    kids.0.push(python_in(ns.name(1), ports));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut engine = Engine::new(RuleSet::managed().expect("managed"));
+    let t0 = 1_000_000_000_000u64;
+    let hour = 3_600_000_000_000u64;
+    // Learning: the app uploads 1 MB to its usual destination and listens on 8080.
+    let mut learning = Kids(vec![
+        python_in(ns.name(0), &uploader(1 << 20, "203.0.113.2", 443)),
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(0),
+                "/usr/bin/python3",
+                "-c",
+                LISTEN_PY,
+                "8080",
+            ])
+            .spawn()
+            .expect("listener"),
+    ]);
+    std::thread::sleep(Duration::from_millis(800));
+    let during = evaluate_as_pod(&mut engine, snapshot_in(ns.name(0)), t0);
+    assert!(
+        during
+            .iter()
+            .all(|(r, _)| !r.starts_with("PF-NEW") && r != "PF-EXFIL-VOLUME"),
+        "nothing stateful fires while learning: {during:?}"
+    );
+    for c in &mut learning.0 {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    // Two hours later: benign twins (same destination, same listener) and the attacks.
+    let benign = Kids(vec![
+        python_in(ns.name(0), &uploader(1 << 20, "203.0.113.2", 443)),
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(0),
+                "/usr/bin/python3",
+                "-c",
+                LISTEN_PY,
+                "8080",
+            ])
+            .spawn()
+            .expect("listener"),
+    ]);
+    let scan = "import socket,time\nl=[socket.create_connection(('203.0.113.2',p)) for p in range(10001,10026)]\ntime.sleep(30)";
+    let attacks = Kids(vec![
+        python_in(ns.name(0), &uploader(110 << 20, "203.0.113.3", 443)),
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(0),
+                "/usr/bin/python3",
+                "-c",
+                LISTEN_PY,
+                "31337",
+            ])
+            .spawn()
+            .expect("backdoor"),
+        python_in(ns.name(0), scan),
+    ]);
+    // The 110 MB upload over the veth takes a moment.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = evaluate_as_pod(&mut engine, snapshot_in(ns.name(0)), t0 + 2 * hour);
+    let benign_pids: HashSet<u32> = benign.0.iter().map(|c| c.id()).collect();
+    let attack_pids: Vec<u32> = attacks.0.iter().map(|c| c.id()).collect();
+    let fired_by = |rule: &str, pid: u32| after.iter().any(|(r, p)| r == rule && *p == Some(pid));
+    assert!(fired_by("PF-EXFIL-VOLUME", attack_pids[0]), "{after:?}");
+    assert!(
+        fired_by("PF-NEW-OUTBOUND-DEST", attack_pids[0]),
+        "{after:?}"
+    );
+    assert!(fired_by("PF-NEW-LISTENER", attack_pids[1]), "{after:?}");
+    assert!(fired_by("PF-PORT-SCAN", attack_pids[2]), "{after:?}");
+    let noisy: Vec<_> = after
+        .iter()
+        .filter(|(_, p)| p.is_some_and(|p| benign_pids.contains(&p)))
+        .collect();
+    assert!(noisy.is_empty(), "benign twins raised {noisy:?}");
+    drop(kids);
+}

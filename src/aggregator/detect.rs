@@ -1,0 +1,198 @@
+//! Detection in the aggregator: stored events go to a rule-engine thread; its alerts are
+//! stored like records (queryable), published to live subscribers, and delivered to the
+//! configured outputs. Ingest never waits for detection: a full queue drops the batch from
+//! detection only (stored all the same), counted and logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::aggregator::alert_out::Outputs;
+use crate::aggregator::store::{Appended, Store};
+use crate::aggregator::Hub;
+use crate::model::{now_ns, CollectorIdentity, Event, Record};
+use crate::rules::{Engine, RuleSet};
+use crate::telemetry;
+
+/// The pseudo-collector whose "batches" are alerts; its sequence numbers start from the
+/// clock so they never repeat across restarts (the store deduplicates on them).
+pub const RULES_SOURCE: &str = "procflow-rules";
+
+pub struct DetectConfig {
+    pub rules_dir: Option<PathBuf>,
+    pub with_managed: bool,
+    pub state_path: PathBuf,
+    pub reemit: Duration,
+    pub outputs: Outputs,
+}
+
+#[derive(Clone)]
+pub struct Detector {
+    tx: Sender<Vec<Event>>,
+}
+
+const QUEUE_BATCHES: usize = 4096;
+const STATE_SAVE_EVERY: Duration = Duration::from_secs(5);
+const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+impl Detector {
+    /// Loads the rules (an error here stops the aggregator: a typo must not mean no
+    /// detection) and the saved state, and starts the engine thread.
+    pub fn start(
+        config: DetectConfig,
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+    ) -> anyhow::Result<(Detector, std::thread::JoinHandle<()>)> {
+        let set = RuleSet::load(config.rules_dir.as_deref(), config.with_managed)?;
+        tracing::info!(rules = set.rules.len(), dir = ?config.rules_dir, "detection rules loaded");
+        let mut engine = Engine::new(set);
+        engine.reemit_ns = u64::try_from(config.reemit.as_nanos()).unwrap_or(u64::MAX);
+        engine.load_state(&config.state_path)?;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
+        let handle = std::thread::Builder::new()
+            .name("detect".into())
+            .spawn(move || run(engine, config, rx, store, hub))?;
+        Ok((Detector { tx }, handle))
+    }
+
+    /// Offers stored events to detection without waiting.
+    pub fn submit(&self, events: Vec<Event>) {
+        let n = events.len() as u64;
+        match self.tx.try_send(events) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!(telemetry::DETECT_DROPPED).increment(n);
+                tracing::warn!(
+                    records = n,
+                    "detection queue full: records stored but not evaluated"
+                );
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                metrics::counter!(telemetry::DETECT_DROPPED).increment(n);
+                tracing::error!(
+                    records = n,
+                    "detection thread stopped: records not evaluated"
+                );
+            }
+        }
+    }
+}
+
+fn run(
+    mut engine: Engine,
+    config: DetectConfig,
+    rx: Receiver<Vec<Event>>,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+) {
+    let mut seq = now_ns();
+    let mut last_save = Instant::now();
+    let mut dirty = false;
+    let mut last_reload_check = Instant::now();
+    let mut rules_mtime = newest_mtime(config.rules_dir.as_deref());
+    let identity = CollectorIdentity {
+        collector_id: RULES_SOURCE.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..CollectorIdentity::default()
+    };
+    loop {
+        let batch = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(batch) => Some(batch),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(events) = batch {
+            let now = now_ns();
+            let mut alerts = Vec::new();
+            for event in &events {
+                if matches!(event.record, Record::Alert(_) | Record::Heartbeat(_)) {
+                    continue;
+                }
+                for alert in engine.evaluate(event, now) {
+                    alerts.push(Event {
+                        source: CollectorIdentity {
+                            pod_name: alert.pod_name.clone(),
+                            pod_namespace: alert.pod_namespace.clone(),
+                            node_name: alert.node_name.clone(),
+                            ..identity.clone()
+                        },
+                        received_at: now,
+                        record: Record::Alert(alert),
+                    });
+                }
+            }
+            metrics::counter!(telemetry::RULES_EVALUATED).increment(events.len() as u64);
+            dirty = true;
+            if !alerts.is_empty() {
+                metrics::counter!(telemetry::ALERTS_RAISED).increment(alerts.len() as u64);
+                seq += 1;
+                match store
+                    .append(RULES_SOURCE.into(), seq, alerts.clone())
+                    .blocking_recv()
+                {
+                    Ok(Ok(Appended::Stored(_) | Appended::Duplicate)) => {}
+                    Ok(Err(error)) => {
+                        metrics::counter!(telemetry::ALERTS_UNSTORED)
+                            .increment(alerts.len() as u64);
+                        tracing::error!(%error, alerts = alerts.len(), "alerts not stored (still published and delivered)");
+                    }
+                    Err(_) => {
+                        metrics::counter!(telemetry::ALERTS_UNSTORED)
+                            .increment(alerts.len() as u64);
+                        tracing::error!(
+                            alerts = alerts.len(),
+                            "store writer gone: alerts not stored"
+                        );
+                    }
+                }
+                hub.publish(&alerts);
+                config.outputs.deliver(&alerts);
+            }
+        }
+        if last_reload_check.elapsed() >= RELOAD_CHECK_EVERY {
+            last_reload_check = Instant::now();
+            let mtime = newest_mtime(config.rules_dir.as_deref());
+            if mtime != rules_mtime {
+                rules_mtime = mtime;
+                match engine.reload(config.rules_dir.as_deref(), config.with_managed) {
+                    Ok(()) => {
+                        metrics::counter!(telemetry::RULE_RELOADS).increment(1);
+                        tracing::info!(
+                            rules = engine.rules().rules.len(),
+                            "detection rules reloaded"
+                        );
+                    }
+                    Err(error) => {
+                        metrics::counter!(telemetry::RULE_RELOAD_FAILURES).increment(1);
+                        tracing::error!(%error, "rule reload failed; the previous rule set stays in force");
+                    }
+                }
+            }
+        }
+        if dirty && last_save.elapsed() >= STATE_SAVE_EVERY {
+            save(&engine, &config.state_path);
+            dirty = false;
+            last_save = Instant::now();
+        }
+    }
+    save(&engine, &config.state_path);
+    config.outputs.close();
+}
+
+fn save(engine: &Engine, path: &Path) {
+    metrics::gauge!(telemetry::RULE_STATE_KEYS_REFUSED).set(engine.state_keys_refused() as f64);
+    if let Err(error) = engine.save_state(path) {
+        tracing::error!(%error, "saving rule state failed; a restart would lose windows and learned values");
+    }
+}
+
+/// The newest modification time among the rule files: a change triggers a reload.
+fn newest_mtime(dir: Option<&Path>) -> Option<SystemTime> {
+    let entries = std::fs::read_dir(dir?).ok()?;
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
+}

@@ -1,0 +1,316 @@
+//! Stateful rule kinds: *threshold* (a sum or count over a sliding window per key), *new
+//! value* (a value never seen for a key after its learning period), *rate* (many distinct
+//! values per key in a window: scans). A rule's condition selects the records; the state
+//! decides whether they fire. The state serialises to JSON so an aggregator restart keeps
+//! windows, learned values and learning clocks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{FlowPhase, Record, UnixNanos};
+
+/// `threshold:` in a rule file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdSpec {
+    /// A numeric field to add up (flow counters add what the socket moved since its
+    /// previous record); absent: count matching records.
+    #[serde(default)]
+    pub sum: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// Fires when the window's total exceeds this.
+    pub above: u64,
+    /// Fields that make the key, beside the workload.
+    #[serde(default)]
+    pub by: Vec<String>,
+}
+
+/// `new_value:` in a rule file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewValueSpec {
+    pub value: String,
+    #[serde(default)]
+    pub by: Vec<String>,
+    /// Values seen during this long after a key's first record are learned, not alerted.
+    #[serde(deserialize_with = "duration")]
+    pub learning: Duration,
+    /// Values never alerted on.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// `rate:` in a rule file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSpec {
+    pub distinct: String,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// Fires when more distinct values than this were seen in the window.
+    pub above: u64,
+    #[serde(default)]
+    pub by: Vec<String>,
+}
+
+/// The stateful part of a compiled rule.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Threshold(ThresholdSpec),
+    NewValue(NewValueSpec),
+    Rate(RateSpec),
+}
+
+impl Kind {
+    /// The fields it reads, for validation at load.
+    pub fn fields(&self) -> Vec<&str> {
+        let (extra, by): (Option<&str>, &[String]) = match self {
+            Kind::Threshold(t) => (t.sum.as_deref(), &t.by),
+            Kind::NewValue(n) => (Some(&n.value), &n.by),
+            Kind::Rate(r) => (Some(&r.distinct), &r.by),
+        };
+        extra
+            .into_iter()
+            .chain(by.iter().map(String::as_str))
+            .collect()
+    }
+
+    pub fn by(&self) -> &[String] {
+        match self {
+            Kind::Threshold(t) => &t.by,
+            Kind::NewValue(n) => &n.by,
+            Kind::Rate(r) => &r.by,
+        }
+    }
+}
+
+/// Bounds: keys per rule and remembered sockets. Past them new keys are not tracked (and
+/// counted), so hostile cardinality cannot grow the aggregator without limit.
+pub const MAX_KEYS_PER_RULE: usize = 100_000;
+const MAX_SOCKETS: usize = 500_000;
+const MAX_VALUES_PER_KEY: usize = 10_000;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Window {
+    events: VecDeque<(UnixNanos, u64)>,
+    total: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Learned {
+    first_seen: UnixNanos,
+    values: HashSet<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Distinct {
+    events: VecDeque<(UnixNanos, String)>,
+    counts: HashMap<String, u32>,
+}
+
+/// Every stateful rule's state, keyed by rule id then key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    windows: HashMap<String, HashMap<String, Window>>,
+    learned: HashMap<String, HashMap<String, Learned>>,
+    distinct: HashMap<String, HashMap<String, Distinct>>,
+    /// Last counter value per (source, cookie, field), to add deltas of cumulative counters.
+    sockets: HashMap<String, u64>,
+    /// Keys not tracked because a rule was at its bound.
+    pub keys_refused: u64,
+}
+
+/// What the state said about one matching record.
+pub struct Verdict {
+    pub fire: bool,
+    /// A line for the alert's evidence.
+    pub evidence: String,
+}
+
+impl State {
+    /// Loads saved state; a missing file is a fresh start, a corrupt one an error.
+    pub fn load(path: &Path) -> anyhow::Result<State> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Writes atomically (temporary file, then rename) so a crash leaves the old copy.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// Forgets rules that are no longer loaded (after a reload).
+    pub fn retain_rules(&mut self, ids: &HashSet<&str>) {
+        self.windows.retain(|k, _| ids.contains(k.as_str()));
+        self.learned.retain(|k, _| ids.contains(k.as_str()));
+        self.distinct.retain(|k, _| ids.contains(k.as_str()));
+    }
+
+    /// Applies one matching record. `key` is the rendered key; `value` the rendered value
+    /// field (new value, rate) and `amount` the numeric field (threshold sum).
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe(
+        &mut self,
+        rule_id: &str,
+        kind: &Kind,
+        key: &str,
+        value: Option<&str>,
+        amount: Option<u64>,
+        socket: Option<(&str, &Record)>,
+        now: UnixNanos,
+    ) -> Verdict {
+        match kind {
+            Kind::Threshold(t) => {
+                let add = match (&t.sum, amount) {
+                    (None, _) => 1,
+                    (Some(field), Some(total)) => match socket {
+                        Some((source, record)) => self.delta(source, record, field, total),
+                        None => total,
+                    },
+                    (Some(_), None) => 0,
+                };
+                let refused = &mut self.keys_refused;
+                let per_rule = self.windows.entry(rule_id.to_owned()).or_default();
+                let Some(w) = bounded_entry(per_rule, key, refused) else {
+                    return quiet();
+                };
+                let horizon = now.saturating_sub(nanos(t.window));
+                while w.events.front().is_some_and(|(at, _)| *at <= horizon) {
+                    let (_, old) = w.events.pop_front().unwrap_or_default();
+                    w.total -= old;
+                }
+                if add > 0 {
+                    w.events.push_back((now, add));
+                    w.total += add;
+                }
+                Verdict {
+                    fire: w.total > t.above,
+                    evidence: format!(
+                        "{} {} over {} (threshold {})",
+                        t.sum.as_deref().unwrap_or("records"),
+                        w.total,
+                        humantime::format_duration(t.window),
+                        t.above
+                    ),
+                }
+            }
+            Kind::NewValue(n) => {
+                let Some(value) = value else { return quiet() };
+                let refused = &mut self.keys_refused;
+                let per_rule = self.learned.entry(rule_id.to_owned()).or_default();
+                let Some(l) = bounded_entry(per_rule, key, refused) else {
+                    return quiet();
+                };
+                if l.first_seen == 0 {
+                    l.first_seen = now;
+                }
+                let learning = now < l.first_seen.saturating_add(nanos(n.learning));
+                let known = l.values.contains(value) || n.allow.iter().any(|a| a == value);
+                if !known && l.values.len() < MAX_VALUES_PER_KEY {
+                    l.values.insert(value.to_owned());
+                }
+                Verdict {
+                    fire: !learning && !known,
+                    evidence: format!(
+                        "{} = {value} is new for this key after {} of learning ({} values known)",
+                        n.value,
+                        humantime::format_duration(n.learning),
+                        l.values.len()
+                    ),
+                }
+            }
+            Kind::Rate(r) => {
+                let Some(value) = value else { return quiet() };
+                let refused = &mut self.keys_refused;
+                let per_rule = self.distinct.entry(rule_id.to_owned()).or_default();
+                let Some(d) = bounded_entry(per_rule, key, refused) else {
+                    return quiet();
+                };
+                let horizon = now.saturating_sub(nanos(r.window));
+                while d.events.front().is_some_and(|(at, _)| *at <= horizon) {
+                    if let Some((_, old)) = d.events.pop_front() {
+                        if let Some(c) = d.counts.get_mut(&old) {
+                            *c -= 1;
+                            if *c == 0 {
+                                d.counts.remove(&old);
+                            }
+                        }
+                    }
+                }
+                if d.events.len() < MAX_VALUES_PER_KEY {
+                    d.events.push_back((now, value.to_owned()));
+                    *d.counts.entry(value.to_owned()).or_default() += 1;
+                }
+                Verdict {
+                    fire: d.counts.len() as u64 > r.above,
+                    evidence: format!(
+                        "{} distinct {} in {} (threshold {})",
+                        d.counts.len(),
+                        r.distinct,
+                        humantime::format_duration(r.window),
+                        r.above
+                    ),
+                }
+            }
+        }
+    }
+
+    /// What a cumulative flow counter added since the socket's previous record.
+    fn delta(&mut self, source: &str, record: &Record, field: &str, total: u64) -> u64 {
+        let Record::Flow(f) = record else {
+            return total;
+        };
+        let id = format!("{source}|{}|{field}", f.cookie);
+        let before = if f.phase == FlowPhase::End {
+            self.sockets.remove(&id)
+        } else if self.sockets.len() < MAX_SOCKETS || self.sockets.contains_key(&id) {
+            self.sockets.insert(id, total)
+        } else {
+            None
+        };
+        total.saturating_sub(before.unwrap_or(0))
+    }
+}
+
+fn bounded_entry<'a, T: Default>(
+    map: &'a mut HashMap<String, T>,
+    key: &str,
+    refused: &mut u64,
+) -> Option<&'a mut T> {
+    if !map.contains_key(key) {
+        if map.len() >= MAX_KEYS_PER_RULE {
+            *refused += 1;
+            return None;
+        }
+        map.insert(key.to_owned(), T::default());
+    }
+    map.get_mut(key)
+}
+
+fn quiet() -> Verdict {
+    Verdict {
+        fire: false,
+        evidence: String::new(),
+    }
+}
+
+/// Durations are written as in the CLI: `30s`, `10m`, `1h 30m`.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
