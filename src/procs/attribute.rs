@@ -14,10 +14,33 @@ use crate::procs::monitor::ProcessMonitor;
 use crate::procs::parse;
 use crate::telemetry;
 
+impl InodeIndex {
+    /// Drops what `pid` held at its last scan (entries another holder owns stay).
+    fn forget(&mut self, pid: u32) {
+        for inode in self.held.remove(&pid).unwrap_or_default() {
+            if self.owners.get(&inode).is_some_and(|o| o.0 == pid) {
+                self.owners.remove(&inode);
+            }
+        }
+    }
+
+    /// Sockets currently indexed (bounded by the sockets open in readable fd tables).
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+}
+
 /// inode → owning (pid, start time).
 #[derive(Debug, Default)]
 pub struct InodeIndex {
     owners: HashMap<u64, (u32, UnixNanos)>,
+    /// The socket inodes each process held at its last scan, so the index holds only
+    /// sockets that are open now (a busy server's closed connections leave it).
+    held: HashMap<u32, Vec<u64>>,
     /// Whether `st_size` of /proc/<pid>/fd counts fds on this kernel (≥ 6.2).
     fd_count_works: Option<bool>,
     pub full_passes: u64,
@@ -36,6 +59,16 @@ impl ProcessMonitor {
                 .unwrap_or(false)
         });
         index.incremental_passes += 1;
+        // Processes gone since the last pass take their sockets out of the index.
+        let gone: Vec<u32> = index
+            .held
+            .keys()
+            .filter(|pid| !self.live.contains_key(pid))
+            .copied()
+            .collect();
+        for pid in gone {
+            index.forget(pid);
+        }
         let pids: Vec<u32> = self.live.keys().copied().collect();
         for &pid in &pids {
             let changed = match self.live.get(&pid) {
@@ -81,15 +114,32 @@ impl ProcessMonitor {
             }
         };
         let mut count = 0u64;
+        let mut inodes = Vec::new();
         for entry in entries.flatten() {
             count += 1;
             if let Ok(link) = fs::read_link(entry.path()) {
                 if let Some(inode) = parse::socket_inode(link.as_os_str().as_bytes()) {
-                    index.owners.insert(inode, (pid, start_time));
+                    inodes.push(inode);
                 }
             }
         }
         p.fd_count = fs::metadata(&dir).map(|m| m.len()).ok().or(Some(count));
+        index.forget(pid);
+        for &inode in &inodes {
+            // A socket shared across fork (a shell's /dev/tcp fd inherited by its children,
+            // a pre-fork server's listener) belongs to its oldest holder: the one that most
+            // likely created it.
+            index
+                .owners
+                .entry(inode)
+                .and_modify(|owner| {
+                    if start_time < owner.1 {
+                        *owner = (pid, start_time);
+                    }
+                })
+                .or_insert((pid, start_time));
+        }
+        index.held.insert(pid, inodes);
     }
 
     /// The only live process with this uid, if there is exactly one.
@@ -140,5 +190,46 @@ impl OwnerLookup for ProcessMonitor {
             };
         }
         Owner::NONE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procs::monitor::ProcessConfig;
+    use std::os::fd::AsRawFd;
+
+    fn inode_of(fd: &impl AsRawFd) -> u64 {
+        let link = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("fd link");
+        parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket")
+    }
+
+    #[test]
+    fn the_index_holds_only_open_sockets() {
+        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
+        let mut out = Vec::new();
+        monitor.sweep(crate::model::now_ns(), &mut out);
+        let me = std::process::id();
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let inode = inode_of(&socket);
+            monitor.refresh(&[inode]);
+            let owner = monitor.owner(inode, None, None);
+            assert_eq!((owner.pid, owner.attribution), (Some(me), Attribution::Fd));
+            seen.push(inode);
+            drop(socket);
+        }
+        // This test binary's other threads may hold a few sockets; the 49 closed ones are gone.
+        monitor.refresh(&[]);
+        let still: Vec<_> = seen
+            .iter()
+            .filter(|i| monitor.index.owners.contains_key(i))
+            .collect();
+        assert!(
+            still.len() <= 1,
+            "closed sockets stay indexed: {}",
+            still.len()
+        );
     }
 }

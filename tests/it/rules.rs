@@ -385,3 +385,173 @@ fn stateful_managed_rules_fire_after_learning_and_not_on_benign_twins() {
     assert!(noisy.is_empty(), "benign twins raised {noisy:?}");
     drop(kids);
 }
+
+/// The network rules that need a world beyond loopback: a pod namespace whose peers play the
+/// cloud metadata endpoint, the Kubernetes API service, an SSH server on a non-standard
+/// port and an internet host; each attack has a benign twin beside it.
+#[test]
+fn managed_network_rules_fire_on_real_connections_in_a_pod_namespace() {
+    let ns = crate::util::Netns::new("n", &["pod", "world"]);
+    ns.link(0, "10.77.0.2/16", 1, "10.77.0.1/16", "n");
+    let world_if = format!("vbn{}", std::process::id() % 100000);
+    for addr in ["169.254.169.254/32", "10.96.0.1/32", "203.0.113.2/32"] {
+        crate::util::sh(&[
+            "ip",
+            "-n",
+            ns.name(1),
+            "addr",
+            "add",
+            addr,
+            "dev",
+            &world_if,
+        ]);
+    }
+    crate::util::sh(&[
+        "ip",
+        "-n",
+        ns.name(0),
+        "route",
+        "add",
+        "default",
+        "dev",
+        &format!("van{}", std::process::id() % 100000),
+    ]);
+    let mut kids = Kids(Vec::new());
+    let listen_all = "import socket,time\nl=[]\nfor p in (80,443,22,2222,4444,8443):\n    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('0.0.0.0',p)); s.listen(); l.append(s)\ntime.sleep(30)";
+    kids.0.push(python_in(ns.name(1), listen_all));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ssh = dir.path().join("ssh");
+    std::os::unix::fs::symlink("/usr/bin/python3", &ssh).expect("symlink");
+    let hold = |addr: &str, port: u16| {
+        format!("import socket,time\nc=socket.create_connection(('{addr}',{port}))\ntime.sleep(30)")
+    };
+    let in_pod = |program: &std::path::Path, code: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(0)])
+            .arg(program)
+            .args(["-c", code])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("pod process")
+    };
+    let python = std::path::Path::new("/usr/bin/python3");
+    let attacks = Kids(vec![
+        in_pod(python, &hold("169.254.169.254", 80)),
+        in_pod(python, &hold("10.96.0.1", 443)),
+        in_pod(&ssh, &hold("203.0.113.2", 2222)),
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(0),
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/203.0.113.2/4444; sleep 30; true",
+            ])
+            .spawn()
+            .expect("bash /dev/tcp"),
+    ]);
+    let benign = Kids(vec![
+        in_pod(python, &hold("203.0.113.2", 443)),
+        in_pod(&ssh, &hold("203.0.113.2", 22)),
+        in_pod(python, &hold("10.96.0.1", 8443)),
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut engine = Engine::new(RuleSet::managed().expect("managed"));
+    let fired = evaluate_as_pod(&mut engine, snapshot_in(ns.name(0)), 1);
+    let attack: Vec<u32> = attacks.0.iter().map(|c| c.id()).collect();
+    let by = |rule: &str, pid: u32| fired.iter().any(|(r, p)| r == rule && *p == Some(pid));
+    assert!(by("PF-METADATA-ENDPOINT", attack[0]), "{fired:?}");
+    assert!(by("PF-K8S-API", attack[1]), "{fired:?}");
+    assert!(by("PF-SSH-NONSTANDARD-PORT", attack[2]), "{fired:?}");
+    assert!(by("PF-SHELL-OUTBOUND", attack[3]), "{fired:?}");
+    let benign_pids: HashSet<u32> = benign.0.iter().map(|c| c.id()).collect();
+    let noisy: Vec<_> = fired
+        .iter()
+        .filter(|(_, p)| p.is_some_and(|p| benign_pids.contains(&p)))
+        .collect();
+    assert!(noisy.is_empty(), "benign twins raised {noisy:?}");
+    drop(kids);
+}
+
+/// `kubectl exec` enters the container's namespaces from outside: the shell's parent is not
+/// in the container's pid namespace, so its lineage does not reach the container's init.
+/// A container with its own pid namespace (init = pid 1), a shell entered with `nsenter`
+/// under a terminal, and a benign twin started by the container's own init.
+#[test]
+fn exec_into_container_is_seen_from_inside_the_pid_namespace() {
+    let mut container = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            "sleep 30 & sh -c 'sleep 31' & wait",
+        ])
+        .spawn()
+        .expect("container");
+    std::thread::sleep(Duration::from_millis(500));
+    // The container's init: the child of `unshare` (pid 1 inside).
+    let init: u32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", container.id()))
+        .expect("children")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("init pid");
+    let target = init.to_string();
+    let mut exec = Command::new("script")
+        .args([
+            "-qc",
+            &format!("nsenter --target {target} --pid --mount sh -c 'sleep 29; true'"),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("exec into container");
+    std::thread::sleep(Duration::from_millis(800));
+    let out = Command::new("nsenter")
+        .args(["--target", &target, "--pid", "--mount", procflow_bin()])
+        .args(["collector", "--output", "stdout", "--once"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("collector inside the container");
+    let records: Vec<Record> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut engine = Engine::new(RuleSet::managed().expect("managed"));
+    let fired = evaluate_as_pod(&mut engine, records.clone(), 1);
+    let exec_alerts: Vec<u32> = fired
+        .iter()
+        .filter(|(r, _)| r == "PF-EXEC-INTO-CONTAINER")
+        .filter_map(|(_, p)| *p)
+        .collect();
+    // Inside the namespace: the entered shell (parent outside, so ppid 0) fired; the
+    // container's own processes (descendants of pid 1) did not.
+    let entered: Vec<u32> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Process(p) if p.ppid == 0 && p.pid != 1 && p.comm == b"sh" => Some(p.pid),
+            _ => None,
+        })
+        .collect();
+    assert!(!entered.is_empty(), "the entered shell is visible inside");
+    assert!(entered.iter().all(|p| exec_alerts.contains(p)), "{fired:?}");
+    let own: Vec<u32> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Process(p) if p.ancestors.last().is_some_and(|a| a.pid == 1) => Some(p.pid),
+            _ => None,
+        })
+        .collect();
+    assert!(!own.is_empty(), "the container's own processes are visible");
+    assert!(own.iter().all(|p| !exec_alerts.contains(p)), "{fired:?}");
+    for c in [&mut exec, &mut container] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
