@@ -2,9 +2,12 @@
 //! process, and measures fidelity, speed and footprint beside the standard tools.
 //!
 //! `procflow-bench default --json FILE` runs the suite; `smoke` runs every scenario at tiny
-//! sizes. Scenarios: poll, churn, spawn, idle, pipeline. Workloads stay on loopback, are
-//! bounded in count and time, and child processes are ended by pid.
+//! sizes. Scenarios: poll, churn, spawn, idle, pipeline, streams, rules, http. Workloads stay
+//! on loopback, are bounded in count and time, and child processes are ended by pid.
 
+mod http;
+mod pipeline;
+mod rules;
 mod score;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,6 +19,7 @@ use anyhow::Context;
 use procflow::attribution::NoAttribution;
 use procflow::flows::{FlowConfig, FlowTable, Scoper};
 use procflow::model::Record;
+use procflow::procs::{ProcessConfig, ProcessMonitor};
 use procflow::sockdiag::{msg, Dumper};
 use serde::Serialize;
 
@@ -72,13 +76,23 @@ struct Sizes {
     spawn_rate: u64,
     spawn_secs: u64,
     idle_secs: u64,
-    pipeline_records: u64,
+    transport_records: u64,
+    sustain_secs: u64,
+    streams: usize,
+    stream_batches: u64,
+    stream_batch_records: u64,
+    rule_records: usize,
+    alert_samples: usize,
+    http_secs: f64,
 }
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("worker-hold") {
         return worker_hold(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("worker-http") {
+        return http::worker_http();
     }
     let json = args
         .iter()
@@ -103,7 +117,14 @@ fn main() -> anyhow::Result<()> {
             spawn_rate: 20,
             spawn_secs: 1,
             idle_secs: 2,
-            pipeline_records: 20_000,
+            transport_records: 20_000,
+            sustain_secs: 1,
+            streams: 20,
+            stream_batches: 2,
+            stream_batch_records: 10,
+            rule_records: 10_000,
+            alert_samples: 1,
+            http_secs: 0.5,
         },
         "default" => Sizes {
             poll_conns: vec![10_000, 50_000],
@@ -113,7 +134,14 @@ fn main() -> anyhow::Result<()> {
             spawn_rate: 200,
             spawn_secs: 10,
             idle_secs: 20,
-            pipeline_records: 1_000_000,
+            transport_records: 3_000_000,
+            sustain_secs: 60,
+            streams: 1000,
+            stream_batches: 5,
+            stream_batch_records: 100,
+            rule_records: 2_000_000,
+            alert_samples: 10,
+            http_secs: 5.0,
         },
         other => anyhow::bail!(
             "unknown suite {other:?}: use `default` or `smoke` (optionally --json FILE)"
@@ -151,12 +179,35 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if wanted("pipeline") {
-        if let Err(e) = scenario_pipeline(&mut report, sizes.pipeline_records) {
+        if let Err(e) = pipeline::scenario_pipeline(
+            &mut report,
+            sizes.transport_records,
+            Duration::from_secs(sizes.sustain_secs),
+        ) {
             report.skip("pipeline", format!("{e:#}"));
         }
     }
-    report.skip("http", "application impact (HTTP server under load with/without the collector) is not implemented yet");
-    report.skip("rules", "the rule engine does not exist yet");
+    if wanted("streams") {
+        if let Err(e) = pipeline::scenario_streams(
+            &mut report,
+            sizes.streams,
+            sizes.stream_batches,
+            sizes.stream_batch_records,
+        ) {
+            report.skip("streams", format!("{e:#}"));
+        }
+    }
+    if wanted("rules") {
+        if let Err(e) = rules::scenario_rules(&mut report, sizes.rule_records, sizes.alert_samples)
+        {
+            report.skip("rules", format!("{e:#}"));
+        }
+    }
+    if wanted("http") {
+        if let Err(e) = http::scenario_http(&mut report, sizes.http_secs) {
+            report.skip("http", format!("{e:#}"));
+        }
+    }
     print_table(&report);
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
@@ -365,6 +416,63 @@ fn scenario_poll(report: &mut Report, conns: usize) -> anyhow::Result<()> {
             }
             Ok(())
         })?;
+        // One attribution pass from nothing (process scan + every fd table), vs ss -tinp.
+        let inodes: Vec<u64> = buf.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+        let mut attributed = 0usize;
+        let attribution = best_of(2, || {
+            let mut monitor = ProcessMonitor::new(ProcessConfig::default())?;
+            let mut sink = Vec::new();
+            monitor.sweep(procflow::model::now_ns(), &mut sink);
+            monitor.refresh_inodes(&inodes);
+            attributed = inodes
+                .iter()
+                .filter(|i| {
+                    procflow::attribution::OwnerLookup::owner(&mut monitor, **i, None, None)
+                        .attribution
+                        == procflow::model::Attribution::Fd
+                })
+                .count();
+            Ok(())
+        })?;
+        let ss_p = best_of(2, || run_quiet("sh", &["-c", "ss -tinp > /dev/null"]))?;
+        let process_scan = best_of(3, || {
+            let mut monitor = ProcessMonitor::new(ProcessConfig::default())?;
+            let mut sink = Vec::new();
+            monitor.sweep(procflow::model::now_ns(), &mut sink);
+            Ok(())
+        })?;
+        let ps = best_of(3, || {
+            run_quiet("sh", &["-c", "ps -e -o pid,ppid,lstart,args > /dev/null"])
+        })?;
+        report.add(
+            &scenario,
+            "attribution pass (procs + fd tables)",
+            attribution * 1e3,
+            "ms",
+            Some(("faster than ss -tinp", attribution < ss_p)),
+        );
+        report.add(
+            &scenario,
+            "sockets attributed by fd in that pass",
+            attributed as f64 / inodes.len().max(1) as f64 * 100.0,
+            "%",
+            None,
+        );
+        report.add(&scenario, "ss -tinp > /dev/null", ss_p * 1e3, "ms", None);
+        report.add(
+            &scenario,
+            "process scan with lineage (procflow)",
+            process_scan * 1e3,
+            "ms",
+            Some(("faster than ps", process_scan < ps)),
+        );
+        report.add(
+            &scenario,
+            "ps -e -o pid,ppid,lstart,args",
+            ps * 1e3,
+            "ms",
+            None,
+        );
         report.add(
             &scenario,
             "sockets in the namespace",
@@ -790,107 +898,10 @@ fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-// === pipeline: synthetic records through exporter -> gRPC -> aggregator -> SQLite ===
-
-fn scenario_pipeline(report: &mut Report, records: u64) -> anyhow::Result<()> {
-    use procflow::pipeline::exporter::{self, ExporterConfig};
-    use procflow::proto::v1 as pb;
-    let dir = tempfile::tempdir()?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut agg = Command::new(procflow_bin())
-        .args([
-            "aggregator",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let ready = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "aggregator did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let identity = procflow::wire::identity_to_proto(&procflow::model::CollectorIdentity {
-        collector_id: "bench".into(),
-        pod_name: "bench".into(),
-        ..Default::default()
-    });
-    let sample =
-        procflow::wire::record_to_proto(&Record::Heartbeat(procflow::model::Heartbeat::default()));
-    let flow = sample_flow();
-    let per_batch = 2048u64;
-    let batches = records.div_ceil(per_batch);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let config = ExporterConfig {
-        endpoint: format!("http://127.0.0.1:{port}"),
-        token: None,
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
-        memory_batches: 256,
-        spool_dir: None,
-        spool_max_bytes: 0,
-        drain_timeout: Duration::from_secs(120),
-    };
-    let started = Instant::now();
-    let exporter = runtime.spawn(exporter::run(config, rx));
-    let mut build = Duration::ZERO;
-    for seq in 1..=batches {
-        let t = Instant::now();
-        let batch = pb::Batch {
-            identity: Some(identity.clone()),
-            seq,
-            sent_at: 0,
-            records: (0..per_batch)
-                .map(|i| {
-                    if i % 16 == 0 {
-                        sample.clone()
-                    } else {
-                        flow.clone()
-                    }
-                })
-                .collect(),
-        };
-        build += t.elapsed();
-        tx.blocking_send(batch)?;
-    }
-    drop(tx);
-    runtime.block_on(exporter)??;
-    let secs = started.elapsed().as_secs_f64();
-    let _ = agg.kill();
-    let _ = agg.wait();
-    let rate = (batches * per_batch) as f64 / secs;
-    report.add(
-        "pipeline",
-        "records through gRPC into SQLite",
-        rate,
-        "rec/s",
-        Some((">=250k/s", rate >= 250_000.0)),
-    );
-    report.add(
-        "pipeline",
-        "collector-side batch build per record",
-        build.as_nanos() as f64 / (batches * per_batch) as f64,
-        "ns",
-        None,
-    );
-    report.skip("pipeline transport", "no store-less aggregator mode yet: transport alone (target >=1M rec/s) is not measured separately");
-    Ok(())
-}
-
-fn sample_flow() -> procflow::proto::v1::Record {
+/// A typical flow END record for the pipeline scenarios.
+fn sample_flow_record() -> Record {
     use procflow::model::*;
-    procflow::wire::record_to_proto(&Record::Flow(FlowRecord {
+    Record::Flow(FlowRecord {
         cookie: 42,
         protocol: Protocol::Tcp,
         family: Family::Ipv4,
@@ -923,5 +934,28 @@ fn sample_flow() -> procflow::proto::v1::Record {
         end_reason: EndReason::DestroyEvent,
         reset: false,
         cgroup_id: None,
-    }))
+    })
+}
+
+/// CPU seconds (user + system) of a process from /proc/PID/stat.
+fn cpu_secs_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    ticks as f64 / ticks_per_sec()
+}
+
+fn own_cpu_secs() -> f64 {
+    cpu_secs_of(std::process::id())
+}
+
+fn peak_rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }

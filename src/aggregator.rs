@@ -69,6 +69,10 @@ pub struct Args {
     /// Live events buffered per subscriber before it is sent a gap marker.
     #[arg(long, env = "PROCFLOW_SUBSCRIBER_QUEUE", default_value_t = 4096)]
     pub subscriber_queue: usize,
+    /// Where events go: the embedded SQLite database, or nowhere (`none`, for measuring
+    /// transport and detection alone; queries then return nothing).
+    #[arg(long, env = "PROCFLOW_STORE", value_enum, default_value = "sqlite")]
+    pub store: StoreKind,
     /// Directory of custom rule files (*.yaml), loaded beside the managed set and reloaded
     /// when they change (a failed reload keeps the previous set).
     #[arg(long, env = "PROCFLOW_RULES")]
@@ -96,6 +100,12 @@ pub struct Args {
         default_value = "procflow"
     )]
     pub alert_webhook_format: alert_out::WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Sqlite,
+    None,
 }
 
 /// `procflow aggregator`.
@@ -147,17 +157,24 @@ pub async fn serve(
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let ready = crate::telemetry::start_health_endpoint(args.metrics_listen)?;
-    let store = Arc::new(
-        SqliteStore::open(
-            &args.data_dir,
-            store::Retention {
-                max_age: args.retention,
-                max_bytes: args.max_db_bytes,
-            },
-        )
-        .context("opening the store")?,
-    );
-    tracing::info!(path = %store.path().display(), "embedded store ready");
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::Sqlite => {
+            let sqlite = SqliteStore::open(
+                &args.data_dir,
+                store::Retention {
+                    max_age: args.retention,
+                    max_bytes: args.max_db_bytes,
+                },
+            )
+            .context("opening the store")?;
+            tracing::info!(path = %sqlite.path().display(), "embedded store ready");
+            Arc::new(sqlite)
+        }
+        StoreKind::None => {
+            tracing::warn!("--store none: events are not kept");
+            Arc::new(store::NullStore::default())
+        }
+    };
     let hub = Arc::new(Hub::new(args.subscriber_queue));
     let auth = Auth::new(token);
     let limits = Limits::default();

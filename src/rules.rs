@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::{
-    display_bytes, AlertRecord, Event, FlowRecord, ProcessRecord, Record, RecordKind, Severity,
-    UnixNanos,
+    display_bytes, AlertRecord, Event, ProcessRecord, Record, RecordKind, Severity, UnixNanos,
 };
 use lang::{Ctx, Defs, Node};
 
@@ -143,6 +142,40 @@ pub struct Rule {
     compiled: Vec<(RecordKind, Node, Vec<Node>)>,
     output: Vec<Piece>,
     pub stateful: Option<stateful::Kind>,
+    /// Compiled at load: the stateful key, value and sum fields, and the group key.
+    state_by: Vec<KeyPart>,
+    state_value: Option<KeyPart>,
+    state_sum: Option<lang::Field>,
+    group_by: Vec<KeyPart>,
+}
+
+/// A field of a state or group key, resolved at load.
+#[derive(Debug, Clone, Copy)]
+enum KeyPart {
+    Namespace,
+    Pod,
+    Workload,
+    Field(lang::Field),
+}
+
+impl KeyPart {
+    fn compile(name: &str) -> Option<KeyPart> {
+        match name {
+            "k8s.ns.name" => Some(KeyPart::Namespace),
+            "k8s.pod.name" => Some(KeyPart::Pod),
+            "k8s.workload" => Some(KeyPart::Workload),
+            _ => lang::field_for_name(name).map(KeyPart::Field),
+        }
+    }
+
+    fn push(self, buf: &mut String, event: &Event, ctx: &Ctx<'_>) {
+        match self {
+            KeyPart::Namespace => buf.push_str(&event.source.pod_namespace),
+            KeyPart::Pod => buf.push_str(&event.source.pod_name),
+            KeyPart::Workload => buf.push_str(workload_of(&event.source.pod_name)),
+            KeyPart::Field(f) => push_val(buf, lang::get(f, ctx)),
+        }
+    }
 }
 
 /// Key fields that come from the record's source rather than the record.
@@ -201,6 +234,17 @@ fn parse_template(t: &str) -> Result<Vec<Piece>, String> {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// Per record kind (flow, process, listener): (rule, compiled condition) of enabled rules.
+    by_kind: [Vec<(usize, usize)>; 3],
+}
+
+fn kind_slot(kind: RecordKind) -> Option<usize> {
+    match kind {
+        RecordKind::Flow => Some(0),
+        RecordKind::Process => Some(1),
+        RecordKind::Listener => Some(2),
+        _ => None,
+    }
 }
 
 impl RuleSet {
@@ -303,15 +347,45 @@ impl RuleSet {
             if let Some(bad) = spec.group_by.iter().find(|f| !known_field(f)) {
                 return Err(rerr(format!("unknown field `{bad}` in group_by")));
             }
+            let parts = |names: &[String]| -> Vec<KeyPart> {
+                names.iter().filter_map(|n| KeyPart::compile(n)).collect()
+            };
+            let (state_by, state_value, state_sum) = match &stateful {
+                None => (Vec::new(), None, None),
+                Some(stateful::Kind::Threshold(t)) => (
+                    parts(&t.by),
+                    None,
+                    t.sum.as_deref().and_then(lang::field_for_name),
+                ),
+                Some(stateful::Kind::NewValue(n)) => {
+                    (parts(&n.by), KeyPart::compile(&n.value), None)
+                }
+                Some(stateful::Kind::Rate(r)) => {
+                    (parts(&r.by), KeyPart::compile(&r.distinct), None)
+                }
+            };
+            let group_by = parts(&spec.group_by);
             rules.push(Rule {
                 spec,
                 file,
                 compiled,
                 output,
                 stateful,
+                state_by,
+                state_value,
+                state_sum,
+                group_by,
             });
         }
-        Ok(RuleSet { rules })
+        let mut by_kind: [Vec<(usize, usize)>; 3] = Default::default();
+        for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.spec.enabled) {
+            for (j, (kind, _, _)) in rule.compiled.iter().enumerate() {
+                if let Some(slot) = kind_slot(*kind) {
+                    by_kind[slot].push((i, j));
+                }
+            }
+        }
+        Ok(RuleSet { rules, by_kind })
     }
 
     /// The managed set alone.
@@ -368,6 +442,13 @@ pub struct Hit {
     pub output: String,
 }
 
+#[derive(Default)]
+struct Scratch {
+    hits: Vec<usize>,
+    key: String,
+    value: String,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Group {
     first_seen: UnixNanos,
@@ -380,7 +461,12 @@ struct Group {
 /// and listener rules can see their owning process, stateful rule state, and alert groups.
 pub struct Engine {
     set: RuleSet,
-    procs: HashMap<(String, u32), ProcessRecord>,
+    /// source (collector id) → pid → process.
+    procs: HashMap<String, HashMap<u32, ProcessRecord>>,
+    /// Process records cached across all sources.
+    cached: usize,
+    /// Buffers reused for every record (keys and values are built per record).
+    scratch: Scratch,
     groups: HashMap<String, Group>,
     state: stateful::State,
     /// A group re-emits at most once per this many nanoseconds (with its count).
@@ -396,6 +482,8 @@ impl Engine {
         Engine {
             set,
             procs: HashMap::new(),
+            cached: 0,
+            scratch: Scratch::default(),
             groups: HashMap::new(),
             state: stateful::State::default(),
             reemit_ns: 60_000_000_000,
@@ -432,20 +520,26 @@ impl Engine {
     }
 
     fn remember(&mut self, source: &str, rec: &Record) {
-        if let Record::Process(p) = rec {
-            let key = (source.to_owned(), p.pid);
-            if p.phase == crate::model::ProcessPhase::Exit {
-                self.procs.remove(&key);
-            } else {
-                if self.procs.len() >= PROC_CACHE_MAX && !self.procs.contains_key(&key) {
-                    tracing::warn!(
-                        size = self.procs.len(),
-                        "rule process cache full; starting over"
-                    );
-                    self.procs.clear();
+        let Record::Process(p) = rec else { return };
+        if p.phase == crate::model::ProcessPhase::Exit {
+            if let Some(per_source) = self.procs.get_mut(source) {
+                if per_source.remove(&p.pid).is_some() {
+                    self.cached -= 1;
                 }
-                self.procs.insert(key, p.clone());
             }
+            return;
+        }
+        if self.cached >= PROC_CACHE_MAX {
+            tracing::warn!(size = self.cached, "rule process cache full; starting over");
+            self.procs.clear();
+            self.cached = 0;
+        }
+        let per_source = match self.procs.get_mut(source) {
+            Some(m) => m,
+            None => self.procs.entry(source.to_owned()).or_default(),
+        };
+        if per_source.insert(p.pid, p.clone()).is_none() {
+            self.cached += 1;
         }
     }
 
@@ -464,28 +558,30 @@ impl Engine {
     /// Which rules' conditions hold for `rec` (stateful rules included, before their state
     /// is consulted), with rendered output.
     pub fn matches(&self, rec: &Record) -> Vec<Hit> {
-        self.matches_from("", rec)
-    }
-
-    fn matches_from(&self, source: &str, rec: &Record) -> Vec<Hit> {
-        let Some((kind, ctx)) = self.ctx(source, rec) else {
+        let Some((_, ctx)) = self.ctx("", rec) else {
             return Vec::new();
         };
         let mut hits = Vec::new();
-        for (i, r) in self.set.rules.iter().enumerate() {
-            if !r.spec.enabled {
-                continue;
-            }
-            for (k, cond, exc) in &r.compiled {
-                if *k == kind && cond.eval(&ctx) && !exc.iter().any(|e| e.eval(&ctx)) {
-                    hits.push(Hit {
-                        rule: i,
-                        output: render(&r.output, &ctx),
-                    });
-                }
+        self.matching_rules(&ctx, rec, &mut hits);
+        hits.into_iter()
+            .map(|rule| Hit {
+                rule,
+                output: render(&self.set.rules[rule].output, &ctx),
+            })
+            .collect()
+    }
+
+    /// Indices of the rules whose condition holds and no exception does.
+    fn matching_rules(&self, ctx: &Ctx<'_>, rec: &Record, out: &mut Vec<usize>) {
+        let Some(slot) = kind_slot(rec.kind()) else {
+            return;
+        };
+        for &(i, j) in &self.set.by_kind[slot] {
+            let (_, cond, exc) = &self.set.rules[i].compiled[j];
+            if cond.eval(ctx) && !exc.iter().any(|e| e.eval(ctx)) {
+                out.push(i);
             }
         }
-        hits
     }
 
     /// Counts rules whose conditions hold, without rendering output or state.
@@ -508,7 +604,7 @@ impl Engine {
         pid: Option<u32>,
         start: Option<UnixNanos>,
     ) -> Option<&ProcessRecord> {
-        let p = self.procs.get(&(source.to_owned(), pid?))?;
+        let p = self.procs.get(source)?.get(&pid?)?;
         match start {
             Some(s) if s != p.start_time => None,
             _ => Some(p),
@@ -520,47 +616,68 @@ impl Engine {
     pub fn evaluate(&mut self, event: &Event, now: UnixNanos) -> Vec<AlertRecord> {
         let source = event.source.collector_id.as_str();
         self.remember(source, &event.record);
-        let hits = self.matches_from(source, &event.record);
-        if hits.is_empty() {
-            return Vec::new();
-        }
-        let owner = self.owner_of(source, &event.record).cloned();
-        let Some((_, ctx)) = make_ctx(&event.record, owner.as_ref()) else {
-            return Vec::new();
+        // The cache is lent out for this record so the state and groups can change
+        // while the owner process is borrowed from it.
+        let procs = std::mem::take(&mut self.procs);
+        let owner = match &event.record {
+            Record::Flow(f) => lookup(&procs, source, f.pid, f.process_start_time),
+            Record::Listener(l) => lookup(&procs, source, l.pid, l.process_start_time),
+            _ => None,
         };
+        let out = match make_ctx(&event.record, owner) {
+            Some((_, ctx)) => self.evaluate_in(event, &ctx, now),
+            None => Vec::new(),
+        };
+        self.procs = procs;
+        out
+    }
+
+    fn evaluate_in(&mut self, event: &Event, ctx: &Ctx<'_>, now: UnixNanos) -> Vec<AlertRecord> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.hits.clear();
+        self.matching_rules(ctx, &event.record, &mut scratch.hits);
+        let out = self.apply_hits(event, ctx, now, &mut scratch);
+        self.scratch = scratch;
+        out
+    }
+
+    fn apply_hits(
+        &mut self,
+        event: &Event,
+        ctx: &Ctx<'_>,
+        now: UnixNanos,
+        scratch: &mut Scratch,
+    ) -> Vec<AlertRecord> {
         let mut out = Vec::new();
-        for h in hits {
-            let rule = &self.set.rules[h.rule];
-            let field = |name: &str| {
-                source_field(name, event)
-                    .unwrap_or_else(|| render(&[Piece::Field(name.to_owned())], &ctx))
-            };
-            let workload = format!(
-                "{}/{}",
-                event.source.pod_namespace,
-                workload_of(&event.source.pod_name)
-            );
+        let key = &mut scratch.key;
+        for &index in &scratch.hits {
+            let rule = &self.set.rules[index];
             let mut state_evidence = None;
             if let Some(kind) = &rule.stateful {
-                let mut key = workload.clone();
-                for b in kind.by() {
+                key.clear();
+                key.push_str(&event.source.pod_namespace);
+                key.push('/');
+                key.push_str(workload_of(&event.source.pod_name));
+                for part in &rule.state_by {
                     key.push('|');
-                    key.push_str(&field(b));
+                    part.push(key, event, ctx);
                 }
-                let (value, amount) = match kind {
-                    stateful::Kind::Threshold(t) => {
-                        (None, t.sum.as_deref().and_then(|f| numeric(f, &ctx)))
-                    }
-                    stateful::Kind::NewValue(n) => (Some(field(&n.value)), None),
-                    stateful::Kind::Rate(r) => (Some(field(&r.distinct)), None),
-                };
+                let value = rule.state_value.map(|part| {
+                    scratch.value.clear();
+                    part.push(&mut scratch.value, event, ctx);
+                    scratch.value.as_str()
+                });
+                let amount = rule.state_sum.and_then(|f| match lang::get(f, ctx) {
+                    lang::Val::Int(i) => u64::try_from(i).ok(),
+                    _ => None,
+                });
                 let verdict = self.state.observe(
                     &rule.spec.id,
                     kind,
-                    &key,
-                    value.as_deref(),
+                    key,
+                    value,
                     amount,
-                    Some((source, &event.record)),
+                    Some((event.source.collector_id.as_str(), &event.record)),
                     now,
                 );
                 if !verdict.fire {
@@ -568,27 +685,30 @@ impl Engine {
                 }
                 state_evidence = Some(verdict.evidence);
             }
-            let ctx_proc: Option<ProcessRecord> = ctx.process.cloned();
-            let flows: Vec<FlowRecord> = ctx.flow.into_iter().cloned().collect();
-            let mut key = format!(
-                "{}|{}|{}",
-                rule.spec.id, event.source.pod_namespace, event.source.pod_name
-            );
-            for g in &rule.spec.group_by {
+            key.clear();
+            key.push_str(&rule.spec.id);
+            key.push('|');
+            key.push_str(&event.source.pod_namespace);
+            key.push('|');
+            key.push_str(&event.source.pod_name);
+            for part in &rule.group_by {
                 key.push('|');
-                key.push_str(&field(g));
+                part.push(key, event, ctx);
             }
-            if self.groups.len() >= GROUPS_MAX && !self.groups.contains_key(&key) {
-                // Oldest-emitted groups go first; a pruned group just alerts afresh.
+            if self.groups.len() >= GROUPS_MAX && !self.groups.contains_key(key.as_str()) {
+                // Groups not emitted lately go first; a pruned group just alerts afresh.
                 let horizon = now.saturating_sub(self.reemit_ns);
                 self.groups.retain(|_, g| g.last_emit >= horizon);
             }
-            let g = self.groups.entry(key).or_insert(Group {
-                first_seen: now,
-                last_emit: 0,
-                count: 0,
-                emitted_count: 0,
-            });
+            let g = match self.groups.get_mut(key.as_str()) {
+                Some(g) => g,
+                None => self.groups.entry(key.clone()).or_insert(Group {
+                    first_seen: now,
+                    last_emit: 0,
+                    count: 0,
+                    emitted_count: 0,
+                }),
+            };
             g.count += 1;
             let emit = g.emitted_count == 0 || now.saturating_sub(g.last_emit) >= self.reemit_ns;
             if !emit {
@@ -598,59 +718,84 @@ impl Engine {
             g.emitted_count = g.count;
             let g = *g;
             self.seq += 1;
-            let mut evidence = vec![format!(
-                "rule {} matched a {} record from {}/{}",
-                rule.spec.id,
-                event.record.kind().as_str(),
-                event.source.pod_namespace,
-                event.source.pod_name
-            )];
-            evidence.extend(state_evidence);
-            if let Some(f) = &ctx.flow {
-                evidence.push(format!(
-                    "flow {}:{} -> {}:{} {:?} {:?} sent={} received={}",
-                    f.local_addr,
-                    f.local_port,
-                    f.remote_addr.map_or("*".to_owned(), |a| a.to_string()),
-                    f.remote_port.map_or("*".to_owned(), |p| p.to_string()),
-                    f.direction,
-                    f.scope,
-                    f.bytes_sent.map_or("n/a".to_owned(), |b| b.to_string()),
-                    f.bytes_received.map_or("n/a".to_owned(), |b| b.to_string()),
-                ));
-            }
-            if let Some(p) = &ctx_proc {
-                let chain: Vec<String> =
-                    std::iter::once(format!("{}({})", display_bytes(&p.comm), p.pid))
-                        .chain(
-                            p.ancestors
-                                .iter()
-                                .map(|a| format!("{}({})", display_bytes(&a.comm), a.pid)),
-                        )
-                        .collect();
-                evidence.push(format!("lineage: {}", chain.join(" <- ")));
-            }
-            out.push(AlertRecord {
-                id: format!("{}-{}-{}", rule.spec.id, now, self.seq),
-                rule_id: rule.spec.id.clone(),
-                rule_name: rule.spec.name.clone(),
-                severity: rule.spec.severity.into(),
-                tags: rule.spec.tags.clone(),
-                time: now,
-                first_seen: g.first_seen,
-                last_seen: now,
-                count: g.count,
-                output: h.output,
-                pod_name: event.source.pod_name.clone(),
-                pod_namespace: event.source.pod_namespace.clone(),
-                node_name: event.source.node_name.clone(),
-                container_id: ctx_proc.as_ref().and_then(|p| p.container_id.clone()),
-                process: ctx_proc.map(Box::new),
-                flows,
-                evidence,
-            });
+            out.push(alert(rule, event, ctx, g, now, self.seq, state_evidence));
         }
         out
+    }
+}
+
+fn lookup<'a>(
+    procs: &'a HashMap<String, HashMap<u32, ProcessRecord>>,
+    source: &str,
+    pid: Option<u32>,
+    start: Option<UnixNanos>,
+) -> Option<&'a ProcessRecord> {
+    let p = procs.get(source)?.get(&pid?)?;
+    match start {
+        Some(s) if s != p.start_time => None,
+        _ => Some(p),
+    }
+}
+
+/// The alert for a rule that fired: the process with its lineage, the flow, the evidence.
+fn alert(
+    rule: &Rule,
+    event: &Event,
+    ctx: &Ctx<'_>,
+    g: Group,
+    now: UnixNanos,
+    seq: u64,
+    state_evidence: Option<String>,
+) -> AlertRecord {
+    let mut evidence = vec![format!(
+        "rule {} matched a {} record from {}/{}",
+        rule.spec.id,
+        event.record.kind().as_str(),
+        event.source.pod_namespace,
+        event.source.pod_name
+    )];
+    evidence.extend(state_evidence);
+    if let Some(f) = &ctx.flow {
+        evidence.push(format!(
+            "flow {}:{} -> {}:{} {:?} {:?} sent={} received={}",
+            f.local_addr,
+            f.local_port,
+            f.remote_addr.map_or("*".to_owned(), |a| a.to_string()),
+            f.remote_port.map_or("*".to_owned(), |p| p.to_string()),
+            f.direction,
+            f.scope,
+            f.bytes_sent.map_or("n/a".to_owned(), |b| b.to_string()),
+            f.bytes_received.map_or("n/a".to_owned(), |b| b.to_string()),
+        ));
+    }
+    if let Some(p) = ctx.process {
+        let chain: Vec<String> = std::iter::once(format!("{}({})", display_bytes(&p.comm), p.pid))
+            .chain(
+                p.ancestors
+                    .iter()
+                    .map(|a| format!("{}({})", display_bytes(&a.comm), a.pid)),
+            )
+            .collect();
+        evidence.push(format!("lineage: {}", chain.join(" <- ")));
+    }
+    AlertRecord {
+        id: format!("{}-{}-{}", rule.spec.id, now, seq),
+        rule_id: rule.spec.id.clone(),
+        rule_name: rule.spec.name.clone(),
+        severity: rule.spec.severity.into(),
+        tags: rule.spec.tags.clone(),
+        time: now,
+        first_seen: g.first_seen,
+        last_seen: now,
+        count: g.count,
+        output: render(&rule.output, ctx),
+        pod_name: event.source.pod_name.clone(),
+        pod_namespace: event.source.pod_namespace.clone(),
+        node_name: event.source.node_name.clone(),
+        container_id: ctx.process.and_then(|p| p.container_id.clone()),
+        process: ctx.process.cloned().map(Box::new),
+        flows: ctx.flow.into_iter().cloned().collect(),
+        evidence,
     }
 }
 
@@ -672,44 +817,52 @@ fn make_ctx<'a>(
     })
 }
 
-/// Key fields taken from the event's source.
-fn source_field(name: &str, event: &Event) -> Option<String> {
-    match name {
-        "k8s.ns.name" => Some(event.source.pod_namespace.clone()),
-        "k8s.pod.name" => Some(event.source.pod_name.clone()),
-        "k8s.workload" => Some(workload_of(&event.source.pod_name).to_owned()),
-        _ => None,
-    }
-}
-
-fn numeric(name: &str, ctx: &Ctx<'_>) -> Option<u64> {
-    match lang::get(lang::field_for_name(name)?, ctx) {
-        lang::Val::Int(i) => u64::try_from(i).ok(),
-        _ => None,
-    }
-}
-
 fn render(pieces: &[Piece], ctx: &Ctx<'_>) -> String {
-    use lang::Val;
     let mut s = String::new();
     for p in pieces {
         match p {
             Piece::Lit(l) => s.push_str(l),
-            Piece::Field(name) => {
-                let v = lang::field_for_name(name)
+            Piece::Field(name) => push_val(
+                &mut s,
+                lang::field_for_name(name)
                     .map(|f| lang::get(f, ctx))
-                    .unwrap_or(Val::Null);
-                match v {
-                    Val::Null => s.push_str("<NA>"),
-                    Val::Bytes(b) => s.push_str(&display_bytes(&b)),
-                    Val::Int(i) => s.push_str(&i.to_string()),
-                    Val::Bool(b) => s.push_str(if b { "true" } else { "false" }),
-                    Val::Ip(ip) => s.push_str(&ip.to_string()),
-                }
-            }
+                    .unwrap_or(lang::Val::Null),
+            ),
         }
     }
     s
+}
+
+/// Writes a field value as text: bytes escaped, absent as `<NA>`.
+fn push_val(s: &mut String, v: lang::Val<'_>) {
+    use lang::Val;
+    use std::fmt::Write as _;
+    match v {
+        Val::Null => s.push_str("<NA>"),
+        Val::Bytes(b) => s.push_str(&display_bytes(&b)),
+        Val::Int(i) => {
+            let _ = write!(s, "{i}");
+        }
+        Val::Bool(b) => s.push_str(if b { "true" } else { "false" }),
+        Val::Ip(std::net::IpAddr::V4(ip)) => {
+            // Keys are built per record: skip the formatting machinery for the common case.
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+        }
+        Val::Ip(ip) => {
+            let _ = write!(s, "{ip}");
+        }
+    }
 }
 
 /// Falco-compatible JSON payload (for falcosidekick).
@@ -883,3 +1036,22 @@ pub fn bench_records() -> Vec<Record> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod key_tests {
+    #[test]
+    fn ipv4_keys_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.5",
+            "192.168.100.9",
+            "255.255.255.255",
+            "1.20.30.200",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().expect("ip");
+            let mut s = String::new();
+            super::push_val(&mut s, super::lang::Val::Ip(addr));
+            assert_eq!(s, addr.to_string());
+        }
+    }
+}

@@ -353,3 +353,35 @@ fn apply_retention(conn: &Connection, retention: Retention) -> Result<(), rusqli
         .optional();
     Ok(())
 }
+
+/// `--store none`: keeps nothing (deduplication only), to measure transport and detection
+/// without the database. Queries return nothing.
+#[derive(Default)]
+pub struct NullStore {
+    seen: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+}
+
+impl Store for NullStore {
+    fn append(
+        &self,
+        collector_id: String,
+        seq: u64,
+        events: Vec<Event>,
+    ) -> oneshot::Receiver<Result<Appended, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let fresh = match self.seen.lock() {
+            Ok(mut seen) => seen.insert((collector_id, seq)),
+            Err(_) => true,
+        };
+        let _ = reply.send(Ok(if fresh {
+            Appended::Stored(events.len())
+        } else {
+            Appended::Duplicate
+        }));
+        rx
+    }
+
+    fn query(&self, _query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        Ok(Vec::new())
+    }
+}

@@ -4,7 +4,12 @@
 //! decides whether they fire. The state serialises to JSON so an aggregator restart keeps
 //! windows, learned values and learning clocks.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+/// State maps are hashed per record: a fast hasher (keys are not attacker-chosen in bulk:
+/// bounded per rule, see MAX_KEYS_PER_RULE).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::path::Path;
 use std::time::Duration;
 
@@ -118,8 +123,9 @@ pub struct State {
     windows: HashMap<String, HashMap<String, Window>>,
     learned: HashMap<String, HashMap<String, Learned>>,
     distinct: HashMap<String, HashMap<String, Distinct>>,
-    /// Last counter value per (source, cookie, field), to add deltas of cumulative counters.
-    sockets: HashMap<String, u64>,
+    /// Last counter value per hash of (source, cookie, field), to add deltas of cumulative
+    /// counters. FNV-1a: stable across restarts, unlike the std hasher.
+    sockets: HashMap<u64, u64>,
     /// Keys not tracked because a rule was at its bound.
     pub keys_refused: u64,
 }
@@ -151,7 +157,7 @@ impl State {
     }
 
     /// Forgets rules that are no longer loaded (after a reload).
-    pub fn retain_rules(&mut self, ids: &HashSet<&str>) {
+    pub fn retain_rules(&mut self, ids: &std::collections::HashSet<&str>) {
         self.windows.retain(|k, _| ids.contains(k.as_str()));
         self.learned.retain(|k, _| ids.contains(k.as_str()));
         self.distinct.retain(|k, _| ids.contains(k.as_str()));
@@ -181,7 +187,7 @@ impl State {
                     (Some(_), None) => 0,
                 };
                 let refused = &mut self.keys_refused;
-                let per_rule = self.windows.entry(rule_id.to_owned()).or_default();
+                let per_rule = per_rule(&mut self.windows, rule_id);
                 let Some(w) = bounded_entry(per_rule, key, refused) else {
                     return quiet();
                 };
@@ -194,21 +200,24 @@ impl State {
                     w.events.push_back((now, add));
                     w.total += add;
                 }
+                let fire = w.total > t.above;
                 Verdict {
-                    fire: w.total > t.above,
-                    evidence: format!(
-                        "{} {} over {} (threshold {})",
-                        t.sum.as_deref().unwrap_or("records"),
-                        w.total,
-                        humantime::format_duration(t.window),
-                        t.above
-                    ),
+                    fire,
+                    evidence: lazy(fire, || {
+                        format!(
+                            "{} {} over {} (threshold {})",
+                            t.sum.as_deref().unwrap_or("records"),
+                            w.total,
+                            humantime::format_duration(t.window),
+                            t.above
+                        )
+                    }),
                 }
             }
             Kind::NewValue(n) => {
                 let Some(value) = value else { return quiet() };
                 let refused = &mut self.keys_refused;
-                let per_rule = self.learned.entry(rule_id.to_owned()).or_default();
+                let per_rule = per_rule(&mut self.learned, rule_id);
                 let Some(l) = bounded_entry(per_rule, key, refused) else {
                     return quiet();
                 };
@@ -220,20 +229,23 @@ impl State {
                 if !known && l.values.len() < MAX_VALUES_PER_KEY {
                     l.values.insert(value.to_owned());
                 }
+                let fire = !learning && !known;
                 Verdict {
-                    fire: !learning && !known,
-                    evidence: format!(
+                    fire,
+                    evidence: lazy(fire, || {
+                        format!(
                         "{} = {value} is new for this key after {} of learning ({} values known)",
                         n.value,
                         humantime::format_duration(n.learning),
                         l.values.len()
-                    ),
+                    )
+                    }),
                 }
             }
             Kind::Rate(r) => {
                 let Some(value) = value else { return quiet() };
                 let refused = &mut self.keys_refused;
-                let per_rule = self.distinct.entry(rule_id.to_owned()).or_default();
+                let per_rule = per_rule(&mut self.distinct, rule_id);
                 let Some(d) = bounded_entry(per_rule, key, refused) else {
                     return quiet();
                 };
@@ -252,15 +264,18 @@ impl State {
                     d.events.push_back((now, value.to_owned()));
                     *d.counts.entry(value.to_owned()).or_default() += 1;
                 }
+                let fire = d.counts.len() as u64 > r.above;
                 Verdict {
-                    fire: d.counts.len() as u64 > r.above,
-                    evidence: format!(
-                        "{} distinct {} in {} (threshold {})",
-                        d.counts.len(),
-                        r.distinct,
-                        humantime::format_duration(r.window),
-                        r.above
-                    ),
+                    fire,
+                    evidence: lazy(fire, || {
+                        format!(
+                            "{} distinct {} in {} (threshold {})",
+                            d.counts.len(),
+                            r.distinct,
+                            humantime::format_duration(r.window),
+                            r.above
+                        )
+                    }),
                 }
             }
         }
@@ -271,7 +286,7 @@ impl State {
         let Record::Flow(f) = record else {
             return total;
         };
-        let id = format!("{source}|{}|{field}", f.cookie);
+        let id = fnv1a(&[source.as_bytes(), &f.cookie.to_le_bytes(), field.as_bytes()]);
         let before = if f.phase == FlowPhase::End {
             self.sockets.remove(&id)
         } else if self.sockets.len() < MAX_SOCKETS || self.sockets.contains_key(&id) {
@@ -281,6 +296,28 @@ impl State {
         };
         total.saturating_sub(before.unwrap_or(0))
     }
+}
+
+/// The map of one rule, allocating its id only the first time.
+fn per_rule<'a, T>(
+    maps: &'a mut HashMap<String, HashMap<String, T>>,
+    rule_id: &str,
+) -> &'a mut HashMap<String, T> {
+    if !maps.contains_key(rule_id) {
+        maps.insert(rule_id.to_owned(), HashMap::default());
+    }
+    maps.get_mut(rule_id).expect("inserted above")
+}
+
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for &b in *part {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash = (hash ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 fn bounded_entry<'a, T: Default>(
@@ -296,6 +333,15 @@ fn bounded_entry<'a, T: Default>(
         map.insert(key.to_owned(), T::default());
     }
     map.get_mut(key)
+}
+
+/// Evidence is only written for a verdict that fires (formatting is most of the cost).
+fn lazy(fire: bool, text: impl FnOnce() -> String) -> String {
+    if fire {
+        text()
+    } else {
+        String::new()
+    }
 }
 
 fn quiet() -> Verdict {

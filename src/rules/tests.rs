@@ -1,6 +1,6 @@
 use super::*;
-use crate::model::CollectorIdentity;
 use crate::model::{Ancestor, ProcessPhase, Unavailable};
+use crate::model::{CollectorIdentity, FlowRecord};
 
 pub(crate) fn proc(comm: &[u8], exe: Option<&str>) -> ProcessRecord {
     ProcessRecord {

@@ -460,13 +460,23 @@ fn managed_network_rules_fire_on_real_connections_in_a_pod_namespace() {
     ]);
     std::thread::sleep(Duration::from_millis(1500));
     let mut engine = Engine::new(RuleSet::managed().expect("managed"));
-    let fired = evaluate_as_pod(&mut engine, snapshot_in(ns.name(0)), 1);
+    let records = snapshot_in(ns.name(0));
+    let to_4444: Vec<String> = records
+        .iter()
+        .filter(|r| matches!(r, Record::Flow(f) if f.remote_port == Some(4444)))
+        .map(|r| format!("{r:?}"))
+        .collect();
+    let fired = evaluate_as_pod(&mut engine, records, 1);
     let attack: Vec<u32> = attacks.0.iter().map(|c| c.id()).collect();
     let by = |rule: &str, pid: u32| fired.iter().any(|(r, p)| r == rule && *p == Some(pid));
     assert!(by("PF-METADATA-ENDPOINT", attack[0]), "{fired:?}");
     assert!(by("PF-K8S-API", attack[1]), "{fired:?}");
     assert!(by("PF-SSH-NONSTANDARD-PORT", attack[2]), "{fired:?}");
-    assert!(by("PF-SHELL-OUTBOUND", attack[3]), "{fired:?}");
+    assert!(
+        by("PF-SHELL-OUTBOUND", attack[3]),
+        "bash pid {}: {fired:?}; its flow: {to_4444:?}",
+        attack[3]
+    );
     let benign_pids: HashSet<u32> = benign.0.iter().map(|c| c.id()).collect();
     let noisy: Vec<_> = fired
         .iter()

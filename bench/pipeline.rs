@@ -1,0 +1,321 @@
+//! Pipeline scenarios: synthetic domain records through the collector's real path (queue →
+//! batcher → exporter → gRPC) into an aggregator process, with the store off (transport
+//! alone) and on (sustained), and many concurrent collector streams with ack latency.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use procflow::model::{CollectorIdentity, Record};
+use procflow::pipeline::{batcher, exporter, queue::QueueStats, RecordRx};
+use procflow::proto::v1 as pb;
+
+use crate::{procflow_bin, Report};
+
+pub struct Aggregator {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Aggregator {
+    pub fn start(extra: &[&str]) -> anyhow::Result<Aggregator> {
+        let dir = tempfile::tempdir()?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(procflow_bin())
+            .args([
+                "aggregator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let ready = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                ready.elapsed() < Duration::from_secs(20),
+                "aggregator did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Aggregator { child, port, dir })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (graceful: the store flushes), then waits; returns the data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.dir;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir
+    }
+}
+
+/// Drives records through the real collector path until `count` records or `duration`.
+/// Returns (records acknowledged, seconds, this process's CPU seconds).
+fn drive(url: &str, count: u64, duration: Duration) -> anyhow::Result<(u64, f64, f64)> {
+    let (tx, rx) = crossbeam_channel::bounded::<Record>(65_536);
+    let rx = RecordRx {
+        rx,
+        stats: Arc::new(QueueStats::default()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(64);
+    let config = exporter::ExporterConfig {
+        endpoint: url.to_owned(),
+        token: None,
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
+        memory_batches: 256,
+        spool_dir: None,
+        spool_max_bytes: 0,
+        drain_timeout: Duration::from_secs(300),
+    };
+    let identity = CollectorIdentity {
+        collector_id: format!("bench-{}", procflow::model::now_ns()),
+        pod_name: "bench".into(),
+        pod_namespace: "bench".into(),
+        ..CollectorIdentity::default()
+    };
+    let cpu0 = crate::own_cpu_secs();
+    let started = Instant::now();
+    let exporter = runtime.spawn(exporter::run(config, batches_rx));
+    let batcher = std::thread::spawn(move || {
+        batcher::run(
+            batcher::BatcherConfig {
+                max_records: 2048,
+                max_delay: Duration::from_millis(200),
+            },
+            identity,
+            rx,
+            batches_tx,
+        )
+    });
+    let template = crate::sample_flow_record();
+    let mut sent = 0u64;
+    while sent < count && started.elapsed() < duration {
+        for _ in 0..1024 {
+            let mut record = template.clone();
+            if let Record::Flow(f) = &mut record {
+                f.cookie = sent;
+            }
+            // Blocking: the bench measures throughput, so it waits instead of dropping.
+            tx.send(record)?;
+            sent += 1;
+        }
+    }
+    drop(tx);
+    batcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("batcher panicked"))?;
+    runtime.block_on(exporter)??;
+    let secs = started.elapsed().as_secs_f64();
+    Ok((sent, secs, crate::own_cpu_secs() - cpu0))
+}
+
+pub fn scenario_pipeline(
+    report: &mut Report,
+    transport_records: u64,
+    sustain: Duration,
+) -> anyhow::Result<()> {
+    // Transport alone: nothing stored, no rules.
+    let agg = Aggregator::start(&["--store", "none", "--no-detection"])?;
+    let (n, secs, cpu) = drive(&agg.url(), transport_records, Duration::from_secs(600))?;
+    let agg_cpu = crate::cpu_secs_of(agg.pid());
+    let _ = agg.stop();
+    let rate = n as f64 / secs;
+    report.add(
+        "pipeline",
+        "transport alone (queue->batch->encode->gRPC->decode)",
+        rate,
+        "rec/s",
+        Some((">=1M/s", rate >= 1_000_000.0)),
+    );
+    report.add(
+        "pipeline",
+        "collector-side CPU per record (queue+batch+encode+send)",
+        cpu * 1e9 / n as f64,
+        "ns",
+        None,
+    );
+    report.add(
+        "pipeline",
+        "aggregator CPU per record (decode+validate+ack)",
+        agg_cpu * 1e9 / n as f64,
+        "ns",
+        None,
+    );
+    // Sustained into SQLite with the managed rules evaluating every record.
+    let agg = Aggregator::start(&[])?;
+    let (n, secs, _) = drive(&agg.url(), u64::MAX, sustain)?;
+    let rss = crate::peak_rss_kib_of(agg.pid()) as f64 / 1024.0;
+    let dir = agg.stop();
+    let db = dir.path().join("procflow.db");
+    let stored: i64 = rusqlite::Connection::open(&db)?.query_row(
+        "SELECT COUNT(*) FROM events WHERE kind = 'flow'",
+        [],
+        |r| r.get(0),
+    )?;
+    let rate = n as f64 / secs;
+    report.add(
+        "pipeline",
+        &format!("into SQLite + rules, sustained {}s", sustain.as_secs()),
+        rate,
+        "rec/s",
+        Some((">=250k/s", rate >= 250_000.0)),
+    );
+    report.add(
+        "pipeline",
+        "records stored / sent (must be 1)",
+        stored as f64 / n as f64,
+        "ratio",
+        Some(("==1", stored as u64 == n)),
+    );
+    report.add("pipeline", "aggregator peak RSS", rss, "MiB", None);
+    Ok(())
+}
+
+/// `streams` concurrent collector streams, each sending `batches` batches of `per_batch`
+/// records and waiting for each ack: every record stored once, p99 ack latency.
+pub fn scenario_streams(
+    report: &mut Report,
+    streams: usize,
+    batches: u64,
+    per_batch: u64,
+) -> anyhow::Result<()> {
+    let agg = Aggregator::start(&["--no-detection"])?;
+    let url = agg.url();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let flow = procflow::wire::record_to_proto(&crate::sample_flow_record());
+    let started = Instant::now();
+    let latencies = runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in 0..streams {
+            let (url, flow) = (url.clone(), flow.clone());
+            tasks.spawn(async move { one_stream(url, s, batches, per_batch, flow).await });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            all.extend(done??);
+        }
+        anyhow::Ok(all)
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let dir = agg.stop();
+    let db = dir.path().join("procflow.db");
+    let conn = rusqlite::Connection::open(&db)?;
+    let stored: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM events WHERE collector LIKE 'stream-%'",
+        [],
+        |r| r.get(0),
+    )?;
+    let expected = streams as u64 * batches * per_batch;
+    let mut sorted = latencies;
+    sorted.sort_unstable();
+    let p = |q: f64| {
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let scenario = format!("streams {streams}");
+    report.add(
+        &scenario,
+        "records stored / sent (each exactly once)",
+        stored as f64 / expected as f64,
+        "ratio",
+        Some(("==1", stored as u64 == expected)),
+    );
+    report.add(
+        &scenario,
+        "throughput",
+        expected as f64 / secs,
+        "rec/s",
+        None,
+    );
+    report.add(
+        &scenario,
+        "ack latency p50",
+        p(0.5).as_secs_f64() * 1e3,
+        "ms",
+        None,
+    );
+    report.add(
+        &scenario,
+        "ack latency p99",
+        p(0.99).as_secs_f64() * 1e3,
+        "ms",
+        None,
+    );
+    Ok(())
+}
+
+async fn one_stream(
+    url: String,
+    index: usize,
+    batches: u64,
+    per_batch: u64,
+    flow: pb::Record,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut client = pb::ingest_client::IngestClient::connect(url).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut acks = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let identity = procflow::wire::identity_to_proto(&CollectorIdentity {
+        collector_id: format!("stream-{index}"),
+        pod_name: format!("pod-{index}"),
+        pod_namespace: "bench".into(),
+        ..CollectorIdentity::default()
+    });
+    let mut latencies = Vec::with_capacity(batches as usize);
+    for seq in 1..=batches {
+        let batch = pb::Batch {
+            identity: Some(identity.clone()),
+            seq,
+            sent_at: 0,
+            records: vec![flow.clone(); per_batch as usize],
+        };
+        let sent = Instant::now();
+        tx.send(batch).await?;
+        let ack = acks
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream {index} closed before ack {seq}"))?;
+        anyhow::ensure!(
+            ack.seq == seq && !ack.rejected,
+            "stream {index}: bad ack {ack:?}"
+        );
+        latencies.push(sent.elapsed());
+    }
+    Ok(latencies)
+}
