@@ -177,7 +177,7 @@ pub fn scenario_pipeline(
     let dir = agg.stop();
     let db = dir.path().join("procflow.db");
     let stored: i64 = rusqlite::Connection::open(&db)?.query_row(
-        "SELECT COUNT(*) FROM events WHERE kind = 'flow'",
+        "SELECT COALESCE(SUM(count), 0) FROM segments WHERE kind = 'flow'",
         [],
         |r| r.get(0),
     )?;
@@ -233,7 +233,7 @@ pub fn scenario_streams(
     let db = dir.path().join("procflow.db");
     let conn = rusqlite::Connection::open(&db)?;
     let stored: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM events WHERE collector LIKE 'stream-%'",
+        "SELECT COALESCE(SUM(count), 0) FROM segments WHERE collector LIKE 'stream-%'",
         [],
         |r| r.get(0),
     )?;

@@ -25,12 +25,12 @@ pub fn scenario_rules(
         .into_iter()
         .enumerate()
         .map(|(i, record)| Event {
-            source: CollectorIdentity {
+            source: std::sync::Arc::new(CollectorIdentity {
                 collector_id: format!("c{}", i % 100),
                 pod_name: format!("web-7c9f8d6b5-{:05}", i % 100),
                 pod_namespace: "shop".into(),
                 ..CollectorIdentity::default()
-            },
+            }),
             received_at: 0,
             record,
         })

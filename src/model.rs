@@ -355,7 +355,8 @@ pub struct CollectorIdentity {
 /// A record with its source, as stored, queried and streamed by the aggregator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    pub source: CollectorIdentity,
+    /// Shared by every event of a batch (one allocation per batch, not per record).
+    pub source: std::sync::Arc<CollectorIdentity>,
     pub received_at: UnixNanos,
     pub record: Record,
 }

@@ -480,7 +480,10 @@ pub fn identity_from_proto(
 
 pub fn event_from_proto(e: pb::Event, limits: &Limits) -> Result<model::Event, WireError> {
     Ok(model::Event {
-        source: identity_from_proto(e.source.ok_or(WireError::Missing("event.source"))?, limits)?,
+        source: std::sync::Arc::new(identity_from_proto(
+            e.source.ok_or(WireError::Missing("event.source"))?,
+            limits,
+        )?),
         received_at: e.received_at,
         record: record_from_proto(e.record.ok_or(WireError::Missing("event.record"))?, limits)?,
     })

@@ -112,12 +112,12 @@ fn run(
                 }
                 for alert in engine.evaluate(event, now) {
                     alerts.push(Event {
-                        source: CollectorIdentity {
+                        source: Arc::new(CollectorIdentity {
                             pod_name: alert.pod_name.clone(),
                             pod_namespace: alert.pod_namespace.clone(),
                             node_name: alert.node_name.clone(),
                             ..identity.clone()
-                        },
+                        }),
                         received_at: now,
                         record: Record::Alert(alert),
                     });

@@ -106,9 +106,10 @@ fn decode_batch(
             batch.records.len()
         ));
     }
-    let identity =
+    let identity = Arc::new(
         wire::identity_from_proto(batch.identity.ok_or("batch.identity: missing")?, limits)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?,
+    );
     let received_at = now_ns();
     let mut events = Vec::with_capacity(batch.records.len());
     for (i, record) in batch.records.into_iter().enumerate() {
@@ -120,7 +121,7 @@ fn decode_batch(
             record,
         });
     }
-    Ok((identity.collector_id, batch.seq, events))
+    Ok((identity.collector_id.clone(), batch.seq, events))
 }
 
 #[tonic::async_trait]
@@ -141,6 +142,11 @@ impl pb::ingest_server::Ingest for IngestService {
             self.limits,
             self.max_batch_records,
         );
+        // Two tasks per stream: the reader decodes batch N+1 while the store writes batch N;
+        // the acker awaits the store in order and acknowledges. At most PIPELINE batches of a
+        // stream are between the two.
+        const PIPELINE: usize = 8;
+        let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel::<Pending>(PIPELINE);
         tokio::spawn(async move {
             loop {
                 let batch = match batches.message().await {
@@ -150,63 +156,81 @@ impl pb::ingest_server::Ingest for IngestService {
                         // E.g. a message over the size limit: tell the client why.
                         metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
                         tracing::warn!(?peer, %status, "ingest stream failed");
-                        let _ = tx.send(Err(status)).await;
+                        let _ = pending_tx.send(Pending::Failed(status)).await;
                         break;
                     }
                 };
                 let seq = batch.seq;
-                let ack = match decode_batch(batch, &limits, max_records) {
+                let pending = match decode_batch(batch, &limits, max_records) {
                     Err(error) => {
                         metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
                         tracing::warn!(?peer, seq, %error, "rejected an invalid batch");
-                        pb::Ack {
+                        Pending::Rejected(pb::Ack {
                             seq,
                             rejected: true,
                             error,
-                        }
+                        })
                     }
                     Ok((collector_id, seq, events)) => {
-                        let count = events.len() as u64;
-                        metrics::counter!(telemetry::RECORDS_RECEIVED).increment(count);
-                        let published = events.clone();
-                        match store.append(collector_id, seq, events).await {
-                            Ok(Ok(Appended::Stored(n))) => {
-                                metrics::counter!(telemetry::RECORDS_STORED).increment(n as u64);
-                                hub.publish(&published);
-                                // Only stored (never duplicate) records are evaluated, so a
-                                // resent batch cannot raise its alerts twice.
-                                if let Some(detector) = &detector {
-                                    detector.submit(published);
-                                }
-                                pb::Ack {
-                                    seq,
-                                    rejected: false,
-                                    error: String::new(),
-                                }
-                            }
-                            Ok(Ok(Appended::Duplicate)) => {
-                                metrics::counter!(telemetry::BATCHES_DEDUPLICATED).increment(1);
-                                pb::Ack {
-                                    seq,
-                                    rejected: false,
-                                    error: String::new(),
-                                }
-                            }
-                            Ok(Err(error)) => {
-                                tracing::error!(%error, "store failed; the collector will resend");
-                                let _ = tx
-                                    .send(Err(Status::unavailable(format!("store: {error}"))))
-                                    .await;
-                                break;
-                            }
-                            Err(_) => {
-                                let _ = tx
-                                    .send(Err(Status::unavailable("store writer stopped")))
-                                    .await;
-                                break;
-                            }
+                        metrics::counter!(telemetry::RECORDS_RECEIVED)
+                            .increment(events.len() as u64);
+                        Pending::Storing {
+                            seq,
+                            outcome: store.append(collector_id, seq, events),
                         }
                     }
+                };
+                if pending_tx.send(pending).await.is_err() {
+                    break; // the acker stopped (store failure or client gone)
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(pending) = pending_rx.recv().await {
+                let ack = match pending {
+                    Pending::Rejected(ack) => ack,
+                    Pending::Failed(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                    Pending::Storing { seq, outcome } => match outcome.await {
+                        Ok(Ok(Appended::Stored(stored))) => {
+                            metrics::counter!(telemetry::RECORDS_STORED)
+                                .increment(stored.len() as u64);
+                            hub.publish(&stored);
+                            // Only stored (never duplicate) records are evaluated, so a
+                            // resent batch cannot raise its alerts twice.
+                            if let Some(detector) = &detector {
+                                detector.submit(stored);
+                            }
+                            pb::Ack {
+                                seq,
+                                rejected: false,
+                                error: String::new(),
+                            }
+                        }
+                        Ok(Ok(Appended::Duplicate)) => {
+                            metrics::counter!(telemetry::BATCHES_DEDUPLICATED).increment(1);
+                            pb::Ack {
+                                seq,
+                                rejected: false,
+                                error: String::new(),
+                            }
+                        }
+                        Ok(Err(error)) => {
+                            tracing::error!(%error, "store failed; the collector will resend");
+                            let _ = tx
+                                .send(Err(Status::unavailable(format!("store: {error}"))))
+                                .await;
+                            break;
+                        }
+                        Err(_) => {
+                            let _ = tx
+                                .send(Err(Status::unavailable("store writer stopped")))
+                                .await;
+                            break;
+                        }
+                    },
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
@@ -215,6 +239,17 @@ impl pb::ingest_server::Ingest for IngestService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A batch between the reader and the acker of one ingest stream.
+enum Pending {
+    Rejected(pb::Ack),
+    Failed(Status),
+    Storing {
+        seq: u64,
+        outcome:
+            tokio::sync::oneshot::Receiver<Result<Appended, crate::aggregator::store::StoreError>>,
+    },
 }
 
 // === Subscribe ===

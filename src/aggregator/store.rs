@@ -5,6 +5,7 @@
 //! events, so a batch is stored exactly once however often it is delivered, across restarts.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -12,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::model::{Event, Record, RecordKind};
+use crate::model::{Event, RecordKind};
 use crate::proto::v1 as pb;
 use crate::wire;
 
@@ -30,9 +31,17 @@ pub enum StoreError {
 }
 
 /// What happened to an appended batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
-    Stored(usize),
+    /// Stored; the events come back so the caller can publish them without a copy.
+    Stored(Vec<Event>),
+    Duplicate,
+}
+
+/// What the transaction did with one request.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Stored,
     Duplicate,
 }
 
@@ -80,22 +89,26 @@ pub struct Retention {
     pub max_bytes: u64,
 }
 
+/// Events are stored in segments: one row per (batch, record kind, source), its records
+/// encoded together as a `procflow.v1.Batch`. Every event of a batch shares its arrival time,
+/// source and, within a segment, its kind, so the filters stay exact while inserts and index
+/// updates happen per segment rather than per record.
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY,
     received_at INTEGER NOT NULL,
-    time INTEGER NOT NULL,
     kind TEXT NOT NULL,
     pod TEXT NOT NULL,
     namespace TEXT NOT NULL,
     collector TEXT NOT NULL,
+    count INTEGER NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
-CREATE INDEX IF NOT EXISTS events_kind_received ON events(kind, received_at);
-CREATE INDEX IF NOT EXISTS events_pod_received ON events(pod, received_at);
+CREATE INDEX IF NOT EXISTS segments_received ON segments(received_at);
+CREATE INDEX IF NOT EXISTS segments_kind_received ON segments(kind, received_at);
+CREATE INDEX IF NOT EXISTS segments_pod_received ON segments(pod, received_at);
 CREATE TABLE IF NOT EXISTS batches (
     collector TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -162,7 +175,7 @@ impl Store for SqliteStore {
             Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(sqlite)?;
         let mut sql = String::from(
-            "SELECT id, body FROM events WHERE received_at >= ?1 AND received_at <= ?2",
+            "SELECT id, received_at, body FROM segments WHERE received_at >= ?1 AND received_at <= ?2",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![
             (q.since as i64).into(),
@@ -192,25 +205,43 @@ impl Store for SqliteStore {
         );
         in_list("pod", q.pods.clone());
         in_list("namespace", q.namespaces.clone());
-        sql.push_str(&format!(
-            " ORDER BY id LIMIT {}",
-            if q.limit == 0 { 100_000 } else { q.limit }
-        ));
+        sql.push_str(" ORDER BY id");
+        let limit = if q.limit == 0 { 100_000 } else { q.limit };
         let mut stmt = conn.prepare(&sql).map_err(sqlite)?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-            })
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
             .map_err(sqlite)?;
         let limits = wire::Limits::default();
         let mut out = Vec::new();
-        for row in rows {
-            let (id, body) = row.map_err(sqlite)?;
-            let event = pb::Event::decode(body.as_slice())
-                .map_err(|e| e.to_string())
-                .and_then(|e| wire::event_from_proto(e, &limits).map_err(|e| e.to_string()))
-                .map_err(|reason| StoreError::Corrupt { id, reason })?;
-            out.push(event);
+        while out.len() < limit {
+            let Some(row) = rows.next().map_err(sqlite)? else {
+                break;
+            };
+            let id: i64 = row.get(0).map_err(sqlite)?;
+            let received_at: i64 = row.get(1).map_err(sqlite)?;
+            let body: Vec<u8> = row.get(2).map_err(sqlite)?;
+            let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+            let segment = pb::Batch::decode(body.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+            let source = Arc::new(
+                wire::identity_from_proto(
+                    segment
+                        .identity
+                        .ok_or_else(|| corrupt("segment without identity".into()))?,
+                    &limits,
+                )
+                .map_err(|e| corrupt(e.to_string()))?,
+            );
+            for record in segment.records {
+                if out.len() >= limit {
+                    break;
+                }
+                out.push(Event {
+                    source: source.clone(),
+                    received_at: received_at as u64,
+                    record: wire::record_from_proto(record, &limits)
+                        .map_err(|e| corrupt(e.to_string()))?,
+                });
+            }
         }
         Ok(out)
     }
@@ -234,11 +265,15 @@ fn write_loop(
         }
         let result = commit(&mut conn, &group);
         for (request, outcome) in group.into_iter().zip(result.iter_outcomes()) {
-            let Request::Append { reply, .. } = request;
-            let _ = reply.send(outcome.map_err(|source| StoreError::Sqlite {
-                path: path.clone(),
-                source,
-            }));
+            let Request::Append { reply, events, .. } = request;
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Stored) => Ok(Appended::Stored(events)),
+                Ok(Outcome::Duplicate) => Ok(Appended::Duplicate),
+                Err(source) => Err(StoreError::Sqlite {
+                    path: path.clone(),
+                    source,
+                }),
+            });
         }
         if last_retention.elapsed() > Duration::from_secs(60) {
             last_retention = std::time::Instant::now();
@@ -250,10 +285,10 @@ fn write_loop(
 }
 
 /// Per-request outcomes of one group commit (all fail together if the transaction fails).
-struct GroupResult(Result<Vec<Appended>, rusqlite::Error>, usize);
+struct GroupResult(Result<Vec<Outcome>, rusqlite::Error>, usize);
 
 impl GroupResult {
-    fn iter_outcomes(&self) -> Vec<Result<Appended, rusqlite::Error>> {
+    fn iter_outcomes(&self) -> Vec<Result<Outcome, rusqlite::Error>> {
         match &self.0 {
             Ok(v) => v.iter().map(|a| Ok(*a)).collect(),
             Err(e) => (0..self.1).map(|_| Err(clone_err(e))).collect(),
@@ -266,7 +301,7 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
 }
 
 fn commit(conn: &mut Connection, group: &[Request]) -> GroupResult {
-    let mut run = || -> Result<Vec<Appended>, rusqlite::Error> {
+    let mut run = || -> Result<Vec<Outcome>, rusqlite::Error> {
         let tx = conn.transaction()?;
         let mut outcomes = Vec::with_capacity(group.len());
         {
@@ -274,9 +309,9 @@ fn commit(conn: &mut Connection, group: &[Request]) -> GroupResult {
                 "INSERT OR IGNORE INTO batches (collector, seq, received_at) VALUES (?1, ?2, ?3)",
             )?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (received_at, time, kind, pod, namespace, collector, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO segments (received_at, kind, pod, namespace, collector, count, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let mut body = Vec::with_capacity(1024);
+            let mut body = Vec::with_capacity(64 * 1024);
             for Request::Append {
                 collector_id,
                 seq,
@@ -286,25 +321,35 @@ fn commit(conn: &mut Connection, group: &[Request]) -> GroupResult {
             {
                 let now = crate::model::now_ns() as i64;
                 if dedupe.execute(params![collector_id, *seq as i64, now])? == 0 {
-                    outcomes.push(Appended::Duplicate);
+                    outcomes.push(Outcome::Duplicate);
                     continue;
                 }
-                for e in events {
+                for segment in segments(events) {
+                    let first = &events[segment[0]];
+                    let batch = pb::Batch {
+                        identity: Some(wire::identity_to_proto(&first.source)),
+                        seq: 0,
+                        sent_at: first.received_at,
+                        records: segment
+                            .iter()
+                            .map(|&i| wire::record_to_proto(&events[i].record))
+                            .collect(),
+                    };
                     body.clear();
-                    wire::event_to_proto(e).encode(&mut body).map_err(|e| {
+                    batch.encode(&mut body).map_err(|e| {
                         rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
                     })?;
                     insert.execute(params![
-                        e.received_at as i64,
-                        record_time(&e.record) as i64,
-                        e.record.kind().as_str(),
-                        e.source.pod_name,
-                        e.source.pod_namespace,
-                        e.source.collector_id,
+                        first.received_at as i64,
+                        first.record.kind().as_str(),
+                        first.source.pod_name,
+                        first.source.pod_namespace,
+                        first.source.collector_id,
+                        segment.len() as i64,
                         body
                     ])?;
                 }
-                outcomes.push(Appended::Stored(events.len()));
+                outcomes.push(Outcome::Stored);
             }
         }
         tx.commit()?;
@@ -313,20 +358,31 @@ fn commit(conn: &mut Connection, group: &[Request]) -> GroupResult {
     GroupResult(run(), group.len())
 }
 
-/// The time a record is about: when it started, ended or was observed.
-pub fn record_time(r: &Record) -> u64 {
-    match r {
-        Record::Flow(f) => f.ended_at.unwrap_or(f.last_seen),
-        Record::Listener(l) => l.ended_at.unwrap_or(l.first_seen),
-        Record::Process(p) => p.exit_time.unwrap_or(p.start_time),
-        Record::Heartbeat(h) => h.time,
-        Record::Alert(a) => a.last_seen,
+/// Indices of `events` grouped by (record kind, source, arrival time), in order of first
+/// appearance: one segment each.
+fn segments(events: &[Event]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let same = |g: &Vec<usize>| {
+            let f = &events[g[0]];
+            f.record.kind() == e.record.kind()
+                && f.received_at == e.received_at
+                && (Arc::ptr_eq(&f.source, &e.source) || f.source == e.source)
+        };
+        match groups.iter_mut().find(|g| same(g)) {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
     }
+    groups
 }
 
 fn apply_retention(conn: &Connection, retention: Retention) -> Result<(), rusqlite::Error> {
     let cutoff = crate::model::now_ns().saturating_sub(retention.max_age.as_nanos() as u64) as i64;
-    conn.execute("DELETE FROM events WHERE received_at < ?1", params![cutoff])?;
+    conn.execute(
+        "DELETE FROM segments WHERE received_at < ?1",
+        params![cutoff],
+    )?;
     conn.execute(
         "DELETE FROM batches WHERE received_at < ?1",
         params![cutoff],
@@ -337,15 +393,15 @@ fn apply_retention(conn: &Connection, retention: Retention) -> Result<(), rusqli
         |r| r.get(0),
     )?;
     if size as u64 > retention.max_bytes {
-        let total: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        let total: i64 = conn.query_row("SELECT count(*) FROM segments", [], |r| r.get(0))?;
         let drop = (total / 10).max(1);
         conn.execute(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
+            "DELETE FROM segments WHERE id IN (SELECT id FROM segments ORDER BY id LIMIT ?1)",
             params![drop],
         )?;
         tracing::info!(
-            deleted = drop,
-            "store over its size limit: deleted the oldest events"
+            segments = drop,
+            "store over its size limit: deleted the oldest segments"
         );
     }
     let _ = conn
@@ -374,7 +430,7 @@ impl Store for NullStore {
             Err(_) => true,
         };
         let _ = reply.send(Ok(if fresh {
-            Appended::Stored(events.len())
+            Appended::Stored(events)
         } else {
             Appended::Duplicate
         }));

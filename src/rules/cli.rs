@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::{Engine, RuleSet};
-use crate::model::{CollectorIdentity, Event, Record};
+use crate::model::{Event, Record};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             format!("{}:{}: not an Event or Record", file.display(), i + 1)
                         })?;
                         Event {
-                            source: CollectorIdentity::default(),
+                            source: Default::default(),
                             received_at: 0,
                             record,
                         }

@@ -144,7 +144,7 @@ fn flow_sees_owner_and_cidr() {
     let mut e = Engine::new(set);
     let src = CollectorIdentity::default();
     let ev = |record| Event {
-        source: src.clone(),
+        source: std::sync::Arc::new(src.clone()),
         received_at: 0,
         record,
     };
@@ -232,12 +232,12 @@ fn stateful_engine(rule: &str) -> Engine {
 
 fn pod_event(pod: &str, record: Record) -> Event {
     Event {
-        source: CollectorIdentity {
+        source: std::sync::Arc::new(CollectorIdentity {
             collector_id: format!("c-{pod}"),
             pod_name: pod.into(),
             pod_namespace: "shop".into(),
             ..CollectorIdentity::default()
-        },
+        }),
         received_at: 0,
         record,
     }

@@ -57,7 +57,7 @@ fn alerts_for(pids: &HashSet<u32>) -> (HashMap<String, usize>, usize) {
         let mine = pid.is_some_and(|p| pids.contains(&p));
         seen += usize::from(mine);
         let ev = Event {
-            source: CollectorIdentity::default(),
+            source: Default::default(),
             received_at: 0,
             record,
         };
@@ -237,12 +237,12 @@ fn evaluate_as_pod(
     records: Vec<Record>,
     now: u64,
 ) -> Vec<(String, Option<u32>)> {
-    let source = CollectorIdentity {
+    let source = std::sync::Arc::new(CollectorIdentity {
         collector_id: "sandbox".into(),
         pod_name: "web-7c9f8d6b5-x2k4q".into(),
         pod_namespace: "shop".into(),
         ..CollectorIdentity::default()
-    };
+    });
     let mut fired = Vec::new();
     for record in records {
         let ev = Event {
