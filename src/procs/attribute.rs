@@ -15,13 +15,52 @@ use crate::procs::parse;
 use crate::telemetry;
 
 impl InodeIndex {
-    /// Drops what `pid` held at its last scan (entries another holder owns stay).
+    /// Releases what `pid` held at its last scan: the entries stay for the grace period.
     fn forget(&mut self, pid: u32) {
+        let now = std::time::Instant::now();
         for inode in self.held.remove(&pid).unwrap_or_default() {
-            if self.owners.get(&inode).is_some_and(|o| o.0 == pid) {
-                self.owners.remove(&inode);
+            if self.released.len() >= RELEASED_MAX {
+                self.expire_one();
+            }
+            self.released.push_back((now, inode, pid));
+        }
+    }
+
+    /// Drops released entries older than the grace period, unless held again since.
+    fn expire_released(&mut self) {
+        while self
+            .released
+            .front()
+            .is_some_and(|(at, _, _)| at.elapsed() >= RELEASE_GRACE)
+        {
+            self.expire_one();
+        }
+    }
+
+    fn expire_one(&mut self) {
+        let Some((_, inode, pid)) = self.released.pop_front() else {
+            return;
+        };
+        // Socket inodes are not reused while the socket lives, so a released inode is only
+        // held again by another process (a shared socket), which its next scan re-adds.
+        if self.owners.get(&inode).is_some_and(|o| o.0 == pid) {
+            self.owners.remove(&inode);
+        }
+    }
+
+    /// Records what `pid` holds now; what it held before and no longer does is released.
+    fn replace_held(&mut self, pid: u32, now_held: Vec<u64>) {
+        if let Some(before) = self.held.remove(&pid) {
+            let current: std::collections::HashSet<u64> = now_held.iter().copied().collect();
+            let at = std::time::Instant::now();
+            for inode in before.into_iter().filter(|i| !current.contains(i)) {
+                if self.released.len() >= RELEASED_MAX {
+                    self.expire_one();
+                }
+                self.released.push_back((at, inode, pid));
             }
         }
+        self.held.insert(pid, now_held);
     }
 
     /// Sockets currently indexed (bounded by the sockets open in readable fd tables).
@@ -34,13 +73,20 @@ impl InodeIndex {
     }
 }
 
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+const RELEASED_MAX: usize = 500_000;
+
 /// inode → owning (pid, start time).
 #[derive(Debug, Default)]
 pub struct InodeIndex {
     owners: HashMap<u64, (u32, UnixNanos)>,
-    /// The socket inodes each process held at its last scan, so the index holds only
-    /// sockets that are open now (a busy server's closed connections leave it).
+    /// The socket inodes each process held at its last scan.
     held: HashMap<u32, Vec<u64>>,
+    /// Inodes a process no longer holds, kept for a grace period: a connection that closed
+    /// just before the dump that reported it (or before its destroy event) is still
+    /// attributed to the process that held it at the previous scan. After the grace the
+    /// entry goes, so the index stays bounded by the sockets open in the last seconds.
+    released: std::collections::VecDeque<(std::time::Instant, u64, u32)>,
     /// Whether `st_size` of /proc/<pid>/fd counts fds on this kernel (≥ 6.2).
     fd_count_works: Option<bool>,
     pub full_passes: u64,
@@ -69,6 +115,7 @@ impl ProcessMonitor {
         for pid in gone {
             index.forget(pid);
         }
+        index.expire_released();
         let pids: Vec<u32> = self.live.keys().copied().collect();
         for &pid in &pids {
             let changed = match self.live.get(&pid) {
@@ -124,7 +171,6 @@ impl ProcessMonitor {
             }
         }
         p.fd_count = fs::metadata(&dir).map(|m| m.len()).ok().or(Some(count));
-        index.forget(pid);
         for &inode in &inodes {
             // A socket shared across fork (a shell's /dev/tcp fd inherited by its children,
             // a pre-fork server's listener) belongs to its oldest holder: the one that most
@@ -139,7 +185,7 @@ impl ProcessMonitor {
                 })
                 .or_insert((pid, start_time));
         }
-        index.held.insert(pid, inodes);
+        index.replace_held(pid, inodes);
     }
 
     /// The only live process with this uid, if there is exactly one.
@@ -220,16 +266,22 @@ mod tests {
             seen.push(inode);
             drop(socket);
         }
-        // This test binary's other threads may hold a few sockets; the 49 closed ones are gone.
+        // Closed sockets stay attributable for the grace period, then leave the index.
         monitor.refresh(&[]);
-        let still: Vec<_> = seen
+        let owner = monitor.owner(seen[0], None, None);
+        assert_eq!(
+            owner.pid,
+            Some(me),
+            "a just-closed socket is still attributed"
+        );
+        for entry in monitor.index.released.iter_mut() {
+            entry.0 -= RELEASE_GRACE; // as if the grace period had passed
+        }
+        monitor.refresh(&[]);
+        let still = seen
             .iter()
             .filter(|i| monitor.index.owners.contains_key(i))
-            .collect();
-        assert!(
-            still.len() <= 1,
-            "closed sockets stay indexed: {}",
-            still.len()
-        );
+            .count();
+        assert_eq!(still, 0, "closed sockets stay indexed");
     }
 }

@@ -230,10 +230,17 @@ impl ProcessMonitor {
                 return;
             }
         };
-        if let Some(known) = self.live.get(&pid) {
+        if let Some(known) = self.live.get_mut(&pid) {
             if known.starttime_ticks == stat.starttime {
                 if known.record.comm != stat.comm {
-                    self.exec(pid, stat, now, out);
+                    // Kernel workers rename themselves all the time (kworker/0:1-events →
+                    // kworker/0:1-mm_percpu_wq): that is not an exec, and reporting it would
+                    // keep an idle host's collector busy.
+                    if stat.pid == 2 || stat.ppid == 2 {
+                        known.record.comm = stat.comm;
+                    } else {
+                        self.exec(pid, stat, now, out);
+                    }
                 }
                 return;
             }

@@ -16,11 +16,7 @@ pub struct Trigger {
 }
 
 /// The files and the fields of them that move when sockets open or close.
-const SOURCES: [&str; 3] = [
-    "/proc/net/sockstat",
-    "/proc/net/sockstat6",
-    "/proc/net/snmp",
-];
+const SOURCES: [&str; 2] = ["/proc/net/sockstat", "/proc/net/sockstat6"];
 
 impl Trigger {
     pub fn new() -> io::Result<Self> {
