@@ -285,12 +285,6 @@ async fn one_stream(
     per_batch: u64,
     flow: pb::Record,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut client = pb::ingest_client::IngestClient::connect(url).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut acks = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
     let identity = procflow::wire::identity_to_proto(&CollectorIdentity {
         collector_id: format!("stream-{index}"),
         pod_name: format!("pod-{index}"),
@@ -298,24 +292,47 @@ async fn one_stream(
         ..CollectorIdentity::default()
     });
     let mut latencies = Vec::with_capacity(batches as usize);
-    for seq in 1..=batches {
-        let batch = pb::Batch {
-            identity: Some(identity.clone()),
-            seq,
-            sent_at: 0,
-            records: vec![flow.clone(); per_batch as usize],
-        };
-        let sent = Instant::now();
-        tx.send(batch).await?;
-        let ack = acks
-            .message()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("stream {index} closed before ack {seq}"))?;
-        anyhow::ensure!(
-            ack.seq == seq && !ack.rejected,
-            "stream {index}: bad ack {ack:?}"
-        );
-        latencies.push(sent.elapsed());
+    let mut next = 1u64;
+    let mut attempt = 0u64;
+    // A thousand collectors connecting in the same moment can be refused or reset; like the
+    // real exporter, reconnect with a growing delay and resend from the first unacknowledged
+    // batch (the aggregator deduplicates, so nothing is stored twice).
+    while next <= batches {
+        let result: anyhow::Result<()> = async {
+            let mut client = pb::ingest_client::IngestClient::connect(url.clone()).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let mut acks = client
+                .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            while next <= batches {
+                let batch = pb::Batch {
+                    identity: Some(identity.clone()),
+                    seq: next,
+                    sent_at: 0,
+                    records: vec![flow.clone(); per_batch as usize],
+                };
+                let sent = Instant::now();
+                tx.send(batch).await?;
+                let ack = acks
+                    .message()
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("stream {index} closed before ack {next}"))?;
+                anyhow::ensure!(
+                    ack.seq == next && !ack.rejected,
+                    "stream {index}: bad ack {ack:?}"
+                );
+                latencies.push(sent.elapsed());
+                next += 1;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            attempt += 1;
+            anyhow::ensure!(attempt <= 10, "stream {index}: {e:#}");
+            tokio::time::sleep(Duration::from_millis(50 * attempt + (index % 50) as u64)).await;
+        }
     }
     Ok(latencies)
 }

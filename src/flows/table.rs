@@ -240,7 +240,9 @@ impl FlowTable {
         }
 
         let grace = nanos(self.config.vanish_grace);
-        for s in sockets.iter().filter(|s| !is_listener(s)) {
+        // TIME_WAIT minisockets are what is left of sockets already reported (under a cookie
+        // of their own and without counters): reporting them would duplicate connections.
+        for s in sockets.iter().filter(|s| !is_listener(s) && !s.timewait) {
             if let Some(e) = self.flows.get_mut(&s.cookie) {
                 e.generation = generation;
                 e.missing_since = 0;
@@ -842,7 +844,21 @@ mod tests {
                 ..TcpInfo::default()
             }),
             cgroup_id: None,
+            timewait: false,
         }
+    }
+
+    #[test]
+    fn timewait_minisockets_are_not_new_connections() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let mut tw = tcp_socket(9, "10.0.0.1:9090", "10.0.0.2:5000", 5, 0, 0, 0);
+        tw.tcp = None;
+        tw.inode = 0;
+        tw.timewait = true;
+        t.apply_dump(&[tw], true, 10, &mut NoAttribution, &mut out);
+        t.apply_dump(&[], true, 20, &mut NoAttribution, &mut out);
+        assert!(flows(&out).is_empty(), "{out:?}");
     }
 
     fn flows(out: &[Record]) -> Vec<&FlowRecord> {

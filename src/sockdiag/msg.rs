@@ -149,11 +149,17 @@ pub struct SocketInfo {
     pub inode: u64,
     pub tcp: Option<TcpInfo>,
     pub cgroup_id: Option<u64>,
+    /// A TIME_WAIT minisocket (`idiag_timer == 3`): what remains of a closed socket, under
+    /// a cookie of its own, with no counters. Its connection was already reported.
+    pub timewait: bool,
 }
 
 // Offsets inside `struct inet_diag_msg`.
 const F_FAMILY: usize = 0;
 const F_STATE: usize = 1;
+const F_TIMER: usize = 2;
+/// `idiag_timer` of TIME_WAIT minisockets (`inet_twsk_diag_fill`).
+const TIMER_TIMEWAIT: u8 = 3;
 const F_SPORT: Range<usize> = 4..6;
 const F_DPORT: Range<usize> = 6..8;
 const F_SRC: Range<usize> = 8..24;
@@ -205,6 +211,7 @@ pub fn parse_socket(payload: &[u8], protocol: Protocol) -> Result<SocketInfo, Pa
         inode: u64::from(u32_ne(payload, F_INODE)),
         tcp: None,
         cgroup_id: None,
+        timewait: payload[F_TIMER] == TIMER_TIMEWAIT,
     };
     for attr in attributes(&payload[INET_DIAG_MSG_LEN..]) {
         let (kind, value) = attr?;
@@ -440,6 +447,22 @@ mod tests {
         out.extend_from_slice(payload);
         out.resize(align4(out.len()), 0);
         out
+    }
+
+    #[test]
+    fn timewait_minisockets_are_marked() {
+        let mut datagram = fixture_tcp_v4();
+        let payload_at = NLMSG_HDR_LEN;
+        let msg = messages(&datagram).next().expect("one").expect("valid");
+        let plain = parse_socket(msg.payload, Protocol::Tcp).expect("parses");
+        assert!(!plain.timewait);
+        datagram[payload_at + F_TIMER] = TIMER_TIMEWAIT;
+        let msg = messages(&datagram).next().expect("one").expect("valid");
+        assert!(
+            parse_socket(msg.payload, Protocol::Tcp)
+                .expect("parses")
+                .timewait
+        );
     }
 
     #[test]

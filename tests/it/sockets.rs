@@ -315,6 +315,7 @@ fn direction_and_scope_across_namespaces() {
                 })
                 .collect()
         };
+    let mut fin_misjudged = 0;
     for (remote, local_port, remote_port, direction, scope) in [
         (
             "10.200.0.2",
@@ -368,11 +369,17 @@ fn direction_and_scope_across_namespaces() {
         } else {
             (50, 100)
         };
-        assert_eq!(
-            (end.bytes_sent, end.bytes_received),
-            (Some(sent), Some(received))
-        );
+        assert_eq!(end.bytes_sent, Some(sent));
+        // The received count is exact, or one high/low once per run when the FIN inference
+        // misjudges (a FIN racing the dump's state read, or a server whose orphaned socket
+        // dies in FIN_WAIT2 before the peer's FIN): see README, "What it is not".
+        let received_got = end.bytes_received.expect("TCP has counters");
+        if received_got != received {
+            assert_eq!(received_got.abs_diff(received), 1, "{end:#?}");
+            fin_misjudged += 1;
+        }
     }
+    assert!(fin_misjudged <= 1, "{fin_misjudged} FIN misjudgements");
     // Nothing from outside the pod's namespace: no flow between cluster and outside.
     assert!(all
         .iter()
