@@ -159,21 +159,23 @@ fn alert_latency(report: &mut Report, samples: usize) -> anyhow::Result<()> {
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     };
     // The collector's default poll interval is 1 s: the target is 2 s.
-    report.add(
-        "rules",
-        "alert latency p50 (process start -> Subscribe)",
-        pick(0.5),
-        "ms",
-        None,
-    );
-    let max = pick(1.0);
-    report.add(
-        "rules",
-        "alert latency max (process start -> Subscribe)",
-        max,
-        "ms",
-        Some(("<=2 poll intervals (2000 ms)", max <= 2000.0 && missed == 0)),
-    );
+    if !latencies.is_empty() {
+        report.add(
+            "rules",
+            "alert latency p50 (process start -> Subscribe)",
+            pick(0.5),
+            "ms",
+            None,
+        );
+        let max = pick(1.0);
+        report.add(
+            "rules",
+            "alert latency max (process start -> Subscribe)",
+            max,
+            "ms",
+            Some(("<=2 poll intervals (2000 ms)", max <= 2000.0 && missed == 0)),
+        );
+    }
     report.add(
         "rules",
         "marker processes without an alert",
