@@ -99,14 +99,23 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let suite = args.first().cloned().unwrap_or_else(|| "default".into());
-    // Optional scenario names after the suite select a subset: `default churn spawn`.
-    let only: Vec<String> = args
-        .iter()
-        .skip(1)
-        .take_while(|a| *a != "--json")
-        .cloned()
-        .collect();
+    // `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
+    // (default when omitted), scenario names pick a subset.
+    const SCENARIOS: [&str; 8] = [
+        "poll", "churn", "spawn", "idle", "pipeline", "streams", "rules", "http",
+    ];
+    let mut words = args.iter().take_while(|a| *a != "--json").peekable();
+    let suite = match words.peek() {
+        Some(w) if !SCENARIOS.contains(&w.as_str()) => words.next().cloned().unwrap_or_default(),
+        _ => "default".into(),
+    };
+    let only: Vec<String> = words.cloned().collect();
+    if let Some(unknown) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+        anyhow::bail!(
+            "unknown scenario {unknown:?}: choose from {}",
+            SCENARIOS.join(", ")
+        );
+    }
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let sizes = match suite.as_str() {
         "smoke" => Sizes {
@@ -144,7 +153,8 @@ fn main() -> anyhow::Result<()> {
             http_secs: 5.0,
         },
         other => anyhow::bail!(
-            "unknown suite {other:?}: use `default` or `smoke` (optionally --json FILE)"
+            "unknown suite or scenario {other:?}: usage: procflow-bench [default|smoke] [{}...] [--json FILE]",
+            SCENARIOS.join("|")
         ),
     };
     let mut report = Report {

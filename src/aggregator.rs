@@ -5,6 +5,7 @@
 pub mod alert_out;
 pub mod detect;
 pub mod hub;
+pub mod investigate;
 pub mod service;
 pub mod store;
 
@@ -211,7 +212,8 @@ pub async fn serve(
         args.max_batch_records,
     );
     let subscribe = SubscribeService::new(hub);
-    let query = QueryService::new(store);
+    let query = QueryService::new(store.clone());
+    let investigate = investigate::InvestigateService::new(store);
 
     let mut builder = tonic::transport::Server::builder();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
@@ -244,6 +246,10 @@ pub async fn serve(
         ))
         .add_service(pb::query_server::QueryServer::with_interceptor(
             query,
+            auth.clone().interceptor(),
+        ))
+        .add_service(pb::investigate_server::InvestigateServer::with_interceptor(
+            investigate,
             auth.interceptor(),
         ))
         .serve_with_incoming_shutdown(

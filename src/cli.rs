@@ -33,6 +33,8 @@ pub enum Command {
     Tail(crate::client::TailArgs),
     /// Read stored records from an aggregator.
     Query(crate::client::QueryArgs),
+    /// Investigate stored records: who talked to whom, what is loud, what is new, process trees.
+    Investigate(crate::client::investigate::Args),
     /// Validate, test and list detection rules.
     Rules(crate::rules::cli::Args),
 }
@@ -47,6 +49,7 @@ pub fn main_with_args(args: Vec<OsString>) -> anyhow::Result<()> {
         Command::Aggregator(args) => crate::aggregator::run(args),
         Command::Tail(args) => crate::client::run_tail(args),
         Command::Query(args) => crate::client::run_query(args),
+        Command::Investigate(args) => crate::client::investigate::run(args),
         Command::Rules(args) => crate::rules::cli::run(args),
     }
 }

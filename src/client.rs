@@ -2,6 +2,8 @@
 //! aggregator. `--json` writes `model::Event` as JSON lines, the same shape for both; the
 //! human form escapes every byte a process controls before it reaches the terminal.
 
+pub mod investigate;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -91,25 +93,8 @@ pub fn run_tail(args: TailArgs) -> anyhow::Result<()> {
         let channel = connect(&args.connect).await?;
         let mut client = pb::subscribe_client::SubscribeClient::new(channel);
         let mut filter = proto_filter(&args.filter);
-        filter.scopes = args
-            .scopes
-            .iter()
-            .map(|s| match s.as_str() {
-                "local" => pb::Scope::Local,
-                "east-west" => pb::Scope::EastWest,
-                _ => pb::Scope::NorthSouth,
-            } as i32)
-            .collect();
-        filter.directions = args
-            .directions
-            .iter()
-            .map(|d| match d.as_str() {
-                "inbound" => pb::Direction::Inbound,
-                "outbound" => pb::Direction::Outbound,
-                "listen" => pb::Direction::Listen,
-                _ => pb::Direction::Unknown,
-            } as i32)
-            .collect();
+        filter.scopes = scopes_to_proto(&args.scopes);
+        filter.directions = directions_to_proto(&args.directions);
         let request = authorized(
             &args.connect,
             pb::SubscribeRequest {
@@ -164,7 +149,7 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
+pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(args.aggregator.clone())
         .with_context(|| format!("invalid aggregator URL {:?}", args.aggregator))?
         .connect_timeout(Duration::from_secs(5));
@@ -181,7 +166,7 @@ async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
         .with_context(|| format!("connecting to {}", args.aggregator))
 }
 
-fn authorized<T>(args: &ConnectArgs, message: T) -> anyhow::Result<tonic::Request<T>> {
+pub(crate) fn authorized<T>(args: &ConnectArgs, message: T) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     if let Some(path) = &args.token_file {
         let token =
@@ -194,6 +179,31 @@ fn authorized<T>(args: &ConnectArgs, message: T) -> anyhow::Result<tonic::Reques
         );
     }
     Ok(request)
+}
+
+/// `--scope` values (as the flags spell them) in the proto's terms.
+pub(crate) fn scopes_to_proto(scopes: &[String]) -> Vec<i32> {
+    scopes
+        .iter()
+        .map(|s| match s.as_str() {
+            "local" => pb::Scope::Local,
+            "east-west" => pb::Scope::EastWest,
+            _ => pb::Scope::NorthSouth,
+        } as i32)
+        .collect()
+}
+
+/// `--direction` values (as the flags spell them) in the proto's terms.
+pub(crate) fn directions_to_proto(directions: &[String]) -> Vec<i32> {
+    directions
+        .iter()
+        .map(|d| match d.as_str() {
+            "inbound" => pb::Direction::Inbound,
+            "outbound" => pb::Direction::Outbound,
+            "listen" => pb::Direction::Listen,
+            _ => pb::Direction::Unknown,
+        } as i32)
+        .collect()
 }
 
 fn proto_filter(f: &FilterArgs) -> pb::Filter {

@@ -11,6 +11,7 @@ pub mod client;
 pub mod collector;
 pub mod config;
 pub mod flows;
+pub mod investigate;
 pub mod model;
 pub mod pipeline;
 pub mod procs;

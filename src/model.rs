@@ -424,7 +424,7 @@ pub fn display_bytes(bytes: &[u8]) -> String {
     out
 }
 
-mod escaped_bytes {
+pub(crate) mod escaped_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -435,7 +435,7 @@ mod escaped_bytes {
     }
 }
 
-mod escaped_bytes_opt {
+pub(crate) mod escaped_bytes_opt {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {

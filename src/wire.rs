@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
+use crate::investigate;
 use crate::model::{self, Record};
 use crate::proto::v1 as pb;
 
@@ -173,19 +174,7 @@ pub fn process_to_proto(p: &model::ProcessRecord) -> pb::Process {
         container_id: p.container_id.clone(),
         pod_uid: p.pod_uid.clone(),
         exit_time: p.exit_time,
-        ancestors: p
-            .ancestors
-            .iter()
-            .map(|a| pb::Ancestor {
-                pid: a.pid,
-                start_time: a.start_time,
-                comm: a.comm.clone(),
-                exe: a.exe.clone(),
-                argv: a.argv.clone(),
-                exited: a.exited,
-                uid: a.uid,
-            })
-            .collect(),
+        ancestors: p.ancestors.iter().map(ancestor_to_proto).collect(),
         exe_unavailable: unavailable_to_proto(p.exe_unavailable) as i32,
         cwd_unavailable: unavailable_to_proto(p.cwd_unavailable) as i32,
         exe_deleted: p.exe_deleted,
@@ -194,6 +183,18 @@ pub fn process_to_proto(p: &model::ProcessRecord) -> pb::Process {
         pgid: p.pgid,
         stdio_socket_inodes: p.stdio_socket_inodes.clone(),
         stdio_is_socket: p.stdio_is_socket,
+    }
+}
+
+fn ancestor_to_proto(a: &model::Ancestor) -> pb::Ancestor {
+    pb::Ancestor {
+        pid: a.pid,
+        start_time: a.start_time,
+        comm: a.comm.clone(),
+        exe: a.exe.clone(),
+        argv: a.argv.clone(),
+        exited: a.exited,
+        uid: a.uid,
     }
 }
 
@@ -308,30 +309,8 @@ pub fn flow_from_proto(f: pb::Flow, limits: &Limits) -> Result<model::FlowRecord
             .remote_port
             .map(|p| port("flow.remote_port", p))
             .transpose()?,
-        direction: match pb::Direction::try_from(f.direction) {
-            Ok(pb::Direction::Unknown) => model::Direction::Unknown,
-            Ok(pb::Direction::Inbound) => model::Direction::Inbound,
-            Ok(pb::Direction::Outbound) => model::Direction::Outbound,
-            Ok(pb::Direction::Listen) => model::Direction::Listen,
-            Err(_) => {
-                return Err(WireError::BadEnum {
-                    field: "flow.direction",
-                    value: f.direction,
-                })
-            }
-        },
-        scope: match pb::Scope::try_from(f.scope) {
-            Ok(pb::Scope::Unspecified) => model::Scope::Unspecified,
-            Ok(pb::Scope::Local) => model::Scope::Local,
-            Ok(pb::Scope::EastWest) => model::Scope::EastWest,
-            Ok(pb::Scope::NorthSouth) => model::Scope::NorthSouth,
-            Err(_) => {
-                return Err(WireError::BadEnum {
-                    field: "flow.scope",
-                    value: f.scope,
-                })
-            }
-        },
+        direction: direction_from_proto(f.direction, "flow.direction")?,
+        scope: scope_from_proto(f.scope, "flow.scope")?,
         phase: flow_phase_from_proto(f.phase)?,
         state: f.state,
         preexisting: f.preexisting,
@@ -393,23 +372,7 @@ pub fn process_from_proto(
     let ancestors = p
         .ancestors
         .into_iter()
-        .map(|a| {
-            check_len("ancestor.argv", a.argv.len(), limits.max_argv)?;
-            check_len(
-                "ancestor.argv bytes",
-                a.argv.iter().map(Vec::len).sum(),
-                limits.max_string_bytes * 4,
-            )?;
-            Ok(model::Ancestor {
-                pid: a.pid,
-                start_time: a.start_time,
-                comm: a.comm,
-                exe: a.exe,
-                argv: a.argv,
-                exited: a.exited,
-                uid: a.uid,
-            })
-        })
+        .map(|a| ancestor_from_proto(a, limits))
         .collect::<Result<_, WireError>>()?;
     Ok(model::ProcessRecord {
         pid: p.pid,
@@ -448,6 +411,24 @@ pub fn process_from_proto(
         seen_at_exit_only: p.seen_at_exit_only,
         stdio_is_socket: p.stdio_is_socket,
         stdio_socket_inodes: p.stdio_socket_inodes,
+    })
+}
+
+fn ancestor_from_proto(a: pb::Ancestor, limits: &Limits) -> Result<model::Ancestor, WireError> {
+    check_len("ancestor.argv", a.argv.len(), limits.max_argv)?;
+    check_len(
+        "ancestor.argv bytes",
+        a.argv.iter().map(Vec::len).sum(),
+        limits.max_string_bytes * 4,
+    )?;
+    Ok(model::Ancestor {
+        pid: a.pid,
+        start_time: a.start_time,
+        comm: a.comm,
+        exe: a.exe,
+        argv: a.argv,
+        exited: a.exited,
+        uid: a.uid,
     })
 }
 
@@ -490,6 +471,209 @@ pub fn event_from_proto(e: pb::Event, limits: &Limits) -> Result<model::Event, W
 }
 
 // === Enum mappings ===
+
+// === Investigation answers ===
+
+pub fn edge_to_proto(e: &investigate::Edge) -> pb::Edge {
+    pb::Edge {
+        pod_name: e.pod_name.clone(),
+        pod_namespace: e.pod_namespace.clone(),
+        comm: e.comm.clone(),
+        exe: e.exe.clone(),
+        direction: direction_to_proto(e.direction) as i32,
+        scope: scope_to_proto(e.scope) as i32,
+        protocol: protocol_to_proto(e.protocol) as i32,
+        peer_addr: e.peer_addr.to_string(),
+        port: e.port.into(),
+        peer_pod_name: e.peer_pod_name.clone(),
+        peer_pod_namespace: e.peer_pod_namespace.clone(),
+        connections: e.connections,
+        bytes_sent: e.bytes_sent,
+        bytes_received: e.bytes_received,
+        first_seen: e.first_seen,
+        last_seen: e.last_seen,
+        pids: e.pids.clone(),
+        unattributed: e.unattributed,
+    }
+}
+
+pub fn edge_from_proto(e: pb::Edge) -> Result<investigate::Edge, WireError> {
+    Ok(investigate::Edge {
+        pod_name: e.pod_name,
+        pod_namespace: e.pod_namespace,
+        comm: e.comm,
+        exe: e.exe,
+        direction: direction_from_proto(e.direction, "edge.direction")?,
+        scope: scope_from_proto(e.scope, "edge.scope")?,
+        protocol: protocol_from_proto(e.protocol)?,
+        peer_addr: addr("edge.peer_addr", &e.peer_addr)?,
+        port: port("edge.port", e.port)?,
+        peer_pod_name: e.peer_pod_name,
+        peer_pod_namespace: e.peer_pod_namespace,
+        connections: e.connections,
+        bytes_sent: e.bytes_sent,
+        bytes_received: e.bytes_received,
+        first_seen: e.first_seen,
+        last_seen: e.last_seen,
+        pids: e.pids,
+        unattributed: e.unattributed,
+    })
+}
+
+pub fn talkers_to_proto(t: &investigate::Talkers) -> pb::TalkersReply {
+    pb::TalkersReply {
+        edges: t.edges.iter().map(edge_to_proto).collect(),
+        flows: t.flows,
+        total_edges: t.total_edges,
+        truncated: t.truncated,
+    }
+}
+
+pub fn talkers_from_proto(t: pb::TalkersReply) -> Result<investigate::Talkers, WireError> {
+    Ok(investigate::Talkers {
+        edges: t
+            .edges
+            .into_iter()
+            .map(edge_from_proto)
+            .collect::<Result<_, _>>()?,
+        flows: t.flows,
+        total_edges: t.total_edges,
+        truncated: t.truncated,
+    })
+}
+
+pub fn new_activity_to_proto(n: &investigate::NewActivity) -> pb::NewActivityReply {
+    pb::NewActivityReply {
+        edges: n.edges.iter().map(edge_to_proto).collect(),
+        executables: n
+            .executables
+            .iter()
+            .map(|x| pb::NewExecutable {
+                pod_name: x.pod_name.clone(),
+                pod_namespace: x.pod_namespace.clone(),
+                comm: x.comm.clone(),
+                exe: x.exe.clone(),
+                first_seen: x.first_seen,
+                process: Some(process_to_proto(&x.process)),
+            })
+            .collect(),
+        listeners: n
+            .listeners
+            .iter()
+            .map(|l| pb::NewListener {
+                pod_name: l.pod_name.clone(),
+                pod_namespace: l.pod_namespace.clone(),
+                protocol: protocol_to_proto(l.protocol) as i32,
+                local_addr: l.local_addr.to_string(),
+                port: l.port.into(),
+                comm: l.comm.clone(),
+                exe: l.exe.clone(),
+                first_seen: l.first_seen,
+            })
+            .collect(),
+        baseline_flows: n.baseline_flows,
+        baseline_processes: n.baseline_processes,
+        truncated: n.truncated,
+    }
+}
+
+pub fn new_activity_from_proto(
+    n: pb::NewActivityReply,
+    limits: &Limits,
+) -> Result<investigate::NewActivity, WireError> {
+    Ok(investigate::NewActivity {
+        edges: n
+            .edges
+            .into_iter()
+            .map(edge_from_proto)
+            .collect::<Result<_, _>>()?,
+        executables: n
+            .executables
+            .into_iter()
+            .map(|x| {
+                Ok(investigate::NewExecutable {
+                    pod_name: x.pod_name,
+                    pod_namespace: x.pod_namespace,
+                    comm: x.comm,
+                    exe: x.exe,
+                    first_seen: x.first_seen,
+                    process: process_from_proto(
+                        x.process
+                            .ok_or(WireError::Missing("new_executable.process"))?,
+                        limits,
+                    )?,
+                })
+            })
+            .collect::<Result<_, WireError>>()?,
+        listeners: n
+            .listeners
+            .into_iter()
+            .map(|l| {
+                Ok(investigate::NewListener {
+                    pod_name: l.pod_name,
+                    pod_namespace: l.pod_namespace,
+                    protocol: protocol_from_proto(l.protocol)?,
+                    local_addr: addr("new_listener.local_addr", &l.local_addr)?,
+                    port: port("new_listener.port", l.port)?,
+                    comm: l.comm,
+                    exe: l.exe,
+                    first_seen: l.first_seen,
+                })
+            })
+            .collect::<Result<_, WireError>>()?,
+        baseline_flows: n.baseline_flows,
+        baseline_processes: n.baseline_processes,
+        truncated: n.truncated,
+    })
+}
+
+pub fn tree_to_proto(t: &investigate::ProcessTree) -> pb::ProcessTreeReply {
+    pb::ProcessTreeReply {
+        ancestors: t.ancestors.iter().map(ancestor_to_proto).collect(),
+        nodes: t
+            .nodes
+            .iter()
+            .map(|n| pb::TreeNode {
+                process: Some(process_to_proto(&n.process)),
+                depth: n.depth,
+                flows: n.flows.iter().map(flow_to_proto).collect(),
+            })
+            .collect(),
+        truncated: t.truncated,
+    }
+}
+
+pub fn tree_from_proto(
+    t: pb::ProcessTreeReply,
+    limits: &Limits,
+) -> Result<investigate::ProcessTree, WireError> {
+    Ok(investigate::ProcessTree {
+        ancestors: t
+            .ancestors
+            .into_iter()
+            .map(|a| ancestor_from_proto(a, limits))
+            .collect::<Result<_, _>>()?,
+        nodes: t
+            .nodes
+            .into_iter()
+            .map(|n| {
+                Ok(investigate::TreeNode {
+                    process: process_from_proto(
+                        n.process.ok_or(WireError::Missing("tree_node.process"))?,
+                        limits,
+                    )?,
+                    depth: n.depth,
+                    flows: n
+                        .flows
+                        .into_iter()
+                        .map(|f| flow_from_proto(f, limits))
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect::<Result<_, WireError>>()?,
+        truncated: t.truncated,
+    })
+}
 
 fn check_len(field: &'static str, len: usize, limit: usize) -> Result<(), WireError> {
     if len > limit {
@@ -552,6 +736,26 @@ pub fn direction_to_proto(d: model::Direction) -> pb::Direction {
         model::Direction::Outbound => pb::Direction::Outbound,
         model::Direction::Listen => pb::Direction::Listen,
     }
+}
+
+pub fn direction_from_proto(v: i32, field: &'static str) -> Result<model::Direction, WireError> {
+    Ok(match pb::Direction::try_from(v) {
+        Ok(pb::Direction::Unknown) => model::Direction::Unknown,
+        Ok(pb::Direction::Inbound) => model::Direction::Inbound,
+        Ok(pb::Direction::Outbound) => model::Direction::Outbound,
+        Ok(pb::Direction::Listen) => model::Direction::Listen,
+        Err(_) => return Err(WireError::BadEnum { field, value: v }),
+    })
+}
+
+pub fn scope_from_proto(v: i32, field: &'static str) -> Result<model::Scope, WireError> {
+    Ok(match pb::Scope::try_from(v) {
+        Ok(pb::Scope::Unspecified) => model::Scope::Unspecified,
+        Ok(pb::Scope::Local) => model::Scope::Local,
+        Ok(pb::Scope::EastWest) => model::Scope::EastWest,
+        Ok(pb::Scope::NorthSouth) => model::Scope::NorthSouth,
+        Err(_) => return Err(WireError::BadEnum { field, value: v }),
+    })
 }
 
 pub fn scope_to_proto(s: model::Scope) -> pb::Scope {

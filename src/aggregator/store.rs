@@ -65,7 +65,27 @@ pub trait Store: Send + Sync {
         seq: u64,
         events: Vec<Event>,
     ) -> oneshot::Receiver<Result<Appended, StoreError>>;
-    fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// Stored events matching `query`, oldest first, at most `query.limit` (0: 100,000).
+    fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let limit = if query.limit == 0 {
+            100_000
+        } else {
+            query.limit
+        };
+        let mut out = Vec::new();
+        self.scan(query, &mut |event| {
+            out.push(event);
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+    /// Visits stored events matching `query` (its `limit` ignored), oldest first, until
+    /// `visit` returns false; returns whether every matching event was visited.
+    fn scan(
+        &self,
+        query: &EventQuery,
+        visit: &mut dyn FnMut(Event) -> bool,
+    ) -> Result<bool, StoreError>;
 }
 
 enum Request {
@@ -166,7 +186,11 @@ impl Store for SqliteStore {
         rx
     }
 
-    fn query(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+    fn scan(
+        &self,
+        q: &EventQuery,
+        visit: &mut dyn FnMut(Event) -> bool,
+    ) -> Result<bool, StoreError> {
         let sqlite = |source| StoreError::Sqlite {
             path: self.path.clone(),
             source,
@@ -206,17 +230,12 @@ impl Store for SqliteStore {
         in_list("pod", q.pods.clone());
         in_list("namespace", q.namespaces.clone());
         sql.push_str(" ORDER BY id");
-        let limit = if q.limit == 0 { 100_000 } else { q.limit };
         let mut stmt = conn.prepare(&sql).map_err(sqlite)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(args))
             .map_err(sqlite)?;
         let limits = wire::Limits::default();
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(row) = rows.next().map_err(sqlite)? else {
-                break;
-            };
+        while let Some(row) = rows.next().map_err(sqlite)? {
             let id: i64 = row.get(0).map_err(sqlite)?;
             let received_at: i64 = row.get(1).map_err(sqlite)?;
             let body: Vec<u8> = row.get(2).map_err(sqlite)?;
@@ -232,18 +251,18 @@ impl Store for SqliteStore {
                 .map_err(|e| corrupt(e.to_string()))?,
             );
             for record in segment.records {
-                if out.len() >= limit {
-                    break;
-                }
-                out.push(Event {
+                let event = Event {
                     source: source.clone(),
                     received_at: received_at as u64,
                     record: wire::record_from_proto(record, &limits)
                         .map_err(|e| corrupt(e.to_string()))?,
-                });
+                };
+                if !visit(event) {
+                    return Ok(false);
+                }
             }
         }
-        Ok(out)
+        Ok(true)
     }
 }
 
@@ -437,7 +456,11 @@ impl Store for NullStore {
         rx
     }
 
-    fn query(&self, _query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        Ok(Vec::new())
+    fn scan(
+        &self,
+        _query: &EventQuery,
+        _visit: &mut dyn FnMut(Event) -> bool,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use procflow::model::{Event, Record};
 
 use crate::pipeline::Aggregator;
-use crate::util::procflow_bin;
+use crate::util::{grpc_collector, procflow_bin};
 
 /// A webhook that fails its first request with 500, then records bodies and answers 204.
 fn webhook() -> (u16, mpsc::Receiver<String>) {
@@ -96,24 +96,7 @@ fn alerts_are_stored_streamed_and_delivered_and_survive_a_bad_reload() {
             }
         }
     });
-    let mut collector = Command::new(procflow_bin())
-        .args([
-            "collector",
-            "--output",
-            "grpc",
-            "--aggregator",
-            &agg.url(),
-            "--duration",
-            "20s",
-            "--batch-interval",
-            "50ms",
-        ])
-        .env("POD_NAME", "shop-7c9f8d6b5-x2k4q")
-        .env("POD_NAMESPACE", "e2e")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("collector");
+    let mut collector = grpc_collector(&agg.url(), "shop-7c9f8d6b5-x2k4q", "e2e", 20);
     std::thread::sleep(Duration::from_millis(1500));
 
     let work = tempfile::tempdir().expect("work dir");

@@ -3,7 +3,17 @@
 
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 5] = ["collector", "aggregator", "tail", "query", "rules"];
+const SUBCOMMANDS: [&str; 9] = [
+    "collector",
+    "aggregator",
+    "tail",
+    "query",
+    "investigate talkers",
+    "investigate loud",
+    "investigate new",
+    "investigate tree",
+    "rules",
+];
 
 fn procflow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_procflow"))
@@ -11,7 +21,8 @@ fn procflow() -> Command {
 
 fn help(subcommand: &str) -> String {
     let out = procflow()
-        .args([subcommand, "--help"])
+        .args(subcommand.split(' '))
+        .arg("--help")
         .env_clear()
         .output()
         .expect("run procflow --help");

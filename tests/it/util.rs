@@ -165,3 +165,26 @@ impl Drop for Netns {
         }
     }
 }
+
+/// A collector streaming this host to `aggregator_url` as pod `namespace/pod`, for `secs`
+/// seconds at most (killed on drop by the caller).
+pub fn grpc_collector(aggregator_url: &str, pod: &str, namespace: &str, secs: u32) -> Child {
+    Command::new(procflow_bin())
+        .args([
+            "collector",
+            "--output",
+            "grpc",
+            "--aggregator",
+            aggregator_url,
+            "--duration",
+            &format!("{secs}s"),
+            "--batch-interval",
+            "50ms",
+        ])
+        .env("POD_NAME", pod)
+        .env("POD_NAMESPACE", namespace)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start collector")
+}
