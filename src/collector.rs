@@ -37,6 +37,11 @@ pub struct Args {
     /// Safety-net dump period; dumps also happen whenever the trigger sees a change.
     #[arg(long, env = "PROCFLOW_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// The safety-net dump period once no socket has changed for a few seconds: each dump
+    /// walks the kernel's whole connection hash (shared by every namespace on the node),
+    /// the largest cost of an idle collector.
+    #[arg(long, env = "PROCFLOW_IDLE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub idle_poll_interval: Duration,
     /// How often the cheap change checks (/proc/net/sockstat, /proc/loadavg) run while anything happens.
     #[arg(long, env = "PROCFLOW_TRIGGER_INTERVAL", default_value = "5ms", value_parser = parse_duration)]
     pub trigger_interval: Duration,
@@ -91,6 +96,7 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub poll_interval: Duration,
+    pub idle_poll_interval: Duration,
     pub trigger_interval: Duration,
     pub idle_interval: Duration,
     pub flows: FlowConfig,
@@ -104,6 +110,7 @@ impl From<&Args> for EngineConfig {
     fn from(a: &Args) -> Self {
         EngineConfig {
             poll_interval: a.poll_interval,
+            idle_poll_interval: a.idle_poll_interval.max(a.poll_interval),
             trigger_interval: a.trigger_interval,
             idle_interval: a.idle_interval.max(a.trigger_interval),
             flows: FlowConfig {
@@ -134,6 +141,9 @@ pub struct SocketMonitor {
     table: FlowTable,
     sockets: Vec<SocketInfo>,
     poll_interval: Duration,
+    idle_poll_interval: Duration,
+    /// The last time the trigger moved or a socket was destroyed.
+    last_change: Instant,
     last_dump: Option<Instant>,
     last_dump_cost: Duration,
     resync: bool,
@@ -160,6 +170,8 @@ impl SocketMonitor {
             ),
             sockets: Vec::with_capacity(1024),
             poll_interval: config.poll_interval,
+            idle_poll_interval: config.idle_poll_interval,
+            last_change: Instant::now(),
             last_dump: None,
             last_dump_cost: Duration::ZERO,
             resync: false,
@@ -183,9 +195,17 @@ impl SocketMonitor {
             }
         };
         let now = Instant::now();
+        if changed {
+            self.last_change = now;
+        }
+        let period = if now.duration_since(self.last_change) < QUIET_AFTER {
+            self.poll_interval
+        } else {
+            self.idle_poll_interval
+        };
         let due = self
             .last_dump
-            .is_none_or(|t| now.duration_since(t) >= self.poll_interval);
+            .is_none_or(|t| now.duration_since(t) >= period);
         // Under heavy churn, dumps take at most ~20 % of the time.
         let allowed = self
             .last_dump
@@ -229,6 +249,7 @@ impl SocketMonitor {
 
     fn drain_destroy(&mut self, out: &mut Vec<Record>) {
         for event in self.destroy_rx.try_iter() {
+            self.last_change = Instant::now();
             match event {
                 DestroyEvent::Destroyed { socket, at } => {
                     self.table.apply_destroy(&socket, at, out)
@@ -248,6 +269,9 @@ impl SocketMonitor {
         self.destroy.stop();
     }
 }
+
+/// No socket change for this long and the safety-net dumps slow to `idle_poll_interval`.
+const QUIET_AFTER: Duration = Duration::from_secs(5);
 
 /// How long the engine keeps ticking fast after the last sign of activity.
 const ACTIVE_HOLD: Duration = Duration::from_secs(1);

@@ -1,10 +1,8 @@
 //! JSON-lines output: one `model::Record` per line on stdout (or any writer), flushed
 //! whenever the queue runs dry so a reader sees records promptly.
 
+use crossbeam_channel::RecvError;
 use std::io::{self, Write};
-use std::time::Duration;
-
-use crossbeam_channel::RecvTimeoutError;
 
 use super::RecordRx;
 
@@ -13,7 +11,9 @@ pub fn write_json_lines(rx: &RecordRx, writer: impl Write) -> io::Result<u64> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, writer);
     let mut written = 0u64;
     loop {
-        match rx.rx.recv_timeout(Duration::from_millis(100)) {
+        // Blocking: the output is flushed whenever the queue runs dry, so nothing waits in
+        // the buffer and an idle collector does not wake this thread.
+        match rx.rx.recv() {
             Ok(record) => {
                 serde_json::to_writer(&mut out, &record)?;
                 out.write_all(b"\n")?;
@@ -22,8 +22,7 @@ pub fn write_json_lines(rx: &RecordRx, writer: impl Write) -> io::Result<u64> {
                     out.flush()?;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => out.flush()?,
-            Err(RecvTimeoutError::Disconnected) => {
+            Err(RecvError) => {
                 out.flush()?;
                 return Ok(written);
             }

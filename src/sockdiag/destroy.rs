@@ -30,7 +30,7 @@ const SKNLGRP_INET6_UDP_DESTROY: u32 = 4;
 const WANTED_RCVBUF: usize = 32 * 1024 * 1024;
 const RECV_BUF: usize = 64 * 1024;
 /// How often the reader looks at its stop flag while idle.
-const STOP_POLL: Duration = Duration::from_millis(200);
+const STOP_POLL: Duration = Duration::from_millis(500);
 
 // `Destroyed` is the common variant: boxing it would allocate once per event.
 #[allow(clippy::large_enum_variant)]

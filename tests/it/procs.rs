@@ -111,9 +111,11 @@ fn exec_in_place_is_reported_as_exec() {
         .collect();
     let phases: Vec<ProcessPhase> = mine.iter().map(|p| p.phase).collect();
     assert_eq!(phases.first(), Some(&ProcessPhase::Start), "{phases:?}");
+    // The last EXEC is the in-place one; an earlier one (the test's fork becoming `sh`) is
+    // reported too when the collector saw the pid before its first exec.
     let exec = mine
         .iter()
-        .find(|p| p.phase == ProcessPhase::Exec)
+        .rfind(|p| p.phase == ProcessPhase::Exec)
         .unwrap_or_else(|| panic!("no EXEC: {phases:?}"));
     assert_eq!(exec.comm, b"sleep");
     assert_eq!(
