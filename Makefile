@@ -33,10 +33,10 @@ fmt:
 
 ci: lint test deploy-check
 
-# Default benchmark suite (~10 min on 2 cores); writes bench-results.json.
+# Default benchmark suite (~10 min on 2 cores); writes bench-results.json and bench-results.md (the table BENCHMARKS.md quotes).
 bench: release
 	$(CARGO) build --release --bin procflow-bench
-	./target/release/procflow-bench default --json bench-results.json
+	./target/release/procflow-bench default --json bench-results.json --markdown bench-results.md
 
 image:
 	docker build -f deploy/Dockerfile -t procflow:dev .

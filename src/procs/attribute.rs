@@ -4,9 +4,10 @@
 //! fd table is unreadable (another uid without ptrace access) are skipped and counted; their
 //! sockets fall back to the listener's owner, or to the only process of the socket's uid.
 
-use std::collections::HashMap;
+// Keys are kernel inode numbers and pids, not attacker-chosen strings: the fast hash is safe.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 
 use crate::attribution::{Owner, OwnerLookup};
 use crate::model::{Attribution, UnixNanos};
@@ -51,7 +52,7 @@ impl InodeIndex {
     /// Records what `pid` holds now; what it held before and no longer does is released.
     fn replace_held(&mut self, pid: u32, now_held: Vec<u64>) {
         if let Some(before) = self.held.remove(&pid) {
-            let current: std::collections::HashSet<u64> = now_held.iter().copied().collect();
+            let current: HashSet<u64> = now_held.iter().copied().collect();
             let at = std::time::Instant::now();
             for inode in before.into_iter().filter(|i| !current.contains(i)) {
                 if self.released.len() >= RELEASED_MAX {
@@ -117,6 +118,7 @@ impl ProcessMonitor {
         }
         index.expire_released();
         let pids: Vec<u32> = self.live.keys().copied().collect();
+        let mut scanned = HashSet::default();
         for &pid in &pids {
             let changed = match self.live.get(&pid) {
                 Some(p) if p.fd_unreadable => false,
@@ -131,11 +133,13 @@ impl ProcessMonitor {
             };
             if changed {
                 self.scan_fds(pid, &mut index);
+                scanned.insert(pid);
             }
         }
         if wanted.iter().any(|i| !index.owners.contains_key(i)) {
             index.full_passes += 1;
-            for &pid in &pids {
+            // Whoever was just read is not read twice: an fd table is the pass's whole cost.
+            for &pid in pids.iter().filter(|pid| !scanned.contains(pid)) {
                 if self.live.get(&pid).is_some_and(|p| !p.fd_unreadable) {
                     self.scan_fds(pid, &mut index);
                 }
@@ -150,8 +154,14 @@ impl ProcessMonitor {
             return;
         };
         let start_time = p.record.start_time;
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
+        let mut inodes = Vec::new();
+        let walked = crate::sys::proc::for_each_fd_link(&dir, |link| {
+            if let Some(inode) = parse::socket_inode(link) {
+                inodes.push(inode);
+            }
+        });
+        let count = match walked {
+            Ok(count) => count,
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::PermissionDenied {
                     p.fd_unreadable = true;
@@ -160,16 +170,6 @@ impl ProcessMonitor {
                 return;
             }
         };
-        let mut count = 0u64;
-        let mut inodes = Vec::new();
-        for entry in entries.flatten() {
-            count += 1;
-            if let Ok(link) = fs::read_link(entry.path()) {
-                if let Some(inode) = parse::socket_inode(link.as_os_str().as_bytes()) {
-                    inodes.push(inode);
-                }
-            }
-        }
         p.fd_count = fs::metadata(&dir).map(|m| m.len()).ok().or(Some(count));
         for &inode in &inodes {
             // A socket shared across fork (a shell's /dev/tcp fd inherited by its children,
@@ -244,6 +244,7 @@ mod tests {
     use super::*;
     use crate::procs::monitor::ProcessConfig;
     use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
 
     fn inode_of(fd: &impl AsRawFd) -> u64 {
         let link = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("fd link");
