@@ -13,8 +13,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    escaped_bytes, escaped_bytes_opt, Ancestor, CollectorIdentity, Direction, Event, FlowPhase,
-    FlowRecord, ListenerRecord, ProcessPhase, ProcessRecord, Protocol, Record, Scope, UnixNanos,
+    escaped_bytes, escaped_bytes_opt, Ancestor, Attribution, CollectorIdentity, Direction, Event,
+    FlowPhase, FlowRecord, ListenerRecord, ProcessPhase, ProcessRecord, Protocol, Record, Scope,
+    UnixNanos,
 };
 use crate::rules::workload_of;
 
@@ -202,6 +203,7 @@ struct SocketSummary {
     pod_name: String,
     pod_namespace: String,
     process: Option<(u32, UnixNanos)>,
+    by_fd: bool,
     direction: Direction,
     scope: Scope,
     protocol: Protocol,
@@ -261,8 +263,12 @@ impl Sockets {
             known.bytes_received = known.bytes_received.max(f.bytes_received.unwrap_or(0));
             known.first_seen = known.first_seen.min(f.first_seen);
             known.last_seen = known.last_seen.max(last_seen);
-            if known.process.is_none() {
+            // A later record may carry a better owner: the collector attributes again a
+            // socket it first announced without its fd owner.
+            let by_fd = f.attribution == Attribution::Fd;
+            if process.is_some() && (known.process.is_none() || (by_fd && !known.by_fd)) {
                 known.process = process;
+                known.by_fd = by_fd;
             }
             if known.direction == Direction::Unknown {
                 known.direction = f.direction;
@@ -284,6 +290,7 @@ impl Sockets {
                 pod_name: source.pod_name.clone(),
                 pod_namespace: source.pod_namespace.clone(),
                 process,
+                by_fd: f.attribution == Attribution::Fd,
                 direction: f.direction,
                 scope: f.scope,
                 protocol: f.protocol,
@@ -667,47 +674,64 @@ impl PodProcesses {
     }
 }
 
-/// Attaches flows to the processes of a tree, keeping the last record per socket.
+/// Attaches flows to the processes of a tree: the last record of each socket, or the last
+/// one that names its owner by fd (a socket first announced without it may get it later).
 pub struct TreeFlows {
     tree: ProcessTree,
-    node_of: HashMap<(u32, UnixNanos), usize>,
-    flow_of: HashMap<u64, (usize, usize)>,
+    members: HashSet<(u32, UnixNanos)>,
+    last: HashMap<u64, FlowRecord>,
 }
 
 impl TreeFlows {
     pub fn new(tree: ProcessTree) -> TreeFlows {
-        let node_of = tree
+        let members = tree
+            .nodes
+            .iter()
+            .map(|n| (n.process.pid, n.process.start_time))
+            .collect();
+        TreeFlows {
+            tree,
+            members,
+            last: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, f: &FlowRecord) {
+        let by_fd = f.attribution == Attribution::Fd;
+        match self.last.get_mut(&f.cookie) {
+            Some(known) if by_fd || known.attribution != Attribution::Fd => *known = f.clone(),
+            Some(_) => {}
+            None => {
+                let member = f
+                    .pid
+                    .zip(f.process_start_time)
+                    .is_some_and(|key| self.members.contains(&key));
+                if member {
+                    self.last.insert(f.cookie, f.clone());
+                }
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> ProcessTree {
+        let node_of: HashMap<(u32, UnixNanos), usize> = self
+            .tree
             .nodes
             .iter()
             .enumerate()
             .map(|(i, n)| ((n.process.pid, n.process.start_time), i))
             .collect();
-        TreeFlows {
-            tree,
-            node_of,
-            flow_of: HashMap::new(),
-        }
-    }
-
-    pub fn add(&mut self, f: &FlowRecord) {
-        let Some(&node) = f
-            .pid
-            .zip(f.process_start_time)
-            .and_then(|key| self.node_of.get(&key))
-        else {
-            return;
-        };
-        match self.flow_of.get(&f.cookie) {
-            Some(&(n, i)) => self.tree.nodes[n].flows[i] = f.clone(),
-            None => {
-                let flows = &mut self.tree.nodes[node].flows;
-                self.flow_of.insert(f.cookie, (node, flows.len()));
-                flows.push(f.clone());
+        let mut flows: Vec<FlowRecord> = self.last.into_values().collect();
+        flows.sort_by_key(|f| (f.first_seen, f.cookie));
+        for f in flows {
+            let node = f
+                .pid
+                .zip(f.process_start_time)
+                .and_then(|key| node_of.get(&key));
+            if let Some(&node) = node {
+                self.tree.nodes[node].flows.push(f);
             }
         }
-    }
-
-    pub fn finish(self) -> ProcessTree {
         self.tree
     }
 }

@@ -63,6 +63,8 @@ pub struct FlowStats {
     pub duplicate_ends: u64,
     pub listeners_started: u64,
     pub listeners_ended: u64,
+    /// Flows announced without fd attribution and attributed by fd in a later dump.
+    pub reattributed: u64,
 }
 
 /// Last known state of one tracked socket, kept compact (the table holds every socket).
@@ -94,8 +96,14 @@ struct Entry {
     last_emit: UnixNanos,
     /// When it went missing from complete dumps; 0 while present.
     missing_since: UnixNanos,
+    /// Dumps left in which a flow announced without fd attribution is attributed again: its
+    /// process may have been found just after the dump that first saw the socket.
+    attribution_retries: u8,
     tcp: Option<Counters>,
 }
+
+/// How many later dumps try again to attribute a flow by fd.
+const ATTRIBUTION_RETRIES: u8 = 3;
 
 /// The tcp_info fields carried between dumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +159,8 @@ pub struct FlowTable {
     new_flows: Vec<u64>,
     new_listeners: Vec<u64>,
     new_inodes: Vec<u64>,
+    /// Announced flows attributed again in this dump: (cookie, inode).
+    retry_flows: Vec<(u64, u64)>,
     /// Listeners closed recently: a connection they accepted often outlives them (a server
     /// shutting down), and is first seen only then; it is still inbound.
     closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,
@@ -176,6 +186,7 @@ impl FlowTable {
             new_flows: Vec::new(),
             new_listeners: Vec::new(),
             new_inodes: Vec::new(),
+            retry_flows: Vec::new(),
             closed_listeners: VecDeque::new(),
         }
     }
@@ -214,6 +225,7 @@ impl FlowTable {
         self.new_flows.clear();
         self.new_listeners.clear();
         self.new_inodes.clear();
+        self.retry_flows.clear();
 
         // Listeners first: they decide the direction of the flows in the same dump.
         for s in sockets.iter().filter(|s| is_listener(s)) {
@@ -267,6 +279,10 @@ impl FlowTable {
                     } else if now.saturating_sub(e.first_seen) >= grace {
                         self.new_flows.push(s.cookie); // never accepted: announce unattributed
                     }
+                } else if e.attribution_retries > 0 && s.inode != 0 {
+                    e.attribution_retries -= 1;
+                    self.retry_flows.push((s.cookie, s.inode));
+                    self.new_inodes.push(s.inode);
                 }
                 continue;
             }
@@ -330,6 +346,11 @@ impl FlowTable {
                 e.pid = owner.pid.unwrap_or(0);
                 e.start_time = owner.start_time.unwrap_or(0);
                 e.attribution = owner.attribution;
+                e.attribution_retries = if owner.attribution != Attribution::Fd && s.inode != 0 {
+                    ATTRIBUTION_RETRIES
+                } else {
+                    0
+                };
                 e.announced = true;
                 e.last_emit = now;
                 e.dirty = false;
@@ -341,6 +362,21 @@ impl FlowTable {
                     now,
                     None,
                 )));
+            }
+        }
+        for &(cookie, inode) in &self.retry_flows {
+            let Some(e) = self.flows.get_mut(&cookie) else {
+                continue;
+            };
+            let owner = lookup.owner(inode, Some(e.uid), None);
+            if owner.attribution == Attribution::Fd {
+                e.pid = owner.pid.unwrap_or(0);
+                e.start_time = owner.start_time.unwrap_or(0);
+                e.attribution = Attribution::Fd;
+                e.attribution_retries = 0;
+                // The next UPDATE and the END carry the owner.
+                e.dirty = true;
+                self.stats.reattributed += 1;
             }
         }
 
@@ -593,6 +629,7 @@ impl FlowTable {
             direction,
             scope,
             attribution: Attribution::None,
+            attribution_retries: 0,
             preexisting: !self.primed,
             announced: false,
             dirty: false,

@@ -35,8 +35,9 @@ fn sink() -> u16 {
 /// `bash` (the tree's root) running a child `bash` that connects, sends `payload` and holds
 /// the connection long enough to be seen alive, then closes it.
 fn connect_tree(port: u16, payload: &str) -> u32 {
-    let inner =
-        format!("exec 3<>/dev/tcp/{HOST}/{port}; printf %s {payload} >&3; sleep 0.6; exec 3>&-");
+    let inner = format!(
+        "exec 3<>/dev/tcp/{HOST}/{port}; printf %s {payload} >&3; sleep 0.6 3>&-; exec 3>&-"
+    );
     let mut root = Command::new("bash")
         .args(["-c", &format!("bash -c '{inner}'; sleep 0.2; exit 0")])
         .spawn()
