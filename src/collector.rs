@@ -439,8 +439,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The output threads; joining waits until they have drained everything.
 struct Outputs(Vec<std::thread::JoinHandle<anyhow::Result<()>>>);
 
+/// How long shutdown waits for the outputs to drain. The exporter gives up on an unreachable
+/// aggregator after its own drain timeout (spooling what it holds); without a spool, a full
+/// memory buffer holds the batcher back, and only this bound ends the wait.
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(15);
+
 impl Outputs {
     fn join(self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + OUTPUT_DRAIN_LIMIT;
+        while self.0.iter().any(|h| !h.is_finished()) {
+            if Instant::now() >= deadline {
+                tracing::error!(
+                    limit = ?OUTPUT_DRAIN_LIMIT,
+                    "outputs did not drain (aggregator unreachable, memory buffer full, no --spool-dir): exiting; unacknowledged batches are lost"
+                );
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for handle in self.0 {
             handle
                 .join()

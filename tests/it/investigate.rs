@@ -66,7 +66,7 @@ fn investigate(agg: &Aggregator, args: &[&str]) -> String {
 fn who_talked_to_whom_what_is_new_and_which_tree() {
     let agg = Aggregator::start(&["--no-detection"]);
     let (known_port, novel_port) = (sink(), sink());
-    let mut collector = grpc_collector(&agg.url(), POD, "inv", 40);
+    let collector = KillOnDrop(grpc_collector(&agg.url(), POD, "inv", 40));
     std::thread::sleep(Duration::from_millis(1500));
 
     // Baseline: one connection to the known port.
@@ -160,6 +160,15 @@ fn who_talked_to_whom_what_is_new_and_which_tree() {
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
-    let _ = collector.kill();
-    let _ = collector.wait();
+    drop(collector);
+}
+
+/// Ends the collector also when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
