@@ -203,6 +203,22 @@ fn managed_rules_stay_quiet_on_benign_workloads() {
             .spawn()
             .expect("client"),
     );
+    // The client is connected (python can take over a second to start on a loaded machine).
+    db.set_nonblocking(true).expect("nonblocking");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let _accepted = loop {
+        match db.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the client never connected"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
     settle();
     let pids: HashSet<u32> = kids.0.iter().map(|c| c.id()).collect();
     let (fired, seen) = alerts_for(&pids);
