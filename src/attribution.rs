@@ -28,8 +28,9 @@ impl Owner {
 
 /// Resolves socket inodes to processes.
 pub trait OwnerLookup {
-    /// Called once per dump with the inodes first seen in it (never empty), before any
-    /// `owner` call for them, so that an implementation can rescan fd tables in one pass.
+    /// Called once per dump with the inodes first seen in it, before any `owner` call for
+    /// them, so that an implementation can rescan fd tables in one pass. Empty: only what
+    /// changed since the last call (for sockets attributed again).
     fn refresh(&mut self, new_inodes: &[u64]);
 
     /// The owner of a socket by inode (0 when the kernel gave none) and uid.

@@ -282,7 +282,6 @@ impl FlowTable {
                 } else if e.attribution_retries > 0 && s.inode != 0 {
                     e.attribution_retries -= 1;
                     self.retry_flows.push((s.cookie, s.inode));
-                    self.new_inodes.push(s.inode);
                 }
                 continue;
             }
@@ -302,6 +301,10 @@ impl FlowTable {
 
         if !self.new_inodes.is_empty() {
             lookup.refresh(&self.new_inodes);
+        } else if !self.retry_flows.is_empty() {
+            // Only the incremental part (fd tables whose size changed, new processes): a
+            // socket whose owner stays unreadable must not cost a full pass every dump.
+            lookup.refresh(&[]);
         }
         for i in 0..self.new_listeners.len() {
             let cookie = self.new_listeners[i];

@@ -316,6 +316,7 @@ fn direction_and_scope_across_namespaces() {
                 .collect()
         };
     let mut fin_misjudged = 0;
+    let mut seen_only_at_end = 0;
     for (remote, local_port, remote_port, direction, scope) in [
         (
             "10.200.0.2",
@@ -347,11 +348,15 @@ fn direction_and_scope_across_namespaces() {
         ),
     ] {
         let mine = find(remote, local_port, remote_port);
-        assert_eq!(
-            count_phase(&mine, FlowPhase::Start),
-            1,
-            "START for {remote} {direction:?}: {mine:#?}"
-        );
+        // A server-side socket lives from the accept to the server's close plus its orphan's
+        // FIN_WAIT2, which the kernel may cut to milliseconds: once per run it may be known
+        // from its destroy event alone (an END without START, as the socket issue allows).
+        let starts = count_phase(&mine, FlowPhase::Start);
+        if starts == 0 && direction == Direction::Inbound {
+            seen_only_at_end += 1;
+        } else {
+            assert_eq!(starts, 1, "START for {remote} {direction:?}: {mine:#?}");
+        }
         assert_eq!(
             count_phase(&mine, FlowPhase::End),
             1,
@@ -380,6 +385,10 @@ fn direction_and_scope_across_namespaces() {
         }
     }
     assert!(fin_misjudged <= 1, "{fin_misjudged} FIN misjudgements");
+    assert!(
+        seen_only_at_end <= 1,
+        "{seen_only_at_end} inbound sockets never seen alive"
+    );
     // Nothing from outside the pod's namespace: no flow between cluster and outside.
     assert!(all
         .iter()
