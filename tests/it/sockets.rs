@@ -381,7 +381,10 @@ fn direction_and_scope_across_namespaces() {
         let received_got = end.bytes_received.expect("TCP has counters");
         if received_got != received {
             assert_eq!(received_got.abs_diff(received), 1, "{end:#?}");
-            fin_misjudged += 1;
+            // Without any dumped state the FIN cannot be inferred at all: not a misjudgement.
+            if starts > 0 {
+                fin_misjudged += 1;
+            }
         }
     }
     assert!(fin_misjudged <= 1, "{fin_misjudged} FIN misjudgements");
