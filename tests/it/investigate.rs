@@ -112,7 +112,17 @@ fn who_talked_to_whom_what_is_new_and_which_tree() {
     // What is new: the novel port is, the known one is not.
     let new: NewActivity = serde_json::from_str(&investigate(
         &agg,
-        &["new", "--pod", POD, "--since", &window, "--baseline", "1h"],
+        &[
+            "new",
+            "--pod",
+            POD,
+            "--since",
+            &window,
+            "--baseline",
+            "1h",
+            "--limit",
+            "10000",
+        ],
     ))
     .expect("new JSON");
     assert!(new.baseline_flows > 0, "the baseline held flows");
