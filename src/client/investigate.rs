@@ -130,9 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Question::Talkers(a) => talkers(a, EdgeOrder::Bytes, "who talked to whom").await?,
             Question::Loud(a) => talkers(a, EdgeOrder::Bytes, "loudest edges").await?,
             Question::New(a) => {
-                let channel = connect(&a.connect).await?;
-                let mut client = pb::investigate_client::InvestigateClient::new(channel)
-                    .max_decoding_message_size(64 << 20);
+                let mut client = investigate_client(&a.connect).await?;
                 let w = window(&a.window);
                 let baseline_since = w.since.saturating_sub(a.baseline.as_nanos() as u64);
                 let request = authorized(
@@ -156,9 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             Question::Tree(a) => {
-                let channel = connect(&a.connect).await?;
-                let mut client = pb::investigate_client::InvestigateClient::new(channel)
-                    .max_decoding_message_size(64 << 20);
+                let mut client = investigate_client(&a.connect).await?;
                 let request = authorized(
                     &a.connect,
                     pb::ProcessTreeRequest {
@@ -188,10 +184,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
+/// A client of the aggregator's Investigate service (answers can be large).
+async fn investigate_client(
+    connect_args: &ConnectArgs,
+) -> anyhow::Result<pb::investigate_client::InvestigateClient<tonic::transport::Channel>> {
+    let channel = connect(connect_args).await?;
+    Ok(pb::investigate_client::InvestigateClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
 async fn talkers(a: TalkersArgs, default: EdgeOrder, title: &str) -> anyhow::Result<String> {
-    let channel = connect(&a.connect).await?;
-    let mut client =
-        pb::investigate_client::InvestigateClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut client = investigate_client(&a.connect).await?;
     let order = match a.order.unwrap_or(default) {
         EdgeOrder::Bytes => pb::EdgeOrder::Bytes,
         EdgeOrder::Connections => pb::EdgeOrder::Connections,

@@ -170,7 +170,9 @@ impl ProcessMonitor {
                 return;
             }
         };
-        p.fd_count = fs::metadata(&dir).map(|m| m.len()).ok().or(Some(count));
+        // The walk's own count is what st_size of the fd directory reports (kernel ≥ 6.2),
+        // for the table as it was read: no second stat per process.
+        p.fd_count = Some(count);
         for &inode in &inodes {
             // A socket shared across fork (a shell's /dev/tcp fd inherited by its children,
             // a pre-fork server's listener) belongs to its oldest holder: the one that most
