@@ -567,7 +567,7 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
             let mut monitor = ProcessMonitor::new(ProcessConfig::default())?;
             monitor.sweep(procflow::model::now_ns(), &mut Vec::new());
             let t = Instant::now();
-            monitor.refresh_inodes(&inodes);
+            monitor.refresh_inodes(&inodes, procflow::model::now_ns(), &mut Vec::new());
             attributed = inodes
                 .iter()
                 .filter(|i| {
@@ -581,9 +581,9 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
         // A pass where nothing changed: one fd-count check per process.
         let mut monitor = ProcessMonitor::new(ProcessConfig::default())?;
         monitor.sweep(procflow::model::now_ns(), &mut Vec::new());
-        monitor.refresh_inodes(&inodes);
+        monitor.refresh_inodes(&inodes, procflow::model::now_ns(), &mut Vec::new());
         let unchanged = best_of(3, || {
-            monitor.refresh_inodes(&[]);
+            monitor.refresh_inodes(&[], procflow::model::now_ns(), &mut Vec::new());
             Ok(())
         })?;
         let host_processes = monitor.len();

@@ -2,9 +2,10 @@
 //!
 //! The flow table calls [`OwnerLookup::refresh`] once per dump with the inodes it has not
 //! seen before, then [`OwnerLookup::owner`] for each new socket. The process side decides
-//! how (fd tables of processes whose fd count changed, the uid table, listeners).
+//! how (fd tables of processes whose fd count changed, processes started since its last
+//! poll, the uid table, listeners).
 
-use crate::model::{Attribution, UnixNanos};
+use crate::model::{Attribution, Record, UnixNanos};
 
 /// The process a socket belongs to, and how that was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,9 +30,10 @@ impl Owner {
 /// Resolves socket inodes to processes.
 pub trait OwnerLookup {
     /// Called once per dump with the inodes first seen in it, before any `owner` call for
-    /// them, so that an implementation can rescan fd tables in one pass. Empty: only what
-    /// changed since the last call (for sockets attributed again).
-    fn refresh(&mut self, new_inodes: &[u64]);
+    /// them, so that an implementation can rescan fd tables in one pass. A socket may be
+    /// dumped before its process was polled: processes found while resolving are reported
+    /// into `out`, ahead of the flows they own.
+    fn refresh(&mut self, new_inodes: &[u64], now: UnixNanos, out: &mut Vec<Record>);
 
     /// The owner of a socket by inode (0 when the kernel gave none) and uid.
     /// `listener` is the owner of the local listener an inbound socket was accepted from,
@@ -44,7 +46,7 @@ pub trait OwnerLookup {
 pub struct NoAttribution;
 
 impl OwnerLookup for NoAttribution {
-    fn refresh(&mut self, _new_inodes: &[u64]) {}
+    fn refresh(&mut self, _new_inodes: &[u64], _now: UnixNanos, _out: &mut Vec<Record>) {}
 
     fn owner(&mut self, _inode: u64, _uid: Option<u32>, _listener: Option<Owner>) -> Owner {
         Owner::NONE

@@ -42,7 +42,7 @@ pub struct Args {
     /// the largest cost of an idle collector.
     #[arg(long, env = "PROCFLOW_IDLE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub idle_poll_interval: Duration,
-    /// How often the cheap change checks (/proc/net/sockstat, /proc/loadavg) run while anything happens.
+    /// How often the cheap change checks (/proc/net/sockstat, /proc/net/snmp, /proc/loadavg) run while anything happens.
     #[arg(long, env = "PROCFLOW_TRIGGER_INTERVAL", default_value = "5ms", value_parser = parse_duration)]
     pub trigger_interval: Duration,
     /// The checks back off to this interval while nothing changes (an idle pod costs less; a

@@ -63,8 +63,6 @@ pub struct FlowStats {
     pub duplicate_ends: u64,
     pub listeners_started: u64,
     pub listeners_ended: u64,
-    /// Flows announced without fd attribution and attributed by fd in a later dump.
-    pub reattributed: u64,
 }
 
 /// Last known state of one tracked socket, kept compact (the table holds every socket).
@@ -96,14 +94,8 @@ struct Entry {
     last_emit: UnixNanos,
     /// When it went missing from complete dumps; 0 while present.
     missing_since: UnixNanos,
-    /// Dumps left in which a flow announced without fd attribution is attributed again: its
-    /// process may have been found just after the dump that first saw the socket.
-    attribution_retries: u8,
     tcp: Option<Counters>,
 }
-
-/// How many later dumps try again to attribute a flow by fd.
-const ATTRIBUTION_RETRIES: u8 = 3;
 
 /// The tcp_info fields carried between dumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,8 +151,6 @@ pub struct FlowTable {
     new_flows: Vec<u64>,
     new_listeners: Vec<u64>,
     new_inodes: Vec<u64>,
-    /// Announced flows attributed again in this dump: (cookie, inode).
-    retry_flows: Vec<(u64, u64)>,
     /// Listeners closed recently: a connection they accepted often outlives them (a server
     /// shutting down), and is first seen only then; it is still inbound.
     closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,
@@ -186,7 +176,6 @@ impl FlowTable {
             new_flows: Vec::new(),
             new_listeners: Vec::new(),
             new_inodes: Vec::new(),
-            retry_flows: Vec::new(),
             closed_listeners: VecDeque::new(),
         }
     }
@@ -225,7 +214,6 @@ impl FlowTable {
         self.new_flows.clear();
         self.new_listeners.clear();
         self.new_inodes.clear();
-        self.retry_flows.clear();
 
         // Listeners first: they decide the direction of the flows in the same dump.
         for s in sockets.iter().filter(|s| is_listener(s)) {
@@ -279,9 +267,6 @@ impl FlowTable {
                     } else if now.saturating_sub(e.first_seen) >= grace {
                         self.new_flows.push(s.cookie); // never accepted: announce unattributed
                     }
-                } else if e.attribution_retries > 0 && s.inode != 0 {
-                    e.attribution_retries -= 1;
-                    self.retry_flows.push((s.cookie, s.inode));
                 }
                 continue;
             }
@@ -300,11 +285,7 @@ impl FlowTable {
         }
 
         if !self.new_inodes.is_empty() {
-            lookup.refresh(&self.new_inodes);
-        } else if !self.retry_flows.is_empty() {
-            // Only the incremental part (fd tables whose size changed, new processes): a
-            // socket whose owner stays unreadable must not cost a full pass every dump.
-            lookup.refresh(&[]);
+            lookup.refresh(&self.new_inodes, now, out);
         }
         for i in 0..self.new_listeners.len() {
             let cookie = self.new_listeners[i];
@@ -349,11 +330,6 @@ impl FlowTable {
                 e.pid = owner.pid.unwrap_or(0);
                 e.start_time = owner.start_time.unwrap_or(0);
                 e.attribution = owner.attribution;
-                e.attribution_retries = if owner.attribution != Attribution::Fd && s.inode != 0 {
-                    ATTRIBUTION_RETRIES
-                } else {
-                    0
-                };
                 e.announced = true;
                 e.last_emit = now;
                 e.dirty = false;
@@ -367,22 +343,6 @@ impl FlowTable {
                 )));
             }
         }
-        for &(cookie, inode) in &self.retry_flows {
-            let Some(e) = self.flows.get_mut(&cookie) else {
-                continue;
-            };
-            let owner = lookup.owner(inode, Some(e.uid), None);
-            if owner.attribution == Attribution::Fd {
-                e.pid = owner.pid.unwrap_or(0);
-                e.start_time = owner.start_time.unwrap_or(0);
-                e.attribution = Attribution::Fd;
-                e.attribution_retries = 0;
-                // The next UPDATE and the END carry the owner.
-                e.dirty = true;
-                self.stats.reattributed += 1;
-            }
-        }
-
         // Periodic updates, only for flows whose counters moved.
         let active_timeout = nanos(self.config.active_timeout);
         for (cookie, e) in &mut self.flows {
@@ -632,7 +592,6 @@ impl FlowTable {
             direction,
             scope,
             attribution: Attribution::None,
-            attribution_retries: 0,
             preexisting: !self.primed,
             announced: false,
             dirty: false,

@@ -1,6 +1,7 @@
 //! Socket → process attribution from fd tables, incremental: only processes whose open-fd
 //! count changed are rescanned (`stat("/proc/<pid>/fd").st_size` is the count on Linux ≥ 6.2),
-//! and a full pass runs only when an inode is still unresolved after that. Processes whose
+//! processes started since the last poll are read first (a socket can be dumped before its
+//! process was polled), and a full pass runs only when an inode is still unresolved after that. Processes whose
 //! fd table is unreadable (another uid without ptrace access) are skipped and counted; their
 //! sockets fall back to the listener's owner, or to the only process of the socket's uid.
 
@@ -10,7 +11,7 @@ type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::fs;
 
 use crate::attribution::{Owner, OwnerLookup};
-use crate::model::{Attribution, UnixNanos};
+use crate::model::{Attribution, Record, UnixNanos};
 use crate::procs::monitor::ProcessMonitor;
 use crate::procs::parse;
 use crate::telemetry;
@@ -96,9 +97,15 @@ pub struct InodeIndex {
 }
 
 impl ProcessMonitor {
-    /// Rescans the fd tables of processes whose fd count changed, then every readable one
-    /// if some of `wanted` is still unknown.
-    pub fn refresh_inodes(&mut self, wanted: &[u64]) {
+    /// Reads processes started since the last poll when `wanted` is not empty (their START
+    /// records go to `out`), rescans the fd tables of new processes and of those whose fd
+    /// count changed, then every readable one if some of `wanted` is still unknown.
+    pub fn refresh_inodes(&mut self, wanted: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
+        if !wanted.is_empty() {
+            // The tick polled processes before dumping, but one started in between may own
+            // a new socket: a new process has no fd count yet, so the pass below reads it.
+            self.scan_since_last(false, now, out);
+        }
         let mut index = std::mem::take(&mut self.index);
         let fd_count_works = *index.fd_count_works.get_or_insert_with(|| {
             fs::metadata(self.proc_root().join("self/fd"))
@@ -204,8 +211,8 @@ impl ProcessMonitor {
 }
 
 impl OwnerLookup for ProcessMonitor {
-    fn refresh(&mut self, new_inodes: &[u64]) {
-        self.refresh_inodes(new_inodes);
+    fn refresh(&mut self, new_inodes: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
+        self.refresh_inodes(new_inodes, now, out);
     }
 
     fn owner(&mut self, inode: u64, uid: Option<u32>, listener: Option<Owner>) -> Owner {
@@ -263,14 +270,14 @@ mod tests {
         for _ in 0..50 {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
             let inode = inode_of(&socket);
-            monitor.refresh(&[inode]);
+            monitor.refresh(&[inode], crate::model::now_ns(), &mut out);
             let owner = monitor.owner(inode, None, None);
             assert_eq!((owner.pid, owner.attribution), (Some(me), Attribution::Fd));
             seen.push(inode);
             drop(socket);
         }
         // Closed sockets stay attributable for the grace period, then leave the index.
-        monitor.refresh(&[]);
+        monitor.refresh(&[], crate::model::now_ns(), &mut out);
         let owner = monitor.owner(seen[0], None, None);
         assert_eq!(
             owner.pid,
@@ -280,7 +287,7 @@ mod tests {
         for entry in monitor.index.released.iter_mut() {
             entry.0 -= RELEASE_GRACE; // as if the grace period had passed
         }
-        monitor.refresh(&[]);
+        monitor.refresh(&[], crate::model::now_ns(), &mut out);
         let still = seen
             .iter()
             .filter(|i| monitor.index.owners.contains_key(i))

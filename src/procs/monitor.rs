@@ -138,12 +138,26 @@ impl ProcessMonitor {
 
     /// One tick: cheap when nothing happened. Returns whether /proc was scanned.
     pub fn poll(&mut self, now: UnixNanos, out: &mut Vec<Record>) -> bool {
-        let last_pid = self.read_last_pid();
         let sweep_due = self
             .last_sweep
             .is_none_or(|t| t.elapsed() >= self.config.sweep_interval);
+        let scanned = self.scan_since_last(sweep_due, now, out);
+        self.recheck_young(now, out);
+        scanned
+    }
+
+    /// Reads the processes started since the last look (the last pid of `/proc/loadavg`
+    /// moved), or every process when `sweep`; counts pids allocated but never seen.
+    /// Returns whether /proc was scanned.
+    pub(crate) fn scan_since_last(
+        &mut self,
+        sweep: bool,
+        now: UnixNanos,
+        out: &mut Vec<Record>,
+    ) -> bool {
+        let last_pid = self.read_last_pid();
         let mut scanned = false;
-        if sweep_due {
+        if sweep {
             self.sweep(now, out);
             scanned = true;
         } else if last_pid.is_some() && last_pid != self.last_pid {
@@ -156,7 +170,6 @@ impl ProcessMonitor {
         }
         self.new_since_last = 0;
         self.last_pid = last_pid.or(self.last_pid);
-        self.recheck_young(now, out);
         scanned
     }
 

@@ -1,22 +1,29 @@
-//! The cheap change check that decides when to dump: the per-namespace socket counts of
-//! `/proc/net/sockstat{,6}` (≈1 µs a read) move while a new socket is alive, so a dump right
-//! after catches sockets that live only milliseconds, with the uid and inode that attribution
-//! needs. (`/proc/net/snmp`'s open counters would also see connections that opened and closed
-//! within one tick, but those are gone before any dump and reach us through their destroy
-//! event anyway, and snmp costs ten times more to read.)
+//! The cheap change check that decides when to dump. Two per-namespace signals, read every
+//! few milliseconds: the socket counts of `/proc/net/sockstat{,6}` (`inuse`, ≈4 µs a read) and
+//! the TCP open counters of `/proc/net/snmp` (`ActiveOpens`, `PassiveOpens`, ≈20 µs). Only a
+//! rise wakes a dump: a new socket is what a dump must catch alive (uid, inode for
+//! attribution), while a close reaches us through its destroy event with final counters.
+//! The open counters only ever grow, so a connection that opens in the same tick as another
+//! closes cannot net out, as the socket counts alone would.
+//! (Not sockstat's `alloc`: it counts the whole node and would wake every pod's collector
+//! for every other pod's socket.)
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
-/// Reads the counters into reused buffers and says whether anything moved.
+/// Reads the counters into reused buffers and says whether any of them rose.
 pub struct Trigger {
     files: Vec<(File, Vec<u8>)>,
     last: Vec<u64>,
     current: Vec<u64>,
 }
 
-/// The files and the fields of them that move when sockets open or close.
-const SOURCES: [&str; 2] = ["/proc/net/sockstat", "/proc/net/sockstat6"];
+/// The files whose counters move when sockets open.
+const SOURCES: [&str; 3] = [
+    "/proc/net/sockstat",
+    "/proc/net/sockstat6",
+    "/proc/net/snmp",
+];
 
 impl Trigger {
     pub fn new() -> io::Result<Self> {
@@ -39,12 +46,12 @@ impl Trigger {
         Ok(trigger)
     }
 
-    /// True when a socket count or an open counter changed since the previous call.
+    /// True when a socket count or an open counter rose since the previous call.
     pub fn changed(&mut self) -> io::Result<bool> {
         self.read()?;
-        let changed = self.current != self.last;
+        let rose = rose(&self.last, &self.current);
         std::mem::swap(&mut self.current, &mut self.last);
-        Ok(changed)
+        Ok(rose)
     }
 
     fn read(&mut self) -> io::Result<()> {
@@ -59,8 +66,14 @@ impl Trigger {
     }
 }
 
-/// Pulls the counters that move with socket life out of sockstat / snmp text:
-/// `inuse` and `alloc` of every sockstat line, `ActiveOpens`/`PassiveOpens` of snmp's Tcp.
+/// Whether any counter grew. A different shape (a protocol line appeared or vanished) counts
+/// as a rise: better one dump too many than a socket missed.
+fn rose(last: &[u64], current: &[u64]) -> bool {
+    last.len() != current.len() || current.iter().zip(last).any(|(now, before)| now > before)
+}
+
+/// Pulls the counters that rise with new sockets out of sockstat / snmp text:
+/// `inuse` of every sockstat line, `ActiveOpens`/`PassiveOpens` of snmp's Tcp.
 pub fn extract(text: &[u8], out: &mut Vec<u64>) {
     let mut tcp_header: Option<&[u8]> = None;
     for line in text.split(|&b| b == b'\n') {
@@ -82,10 +95,7 @@ pub fn extract(text: &[u8], out: &mut Vec<u64>) {
         }
         let mut words = line.split(|&b| b == b' ').peekable();
         while let Some(word) = words.next() {
-            // `inuse` is per network namespace; `alloc` counts the whole node (it also wakes
-            // a pod's collector for other pods' sockets, which in tests here makes up for
-            // opens and closes that net out within one tick).
-            if word == b"inuse" || word == b"alloc" {
+            if word == b"inuse" {
                 if let Some(value) = words.peek() {
                     out.push(parse_u64(value));
                 }
@@ -106,6 +116,7 @@ fn parse_u64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{TcpListener, TcpStream};
 
     #[test]
     fn extracts_socket_counts_and_tcp_opens() {
@@ -115,16 +126,39 @@ mod tests {
         let mut out = Vec::new();
         extract(sockstat, &mut out);
         extract(snmp, &mut out);
-        assert_eq!(out, vec![5, 9, 3, 41, 17]);
+        assert_eq!(out, vec![5, 3, 41, 17]);
+    }
+
+    #[test]
+    fn only_a_rise_counts() {
+        assert!(rose(&[5, 3, 41, 17], &[5, 4, 41, 17]));
+        assert!(rose(&[5, 3, 41, 17], &[4, 3, 42, 17]));
+        assert!(!rose(&[5, 3, 41, 17], &[4, 2, 41, 17]));
+        assert!(rose(&[5, 3], &[5, 3, 0]));
     }
 
     #[test]
     fn a_new_connection_moves_the_trigger() {
         let mut trigger = Trigger::new().expect("proc files");
         let _ = trigger.changed().expect("read");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let _client =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        assert!(trigger.changed().expect("read"));
+    }
+
+    #[test]
+    fn an_open_and_a_close_in_one_tick_do_not_net_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let old = TcpStream::connect(addr).expect("connect");
+        let (old_peer, _) = listener.accept().expect("accept");
+        let mut trigger = Trigger::new().expect("proc files");
+        let _ = trigger.changed().expect("read");
+        // Two sockets close and two open between reads: the socket counts stay level.
+        drop(old);
+        drop(old_peer);
+        let _new = TcpStream::connect(addr).expect("connect");
+        let _new_peer = listener.accept().expect("accept");
         assert!(trigger.changed().expect("read"));
     }
 }

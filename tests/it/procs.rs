@@ -46,14 +46,15 @@ fn short_chain_has_lineage_and_exits() {
     thread::sleep(Duration::from_millis(700)); // one sweep sees the exits
     let records = collector.stop();
     let procs = processes(&records);
+    // A fork caught before its exec is a START as `sh` and then an EXEC as `sleep`.
     let sleep = procs
         .iter()
         .find(|p| {
-            p.phase == ProcessPhase::Start
+            matches!(p.phase, ProcessPhase::Start | ProcessPhase::Exec)
                 && p.comm == b"sleep"
                 && p.ancestors.iter().any(|a| a.pid == outer_pid)
         })
-        .unwrap_or_else(|| panic!("no START for the chain's sleep below {outer_pid}"));
+        .unwrap_or_else(|| panic!("no START/EXEC for the chain's sleep below {outer_pid}"));
     // Parent first, each link the parent of the one before.
     assert_eq!(sleep.ancestors[0].pid, sleep.ppid);
     assert_eq!(Some(sleep.ancestors[0].start_time), sleep.parent_start_time);
