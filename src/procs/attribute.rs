@@ -93,13 +93,18 @@ pub struct InodeIndex {
     fd_count_works: Option<bool>,
     pub full_passes: u64,
     pub incremental_passes: u64,
+    /// fd tables read (each a directory walk and one readlink per fd).
+    pub tables_read: u64,
     pub misses: u64,
 }
 
 impl ProcessMonitor {
-    /// Reads processes started since the last poll when `wanted` is not empty (their START
-    /// records go to `out`), rescans the fd tables of new processes and of those whose fd
-    /// count changed, then every readable one if some of `wanted` is still unknown.
+    /// Finds the owners of `wanted` (inodes first seen in a dump). Processes started since
+    /// the last poll are read first (their START records go to `out`); then the fd tables
+    /// whose open-fd count changed are read, the likeliest owners first — new processes,
+    /// then those holding sockets, most recently changed first — until every wanted inode
+    /// is known; every readable table is read only if some are still unknown after that.
+    /// Nothing is read when nothing is wanted.
     pub fn refresh_inodes(&mut self, wanted: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
         if !wanted.is_empty() {
             // The tick polled processes before dumping, but one started in between may own
@@ -112,7 +117,6 @@ impl ProcessMonitor {
                 .map(|m| m.len() > 0)
                 .unwrap_or(false)
         });
-        index.incremental_passes += 1;
         // Processes gone since the last pass take their sockets out of the index.
         let gone: Vec<u32> = index
             .held
@@ -124,11 +128,36 @@ impl ProcessMonitor {
             index.forget(pid);
         }
         index.expire_released();
-        let pids: Vec<u32> = self.live.keys().copied().collect();
+        let mut unknown: Vec<u64> = wanted
+            .iter()
+            .copied()
+            .filter(|i| !index.owners.contains_key(i))
+            .collect();
+        if unknown.is_empty() {
+            self.index = index;
+            return;
+        }
+        index.incremental_passes += 1;
+        let pass = index.incremental_passes;
+        let mut order: Vec<(u8, std::cmp::Reverse<u64>, u32)> = self
+            .live
+            .iter()
+            .filter(|(_, p)| !p.fd_unreadable)
+            .map(|(&pid, p)| {
+                let class = if p.fd_count.is_none() {
+                    0
+                } else if index.held.get(&pid).is_some_and(|h| !h.is_empty()) {
+                    1
+                } else {
+                    2
+                };
+                (class, std::cmp::Reverse(p.fd_changed_pass), pid)
+            })
+            .collect();
+        order.sort_unstable();
         let mut scanned = HashSet::default();
-        for &pid in &pids {
+        for &(_, _, pid) in &order {
             let changed = match self.live.get(&pid) {
-                Some(p) if p.fd_unreadable => false,
                 Some(p) if fd_count_works => {
                     let count = fs::metadata(self.proc_root().join(pid.to_string()).join("fd"))
                         .map(|m| m.len())
@@ -139,28 +168,31 @@ impl ProcessMonitor {
                 None => false,
             };
             if changed {
-                self.scan_fds(pid, &mut index);
+                self.scan_fds(pid, pass, &mut index);
                 scanned.insert(pid);
+                unknown.retain(|i| !index.owners.contains_key(i));
+                if unknown.is_empty() {
+                    break;
+                }
             }
         }
-        if wanted.iter().any(|i| !index.owners.contains_key(i)) {
+        if !unknown.is_empty() {
             index.full_passes += 1;
             // Whoever was just read is not read twice: an fd table is the pass's whole cost.
-            for &pid in pids.iter().filter(|pid| !scanned.contains(pid)) {
-                if self.live.get(&pid).is_some_and(|p| !p.fd_unreadable) {
-                    self.scan_fds(pid, &mut index);
-                }
+            for &(_, _, pid) in order.iter().filter(|(_, _, pid)| !scanned.contains(pid)) {
+                self.scan_fds(pid, pass, &mut index);
             }
         }
         self.index = index;
     }
 
-    fn scan_fds(&mut self, pid: u32, index: &mut InodeIndex) {
+    fn scan_fds(&mut self, pid: u32, pass: u64, index: &mut InodeIndex) {
         let dir = self.proc_root().join(pid.to_string()).join("fd");
         let Some(p) = self.live.get_mut(&pid) else {
             return;
         };
         let start_time = p.record.start_time;
+        index.tables_read += 1;
         let mut inodes = Vec::new();
         let walked = crate::sys::proc::for_each_fd_link(&dir, |link| {
             if let Some(inode) = parse::socket_inode(link) {
@@ -168,6 +200,8 @@ impl ProcessMonitor {
             }
         });
         let count = match walked {
+            // The walk's own directory fd is not one the process holds.
+            Ok(count) if Some(pid) == self.own_pid => count.saturating_sub(1),
             Ok(count) => count,
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -179,6 +213,9 @@ impl ProcessMonitor {
         };
         // The walk's own count is what st_size of the fd directory reports (kernel ≥ 6.2),
         // for the table as it was read: no second stat per process.
+        if p.fd_count != Some(count) {
+            p.fd_changed_pass = pass;
+        }
         p.fd_count = Some(count);
         for &inode in &inodes {
             // A socket shared across fork (a shell's /dev/tcp fd inherited by its children,
@@ -276,8 +313,10 @@ mod tests {
             seen.push(inode);
             drop(socket);
         }
-        // Closed sockets stay attributable for the grace period, then leave the index.
-        monitor.refresh(&[], crate::model::now_ns(), &mut out);
+        // Closed sockets stay attributable for the grace period, then leave the index. A
+        // table is read again when a new socket needs its owner.
+        let next = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        monitor.refresh(&[inode_of(&next)], crate::model::now_ns(), &mut out);
         let owner = monitor.owner(seen[0], None, None);
         assert_eq!(
             owner.pid,
@@ -293,5 +332,54 @@ mod tests {
             .filter(|i| monitor.index.owners.contains_key(i))
             .count();
         assert_eq!(still, 0, "closed sockets stay indexed");
+    }
+
+    #[test]
+    fn a_new_socket_is_found_without_reading_every_table() {
+        use std::io::{BufRead, BufReader, Write};
+        // A child of its own: this test process's fd table also moves with parallel tests.
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import socket, sys\n\
+                 held = []\n\
+                 for line in sys.stdin:\n\
+                 \x20   held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))\n\
+                 \x20   print(held[-1].fileno(), flush=True)\n",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let pid = child.id();
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut open_socket = || -> u64 {
+            writeln!(stdin, "open").expect("write");
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read");
+            let link = fs::read_link(format!("/proc/{pid}/fd/{}", line.trim())).expect("link");
+            parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket")
+        };
+        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
+        let mut out = Vec::new();
+        monitor.sweep(crate::model::now_ns(), &mut out);
+        let first = open_socket();
+        monitor.refresh(&[first], crate::model::now_ns(), &mut out);
+        let (full_before, read_before) = (monitor.index.full_passes, monitor.index.tables_read);
+        // The child holds a socket and changed its fd table last: it is read first.
+        let second = open_socket();
+        monitor.refresh(&[second], crate::model::now_ns(), &mut out);
+        let owner = monitor.owner(second, None, None);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!((owner.pid, owner.attribution), (Some(pid), Attribution::Fd));
+        assert_eq!(monitor.index.full_passes, full_before, "no full pass");
+        let read = monitor.index.tables_read - read_before;
+        assert!(
+            (1..monitor.len() as u64).contains(&read),
+            "{read} of {} tables read",
+            monitor.len()
+        );
     }
 }

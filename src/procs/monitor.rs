@@ -67,6 +67,9 @@ pub(crate) struct Proc {
     pub first_seen: Instant,
     /// Open-fd count at the last fd scan (`stat(/proc/pid/fd).st_size`), for attribution.
     pub fd_count: Option<u64>,
+    /// The attribution pass in which the fd count last changed: recent changers are read
+    /// first when a new socket needs its owner.
+    pub fd_changed_pass: u64,
     pub fd_unreadable: bool,
 }
 
@@ -86,6 +89,9 @@ pub struct ProcessMonitor {
     /// Processes started since the last tick, to count pids never seen.
     new_since_last: u64,
     pub(crate) index: crate::procs::attribute::InodeIndex,
+    /// This process's pid as the scanned /proc names it (none when /proc is another pid
+    /// namespace's): walking its own fd table opens one fd more than it holds.
+    pub(crate) own_pid: Option<u32>,
 }
 
 /// An exited process, kept for the lineage of its descendants.
@@ -102,6 +108,9 @@ impl ProcessMonitor {
             procfs::boot_time_secs().map_err(|e| io::Error::other(e.to_string()))? * 1_000_000_000;
         let ticks = procfs::ticks_per_second().max(1);
         let loadavg = fs::File::open(config.proc_root.join("loadavg"))?;
+        let own_pid = fs::read_link(config.proc_root.join("self"))
+            .ok()
+            .and_then(|p| p.to_str()?.parse().ok());
         Ok(ProcessMonitor {
             config,
             boot_time_ns,
@@ -117,6 +126,7 @@ impl ProcessMonitor {
             pod_uid_env: std::env::var("POD_UID").ok().filter(|s| !s.is_empty()),
             new_since_last: 0,
             index: Default::default(),
+            own_pid,
         })
     }
 
@@ -310,6 +320,7 @@ impl ProcessMonitor {
                 record,
                 first_seen: Instant::now(),
                 fd_count: None,
+                fd_changed_pass: 0,
                 fd_unreadable: false,
             },
         );
