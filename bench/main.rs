@@ -1049,6 +1049,9 @@ fn reap(running: &mut Vec<(Child, Instant)>, truth: &mut Vec<TruthProc>, me: u32
 
 // === idle: an idle host at default intervals ===
 
+/// Start-up work is not idle cost: measured from this long after the collector is ready.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+
 fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()> {
     // The profile the target is for: an idle pod (own pid and network namespaces).
     let (cpu, rss) = idle_cost(start_collector_in_pod(&["--output", "stdout"])?, secs)?;
@@ -1086,8 +1089,10 @@ fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU (% of one core) and peak RSS (MiB) of a collector left alone for `secs`.
+/// CPU (% of one core) and peak RSS (MiB) of a collector left alone for `secs`, after
+/// the start-up (first sweep and dump, a second of fast ticks) has settled.
 fn idle_cost(collector: CollectorProc, secs: u64) -> anyhow::Result<(f64, f64)> {
+    std::thread::sleep(IDLE_SETTLE);
     let cpu0 = collector.cpu_ticks();
     std::thread::sleep(Duration::from_secs(secs));
     let cpu = (collector.cpu_ticks() - cpu0) as f64 / ticks_per_sec() / secs as f64 * 100.0;

@@ -15,7 +15,7 @@ use crate::config::parse_duration;
 use crate::flows::{ClusterCidrs, FlowConfig, FlowTable, Scoper};
 use crate::model::{now_ns, Heartbeat, Record};
 use crate::pipeline::{record_queue, RecordTx};
-use crate::procs::{ProcessConfig, ProcessMonitor};
+use crate::procs::{exec_watch::ExecWatch, ProcessConfig, ProcessMonitor};
 use crate::sockdiag::{trigger::Trigger, DestroyEvent, DestroyListener, Dumper, SocketInfo};
 use crate::telemetry;
 
@@ -64,6 +64,10 @@ pub struct Args {
     /// Destroy events buffered between the reader thread and the engine.
     #[arg(long, env = "PROCFLOW_DESTROY_QUEUE_CAPACITY", default_value_t = 16384)]
     pub destroy_queue_capacity: usize,
+    /// Do not wake on execs (inotify opens of the loaders and bin directories); processes
+    /// are then found by the timed checks alone.
+    #[arg(long, env = "PROCFLOW_NO_EXEC_WAKEUPS")]
+    pub no_exec_wakeups: bool,
     /// Do not watch processes (and attribute no socket to one).
     #[arg(long, env = "PROCFLOW_NO_PROCESSES")]
     pub no_processes: bool,
@@ -103,6 +107,7 @@ pub struct EngineConfig {
     pub cluster_cidrs: ClusterCidrs,
     pub destroy_queue_capacity: usize,
     pub processes: Option<ProcessConfig>,
+    pub exec_wakeups: bool,
     pub heartbeat_interval: Duration,
 }
 
@@ -127,6 +132,7 @@ impl From<&Args> for EngineConfig {
                 tombstone_age: a.tombstone_age,
                 ..ProcessConfig::default()
             }),
+            exec_wakeups: !a.no_exec_wakeups,
             heartbeat_interval: a.heartbeat_interval,
         }
     }
@@ -184,10 +190,16 @@ impl SocketMonitor {
 
     /// One engine tick: drain destroy events, then dump if the trigger moved, the periodic
     /// interval passed, or the destroy stream overflowed. Returns whether a dump ran.
-    pub fn tick(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) -> bool {
+    /// `busy`: the engine ticks fast, and the trigger reads the costlier open counters too.
+    pub fn tick(
+        &mut self,
+        lookup: &mut dyn OwnerLookup,
+        out: &mut Vec<Record>,
+        busy: bool,
+    ) -> bool {
         // A dump goes first when a change is pending, so sockets that just opened are seen
         // alive (uid, inode) before their destroy events are applied.
-        let changed = match self.trigger.changed() {
+        let changed = match self.trigger.changed(busy) {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, "socket change trigger unreadable; relying on periodic dumps");
@@ -276,6 +288,9 @@ const QUIET_AFTER: Duration = Duration::from_secs(5);
 /// How long the engine keeps ticking fast after the last sign of activity.
 const ACTIVE_HOLD: Duration = Duration::from_secs(1);
 
+/// Ticks woken by execs come at most this often: an exec storm costs a bounded share of a core.
+const MIN_TICK_SPACING: Duration = Duration::from_millis(1);
+
 /// Runs the engine loop until `stop` is set: ticks every `trigger_interval`, pushes records
 /// into `tx`. On stop, ends live flows and returns.
 pub fn run_engine(
@@ -292,7 +307,9 @@ pub fn run_engine(
     tx.send_all(&mut out);
     let mut interval = config.trigger_interval;
     let mut last_activity = Instant::now();
+    let mut exec_watch = exec_watch(config, procs.is_some());
     while !stop.load(Ordering::Relaxed) {
+        let tick_started = Instant::now();
         let now = now_ns();
         // Processes first: a socket's new owner must be known before the socket is attributed.
         let lookup: &mut dyn OwnerLookup = match procs.as_mut() {
@@ -302,7 +319,7 @@ pub fn run_engine(
             }
             None => &mut no_attribution,
         };
-        sockets.tick(lookup, &mut out);
+        sockets.tick(lookup, &mut out, last_activity.elapsed() < ACTIVE_HOLD);
         // Wake-ups dominate an idle collector's cost: tick fast while things happen and for a
         // second after, then back off towards the idle interval.
         if !out.is_empty() {
@@ -318,7 +335,23 @@ pub fn run_engine(
             out.push(Record::Heartbeat(heartbeat(&sockets, procs.as_ref(), &tx)));
         }
         tx.send_all(&mut out);
-        std::thread::sleep(interval);
+        let Some(watch) = exec_watch.as_mut() else {
+            std::thread::sleep(interval);
+            continue;
+        };
+        if let Some(p) = procs.as_mut() {
+            for root in p.take_new_container_roots() {
+                watch.add_root(&root);
+            }
+        }
+        // An exec wakes one tick; the START it finds (if the exec was in this pod) keeps the
+        // engine busy, while an exec elsewhere that shares the watched files costs one tick.
+        if watch.wait(interval) {
+            metrics::counter!(telemetry::EXEC_WAKEUPS).increment(1);
+            if let Some(rest) = MIN_TICK_SPACING.checked_sub(tick_started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
     }
     // A last sweep reports the exits since the previous one.
     if let Some(p) = procs.as_mut() {
@@ -327,6 +360,24 @@ pub fn run_engine(
     sockets.shutdown(&mut out);
     out.push(Record::Heartbeat(heartbeat(&sockets, procs.as_ref(), &tx)));
     tx.send_all(&mut out);
+}
+
+/// The exec wake-ups, when asked for and processes are watched (inotify may be unavailable:
+/// then the timed checks alone find processes).
+fn exec_watch(config: &EngineConfig, processes: bool) -> Option<ExecWatch> {
+    if !(config.exec_wakeups && processes) {
+        return None;
+    }
+    match ExecWatch::new() {
+        Ok(watch) => {
+            tracing::info!(watches = watch.len(), "waking on execs");
+            Some(watch)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no exec wake-ups (inotify unavailable); polling only");
+            None
+        }
+    }
 }
 
 /// Every current process and socket, as START records (`preexisting` for sockets).

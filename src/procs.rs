@@ -2,6 +2,7 @@
 //! socket → process attribution that the flow table asks for.
 
 pub mod attribute;
+pub mod exec_watch;
 pub mod monitor;
 pub mod parse;
 

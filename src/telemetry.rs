@@ -41,6 +41,8 @@ pub const SOCKDIAG_DUMPS: &str = "procflow_sockdiag_dumps_total";
 pub const SOCKDIAG_DUMP_ERRORS: &str = "procflow_sockdiag_dump_errors_total";
 /// Time per full dump + flow-table diff.
 pub const SOCKDIAG_DUMP_SECONDS: &str = "procflow_sockdiag_dump_seconds";
+/// Engine wake-ups by an exec (inotify open of a loader or executable directory).
+pub const EXEC_WAKEUPS: &str = "procflow_exec_wakeups_total";
 /// Processes seen starting.
 pub const PROCESSES_STARTED: &str = "procflow_processes_started_total";
 /// /proc reads denied for lack of ptrace access (exe, cwd, fd).

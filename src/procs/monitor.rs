@@ -83,6 +83,7 @@ pub struct ProcessMonitor {
     last_pid: Option<u32>,
     last_sweep: Option<Instant>,
     loadavg: fs::File,
+    loadavg_buf: Vec<u8>,
     buf: Vec<u8>,
     stats: ProcessStats,
     pod_uid_env: Option<String>,
@@ -92,6 +93,10 @@ pub struct ProcessMonitor {
     /// This process's pid as the scanned /proc names it (none when /proc is another pid
     /// namespace's): walking its own fd table opens one fd more than it holds.
     pub(crate) own_pid: Option<u32>,
+    /// Containers seen so far, and a process of each new one whose root is yet to be
+    /// handed out (for exec watches in that container's filesystem).
+    containers: HashSet<String>,
+    new_container_pids: Vec<u32>,
 }
 
 /// An exited process, kept for the lineage of its descendants.
@@ -121,13 +126,25 @@ impl ProcessMonitor {
             last_pid: None,
             last_sweep: None,
             loadavg,
+            loadavg_buf: Vec::new(),
             buf: Vec::with_capacity(4096),
             stats: ProcessStats::default(),
             pod_uid_env: std::env::var("POD_UID").ok().filter(|s| !s.is_empty()),
             new_since_last: 0,
             index: Default::default(),
             own_pid,
+            containers: HashSet::new(),
+            new_container_pids: Vec::new(),
         })
+    }
+
+    /// The root directories (`<proc>/<pid>/root`) of containers first seen since the last
+    /// call.
+    pub fn take_new_container_roots(&mut self) -> Vec<std::path::PathBuf> {
+        self.new_container_pids
+            .drain(..)
+            .map(|pid| self.config.proc_root.join(pid.to_string()).join("root"))
+            .collect()
     }
 
     pub(crate) fn proc_root(&self) -> &std::path::Path {
@@ -235,11 +252,8 @@ impl ProcessMonitor {
     }
 
     fn read_last_pid(&mut self) -> Option<u32> {
-        use std::io::Seek;
-        self.buf.clear();
-        self.loadavg.seek(io::SeekFrom::Start(0)).ok()?;
-        self.loadavg.read_to_end(&mut self.buf).ok()?;
-        parse::loadavg_last_pid(&self.buf)
+        let n = crate::sys::proc::reread(&self.loadavg, &mut self.loadavg_buf).ok()?;
+        parse::loadavg_last_pid(&self.loadavg_buf[..n])
     }
 
     /// Reads one pid and emits START, EXEC, or EXIT+START (pid reuse) as it finds it.
@@ -311,6 +325,12 @@ impl ProcessMonitor {
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);
         self.stats.started += 1;
         self.new_since_last += 1;
+        if let Some(id) = &record.container_id {
+            if !self.containers.contains(id) {
+                self.containers.insert(id.clone());
+                self.new_container_pids.push(record.pid);
+            }
+        }
         metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
         out.push(Record::Process(record.clone()));
         self.live.insert(

@@ -9,60 +9,80 @@
 //! for every other pod's socket.)
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 
 /// Reads the counters into reused buffers and says whether any of them rose.
 pub struct Trigger {
-    files: Vec<(File, Vec<u8>)>,
+    sources: Vec<Source>,
+    scratch: Vec<u64>,
+}
+
+struct Source {
+    file: File,
+    buf: Vec<u8>,
+    kind: Kind,
     last: Vec<u64>,
-    current: Vec<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `/proc/net/sockstat{,6}`: the `inuse` socket counts.
+    Sockstat,
+    /// `/proc/net/snmp`: the Tcp open counters (five times the cost of sockstat to read).
+    Snmp,
 }
 
 /// The files whose counters move when sockets open.
-const SOURCES: [&str; 3] = [
-    "/proc/net/sockstat",
-    "/proc/net/sockstat6",
-    "/proc/net/snmp",
+const SOURCES: [(&str, Kind); 3] = [
+    ("/proc/net/sockstat", Kind::Sockstat),
+    ("/proc/net/sockstat6", Kind::Sockstat),
+    ("/proc/net/snmp", Kind::Snmp),
 ];
 
 impl Trigger {
     pub fn new() -> io::Result<Self> {
-        let mut files = Vec::new();
-        for path in SOURCES {
+        let mut sources = Vec::new();
+        for (path, kind) in SOURCES {
             match File::open(path) {
-                Ok(f) => files.push((f, Vec::with_capacity(4096))),
+                Ok(file) => sources.push(Source {
+                    file,
+                    buf: Vec::new(),
+                    kind,
+                    last: Vec::new(),
+                }),
                 // No IPv6 in the namespace: nothing to watch there.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
         let mut trigger = Trigger {
-            files,
-            last: Vec::new(),
-            current: Vec::new(),
+            sources,
+            scratch: Vec::new(),
         };
-        trigger.read()?;
-        trigger.last = trigger.current.clone();
+        trigger.changed(true)?;
         Ok(trigger)
     }
 
-    /// True when a socket count or an open counter rose since the previous call.
-    pub fn changed(&mut self) -> io::Result<bool> {
-        self.read()?;
-        let rose = rose(&self.last, &self.current);
-        std::mem::swap(&mut self.current, &mut self.last);
-        Ok(rose)
-    }
-
-    fn read(&mut self) -> io::Result<()> {
-        self.current.clear();
-        for (file, buf) in &mut self.files {
-            buf.clear();
-            file.seek(SeekFrom::Start(0))?;
-            file.read_to_end(buf)?;
-            extract(buf, &mut self.current);
+    /// True when a socket count, or (with `opens`) a TCP open counter, rose since it was
+    /// last read. An idle engine leaves the open counters out: after a quiet spell a new
+    /// socket moves the socket count alone, and the open counters, read again once busy,
+    /// still show whatever opened in between.
+    pub fn changed(&mut self, opens: bool) -> io::Result<bool> {
+        let mut rose_any = false;
+        for source in &mut self.sources {
+            if source.kind == Kind::Snmp && !opens {
+                continue;
+            }
+            let n = crate::sys::proc::reread(&source.file, &mut source.buf)?;
+            self.scratch.clear();
+            match source.kind {
+                Kind::Sockstat => extract_inuse(&source.buf[..n], &mut self.scratch),
+                Kind::Snmp => extract_tcp_opens(&source.buf[..n], &mut self.scratch),
+            }
+            rose_any |= rose(&source.last, &self.scratch);
+            std::mem::swap(&mut source.last, &mut self.scratch);
         }
-        Ok(())
+        Ok(rose_any)
     }
 }
 
@@ -72,34 +92,34 @@ fn rose(last: &[u64], current: &[u64]) -> bool {
     last.len() != current.len() || current.iter().zip(last).any(|(now, before)| now > before)
 }
 
-/// Pulls the counters that rise with new sockets out of sockstat / snmp text:
-/// `inuse` of every sockstat line, `ActiveOpens`/`PassiveOpens` of snmp's Tcp.
-pub fn extract(text: &[u8], out: &mut Vec<u64>) {
-    let mut tcp_header: Option<&[u8]> = None;
+/// The `inuse` count of every protocol line of sockstat text.
+pub fn extract_inuse(text: &[u8], out: &mut Vec<u64>) {
     for line in text.split(|&b| b == b'\n') {
-        if line.starts_with(b"Tcp: ") {
-            match tcp_header {
-                None => tcp_header = Some(line),
-                Some(header) => {
-                    // Second Tcp line: values under the header's names.
-                    for (name, value) in
-                        header.split(|&b| b == b' ').zip(line.split(|&b| b == b' '))
-                    {
-                        if name == b"ActiveOpens" || name == b"PassiveOpens" {
-                            out.push(parse_u64(value));
-                        }
-                    }
-                }
-            }
-            continue;
-        }
-        let mut words = line.split(|&b| b == b' ').peekable();
+        let mut words = line.split(|&b| b == b' ');
         while let Some(word) = words.next() {
             if word == b"inuse" {
-                if let Some(value) = words.peek() {
-                    out.push(parse_u64(value));
-                }
+                out.extend(words.next().map(parse_u64));
+                break;
             }
+        }
+    }
+}
+
+/// `ActiveOpens` and `PassiveOpens` of snmp's Tcp lines (a header line of names, then one
+/// of values); the other protocols' lines are skipped unread.
+pub fn extract_tcp_opens(text: &[u8], out: &mut Vec<u64>) {
+    let mut tcp = text
+        .split(|&b| b == b'\n')
+        .filter(|line| line.starts_with(b"Tcp: "));
+    let (Some(header), Some(values)) = (tcp.next(), tcp.next()) else {
+        return;
+    };
+    for (name, value) in header
+        .split(|&b| b == b' ')
+        .zip(values.split(|&b| b == b' '))
+    {
+        if name == b"ActiveOpens" || name == b"PassiveOpens" {
+            out.push(parse_u64(value));
         }
     }
 }
@@ -124,8 +144,8 @@ mod tests {
             b"sockets: used 150\nTCP: inuse 5 orphan 0 tw 2 alloc 9 mem 1\nUDP: inuse 3 mem 2\n";
         let snmp = b"Tcp: RtoAlgorithm RtoMin ActiveOpens PassiveOpens\nTcp: 1 200 41 17\nUdp: InDatagrams\nUdp: 5\n";
         let mut out = Vec::new();
-        extract(sockstat, &mut out);
-        extract(snmp, &mut out);
+        extract_inuse(sockstat, &mut out);
+        extract_tcp_opens(snmp, &mut out);
         assert_eq!(out, vec![5, 3, 41, 17]);
     }
 
@@ -140,10 +160,10 @@ mod tests {
     #[test]
     fn a_new_connection_moves_the_trigger() {
         let mut trigger = Trigger::new().expect("proc files");
-        let _ = trigger.changed().expect("read");
+        let _ = trigger.changed(true).expect("read");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        assert!(trigger.changed().expect("read"));
+        assert!(trigger.changed(true).expect("read"));
     }
 
     #[test]
@@ -153,12 +173,29 @@ mod tests {
         let old = TcpStream::connect(addr).expect("connect");
         let (old_peer, _) = listener.accept().expect("accept");
         let mut trigger = Trigger::new().expect("proc files");
-        let _ = trigger.changed().expect("read");
+        let _ = trigger.changed(true).expect("read");
         // Two sockets close and two open between reads: the socket counts stay level.
         drop(old);
         drop(old_peer);
         let _new = TcpStream::connect(addr).expect("connect");
         let _new_peer = listener.accept().expect("accept");
-        assert!(trigger.changed().expect("read"));
+        assert!(trigger.changed(true).expect("read"));
+    }
+
+    #[test]
+    fn opens_left_out_while_idle_are_seen_once_busy() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let old = TcpStream::connect(addr).expect("connect");
+        let (old_peer, _) = listener.accept().expect("accept");
+        let mut trigger = Trigger::new().expect("proc files");
+        let _ = trigger.changed(true).expect("read");
+        drop(old);
+        drop(old_peer);
+        let _new = TcpStream::connect(addr).expect("connect");
+        let _new_peer = listener.accept().expect("accept");
+        // Idle: the socket counts alone may stay level; the next busy read catches the open.
+        let _ = trigger.changed(false).expect("read");
+        assert!(trigger.changed(true).expect("read"));
     }
 }

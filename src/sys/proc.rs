@@ -53,9 +53,54 @@ pub fn for_each_fd_link(fd_dir: &Path, mut each: impl FnMut(&[u8])) -> io::Resul
     Ok(count)
 }
 
+/// Reads a small /proc file again from its start with `pread` into `buf`, returning the
+/// length read: one syscall when it fits, where seek + `read_to_end` cost four (seek, size
+/// probe, read, read of EOF). `buf` keeps its zeroed length between calls (no memset per
+/// read) and doubles when a file outgrows it. A short read ends the file: a seq_file fills
+/// the buffer while it has records.
+pub fn reread(file: &std::fs::File, buf: &mut Vec<u8>) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    if buf.len() < 4096 {
+        buf.resize(4096, 0);
+    }
+    let mut filled = 0;
+    loop {
+        let n = file.read_at(&mut buf[filled..], filled as u64)?;
+        filled += n;
+        if filled < buf.len() {
+            return Ok(filled);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reread_returns_whole_files_again_and_again() {
+        let big = std::env::temp_dir().join(format!("pf-reread-{}", std::process::id()));
+        let content: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&big, &content).expect("write");
+        let mut buf = Vec::new();
+        for path in [
+            big.as_path(),
+            Path::new("/proc/net/snmp"),
+            Path::new("/proc/self/maps"),
+        ] {
+            let file = std::fs::File::open(path).expect("open");
+            for _ in 0..2 {
+                let n = reread(&file, &mut buf).expect("reread");
+                if path == big.as_path() {
+                    assert_eq!(&buf[..n], &content[..]);
+                } else {
+                    assert!(buf[..n].ends_with(b"\n") && n > 100, "{}", path.display());
+                }
+            }
+        }
+        std::fs::remove_file(&big).expect("cleanup");
+    }
 
     #[test]
     fn reads_this_process_sockets_among_its_fds() {

@@ -126,6 +126,46 @@ fn exec_in_place_is_reported_as_exec() {
     assert_eq!(phases.last(), Some(&ProcessPhase::Exit));
 }
 
+#[test]
+fn an_exec_wakes_the_collector_between_slow_ticks() {
+    // Checks every 300 ms: a 20 ms process is found only because its exec wakes the engine.
+    let collector = Collector::start(
+        &[],
+        &[
+            "--trigger-interval",
+            "300ms",
+            "--idle-interval",
+            "300ms",
+            "--process-sweep-interval",
+            "30s",
+        ],
+    );
+    let mut pids = Vec::new();
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(400));
+        let mut child = Command::new("/bin/sleep")
+            .arg("0.02")
+            .spawn()
+            .expect("spawn sleep");
+        pids.push(child.id());
+        assert!(child.wait().expect("wait").success());
+    }
+    thread::sleep(Duration::from_millis(400));
+    let records = collector.stop();
+    let procs = processes(&records);
+    let me = std::process::id();
+    for pid in pids {
+        let seen: Vec<_> = procs
+            .iter()
+            .filter(|p| p.pid == pid && matches!(p.phase, ProcessPhase::Start | ProcessPhase::Exec))
+            .collect();
+        assert!(
+            seen.iter().any(|p| p.ppid == me),
+            "the 20 ms process {pid} was not seen alive: {seen:?}"
+        );
+    }
+}
+
 /// A client process, run as `user`, that holds a connection to `port` for a while.
 fn client_as(user: &str, port: u16) -> std::process::Child {
     // bash builtins only, so no child process inherits the socket.
