@@ -128,7 +128,7 @@ impl ProcessMonitor {
             index.forget(pid);
         }
         index.expire_released();
-        let mut unknown: Vec<u64> = wanted
+        let mut unknown: HashSet<u64> = wanted
             .iter()
             .copied()
             .filter(|i| !index.owners.contains_key(i))
@@ -158,6 +158,8 @@ impl ProcessMonitor {
         let mut scanned = HashSet::default();
         for &(_, _, pid) in &order {
             let changed = match self.live.get(&pid) {
+                // Never read: nothing to compare a count with.
+                Some(p) if p.fd_count.is_none() => true,
                 Some(p) if fd_count_works => {
                     let count = fs::metadata(self.proc_root().join(pid.to_string()).join("fd"))
                         .map(|m| m.len())
@@ -170,7 +172,10 @@ impl ProcessMonitor {
             if changed {
                 self.scan_fds(pid, pass, &mut index);
                 scanned.insert(pid);
-                unknown.retain(|i| !index.owners.contains_key(i));
+                // What this table holds is known now (to it, or to an older holder).
+                for inode in index.held.get(&pid).into_iter().flatten() {
+                    unknown.remove(inode);
+                }
                 if unknown.is_empty() {
                     break;
                 }
