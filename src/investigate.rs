@@ -148,6 +148,14 @@ pub struct ProcessNames {
     by_collector: HashMap<String, HashMap<(u32, UnixNanos), ProcessName>>,
 }
 
+/// An EXIT record may come without what the process showed alive (exe, argv and ancestors
+/// are read while it runs): the live value stays.
+fn keep_if_exit_lacks<T: Default + PartialEq>(update: &ProcessRecord, field: &mut T, live: T) {
+    if update.phase == ProcessPhase::Exit && *field == T::default() {
+        *field = live;
+    }
+}
+
 impl ProcessNames {
     pub fn add(&mut self, source: &CollectorIdentity, p: &ProcessRecord) {
         let names = self
@@ -155,17 +163,14 @@ impl ProcessNames {
             .entry(source.collector_id.clone())
             .or_default();
         let key = (p.pid, p.start_time);
-        // An EXIT record may come without the exe the process showed alive.
-        if p.phase == ProcessPhase::Exit && p.exe.is_none() && names.contains_key(&key) {
-            return;
+        let mut name = ProcessName {
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+        };
+        if let Some(live) = names.remove(&key) {
+            keep_if_exit_lacks(p, &mut name.exe, live.exe);
         }
-        names.insert(
-            key,
-            ProcessName {
-                comm: p.comm.clone(),
-                exe: p.exe.clone(),
-            },
-        );
+        names.insert(key, name);
     }
 
     fn get(&self, collector_id: &str, pid: u32, start_time: UnixNanos) -> Option<&ProcessName> {
@@ -435,6 +440,8 @@ pub struct Period {
     pub sockets: Sockets,
     processes: Vec<(Arc<CollectorIdentity>, ProcessRecord, UnixNanos)>,
     listeners: Vec<(Arc<CollectorIdentity>, ListenerRecord, UnixNanos)>,
+    /// Process or listener records beyond the bound were left out.
+    records_truncated: bool,
 }
 
 impl Period {
@@ -443,7 +450,13 @@ impl Period {
             sockets: Sockets::new(filter),
             processes: Vec::new(),
             listeners: Vec::new(),
+            records_truncated: false,
         }
+    }
+
+    /// Something of the period was left out at the bound.
+    pub fn truncated(&self) -> bool {
+        self.sockets.truncated || self.records_truncated
     }
 
     /// Adds one event of the period; false once the bound is reached.
@@ -452,7 +465,7 @@ impl Period {
             Record::Flow(f) => self.sockets.add(&e.source, f),
             Record::Process(p) if p.phase != ProcessPhase::Exit => {
                 if self.processes.len() >= MAX_SOCKETS {
-                    self.sockets.truncated = true;
+                    self.records_truncated = true;
                     return false;
                 }
                 self.processes
@@ -461,7 +474,7 @@ impl Period {
             }
             Record::Listener(l) if l.phase == FlowPhase::Start => {
                 if self.listeners.len() >= MAX_SOCKETS {
-                    self.sockets.truncated = true;
+                    self.records_truncated = true;
                     return false;
                 }
                 self.listeners
@@ -582,7 +595,7 @@ pub fn new_activity(
         listeners,
         baseline_flows: baseline.sockets.len() as u64,
         baseline_processes: baseline.processes.len() as u64,
-        truncated: baseline.sockets.truncated || window.sockets.truncated,
+        truncated: baseline.truncated() || window.truncated(),
     }
 }
 
@@ -601,22 +614,10 @@ impl PodProcesses {
         let key = (p.pid, p.start_time);
         match self.latest.get_mut(&key) {
             Some(known) => {
-                let exe = known.exe.take();
-                let argv = std::mem::take(&mut known.argv);
-                let ancestors = std::mem::take(&mut known.ancestors);
-                *known = p.clone();
-                if p.phase == ProcessPhase::Exit {
-                    // An exit record may come without what the process showed alive.
-                    if known.exe.is_none() {
-                        known.exe = exe;
-                    }
-                    if known.argv.is_empty() {
-                        known.argv = argv;
-                    }
-                    if known.ancestors.is_empty() {
-                        known.ancestors = ancestors;
-                    }
-                }
+                let live = std::mem::replace(known, p.clone());
+                keep_if_exit_lacks(p, &mut known.exe, live.exe);
+                keep_if_exit_lacks(p, &mut known.argv, live.argv);
+                keep_if_exit_lacks(p, &mut known.ancestors, live.ancestors);
             }
             None => {
                 self.latest.insert(key, p.clone());
@@ -739,7 +740,7 @@ impl TreeFlows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Attribution, EndReason, Family, FlowRecord, Unavailable};
+    use crate::model::{Attribution, Family, FlowRecord};
 
     fn identity(collector_id: &str, pod: &str, pod_ip: &str) -> Arc<CollectorIdentity> {
         Arc::new(CollectorIdentity {
@@ -753,67 +754,27 @@ mod tests {
 
     fn flow(cookie: u64, peer: &str, port: u16, phase: FlowPhase, sent: u64) -> FlowRecord {
         FlowRecord {
-            cookie,
-            protocol: Protocol::Tcp,
-            family: Family::Ipv4,
-            local_addr: "10.0.0.5".parse().expect("ip"),
-            local_port: 40000 + cookie as u16,
             remote_addr: Some(peer.parse().expect("ip")),
             remote_port: Some(port),
-            direction: Direction::Outbound,
-            scope: Scope::NorthSouth,
             phase,
-            state: "ESTABLISHED".into(),
-            preexisting: false,
             bytes_sent: Some(sent),
             bytes_received: Some(sent / 2),
-            segs_out: None,
-            segs_in: None,
-            retransmits: None,
-            total_retrans: None,
-            rtt_us: None,
             first_seen: 1_000 + cookie,
             last_seen: 2_000 + cookie,
-            ended_at: None,
-            uid: Some(1000),
-            inode: Some(cookie),
-            pid: Some(7),
-            process_start_time: Some(70),
-            attribution: Attribution::Fd,
-            end_reason: EndReason::Unspecified,
-            reset: false,
-            cgroup_id: None,
+            ..crate::fixtures::flow(cookie)
         }
     }
 
     fn process(pid: u32, start: u64, ppid: u32, parent_start: u64, exe: &str) -> ProcessRecord {
         ProcessRecord {
-            pid,
             start_time: start,
             ppid,
             parent_start_time: Some(parent_start),
-            phase: ProcessPhase::Start,
-            comm: exe.rsplit('/').next().unwrap_or(exe).as_bytes().to_vec(),
             exe: Some(exe.as_bytes().to_vec()),
             argv: vec![exe.as_bytes().to_vec()],
-            cwd: None,
-            uid: 1000,
-            gid: 1000,
-            euid: 1000,
-            egid: 1000,
-            tty: None,
             session_id: 1,
             pgid: 1,
-            container_id: None,
-            pod_uid: None,
-            exit_time: None,
-            ancestors: Vec::new(),
-            exe_unavailable: Unavailable::Unspecified,
-            cwd_unavailable: Unavailable::Unspecified,
-            exe_deleted: false,
-            seen_at_exit_only: false,
-            stdio_is_socket: None,
-            stdio_socket_inodes: Vec::new(),
+            ..crate::fixtures::process(pid, exe.rsplit('/').next().unwrap_or(exe).as_bytes())
         }
     }
 

@@ -8,8 +8,11 @@ pub mod aggregator;
 pub mod attribution;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod collector;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod flows;
 pub mod investigate;
 pub mod model;

@@ -844,24 +844,8 @@ fn push_val(s: &mut String, v: lang::Val<'_>) {
             let _ = write!(s, "{i}");
         }
         Val::Bool(b) => s.push_str(if b { "true" } else { "false" }),
-        Val::Ip(std::net::IpAddr::V4(ip)) => {
-            // Keys are built per record: skip the formatting machinery for the common case.
-            for (i, octet) in ip.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                if octet >= 100 {
-                    s.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    s.push(char::from(b'0' + octet / 10 % 10));
-                }
-                s.push(char::from(b'0' + octet % 10));
-            }
-        }
-        Val::Ip(ip) => {
-            let _ = write!(s, "{ip}");
-        }
+        // Keys are built per record: skip the formatting machinery.
+        Val::Ip(ip) => crate::wire::push_ip(s, ip),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::investigate::{
     self, EdgeOrder, FlowFilter, Period, PodDirectory, PodProcesses, ProcessNames, Sockets,
     TreeFlows,
 };
-use crate::model::{Record, RecordKind};
+use crate::model::{Event, Record, RecordKind};
 use crate::proto::v1 as pb;
 use crate::wire;
 
@@ -74,6 +74,15 @@ fn store_status(e: StoreError) -> Status {
     Status::internal(format!("reading the store: {e}"))
 }
 
+/// One store scan, its error as a gRPC status.
+fn scan(
+    store: &dyn Store,
+    query: &EventQuery,
+    mut visit: impl FnMut(Event) -> bool,
+) -> Result<bool, Status> {
+    store.scan(query, &mut visit).map_err(store_status)
+}
+
 /// Runs `work` on a blocking thread (store scans are synchronous SQLite reads).
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Status> + Send + 'static,
@@ -98,14 +107,12 @@ fn process_names(store: &dyn Store, base: &EventQuery) -> Result<ProcessNames, S
         since: 0,
         ..of_kinds(base, &[RecordKind::Process])
     };
-    store
-        .scan(&query, &mut |e| {
-            if let Record::Process(p) = &e.record {
-                names.add(&e.source, p);
-            }
-            true
-        })
-        .map_err(store_status)?;
+    scan(store, &query, |e| {
+        if let Record::Process(p) = &e.record {
+            names.add(&e.source, p);
+        }
+        true
+    })?;
     Ok(names)
 }
 
@@ -118,12 +125,10 @@ fn pod_directory(store: &dyn Store, base: &EventQuery) -> Result<PodDirectory, S
         namespaces: Vec::new(),
         ..base.clone()
     };
-    store
-        .scan(&query, &mut |e| {
-            pods.note(&e.source);
-            true
-        })
-        .map_err(store_status)?;
+    scan(store, &query, |e| {
+        pods.note(&e.source);
+        true
+    })?;
     Ok(pods)
 }
 
@@ -151,15 +156,13 @@ impl pb::investigate_server::Investigate for InvestigateService {
             let names = process_names(store.as_ref(), &base)?;
             let mut pods = pod_directory(store.as_ref(), &base)?;
             let mut sockets = Sockets::new(filter);
-            store
-                .scan(&of_kinds(&base, &[RecordKind::Flow]), &mut |e| {
-                    pods.note(&e.source);
-                    match &e.record {
-                        Record::Flow(f) => sockets.add(&e.source, f),
-                        _ => true,
-                    }
-                })
-                .map_err(store_status)?;
+            scan(&*store, &of_kinds(&base, &[RecordKind::Flow]), |e| {
+                pods.note(&e.source);
+                match &e.record {
+                    Record::Flow(f) => sockets.add(&e.source, f),
+                    _ => true,
+                }
+            })?;
             Ok(investigate::talkers(&sockets, &names, &pods, order, limit))
         })
         .await?;
@@ -190,12 +193,10 @@ impl pb::investigate_server::Investigate for InvestigateService {
             let mut pods = pod_directory(store.as_ref(), &base)?;
             let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
             let mut fill = |period: &mut Period, query: EventQuery| {
-                store
-                    .scan(&query, &mut |e| {
-                        pods.note(&e.source);
-                        period.add(&e)
-                    })
-                    .map_err(store_status)
+                scan(&*store, &query, |e| {
+                    pods.note(&e.source);
+                    period.add(&e)
+                })
             };
             let mut baseline = Period::new(filter.clone());
             fill(
@@ -242,20 +243,19 @@ impl pb::investigate_server::Investigate for InvestigateService {
         let store = self.store.clone();
         let tree = blocking(move || {
             let mut processes = PodProcesses::default();
-            store
-                .scan(
-                    &EventQuery {
-                        since: 0,
-                        ..of_kinds(&base, &[RecordKind::Process])
-                    },
-                    &mut |e| {
-                        if let Record::Process(p) = &e.record {
-                            processes.add(p);
-                        }
-                        true
-                    },
-                )
-                .map_err(store_status)?;
+            scan(
+                &*store,
+                &EventQuery {
+                    since: 0,
+                    ..of_kinds(&base, &[RecordKind::Process])
+                },
+                |e| {
+                    if let Record::Process(p) = &e.record {
+                        processes.add(p);
+                    }
+                    true
+                },
+            )?;
             let tree = processes.tree(req.pid, req.start_time).ok_or_else(|| {
                 Status::not_found(format!(
                     "no process {} in pod {:?} in the store",
@@ -263,14 +263,12 @@ impl pb::investigate_server::Investigate for InvestigateService {
                 ))
             })?;
             let mut flows = TreeFlows::new(tree);
-            store
-                .scan(&of_kinds(&base, &[RecordKind::Flow]), &mut |e| {
-                    if let Record::Flow(f) = &e.record {
-                        flows.add(f);
-                    }
-                    true
-                })
-                .map_err(store_status)?;
+            scan(&*store, &of_kinds(&base, &[RecordKind::Flow]), |e| {
+                if let Record::Flow(f) = &e.record {
+                    flows.add(f);
+                }
+                true
+            })?;
             Ok(flows.finish())
         })
         .await?;

@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use crossbeam_channel::RecvTimeoutError;
 use tokio::sync::mpsc;
 
 use crate::model::{now_ns, CollectorIdentity};
-use crate::pipeline::RecordRx;
+use crate::pipeline::{EncodedBatch, RecordRx};
 use crate::proto::v1 as pb;
 use crate::telemetry;
 use crate::wire;
@@ -19,16 +20,26 @@ pub struct BatcherConfig {
     pub max_delay: Duration,
 }
 
+/// `Batch.records`' field number: each record is encoded into the batch's bytes as it
+/// arrives, and the batch's other fields are appended at the flush (protobuf fields may come
+/// in any order), so no batch of decoded records is ever held or moved.
+const BATCH_RECORDS_FIELD: u32 = 4;
+
+fn add(body: &mut BytesMut, record: &crate::model::Record) {
+    prost::encoding::message::encode(BATCH_RECORDS_FIELD, &wire::record_to_proto(record), body);
+}
+
 /// Runs until every record sender is gone; then flushes and closes `out`.
 pub fn run(
     config: BatcherConfig,
     identity: CollectorIdentity,
     rx: RecordRx,
-    out: mpsc::Sender<pb::Batch>,
+    out: mpsc::Sender<EncodedBatch>,
 ) {
     let identity = wire::identity_to_proto(&identity);
     let mut seq = 0u64;
-    let mut records: Vec<pb::Record> = Vec::with_capacity(config.max_records);
+    let mut body = BytesMut::new();
+    let mut records = 0usize;
     let mut deadline: Option<Instant> = None;
     loop {
         let timeout = deadline.map_or(Duration::from_secs(3600), |d| {
@@ -36,29 +47,39 @@ pub fn run(
         });
         let (flush, closed) = match rx.rx.recv_timeout(timeout) {
             Ok(record) => {
-                if records.is_empty() {
+                if records == 0 {
                     deadline = Some(Instant::now() + config.max_delay);
                 }
-                records.push(wire::record_to_proto(&record));
+                add(&mut body, &record);
+                records += 1;
                 // Drain what is already queued without waking again.
-                while records.len() < config.max_records {
+                while records < config.max_records {
                     match rx.rx.try_recv() {
-                        Ok(r) => records.push(wire::record_to_proto(&r)),
+                        Ok(r) => {
+                            add(&mut body, &r);
+                            records += 1;
+                        }
                         Err(_) => break,
                     }
                 }
-                (records.len() >= config.max_records, false)
+                (records >= config.max_records, false)
             }
             Err(RecvTimeoutError::Timeout) => (true, false),
             Err(RecvTimeoutError::Disconnected) => (true, true),
         };
-        if flush && !records.is_empty() {
+        if flush && records > 0 {
             seq += 1;
-            let batch = pb::Batch {
+            let header = pb::Batch {
                 identity: Some(identity.clone()),
                 seq,
                 sent_at: now_ns(),
-                records: std::mem::replace(&mut records, Vec::with_capacity(config.max_records)),
+                records: Vec::new(),
+            };
+            prost::Message::encode_raw(&header, &mut body);
+            let batch = EncodedBatch {
+                seq,
+                records: std::mem::take(&mut records),
+                bytes: body.split().freeze(),
             };
             metrics::counter!(telemetry::BATCHES_BUILT).increment(1);
             if out.blocking_send(batch).is_err() {
@@ -100,5 +121,58 @@ pub fn identity_from_env() -> CollectorIdentity {
             .map(str::to_owned)
             .collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FlowRecord, Record};
+    use prost::Message;
+
+    #[test]
+    fn batches_decode_with_their_records_in_order_and_header() {
+        let (tx, rx) = crate::pipeline::record_queue(64);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let identity = CollectorIdentity {
+            collector_id: "c1".into(),
+            pod_name: "pod".into(),
+            ..CollectorIdentity::default()
+        };
+        let config = BatcherConfig {
+            max_records: 3,
+            max_delay: Duration::from_millis(50),
+        };
+        let batcher = std::thread::spawn(move || run(config, identity, rx, out_tx));
+        for cookie in 0..5u64 {
+            tx.send(Record::Flow(FlowRecord {
+                local_addr: std::net::IpAddr::from([10, 0, 0, 1]),
+                ..crate::fixtures::flow(cookie)
+            }));
+        }
+        drop(tx);
+        batcher.join().expect("batcher");
+        let mut cookies = Vec::new();
+        let mut seqs = Vec::new();
+        while let Ok(encoded) = out_rx.try_recv() {
+            let batch = pb::Batch::decode(encoded.bytes.clone()).expect("decodes");
+            assert_eq!(
+                (batch.seq, batch.records.len()),
+                (encoded.seq, encoded.records)
+            );
+            assert_eq!(batch.identity.expect("identity").collector_id, "c1");
+            seqs.push(batch.seq);
+            for record in batch.records {
+                match record.kind {
+                    Some(pb::record::Kind::Flow(f)) => {
+                        assert_eq!(f.local_addr, "10.0.0.1");
+                        cookies.push(f.cookie);
+                    }
+                    other => panic!("not a flow: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(cookies, vec![0, 1, 2, 3, 4]);
+        assert_eq!(seqs, vec![1, 2]);
     }
 }

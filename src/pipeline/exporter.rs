@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::codec::EncodedBatchCodec;
 use crate::pipeline::spool::Spool;
-use crate::proto::v1 as pb;
+use crate::pipeline::EncodedBatch;
 use crate::telemetry;
 
 /// Process-wide exporter counters, reported in the collector's heartbeat.
@@ -55,6 +56,10 @@ impl ExportStats {
     }
 }
 
+/// The one RPC the exporter calls.
+static INGEST_STREAM: tonic::codegen::http::uri::PathAndQuery =
+    tonic::codegen::http::uri::PathAndQuery::from_static("/procflow.v1.Ingest/Stream");
+
 /// Where and how to export.
 #[derive(Debug, Clone)]
 pub struct ExporterConfig {
@@ -73,13 +78,13 @@ pub struct ExporterConfig {
 
 /// Batches waiting for an acknowledgement: memory first, then the spool, in order.
 struct Buffer {
-    memory: VecDeque<pb::Batch>,
+    memory: VecDeque<EncodedBatch>,
     capacity: usize,
     spool: Option<Spool>,
 }
 
 impl Buffer {
-    fn push(&mut self, batch: pb::Batch) {
+    fn push(&mut self, batch: EncodedBatch) {
         let spool_has_older = self.spool.as_ref().is_some_and(|s| !s.is_empty());
         if self.memory.len() < self.capacity && !spool_has_older {
             self.memory.push_back(batch);
@@ -130,7 +135,7 @@ impl Buffer {
     /// Shutdown: what is still in memory goes to the spool for the next run.
     fn persist(&mut self) {
         if let Some(spool) = &mut self.spool {
-            let rest: Vec<pb::Batch> = self.memory.drain(..).collect();
+            let rest: Vec<EncodedBatch> = self.memory.drain(..).collect();
             if let Err(error) = spool.push_front_all(&rest) {
                 tracing::warn!(%error, "could not spool unacknowledged batches at shutdown");
             }
@@ -141,8 +146,8 @@ impl Buffer {
     }
 }
 
-pub(crate) fn drop_batch(batch: &pb::Batch, why: &str) {
-    let records = batch.records.len() as u64;
+pub(crate) fn drop_batch(batch: &EncodedBatch, why: &str) {
+    let records = batch.records as u64;
     EXPORT_STATS
         .records_dropped
         .fetch_add(records, Ordering::Relaxed);
@@ -159,7 +164,7 @@ pub(crate) fn drop_batch(batch: &pb::Batch, why: &str) {
 /// timeout passes).
 pub async fn run(
     config: ExporterConfig,
-    mut batches: mpsc::Receiver<pb::Batch>,
+    mut batches: mpsc::Receiver<EncodedBatch>,
 ) -> anyhow::Result<()> {
     let spool = match &config.spool_dir {
         Some(dir) => Some(
@@ -213,14 +218,17 @@ async fn session(
     endpoint: &Endpoint,
     config: &ExporterConfig,
     buffer: &mut Buffer,
-    batches: &mut mpsc::Receiver<pb::Batch>,
+    batches: &mut mpsc::Receiver<EncodedBatch>,
     closing: &mut Option<tokio::time::Instant>,
 ) -> anyhow::Result<()> {
     let channel: Channel = endpoint.connect().await.context("connecting")?;
-    let mut client =
-        pb::ingest_client::IngestClient::new(channel).max_decoding_message_size(64 << 20);
-    let (tx, rx) = mpsc::channel::<pb::Batch>(256);
+    // The generated client's call, with a codec that sends the batches' bytes as they are.
+    let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel::<EncodedBatch>(256);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new("procflow.v1.Ingest", "Stream"));
     if let Some(token) = &config.token {
         request.metadata_mut().insert(
             "authorization",
@@ -234,8 +242,12 @@ async fn session(
     while sent < buffer.memory.len() && tx.try_send(buffer.memory[sent].clone()).is_ok() {
         sent += 1;
     }
+    client
+        .ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("connection not ready: {e}"))?;
     let mut acks = client
-        .stream(request)
+        .streaming(request, INGEST_STREAM.clone(), EncodedBatchCodec)
         .await
         .context("opening the ingest stream")?
         .into_inner();

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use crate::pipeline::exporter::drop_batch;
+use crate::pipeline::EncodedBatch;
 use crate::proto::v1 as pb;
 
 pub struct Spool {
@@ -70,11 +71,11 @@ impl Spool {
     }
 
     /// Appends a batch; drops (and counts) the oldest ones while over the size cap.
-    pub fn push(&mut self, batch: &pb::Batch) -> io::Result<()> {
-        let name = format!("{:020}-{}.batch", self.counter, batch.records.len());
+    pub fn push(&mut self, batch: &EncodedBatch) -> io::Result<()> {
+        let name = format!("{:020}-{}.batch", self.counter, batch.records);
         self.counter += 1;
-        let body = batch.encode_to_vec();
-        write_file(&self.dir.join(&name), &body)?;
+        let body = &batch.bytes;
+        write_file(&self.dir.join(&name), body)?;
         self.bytes += body.len() as u64;
         self.files.push_back((name, body.len() as u64));
         while self.bytes > self.max_bytes && self.files.len() > 1 {
@@ -86,7 +87,7 @@ impl Spool {
     }
 
     /// Puts batches back in front of the spool (shutdown with unacknowledged batches).
-    pub fn push_front_all(&mut self, batches: &[pb::Batch]) -> io::Result<()> {
+    pub fn push_front_all(&mut self, batches: &[EncodedBatch]) -> io::Result<()> {
         // Names sort before every existing file: reuse the counter space below the oldest.
         let first = self
             .files
@@ -95,9 +96,9 @@ impl Spool {
             .unwrap_or(self.counter);
         let base = first.saturating_sub(batches.len() as u64);
         for (i, batch) in batches.iter().enumerate().rev() {
-            let name = format!("{:020}-{}.batch", base + i as u64, batch.records.len());
-            let body = batch.encode_to_vec();
-            write_file(&self.dir.join(&name), &body)?;
+            let name = format!("{:020}-{}.batch", base + i as u64, batch.records);
+            let body = &batch.bytes;
+            write_file(&self.dir.join(&name), body)?;
             self.bytes += body.len() as u64;
             self.files.push_front((name, body.len() as u64));
         }
@@ -105,7 +106,7 @@ impl Spool {
     }
 
     /// Removes and returns the oldest batch.
-    pub fn pop(&mut self) -> io::Result<Option<pb::Batch>> {
+    pub fn pop(&mut self) -> io::Result<Option<EncodedBatch>> {
         let Some((name, size)) = self.files.pop_front() else {
             return Ok(None);
         };
@@ -113,9 +114,16 @@ impl Spool {
         let path = self.dir.join(&name);
         let body = fs::read(&path);
         let _ = fs::remove_file(&path);
-        let batch = pb::Batch::decode(body?.as_slice())
+        let body = body?;
+        // The whole batch is checked once here, so a corrupt file is an error now and not a
+        // rejection at the aggregator; its bytes are then sent as they are.
+        let batch = pb::Batch::decode(body.as_slice())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {e}")))?;
-        Ok(Some(batch))
+        Ok(Some(EncodedBatch {
+            seq: batch.seq,
+            records: batch.records.len(),
+            bytes: body.into(),
+        }))
     }
 }
 
@@ -130,19 +138,19 @@ fn write_file(path: &Path, body: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn batch(seq: u64, records: usize) -> pb::Batch {
-        pb::Batch {
+    fn batch(seq: u64, records: usize) -> EncodedBatch {
+        EncodedBatch::encode(&pb::Batch {
             identity: None,
             seq,
             sent_at: 0,
             records: vec![pb::Record::default(); records],
-        }
+        })
     }
 
     #[test]
     fn keeps_order_across_reopen_and_drops_oldest_when_full() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let one = batch(1, 10).encode_to_vec().len() as u64;
+        let one = batch(1, 10).bytes.len() as u64;
         let mut spool = Spool::open(dir.path(), one * 3).expect("open");
         for seq in 1..=5 {
             spool.push(&batch(seq, 10)).expect("push");

@@ -1,35 +1,11 @@
 use super::*;
-use crate::model::{Ancestor, ProcessPhase, Unavailable};
+use crate::model::{Ancestor, FlowPhase};
 use crate::model::{CollectorIdentity, FlowRecord};
 
 pub(crate) fn proc(comm: &[u8], exe: Option<&str>) -> ProcessRecord {
     ProcessRecord {
-        pid: 100,
-        start_time: 1,
-        ppid: 1,
-        parent_start_time: None,
-        phase: ProcessPhase::Start,
-        comm: comm.to_vec(),
         exe: exe.map(|e| e.as_bytes().to_vec()),
-        argv: vec![comm.to_vec()],
-        cwd: None,
-        uid: 1000,
-        gid: 1000,
-        euid: 1000,
-        egid: 1000,
-        tty: None,
-        session_id: 0,
-        pgid: 0,
-        container_id: None,
-        pod_uid: None,
-        exit_time: None,
-        ancestors: vec![],
-        exe_unavailable: Unavailable::Unspecified,
-        cwd_unavailable: Unavailable::Unspecified,
-        exe_deleted: false,
-        seen_at_exit_only: false,
-        stdio_is_socket: None,
-        stdio_socket_inodes: vec![],
+        ..crate::fixtures::process(100, comm)
     }
 }
 
@@ -209,18 +185,19 @@ fn falco_payload_shape() {
 
 const SEC: u64 = 1_000_000_000;
 
-fn flow_to(remote: &str, rport: u16, cookie: u64, phase: &str, sent: u64) -> FlowRecord {
-    serde_json::from_value(serde_json::json!({
-        "cookie": cookie.to_string(), "protocol": "TCP", "family": "IPV4", "local_addr": "10.1.1.1",
-        "local_port": 40000, "remote_addr": remote, "remote_port": rport, "direction": "OUTBOUND",
-        "scope": "NORTH_SOUTH", "phase": phase, "state": "ESTABLISHED", "preexisting": false,
-        "bytes_sent": sent, "bytes_received": 0, "segs_out": null, "segs_in": null,
-        "retransmits": null, "total_retrans": null, "rtt_us": null, "first_seen": 1,
-        "last_seen": 1, "ended_at": null, "uid": 1000, "inode": 1, "pid": 100,
-        "process_start_time": 1, "attribution": "FD", "end_reason": "UNSPECIFIED",
-        "reset": false, "cgroup_id": null
-    }))
-    .expect("flow json")
+fn flow_to(remote: &str, rport: u16, cookie: u64, phase: FlowPhase, sent: u64) -> FlowRecord {
+    FlowRecord {
+        local_addr: "10.1.1.1".parse().expect("ip"),
+        local_port: 40000,
+        remote_addr: Some(remote.parse().expect("ip")),
+        remote_port: Some(rport),
+        phase,
+        bytes_sent: Some(sent),
+        inode: Some(1),
+        pid: Some(100),
+        process_start_time: Some(1),
+        ..crate::fixtures::flow(cookie)
+    }
 }
 
 fn stateful_engine(rule: &str) -> Engine {
@@ -251,13 +228,19 @@ fn threshold_adds_what_each_socket_moved_and_slides_its_window() {
     let ev = |f| pod_event("web-7c9f8d6b5-x2k4q", Record::Flow(f));
     // One socket reports cumulative counters: 600 then 900 is 900 moved, not 1500.
     assert!(e
-        .evaluate(&ev(flow_to("1.2.3.4", 443, 1, "START", 600)), SEC)
+        .evaluate(&ev(flow_to("1.2.3.4", 443, 1, FlowPhase::Start, 600)), SEC)
         .is_empty());
     assert!(e
-        .evaluate(&ev(flow_to("1.2.3.4", 443, 1, "UPDATE", 900)), 2 * SEC)
+        .evaluate(
+            &ev(flow_to("1.2.3.4", 443, 1, FlowPhase::Update, 900)),
+            2 * SEC
+        )
         .is_empty());
     // Another socket to the same destination pushes the window over 1000.
-    let a = e.evaluate(&ev(flow_to("1.2.3.4", 443, 2, "END", 200)), 3 * SEC);
+    let a = e.evaluate(
+        &ev(flow_to("1.2.3.4", 443, 2, FlowPhase::End, 200)),
+        3 * SEC,
+    );
     assert_eq!(a.len(), 1, "900 + 200 > 1000");
     assert!(
         a[0].evidence
@@ -268,23 +251,38 @@ fn threshold_adds_what_each_socket_moved_and_slides_its_window() {
     );
     // Other destinations have their own window.
     assert!(e
-        .evaluate(&ev(flow_to("5.6.7.8", 443, 3, "END", 999)), 3 * SEC)
+        .evaluate(
+            &ev(flow_to("5.6.7.8", 443, 3, FlowPhase::End, 999)),
+            3 * SEC
+        )
         .is_empty());
     // Window edge: at exactly 10 s after the first event, that event has left the window.
     assert!(e
-        .evaluate(&ev(flow_to("9.9.9.9", 443, 4, "END", 600)), 20 * SEC)
+        .evaluate(
+            &ev(flow_to("9.9.9.9", 443, 4, FlowPhase::End, 600)),
+            20 * SEC
+        )
         .is_empty());
     assert!(e
-        .evaluate(&ev(flow_to("9.9.9.9", 443, 5, "END", 300)), 29 * SEC)
+        .evaluate(
+            &ev(flow_to("9.9.9.9", 443, 5, FlowPhase::End, 300)),
+            29 * SEC
+        )
         .is_empty());
     assert_eq!(
-        e.evaluate(&ev(flow_to("9.9.9.9", 443, 6, "END", 200)), 29 * SEC)
-            .len(),
+        e.evaluate(
+            &ev(flow_to("9.9.9.9", 443, 6, FlowPhase::End, 200)),
+            29 * SEC
+        )
+        .len(),
         1
     );
     assert!(
-        e.evaluate(&ev(flow_to("9.9.9.9", 443, 7, "END", 1)), 39 * SEC + 1)
-            .is_empty(),
+        e.evaluate(
+            &ev(flow_to("9.9.9.9", 443, 7, FlowPhase::End, 1)),
+            39 * SEC + 1
+        )
+        .is_empty(),
         "only 201 left in the window"
     );
 }
@@ -292,7 +290,7 @@ fn threshold_adds_what_each_socket_moved_and_slides_its_window() {
 #[test]
 fn replicas_of_a_workload_share_state_and_other_workloads_do_not() {
     let mut e = stateful_engine(EXFIL);
-    let f = |c| Record::Flow(flow_to("1.2.3.4", 443, c, "END", 600));
+    let f = |c| Record::Flow(flow_to("1.2.3.4", 443, c, FlowPhase::End, 600));
     assert!(e
         .evaluate(&pod_event("web-7c9f8d6b5-x2k4q", f(1)), SEC)
         .is_empty());
@@ -317,7 +315,7 @@ fn new_value_learns_then_alerts_once_per_new_value() {
     let ev = |ip: &str, c| {
         pod_event(
             "web-7c9f8d6b5-x2k4q",
-            Record::Flow(flow_to(ip, 443, c, "START", 0)),
+            Record::Flow(flow_to(ip, 443, c, FlowPhase::Start, 0)),
         )
     };
     let t0 = 1_000 * SEC;
@@ -347,7 +345,7 @@ fn new_value_learns_then_alerts_once_per_new_value() {
     // Another workload starts its own learning period.
     let other = pod_event(
         "api-5d4f7b9c8-abcde",
-        Record::Flow(flow_to("6.6.6.6", 443, 8, "START", 0)),
+        Record::Flow(flow_to("6.6.6.6", 443, 8, FlowPhase::Start, 0)),
     );
     assert!(e.evaluate(&other, t0 + 3700 * SEC).is_empty());
 }
@@ -359,7 +357,7 @@ fn stateful_state_survives_a_restart() {
     let ev = |ip: &str, c| {
         pod_event(
             "web-7c9f8d6b5-x2k4q",
-            Record::Flow(flow_to(ip, 443, c, "END", 600)),
+            Record::Flow(flow_to(ip, 443, c, FlowPhase::End, 600)),
         )
     };
     let t0 = 1_000 * SEC;
@@ -391,7 +389,7 @@ fn rate_counts_distinct_values_in_its_window() {
     let ev = |port, c| {
         pod_event(
             "scanner",
-            Record::Flow(flow_to("10.9.9.9", port, c, "START", 0)),
+            Record::Flow(flow_to("10.9.9.9", port, c, FlowPhase::Start, 0)),
         )
     };
     for (i, port) in [22, 22, 80, 443].into_iter().enumerate() {

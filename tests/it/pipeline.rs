@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use procflow::model::{CollectorIdentity, Heartbeat, Record};
 use procflow::pipeline::exporter::{self, ExporterConfig, EXPORT_STATS};
+use procflow::pipeline::EncodedBatch;
 use procflow::proto::v1 as pb;
 use procflow::wire;
 
@@ -191,8 +192,13 @@ fn aggregator_crash_mid_stream_stores_every_record_exactly_once() {
     let per_batch = 100u64;
     let batches = 300u64;
     for seq in 1..=batches {
-        tx.blocking_send(batch(&id, seq, seq * per_batch, per_batch))
-            .expect("send");
+        tx.blocking_send(EncodedBatch::encode(&batch(
+            &id,
+            seq,
+            seq * per_batch,
+            per_batch,
+        )))
+        .expect("send");
         if seq == batches / 2 {
             agg.kill();
             std::thread::sleep(Duration::from_millis(300));
@@ -226,7 +232,7 @@ fn spool_carries_data_across_an_outage_longer_than_memory() {
         rx,
     ));
     for seq in 1..=40 {
-        tx.blocking_send(batch(&id, seq, seq * 10, 10))
+        tx.blocking_send(EncodedBatch::encode(&batch(&id, seq, seq * 10, 10)))
             .expect("send");
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -265,7 +271,7 @@ fn full_spool_drops_oldest_and_counts_it() {
         rx,
     ));
     for seq in 1..=20 {
-        tx.blocking_send(batch(&id, seq, seq * 10, 10))
+        tx.blocking_send(EncodedBatch::encode(&batch(&id, seq, seq * 10, 10)))
             .expect("send");
     }
     std::thread::sleep(Duration::from_millis(500));
