@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use procflow::attribution::NoAttribution;
 use procflow::flows::{FlowConfig, FlowTable, Scoper};
-use procflow::model::Record;
+use procflow::model::{ProcessPhase, Record};
 use procflow::procs::{ProcessConfig, ProcessMonitor};
 use procflow::sockdiag::{msg, Dumper};
 use serde::Serialize;
@@ -980,34 +980,57 @@ fn scenario_spawn(report: &mut Report, sizes: &Sizes) -> anyhow::Result<()> {
     let collector = start_collector(&["--output", "stdout", "--queue-capacity", "65536"])?;
     let me = std::process::id();
     let total = sizes.spawn_rate * sizes.spawn_secs;
+    let cpu0 = collector.cpu_ticks();
     let start = Instant::now();
-    let mut running: Vec<(Child, Instant)> = Vec::new();
-    let mut truth = Vec::new();
+    let mut waiters = Vec::new();
     for i in 0..total {
         let at = start + Duration::from_micros(i * 1_000_000 / sizes.spawn_rate);
-        while Instant::now() < at {
-            reap(&mut running, &mut truth, me);
-            std::thread::sleep(Duration::from_micros(200));
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
         }
         // Lifetimes log-uniform from 1 ms to 1 s; depth 3: sh -> sh -> sleep.
         let secs = 10f64.powf(-3.0 + 3.0 * fastrand::f64());
-        let child = Command::new("sh")
+        let mut child = Command::new("sh")
             .args(["-c", &format!("sh -c 'sleep {secs:.4}; true'; true")])
             .stdout(Stdio::null())
             .spawn()?;
-        running.push((child, Instant::now()));
+        let started = Instant::now();
+        let pid = child.id();
+        // A waiting thread per child: the lifetime measured is the child's own, not the
+        // spawn loop's pace (a stalled loop once made 5 ms processes look 150 ms long).
+        waiters.push(std::thread::spawn(move || {
+            child.wait().ok()?;
+            Some(TruthProc {
+                pid,
+                ppid: me,
+                lifetime_ms: started.elapsed().as_millis() as u64,
+            })
+        }));
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !running.is_empty() && Instant::now() < deadline {
-        reap(&mut running, &mut truth, me);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    for (mut c, _) in running {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    let truth: Vec<TruthProc> = waiters
+        .into_iter()
+        .filter_map(|w| w.join().ok().flatten())
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
+    let cpu =
+        (collector.cpu_ticks() - cpu0) as f64 / ticks_per_sec() / start.elapsed().as_secs_f64();
     let records = collector.stop()?;
+    report.add(&scenario, "collector CPU", cpu * 100.0, "% core", None);
+    if std::env::var_os("PF_BENCH_DEBUG").is_some() {
+        for t in &truth {
+            let mine: Vec<_> = records
+                .iter()
+                .filter(|r| matches!(r, Record::Process(p) if p.pid == t.pid))
+                .collect();
+            let seen = mine.iter().any(|r| {
+                matches!(r, Record::Process(p) if p.ppid == t.ppid
+                    && matches!(p.phase, ProcessPhase::Start | ProcessPhase::Exec))
+            });
+            if !seen {
+                eprintln!("missed {t:?}: {mine:?}");
+            }
+        }
+    }
     for (label, n, seen) in score::score_processes(&truth, &records) {
         let rate = ratio(seen, n);
         let target = match label.as_str() {
@@ -1031,20 +1054,6 @@ fn scenario_spawn(report: &mut Report, sizes: &Sizes) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn reap(running: &mut Vec<(Child, Instant)>, truth: &mut Vec<TruthProc>, me: u32) {
-    running.retain_mut(|(child, started)| match child.try_wait() {
-        Ok(Some(_)) => {
-            truth.push(TruthProc {
-                pid: child.id(),
-                ppid: me,
-                lifetime_ms: started.elapsed().as_millis() as u64,
-            });
-            false
-        }
-        _ => true,
-    });
 }
 
 // === idle: an idle host at default intervals ===
