@@ -17,6 +17,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::codec::EncodedBatchCodec;
 use crate::pipeline::spool::Spool;
 use crate::pipeline::EncodedBatch;
+use crate::proto::v1 as pb;
 use crate::telemetry;
 
 /// Process-wide exporter counters, reported in the collector's heartbeat.
@@ -56,9 +57,15 @@ impl ExportStats {
     }
 }
 
-/// The one RPC the exporter calls.
-static INGEST_STREAM: tonic::codegen::http::uri::PathAndQuery =
-    tonic::codegen::http::uri::PathAndQuery::from_static("/procflow.v1.Ingest/Stream");
+/// The one RPC the exporter calls, named after the generated service (its method name is the
+/// proto's `rpc Stream`; the pipeline integration tests fail if the two part).
+const INGEST_METHOD: &str = "Stream";
+
+fn ingest_stream_path() -> tonic::codegen::http::uri::PathAndQuery {
+    let path = format!("/{}/{INGEST_METHOD}", pb::ingest_server::SERVICE_NAME);
+    tonic::codegen::http::uri::PathAndQuery::try_from(path)
+        .expect("a proto service and method name form a valid path")
+}
 
 /// Where and how to export.
 #[derive(Debug, Clone)]
@@ -226,9 +233,10 @@ async fn session(
     let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<EncodedBatch>(256);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request
-        .extensions_mut()
-        .insert(tonic::GrpcMethod::new("procflow.v1.Ingest", "Stream"));
+    request.extensions_mut().insert(tonic::GrpcMethod::new(
+        pb::ingest_server::SERVICE_NAME,
+        INGEST_METHOD,
+    ));
     if let Some(token) = &config.token {
         request.metadata_mut().insert(
             "authorization",
@@ -247,7 +255,7 @@ async fn session(
         .await
         .map_err(|e| anyhow::anyhow!("connection not ready: {e}"))?;
     let mut acks = client
-        .streaming(request, INGEST_STREAM.clone(), EncodedBatchCodec)
+        .streaming(request, ingest_stream_path(), EncodedBatchCodec)
         .await
         .context("opening the ingest stream")?
         .into_inner();
