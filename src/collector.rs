@@ -288,8 +288,10 @@ const QUIET_AFTER: Duration = Duration::from_secs(5);
 /// How long the engine keeps ticking fast after the last sign of activity.
 const ACTIVE_HOLD: Duration = Duration::from_secs(1);
 
-/// Ticks woken by execs come at most this often: an exec storm costs a bounded share of a core.
-const MIN_TICK_SPACING: Duration = Duration::from_millis(1);
+/// The tick an exec wakes waits this long: the watched open comes early in the exec, before
+/// the new image's argv, credentials and name are in place (read at once, a process shows an
+/// empty command line); and an exec storm costs a bounded share of a core.
+const AFTER_EXEC_WAKE: Duration = Duration::from_millis(1);
 
 /// Runs the engine loop until `stop` is set: ticks every `trigger_interval`, pushes records
 /// into `tx`. On stop, ends live flows and returns.
@@ -309,7 +311,6 @@ pub fn run_engine(
     let mut last_activity = Instant::now();
     let mut exec_watch = exec_watch(config, procs.is_some());
     while !stop.load(Ordering::Relaxed) {
-        let tick_started = Instant::now();
         let now = now_ns();
         // Processes first: a socket's new owner must be known before the socket is attributed.
         let lookup: &mut dyn OwnerLookup = match procs.as_mut() {
@@ -348,9 +349,7 @@ pub fn run_engine(
         // engine busy, while an exec elsewhere that shares the watched files costs one tick.
         if watch.wait(interval) {
             metrics::counter!(telemetry::EXEC_WAKEUPS).increment(1);
-            if let Some(rest) = MIN_TICK_SPACING.checked_sub(tick_started.elapsed()) {
-                std::thread::sleep(rest);
-            }
+            std::thread::sleep(AFTER_EXEC_WAKE);
         }
     }
     // A last sweep reports the exits since the previous one.
@@ -415,6 +414,7 @@ pub fn heartbeat(
         ),
         ("flows_duplicate_ends".to_owned(), f.duplicate_ends),
         ("listeners_started".to_owned(), f.listeners_started),
+        ("flows_reattributed".to_owned(), f.reattributed),
         (
             "queue_sent".to_owned(),
             tx.stats().sent.load(Ordering::Relaxed),

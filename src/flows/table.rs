@@ -63,6 +63,9 @@ pub struct FlowStats {
     pub duplicate_ends: u64,
     pub listeners_started: u64,
     pub listeners_ended: u64,
+    /// Accepted sockets first attributed to their listener's owner and found in an fd
+    /// table by a later dump.
+    pub reattributed: u64,
 }
 
 /// Last known state of one tracked socket, kept compact (the table holds every socket).
@@ -95,7 +98,15 @@ struct Entry {
     /// When it went missing from complete dumps; 0 while present.
     missing_since: UnixNanos,
     tcp: Option<Counters>,
+    /// Later dumps that look for the socket in fd tables again. Only for a socket accepted
+    /// from a listener whose owner's fd table is readable: the kernel gives an accepted
+    /// socket its inode just before `accept` installs the fd, so a dump in between finds
+    /// the inode in no table yet.
+    fd_retries: u8,
 }
+
+/// How many later dumps look again for an accepted socket's fd.
+const FD_RETRIES: u8 = 2;
 
 /// The tcp_info fields carried between dumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +162,8 @@ pub struct FlowTable {
     new_flows: Vec<u64>,
     new_listeners: Vec<u64>,
     new_inodes: Vec<u64>,
+    /// Announced flows looked for again in this dump: (cookie, inode).
+    retry_flows: Vec<(u64, u64)>,
     /// Listeners closed recently: a connection they accepted often outlives them (a server
     /// shutting down), and is first seen only then; it is still inbound.
     closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,
@@ -176,6 +189,7 @@ impl FlowTable {
             new_flows: Vec::new(),
             new_listeners: Vec::new(),
             new_inodes: Vec::new(),
+            retry_flows: Vec::new(),
             closed_listeners: VecDeque::new(),
         }
     }
@@ -214,6 +228,7 @@ impl FlowTable {
         self.new_flows.clear();
         self.new_listeners.clear();
         self.new_inodes.clear();
+        self.retry_flows.clear();
 
         // Listeners first: they decide the direction of the flows in the same dump.
         for s in sockets.iter().filter(|s| is_listener(s)) {
@@ -267,6 +282,10 @@ impl FlowTable {
                     } else if now.saturating_sub(e.first_seen) >= grace {
                         self.new_flows.push(s.cookie); // never accepted: announce unattributed
                     }
+                } else if e.fd_retries > 0 && s.inode != 0 {
+                    e.fd_retries -= 1;
+                    self.retry_flows.push((s.cookie, s.inode));
+                    self.new_inodes.push(s.inode);
                 }
                 continue;
             }
@@ -330,6 +349,11 @@ impl FlowTable {
                 e.pid = owner.pid.unwrap_or(0);
                 e.start_time = owner.start_time.unwrap_or(0);
                 e.attribution = owner.attribution;
+                e.fd_retries = if owner.attribution == Attribution::Listener && s.inode != 0 {
+                    FD_RETRIES
+                } else {
+                    0
+                };
                 e.announced = true;
                 e.last_emit = now;
                 e.dirty = false;
@@ -343,6 +367,22 @@ impl FlowTable {
                 )));
             }
         }
+        for &(cookie, inode) in &self.retry_flows {
+            let Some(e) = self.flows.get_mut(&cookie) else {
+                continue;
+            };
+            let owner = lookup.owner(inode, Some(e.uid), None);
+            if owner.attribution == Attribution::Fd {
+                e.pid = owner.pid.unwrap_or(0);
+                e.start_time = owner.start_time.unwrap_or(0);
+                e.attribution = Attribution::Fd;
+                e.fd_retries = 0;
+                // The next UPDATE and the END carry the owner.
+                e.dirty = true;
+                self.stats.reattributed += 1;
+            }
+        }
+
         // Periodic updates, only for flows whose counters moved.
         let active_timeout = nanos(self.config.active_timeout);
         for (cookie, e) in &mut self.flows {
@@ -592,6 +632,7 @@ impl FlowTable {
             direction,
             scope,
             attribution: Attribution::None,
+            fd_retries: 0,
             preexisting: !self.primed,
             announced: false,
             dirty: false,
@@ -1073,6 +1114,97 @@ mod tests {
         t.apply_dump(&[b], true, 1000, &mut NoAttribution, &mut out);
         let phases: Vec<FlowPhase> = flows(&out).iter().map(|f| f.phase).collect();
         assert_eq!(phases, vec![FlowPhase::Start, FlowPhase::Update]);
+    }
+
+    /// A server whose accepted socket enters its fd table only after `visible_from` lookups
+    /// of it: the window between the kernel giving the socket its inode and `accept`
+    /// installing the fd.
+    struct LateFd {
+        server: Owner,
+        accepted_inode: u64,
+        lookups: u32,
+        visible_from: u32,
+    }
+
+    impl OwnerLookup for LateFd {
+        fn refresh(&mut self, _new: &[u64], _now: UnixNanos, _out: &mut Vec<Record>) {}
+
+        fn owner(&mut self, inode: u64, _uid: Option<u32>, listener: Option<Owner>) -> Owner {
+            if inode != self.accepted_inode {
+                return self.server; // the listener itself
+            }
+            self.lookups += 1;
+            if self.lookups >= self.visible_from {
+                self.server
+            } else {
+                listener.map_or(Owner::NONE, |l| Owner {
+                    attribution: Attribution::Listener,
+                    ..l
+                })
+            }
+        }
+    }
+
+    #[test]
+    fn an_accepted_socket_found_late_in_its_fd_table_is_attributed_again() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let listener = tcp_socket(1, "127.0.0.1:80", "0.0.0.0:0", msg::TCP_LISTEN, 0, 0, 0);
+        let accepted = tcp_socket(
+            2,
+            "127.0.0.1:80",
+            "127.0.0.1:5555",
+            msg::TCP_ESTABLISHED,
+            0,
+            5,
+            1,
+        );
+        let mut lookup = LateFd {
+            server: Owner {
+                pid: Some(42),
+                start_time: Some(7),
+                attribution: Attribution::Fd,
+            },
+            accepted_inode: accepted.inode,
+            lookups: 0,
+            visible_from: 2,
+        };
+        t.apply_dump(
+            std::slice::from_ref(&listener),
+            true,
+            10,
+            &mut lookup,
+            &mut out,
+        );
+        t.apply_dump(
+            &[listener.clone(), accepted.clone()],
+            true,
+            20,
+            &mut lookup,
+            &mut out,
+        );
+        let start = flows(&out)
+            .into_iter()
+            .find(|f| f.phase == FlowPhase::Start)
+            .cloned();
+        assert_eq!(start.map(|f| f.attribution), Some(Attribution::Listener));
+        t.apply_dump(
+            &[listener.clone(), accepted.clone()],
+            true,
+            30,
+            &mut lookup,
+            &mut out,
+        );
+        assert_eq!(t.stats().reattributed, 1);
+        t.apply_destroy(&accepted, 40, &mut out);
+        let end = flows(&out)
+            .into_iter()
+            .find(|f| f.phase == FlowPhase::End)
+            .cloned();
+        assert_eq!(
+            end.map(|f| (f.attribution, f.pid, f.process_start_time)),
+            Some((Attribution::Fd, Some(42), Some(7)))
+        );
     }
 
     #[test]

@@ -93,8 +93,8 @@ pub struct ProcessMonitor {
     /// This process's pid as the scanned /proc names it (none when /proc is another pid
     /// namespace's): walking its own fd table opens one fd more than it holds.
     pub(crate) own_pid: Option<u32>,
-    /// Containers seen so far, and processes whose root is yet to be handed out (one per new
-    /// container, and every process without a container id) for exec watches.
+    /// Containers seen so far, and a process of each new one whose root is yet to be
+    /// handed out (for exec watches in that container's filesystem).
     containers: HashSet<String>,
     new_container_pids: Vec<u32>,
 }
@@ -138,8 +138,8 @@ impl ProcessMonitor {
         })
     }
 
-    /// The root directories (`<proc>/<pid>/root`) of containers first seen, and of processes
-    /// without a container id, since the last call.
+    /// The root directories (`<proc>/<pid>/root`) of containers first seen since the last
+    /// call.
     pub fn take_new_container_roots(&mut self) -> Vec<std::path::PathBuf> {
         self.new_container_pids
             .drain(..)
@@ -325,14 +325,11 @@ impl ProcessMonitor {
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);
         self.stats.started += 1;
         self.new_since_last += 1;
-        // A new container's root may hold other loaders to watch. A process whose cgroup
-        // names no container is handed out too: the watch deduplicates roots by identity.
-        let new_root = match &record.container_id {
-            Some(id) => self.containers.insert(id.clone()),
-            None => true,
-        };
-        if new_root {
-            self.new_container_pids.push(record.pid);
+        if let Some(id) = &record.container_id {
+            if !self.containers.contains(id) {
+                self.containers.insert(id.clone());
+                self.new_container_pids.push(record.pid);
+            }
         }
         metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
         out.push(Record::Process(record.clone()));

@@ -186,9 +186,12 @@ fn client_as(user: &str, port: u16) -> std::process::Child {
         .expect("spawn client")
 }
 
-/// Runs a client as uid 1000 under a collector started with `prefix`, returns the client's
-/// flow START and its process START.
-fn attribution_run(prefix: &[&str]) -> (procflow::model::FlowRecord, ProcessRecord) {
+/// A client of uid `client_uid` connects to a listener of this test while a collector runs
+/// under `prefix`; returns the client's flow START and its latest process record.
+fn attribution_run(
+    prefix: &[&str],
+    client_uid: &str,
+) -> (procflow::model::FlowRecord, ProcessRecord) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let server = thread::spawn(move || {
@@ -197,7 +200,7 @@ fn attribution_run(prefix: &[&str]) -> (procflow::model::FlowRecord, ProcessReco
         let _ = s.read_to_end(&mut buf);
     });
     let collector = Collector::start(prefix, &["--poll-interval", "200ms"]);
-    let mut client = client_as("1000", port);
+    let mut client = client_as(client_uid, port);
     let client_pid = client.id();
     assert!(client.wait().expect("client").success());
     server.join().expect("server");
@@ -232,7 +235,7 @@ fn same_uid_collector_attributes_by_fd() {
         "--bounding-set=-all",
         "--no-new-privs",
     ];
-    let (flow, process) = attribution_run(&same_uid);
+    let (flow, process) = attribution_run(&same_uid, "1000");
     assert_eq!(flow.attribution, Attribution::Fd, "{flow:#?}");
     assert_eq!(
         (flow.pid, flow.process_start_time),
@@ -243,9 +246,10 @@ fn same_uid_collector_attributes_by_fd() {
 
 #[test]
 fn other_uid_collector_still_reports_everything_with_weaker_attribution() {
-    let (flow, process) = attribution_run(&UNPRIVILEGED);
+    // A uid no other test uses: "the only process of this uid" must be the client's own.
+    let (flow, process) = attribution_run(&UNPRIVILEGED, "1002");
     // The fd table is closed to another uid: the flow is still reported, attributed by
-    // uid (the client is the only process of uid 1000) and says so.
+    // uid (the client is the only process of uid 1002) and says so.
     assert_ne!(flow.attribution, Attribution::Fd, "{flow:#?}");
     assert!(
         matches!(flow.attribution, Attribution::Uid | Attribution::None),
@@ -256,13 +260,13 @@ fn other_uid_collector_still_reports_everything_with_weaker_attribution() {
     }
     assert_eq!(process.exe, None);
     assert_eq!(process.exe_unavailable, Unavailable::PermissionDenied);
-    assert_eq!(process.uid, 1000);
+    assert_eq!(process.uid, 1002);
     assert!(!process.argv.is_empty(), "cmdline is world-readable");
 }
 
 #[test]
 fn root_collector_attributes_by_fd() {
-    let (flow, process) = attribution_run(&[]);
+    let (flow, process) = attribution_run(&[], "1000");
     assert_eq!(flow.attribution, Attribution::Fd, "{flow:#?}");
     assert_eq!(
         (flow.pid, flow.process_start_time),
