@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::sys::inotify::OpenWatch;
 
-/// Where dynamic loaders live (glibc: ld-linux*, musl: ld-musl*) across distributions.
+/// Where dynamic loaders live across distributions.
 const LOADER_DIRS: [&str; 8] = [
     "lib64",
     "lib",
@@ -24,6 +24,15 @@ const LOADER_DIRS: [&str; 8] = [
     "lib/aarch64-linux-gnu",
     "usr/lib/x86_64-linux-gnu",
     "usr/lib/aarch64-linux-gnu",
+];
+
+/// The dynamic loaders' file names (glibc and musl, x86_64, arm64, i386).
+const LOADER_NAMES: [&str; 5] = [
+    "ld-linux-x86-64.so.2",
+    "ld-linux-aarch64.so.1",
+    "ld-linux.so.2",
+    "ld-musl-x86_64.so.1",
+    "ld-musl-aarch64.so.1",
 ];
 
 /// Directories whose files are opened almost only to be executed (static binaries too).
@@ -97,21 +106,19 @@ impl ExecWatch {
     }
 }
 
-/// The loaders and executable directories that exist under `root`.
+/// The loaders and executable directories that exist under `root`. Loaders are probed by
+/// their known names: listing the library directories (thousands of entries) would put that
+/// on the start-up path and on every new container root.
 fn candidates(root: &Path) -> Vec<PathBuf> {
-    let mut paths = Vec::new();
-    for dir in LOADER_DIRS {
-        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.as_encoded_bytes();
-            if name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") {
-                paths.push(entry.path());
-            }
-        }
-    }
+    let mut paths: Vec<PathBuf> = LOADER_DIRS
+        .iter()
+        .flat_map(|dir| {
+            LOADER_NAMES
+                .iter()
+                .map(move |name| root.join(dir).join(name))
+        })
+        .filter(|path| path.exists())
+        .collect();
     paths.extend(EXEC_DIRS.iter().map(|d| root.join(d)));
     paths
 }
@@ -131,6 +138,17 @@ mod tests {
             .expect("true");
         assert!(watch.wait(Duration::from_secs(5)));
         child.wait().expect("wait");
+    }
+
+    #[test]
+    fn this_hosts_loader_is_found_by_name() {
+        let found = candidates(Path::new("/"));
+        assert!(
+            found.iter().any(|p| p
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"ld-"))),
+            "{found:?}"
+        );
     }
 
     #[test]
