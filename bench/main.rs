@@ -54,6 +54,8 @@ impl Report {
         unit: &str,
         target: Option<(&str, bool)>,
     ) {
+        // Progress on stderr: a full run takes minutes and the table comes at the end.
+        eprintln!("  {scenario}: {metric} = {value:.3} {unit}");
         self.metrics.push(Metric {
             scenario: scenario.into(),
             metric: metric.into(),
@@ -90,6 +92,12 @@ struct Sizes {
     http_secs: f64,
 }
 
+/// `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
+/// (default when omitted), scenario names pick a subset.
+const SCENARIOS: [&str; 8] = [
+    "poll", "churn", "spawn", "idle", "pipeline", "streams", "rules", "http",
+];
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("worker-hold") {
@@ -98,16 +106,18 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("worker-http") {
         return http::worker_http();
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "usage: procflow-bench [default|smoke] [{}...] [--json FILE] [--markdown FILE]",
+            SCENARIOS.join("|")
+        );
+        return Ok(());
+    }
     let json = args
         .iter()
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    // `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
-    // (default when omitted), scenario names pick a subset.
-    const SCENARIOS: [&str; 8] = [
-        "poll", "churn", "spawn", "idle", "pipeline", "streams", "rules", "http",
-    ];
     let markdown = args
         .iter()
         .position(|a| a == "--markdown")

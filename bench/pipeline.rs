@@ -75,7 +75,8 @@ impl Aggregator {
 /// Drives records through the real collector path until `count` records or `duration`.
 /// Returns (records acknowledged, seconds, this process's CPU seconds).
 fn drive(url: &str, count: u64, duration: Duration) -> anyhow::Result<(u64, f64, f64)> {
-    let (tx, rx) = crossbeam_channel::bounded::<Record>(65_536);
+    // The collector's default `--queue-capacity`.
+    let (tx, rx) = crossbeam_channel::bounded::<Record>(4096);
     let rx = RecordRx {
         rx,
         stats: Arc::new(QueueStats::default()),
@@ -138,11 +139,75 @@ fn drive(url: &str, count: u64, duration: Duration) -> anyhow::Result<(u64, f64,
     Ok((sent, secs, crate::own_cpu_secs() - cpu0))
 }
 
+/// Nanoseconds per call of `f`, the best of five rounds of `rounds` calls (the least
+/// disturbed by the VM's neighbours).
+fn ns_per_call(rounds: u32, mut f: impl FnMut()) -> f64 {
+    (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..rounds {
+                f();
+            }
+            started.elapsed().as_nanos() as f64 / f64::from(rounds)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// One flow record through the hand-written codec (`wire::direct`) and through the
+/// generated structs it replaced, in the same process, one after the other.
+fn codec_costs(report: &mut Report) -> anyhow::Result<()> {
+    use procflow::wire::{self, direct};
+    use prost::Message;
+    let record = crate::sample_flow_record();
+    let limits = wire::Limits::default();
+    let mut scratch = direct::Scratch::default();
+    let bytes = direct::encode_record(&record, &mut scratch);
+    anyhow::ensure!(
+        bytes == wire::record_to_proto(&record).encode_to_vec(),
+        "the direct encoding differs from the generated one"
+    );
+    let mut out = Vec::with_capacity(512);
+    let direct_encode = ns_per_call(200_000, || {
+        out.clear();
+        direct::put_record_field(&mut out, 4, std::hint::black_box(&record), &mut scratch);
+    });
+    let generated_encode = ns_per_call(200_000, || {
+        out.clear();
+        prost::encoding::message::encode(
+            4,
+            &wire::record_to_proto(std::hint::black_box(&record)),
+            &mut out,
+        );
+    });
+    let direct_decode = ns_per_call(200_000, || {
+        let decoded = direct::decode_record(std::hint::black_box(&bytes), &limits);
+        std::hint::black_box(decoded.is_ok());
+    });
+    let generated_decode = ns_per_call(200_000, || {
+        let decoded = procflow::proto::v1::Record::decode(std::hint::black_box(bytes.as_slice()))
+            .map(|r| wire::record_from_proto(r, &limits));
+        std::hint::black_box(decoded.is_ok());
+    });
+    for (metric, value) in [
+        ("flow record encode, direct", direct_encode),
+        ("flow record encode, generated structs", generated_encode),
+        ("flow record decode+validate, direct", direct_decode),
+        (
+            "flow record decode+validate, generated structs",
+            generated_decode,
+        ),
+    ] {
+        report.add("pipeline", metric, value, "ns", None);
+    }
+    Ok(())
+}
+
 pub fn scenario_pipeline(
     report: &mut Report,
     transport_records: u64,
     sustain: Duration,
 ) -> anyhow::Result<()> {
+    codec_costs(report)?;
     // Transport alone: nothing stored, no rules.
     let agg = Aggregator::start(&["--store", "none", "--no-detection"])?;
     let (n, secs, cpu) = drive(&agg.url(), transport_records, Duration::from_secs(600))?;

@@ -237,7 +237,7 @@ pub async fn serve(
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     builder
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            pb::ingest_server::IngestServer::new(ingest).max_decoding_message_size(max),
+            service::IngestRoute::new(ingest, max),
             auth.clone().interceptor(),
         ))
         .add_service(pb::subscribe_server::SubscribeServer::with_interceptor(

@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -106,5 +106,179 @@ impl Encoder for EncodedBatchCodec {
     fn encode(&mut self, item: EncodedBatch, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.put_slice(&item.bytes);
         Ok(())
+    }
+}
+
+/// An ingest batch as it arrived: the header decoded, each record left as a range of the
+/// frame (shared, not copied), so the service decodes records one at a time straight into
+/// its events instead of first building a vector of generated `pb::Record`s.
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    pub identity: Option<pb::CollectorIdentity>,
+    pub seq: u64,
+    pub sent_at: u64,
+    frame: Bytes,
+    records: Vec<std::ops::Range<usize>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("a record runs past the end of the batch")]
+    Truncated,
+}
+
+/// `procflow.v1.Batch`'s field numbers; records are the one the batcher and the store
+/// write by hand.
+const BATCH_IDENTITY: u32 = 1;
+const BATCH_SEQ: u32 = 2;
+const BATCH_SENT_AT: u32 = 3;
+pub const BATCH_RECORDS_FIELD: u32 = 4;
+
+impl RawBatch {
+    /// Parses a `procflow.v1.Batch` with the generated decoder's rules for the header
+    /// (unknown fields skipped, a repeated identity merged); records are checked only for
+    /// framing here and decoded by [`RawBatch::records`]' caller.
+    pub fn parse(frame: Bytes) -> Result<RawBatch, FrameError> {
+        use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field};
+        use prost::encoding::{uint64, DecodeContext, WireType};
+        let mut batch = RawBatch {
+            identity: None,
+            seq: 0,
+            sent_at: 0,
+            frame: frame.clone(),
+            records: Vec::new(),
+        };
+        let mut rest: &[u8] = &frame;
+        while !rest.is_empty() {
+            let (field, wire_type) = decode_key(&mut rest)?;
+            let context = DecodeContext::default();
+            match field {
+                BATCH_IDENTITY => prost::encoding::message::merge(
+                    wire_type,
+                    batch.identity.get_or_insert_with(Default::default),
+                    &mut rest,
+                    context,
+                )?,
+                BATCH_SEQ => uint64::merge(wire_type, &mut batch.seq, &mut rest, context)?,
+                BATCH_SENT_AT => uint64::merge(wire_type, &mut batch.sent_at, &mut rest, context)?,
+                BATCH_RECORDS_FIELD => {
+                    check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    let len = usize::try_from(decode_varint(&mut rest)?)
+                        .ok()
+                        .filter(|&len| len <= rest.len())
+                        .ok_or(FrameError::Truncated)?;
+                    let start = frame.len() - rest.len();
+                    batch.records.push(start..start + len);
+                    rest = &rest[len..];
+                }
+                _ => skip_field(wire_type, field, &mut rest, context)?,
+            }
+        }
+        Ok(batch)
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Each record's encoded `procflow.v1.Record` message, in order.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.records.iter().map(|range| &self.frame[range.clone()])
+    }
+}
+
+/// The aggregator's side of `Ingest.Stream`: batches in as [`RawBatch`], acks out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawBatchCodec;
+
+impl Codec for RawBatchCodec {
+    type Encode = pb::Ack;
+    type Decode = RawBatch;
+    type Encoder = MessageEncoder<pb::Ack>;
+    type Decoder = RawBatchCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        MessageEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawBatchCodec
+    }
+}
+
+impl Decoder for RawBatchCodec {
+    type Item = RawBatch;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<RawBatch>, Status> {
+        // The frame's own buffer, split off rather than copied.
+        let frame = buf.copy_to_bytes(buf.remaining());
+        RawBatch::parse(frame)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Record;
+
+    fn sample() -> pb::Batch {
+        pb::Batch {
+            identity: Some(pb::CollectorIdentity {
+                collector_id: "c1".into(),
+                pod_name: "pod".into(),
+                ..Default::default()
+            }),
+            seq: 7,
+            sent_at: 99,
+            records: vec![
+                crate::wire::record_to_proto(&Record::Flow(crate::fixtures::flow(1))),
+                crate::wire::record_to_proto(&Record::Process(crate::fixtures::process(3, b"sh"))),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_raw_batch_holds_what_the_generated_decoder_decodes() {
+        let batch = sample();
+        let raw = RawBatch::parse(batch.encode_to_vec().into()).expect("parses");
+        assert_eq!(
+            (raw.identity.clone(), raw.seq, raw.sent_at),
+            (batch.identity.clone(), 7, 99)
+        );
+        let records: Vec<pb::Record> = raw
+            .records()
+            .map(|r| pb::Record::decode(r).expect("record"))
+            .collect();
+        assert_eq!(records, batch.records);
+    }
+
+    #[test]
+    fn a_raw_batch_skips_unknown_fields_and_refuses_damage() {
+        let mut bytes = sample().encode_to_vec();
+        prost::encoding::string::encode(40, &"newer".to_owned(), &mut bytes);
+        assert_eq!(
+            RawBatch::parse(bytes.clone().into()).expect("parses").len(),
+            2
+        );
+        // Every cut inside the last record, and a seq sent with the wrong wire type.
+        let good = sample().encode_to_vec();
+        for cut in good.len() - 5..good.len() {
+            assert!(
+                RawBatch::parse(good[..cut].to_vec().into()).is_err(),
+                "{cut}"
+            );
+        }
+        let mut wrong_type = Vec::new();
+        prost::encoding::string::encode(BATCH_SEQ, &"7".to_owned(), &mut wrong_type);
+        assert!(RawBatch::parse(wrong_type.into()).is_err());
     }
 }

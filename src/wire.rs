@@ -10,6 +10,8 @@ use crate::investigate;
 use crate::model::{self, Record};
 use crate::proto::v1 as pb;
 
+pub mod direct;
+
 /// Bounds on what a peer may send, checked on every inbound record.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -293,16 +295,125 @@ pub fn record_from_proto(r: pb::Record, limits: &Limits) -> Result<Record, WireE
 }
 
 pub fn flow_from_proto(f: pb::Flow, limits: &Limits) -> Result<model::FlowRecord, WireError> {
+    // Exhaustive: a field added to the schema stops the build here and in `direct`.
+    let pb::Flow {
+        cookie,
+        protocol,
+        family,
+        local_addr,
+        local_port,
+        remote_addr,
+        remote_port,
+        direction,
+        scope,
+        phase,
+        state,
+        preexisting,
+        bytes_sent,
+        bytes_received,
+        segs_out,
+        segs_in,
+        retransmits,
+        rtt_us,
+        first_seen,
+        last_seen,
+        ended_at,
+        uid,
+        inode,
+        pid,
+        process_start_time,
+        attribution,
+        end_reason,
+        reset,
+        cgroup_id,
+        total_retrans,
+    } = f;
+    flow_from_view(
+        FlowView {
+            cookie,
+            protocol,
+            family,
+            local_addr: &local_addr,
+            local_port,
+            remote_addr: remote_addr.as_deref(),
+            remote_port,
+            direction,
+            scope,
+            phase,
+            state: &state,
+            preexisting,
+            bytes_sent,
+            bytes_received,
+            segs_out,
+            segs_in,
+            retransmits,
+            rtt_us,
+            first_seen,
+            last_seen,
+            ended_at,
+            uid,
+            inode,
+            pid,
+            process_start_time,
+            attribution,
+            end_reason,
+            reset,
+            cgroup_id,
+            total_retrans,
+        },
+        limits,
+    )
+}
+
+/// A `procflow.v1.Flow` as it arrived, strings borrowed: what both the generated types and
+/// the direct decoder (`direct`) hand to the one validation, [`flow_from_view`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct FlowView<'a> {
+    pub cookie: u64,
+    pub protocol: i32,
+    pub family: i32,
+    pub local_addr: &'a str,
+    pub local_port: u32,
+    pub remote_addr: Option<&'a str>,
+    pub remote_port: Option<u32>,
+    pub direction: i32,
+    pub scope: i32,
+    pub phase: i32,
+    pub state: &'a str,
+    pub preexisting: bool,
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub segs_out: Option<u64>,
+    pub segs_in: Option<u64>,
+    pub retransmits: Option<u32>,
+    pub rtt_us: Option<u32>,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub ended_at: Option<u64>,
+    pub uid: Option<u32>,
+    pub inode: Option<u64>,
+    pub pid: Option<u32>,
+    pub process_start_time: Option<u64>,
+    pub attribution: i32,
+    pub end_reason: i32,
+    pub reset: bool,
+    pub cgroup_id: Option<u64>,
+    pub total_retrans: Option<u32>,
+}
+
+pub(crate) fn flow_from_view(
+    f: FlowView<'_>,
+    limits: &Limits,
+) -> Result<model::FlowRecord, WireError> {
     check_len("flow.state", f.state.len(), limits.max_string_bytes.min(64))?;
     Ok(model::FlowRecord {
         cookie: f.cookie,
         protocol: protocol_from_proto(f.protocol)?,
         family: family_from_proto(f.family)?,
-        local_addr: addr("flow.local_addr", &f.local_addr)?,
+        local_addr: addr("flow.local_addr", f.local_addr)?,
         local_port: port("flow.local_port", f.local_port)?,
         remote_addr: f
             .remote_addr
-            .as_deref()
             .map(|a| addr("flow.remote_addr", a))
             .transpose()?,
         remote_port: f
@@ -312,7 +423,7 @@ pub fn flow_from_proto(f: pb::Flow, limits: &Limits) -> Result<model::FlowRecord
         direction: direction_from_proto(f.direction, "flow.direction")?,
         scope: scope_from_proto(f.scope, "flow.scope")?,
         phase: flow_phase_from_proto(f.phase)?,
-        state: f.state,
+        state: f.state.to_owned(),
         preexisting: f.preexisting,
         bytes_sent: f.bytes_sent,
         bytes_received: f.bytes_received,

@@ -11,10 +11,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::aggregator::detect::Detector;
 use crate::aggregator::hub::{Hub, LiveFilter};
 use crate::aggregator::store::{Appended, EventQuery, Store};
+use crate::codec::RawBatch;
 use crate::model::{now_ns, Event, RecordKind};
 use crate::proto::v1 as pb;
 use crate::telemetry;
-use crate::wire::{self, Limits};
+use crate::wire::{self, direct, Limits};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -96,25 +97,28 @@ impl IngestService {
 
 /// Validates a batch into events; the error says which field is wrong.
 fn decode_batch(
-    batch: pb::Batch,
+    batch: RawBatch,
     limits: &Limits,
     max_records: usize,
 ) -> Result<(String, u64, Vec<Event>), String> {
-    if batch.records.len() > max_records {
+    if batch.len() > max_records {
         return Err(format!(
             "batch of {} records exceeds the limit of {max_records}",
-            batch.records.len()
+            batch.len()
         ));
     }
     let identity = Arc::new(
-        wire::identity_from_proto(batch.identity.ok_or("batch.identity: missing")?, limits)
-            .map_err(|e| e.to_string())?,
+        wire::identity_from_proto(
+            batch.identity.clone().ok_or("batch.identity: missing")?,
+            limits,
+        )
+        .map_err(|e| e.to_string())?,
     );
     let received_at = now_ns();
-    let mut events = Vec::with_capacity(batch.records.len());
-    for (i, record) in batch.records.into_iter().enumerate() {
+    let mut events = Vec::with_capacity(batch.len());
+    for (i, record) in batch.records().enumerate() {
         let record =
-            wire::record_from_proto(record, limits).map_err(|e| format!("records[{i}].{e}"))?;
+            direct::decode_record(record, limits).map_err(|e| format!("records[{i}].{e}"))?;
         events.push(Event {
             source: identity.clone(),
             received_at,
@@ -124,14 +128,77 @@ fn decode_batch(
     Ok((identity.collector_id.clone(), batch.seq, events))
 }
 
-#[tonic::async_trait]
-impl pb::ingest_server::Ingest for IngestService {
-    type StreamStream = BoxStream<pb::Ack>;
+/// `Ingest.Stream`, routed by hand instead of through the generated server so that
+/// batches arrive as [`RawBatch`] (records decoded one at a time into events) rather than
+/// as generated structs; the path, the codec's limits and the status codes are the
+/// generated server's.
+#[derive(Clone)]
+pub struct IngestRoute {
+    service: Arc<IngestService>,
+    max_decoding_message_size: usize,
+}
 
-    async fn stream(
+impl IngestRoute {
+    pub fn new(service: IngestService, max_decoding_message_size: usize) -> Self {
+        IngestRoute {
+            service: Arc::new(service),
+            max_decoding_message_size,
+        }
+    }
+}
+
+impl tonic::server::NamedService for IngestRoute {
+    const NAME: &'static str = pb::ingest_server::SERVICE_NAME;
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for IngestRoute
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let stream_path = format!("/{}/Stream", pb::ingest_server::SERVICE_NAME);
+        if request.uri().path() != stream_path {
+            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
+        }
+        let (service, limit) = (self.service.clone(), self.max_decoding_message_size);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(crate::codec::RawBatchCodec)
+                .max_decoding_message_size(limit);
+            Ok(grpc.streaming(StreamMethod(service), request).await)
+        })
+    }
+}
+
+struct StreamMethod(Arc<IngestService>);
+
+impl tonic::server::StreamingService<RawBatch> for StreamMethod {
+    type Response = pb::Ack;
+    type ResponseStream = BoxStream<pb::Ack>;
+    type Future = tonic::codegen::BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<RawBatch>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.stream(request) })
+    }
+}
+
+impl IngestService {
+    fn stream(
         &self,
-        request: Request<Streaming<pb::Batch>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+        request: Request<Streaming<RawBatch>>,
+    ) -> Result<Response<BoxStream<pb::Ack>>, Status> {
         let peer = request.remote_addr();
         let mut batches = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);

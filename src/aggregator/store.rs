@@ -13,9 +13,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use crate::codec::{RawBatch, BATCH_RECORDS_FIELD};
 use crate::model::{Event, RecordKind};
 use crate::proto::v1 as pb;
-use crate::wire;
+use crate::wire::{self, direct};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -240,21 +241,22 @@ impl Store for SqliteStore {
             let received_at: i64 = row.get(1).map_err(sqlite)?;
             let body: Vec<u8> = row.get(2).map_err(sqlite)?;
             let corrupt = |reason: String| StoreError::Corrupt { id, reason };
-            let segment = pb::Batch::decode(body.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+            let segment = RawBatch::parse(body.into()).map_err(|e| corrupt(e.to_string()))?;
             let source = Arc::new(
                 wire::identity_from_proto(
                     segment
                         .identity
+                        .clone()
                         .ok_or_else(|| corrupt("segment without identity".into()))?,
                     &limits,
                 )
                 .map_err(|e| corrupt(e.to_string()))?,
             );
-            for record in segment.records {
+            for record in segment.records() {
                 let event = Event {
                     source: source.clone(),
                     received_at: received_at as u64,
-                    record: wire::record_from_proto(record, &limits)
+                    record: direct::decode_record(record, &limits)
                         .map_err(|e| corrupt(e.to_string()))?,
                 };
                 if !visit(event) {
@@ -331,6 +333,7 @@ fn commit(conn: &mut Connection, group: &[Request]) -> GroupResult {
                 "INSERT INTO segments (received_at, kind, pod, namespace, collector, count, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut body = Vec::with_capacity(64 * 1024);
+            let mut scratch = direct::Scratch::default();
             for Request::Append {
                 collector_id,
                 seq,
@@ -345,19 +348,22 @@ fn commit(conn: &mut Connection, group: &[Request]) -> GroupResult {
                 }
                 for segment in segments(events) {
                     let first = &events[segment[0]];
-                    let batch = pb::Batch {
+                    let header = pb::Batch {
                         identity: Some(wire::identity_to_proto(&first.source)),
                         seq: 0,
                         sent_at: first.received_at,
-                        records: segment
-                            .iter()
-                            .map(|&i| wire::record_to_proto(&events[i].record))
-                            .collect(),
+                        records: Vec::new(),
                     };
                     body.clear();
-                    batch.encode(&mut body).map_err(|e| {
-                        rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
-                    })?;
+                    header.encode_raw(&mut body);
+                    for &i in &segment {
+                        direct::put_record_field(
+                            &mut body,
+                            BATCH_RECORDS_FIELD,
+                            &events[i].record,
+                            &mut scratch,
+                        );
+                    }
                     insert.execute(params![
                         first.received_at as i64,
                         first.record.kind().as_str(),

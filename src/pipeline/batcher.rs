@@ -1,6 +1,9 @@
 //! The batcher: drains the record queue by size or time, whichever comes first, encodes
 //! records into a protobuf `Batch` with a strictly increasing sequence number, and hands it
-//! to the exporter. One buffer is reused; telemetry is per batch, never per record.
+//! to the exporter. Telemetry is per batch, never per record. Each record is encoded into
+//! the batch's bytes as it arrives (`wire::direct`, no generated structs) and the batch's
+//! other fields are appended at the flush (protobuf fields may come in any order), so no
+//! batch of decoded records is ever held or moved.
 
 use std::time::{Duration, Instant};
 
@@ -8,25 +11,17 @@ use bytes::BytesMut;
 use crossbeam_channel::RecvTimeoutError;
 use tokio::sync::mpsc;
 
+use crate::codec::BATCH_RECORDS_FIELD;
 use crate::model::{now_ns, CollectorIdentity};
 use crate::pipeline::{EncodedBatch, RecordRx};
 use crate::proto::v1 as pb;
 use crate::telemetry;
-use crate::wire;
+use crate::wire::{self, direct};
 
 #[derive(Debug, Clone)]
 pub struct BatcherConfig {
     pub max_records: usize,
     pub max_delay: Duration,
-}
-
-/// `Batch.records`' field number: each record is encoded into the batch's bytes as it
-/// arrives, and the batch's other fields are appended at the flush (protobuf fields may come
-/// in any order), so no batch of decoded records is ever held or moved.
-const BATCH_RECORDS_FIELD: u32 = 4;
-
-fn add(body: &mut BytesMut, record: &crate::model::Record) {
-    prost::encoding::message::encode(BATCH_RECORDS_FIELD, &wire::record_to_proto(record), body);
 }
 
 /// Runs until every record sender is gone; then flushes and closes `out`.
@@ -39,6 +34,12 @@ pub fn run(
     let identity = wire::identity_to_proto(&identity);
     let mut seq = 0u64;
     let mut body = BytesMut::new();
+    let mut scratch = direct::Scratch::default();
+    let mut add = |body: &mut BytesMut, record: &crate::model::Record| {
+        direct::put_record_field(body, BATCH_RECORDS_FIELD, record, &mut scratch);
+    };
+    // The last batch's size: the next one is likely alike, so its buffer grows once.
+    let mut last_batch_bytes = 0usize;
     let mut records = 0usize;
     let mut deadline: Option<Instant> = None;
     loop {
@@ -49,6 +50,7 @@ pub fn run(
             Ok(record) => {
                 if records == 0 {
                     deadline = Some(Instant::now() + config.max_delay);
+                    body.reserve(last_batch_bytes);
                 }
                 add(&mut body, &record);
                 records += 1;
@@ -76,6 +78,7 @@ pub fn run(
                 records: Vec::new(),
             };
             prost::Message::encode_raw(&header, &mut body);
+            last_batch_bytes = body.len();
             let batch = EncodedBatch {
                 seq,
                 records: std::mem::take(&mut records),
