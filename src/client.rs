@@ -5,11 +5,11 @@
 pub mod investigate;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::parse_duration;
 use crate::model::{display_bytes, Event, Record, RecordKind};
@@ -39,6 +39,12 @@ pub struct ConnectArgs {
     /// CA bundle that signed the aggregator's certificate.
     #[arg(long, env = "PROCFLOW_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for an aggregator that requires one (with --tls-key).
+    #[arg(long, env = "PROCFLOW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "PROCFLOW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -149,21 +155,43 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
     })
 }
 
-pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
-    let mut endpoint = Endpoint::from_shared(args.aggregator.clone())
-        .with_context(|| format!("invalid aggregator URL {:?}", args.aggregator))?
+/// An endpoint for the aggregator at `url`: TLS for `https://` URLs, trusting `ca` (else
+/// the system roots) and presenting the client certificate `cert` with `key` if given.
+/// Shared by the CLI clients and the collector's exporter.
+pub fn endpoint(
+    url: &str,
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> anyhow::Result<Endpoint> {
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid aggregator URL {url:?}"))?
         .connect_timeout(Duration::from_secs(5));
-    if args.aggregator.starts_with("https://") {
+    if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &args.tls_ca {
-            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        if let Some(ca) = ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
         }
-        endpoint = endpoint.tls_config(tls)?;
+        if let (Some(cert), Some(key)) = (cert, key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
     }
-    endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", args.aggregator))
+    Ok(endpoint)
+}
+
+pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
+    endpoint(
+        &args.aggregator,
+        args.tls_ca.as_deref(),
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+    )?
+    .connect()
+    .await
+    .with_context(|| format!("connecting to {}", args.aggregator))
 }
 
 pub(crate) fn authorized<T>(args: &ConnectArgs, message: T) -> anyhow::Result<tonic::Request<T>> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::codec::EncodedBatchCodec;
 use crate::pipeline::spool::Spool;
@@ -309,27 +309,14 @@ async fn session(
 }
 
 fn endpoint(config: &ExporterConfig) -> anyhow::Result<Endpoint> {
-    let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
-        .with_context(|| format!("invalid aggregator URL {:?}", config.endpoint))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30));
-    if config.endpoint.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &config.tls_ca {
-            tls = tls.ca_certificate(Certificate::from_pem(
-                std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?,
-            ));
-        }
-        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-            tls = tls.identity(Identity::from_pem(
-                std::fs::read(cert)?,
-                std::fs::read(key)?,
-            ));
-        }
-        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
-    }
-    Ok(endpoint)
+    Ok(crate::client::endpoint(
+        &config.endpoint,
+        config.tls_ca.as_deref(),
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?
+    .tcp_nodelay(true)
+    .http2_keep_alive_interval(Duration::from_secs(30)))
 }
 
 /// Exponential backoff from 100 ms to 10 s with full jitter.

@@ -394,6 +394,162 @@ fn bad_clients_get_clear_errors_and_others_keep_being_served() {
     assert!(!ok[0].rejected);
 }
 
+/// A CA, and leaf certificates it signs, as PEM files in a directory of their own.
+struct TestPki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    fn new() -> TestPki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "procflow test CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA");
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
+        TestPki { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// `name.pem` and `name.key`, for `names` (DNS names or IP addresses), signed by the CA
+    /// or, for a stranger, by itself.
+    fn leaf(&self, name: &str, names: &[&str], signed: bool) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = if signed {
+            params.signed_by(&key, &self.ca)
+        } else {
+            params.self_signed(&key)
+        }
+        .expect("certificate");
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+}
+
+/// One ingest stream through `procflow::client::endpoint` (the collector's and the CLI's
+/// TLS set-up); any failure, at connect or as a status, comes back as text.
+fn ingest_tls(
+    url: &str,
+    ca: &str,
+    client: Option<(&str, &str)>,
+    batches: Vec<pb::Batch>,
+) -> Result<Vec<pb::Ack>, String> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let endpoint = procflow::client::endpoint(
+            url,
+            Some(std::path::Path::new(ca)),
+            client.map(|c| std::path::Path::new(c.0)),
+            client.map(|c| std::path::Path::new(c.1)),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        let n = batches.len();
+        let mut client = pb::ingest_client::IngestClient::new(channel);
+        let mut acks = client
+            .stream(tokio_stream::iter(batches))
+            .await
+            .map_err(|s| s.to_string())?
+            .into_inner();
+        let mut out = Vec::new();
+        while out.len() < n {
+            match acks.message().await.map_err(|s| s.to_string())? {
+                Some(a) => out.push(a),
+                None => break,
+            }
+        }
+        Ok(out)
+    })
+}
+
+#[test]
+fn tls_with_client_certificates_refuses_plaintext_and_strangers() {
+    let pki = TestPki::new();
+    pki.leaf("server", &["127.0.0.1", "localhost"], true);
+    pki.leaf("collector", &["collector"], true);
+    pki.leaf("stranger", &["collector"], false);
+    let agg = Aggregator::start(&[
+        "--tls-cert",
+        &pki.path("server.pem"),
+        "--tls-key",
+        &pki.path("server.key"),
+        "--tls-client-ca",
+        &pki.path("ca.pem"),
+    ]);
+    let https = format!("https://127.0.0.1:{}", agg.port);
+    let ca = pki.path("ca.pem");
+    let (cert, key) = (pki.path("collector.pem"), pki.path("collector.key"));
+    let id = identity("tls-test");
+
+    // Plaintext against TLS: refused, whether at the handshake or as a status.
+    let plain = ingest_tls(&agg.url(), &ca, None, vec![batch(&id, 1, 0, 1)]);
+    assert!(plain.is_err(), "plaintext was served: {plain:?}");
+    // TLS without a client certificate, and with one the CA never signed.
+    let anonymous = ingest_tls(&https, &ca, None, vec![batch(&id, 1, 0, 1)]);
+    assert!(anonymous.is_err(), "no client certificate was served");
+    let (s_cert, s_key) = (pki.path("stranger.pem"), pki.path("stranger.key"));
+    let stranger = ingest_tls(
+        &https,
+        &ca,
+        Some((&s_cert, &s_key)),
+        vec![batch(&id, 1, 0, 1)],
+    );
+    assert!(stranger.is_err(), "a stranger's certificate was served");
+
+    // The collector's exporter with its certificate: stored, and read back by the CLI
+    // over the same mutual TLS.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let config = ExporterConfig {
+        tls_ca: Some(ca.clone().into()),
+        tls_cert: Some(cert.clone().into()),
+        tls_key: Some(key.clone().into()),
+        ..exporter_config(https.clone(), None, 16, 0)
+    };
+    let exporter = runtime.spawn(exporter::run(config, rx));
+    for seq in 1..=3 {
+        tx.blocking_send(EncodedBatch::encode(&batch(&id, seq, seq * 10, 5)))
+            .expect("send");
+    }
+    drop(tx);
+    runtime.block_on(exporter).expect("join").expect("exporter");
+    let out = Command::new(procflow_bin())
+        .args(["query", "--aggregator", &https, "--json", "--since", "1h"])
+        .args(["--kind", "heartbeat", "--tls-ca", &ca, "--tls-cert", &cert])
+        .args(["--tls-key", &key])
+        .output()
+        .expect("query");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<procflow::model::Event> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event JSON"))
+        .collect();
+    assert_eq!(times_of(&events, "tls-test").len(), 15);
+    // The CLI without its certificate is refused with a message, not served.
+    let refused = Command::new(procflow_bin())
+        .args(["query", "--aggregator", &https, "--tls-ca", &ca])
+        .output()
+        .expect("query");
+    assert!(!refused.status.success());
+}
+
 #[test]
 fn non_loopback_listen_without_token_refuses_to_start() {
     let dir = tempfile::tempdir().expect("dir");
