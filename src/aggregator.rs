@@ -215,7 +215,11 @@ pub async fn serve(
     let query = QueryService::new(store.clone());
     let investigate = investigate::InvestigateService::new(store);
 
-    let mut builder = tonic::transport::Server::builder();
+    // Windows of several batches per stream (hyper's default is 1 MiB, about five 2,048-record
+    // batches): a collector keeps sending while the aggregator decodes.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20));
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let identity = tonic::transport::Identity::from_pem(
             std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
