@@ -236,9 +236,31 @@ pub fn scenario_pipeline(
         None,
     );
     // Sustained into SQLite with the managed rules evaluating every record.
-    let agg = Aggregator::start(&[])?;
+    let metrics_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let agg = Aggregator::start(&["--metrics-listen", &metrics_listen])?;
     let (n, secs, _) = drive(&agg.url(), u64::MAX, sustain)?;
     let rss = crate::peak_rss_kib_of(agg.pid()) as f64 / 1024.0;
+    // Detection runs behind the store: wait (bounded) for its backlog, then say how much of
+    // what was stored the rules evaluated.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (evaluated, dropped) = loop {
+        let scrape = scrape_metrics(metrics_port).unwrap_or_default();
+        let value = |name: &str| {
+            scrape
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (evaluated, dropped) = (
+            value("procflow_rules_evaluated_total"),
+            value("procflow_detect_dropped_total"),
+        );
+        if evaluated + dropped >= n as f64 || Instant::now() > deadline {
+            break (evaluated, dropped);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let dir = agg.stop();
     let db = dir.path().join("procflow.db");
     let stored: i64 = rusqlite::Connection::open(&db)?.query_row(
@@ -262,7 +284,32 @@ pub fn scenario_pipeline(
         Some(("==1", stored as u64 == n)),
     );
     report.add("pipeline", "aggregator peak RSS", rss, "MiB", None);
+    report.add(
+        "pipeline",
+        "records evaluated by the rules / stored",
+        evaluated / n as f64,
+        "ratio",
+        None,
+    );
+    report.add(
+        "pipeline",
+        "records stored but not evaluated (detection backlog full)",
+        dropped,
+        "records",
+        None,
+    );
     Ok(())
+}
+
+/// The aggregator's Prometheus text, by a plain HTTP/1.0 GET.
+fn scrape_metrics(port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// `streams` concurrent collector streams, each sending `batches` batches of `per_batch`

@@ -103,7 +103,8 @@ pub struct FlowRecord {
     pub direction: Direction,
     pub scope: Scope,
     pub phase: FlowPhase,
-    pub state: String,
+    /// The kernel's state name; the known names are static, so a record costs no allocation.
+    pub state: std::borrow::Cow<'static, str>,
     pub preexisting: bool,
     /// Payload bytes; `None` for UDP (the kernel keeps no counters).
     pub bytes_sent: Option<u64>,

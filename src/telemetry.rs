@@ -67,6 +67,8 @@ pub const BATCHES_BUILT: &str = "procflow_batches_built_total";
 pub const EXPORT_RECORDS_DROPPED: &str = "procflow_export_records_dropped_total";
 /// Records stored but not evaluated by the rules (detection queue full or stopped).
 pub const DETECT_DROPPED: &str = "procflow_detect_dropped_total";
+/// Records stored and waiting for the detection rules (bounded; beyond, dropped and counted).
+pub const DETECT_QUEUED: &str = "procflow_detect_queued_records";
 /// Records evaluated by the detection rules.
 pub const RULES_EVALUATED: &str = "procflow_rules_evaluated_total";
 /// Alerts raised (first of a group, then grouped repeats at the re-emit interval).

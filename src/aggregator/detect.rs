@@ -4,6 +4,7 @@
 //! detection only (stored all the same), counted and logged.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,8 +32,14 @@ pub struct DetectConfig {
 #[derive(Clone)]
 pub struct Detector {
     tx: Sender<Vec<Event>>,
+    /// Records submitted and not yet taken by the engine thread.
+    queued: Arc<AtomicUsize>,
 }
 
+/// The detection backlog is bounded in records (a batch holds 1 to thousands): about two
+/// seconds of the managed set's rate on this class of machine, some 350 MB of events.
+/// Beyond it, stored records go unevaluated and are counted.
+const MAX_QUEUED_RECORDS: usize = 1 << 20;
 const QUEUE_BATCHES: usize = 4096;
 const STATE_SAVE_EVERY: Duration = Duration::from_secs(5);
 const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -51,16 +58,28 @@ impl Detector {
         engine.reemit_ns = u64::try_from(config.reemit.as_nanos()).unwrap_or(u64::MAX);
         engine.load_state(&config.state_path)?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         let handle = std::thread::Builder::new()
             .name("detect".into())
-            .spawn(move || run(engine, config, rx, store, hub))?;
-        Ok((Detector { tx }, handle))
+            .spawn(move || run(engine, config, rx, taken, store, hub))?;
+        Ok((Detector { tx, queued }, handle))
     }
 
     /// Offers stored events to detection without waiting.
     pub fn submit(&self, events: Vec<Event>) {
         let n = events.len() as u64;
-        match self.tx.try_send(events) {
+        let before = self.queued.fetch_add(events.len(), Ordering::Relaxed);
+        metrics::gauge!(telemetry::DETECT_QUEUED).set((before + events.len()) as f64);
+        let sent = if before + events.len() > MAX_QUEUED_RECORDS {
+            Err(TrySendError::Full(events))
+        } else {
+            self.tx.try_send(events)
+        };
+        if sent.is_err() {
+            self.queued.fetch_sub(n as usize, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 metrics::counter!(telemetry::DETECT_DROPPED).increment(n);
@@ -84,6 +103,7 @@ fn run(
     mut engine: Engine,
     config: DetectConfig,
     rx: Receiver<Vec<Event>>,
+    queued: Arc<AtomicUsize>,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
 ) {
@@ -104,6 +124,8 @@ fn run(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         if let Some(events) = batch {
+            let left = queued.fetch_sub(events.len(), Ordering::Relaxed) - events.len();
+            metrics::gauge!(telemetry::DETECT_QUEUED).set(left as f64);
             let now = now_ns();
             let mut alerts = Vec::new();
             for event in &events {

@@ -565,7 +565,7 @@ impl FlowTable {
         );
         record.reset = reset;
         if entry.protocol == Protocol::Tcp {
-            record.state = msg::tcp_state_name(s.state).to_owned();
+            record.state = msg::tcp_state_name(s.state).into();
         }
         out.push(Record::Flow(record));
         self.remember_ended(s.cookie, at);
@@ -774,9 +774,9 @@ fn flow_record(
 ) -> FlowRecord {
     let connected = !(e.remote_ip.is_unspecified() && e.remote_port == 0);
     let state = match e.protocol {
-        Protocol::Tcp => msg::tcp_state_name(e.state).to_owned(),
-        Protocol::Udp if connected => "ESTABLISHED".to_owned(),
-        Protocol::Udp => "UNCONN".to_owned(),
+        Protocol::Tcp => msg::tcp_state_name(e.state),
+        Protocol::Udp if connected => "ESTABLISHED",
+        Protocol::Udp => msg::UDP_UNCONNECTED,
     };
     // While alive, bytes_received_seq may include a FIN (states past CLOSE_WAIT); at END it
     // has been adjusted already.
@@ -793,7 +793,7 @@ fn flow_record(
         direction: e.direction,
         scope: e.scope,
         phase,
-        state,
+        state: state.into(),
         preexisting: e.preexisting,
         bytes_sent: tcp.map(|c| c.bytes_sent),
         bytes_received: tcp.map(|c| c.bytes_received_seq.saturating_sub(u64::from(fin_now))),

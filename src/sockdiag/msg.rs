@@ -356,23 +356,42 @@ pub fn dump_request(
 pub const TCP_STATES_TRACKED: u32 = !((1 << TCP_TIME_WAIT) | (1 << TCP_NEW_SYN_RECV)) & 0x1ffe;
 pub const ALL_STATES: u32 = 0xffff_ffff;
 
+/// Kernel names of the TCP states, by number (0 is unused).
+const TCP_STATE_NAMES: [&str; 13] = [
+    "UNKNOWN",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+];
+
 /// Kernel name of a TCP state.
 pub fn tcp_state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
-    }
+    TCP_STATE_NAMES
+        .get(usize::from(state))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// What an unconnected UDP socket's state is called (as `ss` does).
+pub const UDP_UNCONNECTED: &str = "UNCONN";
+
+/// The static copy of a state name, for one read off the wire or a file: no allocation
+/// for any name a collector sends.
+pub fn static_state_name(name: &str) -> Option<&'static str> {
+    TCP_STATE_NAMES
+        .iter()
+        .copied()
+        .chain([UDP_UNCONNECTED])
+        .find(|known| *known == name)
 }
 
 // === Byte helpers (callers have checked lengths) ===

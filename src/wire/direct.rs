@@ -436,7 +436,7 @@ mod tests {
             FlowRecord {
                 cookie: 0,
                 local_port: 0,
-                state: String::new(),
+                state: "".into(),
                 first_seen: 0,
                 last_seen: 0,
                 bytes_sent: None,
@@ -603,7 +603,7 @@ mod properties {
                         local_port: lport,
                         remote_addr: remote,
                         remote_port: rport,
-                        state,
+                        state: state.into(),
                         preexisting: pre,
                         reset,
                         bytes_sent: w[0],
