@@ -72,9 +72,28 @@ impl Aggregator {
     }
 }
 
+/// The exporter as the bench drives it: many batches in flight, no spool.
+fn exporter_config(url: &str) -> exporter::ExporterConfig {
+    exporter::ExporterConfig {
+        endpoint: url.to_owned(),
+        token: None,
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
+        memory_batches: 256,
+        spool_dir: None,
+        spool_max_bytes: 0,
+        drain_timeout: Duration::from_secs(300),
+    }
+}
+
 /// Drives records through the real collector path until `count` records or `duration`.
-/// Returns (records acknowledged, seconds, this process's CPU seconds).
-fn drive(url: &str, count: u64, duration: Duration) -> anyhow::Result<(u64, f64, f64)> {
+/// Returns (records sent, seconds, this process's CPU seconds).
+fn drive(
+    config: exporter::ExporterConfig,
+    count: u64,
+    duration: Duration,
+) -> anyhow::Result<(u64, f64, f64)> {
     // The collector's default `--queue-capacity`.
     let (tx, rx) = crossbeam_channel::bounded::<Record>(4096);
     let rx = RecordRx {
@@ -86,17 +105,6 @@ fn drive(url: &str, count: u64, duration: Duration) -> anyhow::Result<(u64, f64,
         .enable_all()
         .build()?;
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(64);
-    let config = exporter::ExporterConfig {
-        endpoint: url.to_owned(),
-        token: None,
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
-        memory_batches: 256,
-        spool_dir: None,
-        spool_max_bytes: 0,
-        drain_timeout: Duration::from_secs(300),
-    };
     let identity = CollectorIdentity {
         collector_id: format!("bench-{}", procflow::model::now_ns()),
         pod_name: "bench".into(),
@@ -202,15 +210,85 @@ fn codec_costs(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The collector's memory while the aggregator is down: `records` (far more than the
+/// memory buffer and the spool hold) through the real path with the collector's defaults
+/// (64 batches in memory, a 64 MiB spool). Peak RSS is measured from a reset high-water
+/// mark (`clear_refs` 5), so it is this run's alone.
+fn spool_memory(report: &mut Report, records: u64) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let spool = tempfile::tempdir()?;
+    // A port that was just free: connections are refused for the whole run.
+    let down = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = exporter::ExporterConfig {
+        memory_batches: 64,
+        spool_dir: Some(spool.path().to_path_buf()),
+        spool_max_bytes: 64 << 20,
+        drain_timeout: Duration::from_secs(1),
+        ..exporter_config(&format!("http://127.0.0.1:{down}"))
+    };
+    let rss_kib = |field: &str| {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    let before = rss_kib("VmRSS:");
+    let dropped_before = exporter::EXPORT_STATS
+        .records_dropped
+        .load(Ordering::Relaxed);
+    let (sent, _, _) = drive(config, records, Duration::from_secs(300))?;
+    let peak = rss_kib("VmHWM:");
+    let dropped = exporter::EXPORT_STATS
+        .records_dropped
+        .load(Ordering::Relaxed)
+        - dropped_before;
+    let spooled: u64 = std::fs::read_dir(spool.path())?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    report.add(
+        "pipeline",
+        &format!(
+            "aggregator down, {sent} records: collector RSS growth (64-batch buffer, 64 MiB spool)"
+        ),
+        (peak - before) / 1024.0,
+        "MiB",
+        None,
+    );
+    report.add(
+        "pipeline",
+        "aggregator down: spool on disk",
+        spooled as f64 / (1 << 20) as f64,
+        "MiB",
+        Some(("<=64 MiB", spooled <= 64 << 20)),
+    );
+    report.add(
+        "pipeline",
+        "aggregator down: oldest records dropped and counted",
+        dropped as f64,
+        "records",
+        None,
+    );
+    Ok(())
+}
+
 pub fn scenario_pipeline(
     report: &mut Report,
     transport_records: u64,
     sustain: Duration,
 ) -> anyhow::Result<()> {
     codec_costs(report)?;
+    spool_memory(report, transport_records.min(1_500_000))?;
     // Transport alone: nothing stored, no rules.
     let agg = Aggregator::start(&["--store", "none", "--no-detection"])?;
-    let (n, secs, cpu) = drive(&agg.url(), transport_records, Duration::from_secs(600))?;
+    let (n, secs, cpu) = drive(
+        exporter_config(&agg.url()),
+        transport_records,
+        Duration::from_secs(600),
+    )?;
     let agg_cpu = crate::cpu_secs_of(agg.pid());
     let _ = agg.stop();
     let rate = n as f64 / secs;
@@ -239,7 +317,7 @@ pub fn scenario_pipeline(
     let metrics_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let metrics_listen = format!("127.0.0.1:{metrics_port}");
     let agg = Aggregator::start(&["--metrics-listen", &metrics_listen])?;
-    let (n, secs, _) = drive(&agg.url(), u64::MAX, sustain)?;
+    let (n, secs, _) = drive(exporter_config(&agg.url()), u64::MAX, sustain)?;
     let rss = crate::peak_rss_kib_of(agg.pid()) as f64 / 1024.0;
     // Detection runs behind the store: wait (bounded) for its backlog, then say how much of
     // what was stored the rules evaluated.
