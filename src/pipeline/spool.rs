@@ -86,7 +86,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Puts batches back in front of the spool (shutdown with unacknowledged batches).
+    /// Puts batches back in front of the spool (shutdown with unacknowledged batches),
+    /// newest first while they fit under the cap: the oldest that do not fit are dropped
+    /// and counted, as `push` drops the oldest.
     pub fn push_front_all(&mut self, batches: &[EncodedBatch]) -> io::Result<()> {
         // Names sort before every existing file: reuse the counter space below the oldest.
         let first = self
@@ -96,8 +98,12 @@ impl Spool {
             .unwrap_or(self.counter);
         let base = first.saturating_sub(batches.len() as u64);
         for (i, batch) in batches.iter().enumerate().rev() {
-            let name = format!("{:020}-{}.batch", base + i as u64, batch.records);
             let body = &batch.bytes;
+            if self.bytes + body.len() as u64 > self.max_bytes {
+                drop_batch(batch, "spool full at shutdown: oldest batch dropped");
+                continue;
+            }
+            let name = format!("{:020}-{}.batch", base + i as u64, batch.records);
             write_file(&self.dir.join(&name), body)?;
             self.bytes += body.len() as u64;
             self.files.push_front((name, body.len() as u64));
@@ -157,8 +163,20 @@ mod tests {
         }
         assert_eq!(spool.len(), 3, "two oldest dropped to stay under the cap");
         drop(spool);
-        let mut spool = Spool::open(dir.path(), one * 3).expect("reopen");
-        spool.push_front_all(&[batch(2, 10)]).expect("push front");
+        // Shutdown puts the unacknowledged (older) batches back in front, newest first,
+        // while they fit: of 1 and 2, only 2 fits under a cap of four.
+        let mut spool = Spool::open(dir.path(), one * 4).expect("reopen");
+        let dropped = || {
+            crate::pipeline::exporter::EXPORT_STATS
+                .records_dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = dropped();
+        spool
+            .push_front_all(&[batch(1, 10), batch(2, 10)])
+            .expect("push front");
+        assert!(spool.bytes() <= one * 4, "the cap holds at shutdown too");
+        assert!(dropped() >= before + 10, "the batch left out is counted");
         let seqs: Vec<u64> = std::iter::from_fn(|| spool.pop().expect("pop"))
             .map(|b| b.seq)
             .collect();
