@@ -158,6 +158,28 @@ pub enum ProcessPhase {
     Exit,
 }
 
+/// The names the enums serialize to (JSON and the rule language), without serializing:
+/// the rules read them for every record.
+macro_rules! serialized_names {
+    ($($ty:ident { $($variant:ident => $name:literal),+ $(,)? })+) => {
+        $(impl $ty {
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        })+
+    };
+}
+
+serialized_names! {
+    Protocol { Tcp => "TCP", Udp => "UDP" }
+    Direction { Unknown => "UNKNOWN", Inbound => "INBOUND", Outbound => "OUTBOUND", Listen => "LISTEN" }
+    Scope { Unspecified => "UNSPECIFIED", Local => "LOCAL", EastWest => "EAST_WEST", NorthSouth => "NORTH_SOUTH" }
+    FlowPhase { Start => "START", Update => "UPDATE", End => "END" }
+    ProcessPhase { Start => "START", Exec => "EXEC", Exit => "EXIT" }
+}
+
 /// Why a ptrace-guarded field (exe, cwd) is absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -492,6 +514,39 @@ mod u64_string {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn enum_names_are_what_serde_writes() {
+        fn check<T: Serialize>(v: T, name: &str) {
+            assert_eq!(serde_json::to_value(v).expect("json"), name);
+        }
+        for v in [Protocol::Tcp, Protocol::Udp] {
+            check(v, v.name());
+        }
+        for v in [
+            Direction::Unknown,
+            Direction::Inbound,
+            Direction::Outbound,
+            Direction::Listen,
+        ] {
+            check(v, v.name());
+        }
+        for v in [
+            Scope::Unspecified,
+            Scope::Local,
+            Scope::EastWest,
+            Scope::NorthSouth,
+        ] {
+            check(v, v.name());
+        }
+        for v in [FlowPhase::Start, FlowPhase::Update, FlowPhase::End] {
+            check(v, v.name());
+        }
+        for v in [ProcessPhase::Start, ProcessPhase::Exec, ProcessPhase::Exit] {
+            check(v, v.name());
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -692,15 +692,8 @@ fn basename(b: &[u8]) -> &[u8] {
     }
 }
 
-fn up(s: &str) -> Val<'static> {
-    Val::Bytes(std::borrow::Cow::Owned(s.as_bytes().to_vec()))
-}
-
-fn enum_name<T: serde::Serialize>(v: &T) -> Val<'static> {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => up(&s),
-        _ => Val::Null,
-    }
+fn enum_name(name: &'static str) -> Val<'static> {
+    Val::Bytes(std::borrow::Cow::Borrowed(name.as_bytes()))
 }
 
 /// Reads a field; absent values are `Null` and never match.
@@ -748,7 +741,7 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
         AncestorCount => p
             .map(|p| Val::Int(p.ancestors.len() as i64))
             .unwrap_or(Val::Null),
-        Phase => p.map(|p| enum_name(&p.phase)).unwrap_or(Val::Null),
+        Phase => p.map(|p| enum_name(p.phase.name())).unwrap_or(Val::Null),
         RootPid => p
             .map(|p| Val::Int(p.ancestors.last().map_or(p.pid, |a| a.pid).into()))
             .unwrap_or(Val::Null),
@@ -801,12 +794,18 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .or(c.listener.map(|l| l.local_port))
             .map(|x| Val::Int(x.into()))
             .unwrap_or(Val::Null),
-        Direction => c.flow.map(|f| enum_name(&f.direction)).unwrap_or(Val::Null),
-        Scope => c.flow.map(|f| enum_name(&f.scope)).unwrap_or(Val::Null),
+        Direction => c
+            .flow
+            .map(|f| enum_name(f.direction.name()))
+            .unwrap_or(Val::Null),
+        Scope => c
+            .flow
+            .map(|f| enum_name(f.scope.name()))
+            .unwrap_or(Val::Null),
         Protocol => c
             .flow
-            .map(|f| enum_name(&f.protocol))
-            .or(c.listener.map(|l| enum_name(&l.protocol)))
+            .map(|f| enum_name(f.protocol.name()))
+            .or(c.listener.map(|l| enum_name(l.protocol.name())))
             .unwrap_or(Val::Null),
         BytesSent => c
             .flow
@@ -820,8 +819,8 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .unwrap_or(Val::Null),
         FlowPhase => c
             .flow
-            .map(|f| enum_name(&f.phase))
-            .or(c.listener.map(|l| enum_name(&l.phase)))
+            .map(|f| enum_name(f.phase.name()))
+            .or(c.listener.map(|l| enum_name(l.phase.name())))
             .unwrap_or(Val::Null),
     }
 }
