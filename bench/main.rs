@@ -775,10 +775,15 @@ fn run_quiet(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn own_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_kib(std::process::id(), "VmRSS:")
+}
+
+/// A `kB` line of /proc/PID/status (VmRSS, VmHWM); 0 when unreadable.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
 }
@@ -1176,10 +1181,5 @@ fn own_cpu_secs() -> f64 {
 }
 
 fn peak_rss_kib_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmHWM:")
 }

@@ -226,21 +226,13 @@ fn spool_memory(report: &mut Report, records: u64) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(1),
         ..exporter_config(&format!("http://127.0.0.1:{down}"))
     };
-    let rss_kib = |field: &str| {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     std::fs::write("/proc/self/clear_refs", "5")?;
-    let before = rss_kib("VmRSS:");
+    let before = crate::own_rss_kib() as f64;
     let dropped_before = exporter::EXPORT_STATS
         .records_dropped
         .load(Ordering::Relaxed);
     let (sent, _, _) = drive(config, records, Duration::from_secs(300))?;
-    let peak = rss_kib("VmHWM:");
+    let peak = crate::peak_rss_kib_of(std::process::id()) as f64;
     let dropped = exporter::EXPORT_STATS
         .records_dropped
         .load(Ordering::Relaxed)

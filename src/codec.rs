@@ -80,6 +80,18 @@ impl<U: Message + Default> Decoder for SliceDecoder<U> {
     }
 }
 
+/// The method of the hand-written ends of `Ingest.Stream` (the collector's exporter and the
+/// aggregator's route), named after the generated service; it is the proto's `rpc Stream`,
+/// and the pipeline integration tests fail if the two part.
+pub const INGEST_METHOD: &str = "Stream";
+
+/// `Ingest.Stream`'s HTTP/2 path.
+pub fn ingest_stream_path() -> tonic::codegen::http::uri::PathAndQuery {
+    let path = format!("/{}/{INGEST_METHOD}", pb::ingest_server::SERVICE_NAME);
+    tonic::codegen::http::uri::PathAndQuery::try_from(path)
+        .expect("a proto service and method name form a valid path")
+}
+
 /// The collector's side of `Ingest.Stream`: pre-encoded batches out, acknowledgements in.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EncodedBatchCodec;

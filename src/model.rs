@@ -163,6 +163,8 @@ pub enum ProcessPhase {
 macro_rules! serialized_names {
     ($($ty:ident { $($variant:ident => $name:literal),+ $(,)? })+) => {
         $(impl $ty {
+            pub const VARIANTS: &'static [$ty] = &[$($ty::$variant),+];
+
             pub fn name(self) -> &'static str {
                 match self {
                     $($ty::$variant => $name),+
@@ -517,34 +519,16 @@ mod tests {
 
     #[test]
     fn enum_names_are_what_serde_writes() {
-        fn check<T: Serialize>(v: T, name: &str) {
-            assert_eq!(serde_json::to_value(v).expect("json"), name);
+        fn check<T: Serialize + Copy>(variants: &[T], name: fn(T) -> &'static str) {
+            for &v in variants {
+                assert_eq!(serde_json::to_value(v).expect("json"), name(v));
+            }
         }
-        for v in [Protocol::Tcp, Protocol::Udp] {
-            check(v, v.name());
-        }
-        for v in [
-            Direction::Unknown,
-            Direction::Inbound,
-            Direction::Outbound,
-            Direction::Listen,
-        ] {
-            check(v, v.name());
-        }
-        for v in [
-            Scope::Unspecified,
-            Scope::Local,
-            Scope::EastWest,
-            Scope::NorthSouth,
-        ] {
-            check(v, v.name());
-        }
-        for v in [FlowPhase::Start, FlowPhase::Update, FlowPhase::End] {
-            check(v, v.name());
-        }
-        for v in [ProcessPhase::Start, ProcessPhase::Exec, ProcessPhase::Exit] {
-            check(v, v.name());
-        }
+        check(Protocol::VARIANTS, Protocol::name);
+        check(Direction::VARIANTS, Direction::name);
+        check(Scope::VARIANTS, Scope::name);
+        check(FlowPhase::VARIANTS, FlowPhase::name);
+        check(ProcessPhase::VARIANTS, ProcessPhase::name);
     }
 
     use super::*;

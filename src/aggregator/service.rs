@@ -97,7 +97,7 @@ impl IngestService {
 
 /// Validates a batch into events; the error says which field is wrong.
 fn decode_batch(
-    batch: RawBatch,
+    mut batch: RawBatch,
     limits: &Limits,
     max_records: usize,
 ) -> Result<(String, u64, Vec<Event>), String> {
@@ -109,7 +109,7 @@ fn decode_batch(
     }
     let identity = Arc::new(
         wire::identity_from_proto(
-            batch.identity.clone().ok_or("batch.identity: missing")?,
+            batch.identity.take().ok_or("batch.identity: missing")?,
             limits,
         )
         .map_err(|e| e.to_string())?,
@@ -168,8 +168,7 @@ where
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
-        let stream_path = format!("/{}/Stream", pb::ingest_server::SERVICE_NAME);
-        if request.uri().path() != stream_path {
+        if request.uri().path() != crate::codec::ingest_stream_path().path() {
             return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
         }
         let (service, limit) = (self.service.clone(), self.max_decoding_message_size);

@@ -241,12 +241,12 @@ impl Store for SqliteStore {
             let received_at: i64 = row.get(1).map_err(sqlite)?;
             let body: Vec<u8> = row.get(2).map_err(sqlite)?;
             let corrupt = |reason: String| StoreError::Corrupt { id, reason };
-            let segment = RawBatch::parse(body.into()).map_err(|e| corrupt(e.to_string()))?;
+            let mut segment = RawBatch::parse(body.into()).map_err(|e| corrupt(e.to_string()))?;
             let source = Arc::new(
                 wire::identity_from_proto(
                     segment
                         .identity
-                        .clone()
+                        .take()
                         .ok_or_else(|| corrupt("segment without identity".into()))?,
                     &limits,
                 )

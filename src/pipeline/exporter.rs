@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::codec::EncodedBatchCodec;
+use crate::codec::{ingest_stream_path, EncodedBatchCodec, INGEST_METHOD};
 use crate::pipeline::spool::Spool;
 use crate::pipeline::EncodedBatch;
 use crate::proto::v1 as pb;
@@ -55,16 +55,6 @@ impl ExportStats {
             ("export_reconnects".into(), get(&self.reconnects)),
         ]
     }
-}
-
-/// The one RPC the exporter calls, named after the generated service (its method name is the
-/// proto's `rpc Stream`; the pipeline integration tests fail if the two part).
-const INGEST_METHOD: &str = "Stream";
-
-fn ingest_stream_path() -> tonic::codegen::http::uri::PathAndQuery {
-    let path = format!("/{}/{INGEST_METHOD}", pb::ingest_server::SERVICE_NAME);
-    tonic::codegen::http::uri::PathAndQuery::try_from(path)
-        .expect("a proto service and method name form a valid path")
 }
 
 /// Where and how to export.
