@@ -63,8 +63,8 @@ pub struct FlowStats {
     pub duplicate_ends: u64,
     pub listeners_started: u64,
     pub listeners_ended: u64,
-    /// Accepted sockets first attributed to their listener's owner and found in an fd
-    /// table by a later dump.
+    /// Accepted sockets first found only through their listener and found in an fd table
+    /// by a later dump, before their START.
     pub reattributed: u64,
 }
 
@@ -98,10 +98,9 @@ struct Entry {
     /// When it went missing from complete dumps; 0 while present.
     missing_since: UnixNanos,
     tcp: Option<Counters>,
-    /// Later dumps that look for the socket in fd tables again. Only for a socket accepted
-    /// from a listener whose owner's fd table is readable: the kernel gives an accepted
-    /// socket its inode just before `accept` installs the fd, so a dump in between finds
-    /// the inode in no table yet.
+    /// Dumps that found the socket only through its listener, the START held back: the
+    /// kernel gives an accepted socket its inode just before `accept` installs the fd, so
+    /// a dump in between finds the inode in no table yet.
     fd_retries: u8,
 }
 
@@ -163,7 +162,6 @@ pub struct FlowTable {
     new_listeners: Vec<u64>,
     new_inodes: Vec<u64>,
     /// Announced flows looked for again in this dump: (cookie, inode).
-    retry_flows: Vec<(u64, u64)>,
     /// Listeners closed recently: a connection they accepted often outlives them (a server
     /// shutting down), and is first seen only then; it is still inbound.
     closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,
@@ -189,7 +187,6 @@ impl FlowTable {
             new_flows: Vec::new(),
             new_listeners: Vec::new(),
             new_inodes: Vec::new(),
-            retry_flows: Vec::new(),
             closed_listeners: VecDeque::new(),
         }
     }
@@ -228,7 +225,6 @@ impl FlowTable {
         self.new_flows.clear();
         self.new_listeners.clear();
         self.new_inodes.clear();
-        self.retry_flows.clear();
 
         // Listeners first: they decide the direction of the flows in the same dump.
         for s in sockets.iter().filter(|s| is_listener(s)) {
@@ -282,10 +278,6 @@ impl FlowTable {
                     } else if now.saturating_sub(e.first_seen) >= grace {
                         self.new_flows.push(s.cookie); // never accepted: announce unattributed
                     }
-                } else if e.fd_retries > 0 && s.inode != 0 {
-                    e.fd_retries -= 1;
-                    self.retry_flows.push((s.cookie, s.inode));
-                    self.new_inodes.push(s.inode);
                 }
                 continue;
             }
@@ -346,14 +338,21 @@ impl FlowTable {
             let listener_owner = self.listener_owner_for(s.protocol, s.local);
             let owner = lookup.owner(s.inode, Some(s.uid), listener_owner);
             if let Some(e) = self.flows.get_mut(&cookie) {
+                // Found through its listener alone: look in the fd tables again at the next
+                // dumps before announcing (an END first announces it as it stands).
+                if owner.attribution == Attribution::Listener
+                    && s.inode != 0
+                    && e.fd_retries < FD_RETRIES
+                {
+                    e.fd_retries += 1;
+                    continue;
+                }
+                if e.fd_retries > 0 && owner.attribution == Attribution::Fd {
+                    self.stats.reattributed += 1;
+                }
                 e.pid = owner.pid.unwrap_or(0);
                 e.start_time = owner.start_time.unwrap_or(0);
                 e.attribution = owner.attribution;
-                e.fd_retries = if owner.attribution == Attribution::Listener && s.inode != 0 {
-                    FD_RETRIES
-                } else {
-                    0
-                };
                 e.announced = true;
                 e.last_emit = now;
                 e.dirty = false;
@@ -367,22 +366,6 @@ impl FlowTable {
                 )));
             }
         }
-        for &(cookie, inode) in &self.retry_flows {
-            let Some(e) = self.flows.get_mut(&cookie) else {
-                continue;
-            };
-            let owner = lookup.owner(inode, Some(e.uid), None);
-            if owner.attribution == Attribution::Fd {
-                e.pid = owner.pid.unwrap_or(0);
-                e.start_time = owner.start_time.unwrap_or(0);
-                e.attribution = Attribution::Fd;
-                e.fd_retries = 0;
-                // The next UPDATE and the END carry the owner.
-                e.dirty = true;
-                self.stats.reattributed += 1;
-            }
-        }
-
         // Periodic updates, only for flows whose counters moved.
         let active_timeout = nanos(self.config.active_timeout);
         for (cookie, e) in &mut self.flows {
@@ -1183,17 +1166,28 @@ mod tests {
             &mut lookup,
             &mut out,
         );
-        let start = flows(&out)
-            .into_iter()
-            .find(|f| f.phase == FlowPhase::Start)
-            .cloned();
-        assert_eq!(start.map(|f| f.attribution), Some(Attribution::Listener));
+        let start = |out: &Vec<Record>| {
+            flows(out)
+                .into_iter()
+                .find(|f| f.phase == FlowPhase::Start)
+                .cloned()
+        };
+        assert_eq!(
+            start(&out),
+            None,
+            "found by its listener alone: START held back"
+        );
         t.apply_dump(
             &[listener.clone(), accepted.clone()],
             true,
             30,
             &mut lookup,
             &mut out,
+        );
+        assert_eq!(
+            start(&out).map(|f| (f.attribution, f.pid)),
+            Some((Attribution::Fd, Some(42))),
+            "the START carries the owner found at the next dump"
         );
         assert_eq!(t.stats().reattributed, 1);
         t.apply_destroy(&accepted, 40, &mut out);
