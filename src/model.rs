@@ -164,11 +164,18 @@ macro_rules! serialized_names {
     ($($ty:ident { $($variant:ident => $name:literal),+ $(,)? })+) => {
         $(impl $ty {
             pub const VARIANTS: &'static [$ty] = &[$($ty::$variant),+];
+            /// `NAMES[v.ordinal()] == v.name()`.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
 
             pub fn name(self) -> &'static str {
                 match self {
                     $($ty::$variant => $name),+
                 }
+            }
+
+            /// Position in `VARIANTS`: rules compare enum fields as small integers.
+            pub fn ordinal(self) -> u8 {
+                self as u8
             }
         })+
     };
@@ -519,16 +526,44 @@ mod tests {
 
     #[test]
     fn enum_names_are_what_serde_writes() {
-        fn check<T: Serialize + Copy>(variants: &[T], name: fn(T) -> &'static str) {
-            for &v in variants {
+        fn check<T: Serialize + Copy>(
+            variants: &[T],
+            names: &[&str],
+            name: fn(T) -> &'static str,
+            ordinal: fn(T) -> u8,
+        ) {
+            assert_eq!(variants.len(), names.len());
+            for (i, &v) in variants.iter().enumerate() {
                 assert_eq!(serde_json::to_value(v).expect("json"), name(v));
+                assert_eq!(usize::from(ordinal(v)), i);
+                assert_eq!(names[i], name(v));
             }
         }
-        check(Protocol::VARIANTS, Protocol::name);
-        check(Direction::VARIANTS, Direction::name);
-        check(Scope::VARIANTS, Scope::name);
-        check(FlowPhase::VARIANTS, FlowPhase::name);
-        check(ProcessPhase::VARIANTS, ProcessPhase::name);
+        check(
+            Protocol::VARIANTS,
+            Protocol::NAMES,
+            Protocol::name,
+            Protocol::ordinal,
+        );
+        check(
+            Direction::VARIANTS,
+            Direction::NAMES,
+            Direction::name,
+            Direction::ordinal,
+        );
+        check(Scope::VARIANTS, Scope::NAMES, Scope::name, Scope::ordinal);
+        check(
+            FlowPhase::VARIANTS,
+            FlowPhase::NAMES,
+            FlowPhase::name,
+            FlowPhase::ordinal,
+        );
+        check(
+            ProcessPhase::VARIANTS,
+            ProcessPhase::NAMES,
+            ProcessPhase::name,
+            ProcessPhase::ordinal,
+        );
     }
 
     use super::*;

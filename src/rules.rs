@@ -6,6 +6,8 @@ pub mod lang;
 pub mod stateful;
 
 use std::collections::HashMap;
+
+use stateful::HashMap as FastMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -13,7 +15,7 @@ use serde::Deserialize;
 use crate::model::{
     display_bytes, AlertRecord, Event, ProcessRecord, Record, RecordKind, Severity, UnixNanos,
 };
-use lang::{Ctx, Defs, Node};
+use lang::{Condition, Ctx, Defs};
 
 /// The managed rule set, embedded so a container image carries it.
 pub const MANAGED: &[(&str, &str)] = &[
@@ -139,7 +141,7 @@ impl From<SeveritySpec> for Severity {
 pub struct Rule {
     pub spec: RuleSpec,
     pub file: String,
-    compiled: Vec<(RecordKind, Node, Vec<Node>)>,
+    compiled: Vec<(RecordKind, Condition, Vec<Condition>)>,
     output: Vec<Piece>,
     pub stateful: Option<stateful::Kind>,
     /// Compiled at load: the stateful key, value and sum fields, and the group key.
@@ -462,12 +464,12 @@ struct Group {
 pub struct Engine {
     set: RuleSet,
     /// source (collector id) → pid → process.
-    procs: HashMap<String, HashMap<u32, ProcessRecord>>,
+    procs: FastMap<String, FastMap<u32, ProcessRecord>>,
     /// Process records cached across all sources.
     cached: usize,
     /// Buffers reused for every record (keys and values are built per record).
     scratch: Scratch,
-    groups: HashMap<String, Group>,
+    groups: FastMap<String, Group>,
     state: stateful::State,
     /// A group re-emits at most once per this many nanoseconds (with its count).
     pub reemit_ns: u64,
@@ -481,10 +483,10 @@ impl Engine {
     pub fn new(set: RuleSet) -> Self {
         Engine {
             set,
-            procs: HashMap::new(),
+            procs: FastMap::default(),
             cached: 0,
             scratch: Scratch::default(),
-            groups: HashMap::new(),
+            groups: FastMap::default(),
             state: stateful::State::default(),
             reemit_ns: 60_000_000_000,
             seq: 0,
@@ -534,10 +536,7 @@ impl Engine {
             self.procs.clear();
             self.cached = 0;
         }
-        let per_source = match self.procs.get_mut(source) {
-            Some(m) => m,
-            None => self.procs.entry(source.to_owned()).or_default(),
-        };
+        let per_source = self.procs.entry_ref(source).or_default();
         if per_source.insert(p.pid, p.clone()).is_none() {
             self.cached += 1;
         }
@@ -576,9 +575,10 @@ impl Engine {
         let Some(slot) = kind_slot(rec.kind()) else {
             return;
         };
+        let facts = lang::Facts::of(ctx);
         for &(i, j) in &self.set.by_kind[slot] {
             let (_, cond, exc) = &self.set.rules[i].compiled[j];
-            if cond.eval(ctx) && !exc.iter().any(|e| e.eval(ctx)) {
+            if cond.holds(facts, ctx) && !exc.iter().any(|e| e.holds(facts, ctx)) {
                 out.push(i);
             }
         }
@@ -589,12 +589,15 @@ impl Engine {
         let Some((kind, ctx)) = self.ctx("", rec) else {
             return 0;
         };
+        let facts = lang::Facts::of(&ctx);
         self.set
             .rules
             .iter()
             .filter(|r| r.spec.enabled)
             .flat_map(|r| r.compiled.iter())
-            .filter(|(k, c, e)| *k == kind && c.eval(&ctx) && !e.iter().any(|e| e.eval(&ctx)))
+            .filter(|(k, c, e)| {
+                *k == kind && c.holds(facts, &ctx) && !e.iter().any(|e| e.holds(facts, &ctx))
+            })
             .count()
     }
 
@@ -650,6 +653,7 @@ impl Engine {
     ) -> Vec<AlertRecord> {
         let mut out = Vec::new();
         let key = &mut scratch.key;
+        let mut workload = None;
         for &index in &scratch.hits {
             let rule = &self.set.rules[index];
             let mut state_evidence = None;
@@ -657,7 +661,7 @@ impl Engine {
                 key.clear();
                 key.push_str(&event.source.pod_namespace);
                 key.push('/');
-                key.push_str(workload_of(&event.source.pod_name));
+                key.push_str(workload.get_or_insert_with(|| workload_of(&event.source.pod_name)));
                 for part in &rule.state_by {
                     key.push('|');
                     part.push(key, event, ctx);
@@ -700,15 +704,12 @@ impl Engine {
                 let horizon = now.saturating_sub(self.reemit_ns);
                 self.groups.retain(|_, g| g.last_emit >= horizon);
             }
-            let g = match self.groups.get_mut(key.as_str()) {
-                Some(g) => g,
-                None => self.groups.entry(key.clone()).or_insert(Group {
-                    first_seen: now,
-                    last_emit: 0,
-                    count: 0,
-                    emitted_count: 0,
-                }),
-            };
+            let g = self.groups.entry_ref(key.as_str()).or_insert(Group {
+                first_seen: now,
+                last_emit: 0,
+                count: 0,
+                emitted_count: 0,
+            });
             g.count += 1;
             let emit = g.emitted_count == 0 || now.saturating_sub(g.last_emit) >= self.reemit_ns;
             if !emit {
@@ -725,7 +726,7 @@ impl Engine {
 }
 
 fn lookup<'a>(
-    procs: &'a HashMap<String, HashMap<u32, ProcessRecord>>,
+    procs: &'a FastMap<String, FastMap<u32, ProcessRecord>>,
     source: &str,
     pid: Option<u32>,
     start: Option<UnixNanos>,

@@ -266,7 +266,9 @@ pub enum Node {
     BoolField(Field),
     CmpInt(Field, CmpOp, i64),
     CmpBytes(Field, bool, Vec<u8>),
-    InBytes(Field, Vec<Vec<u8>>),
+    InBytes(Field, ByteSet),
+    /// An enum field holds one of the variants whose ordinal bits are set.
+    EnumIn(Field, u8),
     InInt(Field, Vec<i64>),
     InIp(Field, Vec<IpAddr>),
     Cidr(Field, Vec<IpNet>),
@@ -274,6 +276,64 @@ pub enum Node {
     Contains(Field, Vec<u8>),
     Regex(Field, regex::bytes::Regex),
     AnyAncestor(Box<Node>),
+}
+
+/// Strings to match whole, checked by length first: most values miss on length alone,
+/// with no byte compared.
+#[derive(Debug, Clone)]
+pub struct ByteSet {
+    items: Vec<Vec<u8>>,
+    lengths: u64,
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+impl ByteSet {
+    fn new(items: Vec<Vec<u8>>) -> ByteSet {
+        let lengths = items.iter().fold(0, |m, k| m | length_bit(k.len()));
+        ByteSet { items, lengths }
+    }
+
+    fn contains(&self, v: &[u8]) -> bool {
+        self.lengths & length_bit(v.len()) != 0
+            && self
+                .items
+                .iter()
+                .any(|k| k.len() == v.len() && k.first() == v.first() && k.as_slice() == v)
+    }
+}
+
+/// The names an enum field can hold (what its records serialize to), by ordinal.
+fn enum_names(f: Field) -> Option<&'static [&'static str]> {
+    use crate::model::{Direction, FlowPhase, ProcessPhase, Protocol, Scope};
+    Some(match f {
+        Field::Phase => ProcessPhase::NAMES,
+        Field::Direction => Direction::NAMES,
+        Field::Scope => Scope::NAMES,
+        Field::Protocol => Protocol::NAMES,
+        Field::FlowPhase => FlowPhase::NAMES,
+        _ => return None,
+    })
+}
+
+/// Reads an enum field as its ordinal (see [`enum_names`]).
+fn get_ordinal(f: Field, c: &Ctx<'_>) -> Option<u8> {
+    match f {
+        Field::Phase => c.process.map(|p| p.phase.ordinal()),
+        Field::Direction => c.flow.map(|f| f.direction.ordinal()),
+        Field::Scope => c.flow.map(|f| f.scope.ordinal()),
+        Field::Protocol => c
+            .flow
+            .map(|f| f.protocol.ordinal())
+            .or(c.listener.map(|l| l.protocol.ordinal())),
+        Field::FlowPhase => c
+            .flow
+            .map(|f| f.phase.ordinal())
+            .or(c.listener.map(|l| l.phase.ordinal())),
+        _ => None,
+    }
 }
 
 /// Named lists and macros (macros are raw source, compiled per use site).
@@ -300,8 +360,103 @@ struct Parser<'a> {
 }
 
 /// Compiles `src` for records of `kind`.
-pub fn compile(src: &str, kind: RecordKind, defs: &Defs) -> Result<Node, ParseError> {
-    compile_inner(src, kind, defs, false, 0)
+pub fn compile(src: &str, kind: RecordKind, defs: &Defs) -> Result<Condition, ParseError> {
+    compile_inner(src, kind, defs, false, 0).map(Condition::new)
+}
+
+/// The enum fields whose values [`Facts`] holds.
+const ENUM_FIELDS: [Field; 5] = [
+    Field::Phase,
+    Field::Direction,
+    Field::Scope,
+    Field::Protocol,
+    Field::FlowPhase,
+];
+
+/// Where an enum field's bits sit in [`Facts`] and how many there are: one per value and
+/// one for "absent".
+fn enum_bits(f: Field) -> Option<(u32, u32)> {
+    let mut offset = 0;
+    for e in ENUM_FIELDS {
+        let width = enum_names(e)?.len() as u32 + 1;
+        if e == f {
+            return Some((offset, width));
+        }
+        offset += width;
+    }
+    None
+}
+
+/// A record's enum fields, one-hot: for each field exactly one bit is set, at its value's
+/// ordinal or at "absent". Read once per record and shared by every rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Facts(u32);
+
+impl Facts {
+    pub fn of(c: &Ctx<'_>) -> Facts {
+        let mut bits = 0;
+        for f in ENUM_FIELDS {
+            if let Some((offset, width)) = enum_bits(f) {
+                let at = get_ordinal(f, c).map_or(width - 1, u32::from);
+                bits |= 1 << (offset + at);
+            }
+        }
+        Facts(bits)
+    }
+}
+
+/// A compiled condition. The enum tests of its top-level `and` (the most common tests:
+/// direction, scope, phase) are folded into one mask over [`Facts`]: the bits of every
+/// value (and of "absent") that a test refuses. As each field has exactly one bit set,
+/// all those tests hold when no refused bit is set.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    refused: u32,
+    rest: Node,
+}
+
+impl Condition {
+    fn new(root: Node) -> Condition {
+        let mut conjuncts = Vec::new();
+        flatten_and(root, &mut conjuncts);
+        let mut refused = 0u32;
+        let mut rest = Vec::new();
+        for n in conjuncts {
+            match (&n, enum_field_bits(&n)) {
+                (Node::EnumIn(_, accepted), Some((offset, width))) => {
+                    let field = ((1u32 << width) - 1) << offset;
+                    refused |= field & !(u32::from(*accepted) << offset);
+                }
+                _ => rest.push(n),
+            }
+        }
+        Condition {
+            refused,
+            rest: match rest.len() {
+                0 => Node::Const(true),
+                1 => rest.remove(0),
+                _ => Node::And(rest),
+            },
+        }
+    }
+
+    pub fn holds(&self, facts: Facts, c: &Ctx<'_>) -> bool {
+        facts.0 & self.refused == 0 && self.rest.eval(c)
+    }
+}
+
+fn enum_field_bits(n: &Node) -> Option<(u32, u32)> {
+    match n {
+        Node::EnumIn(f, _) => enum_bits(*f),
+        _ => None,
+    }
+}
+
+fn flatten_and(n: Node, out: &mut Vec<Node>) {
+    match n {
+        Node::And(v) => v.into_iter().for_each(|c| flatten_and(c, out)),
+        other => out.push(other),
+    }
 }
 
 fn compile_inner(
@@ -525,10 +680,16 @@ impl Parser<'_> {
                             })
                             .collect::<Result<_, _>>()?,
                     )),
-                    ("in", Ty::Bytes) => Ok(Node::InBytes(
-                        field,
-                        strs().map(String::into_bytes).collect(),
-                    )),
+                    ("in", Ty::Bytes) => match enum_names(field) {
+                        Some(names) => strs()
+                            .map(|v| enum_bit(names, &v, name).map_err(bad))
+                            .try_fold(0, |mask, bit| Ok(mask | bit?))
+                            .map(|mask| Node::EnumIn(field, mask)),
+                        None => Ok(Node::InBytes(
+                            field,
+                            ByteSet::new(strs().map(String::into_bytes).collect()),
+                        )),
+                    },
                     ("startswith", Ty::Bytes) => Ok(Node::Prefix(
                         field,
                         strs().map(String::into_bytes).collect(),
@@ -569,7 +730,15 @@ impl Parser<'_> {
                 match (ty, lit) {
                     (Ty::Int, Lit::Int(i)) => Ok(Node::CmpInt(field, cop, i)),
                     (Ty::Bytes, Lit::Str(s)) if matches!(cop, CmpOp::Eq | CmpOp::Ne) => {
-                        Ok(Node::CmpBytes(field, cop == CmpOp::Eq, s.into_bytes()))
+                        match enum_names(field) {
+                            Some(names) => {
+                                let bit = enum_bit(names, &s, name).map_err(bad)?;
+                                let all = (1u8 << names.len()) - 1;
+                                let mask = if cop == CmpOp::Eq { bit } else { all & !bit };
+                                Ok(Node::EnumIn(field, mask))
+                            }
+                            None => Ok(Node::CmpBytes(field, cop == CmpOp::Eq, s.into_bytes())),
+                        }
                     }
                     (Ty::Ip, Lit::Str(s)) if matches!(cop, CmpOp::Eq | CmpOp::Ne) => {
                         let ip: IpAddr = s.parse().map_err(|_| bad(format!("bad IP {s:?}")))?;
@@ -652,6 +821,18 @@ impl Parser<'_> {
                     "list `{n}` holds a value that is not a string or integer"
                 ))
             })
+    }
+}
+
+/// The bit of an enum value named in a rule; a name the field never holds is an error, so
+/// a typo cannot make a condition silently never match.
+fn enum_bit(names: &[&str], value: &str, field: &str) -> Result<u8, String> {
+    match names.iter().position(|n| *n == value) {
+        Some(i) => Ok(1 << i),
+        None => Err(format!(
+            "`{field}` is never {value:?}; it is one of {}",
+            names.join(", ")
+        )),
     }
 }
 
@@ -848,9 +1029,8 @@ impl Node {
                 Val::Bytes(v) => (v.as_ref() == k.as_slice()) == *eq,
                 _ => false,
             },
-            Node::InBytes(f, ks) => {
-                matches!(get(*f, c), Val::Bytes(v) if ks.iter().any(|k| k.as_slice() == v.as_ref()))
-            }
+            Node::InBytes(f, ks) => matches!(get(*f, c), Val::Bytes(v) if ks.contains(&v)),
+            Node::EnumIn(f, mask) => get_ordinal(*f, c).is_some_and(|o| mask & (1 << o) != 0),
             Node::InInt(f, ks) => matches!(get(*f, c), Val::Int(v) if ks.contains(&v)),
             Node::InIp(f, ks) => matches!(get(*f, c), Val::Ip(v) if ks.contains(&v)),
             Node::Cidr(f, ks) => {
@@ -920,4 +1100,116 @@ pub fn field_for_name(name: &str) -> Option<Field> {
         .into_iter()
         .find_map(|k| resolve(name, k, false))
         .map(|(f, _)| f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Direction, FlowPhase, ProcessPhase, Protocol, Scope};
+    use proptest::prelude::*;
+
+    fn tree(src: &str, kind: RecordKind) -> Node {
+        compile_inner(src, kind, &Defs::default(), false, 0).expect("compiles")
+    }
+
+    /// Every combination of a flow's enum values, with and without an owner process
+    /// (without one, `proc.phase` is absent), against conditions mixing folded enum tests
+    /// with ones that stay in the tree: the folded condition agrees with the plain tree.
+    #[test]
+    fn folded_enum_tests_agree_with_the_tree() {
+        let conditions = [
+            r#"fd.direction == "OUTBOUND" and fd.scope != "LOCAL""#,
+            r#"fd.direction in (INBOUND, OUTBOUND) and fd.direction != "INBOUND""#,
+            r#"fd.protocol == "TCP" and (fd.phase != "END" and fd.scope == "NORTH_SOUTH")"#,
+            r#"not fd.direction == "OUTBOUND" and fd.phase == "START""#,
+            r#"fd.direction == "OUTBOUND" and fd.direction == "INBOUND""#,
+            r#"fd.phase == "START" or fd.scope == "LOCAL""#,
+            r#"proc.phase != "EXIT" and fd.direction == "OUTBOUND" and fd.rport == 443"#,
+            r#"fd.rport != 22 and proc.phase == "START""#,
+            r#"fd.scope in (UNSPECIFIED, LOCAL, EAST_WEST, NORTH_SOUTH)"#,
+        ];
+        let owner = crate::fixtures::process(7, b"curl");
+        let mut checked = 0;
+        for src in conditions {
+            let plain = tree(src, RecordKind::Flow);
+            let folded = Condition::new(plain.clone());
+            for &direction in Direction::VARIANTS {
+                for &scope in Scope::VARIANTS {
+                    for &protocol in Protocol::VARIANTS {
+                        for &phase in FlowPhase::VARIANTS {
+                            for process in [None, Some(&owner)] {
+                                let flow = FlowRecord {
+                                    direction,
+                                    scope,
+                                    protocol,
+                                    phase,
+                                    ..crate::fixtures::flow(1)
+                                };
+                                let c = Ctx {
+                                    process,
+                                    flow: Some(&flow),
+                                    listener: None,
+                                    ancestor: None,
+                                };
+                                assert_eq!(
+                                    folded.holds(Facts::of(&c), &c),
+                                    plain.eval(&c),
+                                    "{src} on {direction:?} {scope:?} {protocol:?} {phase:?} owner={}",
+                                    process.is_some()
+                                );
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, conditions.len() * 4 * 4 * 2 * 3 * 2);
+        // The folding took the enum tests out of the tree.
+        let c = Condition::new(tree(
+            r#"fd.direction == "OUTBOUND" and fd.scope != "LOCAL""#,
+            RecordKind::Flow,
+        ));
+        assert!(matches!(c.rest, Node::Const(true)), "{:?}", c.rest);
+    }
+
+    #[test]
+    fn process_phase_folds_and_absent_never_matches() {
+        let c = Condition::new(tree(r#"proc.phase != "EXIT""#, RecordKind::Process));
+        for &phase in ProcessPhase::VARIANTS {
+            let p = ProcessRecord {
+                phase,
+                ..crate::fixtures::process(1, b"sh")
+            };
+            let ctx = Ctx {
+                process: Some(&p),
+                flow: None,
+                listener: None,
+                ancestor: None,
+            };
+            assert_eq!(c.holds(Facts::of(&ctx), &ctx), phase != ProcessPhase::Exit);
+        }
+        let nothing = Ctx {
+            process: None,
+            flow: None,
+            listener: None,
+            ancestor: None,
+        };
+        assert!(!c.holds(Facts::of(&nothing), &nothing));
+    }
+
+    proptest! {
+        #[test]
+        fn byte_sets_match_exactly_their_items(
+            items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..12),
+            probe in proptest::collection::vec(any::<u8>(), 0..80),
+            pick in any::<prop::sample::Index>(),
+        ) {
+            let set = ByteSet::new(items.clone());
+            prop_assert_eq!(set.contains(&probe), items.contains(&probe));
+            if !items.is_empty() {
+                prop_assert!(set.contains(&items[pick.index(items.len())]));
+            }
+        }
+    }
 }

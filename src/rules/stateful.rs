@@ -8,8 +8,9 @@ use std::collections::VecDeque;
 
 /// State maps are hashed per record: a fast hasher (keys are not attacker-chosen in bulk:
 /// bounded per rule, see MAX_KEYS_PER_RULE).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+pub(crate) type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;
+use hashbrown::hash_map::EntryRef;
 use std::path::Path;
 use std::time::Duration;
 
@@ -262,7 +263,7 @@ impl State {
                 }
                 if d.events.len() < MAX_VALUES_PER_KEY {
                     d.events.push_back((now, value.to_owned()));
-                    *d.counts.entry(value.to_owned()).or_default() += 1;
+                    *d.counts.entry_ref(value).or_default() += 1;
                 }
                 let fire = d.counts.len() as u64 > r.above;
                 Verdict {
@@ -303,10 +304,7 @@ fn per_rule<'a, T>(
     maps: &'a mut HashMap<String, HashMap<String, T>>,
     rule_id: &str,
 ) -> &'a mut HashMap<String, T> {
-    if !maps.contains_key(rule_id) {
-        maps.insert(rule_id.to_owned(), HashMap::default());
-    }
-    maps.get_mut(rule_id).expect("inserted above")
+    maps.entry_ref(rule_id).or_default()
 }
 
 fn fnv1a(parts: &[&[u8]]) -> u64 {
@@ -325,14 +323,15 @@ fn bounded_entry<'a, T: Default>(
     key: &str,
     refused: &mut u64,
 ) -> Option<&'a mut T> {
-    if !map.contains_key(key) {
-        if map.len() >= MAX_KEYS_PER_RULE {
+    let full = map.len() >= MAX_KEYS_PER_RULE;
+    match map.entry_ref(key) {
+        EntryRef::Occupied(e) => Some(e.into_mut()),
+        EntryRef::Vacant(_) if full => {
             *refused += 1;
-            return None;
+            None
         }
-        map.insert(key.to_owned(), T::default());
+        EntryRef::Vacant(e) => Some(e.insert(T::default())),
     }
-    map.get_mut(key)
 }
 
 /// Evidence is only written for a verdict that fires (formatting is most of the cost).

@@ -49,6 +49,13 @@ fn parse_errors_name_file_rule_and_position() {
         .expect_err("must fail")
         .to_string();
     assert!(e.contains("expected `)`"), "{e}");
+    let e = one("proc.comm == \"a\" and proc.phase != \"exit\"")
+        .expect_err("an enum value the field never holds")
+        .to_string();
+    assert!(
+        e.contains("1:36") && e.contains("\"exit\"") && e.contains("START, EXEC, EXIT"),
+        "{e}"
+    );
     let e = one("proc.comm in nolist and 1")
         .expect_err("must fail")
         .to_string();
