@@ -136,12 +136,11 @@ impl From<SeveritySpec> for Severity {
     }
 }
 
-/// A compiled rule: one condition tree per record kind it applies to.
+/// A compiled rule (its conditions, one per record kind, are in [`RuleSet`]'s candidates).
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub spec: RuleSpec,
     pub file: String,
-    compiled: Vec<(RecordKind, Condition, Vec<Condition>)>,
     output: Vec<Piece>,
     pub stateful: Option<stateful::Kind>,
     /// Compiled at load: the stateful key, value and sum fields, and the group key.
@@ -236,8 +235,23 @@ fn parse_template(t: &str) -> Result<Vec<Piece>, String> {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
-    /// Per record kind (flow, process, listener): (rule, compiled condition) of enabled rules.
-    by_kind: [Vec<(usize, usize)>; 3],
+    /// Per record kind (flow, process, listener): the enabled rules' conditions, laid out
+    /// together so the per-record loop reads them in order.
+    by_kind: [Vec<Candidate>; 3],
+}
+
+/// A rule's condition and exceptions for one record kind.
+#[derive(Debug, Clone)]
+struct Candidate {
+    rule: usize,
+    condition: Condition,
+    exceptions: Vec<Condition>,
+}
+
+impl Candidate {
+    fn matches(&self, facts: lang::Facts, ctx: &Ctx<'_>) -> bool {
+        self.condition.holds(facts, ctx) && !self.exceptions.iter().any(|e| e.holds(facts, ctx))
+    }
 }
 
 fn kind_slot(kind: RecordKind) -> Option<usize> {
@@ -288,6 +302,7 @@ impl RuleSet {
             }
         }
         let mut rules: Vec<Rule> = Vec::new();
+        let mut by_kind: [Vec<Candidate>; 3] = Default::default();
         for (file, spec) in specs {
             let rerr = |msg: String| RuleError::Rule {
                 file: file.clone(),
@@ -297,7 +312,6 @@ impl RuleSet {
             if rules.iter().any(|r| r.spec.id == spec.id) {
                 return Err(rerr("duplicate rule id".into()));
             }
-            let mut compiled = Vec::new();
             for k in &spec.kinds {
                 let kind: RecordKind = k.parse().map_err(rerr)?;
                 if !matches!(
@@ -324,7 +338,13 @@ impl RuleSet {
                         rule: spec.id.clone(),
                         msg: format!("exception {pos}"),
                     })?;
-                compiled.push((kind, cond, exc));
+                if let (true, Some(slot)) = (spec.enabled, kind_slot(kind)) {
+                    by_kind[slot].push(Candidate {
+                        rule: rules.len(),
+                        condition: cond,
+                        exceptions: exc,
+                    });
+                }
             }
             let output = parse_template(&spec.output).map_err(rerr)?;
             let kinds: Vec<stateful::Kind> = [
@@ -370,7 +390,6 @@ impl RuleSet {
             rules.push(Rule {
                 spec,
                 file,
-                compiled,
                 output,
                 stateful,
                 state_by,
@@ -378,14 +397,6 @@ impl RuleSet {
                 state_sum,
                 group_by,
             });
-        }
-        let mut by_kind: [Vec<(usize, usize)>; 3] = Default::default();
-        for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.spec.enabled) {
-            for (j, (kind, _, _)) in rule.compiled.iter().enumerate() {
-                if let Some(slot) = kind_slot(*kind) {
-                    by_kind[slot].push((i, j));
-                }
-            }
         }
         Ok(RuleSet { rules, by_kind })
     }
@@ -576,29 +587,22 @@ impl Engine {
             return;
         };
         let facts = lang::Facts::of(ctx);
-        for &(i, j) in &self.set.by_kind[slot] {
-            let (_, cond, exc) = &self.set.rules[i].compiled[j];
-            if cond.holds(facts, ctx) && !exc.iter().any(|e| e.holds(facts, ctx)) {
-                out.push(i);
-            }
-        }
+        out.extend(
+            self.set.by_kind[slot]
+                .iter()
+                .filter(|c| c.matches(facts, ctx))
+                .map(|c| c.rule),
+        );
     }
 
     /// Counts rules whose conditions hold, without rendering output or state.
     pub fn count_matches(&self, rec: &Record) -> usize {
-        let Some((kind, ctx)) = self.ctx("", rec) else {
+        let Some((_, ctx)) = self.ctx("", rec) else {
             return 0;
         };
-        let facts = lang::Facts::of(&ctx);
-        self.set
-            .rules
-            .iter()
-            .filter(|r| r.spec.enabled)
-            .flat_map(|r| r.compiled.iter())
-            .filter(|(k, c, e)| {
-                *k == kind && c.holds(facts, &ctx) && !e.iter().any(|e| e.holds(facts, &ctx))
-            })
-            .count()
+        let mut hits = Vec::new();
+        self.matching_rules(&ctx, rec, &mut hits);
+        hits.len()
     }
 
     fn owner(

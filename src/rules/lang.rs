@@ -706,11 +706,17 @@ impl Parser<'_> {
                 }
                 match op.as_str() {
                     "contains" => Ok(Node::Contains(field, s.into_bytes())),
-                    "glob" => Ok(Node::Regex(
-                        field,
-                        regex::bytes::Regex::new(&glob_to_regex(&s))
-                            .map_err(|e| bad(e.to_string()))?,
-                    )),
+                    "glob" => match s.strip_suffix('*') {
+                        // `"/*"`, `"/tmp/*"`: a prefix test, no automaton.
+                        Some(prefix) if !prefix.contains(['*', '?']) => {
+                            Ok(Node::Prefix(field, vec![prefix.as_bytes().to_vec()]))
+                        }
+                        _ => Ok(Node::Regex(
+                            field,
+                            regex::bytes::Regex::new(&glob_to_regex(&s))
+                                .map_err(|e| bad(e.to_string()))?,
+                        )),
+                    },
                     _ => Ok(Node::Regex(
                         field,
                         regex::bytes::Regex::new(&s).map_err(|e| bad(format!("bad regex: {e}")))?,
@@ -1196,6 +1202,43 @@ mod tests {
             ancestor: None,
         };
         assert!(!c.holds(Facts::of(&nothing), &nothing));
+    }
+
+    #[test]
+    fn a_trailing_star_glob_is_a_prefix_test_that_matches_like_the_regex() {
+        let exe = |e: &[u8]| ProcessRecord {
+            exe: Some(e.to_vec()),
+            ..crate::fixtures::process(1, b"x")
+        };
+        for glob in ["/*", "/tmp/*", "*", "/usr/bin/ba*", "a.b*"] {
+            let fast = tree(&format!("proc.exe glob {glob:?}"), RecordKind::Process);
+            assert!(matches!(fast, Node::Prefix(..)), "{glob}: {fast:?}");
+            let slow = Node::Regex(
+                Field::Exe,
+                regex::bytes::Regex::new(&glob_to_regex(glob)).expect("regex"),
+            );
+            for value in [
+                &b"/usr/bin/bash"[..],
+                b"/tmp/x",
+                b"/tmp",
+                b"",
+                b"relative",
+                b"a.bc",
+                b"axbc",
+                b"/x\n\xff",
+            ] {
+                let p = exe(value);
+                let c = Ctx {
+                    process: Some(&p),
+                    flow: None,
+                    listener: None,
+                    ancestor: None,
+                };
+                assert_eq!(fast.eval(&c), slow.eval(&c), "{glob} on {value:?}");
+            }
+        }
+        let inner = tree(r#"proc.exe glob "/t*p/*""#, RecordKind::Process);
+        assert!(matches!(inner, Node::Regex(..)), "{inner:?}");
     }
 
     proptest! {
