@@ -94,8 +94,17 @@ struct Sizes {
 
 /// `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
 /// (default when omitted), scenario names pick a subset.
-const SCENARIOS: [&str; 8] = [
-    "poll", "churn", "spawn", "idle", "pipeline", "streams", "rules", "http",
+/// `transport` (the pipeline's transport figure alone) runs only when named.
+const SCENARIOS: [&str; 9] = [
+    "poll",
+    "churn",
+    "spawn",
+    "idle",
+    "pipeline",
+    "transport",
+    "streams",
+    "rules",
+    "http",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -226,6 +235,11 @@ fn main() -> anyhow::Result<()> {
             Duration::from_secs(sizes.sustain_secs),
         ) {
             report.skip("pipeline", format!("{e:#}"));
+        }
+    }
+    if only.iter().any(|o| o == "transport") {
+        if let Err(e) = pipeline::scenario_transport(&mut report, sizes.transport_records) {
+            report.skip("transport", format!("{e:#}"));
         }
     }
     if wanted("streams") {

@@ -274,7 +274,12 @@ pub fn scenario_pipeline(
 ) -> anyhow::Result<()> {
     codec_costs(report)?;
     spool_memory(report, transport_records.min(1_500_000))?;
-    // Transport alone: nothing stored, no rules.
+    scenario_transport(report, transport_records)?;
+    sustained(report, sustain)
+}
+
+/// Transport alone: nothing stored, no rules.
+pub fn scenario_transport(report: &mut Report, transport_records: u64) -> anyhow::Result<()> {
     let agg = Aggregator::start(&["--store", "none", "--no-detection"])?;
     let (n, secs, cpu) = drive(
         exporter_config(&agg.url()),
@@ -305,6 +310,10 @@ pub fn scenario_pipeline(
         "ns",
         None,
     );
+    Ok(())
+}
+
+fn sustained(report: &mut Report, sustain: Duration) -> anyhow::Result<()> {
     // Sustained into SQLite with the managed rules evaluating every record.
     let metrics_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let metrics_listen = format!("127.0.0.1:{metrics_port}");

@@ -797,10 +797,44 @@ fn check_len(field: &'static str, len: usize, limit: usize) -> Result<(), WireEr
 }
 
 fn addr(field: &'static str, value: &str) -> Result<IpAddr, WireError> {
+    if let Some(v4) = parse_ipv4(value.as_bytes()) {
+        return Ok(IpAddr::V4(v4));
+    }
     value.parse().map_err(|_| WireError::BadAddress {
         field,
         value: value.chars().take(64).collect(),
     })
+}
+
+/// A dotted quad exactly as std accepts it (four decimal octets up to 255, no leading
+/// zeros), without std's generic parser, which costs more than the rest of a flow's
+/// decoding; anything else (IPv6, malformed text) is left to std.
+fn parse_ipv4(text: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut at = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        if n > 0 {
+            if text.get(at) != Some(&b'.') {
+                return None;
+            }
+            at += 1;
+        }
+        let start = at;
+        let mut value = 0u32;
+        while let Some(digit) = text.get(at).filter(|c| c.is_ascii_digit()) {
+            if at - start == 3 {
+                return None;
+            }
+            value = value * 10 + u32::from(digit - b'0');
+            at += 1;
+        }
+        let digits = at - start;
+        if digits == 0 || (digits > 1 && text[start] == b'0') || value > 255 {
+            return None;
+        }
+        *octet = value as u8;
+    }
+    (at == text.len()).then_some(std::net::Ipv4Addr::from(octets))
 }
 
 fn port(field: &'static str, value: u32) -> Result<u16, WireError> {
@@ -1009,6 +1043,41 @@ pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    proptest::proptest! {
+        #[test]
+        fn ipv4_text_parses_as_std_parses_it(text in "[0-9.]{0,18}|[0-9]{1,3}(\\.[0-9]{1,3}){3}") {
+            proptest::prop_assert_eq!(super::parse_ipv4(text.as_bytes()), text.parse().ok());
+        }
+    }
+
+    #[test]
+    fn ipv4_edges_parse_as_std_parses_them() {
+        for text in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.",
+            "1..2.3",
+            "1.2.3.4 ",
+            " 1.2.3.4",
+            "1.2.3.04",
+            "10.0.0.1",
+            "1.2.3.1000",
+            "",
+            ".",
+            "::1",
+        ] {
+            assert_eq!(
+                super::parse_ipv4(text.as_bytes()),
+                text.parse().ok(),
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn addresses_are_written_as_display_writes_them() {

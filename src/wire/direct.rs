@@ -128,22 +128,15 @@ fn put_some(out: &mut Vec<u8>, tag: u32, value: Option<u64>) {
 }
 
 /// prost's `encode_varint`, inlined: with the keys constant, most of a flow's varints are
-/// one byte and cost a compare and a push.
+/// one byte and cost a compare and a push; longer ones are pushed byte by byte (a slice
+/// copy would call `memmove` for a few bytes).
 #[inline(always)]
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    if value < 0x80 {
-        out.push(value as u8);
-        return;
-    }
-    let mut bytes = [0u8; 10];
-    let mut len = 0;
     while value >= 0x80 {
-        bytes[len] = value as u8 | 0x80;
+        out.push(value as u8 | 0x80);
         value >>= 7;
-        len += 1;
     }
-    bytes[len] = value as u8;
-    out.extend_from_slice(&bytes[..=len]);
+    out.push(value as u8);
 }
 
 /// Enums are int32 on the wire: sign-extended, as prost writes them.
