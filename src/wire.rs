@@ -1044,7 +1044,6 @@ pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 mod tests {
     use super::*;
 
-    #[test]
     proptest::proptest! {
         #[test]
         fn ipv4_text_parses_as_std_parses_it(text in "[0-9.]{0,18}|[0-9]{1,3}(\\.[0-9]{1,3}){3}") {
