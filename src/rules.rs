@@ -169,13 +169,41 @@ impl KeyPart {
         }
     }
 
-    fn push(self, buf: &mut String, event: &Event, ctx: &Ctx<'_>) {
+    fn push(self, buf: &mut String, event: &Event, ctx: &Ctx<'_>, rendered: &mut Rendered) {
         match self {
             KeyPart::Namespace => buf.push_str(&event.source.pod_namespace),
             KeyPart::Pod => buf.push_str(&event.source.pod_name),
             KeyPart::Workload => buf.push_str(workload_of(&event.source.pod_name)),
-            KeyPart::Field(f) => push_val(buf, lang::get(f, ctx)),
+            KeyPart::Field(f) => buf.push_str(rendered.get(f, ctx)),
         }
+    }
+}
+
+/// Field values rendered as key text for the current record: several rules key on the
+/// same fields (the remote address above all), each rendered once.
+#[derive(Default)]
+struct Rendered {
+    text: String,
+    fields: Vec<(lang::Field, std::ops::Range<usize>)>,
+}
+
+impl Rendered {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.fields.clear();
+    }
+
+    fn get(&mut self, f: lang::Field, ctx: &Ctx<'_>) -> &str {
+        let range = match self.fields.iter().find(|(g, _)| *g == f) {
+            Some((_, range)) => range.clone(),
+            None => {
+                let start = self.text.len();
+                push_val(&mut self.text, lang::get(f, ctx));
+                self.fields.push((f, start..self.text.len()));
+                start..self.text.len()
+            }
+        };
+        &self.text[range]
     }
 }
 
@@ -460,6 +488,7 @@ struct Scratch {
     hits: Vec<usize>,
     key: String,
     value: String,
+    rendered: Rendered,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -642,6 +671,7 @@ impl Engine {
     fn evaluate_in(&mut self, event: &Event, ctx: &Ctx<'_>, now: UnixNanos) -> Vec<AlertRecord> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.hits.clear();
+        scratch.rendered.clear();
         self.matching_rules(ctx, &event.record, &mut scratch.hits);
         let out = self.apply_hits(event, ctx, now, &mut scratch);
         self.scratch = scratch;
@@ -668,11 +698,11 @@ impl Engine {
                 key.push_str(workload.get_or_insert_with(|| workload_of(&event.source.pod_name)));
                 for part in &rule.state_by {
                     key.push('|');
-                    part.push(key, event, ctx);
+                    part.push(key, event, ctx, &mut scratch.rendered);
                 }
                 let value = rule.state_value.map(|part| {
                     scratch.value.clear();
-                    part.push(&mut scratch.value, event, ctx);
+                    part.push(&mut scratch.value, event, ctx, &mut scratch.rendered);
                     scratch.value.as_str()
                 });
                 let amount = rule.state_sum.and_then(|f| match lang::get(f, ctx) {
@@ -701,7 +731,7 @@ impl Engine {
             key.push_str(&event.source.pod_name);
             for part in &rule.group_by {
                 key.push('|');
-                part.push(key, event, ctx);
+                part.push(key, event, ctx, &mut scratch.rendered);
             }
             if self.groups.len() >= GROUPS_MAX && !self.groups.contains_key(key.as_str()) {
                 // Groups not emitted lately go first; a pruned group just alerts afresh.

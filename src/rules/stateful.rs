@@ -119,16 +119,42 @@ struct Distinct {
 }
 
 /// Every stateful rule's state, keyed by rule id then key.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct State {
     windows: HashMap<String, HashMap<String, Window>>,
     learned: HashMap<String, HashMap<String, Learned>>,
     distinct: HashMap<String, HashMap<String, Distinct>>,
-    /// Last counter value per hash of (source, cookie, field), to add deltas of cumulative
-    /// counters. FNV-1a: stable across restarts, unlike the std hasher.
+    /// Last counter value per socket (see [`socket_id`]), to add deltas of cumulative
+    /// counters.
     sockets: HashMap<u64, u64>,
+    /// The scheme of the ids in `sockets` (absent in files from before it had a number);
+    /// ids of another scheme are dropped at load.
+    #[serde(default)]
+    socket_ids: u32,
+    /// A socket first seen before this time and not in `sockets` lost its baseline when
+    /// the ids were dropped: its next record sets one and adds nothing, so a long-lived
+    /// socket's whole history is not counted again as one burst.
+    #[serde(default)]
+    untracked_before: UnixNanos,
     /// Keys not tracked because a rule was at its bound.
     pub keys_refused: u64,
+}
+
+/// The current [`socket_id`] scheme (1: FNV-1a over bytes, before it was numbered).
+const SOCKET_IDS: u32 = 2;
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            windows: HashMap::default(),
+            learned: HashMap::default(),
+            distinct: HashMap::default(),
+            sockets: HashMap::default(),
+            socket_ids: SOCKET_IDS,
+            untracked_before: 0,
+            keys_refused: 0,
+        }
+    }
 }
 
 /// What the state said about one matching record.
@@ -142,8 +168,20 @@ impl State {
     /// Loads saved state; a missing file is a fresh start, a corrupt one an error.
     pub fn load(path: &Path) -> anyhow::Result<State> {
         match std::fs::read(path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+            Ok(bytes) => {
+                let mut state: State = serde_json::from_slice(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                if state.socket_ids != SOCKET_IDS {
+                    tracing::info!(
+                        sockets = state.sockets.len(),
+                        "rule state from an older socket-id scheme: socket baselines reset"
+                    );
+                    state.sockets.clear();
+                    state.socket_ids = SOCKET_IDS;
+                    state.untracked_before = crate::model::now_ns();
+                }
+                Ok(state)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
         }
@@ -287,7 +325,7 @@ impl State {
         let Record::Flow(f) = record else {
             return total;
         };
-        let id = fnv1a(&[source.as_bytes(), &f.cookie.to_le_bytes(), field.as_bytes()]);
+        let id = socket_id(source, f.cookie, field);
         let before = if f.phase == FlowPhase::End {
             self.sockets.remove(&id)
         } else if self.sockets.len() < MAX_SOCKETS || self.sockets.contains_key(&id) {
@@ -295,8 +333,30 @@ impl State {
         } else {
             None
         };
-        total.saturating_sub(before.unwrap_or(0))
+        match before {
+            Some(before) => total.saturating_sub(before),
+            None if f.phase != FlowPhase::Start && f.first_seen < self.untracked_before => 0,
+            None => total,
+        }
     }
+}
+
+/// A socket's id in `sockets`: (collector, cookie, counter field), 8 bytes per step
+/// (FxHash's rotate-xor-multiply; a byte-at-a-time hash was a tenth of a flow's rule
+/// cost). Stable across restarts, as the ids are saved. For one collector and field, the
+/// steps after the cookie are bijections, so distinct cookies never collide.
+fn socket_id(source: &str, cookie: u64, field: &str) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let step = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let words = |h: u64, bytes: &[u8]| {
+        let h = bytes.chunks(8).fold(h, |h, chunk| {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            step(h, u64::from_le_bytes(word))
+        });
+        step(h, bytes.len() as u64)
+    };
+    words(step(words(0, source.as_bytes()), cookie), field.as_bytes())
 }
 
 /// The map of one rule, allocating its id only the first time.
@@ -305,17 +365,6 @@ fn per_rule<'a, T>(
     rule_id: &str,
 ) -> &'a mut HashMap<String, T> {
     maps.entry_ref(rule_id).or_default()
-}
-
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for part in parts {
-        for &b in *part {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        hash = (hash ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 fn bounded_entry<'a, T: Default>(

@@ -358,6 +358,54 @@ fn new_value_learns_then_alerts_once_per_new_value() {
 }
 
 #[test]
+fn socket_baselines_from_an_older_id_scheme_are_reset_without_a_burst() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rule-state.json");
+    // A state file written before socket ids had a scheme number: its ids mean nothing now.
+    std::fs::write(
+        &path,
+        br#"{"windows":{},"learned":{},"distinct":{},"sockets":{"12345":700},"keys_refused":0}"#,
+    )
+    .expect("write");
+    let mut e = stateful_engine(EXFIL);
+    e.load_state(&path).expect("load");
+    let long_lived = |cookie, phase, sent| {
+        let mut f = flow_to("1.2.3.4", 443, cookie, phase, sent);
+        f.first_seen = 1; // long before the load
+        pod_event("web-7c9f8d6b5-x2k4q", Record::Flow(f))
+    };
+    let now = crate::model::now_ns();
+    // A socket open across the upgrade reports its lifetime's 5,000 bytes: a baseline, not
+    // a burst over the 1,000-byte threshold...
+    assert!(e
+        .evaluate(&long_lived(9, FlowPhase::Update, 5_000), now)
+        .is_empty());
+    // ...and what it moves afterwards counts: 5,000 → 6,200 is 1,200.
+    assert_eq!(
+        e.evaluate(&long_lived(9, FlowPhase::Update, 6_200), now + SEC)
+            .len(),
+        1
+    );
+    // A socket that starts after the load counts from its first record.
+    let mut fresh = flow_to("5.6.7.8", 443, 10, FlowPhase::Start, 1_500);
+    fresh.first_seen = now + 2 * SEC;
+    assert_eq!(
+        e.evaluate(
+            &pod_event("web-7c9f8d6b5-x2k4q", Record::Flow(fresh)),
+            now + 2 * SEC
+        )
+        .len(),
+        1
+    );
+    // Saved again, the file carries the current scheme: a second load resets nothing.
+    e.save_state(&path).expect("save");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    assert_eq!(saved["socket_ids"], 2);
+    assert_eq!(saved["sockets"].as_object().map(|m| m.len()), Some(2));
+}
+
+#[test]
 fn stateful_state_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("rule-state.json");
