@@ -107,6 +107,28 @@ const SCENARIOS: [&str; 9] = [
     "http",
 ];
 
+/// How fast this shared VM runs right now: nanoseconds per step of a dependent xor-multiply
+/// chain (4 cycles of latency: 1.3 ns on a dedicated 3 GHz core). The VM's speed moves by
+/// 2× within an hour, so rate figures are read next to this one (see also
+/// scripts/cpu-speed.c).
+pub(crate) fn machine_speed(report: &mut Report, when: &str) {
+    const STEPS: u64 = 100_000_000;
+    let started = Instant::now();
+    let mut chain = std::hint::black_box(1u64);
+    for i in 0..STEPS {
+        chain = (chain ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    std::hint::black_box(chain);
+    let ns = started.elapsed().as_nanos() as f64 / STEPS as f64;
+    report.add(
+        "machine",
+        &format!("xor-multiply step, {when} (1.3 ns at 3 GHz; lower is faster)"),
+        ns,
+        "ns",
+        None,
+    );
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("worker-hold") {
@@ -198,6 +220,7 @@ fn main() -> anyhow::Result<()> {
         suite: suite.clone(),
         ..Report::default()
     };
+    machine_speed(&mut report, "start of run");
     // Idle, spawn and churn first, on a quiet node: the socket scenarios leave up to 120,000
     // TIME_WAIT sockets in the host's connection hash for a minute, which every dump walks
     // (tens of ms), and the engine's one thread does not poll processes meanwhile. A pod
@@ -263,6 +286,7 @@ fn main() -> anyhow::Result<()> {
             report.skip("http", format!("{e:#}"));
         }
     }
+    machine_speed(&mut report, "end of run");
     print_table(&report);
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)

@@ -280,6 +280,7 @@ pub fn scenario_pipeline(
 
 /// Transport alone: nothing stored, no rules.
 pub fn scenario_transport(report: &mut Report, transport_records: u64) -> anyhow::Result<()> {
+    crate::machine_speed(report, "before the transport run");
     let agg = Aggregator::start(&["--store", "none", "--no-detection"])?;
     let (n, secs, cpu) = drive(
         exporter_config(&agg.url()),

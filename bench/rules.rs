@@ -35,6 +35,7 @@ pub fn scenario_rules(
             record,
         })
         .collect();
+    crate::machine_speed(report, "before the rules evaluation");
     let mut alerts = 0usize;
     let started = Instant::now();
     for i in 0..records {
