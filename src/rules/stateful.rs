@@ -349,11 +349,17 @@ fn socket_id(source: &str, cookie: u64, field: &str) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let step = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
     let words = |h: u64, bytes: &[u8]| {
-        let h = bytes.chunks(8).fold(h, |h, chunk| {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            step(h, u64::from_le_bytes(word))
+        let whole = bytes.chunks_exact(8);
+        let tail = whole.remainder();
+        let h = whole.fold(h, |h, chunk| {
+            step(h, u64::from_le_bytes(chunk.try_into().unwrap_or_default()))
         });
+        let h = step(
+            h,
+            tail.iter()
+                .enumerate()
+                .fold(0, |word, (i, &b)| word | u64::from(b) << (8 * i)),
+        );
         step(h, bytes.len() as u64)
     };
     words(step(words(0, source.as_bytes()), cookie), field.as_bytes())
@@ -407,4 +413,38 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids are saved: a change to the function must come with a new SOCKET_IDS number.
+    #[test]
+    fn socket_ids_are_pinned_to_their_scheme() {
+        assert_eq!(SOCKET_IDS, 2);
+        assert_eq!(
+            socket_id("collector-0123456789", 42, "fd.bytes_sent"),
+            socket_id("collector-0123456789", 42, "fd.bytes_sent")
+        );
+        let pinned = socket_id("c-web-7c9f8d6b5-x2k4q", 7, "fd.bytes_sent");
+        assert_eq!(
+            pinned, PINNED,
+            "socket_id changed: bump SOCKET_IDS and PINNED"
+        );
+        let ids: std::collections::HashSet<u64> = (0..10_000u64)
+            .map(|cookie| socket_id("c-web", cookie, "fd.bytes_sent"))
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        assert_ne!(
+            socket_id("c-web", 1, "fd.bytes_sent"),
+            socket_id("c-web", 1, "fd.bytes_received")
+        );
+        assert_ne!(
+            socket_id("c-web", 1, "fd.bytes_sent"),
+            socket_id("c-weB", 1, "fd.bytes_sent")
+        );
+    }
+
+    const PINNED: u64 = 18_206_879_043_095_905_613;
 }
