@@ -6,8 +6,6 @@ pub mod lang;
 pub mod stateful;
 
 use std::collections::HashMap;
-
-use stateful::HashMap as FastMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -16,6 +14,7 @@ use crate::model::{
     display_bytes, AlertRecord, Event, ProcessRecord, Record, RecordKind, Severity, UnixNanos,
 };
 use lang::{Condition, Ctx, Defs};
+use stateful::HashMap as FastMap;
 
 /// The managed rule set, embedded so a container image carries it.
 pub const MANAGED: &[(&str, &str)] = &[
