@@ -38,6 +38,8 @@ pub enum WireError {
     Missing(&'static str),
     #[error("{field}: invalid IP address {value:?}")]
     BadAddress { field: &'static str, value: String },
+    #[error("{0}: not UTF-8")]
+    NotUtf8(&'static str),
     #[error("{field}: unknown or unspecified value {value}")]
     BadEnum { field: &'static str, value: i32 },
     #[error("{field}: {len} exceeds the limit of {limit}")]
@@ -333,14 +335,14 @@ pub fn flow_from_proto(f: pb::Flow, limits: &Limits) -> Result<model::FlowRecord
             cookie,
             protocol,
             family,
-            local_addr: &local_addr,
+            local_addr: local_addr.as_bytes(),
             local_port,
-            remote_addr: remote_addr.as_deref(),
+            remote_addr: remote_addr.as_deref().map(str::as_bytes),
             remote_port,
             direction,
             scope,
             phase,
-            state: &state,
+            state: state.as_bytes(),
             preexisting,
             bytes_sent,
             bytes_received,
@@ -372,14 +374,16 @@ pub(crate) struct FlowView<'a> {
     pub cookie: u64,
     pub protocol: i32,
     pub family: i32,
-    pub local_addr: &'a str,
+    /// Text fields as bytes: the hand-written decoder validates them as it converts them
+    /// (an IPv4 address parsed from ASCII digits needs no separate UTF-8 check).
+    pub local_addr: &'a [u8],
     pub local_port: u32,
-    pub remote_addr: Option<&'a str>,
+    pub remote_addr: Option<&'a [u8]>,
     pub remote_port: Option<u32>,
     pub direction: i32,
     pub scope: i32,
     pub phase: i32,
-    pub state: &'a str,
+    pub state: &'a [u8],
     pub preexisting: bool,
     pub bytes_sent: Option<u64>,
     pub bytes_received: Option<u64>,
@@ -410,11 +414,11 @@ pub(crate) fn flow_from_view(
         cookie: f.cookie,
         protocol: protocol_from_proto(f.protocol)?,
         family: family_from_proto(f.family)?,
-        local_addr: addr("flow.local_addr", f.local_addr)?,
+        local_addr: addr_bytes("flow.local_addr", f.local_addr)?,
         local_port: port("flow.local_port", f.local_port)?,
         remote_addr: f
             .remote_addr
-            .map(|a| addr("flow.remote_addr", a))
+            .map(|a| addr_bytes("flow.remote_addr", a))
             .transpose()?,
         remote_port: f
             .remote_port
@@ -425,7 +429,10 @@ pub(crate) fn flow_from_view(
         phase: flow_phase_from_proto(f.phase)?,
         state: match crate::sockdiag::msg::static_state_name(f.state) {
             Some(known) => known.into(),
-            None => f.state.to_owned().into(),
+            None => std::str::from_utf8(f.state)
+                .map_err(|_| WireError::NotUtf8("flow.state"))?
+                .to_owned()
+                .into(),
         },
         preexisting: f.preexisting,
         bytes_sent: f.bytes_sent,
@@ -797,12 +804,17 @@ fn check_len(field: &'static str, len: usize, limit: usize) -> Result<(), WireEr
 }
 
 fn addr(field: &'static str, value: &str) -> Result<IpAddr, WireError> {
-    if let Some(v4) = parse_ipv4(value.as_bytes()) {
+    addr_bytes(field, value.as_bytes())
+}
+
+fn addr_bytes(field: &'static str, value: &[u8]) -> Result<IpAddr, WireError> {
+    if let Some(v4) = parse_ipv4(value) {
         return Ok(IpAddr::V4(v4));
     }
-    value.parse().map_err(|_| WireError::BadAddress {
+    let text = std::str::from_utf8(value).map_err(|_| WireError::NotUtf8(field))?;
+    text.parse().map_err(|_| WireError::BadAddress {
         field,
-        value: value.chars().take(64).collect(),
+        value: text.chars().take(64).collect(),
     })
 }
 

@@ -386,12 +386,12 @@ pub const UDP_UNCONNECTED: &str = "UNCONN";
 
 /// The static copy of a state name, for one read off the wire or a file: no allocation
 /// for any name a collector sends.
-pub fn static_state_name(name: &str) -> Option<&'static str> {
+pub fn static_state_name(name: &[u8]) -> Option<&'static str> {
     TCP_STATE_NAMES
         .iter()
         .copied()
         .chain([UDP_UNCONNECTED])
-        .find(|known| *known == name)
+        .find(|known| known.as_bytes() == name)
 }
 
 // === Byte helpers (callers have checked lengths) ===

@@ -189,11 +189,11 @@ fn flow_view(bytes: &[u8]) -> Option<FlowView<'_>> {
 /// The fields as every known encoder writes them: each at most once, in number order, none
 /// unknown. Checking for each expected key in turn takes predictable branches; the
 /// general loop's dispatch on the field number is an indirect jump per field, which this
-/// class of VM does not predict (5–7 ns each: scripts/cpu-speed.c).
+/// class of VM does not predict (5–7 ns each: scripts/cpu-speed.c). Text fields stay
+/// bytes; `flow_from_view` validates them as it converts them.
 fn in_order<'a>(bytes: &'a [u8]) -> Option<FlowView<'a>> {
     let mut r = Reader(bytes);
     let mut f = FlowView::default();
-    let text = |r: &mut Reader<'a>| -> Option<&'a str> { std::str::from_utf8(r.bytes()?).ok() };
     if r.at(1, WireType::Varint) {
         f.cookie = r.varint()?;
     }
@@ -204,13 +204,13 @@ fn in_order<'a>(bytes: &'a [u8]) -> Option<FlowView<'a>> {
         f.family = r.varint()? as i32;
     }
     if r.at(4, WireType::LengthDelimited) {
-        f.local_addr = text(&mut r)?;
+        f.local_addr = r.bytes()?;
     }
     if r.at(5, WireType::Varint) {
         f.local_port = r.varint()? as u32;
     }
     if r.at(6, WireType::LengthDelimited) {
-        f.remote_addr = Some(text(&mut r)?);
+        f.remote_addr = Some(r.bytes()?);
     }
     if r.at(7, WireType::Varint) {
         f.remote_port = Some(r.varint()? as u32);
@@ -225,7 +225,7 @@ fn in_order<'a>(bytes: &'a [u8]) -> Option<FlowView<'a>> {
         f.phase = r.varint()? as i32;
     }
     if r.at(11, WireType::LengthDelimited) {
-        f.state = text(&mut r)?;
+        f.state = r.bytes()?;
     }
     if r.at(12, WireType::Varint) {
         f.preexisting = r.varint()? != 0;
@@ -295,7 +295,9 @@ fn any_order(bytes: &[u8]) -> Option<FlowView<'_>> {
         let (field, wire_type) = reader.key()?;
         match (field, wire_type) {
             (4 | 6 | 11, WireType::LengthDelimited) => {
-                let text = std::str::from_utf8(reader.bytes()?).ok()?;
+                // Each occurrence is checked, as the generated decoder checks it, even one
+                // that a later repeat replaces.
+                let text = std::str::from_utf8(reader.bytes()?).ok()?.as_bytes();
                 match field {
                     4 => f.local_addr = text,
                     6 => f.remote_addr = Some(text),
