@@ -433,6 +433,7 @@ pub fn heartbeat(
             ("proc_raced_exit".to_owned(), s.raced_exit),
             ("proc_permission_denied".to_owned(), s.permission_denied),
             ("pids_unseen".to_owned(), s.pids_unseen),
+            ("proc_argv_unsettled".to_owned(), s.argv_unsettled),
         ]);
     }
     counters.extend(crate::pipeline::exporter::EXPORT_STATS.counters());

@@ -58,6 +58,8 @@ pub struct ProcessStats {
     /// Pids allocated (loadavg) that were never seen as a process: threads, or processes
     /// that lived and died between two ticks.
     pub pids_unseen: u64,
+    /// Records held for a command line that stayed empty (ARGV_WAIT) and went out so.
+    pub argv_unsettled: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +99,19 @@ pub struct ProcessMonitor {
     /// handed out (for exec watches in that container's filesystem).
     containers: HashSet<String>,
     new_container_pids: Vec<u32>,
+    /// Processes whose START or EXEC record is held: read mid-exec, after the kernel set
+    /// the new comm and before it set the new arguments, their command line was empty.
+    held: Vec<(u32, Instant)>,
 }
+
+/// A process that can be caught between an exec's new comm and its new arguments: not a
+/// zombie (whose command line is empty for good) nor a kernel thread (which has none).
+fn may_be_mid_exec(stat: &Stat) -> bool {
+    stat.state != b'Z' && stat.pid != 2 && stat.ppid != 2
+}
+
+/// How long a record read mid-exec waits for its command line before it goes out as read.
+const ARGV_WAIT: Duration = Duration::from_millis(50);
 
 /// An exited process, kept for the lineage of its descendants.
 #[derive(Debug, Clone)]
@@ -135,6 +149,7 @@ impl ProcessMonitor {
             own_pid,
             containers: HashSet::new(),
             new_container_pids: Vec::new(),
+            held: Vec::new(),
         })
     }
 
@@ -170,6 +185,7 @@ impl ProcessMonitor {
             .is_none_or(|t| t.elapsed() >= self.config.sweep_interval);
         let scanned = self.scan_since_last(sweep_due, now, out);
         self.recheck_young(now, out);
+        self.release_held(out);
         scanned
     }
 
@@ -287,6 +303,7 @@ impl ProcessMonitor {
     }
 
     fn start(&mut self, stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
+        let may_exec = may_be_mid_exec(&stat);
         let start_time = self.boot_time_ns + stat.starttime * self.tick_ns;
         let parent_start_time = self
             .live
@@ -332,7 +349,11 @@ impl ProcessMonitor {
             }
         }
         metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
-        out.push(Record::Process(record.clone()));
+        if may_exec && record.argv.is_empty() {
+            self.held.push((record.pid, Instant::now()));
+        } else {
+            out.push(Record::Process(record.clone()));
+        }
         self.live.insert(
             record.pid,
             Proc {
@@ -350,6 +371,8 @@ impl ProcessMonitor {
         let Some(mut p) = self.live.remove(&pid) else {
             return;
         };
+        self.release_now(&p.record, out);
+        let may_exec = may_be_mid_exec(&stat);
         p.record.comm = stat.comm;
         p.record.phase = ProcessPhase::Exec;
         p.record.tty = (stat.tty_nr != 0).then_some(stat.tty_nr);
@@ -359,7 +382,11 @@ impl ProcessMonitor {
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
         p.fd_count = None;
         self.stats.execs += 1;
-        out.push(Record::Process(p.record.clone()));
+        if may_exec && p.record.argv.is_empty() {
+            self.held.push((pid, Instant::now()));
+        } else {
+            out.push(Record::Process(p.record.clone()));
+        }
         self.live.insert(pid, p);
     }
 
@@ -367,6 +394,7 @@ impl ProcessMonitor {
         let Some(mut p) = self.live.remove(&pid) else {
             return;
         };
+        self.release_now(&p.record, out);
         p.record.phase = ProcessPhase::Exit;
         p.record.exit_time = Some(now);
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
@@ -382,6 +410,44 @@ impl ProcessMonitor {
         );
         self.tombstone_order.push_back((Instant::now(), key));
         out.push(Record::Process(p.record));
+    }
+
+    /// A held record goes out before anything newer of its process (an EXEC, the EXIT).
+    fn release_now(&mut self, record: &ProcessRecord, out: &mut Vec<Record>) {
+        if let Some(i) = self.held.iter().position(|(pid, _)| *pid == record.pid) {
+            self.held.swap_remove(i);
+            out.push(Record::Process(record.clone()));
+        }
+    }
+
+    /// Held records whose command line is now readable, or that waited long enough, go
+    /// out (the latter as read: a process may really have an empty command line).
+    fn release_held(&mut self, out: &mut Vec<Record>) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let (pid, since) = self.held[i];
+            let cmdline = self.config.proc_root.join(pid.to_string()).join("cmdline");
+            let argv = match read_into(&cmdline, &mut self.buf, self.config.max_argv_bytes) {
+                Ok(()) => parse::parse_cmdline(&self.buf),
+                Err(_) => Vec::new(),
+            };
+            let waited = since.elapsed() >= ARGV_WAIT;
+            match self.live.get_mut(&pid) {
+                Some(p) if !argv.is_empty() || waited => {
+                    if argv.is_empty() {
+                        self.stats.argv_unsettled += 1;
+                    } else {
+                        p.record.argv = argv;
+                    }
+                    out.push(Record::Process(p.record.clone()));
+                    self.held.swap_remove(i);
+                }
+                Some(_) => i += 1,
+                None => {
+                    self.held.swap_remove(i);
+                }
+            }
+        }
     }
 
     /// The chain of ancestors, parent first, through live processes and tombstones.
@@ -531,4 +597,113 @@ pub(crate) fn read_into(path: &std::path::Path, buf: &mut Vec<u8>, limit: usize)
     let file = fs::File::open(path)?;
     file.take(limit as u64).read_to_end(buf)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A /proc with one process, written as the test goes: a read between an exec's new
+    /// comm and its new arguments sees an empty command line.
+    struct FakeProc {
+        root: tempfile::TempDir,
+    }
+
+    impl FakeProc {
+        fn new() -> FakeProc {
+            let root = tempfile::tempdir().expect("tempdir");
+            fs::write(root.path().join("loadavg"), "0.00 0.00 0.00 1/1 4242\n").expect("loadavg");
+            FakeProc { root }
+        }
+
+        fn process(&self, pid: u32, comm: &str, cmdline: &[u8]) {
+            let dir = self.root.path().join(pid.to_string());
+            fs::create_dir_all(&dir).expect("pid dir");
+            let stat =
+                format!("{pid} ({comm}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0");
+            fs::write(dir.join("stat"), stat).expect("stat");
+            fs::write(
+                dir.join("status"),
+                "Uid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n",
+            )
+            .expect("status");
+            fs::write(dir.join("cmdline"), cmdline).expect("cmdline");
+        }
+
+        fn monitor(&self) -> ProcessMonitor {
+            ProcessMonitor::new(ProcessConfig {
+                proc_root: self.root.path().to_path_buf(),
+                ..ProcessConfig::default()
+            })
+            .expect("monitor")
+        }
+    }
+
+    fn argv_of(records: &[Record]) -> Vec<(ProcessPhase, Vec<Vec<u8>>)> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Process(p) => Some((p.phase, p.argv.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_process_read_mid_exec_goes_out_once_its_arguments_are_set() {
+        let proc = FakeProc::new();
+        proc.process(4242, "setpriv", b"setpriv\0bash\0");
+        let mut monitor = proc.monitor();
+        let mut out = Vec::new();
+        monitor.sweep(1, &mut out);
+        assert_eq!(
+            argv_of(&out),
+            vec![(
+                ProcessPhase::Start,
+                vec![b"setpriv".to_vec(), b"bash".to_vec()]
+            )]
+        );
+        // The exec has set the new comm, not yet the new arguments: nothing goes out...
+        out.clear();
+        proc.process(4242, "bash", b"");
+        monitor.sweep(2, &mut out);
+        monitor.release_held(&mut out);
+        assert!(argv_of(&out).is_empty(), "{out:?}");
+        // ...until they are readable, then one EXEC with them.
+        proc.process(4242, "bash", b"bash\0-c\0true\0");
+        monitor.release_held(&mut out);
+        assert_eq!(
+            argv_of(&out),
+            vec![(
+                ProcessPhase::Exec,
+                vec![b"bash".to_vec(), b"-c".to_vec(), b"true".to_vec()]
+            )]
+        );
+        monitor.release_held(&mut out);
+        assert_eq!(argv_of(&out).len(), 1, "released once");
+    }
+
+    #[test]
+    fn a_held_record_goes_out_before_the_exit_and_an_empty_command_line_after_the_wait() {
+        let proc = FakeProc::new();
+        proc.process(4242, "bash", b"");
+        let mut monitor = proc.monitor();
+        let mut out = Vec::new();
+        monitor.sweep(1, &mut out);
+        assert!(argv_of(&out).is_empty());
+        // Gone before its arguments were readable: its START, then its EXIT.
+        fs::remove_dir_all(proc.root.path().join("4242")).expect("remove");
+        monitor.sweep(2, &mut out);
+        let phases: Vec<ProcessPhase> = argv_of(&out).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(phases, vec![ProcessPhase::Start, ProcessPhase::Exit]);
+        // A process whose command line stays empty goes out after the wait, as read.
+        out.clear();
+        proc.process(4343, "daemon", b"");
+        monitor.sweep(3, &mut out);
+        assert!(argv_of(&out).is_empty());
+        std::thread::sleep(ARGV_WAIT);
+        monitor.release_held(&mut out);
+        assert_eq!(argv_of(&out), vec![(ProcessPhase::Start, Vec::new())]);
+        assert_eq!(monitor.stats().argv_unsettled, 1);
+    }
 }
