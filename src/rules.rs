@@ -639,11 +639,7 @@ impl Engine {
         pid: Option<u32>,
         start: Option<UnixNanos>,
     ) -> Option<&ProcessRecord> {
-        let p = self.procs.get(source)?.get(&pid?)?;
-        match start {
-            Some(s) if s != p.start_time => None,
-            _ => Some(p),
-        }
+        lookup(&self.procs, source, pid, start)
     }
 
     /// Evaluates one ingested event: alerts to emit now (first of a group, then

@@ -161,7 +161,6 @@ pub struct FlowTable {
     new_flows: Vec<u64>,
     new_listeners: Vec<u64>,
     new_inodes: Vec<u64>,
-    /// Announced flows looked for again in this dump: (cookie, inode).
     /// Listeners closed recently: a connection they accepted often outlives them (a server
     /// shutting down), and is first seen only then; it is still inbound.
     closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,

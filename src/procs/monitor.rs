@@ -349,11 +349,7 @@ impl ProcessMonitor {
             }
         }
         metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
-        if may_exec && record.argv.is_empty() {
-            self.held.push((record.pid, Instant::now()));
-        } else {
-            out.push(Record::Process(record.clone()));
-        }
+        self.emit_or_hold(may_exec, &record, out);
         self.live.insert(
             record.pid,
             Proc {
@@ -382,11 +378,7 @@ impl ProcessMonitor {
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
         p.fd_count = None;
         self.stats.execs += 1;
-        if may_exec && p.record.argv.is_empty() {
-            self.held.push((pid, Instant::now()));
-        } else {
-            out.push(Record::Process(p.record.clone()));
-        }
+        self.emit_or_hold(may_exec, &p.record, out);
         self.live.insert(pid, p);
     }
 
@@ -412,6 +404,15 @@ impl ProcessMonitor {
         out.push(Record::Process(p.record));
     }
 
+    /// Emits a START or EXEC, or holds it when it was read mid-exec (empty command line).
+    fn emit_or_hold(&mut self, may_exec: bool, record: &ProcessRecord, out: &mut Vec<Record>) {
+        if may_exec && record.argv.is_empty() {
+            self.held.push((record.pid, Instant::now()));
+        } else {
+            out.push(Record::Process(record.clone()));
+        }
+    }
+
     /// A held record goes out before anything newer of its process (an EXEC, the EXIT).
     fn release_now(&mut self, record: &ProcessRecord, out: &mut Vec<Record>) {
         if let Some(i) = self.held.iter().position(|(pid, _)| *pid == record.pid) {
@@ -426,11 +427,7 @@ impl ProcessMonitor {
         let mut i = 0;
         while i < self.held.len() {
             let (pid, since) = self.held[i];
-            let cmdline = self.config.proc_root.join(pid.to_string()).join("cmdline");
-            let argv = match read_into(&cmdline, &mut self.buf, self.config.max_argv_bytes) {
-                Ok(()) => parse::parse_cmdline(&self.buf),
-                Err(_) => Vec::new(),
-            };
+            let argv = self.read_argv(pid).unwrap_or_default();
             let waited = since.elapsed() >= ARGV_WAIT;
             match self.live.get_mut(&pid) {
                 Some(p) if !argv.is_empty() || waited => {
@@ -506,6 +503,14 @@ impl ProcessMonitor {
         }
     }
 
+    /// The command line, as the kernel gives it (empty for a zombie, a kernel thread, or a
+    /// process in the middle of an exec); `None` when unreadable.
+    fn read_argv(&mut self, pid: u32) -> Option<Vec<Vec<u8>>> {
+        let path = self.config.proc_root.join(pid.to_string()).join("cmdline");
+        read_into(&path, &mut self.buf, self.config.max_argv_bytes).ok()?;
+        Some(parse::parse_cmdline(&self.buf))
+    }
+
     /// Fills what needs more reads: ids, argv, identity, and the ptrace-guarded exe, cwd, stdio.
     fn fill_details(&mut self, r: &mut ProcessRecord) {
         let dir = self.config.proc_root.join(r.pid.to_string());
@@ -514,14 +519,8 @@ impl ProcessMonitor {
                 (r.uid, r.euid, r.gid, r.egid) = (ids.uid, ids.euid, ids.gid, ids.egid);
             }
         }
-        if read_into(
-            &dir.join("cmdline"),
-            &mut self.buf,
-            self.config.max_argv_bytes,
-        )
-        .is_ok()
-        {
-            r.argv = parse::parse_cmdline(&self.buf);
+        if let Some(argv) = self.read_argv(r.pid) {
+            r.argv = argv;
         }
         if read_into(&dir.join("cgroup"), &mut self.buf, 16 * 1024).is_ok() {
             let identity = parse::parse_cgroup(&self.buf);
@@ -630,12 +629,16 @@ mod tests {
             fs::write(dir.join("cmdline"), cmdline).expect("cmdline");
         }
 
-        fn monitor(&self) -> ProcessMonitor {
-            ProcessMonitor::new(ProcessConfig {
+        /// A monitor over this /proc after its first sweep, and what that sweep emitted.
+        fn swept(&self) -> (ProcessMonitor, Vec<Record>) {
+            let mut monitor = ProcessMonitor::new(ProcessConfig {
                 proc_root: self.root.path().to_path_buf(),
                 ..ProcessConfig::default()
             })
-            .expect("monitor")
+            .expect("monitor");
+            let mut out = Vec::new();
+            monitor.sweep(1, &mut out);
+            (monitor, out)
         }
     }
 
@@ -653,9 +656,7 @@ mod tests {
     fn a_process_read_mid_exec_goes_out_once_its_arguments_are_set() {
         let proc = FakeProc::new();
         proc.process(4242, "setpriv", b"setpriv\0bash\0");
-        let mut monitor = proc.monitor();
-        let mut out = Vec::new();
-        monitor.sweep(1, &mut out);
+        let (mut monitor, mut out) = proc.swept();
         assert_eq!(
             argv_of(&out),
             vec![(
@@ -687,9 +688,7 @@ mod tests {
     fn a_held_record_goes_out_before_the_exit_and_an_empty_command_line_after_the_wait() {
         let proc = FakeProc::new();
         proc.process(4242, "bash", b"");
-        let mut monitor = proc.monitor();
-        let mut out = Vec::new();
-        monitor.sweep(1, &mut out);
+        let (mut monitor, mut out) = proc.swept();
         assert!(argv_of(&out).is_empty());
         // Gone before its arguments were readable: its START, then its EXIT.
         fs::remove_dir_all(proc.root.path().join("4242")).expect("remove");

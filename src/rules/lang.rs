@@ -393,13 +393,14 @@ fn enum_bits(f: Field) -> Option<(u32, u32)> {
 pub struct Facts(u32);
 
 impl Facts {
+    /// Lays the fields out as [`enum_bits`] does, in one pass.
     pub fn of(c: &Ctx<'_>) -> Facts {
-        let mut bits = 0;
+        let (mut bits, mut offset) = (0, 0);
         for f in ENUM_FIELDS {
-            if let Some((offset, width)) = enum_bits(f) {
-                let at = get_ordinal(f, c).map_or(width - 1, u32::from);
-                bits |= 1 << (offset + at);
-            }
+            let absent = enum_names(f).map_or(0, |names| names.len() as u32);
+            let at = get_ordinal(f, c).map_or(absent, u32::from);
+            bits |= 1 << (offset + at);
+            offset += absent + 1;
         }
         Facts(bits)
     }
@@ -422,13 +423,14 @@ impl Condition {
         let mut refused = 0u32;
         let mut rest = Vec::new();
         for n in conjuncts {
-            match (&n, enum_field_bits(&n)) {
-                (Node::EnumIn(_, accepted), Some((offset, width))) => {
+            if let Node::EnumIn(f, accepted) = n {
+                if let Some((offset, width)) = enum_bits(f) {
                     let field = ((1u32 << width) - 1) << offset;
-                    refused |= field & !(u32::from(*accepted) << offset);
+                    refused |= field & !(u32::from(accepted) << offset);
+                    continue;
                 }
-                _ => rest.push(n),
             }
+            rest.push(n);
         }
         Condition {
             refused,
@@ -442,13 +444,6 @@ impl Condition {
 
     pub fn holds(&self, facts: Facts, c: &Ctx<'_>) -> bool {
         facts.0 & self.refused == 0 && self.rest.eval(c)
-    }
-}
-
-fn enum_field_bits(n: &Node) -> Option<(u32, u32)> {
-    match n {
-        Node::EnumIn(f, _) => enum_bits(*f),
-        _ => None,
     }
 }
 
@@ -928,7 +923,11 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
         AncestorCount => p
             .map(|p| Val::Int(p.ancestors.len() as i64))
             .unwrap_or(Val::Null),
-        Phase => p.map(|p| enum_name(p.phase.name())).unwrap_or(Val::Null),
+        Phase | Direction | Scope | Protocol | FlowPhase => get_ordinal(f, c)
+            .zip(enum_names(f))
+            .and_then(|(o, names)| names.get(usize::from(o)))
+            .map(|name| enum_name(name))
+            .unwrap_or(Val::Null),
         RootPid => p
             .map(|p| Val::Int(p.ancestors.last().map_or(p.pid, |a| a.pid).into()))
             .unwrap_or(Val::Null),
@@ -981,19 +980,6 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .or(c.listener.map(|l| l.local_port))
             .map(|x| Val::Int(x.into()))
             .unwrap_or(Val::Null),
-        Direction => c
-            .flow
-            .map(|f| enum_name(f.direction.name()))
-            .unwrap_or(Val::Null),
-        Scope => c
-            .flow
-            .map(|f| enum_name(f.scope.name()))
-            .unwrap_or(Val::Null),
-        Protocol => c
-            .flow
-            .map(|f| enum_name(f.protocol.name()))
-            .or(c.listener.map(|l| enum_name(l.protocol.name())))
-            .unwrap_or(Val::Null),
         BytesSent => c
             .flow
             .and_then(|f| f.bytes_sent)
@@ -1003,11 +989,6 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .flow
             .and_then(|f| f.bytes_received)
             .map(|x| Val::Int(x as i64))
-            .unwrap_or(Val::Null),
-        FlowPhase => c
-            .flow
-            .map(|f| enum_name(f.phase.name()))
-            .or(c.listener.map(|l| enum_name(l.phase.name())))
             .unwrap_or(Val::Null),
     }
 }

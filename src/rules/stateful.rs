@@ -342,8 +342,8 @@ impl State {
 }
 
 /// A socket's id in `sockets`: (collector, cookie, counter field), 8 bytes per step
-/// (FxHash's rotate-xor-multiply; a byte-at-a-time hash was a tenth of a flow's rule
-/// cost). Stable across restarts, as the ids are saved. For one collector and field, the
+/// (FxHash's rotate-xor-multiply; FNV-1a before went byte by byte, a serial multiply per
+/// byte on every flow). Stable across restarts, as the ids are saved. For one collector and field, the
 /// steps after the cookie are bijections, so distinct cookies never collide.
 fn socket_id(source: &str, cookie: u64, field: &str) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
@@ -423,10 +423,6 @@ mod tests {
     #[test]
     fn socket_ids_are_pinned_to_their_scheme() {
         assert_eq!(SOCKET_IDS, 2);
-        assert_eq!(
-            socket_id("collector-0123456789", 42, "fd.bytes_sent"),
-            socket_id("collector-0123456789", 42, "fd.bytes_sent")
-        );
         let pinned = socket_id("c-web-7c9f8d6b5-x2k4q", 7, "fd.bytes_sent");
         assert_eq!(
             pinned, PINNED,
