@@ -100,10 +100,31 @@ pub const MAX_KEYS_PER_RULE: usize = 100_000;
 const MAX_SOCKETS: usize = 500_000;
 const MAX_VALUES_PER_KEY: usize = 10_000;
 
+/// A threshold's sliding window for one key: at most [`WINDOW_SLICES`] + 1 entries, so a
+/// busy key costs the same as a quiet one (an entry per record grew without bound over a
+/// 10-minute window at ingest rates). Records in one slice of the window share an entry
+/// stamped with the latest of them; the entry leaves the window with that record, so a
+/// record counts up to one slice (1/32 of the window) longer than the window, never less.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Window {
     events: VecDeque<(UnixNanos, u64)>,
     total: u64,
+}
+
+const WINDOW_SLICES: u64 = 32;
+
+impl Window {
+    fn add(&mut self, now: UnixNanos, amount: u64, window: u64) {
+        let slice = (window / WINDOW_SLICES).max(1);
+        self.total += amount;
+        match self.events.back_mut() {
+            Some((at, sum)) if *at / slice == now / slice => {
+                *at = (*at).max(now);
+                *sum += amount;
+            }
+            _ => self.events.push_back((now, amount)),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -230,14 +251,14 @@ impl State {
                 let Some(w) = bounded_entry(per_rule, key, refused) else {
                     return quiet();
                 };
-                let horizon = now.saturating_sub(nanos(t.window));
+                let window = nanos(t.window);
+                let horizon = now.saturating_sub(window);
                 while w.events.front().is_some_and(|(at, _)| *at <= horizon) {
                     let (_, old) = w.events.pop_front().unwrap_or_default();
                     w.total -= old;
                 }
                 if add > 0 {
-                    w.events.push_back((now, add));
-                    w.total += add;
+                    w.add(now, add, window);
                 }
                 let fire = w.total > t.above;
                 Verdict {
@@ -443,4 +464,24 @@ mod tests {
     }
 
     const PINNED: u64 = 18_206_879_043_095_905_613;
+
+    #[test]
+    fn a_busy_window_stays_small_and_counts_a_slice_at_most_too_long() {
+        let window = 32_000u64; // slices of 1,000 ns
+        let mut w = Window::default();
+        for at in 0..100_000u64 {
+            w.add(at, 1, window);
+        }
+        assert_eq!(w.total, 100_000);
+        assert_eq!(w.events.len(), 100, "one entry per slice, not per record");
+        // The slice 5,000..5,999 leaves with its last record, not before.
+        let mut w = Window::default();
+        w.add(5_000, 7, window);
+        w.add(5_999, 3, window);
+        w.add(6_000, 1, window);
+        assert_eq!(
+            w.events.iter().copied().collect::<Vec<_>>(),
+            [(5_999, 10), (6_000, 1)]
+        );
+    }
 }
