@@ -18,21 +18,25 @@ pub fn scenario_rules(
     latency_samples: usize,
 ) -> anyhow::Result<()> {
     // Evaluation: Engine::evaluate (conditions, process cache, stateful rules, grouping)
-    // over a mix of processes, flows and listeners from 100 pods.
+    // over a mix of processes, flows and listeners from 100 pods. A pod's records come
+    // from its own collector and share one identity, as a batch's records do; the pods
+    // take turns every 9 records (real batches run to hundreds).
     let mut engine = Engine::new(RuleSet::managed()?);
-    let mix = bench_records();
-    let events: Vec<Event> = mix
+    let events: Vec<Event> = bench_records()
         .into_iter()
         .enumerate()
-        .map(|(i, record)| Event {
-            source: std::sync::Arc::new(CollectorIdentity {
-                collector_id: format!("c{}", i % 100),
-                pod_name: format!("web-7c9f8d6b5-{:05}", i % 100),
+        .flat_map(|(pod, records)| {
+            let source = std::sync::Arc::new(CollectorIdentity {
+                collector_id: format!("c{pod}"),
+                pod_name: format!("web-7c9f8d6b5-{pod:05}"),
                 pod_namespace: "shop".into(),
                 ..CollectorIdentity::default()
-            }),
-            received_at: 0,
-            record,
+            });
+            records.into_iter().map(move |record| Event {
+                source: source.clone(),
+                received_at: 0,
+                record,
+            })
         })
         .collect();
     crate::machine_speed(report, "before the rules evaluation");

@@ -444,6 +444,23 @@ pub fn unescape_bytes(s: &str) -> Vec<u8> {
 /// ESC, newlines) and invalid UTF-8 become visible escapes, never interpreted.
 pub fn display_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
+    push_display_bytes(&mut out, bytes);
+    out
+}
+
+/// [`display_bytes`] appended to `out`. Printable ASCII other than a backslash shows as
+/// itself, so most names and paths are copied whole (rule keys render them per record).
+pub fn push_display_bytes(out: &mut String, bytes: &[u8]) {
+    let plain = bytes
+        .iter()
+        .all(|&b| (b' '..=b'~').contains(&b) && b != b'\\');
+    match std::str::from_utf8(bytes) {
+        Ok(text) if plain => out.push_str(text),
+        _ => push_display_escaped(out, bytes),
+    }
+}
+
+fn push_display_escaped(out: &mut String, bytes: &[u8]) {
     for c in escape_bytes(bytes).chars() {
         if c.is_control() {
             out.extend(c.escape_default());
@@ -451,7 +468,6 @@ pub fn display_bytes(bytes: &[u8]) -> String {
             out.push(c);
         }
     }
-    out
 }
 
 pub(crate) mod escaped_bytes {
@@ -563,6 +579,17 @@ mod tests {
         #[test]
         fn escape_round_trips_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             prop_assert_eq!(unescape_bytes(&escape_bytes(&bytes)), bytes);
+        }
+
+        #[test]
+        fn plain_names_shown_whole_match_the_escaping_path(
+            bytes in proptest::collection::vec(prop_oneof![0x20u8..0x7f, any::<u8>()], 0..64)
+        ) {
+            let mut whole = String::new();
+            push_display_bytes(&mut whole, &bytes);
+            let mut escaped = String::new();
+            push_display_escaped(&mut escaped, &bytes);
+            prop_assert_eq!(whole, escaped);
         }
     }
 }

@@ -7,11 +7,13 @@ pub mod stateful;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::model::{
-    display_bytes, AlertRecord, Event, ProcessRecord, Record, RecordKind, Severity, UnixNanos,
+    display_bytes, AlertRecord, CollectorIdentity, Event, ProcessRecord, Record, RecordKind,
+    Severity, UnixNanos,
 };
 use lang::{Condition, Ctx, Defs};
 use stateful::HashMap as FastMap;
@@ -488,6 +490,8 @@ struct Scratch {
     key: String,
     value: String,
     rendered: Rendered,
+    /// The previous record's `namespace/workload` (see [`Engine::source`]).
+    workload: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -502,8 +506,11 @@ struct Group {
 /// and listener rules can see their owning process, stateful rule state, and alert groups.
 pub struct Engine {
     set: RuleSet,
-    /// source (collector id) → pid → process.
-    procs: FastMap<String, FastMap<u32, ProcessRecord>>,
+    /// Per source (collector id): pid → process.
+    procs: SourceProcs,
+    /// The source of the previous record: a batch's records share one identity, so most
+    /// records find their source's slot and workload here without hashing its id.
+    last_source: Option<LastSource>,
     /// Process records cached across all sources.
     cached: usize,
     /// Buffers reused for every record (keys and values are built per record).
@@ -522,7 +529,8 @@ impl Engine {
     pub fn new(set: RuleSet) -> Self {
         Engine {
             set,
-            procs: FastMap::default(),
+            procs: SourceProcs::default(),
+            last_source: None,
             cached: 0,
             scratch: Scratch::default(),
             groups: FastMap::default(),
@@ -560,25 +568,43 @@ impl Engine {
         self.state.keys_refused
     }
 
-    fn remember(&mut self, source: &str, rec: &Record) {
+    fn remember(&mut self, slot: usize, rec: &Record) {
         let Record::Process(p) = rec else { return };
+        let per_source = &mut self.procs.by_slot[slot];
         if p.phase == crate::model::ProcessPhase::Exit {
-            if let Some(per_source) = self.procs.get_mut(source) {
-                if per_source.remove(&p.pid).is_some() {
-                    self.cached -= 1;
-                }
+            if per_source.remove(&p.pid).is_some() {
+                self.cached -= 1;
             }
             return;
         }
         if self.cached >= PROC_CACHE_MAX {
             tracing::warn!(size = self.cached, "rule process cache full; starting over");
-            self.procs.clear();
+            self.procs.by_slot.iter_mut().for_each(FastMap::clear);
             self.cached = 0;
         }
-        let per_source = self.procs.entry_ref(source).or_default();
-        if per_source.insert(p.pid, p.clone()).is_none() {
+        if self.procs.by_slot[slot].insert(p.pid, p.clone()).is_none() {
             self.cached += 1;
         }
+    }
+
+    /// The source's slot and its state-key prefix (`namespace/workload`).
+    fn source(&mut self, identity: &Arc<CollectorIdentity>) -> (usize, String) {
+        if let Some(last) = &self.last_source {
+            if Arc::ptr_eq(&last.identity, identity) {
+                return (last.slot, std::mem::take(&mut self.scratch.workload));
+            }
+        }
+        let slot = self.procs.slot(&identity.collector_id);
+        let mut workload = std::mem::take(&mut self.scratch.workload);
+        workload.clear();
+        workload.push_str(&identity.pod_namespace);
+        workload.push('/');
+        workload.push_str(workload_of(&identity.pod_name));
+        self.last_source = Some(LastSource {
+            identity: Arc::clone(identity),
+            slot,
+        });
+        (slot, workload)
     }
 
     fn ctx<'a>(&'a self, source: &str, rec: &'a Record) -> Option<(RecordKind, Ctx<'a>)> {
@@ -639,36 +665,44 @@ impl Engine {
         pid: Option<u32>,
         start: Option<UnixNanos>,
     ) -> Option<&ProcessRecord> {
-        lookup(&self.procs, source, pid, start)
+        let slot = *self.procs.slots.get(source)?;
+        lookup(&self.procs.by_slot[slot], pid, start)
     }
 
     /// Evaluates one ingested event: alerts to emit now (first of a group, then
     /// at most once per `reemit_ns` per group with the updated count).
     pub fn evaluate(&mut self, event: &Event, now: UnixNanos) -> Vec<AlertRecord> {
-        let source = event.source.collector_id.as_str();
-        self.remember(source, &event.record);
+        let (slot, workload) = self.source(&event.source);
+        self.remember(slot, &event.record);
         // The cache is lent out for this record so the state and groups can change
         // while the owner process is borrowed from it.
-        let procs = std::mem::take(&mut self.procs);
+        let procs = std::mem::take(&mut self.procs.by_slot);
         let owner = match &event.record {
-            Record::Flow(f) => lookup(&procs, source, f.pid, f.process_start_time),
-            Record::Listener(l) => lookup(&procs, source, l.pid, l.process_start_time),
+            Record::Flow(f) => lookup(&procs[slot], f.pid, f.process_start_time),
+            Record::Listener(l) => lookup(&procs[slot], l.pid, l.process_start_time),
             _ => None,
         };
         let out = match make_ctx(&event.record, owner) {
-            Some((_, ctx)) => self.evaluate_in(event, &ctx, now),
+            Some((_, ctx)) => self.evaluate_in(event, &ctx, &workload, now),
             None => Vec::new(),
         };
-        self.procs = procs;
+        self.procs.by_slot = procs;
+        self.scratch.workload = workload;
         out
     }
 
-    fn evaluate_in(&mut self, event: &Event, ctx: &Ctx<'_>, now: UnixNanos) -> Vec<AlertRecord> {
+    fn evaluate_in(
+        &mut self,
+        event: &Event,
+        ctx: &Ctx<'_>,
+        workload: &str,
+        now: UnixNanos,
+    ) -> Vec<AlertRecord> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.hits.clear();
         scratch.rendered.clear();
         self.matching_rules(ctx, &event.record, &mut scratch.hits);
-        let out = self.apply_hits(event, ctx, now, &mut scratch);
+        let out = self.apply_hits(event, ctx, workload, now, &mut scratch);
         self.scratch = scratch;
         out
     }
@@ -677,20 +711,18 @@ impl Engine {
         &mut self,
         event: &Event,
         ctx: &Ctx<'_>,
+        workload: &str,
         now: UnixNanos,
         scratch: &mut Scratch,
     ) -> Vec<AlertRecord> {
         let mut out = Vec::new();
         let key = &mut scratch.key;
-        let mut workload = None;
         for &index in &scratch.hits {
             let rule = &self.set.rules[index];
             let mut state_evidence = None;
             if let Some(kind) = &rule.stateful {
                 key.clear();
-                key.push_str(&event.source.pod_namespace);
-                key.push('/');
-                key.push_str(workload.get_or_insert_with(|| workload_of(&event.source.pod_name)));
+                key.push_str(workload);
                 for part in &rule.state_by {
                     key.push('|');
                     part.push(key, event, ctx, &mut scratch.rendered);
@@ -754,13 +786,36 @@ impl Engine {
     }
 }
 
-fn lookup<'a>(
-    procs: &'a FastMap<String, FastMap<u32, ProcessRecord>>,
-    source: &str,
+/// Process records by source: a slot per collector id, so a record whose source is the
+/// previous record's reaches its processes without hashing the id.
+#[derive(Default)]
+struct SourceProcs {
+    slots: FastMap<String, usize>,
+    by_slot: Vec<FastMap<u32, ProcessRecord>>,
+}
+
+impl SourceProcs {
+    fn slot(&mut self, source: &str) -> usize {
+        let next = self.by_slot.len();
+        let slot = *self.slots.entry_ref(source).or_insert(next);
+        if slot == next {
+            self.by_slot.push(FastMap::default());
+        }
+        slot
+    }
+}
+
+struct LastSource {
+    identity: Arc<CollectorIdentity>,
+    slot: usize,
+}
+
+fn lookup(
+    procs: &FastMap<u32, ProcessRecord>,
     pid: Option<u32>,
     start: Option<UnixNanos>,
-) -> Option<&'a ProcessRecord> {
-    let p = procs.get(source)?.get(&pid?)?;
+) -> Option<&ProcessRecord> {
+    let p = procs.get(&pid?)?;
     match start {
         Some(s) if s != p.start_time => None,
         _ => Some(p),
@@ -869,7 +924,7 @@ fn push_val(s: &mut String, v: lang::Val<'_>) {
     use std::fmt::Write as _;
     match v {
         Val::Null => s.push_str("<NA>"),
-        Val::Bytes(b) => s.push_str(&display_bytes(&b)),
+        Val::Bytes(b) => crate::model::push_display_bytes(s, &b),
         Val::Int(i) => {
             let _ = write!(s, "{i}");
         }
@@ -932,20 +987,9 @@ fn chrono_like_rfc3339(secs: u64, nanos: u64) -> String {
     )
 }
 
-/// For the benchmark: an engine with the full managed set and a process cache
-/// holding the owners of [`bench_records`].
-pub fn bench_engine() -> Engine {
-    let mut e = Engine::new(RuleSet::managed().unwrap_or_default());
-    for r in bench_records() {
-        e.remember("", &r);
-    }
-    e
-}
-
-/// A mix for throughput measurement: per process (3-deep lineage) seven flows
-/// owned by it and one listener (11% / 78% / 11%). Call
-/// `engine.count_matches(&rec)` per record to measure one core's rate.
-pub fn bench_records() -> Vec<Record> {
+/// A mix for throughput measurement, one entry per pod (100): a process (3-deep
+/// lineage), seven flows owned by it and one listener (11% / 78% / 11%).
+pub fn bench_records() -> Vec<Vec<Record>> {
     use crate::model::*;
     use std::net::{IpAddr, Ipv4Addr};
     let comms: [&[u8]; 5] = [b"nginx", b"python3", b"java", b"node", b"envoy"];
@@ -990,9 +1034,9 @@ pub fn bench_records() -> Vec<Record> {
             stdio_is_socket: Some(false),
             stdio_socket_inodes: vec![],
         };
-        out.push(Record::Process(p));
+        let mut pod = vec![Record::Process(p)];
         for j in 0..7u32 {
-            out.push(Record::Flow(FlowRecord {
+            pod.push(Record::Flow(FlowRecord {
                 cookie: u64::from(i * 10 + j),
                 protocol: Protocol::Tcp,
                 family: Family::Ipv4,
@@ -1026,7 +1070,7 @@ pub fn bench_records() -> Vec<Record> {
             }));
         }
         for _ in 0..1 {
-            out.push(Record::Listener(ListenerRecord {
+            pod.push(Record::Listener(ListenerRecord {
                 cookie: u64::from(i),
                 protocol: Protocol::Tcp,
                 family: Family::Ipv4,
@@ -1044,6 +1088,7 @@ pub fn bench_records() -> Vec<Record> {
                 backlog: Some(128),
             }));
         }
+        out.push(pod);
     }
     out
 }

@@ -279,9 +279,11 @@ pub enum Node {
 }
 
 /// Strings to match whole, checked by length first: most values miss on length alone,
-/// with no byte compared.
+/// with no byte compared. Each item's length and first 8 bytes sit inline, so names of up
+/// to 8 bytes (most process names) are compared without following a pointer.
 #[derive(Debug, Clone)]
 pub struct ByteSet {
+    heads: Vec<(usize, u64)>,
     items: Vec<Vec<u8>>,
     lengths: u64,
 }
@@ -290,18 +292,34 @@ fn length_bit(len: usize) -> u64 {
     1 << len.min(63)
 }
 
+/// The first 8 bytes, zero-padded (the length tells a short value from a padded one).
+fn head(b: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let n = b.len().min(8);
+    word[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(word)
+}
+
 impl ByteSet {
     fn new(items: Vec<Vec<u8>>) -> ByteSet {
         let lengths = items.iter().fold(0, |m, k| m | length_bit(k.len()));
-        ByteSet { items, lengths }
+        let heads = items.iter().map(|k| (k.len(), head(k))).collect();
+        ByteSet {
+            heads,
+            items,
+            lengths,
+        }
     }
 
     fn contains(&self, v: &[u8]) -> bool {
-        self.lengths & length_bit(v.len()) != 0
-            && self
-                .items
-                .iter()
-                .any(|k| k.len() == v.len() && k.first() == v.first() && k.as_slice() == v)
+        if self.lengths & length_bit(v.len()) == 0 {
+            return false;
+        }
+        let wanted = (v.len(), head(v));
+        self.heads
+            .iter()
+            .zip(&self.items)
+            .any(|(h, k)| *h == wanted && (v.len() <= 8 || k.as_slice() == v))
     }
 }
 
@@ -1234,6 +1252,18 @@ mod tests {
             if !items.is_empty() {
                 prop_assert!(set.contains(&items[pick.index(items.len())]));
             }
+        }
+
+        /// Few letters, so items share heads and lengths and differ only past byte 8
+        /// (or by zero padding), where the inline comparison alone would be fooled.
+        #[test]
+        fn byte_sets_tell_items_with_a_shared_head_apart(
+            items in proptest::collection::vec(
+                proptest::collection::vec(prop::sample::select(vec![0u8, b'a']), 0..14), 0..12),
+            probe in proptest::collection::vec(prop::sample::select(vec![0u8, b'a']), 0..14),
+        ) {
+            let set = ByteSet::new(items.clone());
+            prop_assert_eq!(set.contains(&probe), items.contains(&probe));
         }
     }
 }
