@@ -645,6 +645,20 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
         })?;
         let host_processes = monitor.len();
         let ss_p = best_of(2, || run_quiet("sh", &["-c", "ss -tinp > /dev/null"]))?;
+        // The floor under any full pass: every fd table walked (open, getdents, a readlink
+        // per fd), nothing kept. A pass costs this plus its bookkeeping.
+        let bare_walk = best_of(2, || {
+            let mut links = 0usize;
+            for entry in std::fs::read_dir("/proc")? {
+                let name = entry?.file_name();
+                if name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+                    let dir = std::path::Path::new("/proc").join(name).join("fd");
+                    let _ = procflow::sys::proc::for_each_fd_link(&dir, |_| links += 1);
+                }
+            }
+            std::hint::black_box(links);
+            Ok(())
+        })?;
         // Processes: the first sight of every process (all details: status, cmdline, cgroup,
         // exe, cwd, stdio, lineage) and the steady-state sweep that finds exits and execs.
         let first_sight = best_of(2, || {
@@ -674,6 +688,13 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
             attribution * 1e3,
             "ms",
             Some(("10x faster than ss -tinp", attribution * 10.0 <= ss_p)),
+        );
+        report.add(
+            &scenario,
+            "bare walk of every fd table (floor of a full pass)",
+            bare_walk * 1e3,
+            "ms",
+            None,
         );
         report.add(
             &scenario,
