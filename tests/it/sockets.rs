@@ -244,9 +244,10 @@ for _ in range(int(sys.argv[3])):
             break
         d += x
     c.sendall(b"r" * 50)
-    # Hold the connection 100 ms: an orphaned FIN_WAIT2 socket dies at once, and a socket
-    # that lived this long must be seen alive.
-    time.sleep(0.1)
+    # Hold the connection 300 ms (3 poll intervals): an orphaned FIN_WAIT2 socket dies at
+    # once, and a socket that lived this long must be seen alive. (At 100 ms, one interval,
+    # the parallel suite once starved the collector past it: seen only by its destroy event.)
+    time.sleep(0.3)
     c.close()
 "#;
 const CLIENT_PY: &str = r#"
