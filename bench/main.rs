@@ -476,10 +476,13 @@ impl CollectorProc {
             .status()?;
         self.child.wait()?;
         let text = std::fs::read_to_string(&self.out_path)?;
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        let mut records = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let record = serde_json::from_str(line)
+                .with_context(|| format!("collector output line {}: {line}", i + 1))?;
+            records.push(record);
+        }
+        Ok(records)
     }
 }
 
@@ -1080,6 +1083,7 @@ fn scenario_spawn(report: &mut Report, sizes: &Sizes) -> anyhow::Result<()> {
                 pid,
                 ppid: me,
                 lifetime_ms: started.elapsed().as_millis() as u64,
+                requested_ms: secs * 1e3,
             })
         }));
     }

@@ -151,11 +151,24 @@ pub fn score_flows(truth: &[TruthConn], records: &[Record]) -> FlowScore {
 }
 
 /// A process the bench started: pid and how long it lived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TruthProc {
     pub pid: u32,
     pub ppid: u32,
     pub lifetime_ms: u64,
+    /// The sleep the chain was given: a floor under its lifetime that no scheduling delay
+    /// of the measuring thread can inflate.
+    pub requested_ms: f64,
+}
+
+impl TruthProc {
+    /// The lifetime a process is scored by: what it certainly lived. The waiting thread's
+    /// measure can only be longer than the truth, and under load it was much longer (a
+    /// chain asked to sleep 1 ms measured 50 ms), which put short processes in the
+    /// ≥ 50 ms bucket; the sleep asked for is a floor nothing inflates.
+    pub fn floor_ms(&self) -> u64 {
+        (self.requested_ms as u64).min(self.lifetime_ms)
+    }
 }
 
 pub const PROC_BUCKETS_MS: [(u64, u64, &str); 4] = [
@@ -182,7 +195,7 @@ pub fn score_processes(truth: &[TruthProc], records: &[Record]) -> Vec<(String, 
     for t in truth {
         let b = PROC_BUCKETS_MS
             .iter()
-            .position(|(lo, hi, _)| t.lifetime_ms >= *lo && t.lifetime_ms < *hi)
+            .position(|(lo, hi, _)| t.floor_ms() >= *lo && t.floor_ms() < *hi)
             .unwrap_or(0);
         out[b].1 += 1;
         if seen.get(&t.pid) == Some(&t.ppid) {
@@ -320,20 +333,24 @@ mod tests {
     #[test]
     fn process_buckets() {
         let truth = [
+            // Measured 80 ms by a late waiting thread, asked to sleep 2 ms: scored 1-5 ms.
             TruthProc {
                 pid: 10,
                 ppid: 1,
-                lifetime_ms: 2,
+                lifetime_ms: 80,
+                requested_ms: 2.0,
             },
             TruthProc {
                 pid: 11,
                 ppid: 1,
                 lifetime_ms: 100,
+                requested_ms: 100.0,
             },
             TruthProc {
                 pid: 12,
                 ppid: 1,
                 lifetime_ms: 100,
+                requested_ms: 100.0,
             },
         ];
         let mk = |pid, ppid| {
