@@ -298,21 +298,25 @@ const LISTEN_PY: &str = "import socket,sys,time\ns=socket.socket()\ns.setsockopt
 fn stateful_managed_rules_fire_after_learning_and_not_on_benign_twins() {
     let ns = crate::util::Netns::new("r", &["pod", "inet"]);
     ns.link(0, "203.0.113.1/24", 1, "203.0.113.2/24", "r");
-    crate::util::sh(&[
-        "ip",
-        "-n",
-        ns.name(1),
-        "addr",
-        "add",
-        "203.0.113.3/24",
-        "dev",
-        &format!("vbr{}", std::process::id() % 100000),
-    ]);
+    // .3 takes the exfiltration, .4 the scan: a rate alert names the process whose record
+    // crossed its threshold, so the benign uploader to .2 must not share the scanned address.
+    for addr in ["203.0.113.3/24", "203.0.113.4/24"] {
+        crate::util::sh(&[
+            "ip",
+            "-n",
+            ns.name(1),
+            "addr",
+            "add",
+            addr,
+            "dev",
+            &format!("vbr{}", std::process::id() % 100000),
+        ]);
+    }
     let mut kids = Kids(Vec::new());
-    // The internet: a sink on 443 (both addresses) and 25 open ports on .2 for the scan.
+    // The internet: a sink on 443 (every address) and 25 open ports on .4 for the scan.
     let sink = "import socket,threading\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',443))\ns.listen(64)\ndef drain(c):\n    while c.recv(1<<20): pass\nwhile True:\n    c,_=s.accept(); threading.Thread(target=drain,args=(c,),daemon=True).start()";
     kids.0.push(python_in(ns.name(1), sink));
-    let ports = "import socket,time\nl=[]\nfor p in range(10001,10026):\n    s=socket.socket(); s.bind(('203.0.113.2',p)); s.listen(); l.append(s)\ntime.sleep(30)";
+    let ports = "import socket,time\nl=[]\nfor p in range(10001,10026):\n    s=socket.socket(); s.bind(('203.0.113.4',p)); s.listen(); l.append(s)\ntime.sleep(30)";
     kids.0.push(python_in(ns.name(1), ports));
     std::thread::sleep(Duration::from_millis(500));
 
@@ -364,7 +368,7 @@ fn stateful_managed_rules_fire_after_learning_and_not_on_benign_twins() {
             .spawn()
             .expect("listener"),
     ]);
-    let scan = "import socket,time\nl=[socket.create_connection(('203.0.113.2',p)) for p in range(10001,10026)]\ntime.sleep(30)";
+    let scan = "import socket,time\nl=[socket.create_connection(('203.0.113.4',p)) for p in range(10001,10026)]\ntime.sleep(30)";
     let attacks = Kids(vec![
         python_in(ns.name(0), &uploader(110 << 20, "203.0.113.3", 443)),
         Command::new("ip")
