@@ -83,6 +83,8 @@ pub struct ProcessMonitor {
     tombstones: HashMap<(u32, UnixNanos), Tombstone>,
     tombstone_order: VecDeque<(Instant, (u32, UnixNanos))>,
     last_pid: Option<u32>,
+    /// The pid counter wraps past this (`/proc/sys/kernel/pid_max`), back to 300.
+    pid_max: u32,
     last_sweep: Option<Instant>,
     loadavg: fs::File,
     loadavg_buf: Vec<u8>,
@@ -111,6 +113,21 @@ fn may_be_mid_exec(stat: &Stat) -> bool {
 }
 
 /// How long a record read mid-exec waits for its command line before it goes out as read.
+/// The kernel's ceiling for pid_max (64-bit), when the sysctl cannot be read.
+const PID_MAX_LIMIT: u32 = 1 << 22;
+/// Where the pid counter starts again after it wraps (the kernel's RESERVED_PIDS).
+const RESERVED_PIDS: u32 = 300;
+
+/// Pids handed out between two readings of the last pid, across a wrap of the counter.
+fn pids_allocated(before: u32, after: u32, pid_max: u32) -> u64 {
+    if after >= before {
+        u64::from(after - before)
+    } else {
+        u64::from(pid_max.saturating_sub(before + 1))
+            + u64::from(after.saturating_sub(RESERVED_PIDS) + 1)
+    }
+}
+
 const ARGV_WAIT: Duration = Duration::from_millis(50);
 
 /// An exited process, kept for the lineage of its descendants.
@@ -127,6 +144,10 @@ impl ProcessMonitor {
             procfs::boot_time_secs().map_err(|e| io::Error::other(e.to_string()))? * 1_000_000_000;
         let ticks = procfs::ticks_per_second().max(1);
         let loadavg = fs::File::open(config.proc_root.join("loadavg"))?;
+        let pid_max = fs::read_to_string(config.proc_root.join("sys/kernel/pid_max"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(PID_MAX_LIMIT);
         let own_pid = fs::read_link(config.proc_root.join("self"))
             .ok()
             .and_then(|p| p.to_str()?.parse().ok());
@@ -138,6 +159,7 @@ impl ProcessMonitor {
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
             last_pid: None,
+            pid_max,
             last_sweep: None,
             loadavg,
             loadavg_buf: Vec::new(),
@@ -208,7 +230,7 @@ impl ProcessMonitor {
             scanned = true;
         }
         if let (Some(before), Some(after)) = (self.last_pid, last_pid) {
-            let allocated = u64::from(after.wrapping_sub(before).min(1 << 22));
+            let allocated = pids_allocated(before, after, self.pid_max);
             self.stats.pids_unseen += allocated.saturating_sub(self.new_since_last);
         }
         self.new_since_last = 0;
@@ -601,6 +623,16 @@ pub(crate) fn read_into(path: &std::path::Path, buf: &mut Vec<u8>, limit: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pids_allocated_across_a_wrap_of_the_counter() {
+        assert_eq!(pids_allocated(100, 150, 32_768), 50);
+        assert_eq!(pids_allocated(150, 150, 32_768), 0);
+        // 32761..=32767, then 300..=305 after the wrap.
+        assert_eq!(pids_allocated(32_760, 305, 32_768), 13);
+        // 767 before the wrap and 101 after it (this was 2^22 for every wrap).
+        assert_eq!(pids_allocated(32_000, 400, 32_768), 868);
+    }
 
     /// A /proc with one process, written as the test goes: a read between an exec's new
     /// comm and its new arguments sees an empty command line.
