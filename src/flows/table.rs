@@ -190,6 +190,35 @@ impl FlowTable {
         }
     }
 
+    /// The heap the table holds, from its own capacities (no entry owns heap memory): its
+    /// maps' buckets and control bytes, and its queues. What the allocator adds around
+    /// them is not counted.
+    pub fn heap_bytes(&self) -> usize {
+        fn map<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> usize {
+            // hashbrown keeps a power of two of buckets at most 7/8 full, plus one control
+            // byte per bucket and a group's worth more.
+            let buckets = match m.capacity() {
+                0 => 0,
+                c if c < 8 => (c + 1).next_power_of_two(),
+                c => (c * 8 / 7).next_power_of_two(),
+            };
+            buckets * (std::mem::size_of::<(K, V)>() + 1) + if buckets > 0 { 16 } else { 0 }
+        }
+        fn vec<T>(capacity: usize) -> usize {
+            capacity * std::mem::size_of::<T>()
+        }
+        map(&self.flows)
+            + map(&self.listeners)
+            + map(&self.ended)
+            + vec::<(UnixNanos, u64)>(self.ended_order.capacity())
+            + vec::<u64>(
+                self.new_flows.capacity()
+                    + self.new_listeners.capacity()
+                    + self.new_inodes.capacity(),
+            )
+            + vec::<(UnixNanos, Protocol, SocketAddr)>(self.closed_listeners.capacity())
+    }
+
     pub fn stats(&self) -> FlowStats {
         self.stats
     }
@@ -868,6 +897,26 @@ mod tests {
             cgroup_id: None,
             timewait: false,
         }
+    }
+
+    #[test]
+    fn heap_bytes_follow_the_tracked_sockets() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let empty = t.heap_bytes();
+        let sockets: Vec<_> = (0..10_000u32)
+            .map(|i| {
+                let remote = format!("10.1.{}.{}:{}", i / 250, i % 250, 1024 + i % 60_000);
+                tcp_socket(u64::from(i) + 1, "10.0.0.1:443", &remote, 1, 1, 1, 1)
+            })
+            .collect();
+        t.apply_dump(&sockets, true, 10, &mut NoAttribution, &mut out);
+        assert_eq!(t.len(), 10_000);
+        let per_socket = (t.heap_bytes() - empty) / 10_000;
+        let entry = std::mem::size_of::<(u64, Entry)>();
+        // At least one bucket per socket; at most a half-empty table plus the side queues.
+        assert!(per_socket > entry, "{per_socket} <= {entry}");
+        assert!(per_socket < 3 * entry, "{per_socket} >= 3 x {entry}");
     }
 
     #[test]
