@@ -787,6 +787,13 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
         );
         report.add(
             &scenario,
+            "flow table entry with its key (before the map's slack)",
+            FlowTable::ENTRY_BYTES as f64,
+            "bytes",
+            None,
+        );
+        report.add(
+            &scenario,
             "flow table memory per socket (RSS delta, allocator-dependent)",
             per_socket,
             "bytes",

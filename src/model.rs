@@ -454,9 +454,10 @@ pub fn push_display_bytes(out: &mut String, bytes: &[u8]) {
     let plain = bytes
         .iter()
         .all(|&b| (b' '..=b'~').contains(&b) && b != b'\\');
-    match std::str::from_utf8(bytes) {
-        Ok(text) if plain => out.push_str(text),
-        _ => push_display_escaped(out, bytes),
+    // Printable ASCII is always UTF-8: the check below cannot fail once `plain` holds.
+    match plain.then(|| std::str::from_utf8(bytes).ok()).flatten() {
+        Some(text) => out.push_str(text),
+        None => push_display_escaped(out, bytes),
     }
 }
 

@@ -490,8 +490,6 @@ struct Scratch {
     key: String,
     value: String,
     rendered: Rendered,
-    /// The previous record's `namespace/workload` (see [`Engine::source`]).
-    workload: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -508,8 +506,7 @@ pub struct Engine {
     set: RuleSet,
     /// Per source (collector id): pid → process.
     procs: SourceProcs,
-    /// The source of the previous record: a batch's records share one identity, so most
-    /// records find their source's slot and workload here without hashing its id.
+    /// The source of the previous record (absent while a record is being evaluated).
     last_source: Option<LastSource>,
     /// Process records cached across all sources.
     cached: usize,
@@ -587,24 +584,25 @@ impl Engine {
         }
     }
 
-    /// The source's slot and its state-key prefix (`namespace/workload`).
-    fn source(&mut self, identity: &Arc<CollectorIdentity>) -> (usize, String) {
-        if let Some(last) = &self.last_source {
-            if Arc::ptr_eq(&last.identity, identity) {
-                return (last.slot, std::mem::take(&mut self.scratch.workload));
+    /// The record's source: its slot and state-key prefix, computed again only when the
+    /// identity differs from the previous record's. Lent out for the record; see
+    /// [`Engine::evaluate`].
+    fn source(&mut self, identity: &Arc<CollectorIdentity>) -> LastSource {
+        match self.last_source.take() {
+            Some(last) if Arc::ptr_eq(&last.identity, identity) => last,
+            reused => {
+                let mut workload = reused.map(|l| l.workload).unwrap_or_default();
+                workload.clear();
+                workload.push_str(&identity.pod_namespace);
+                workload.push('/');
+                workload.push_str(workload_of(&identity.pod_name));
+                LastSource {
+                    identity: Arc::clone(identity),
+                    slot: self.procs.slot(&identity.collector_id),
+                    workload,
+                }
             }
         }
-        let slot = self.procs.slot(&identity.collector_id);
-        let mut workload = std::mem::take(&mut self.scratch.workload);
-        workload.clear();
-        workload.push_str(&identity.pod_namespace);
-        workload.push('/');
-        workload.push_str(workload_of(&identity.pod_name));
-        self.last_source = Some(LastSource {
-            identity: Arc::clone(identity),
-            slot,
-        });
-        (slot, workload)
     }
 
     fn ctx<'a>(&'a self, source: &str, rec: &'a Record) -> Option<(RecordKind, Ctx<'a>)> {
@@ -672,7 +670,8 @@ impl Engine {
     /// Evaluates one ingested event: alerts to emit now (first of a group, then
     /// at most once per `reemit_ns` per group with the updated count).
     pub fn evaluate(&mut self, event: &Event, now: UnixNanos) -> Vec<AlertRecord> {
-        let (slot, workload) = self.source(&event.source);
+        let source = self.source(&event.source);
+        let slot = source.slot;
         self.remember(slot, &event.record);
         // The cache is lent out for this record so the state and groups can change
         // while the owner process is borrowed from it.
@@ -683,11 +682,11 @@ impl Engine {
             _ => None,
         };
         let out = match make_ctx(&event.record, owner) {
-            Some((_, ctx)) => self.evaluate_in(event, &ctx, &workload, now),
+            Some((_, ctx)) => self.evaluate_in(event, &ctx, &source.workload, now),
             None => Vec::new(),
         };
         self.procs.by_slot = procs;
-        self.scratch.workload = workload;
+        self.last_source = Some(source);
         out
     }
 
@@ -805,9 +804,12 @@ impl SourceProcs {
     }
 }
 
+/// A record's source as the engine keeps it between records: a batch's records share one
+/// identity, so most find their slot and `namespace/workload` key prefix here.
 struct LastSource {
     identity: Arc<CollectorIdentity>,
     slot: usize,
+    workload: String,
 }
 
 fn lookup(

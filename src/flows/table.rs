@@ -190,6 +190,9 @@ impl FlowTable {
         }
     }
 
+    /// What one tracked flow costs in the table's map before the map's slack: key and entry.
+    pub const ENTRY_BYTES: usize = std::mem::size_of::<(u64, Entry)>();
+
     /// The heap the table holds, from its own capacities (no entry owns heap memory): its
     /// maps' buckets and control bytes, and its queues. What the allocator adds around
     /// them is not counted.
@@ -913,7 +916,7 @@ mod tests {
         t.apply_dump(&sockets, true, 10, &mut NoAttribution, &mut out);
         assert_eq!(t.len(), 10_000);
         let per_socket = (t.heap_bytes() - empty) / 10_000;
-        let entry = std::mem::size_of::<(u64, Entry)>();
+        let entry = FlowTable::ENTRY_BYTES;
         // At least one bucket per socket; at most a half-empty table plus the side queues.
         assert!(per_socket > entry, "{per_socket} <= {entry}");
         assert!(per_socket < 3 * entry, "{per_socket} >= 3 x {entry}");

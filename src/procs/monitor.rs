@@ -112,7 +112,6 @@ fn may_be_mid_exec(stat: &Stat) -> bool {
     stat.state != b'Z' && stat.pid != 2 && stat.ppid != 2
 }
 
-/// How long a record read mid-exec waits for its command line before it goes out as read.
 /// The kernel's ceiling for pid_max (64-bit), when the sysctl cannot be read.
 const PID_MAX_LIMIT: u32 = 1 << 22;
 /// Where the pid counter starts again after it wraps (the kernel's RESERVED_PIDS).
@@ -128,6 +127,7 @@ fn pids_allocated(before: u32, after: u32, pid_max: u32) -> u64 {
     }
 }
 
+/// How long a record read mid-exec waits for its command line before it goes out as read.
 const ARGV_WAIT: Duration = Duration::from_millis(50);
 
 /// An exited process, kept for the lineage of its descendants.

@@ -300,18 +300,7 @@ fn stateful_managed_rules_fire_after_learning_and_not_on_benign_twins() {
     ns.link(0, "203.0.113.1/24", 1, "203.0.113.2/24", "r");
     // .3 takes the exfiltration, .4 the scan: a rate alert names the process whose record
     // crossed its threshold, so the benign uploader to .2 must not share the scanned address.
-    for addr in ["203.0.113.3/24", "203.0.113.4/24"] {
-        crate::util::sh(&[
-            "ip",
-            "-n",
-            ns.name(1),
-            "addr",
-            "add",
-            addr,
-            "dev",
-            &format!("vbr{}", std::process::id() % 100000),
-        ]);
-    }
+    ns.add_addrs(1, "r", &["203.0.113.3/24", "203.0.113.4/24"]);
     let mut kids = Kids(Vec::new());
     // The internet: a sink on 443 (every address) and 25 open ports on .4 for the scan.
     let sink = "import socket,threading\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',443))\ns.listen(64)\ndef drain(c):\n    while c.recv(1<<20): pass\nwhile True:\n    c,_=s.accept(); threading.Thread(target=drain,args=(c,),daemon=True).start()";
@@ -413,19 +402,11 @@ fn stateful_managed_rules_fire_after_learning_and_not_on_benign_twins() {
 fn managed_network_rules_fire_on_real_connections_in_a_pod_namespace() {
     let ns = crate::util::Netns::new("n", &["pod", "world"]);
     ns.link(0, "10.77.0.2/16", 1, "10.77.0.1/16", "n");
-    let world_if = format!("vbn{}", std::process::id() % 100000);
-    for addr in ["169.254.169.254/32", "10.96.0.1/32", "203.0.113.2/32"] {
-        crate::util::sh(&[
-            "ip",
-            "-n",
-            ns.name(1),
-            "addr",
-            "add",
-            addr,
-            "dev",
-            &world_if,
-        ]);
-    }
+    ns.add_addrs(
+        1,
+        "n",
+        &["169.254.169.254/32", "10.96.0.1/32", "203.0.113.2/32"],
+    );
     crate::util::sh(&[
         "ip",
         "-n",
@@ -434,7 +415,7 @@ fn managed_network_rules_fire_on_real_connections_in_a_pod_namespace() {
         "add",
         "default",
         "dev",
-        &format!("van{}", std::process::id() % 100000),
+        &crate::util::veth('a', "n"),
     ]);
     let mut kids = Kids(Vec::new());
     let listen_all = "import socket,time\nl=[]\nfor p in (80,443,22,2222,4444,8443):\n    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('0.0.0.0',p)); s.listen(); l.append(s)\ntime.sleep(30)";

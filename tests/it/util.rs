@@ -144,10 +144,7 @@ impl Netns {
     /// Connects namespaces `a` and `b` with a veth pair and addresses (CIDR notation).
     pub fn link(&self, a: usize, addr_a: &str, b: usize, addr_b: &str, tag: &str) {
         let (na, nb) = (self.name(a), self.name(b));
-        let (va, vb) = (
-            format!("va{tag}{}", std::process::id() % 100000),
-            format!("vb{tag}{}", std::process::id() % 100000),
-        );
+        let (va, vb) = (veth('a', tag), veth('b', tag));
         sh(&[
             "ip", "link", "add", &va, "netns", na, "type", "veth", "peer", "name", &vb, "netns", nb,
         ]);
@@ -156,6 +153,21 @@ impl Netns {
         sh(&["ip", "-n", na, "link", "set", &va, "up"]);
         sh(&["ip", "-n", nb, "link", "set", &vb, "up"]);
     }
+}
+
+impl Netns {
+    /// More addresses on namespace `b`'s end of the link made with `tag`.
+    pub fn add_addrs(&self, b: usize, tag: &str, addrs: &[&str]) {
+        let dev = veth('b', tag);
+        for addr in addrs {
+            sh(&["ip", "-n", self.name(b), "addr", "add", addr, "dev", &dev]);
+        }
+    }
+}
+
+/// The device of a link's end: `'a'` or `'b'`, as the namespaces were given to [`Netns::link`].
+pub fn veth(side: char, tag: &str) -> String {
+    format!("v{side}{tag}{}", std::process::id() % 100000)
 }
 
 impl Drop for Netns {
