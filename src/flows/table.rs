@@ -68,11 +68,13 @@ pub struct FlowStats {
     pub reattributed: u64,
 }
 
-/// Last known state of one tracked socket, kept compact (the table holds every socket).
+/// Last known state of one tracked socket, kept compact (the table holds every socket):
+/// addresses packed by family, counters inline with a presence flag, and the two deadline
+/// clocks in 32 bits.
 #[derive(Debug, Clone)]
 struct Entry {
-    local_ip: IpAddr,
-    remote_ip: IpAddr,
+    local_ip: PackedIp,
+    remote_ip: PackedIp,
     local_port: u16,
     remote_port: u16,
     protocol: Protocol,
@@ -87,6 +89,10 @@ struct Entry {
     announced: bool,
     /// Counters moved since the last record.
     dirty: bool,
+    /// `counters` holds tcp_info values (TCP sockets whose dumps carried it).
+    has_counters: bool,
+    /// Missing from complete dumps since `missing_since`.
+    missing: bool,
     generation: u32,
     uid: u32,
     inode: u32,
@@ -94,21 +100,84 @@ struct Entry {
     start_time: UnixNanos,
     first_seen: UnixNanos,
     last_seen: UnixNanos,
-    last_emit: UnixNanos,
-    /// When it went missing from complete dumps; 0 while present.
-    missing_since: UnixNanos,
-    tcp: Option<Counters>,
+    last_emit: Tick,
+    missing_since: Tick,
+    counters: Counters,
     /// Dumps that found the socket only through its listener, the START held back: the
     /// kernel gives an accepted socket its inode just before `accept` installs the fd, so
     /// a dump in between finds the inode in no table yet.
     fd_retries: u8,
 }
 
+impl Entry {
+    fn tcp(&self) -> Option<&Counters> {
+        self.has_counters.then_some(&self.counters)
+    }
+
+    fn set_tcp(&mut self, counters: Option<Counters>) {
+        self.has_counters = counters.is_some();
+        self.counters = counters.unwrap_or_default();
+    }
+
+    fn local(&self) -> IpAddr {
+        self.local_ip.unpack(self.family)
+    }
+
+    fn remote(&self) -> IpAddr {
+        self.remote_ip.unpack(self.family)
+    }
+}
+
+/// An address in 16 bytes, its kind given by the socket's family (the parser makes IPv4
+/// addresses for `AF_INET` and IPv6 ones, mapped or not, for `AF_INET6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedIp([u8; 16]);
+
+impl PackedIp {
+    fn pack(ip: IpAddr) -> PackedIp {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut bytes = [0; 16];
+                bytes[..4].copy_from_slice(&v4.octets());
+                PackedIp(bytes)
+            }
+            IpAddr::V6(v6) => PackedIp(v6.octets()),
+        }
+    }
+
+    fn unpack(self, family: Family) -> IpAddr {
+        match family {
+            Family::Ipv4 => IpAddr::from([self.0[0], self.0[1], self.0[2], self.0[3]]),
+            Family::Ipv6 => IpAddr::from(self.0),
+        }
+    }
+
+    fn is_unspecified(self) -> bool {
+        self.0 == [0; 16]
+    }
+}
+
+/// A wrapping microsecond clock for an entry's deadlines (active timeout, vanish grace),
+/// half the size of a timestamp. An interval is read modulo 2^32 µs (71 minutes): a
+/// deadline that far out can only be seen late, by at most its own length, never early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Tick(u32);
+
+impl Tick {
+    fn at(t: UnixNanos) -> Tick {
+        Tick((t / 1_000) as u32) // truncation is the wrap
+    }
+
+    fn elapsed(self, now: UnixNanos) -> u64 {
+        u64::from(Tick::at(now).0.wrapping_sub(self.0)) * 1_000
+    }
+}
+
 /// How many later dumps look again for an accepted socket's fd.
 const FD_RETRIES: u8 = 2;
 
 /// The tcp_info fields carried between dumps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Counters {
     bytes_sent: u64,
     /// Sequence space received (payload + 1 after a FIN).
@@ -165,6 +234,9 @@ pub struct FlowTable {
     /// shutting down), and is first seen only then; it is still inbound.
     closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,
 }
+
+/// Entries the per-dump lists of new sockets keep between dumps.
+const SCRATCH_KEPT: usize = 1024;
 
 /// How long, and how many, closed listeners still decide direction.
 const CLOSED_LISTENER_MEMORY: Duration = Duration::from_secs(120);
@@ -287,7 +359,7 @@ impl FlowTable {
         for s in sockets.iter().filter(|s| !is_listener(s) && !s.timewait) {
             if let Some(e) = self.flows.get_mut(&s.cookie) {
                 e.generation = generation;
-                e.missing_since = 0;
+                e.missing = false;
                 e.last_seen = now;
                 // tcp_info's own state is read after the message header's, closer to the
                 // counters: it narrows the window in which the counters already hold a FIN
@@ -295,8 +367,8 @@ impl FlowTable {
                 e.state = s.tcp.as_ref().map_or(s.state, |info| info.state);
                 if let Some(info) = &s.tcp {
                     let counters = Counters::from_info(info);
-                    if e.tcp != Some(counters) && !info.is_zeroed() {
-                        e.tcp = Some(counters);
+                    if e.tcp() != Some(&counters) && !info.is_zeroed() {
+                        e.set_tcp(Some(counters));
                         e.dirty = true;
                     }
                 }
@@ -385,7 +457,7 @@ impl FlowTable {
                 e.start_time = owner.start_time.unwrap_or(0);
                 e.attribution = owner.attribution;
                 e.announced = true;
-                e.last_emit = now;
+                e.last_emit = Tick::at(now);
                 e.dirty = false;
                 self.stats.started += 1;
                 out.push(Record::Flow(flow_record(
@@ -400,12 +472,9 @@ impl FlowTable {
         // Periodic updates, only for flows whose counters moved.
         let active_timeout = nanos(self.config.active_timeout);
         for (cookie, e) in &mut self.flows {
-            if e.dirty
-                && e.generation == generation
-                && now.saturating_sub(e.last_emit) >= active_timeout
-            {
+            if e.dirty && e.generation == generation && e.last_emit.elapsed(now) >= active_timeout {
                 e.dirty = false;
-                e.last_emit = now;
+                e.last_emit = Tick::at(now);
                 self.stats.updated += 1;
                 out.push(Record::Flow(flow_record(
                     *cookie,
@@ -419,8 +488,9 @@ impl FlowTable {
 
         if complete {
             for e in self.flows.values_mut() {
-                if e.generation != generation && e.missing_since == 0 {
-                    e.missing_since = now;
+                if e.generation != generation && !e.missing {
+                    e.missing = true;
+                    e.missing_since = Tick::at(now);
                 }
             }
             for l in self.listeners.values_mut() {
@@ -430,7 +500,21 @@ impl FlowTable {
             }
         }
         self.primed = true;
+        self.release_scratch();
         self.expire(now, out);
+    }
+
+    /// The per-dump lists keep a small capacity for the next dump; a burst of new sockets
+    /// (the first dump above all) would otherwise keep its peak for good.
+    fn release_scratch(&mut self) {
+        for list in [
+            &mut self.new_flows,
+            &mut self.new_listeners,
+            &mut self.new_inodes,
+        ] {
+            list.clear();
+            list.shrink_to(SCRATCH_KEPT);
+        }
     }
 
     /// Ends sockets missing for longer than the grace period, and forgets old ended cookies.
@@ -439,15 +523,18 @@ impl FlowTable {
         let gone: Vec<u64> = self
             .flows
             .iter()
-            .filter(|(_, e)| e.missing_since != 0 && now.saturating_sub(e.missing_since) >= grace)
+            .filter(|(_, e)| e.missing && e.missing_since.elapsed(now) >= grace)
             .map(|(c, _)| *c)
             .collect();
         for cookie in gone {
             if let Some(mut e) = self.flows.remove(&cookie) {
                 self.announce_late(cookie, &mut e, out);
+                let missing_since = now
+                    .saturating_sub(e.missing_since.elapsed(now))
+                    .max(e.last_seen);
                 // An overflow since shortly before it went missing means its event was lost.
                 let reason =
-                    if self.last_overflow != 0 && self.last_overflow + grace >= e.missing_since {
+                    if self.last_overflow != 0 && self.last_overflow + grace >= missing_since {
                         self.stats.ended_recovered += 1;
                         EndReason::Recovered
                     } else {
@@ -460,7 +547,7 @@ impl FlowTable {
                     &e,
                     FlowPhase::End,
                     now,
-                    Some((reason, e.missing_since)),
+                    Some((reason, missing_since)),
                 )));
                 self.remember_ended(cookie, now);
             }
@@ -540,7 +627,7 @@ impl FlowTable {
                     e.direction = Direction::Unknown;
                     e.scope = Scope::Unspecified;
                 }
-                e.tcp = None;
+                e.set_tcp(None);
                 if let Some(owner) = self.listener_owner_for(s.protocol, s.local) {
                     if e.direction == Direction::Inbound {
                         e.pid = owner.pid.unwrap_or(0);
@@ -553,18 +640,18 @@ impl FlowTable {
         };
         let mut reset = false;
         if let Some(info) = &s.tcp {
-            if info.is_zeroed() && entry.tcp.is_some() {
+            if info.is_zeroed() && entry.has_counters {
                 reset = true; // keep the last dumped counters
             } else {
                 let mut counters = Counters::from_info(info);
-                let fin = fin_received(entry.tcp.as_ref(), &counters, entry.state);
+                let fin = fin_received(entry.tcp(), &counters, entry.state);
                 counters.bytes_received_seq =
                     counters.bytes_received_seq.saturating_sub(u64::from(fin));
                 // Stored as payload from here on (state CLOSE means "already adjusted").
-                entry.tcp = Some(counters);
+                entry.set_tcp(Some(counters));
                 entry.state = msg::TCP_CLOSE;
             }
-            if info.is_zeroed() && entry.tcp.is_none() {
+            if info.is_zeroed() && !entry.has_counters {
                 reset = true;
             }
         }
@@ -635,9 +722,14 @@ impl FlowTable {
         } else {
             Scope::Unspecified
         };
+        let counters = s
+            .tcp
+            .as_ref()
+            .filter(|_| s.protocol == Protocol::Tcp)
+            .map(Counters::from_info);
         Entry {
-            local_ip: s.local.ip(),
-            remote_ip: s.remote.ip(),
+            local_ip: PackedIp::pack(s.local.ip()),
+            remote_ip: PackedIp::pack(s.remote.ip()),
             local_port: s.local.port(),
             remote_port: s.remote.port(),
             protocol: s.protocol,
@@ -657,13 +749,11 @@ impl FlowTable {
             start_time: 0,
             first_seen: now,
             last_seen: now,
-            last_emit: now,
-            missing_since: 0,
-            tcp: s
-                .tcp
-                .as_ref()
-                .filter(|_| s.protocol == Protocol::Tcp)
-                .map(Counters::from_info),
+            last_emit: Tick::at(now),
+            missing: false,
+            missing_since: Tick::default(),
+            has_counters: counters.is_some(),
+            counters: counters.unwrap_or_default(),
         }
     }
 
@@ -673,7 +763,7 @@ impl FlowTable {
             return;
         }
         if let Some(owner) =
-            self.listener_owner_for(e.protocol, SocketAddr::new(e.local_ip, e.local_port))
+            self.listener_owner_for(e.protocol, SocketAddr::new(e.local(), e.local_port))
         {
             e.pid = owner.pid.unwrap_or(0);
             e.start_time = owner.start_time.unwrap_or(0);
@@ -795,14 +885,14 @@ fn flow_record(
     // While alive, bytes_received_seq may include a FIN (states past CLOSE_WAIT); at END it
     // has been adjusted already.
     let fin_now = end.is_none() && matches!(e.state, 6 | 8 | 9 | 11);
-    let tcp = e.tcp.as_ref();
+    let tcp = e.tcp();
     FlowRecord {
         cookie,
         protocol: e.protocol,
         family: e.family,
-        local_addr: e.local_ip,
+        local_addr: e.local(),
         local_port: e.local_port,
-        remote_addr: connected.then_some(e.remote_ip),
+        remote_addr: connected.then(|| e.remote()),
         remote_port: connected.then_some(e.remote_port),
         direction: e.direction,
         scope: e.scope,
@@ -1100,54 +1190,73 @@ mod tests {
     fn updates_only_when_counters_move_after_the_active_timeout() {
         let mut t = FlowTable::new(
             FlowConfig {
-                active_timeout: Duration::from_nanos(100),
+                active_timeout: Duration::from_micros(100),
                 ..FlowConfig::default()
             },
             Scoper::default(),
         );
         let mut out = Vec::new();
-        let a = tcp_socket(
-            3,
-            "127.0.0.1:1",
-            "127.0.0.1:2",
-            msg::TCP_ESTABLISHED,
-            1,
-            1,
-            1,
+        let us = 1_000;
+        let sent = |bytes| {
+            tcp_socket(
+                3,
+                "127.0.0.1:1",
+                "127.0.0.1:2",
+                msg::TCP_ESTABLISHED,
+                bytes,
+                1,
+                1,
+            )
+        };
+        let mut dump = |bytes, at| {
+            t.apply_dump(&[sent(bytes)], true, at, &mut NoAttribution, &mut out);
+        };
+        dump(1, 0);
+        dump(1, 500 * us); // timeout passed, nothing moved
+        dump(50, 550 * us); // moved: update
+        dump(60, 600 * us); // moved, but 50 us after the last record
+        dump(60, 640 * us);
+        dump(60, 660 * us); // 110 us: the held change goes out
+        dump(60, 900 * us);
+        let seen: Vec<(FlowPhase, UnixNanos, Option<u64>)> = flows(&out)
+            .iter()
+            .map(|f| (f.phase, f.last_seen, f.bytes_sent))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (FlowPhase::Start, 0, Some(1)),
+                (FlowPhase::Update, 550 * us, Some(50)),
+                (FlowPhase::Update, 660 * us, Some(60)),
+            ]
         );
-        t.apply_dump(
-            std::slice::from_ref(&a),
-            true,
-            0,
-            &mut NoAttribution,
-            &mut out,
-        );
-        t.apply_dump(
-            std::slice::from_ref(&a),
-            true,
-            500,
-            &mut NoAttribution,
-            &mut out,
-        );
-        let b = tcp_socket(
-            3,
-            "127.0.0.1:1",
-            "127.0.0.1:2",
-            msg::TCP_ESTABLISHED,
-            50,
-            1,
-            1,
-        );
-        t.apply_dump(
-            std::slice::from_ref(&b),
-            true,
-            550,
-            &mut NoAttribution,
-            &mut out,
-        );
-        t.apply_dump(&[b], true, 1000, &mut NoAttribution, &mut out);
-        let phases: Vec<FlowPhase> = flows(&out).iter().map(|f| f.phase).collect();
-        assert_eq!(phases, vec![FlowPhase::Start, FlowPhase::Update]);
+    }
+
+    #[test]
+    fn deadline_ticks_read_intervals_across_their_wrap() {
+        let wrap = (1u64 << 32) * 1_000; // nanoseconds in 2^32 microseconds
+        let before = wrap - 2_000_000; // 2 ms before the tick wraps
+        let tick = Tick::at(before);
+        assert_eq!(tick.elapsed(before), 0);
+        assert_eq!(tick.elapsed(before + 5_000_000), 5_000_000);
+        // One whole wrap later the interval reads short: a deadline is late, never early.
+        assert_eq!(tick.elapsed(before + wrap + 7_000), 7_000);
+    }
+
+    #[test]
+    fn packed_addresses_come_back_as_their_family_gave_them() {
+        for (ip, family) in [
+            ("10.1.2.3", Family::Ipv4),
+            ("0.0.0.0", Family::Ipv4),
+            ("2001:db8::1", Family::Ipv6),
+            ("::ffff:10.1.2.3", Family::Ipv6),
+            ("::", Family::Ipv6),
+        ] {
+            let ip: IpAddr = ip.parse().expect("address");
+            let packed = PackedIp::pack(ip);
+            assert_eq!(packed.unpack(family), ip);
+            assert_eq!(packed.is_unspecified(), ip.is_unspecified());
+        }
     }
 
     /// A server whose accepted socket enters its fd table only after `visible_from` lookups
@@ -1321,8 +1430,9 @@ mod tests {
 
     #[test]
     fn entry_stays_compact() {
-        // The table's per-socket cost: entry + cookie key + hash-map control byte.
-        let per_socket = std::mem::size_of::<Entry>() + 8 + 1;
-        assert!(per_socket <= 200, "{per_socket} bytes per tracked socket");
+        // At 100k sockets the map holds 131,072 buckets (1.31 per socket), each a cookie,
+        // an entry and a control byte: 144 bytes keep that under the 200-byte budget.
+        let entry = FlowTable::ENTRY_BYTES;
+        assert!(entry <= 144, "{entry} bytes per map bucket");
     }
 }
