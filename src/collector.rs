@@ -16,6 +16,7 @@ use crate::flows::{ClusterCidrs, FlowConfig, FlowTable, Scoper};
 use crate::model::{now_ns, Heartbeat, Record};
 use crate::pipeline::{record_queue, RecordTx};
 use crate::procs::{exec_watch::ExecWatch, ProcessConfig, ProcessMonitor};
+use crate::sockdiag::destroy::DestroyStats;
 use crate::sockdiag::{trigger::Trigger, DestroyEvent, DestroyListener, Dumper, SocketInfo};
 use crate::telemetry;
 
@@ -64,6 +65,11 @@ pub struct Args {
     /// Destroy events buffered between the reader thread and the engine.
     #[arg(long, env = "PROCFLOW_DESTROY_QUEUE_CAPACITY", default_value_t = 16384)]
     pub destroy_queue_capacity: usize,
+    /// Receive buffer asked for the destroy-event socket, in bytes. Unprivileged, the kernel
+    /// grants at most 2 x net.core.rmem_max; a burst beyond it is an overflow (counted, then
+    /// a full dump ends the missed flows as RECOVERED).
+    #[arg(long, env = "PROCFLOW_DESTROY_RCVBUF", default_value_t = crate::sockdiag::destroy::DEFAULT_RCVBUF)]
+    pub destroy_rcvbuf: usize,
     /// Do not wake on execs (inotify opens of the loaders and bin directories); processes
     /// are then found by the timed checks alone.
     #[arg(long, env = "PROCFLOW_NO_EXEC_WAKEUPS")]
@@ -106,6 +112,7 @@ pub struct EngineConfig {
     pub flows: FlowConfig,
     pub cluster_cidrs: ClusterCidrs,
     pub destroy_queue_capacity: usize,
+    pub destroy_rcvbuf: usize,
     pub processes: Option<ProcessConfig>,
     pub exec_wakeups: bool,
     pub heartbeat_interval: Duration,
@@ -125,6 +132,7 @@ impl From<&Args> for EngineConfig {
             },
             cluster_cidrs: a.cluster_cidrs.clone(),
             destroy_queue_capacity: a.destroy_queue_capacity,
+            destroy_rcvbuf: a.destroy_rcvbuf,
             processes: (!a.no_processes).then(|| ProcessConfig {
                 proc_root: a.proc_root.clone(),
                 sweep_interval: a.process_sweep_interval,
@@ -153,14 +161,17 @@ pub struct SocketMonitor {
     last_dump: Option<Instant>,
     last_dump_cost: Duration,
     resync: bool,
+    /// [`DestroyStats::losses`] when last looked at.
+    losses_seen: u64,
 }
 
 impl SocketMonitor {
     /// Opens the netlink sockets and joins the destroy groups; no dump yet.
     pub fn new(config: &EngineConfig) -> anyhow::Result<Self> {
         let dumper = Dumper::open().context("opening sock_diag")?;
-        let (destroy, destroy_rx) = DestroyListener::start(config.destroy_queue_capacity)
-            .context("joining the sock_diag destroy groups")?;
+        let (destroy, destroy_rx) =
+            DestroyListener::start(config.destroy_queue_capacity, config.destroy_rcvbuf)
+                .context("joining the sock_diag destroy groups")?;
         tracing::info!(
             rcvbuf = destroy.rcvbuf,
             "listening for socket destroy events"
@@ -181,6 +192,7 @@ impl SocketMonitor {
             last_dump: None,
             last_dump_cost: Duration::ZERO,
             resync: false,
+            losses_seen: 0,
         })
     }
 
@@ -272,6 +284,18 @@ impl SocketMonitor {
                 }
             }
         }
+        let losses = self.destroy.stats.losses();
+        // Destroy events were lost (an `Overflow` event may itself have been): resynchronise
+        // with a full dump, and end the flows that went missing meanwhile as `RECOVERED`.
+        if losses != self.losses_seen {
+            self.losses_seen = losses;
+            self.table.note_overflow(now_ns());
+            self.resync = true;
+        }
+    }
+
+    pub fn destroy_stats(&self) -> &DestroyStats {
+        &self.destroy.stats
     }
 
     /// Applies the destroy events already received and ends every live flow.
@@ -401,6 +425,7 @@ pub fn heartbeat(
     tx: &RecordTx,
 ) -> Heartbeat {
     let f = sockets.table().stats();
+    let d = sockets.destroy_stats();
     let mut counters = vec![
         ("flows_started".to_owned(), f.started),
         ("flows_updated".to_owned(), f.updated),
@@ -414,6 +439,18 @@ pub fn heartbeat(
         ),
         ("flows_duplicate_ends".to_owned(), f.duplicate_ends),
         ("listeners_started".to_owned(), f.listeners_started),
+        (
+            "destroy_overflows".to_owned(),
+            d.overflows.load(Ordering::Relaxed),
+        ),
+        (
+            "destroy_events_lost".to_owned(),
+            d.events_lost.load(Ordering::Relaxed),
+        ),
+        (
+            "destroy_queue_dropped".to_owned(),
+            d.queue_dropped.load(Ordering::Relaxed),
+        ),
         ("flows_reattributed".to_owned(), f.reattributed),
         (
             "queue_sent".to_owned(),

@@ -4,14 +4,15 @@
 //! A dedicated thread reads it and never blocks on anything else: events go into a bounded
 //! channel (drops counted). When the kernel itself drops events (`ENOBUFS`), the exact count
 //! from `SO_MEMINFO` is sent as [`DestroyEvent::Overflow`] so the engine resynchronises with a
-//! full dump.
+//! full dump. Every loss is also counted in [`DestroyStats`], which the engine reads too: an
+//! `Overflow` that finds the channel full is itself lost, the count is not.
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
@@ -26,11 +27,13 @@ const SKNLGRP_INET_UDP_DESTROY: u32 = 2;
 const SKNLGRP_INET6_TCP_DESTROY: u32 = 3;
 const SKNLGRP_INET6_UDP_DESTROY: u32 = 4;
 
-/// Asked-for receive buffer; unprivileged sockets get at most 2 × `net.core.rmem_max`.
-const WANTED_RCVBUF: usize = 32 * 1024 * 1024;
+/// Default receive buffer asked for; unprivileged sockets get at most 2 × `net.core.rmem_max`.
+pub const DEFAULT_RCVBUF: usize = 32 * 1024 * 1024;
 const RECV_BUF: usize = 64 * 1024;
 /// How often the reader looks at its stop flag while idle.
 const STOP_POLL: Duration = Duration::from_millis(500);
+/// After the first overflow is logged, later ones are summed into one line at most this often.
+const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(60);
 
 // `Destroyed` is the common variant: boxing it would allocate once per event.
 #[allow(clippy::large_enum_variant)]
@@ -46,21 +49,44 @@ pub enum DestroyEvent {
     },
 }
 
+/// What the reader lost, for the collector's heartbeat (the metrics count the same).
+#[derive(Debug, Default)]
+pub struct DestroyStats {
+    /// Times the kernel reported `ENOBUFS` on the stream.
+    pub overflows: AtomicU64,
+    /// Events the kernel dropped (`SO_MEMINFO` drop count; at least one per overflow).
+    pub events_lost: AtomicU64,
+    /// Events dropped because the engine's queue was full.
+    pub queue_dropped: AtomicU64,
+}
+
+impl DestroyStats {
+    /// Moves whenever events were lost, by the kernel or on the way to the engine.
+    pub fn losses(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed) + self.queue_dropped.load(Ordering::Relaxed)
+    }
+}
+
 /// Handle on the reader thread; dropping it does not stop the thread, `stop` does.
 pub struct DestroyListener {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Receive buffer the kernel granted.
     pub rcvbuf: usize,
+    pub stats: Arc<DestroyStats>,
 }
 
 impl DestroyListener {
     /// Joins the four destroy groups and starts the reader thread. Events arrive on the
-    /// returned channel, which holds at most `capacity` events.
-    pub fn start(capacity: usize) -> io::Result<(DestroyListener, Receiver<DestroyEvent>)> {
+    /// returned channel, which holds at most `capacity` events; the socket asks for a
+    /// receive buffer of `rcvbuf` bytes.
+    pub fn start(
+        capacity: usize,
+        rcvbuf: usize,
+    ) -> io::Result<(DestroyListener, Receiver<DestroyEvent>)> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
         socket.bind_auto()?;
-        let rcvbuf = crate::sys::net::grow_receive_buffer(socket.as_fd(), WANTED_RCVBUF)?;
+        let rcvbuf = crate::sys::net::set_receive_buffer(socket.as_fd(), rcvbuf)?;
         crate::sys::net::set_receive_timeout(socket.as_fd(), STOP_POLL)?;
         for group in [
             SKNLGRP_INET_TCP_DESTROY,
@@ -72,17 +98,20 @@ impl DestroyListener {
         }
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(DestroyStats::default());
         let thread = std::thread::Builder::new()
             .name("destroy-events".into())
             .spawn({
                 let stop = stop.clone();
-                move || read_loop(socket, tx, stop)
+                let stats = stats.clone();
+                move || read_loop(socket, tx, stop, &stats)
             })?;
         Ok((
             DestroyListener {
                 stop,
                 thread: Some(thread),
                 rcvbuf,
+                stats,
             },
             rx,
         ))
@@ -102,10 +131,16 @@ impl Drop for DestroyListener {
     }
 }
 
-fn read_loop(socket: Socket, tx: Sender<DestroyEvent>, stop: Arc<AtomicBool>) {
+fn read_loop(
+    socket: Socket,
+    tx: Sender<DestroyEvent>,
+    stop: Arc<AtomicBool>,
+    stats: &DestroyStats,
+) {
     let mut buf = Vec::with_capacity(RECV_BUF);
     let mut kernel_drops_seen = 0u32;
     let mut warned_full = false;
+    let mut overflow_log = OverflowLog::default();
     while !stop.load(Ordering::Relaxed) {
         buf.clear();
         let (len, from) = match socket.recv_from(&mut buf, 0) {
@@ -126,11 +161,15 @@ fn read_loop(socket: Socket, tx: Sender<DestroyEvent>, stop: Arc<AtomicBool>) {
                 let lost = u64::from(drops.wrapping_sub(kernel_drops_seen)).max(1);
                 kernel_drops_seen = drops;
                 metrics::counter!(telemetry::DESTROY_OVERFLOW_LOST).increment(lost);
-                tracing::warn!(
-                    lost,
-                    "destroy-event stream overflowed (ENOBUFS): resynchronising with a full dump"
+                stats.overflows.fetch_add(1, Ordering::Relaxed);
+                stats.events_lost.fetch_add(lost, Ordering::Relaxed);
+                overflow_log.note(lost, Instant::now());
+                send(
+                    &tx,
+                    DestroyEvent::Overflow { lost },
+                    &mut warned_full,
+                    stats,
                 );
-                send(&tx, DestroyEvent::Overflow { lost }, &mut warned_full);
                 continue;
             }
             Err(error) => {
@@ -164,6 +203,7 @@ fn read_loop(socket: Socket, tx: Sender<DestroyEvent>, stop: Arc<AtomicBool>) {
                         &tx,
                         DestroyEvent::Destroyed { socket, at },
                         &mut warned_full,
+                        stats,
                     );
                 }
                 Err(error) => {
@@ -180,11 +220,47 @@ fn bit(group: u32) -> u32 {
     1 << (group - 1)
 }
 
-fn send(tx: &Sender<DestroyEvent>, event: DestroyEvent, warned_full: &mut bool) {
+/// Logs the first overflow at once and later ones as one summed line per
+/// [`OVERFLOW_LOG_EVERY`]: a stream that overflows under load must not flood the log too.
+#[derive(Default)]
+struct OverflowLog {
+    last_logged: Option<Instant>,
+    overflows_since: u64,
+    lost_since: u64,
+}
+
+impl OverflowLog {
+    fn note(&mut self, lost: u64, now: Instant) {
+        self.overflows_since += 1;
+        self.lost_since += lost;
+        let due = self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= OVERFLOW_LOG_EVERY);
+        if !due {
+            return;
+        }
+        tracing::warn!(
+            overflows = self.overflows_since,
+            lost = self.lost_since,
+            "destroy-event stream overflowed (ENOBUFS): events lost, resynchronising with a full dump (flows that went missing end as RECOVERED)"
+        );
+        self.last_logged = Some(now);
+        self.overflows_since = 0;
+        self.lost_since = 0;
+    }
+}
+
+fn send(
+    tx: &Sender<DestroyEvent>,
+    event: DestroyEvent,
+    warned_full: &mut bool,
+    stats: &DestroyStats,
+) {
     match tx.try_send(event) {
         Ok(()) => *warned_full = false,
         Err(TrySendError::Full(_)) => {
             metrics::counter!(telemetry::DESTROY_QUEUE_DROPPED).increment(1);
+            stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
             if !*warned_full {
                 *warned_full = true;
                 tracing::warn!("destroy-event queue full: dropping events (counted; flows end by disappearance instead)");

@@ -33,7 +33,7 @@ pub fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
 /// Sets the receive buffer past `net.core.rmem_max` (needs CAP_NET_ADMIN), falling back to
 /// the unprivileged `SO_RCVBUF` (capped by the kernel at 2 × rmem_max). Returns the size
 /// the kernel granted.
-pub fn grow_receive_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+pub fn set_receive_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     if set_int(fd, libc::SO_RCVBUFFORCE, want).is_err() {
         set_int(fd, libc::SO_RCVBUF, want)?;

@@ -390,3 +390,183 @@ fn direction_and_scope_across_namespaces() {
         .all(|f| f.local_addr.to_string() != "10.200.0.2"
             && f.local_addr.to_string() != "203.0.113.2"));
 }
+
+/// Holds `held` loopback connections with known bytes (client sends 100 + i, server 200 + i)
+/// and prints the listener port and the clients' ports. On the first line of stdin it churns
+/// `churn` connections, then closes the held ones, and prints "closed".
+const OVERFLOW_WORKLOAD_PY: &str = r#"
+import socket, sys
+held, churn = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1024)
+port = srv.getsockname()[1]
+pairs = []
+for i in range(held):
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = srv.accept()
+    for (tx, rx, n, m) in ((c, a, 100 + i, b"u"), (a, c, 200 + i, b"d")):
+        tx.sendall(m * n)
+        got = 0
+        while got < n:
+            got += len(rx.recv(65536))
+    pairs.append((c, a))
+print(port, *[c.getsockname()[1] for c, _ in pairs], flush=True)
+sys.stdin.readline()
+for _ in range(churn):
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = srv.accept()
+    c.close()
+    a.close()
+for c, a in pairs:
+    c.close()
+    a.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"#;
+
+/// The destroy stream overflows for real: the collector (as `nobody`, in a namespace of its
+/// own, with a tiny destroy-socket buffer) is stopped while connections churn and then the
+/// held ones close, so the kernel drops their destroy events. After it resumes, the loss is
+/// counted and every held socket still ends once, as RECOVERED, with its bytes.
+#[test]
+fn destroy_stream_overflow_is_counted_and_missed_flows_end_recovered() {
+    use std::io::{BufRead, BufReader};
+
+    const HELD: usize = 20;
+    const CHURN: usize = 400;
+    let ns = Netns::new("ovf", &["a"]);
+    let mut workload = Command::new("ip")
+        .args(["netns", "exec", ns.name(0), "/usr/bin/python3", "-c"])
+        .args([OVERFLOW_WORKLOAD_PY, &HELD.to_string(), &CHURN.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn workload");
+    let mut lines = BufReader::new(workload.stdout.take().expect("stdout")).lines();
+    let mut stdin = workload.stdin.take().expect("stdin");
+    let ports: Vec<u16> = lines
+        .next()
+        .expect("workload ports")
+        .expect("read ports")
+        .split_whitespace()
+        .map(|p| p.parse().expect("port"))
+        .collect();
+    let (server_port, client_ports) = (ports[0], &ports[1..]);
+    assert_eq!(client_ports.len(), HELD);
+
+    let collector = Collector::start(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            ns.name(0),
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+        ],
+        &[
+            "--poll-interval",
+            "100ms",
+            "--no-processes",
+            "--destroy-rcvbuf",
+            "4096",
+        ],
+    );
+    thread::sleep(Duration::from_millis(300));
+    collector.signal("STOP");
+    writeln!(stdin, "go").expect("signal workload");
+    let closed = lines.next().expect("workload closed").expect("read");
+    assert_eq!(closed, "closed");
+    collector.signal("CONT");
+    // The resynchronising dump, then the vanish grace (1 s) and a few polls.
+    thread::sleep(Duration::from_millis(2_500));
+    let records = collector.stop();
+    let _ = writeln!(stdin, "end");
+    let _ = workload.wait();
+
+    let heartbeat = records
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::Heartbeat(h) => Some(h),
+            _ => None,
+        })
+        .expect("a final heartbeat");
+    let counter = |name: &str| {
+        heartbeat
+            .counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("heartbeat has no {name}: {:?}", heartbeat.counters))
+    };
+    assert!(
+        counter("destroy_overflows") >= 1,
+        "{:?}",
+        heartbeat.counters
+    );
+    assert!(
+        counter("destroy_events_lost") >= 1,
+        "{:?}",
+        heartbeat.counters
+    );
+
+    let flows = flows(&records);
+    let mut recovered = 0;
+    for (i, &client_port) in client_ports.iter().enumerate() {
+        let (up, down) = (100 + i as u64, 200 + i as u64);
+        // (local port, remote port, bytes sent, bytes received) of both ends.
+        for (local, remote, sent, received) in [
+            (client_port, server_port, up, down),
+            (server_port, client_port, down, up),
+        ] {
+            let mine: Vec<&&FlowRecord> = flows
+                .iter()
+                .filter(|f| f.local_port == local && f.remote_port == Some(remote))
+                .collect();
+            let ends: Vec<_> = mine.iter().filter(|f| f.phase == FlowPhase::End).collect();
+            assert_eq!(
+                count_phase(
+                    &mine.iter().map(|f| **f).collect::<Vec<_>>(),
+                    FlowPhase::Start
+                ),
+                1,
+                "{local}->{remote}: {mine:?}"
+            );
+            assert_eq!(ends.len(), 1, "{local}->{remote}: {mine:?}");
+            let end = ends[0];
+            assert!(
+                matches!(
+                    end.end_reason,
+                    EndReason::Recovered | EndReason::DestroyEvent
+                ),
+                "a lost destroy event must end as RECOVERED, not {:?}",
+                end.end_reason
+            );
+            recovered += usize::from(end.end_reason == EndReason::Recovered);
+            assert_eq!(
+                (end.bytes_sent, end.bytes_received),
+                (Some(sent), Some(received)),
+                "{local}->{remote}"
+            );
+        }
+    }
+    assert!(
+        recovered > 0,
+        "the held sockets closed into a full buffer: some ENDs must be RECOVERED"
+    );
+    // Every socket that died (both ends of each churned and held connection; the listener
+    // lives on) is accounted for: its event was delivered, or counted as lost by the kernel.
+    let delivered = counter("flows_ended_destroy_event") + counter("flows_duplicate_ends");
+    assert_eq!(
+        delivered + counter("destroy_events_lost"),
+        2 * (CHURN + HELD) as u64,
+        "{:?}",
+        heartbeat.counters
+    );
+}

@@ -64,6 +64,11 @@ impl Collector {
         Collector { child, lines }
     }
 
+    /// Sends the collector a signal by its PID (e.g. STOP and CONT to stall its readers).
+    pub fn signal(&self, signal: &str) {
+        sh(&["kill", &format!("-{signal}"), &self.child.id().to_string()]);
+    }
+
     /// Stops the collector with SIGTERM (it ends live flows and drains) and returns every record.
     pub fn stop(mut self) -> Vec<Record> {
         let status = Command::new("kill")
