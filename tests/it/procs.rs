@@ -12,7 +12,7 @@ use procflow::model::{
     Attribution, Direction, FlowPhase, ProcessPhase, ProcessRecord, Record, Unavailable,
 };
 
-use crate::util::{flows, Collector};
+use crate::util::{flows, Collector, UNPRIVILEGED};
 
 fn processes(records: &[Record]) -> Vec<&ProcessRecord> {
     records
@@ -23,16 +23,6 @@ fn processes(records: &[Record]) -> Vec<&ProcessRecord> {
         })
         .collect()
 }
-
-const UNPRIVILEGED: [&str; 7] = [
-    "setpriv",
-    "--reuid=nobody",
-    "--regid=nogroup",
-    "--clear-groups",
-    "--inh-caps=-all",
-    "--bounding-set=-all",
-    "--no-new-privs",
-];
 
 #[test]
 fn short_chain_has_lineage_and_exits() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use procflow::model::{Direction, EndReason, FlowPhase, FlowRecord, Record, Scope};
 
-use crate::util::{count_phase, flows, Collector, Netns};
+use crate::util::{count_phase, flows, Collector, Netns, UNPRIVILEGED};
 
 /// One connection of the workload: bytes each way and how long it stays open.
 #[derive(Clone, Copy)]
@@ -195,18 +195,7 @@ fn every_loopback_connection_ends_once_with_exact_bytes() {
 
 #[test]
 fn unprivileged_collector_sees_flows_and_destroy_events() {
-    let collector = Collector::start(
-        &[
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-        ],
-        &["--poll-interval", "100ms"],
-    );
+    let collector = Collector::start(&UNPRIVILEGED, &["--poll-interval", "100ms"]);
     let long = Duration::from_millis(300);
     let conns = [
         Conn {
@@ -455,20 +444,12 @@ fn destroy_stream_overflow_is_counted_and_missed_flows_end_recovered() {
     let (server_port, client_ports) = (ports[0], &ports[1..]);
     assert_eq!(client_ports.len(), HELD);
 
+    let in_namespace_unprivileged: Vec<&str> = ["ip", "netns", "exec", ns.name(0)]
+        .into_iter()
+        .chain(UNPRIVILEGED)
+        .collect();
     let collector = Collector::start(
-        &[
-            "ip",
-            "netns",
-            "exec",
-            ns.name(0),
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-        ],
+        &in_namespace_unprivileged,
         &[
             "--poll-interval",
             "100ms",

@@ -12,6 +12,17 @@ pub fn procflow_bin() -> &'static str {
     env!("CARGO_BIN_EXE_procflow")
 }
 
+/// Runs a command as `nobody` with no capabilities at all (prefix for [`Collector::start`]).
+pub const UNPRIVILEGED: [&str; 7] = [
+    "setpriv",
+    "--reuid=nobody",
+    "--regid=nogroup",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+    "--no-new-privs",
+];
+
 /// A collector process whose stdout (JSON lines) is collected until it stops.
 pub struct Collector {
     child: Child,
