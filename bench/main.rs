@@ -388,9 +388,11 @@ fn start_collector(extra: &[&str]) -> anyhow::Result<CollectorProc> {
     launch_collector(command, false)
 }
 
-/// The collector as in an idle pod: its own pid and network namespaces (/proc remounted),
-/// beside two idle "app" processes; it is the namespace's first process, as the pause
-/// container would be.
+/// The collector as in the idle pod of the target: its own pid and network namespaces
+/// (/proc remounted) with about 20 processes and 50 sockets: 17 sleeping processes and an
+/// app process holding 25 loopback connections (50 sockets and its listener), fed by one
+/// more sleeper. The collector is the namespace's first process, as the pause container
+/// would be.
 fn start_collector_in_pod(extra: &[&str]) -> anyhow::Result<CollectorProc> {
     let mut command = Command::new("unshare");
     command
@@ -403,12 +405,25 @@ fn start_collector_in_pod(extra: &[&str]) -> anyhow::Result<CollectorProc> {
             "--",
             "sh",
             "-c",
-            "sleep 3600 & sleep 3600 & exec \"$0\" collector \"$@\"",
+            IDLE_POD_SCRIPT,
         ])
         .arg(procflow_bin())
+        .arg(std::env::current_exe()?)
+        .arg(IDLE_POD_CONNECTIONS.to_string())
         .args(extra);
     launch_collector(command, true)
 }
+
+/// Held loopback connections of the idle pod's app (two sockets each).
+const IDLE_POD_CONNECTIONS: usize = 25;
+
+/// `$0` the collector, `$1` this bench (its `worker-hold` is the app), `$2` the connections;
+/// the rest are the collector's flags.
+const IDLE_POD_SCRIPT: &str = r#"bench=$1; connections=$2; shift 2
+ip link set lo up || exit 1
+for i in $(seq 17); do sleep 3600 & done
+sleep 3600 | "$bench" worker-hold "$connections" 127.0.0.1 >/dev/null &
+exec "$0" collector "$@""#;
 
 fn launch_collector(mut command: Command, wrapped: bool) -> anyhow::Result<CollectorProc> {
     let dir = tempfile::tempdir()?;
@@ -456,6 +471,18 @@ impl CollectorProc {
         let f: Vec<&str> = after.split_whitespace().collect();
         f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
             + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    }
+
+    /// CPU time of all its live threads in nanoseconds, from the scheduler's own clock
+    /// (`/proc/PID/task/*/schedstat`); the tick-sampled `utime + stime` is too coarse for an
+    /// idle process. `None` where the kernel does not expose it.
+    fn cpu_runtime_ns(&self) -> Option<u64> {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()? {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(total)
     }
 
     fn peak_rss_kib(&self) -> u64 {
@@ -1160,10 +1187,40 @@ const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
 fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()> {
     // The profile the target is for: an idle pod (own pid and network namespaces).
-    let (cpu, rss) = idle_cost(start_collector_in_pod(&["--output", "stdout"])?, secs)?;
+    let (cpu, rss, records) = idle_cost(start_collector_in_pod(&["--output", "stdout"])?, secs)?;
+    // What the pod held, as the collector saw it (the target's pod: about 20 and 50).
+    let processes: std::collections::HashSet<u32> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Process(p) => Some(p.pid),
+            _ => None,
+        })
+        .collect();
+    let sockets: std::collections::HashSet<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(f.cookie),
+            Record::Listener(l) => Some(l.cookie),
+            _ => None,
+        })
+        .collect();
     report.add(
         "idle pod",
-        "collector CPU (own pid+net ns, 2 idle apps)",
+        "processes in the pod",
+        processes.len() as f64,
+        "procs",
+        None,
+    );
+    report.add(
+        "idle pod",
+        "sockets in the pod",
+        sockets.len() as f64,
+        "sockets",
+        None,
+    );
+    report.add(
+        "idle pod",
+        "collector CPU (own pid+net ns)",
         cpu,
         "% core",
         Some(("<=0.5%", cpu <= 0.5)),
@@ -1182,7 +1239,7 @@ fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()> {
                 .is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
         })
         .count();
-    let (cpu, rss) = idle_cost(start_collector(&["--output", "stdout"])?, secs)?;
+    let (cpu, rss, _) = idle_cost(start_collector(&["--output", "stdout"])?, secs)?;
     report.add(
         "idle host",
         "processes on the host",
@@ -1196,15 +1253,22 @@ fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()> {
 }
 
 /// CPU (% of one core) and peak RSS (MiB) of a collector left alone for `secs`, after
-/// the start-up (first sweep and dump, a second of fast ticks) has settled.
-fn idle_cost(collector: CollectorProc, secs: u64) -> anyhow::Result<(f64, f64)> {
+/// the start-up (first sweep and dump, a second of fast ticks) has settled; and its records.
+fn idle_cost(collector: CollectorProc, secs: u64) -> anyhow::Result<(f64, f64, Vec<Record>)> {
     std::thread::sleep(IDLE_SETTLE);
-    let cpu0 = collector.cpu_ticks();
+    let (ticks0, runtime0) = (collector.cpu_ticks(), collector.cpu_runtime_ns());
+    let started = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
-    let cpu = (collector.cpu_ticks() - cpu0) as f64 / ticks_per_sec() / secs as f64 * 100.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = match (runtime0, collector.cpu_runtime_ns()) {
+        (Some(before), Some(after)) if after >= before => {
+            (after - before) as f64 / 1e9 / elapsed * 100.0
+        }
+        _ => (collector.cpu_ticks() - ticks0) as f64 / ticks_per_sec() / elapsed * 100.0,
+    };
     let rss = collector.peak_rss_kib() as f64 / 1024.0;
-    collector.stop()?;
-    Ok((cpu, rss))
+    let records = collector.stop()?;
+    Ok((cpu, rss, records))
 }
 
 /// A typical flow END record for the pipeline scenarios.

@@ -46,10 +46,16 @@ pub struct Args {
     /// How often the cheap change checks (/proc/net/sockstat, /proc/net/snmp, /proc/loadavg) run while anything happens.
     #[arg(long, env = "PROCFLOW_TRIGGER_INTERVAL", default_value = "5ms", value_parser = parse_duration)]
     pub trigger_interval: Duration,
-    /// The checks back off to this interval while nothing changes (an idle pod costs less; a
-    /// connection opened after a quiet spell is seen within this long).
+    /// The checks back off to this interval while nothing changes, for 5 s (a connection
+    /// opened after a short quiet spell is seen within this long).
     #[arg(long, env = "PROCFLOW_IDLE_INTERVAL", default_value = "40ms", value_parser = parse_duration)]
     pub idle_interval: Duration,
+    /// After 5 s without any change the checks back off further, to this interval. Only a
+    /// connection that a long-running process opens after such a quiet spell waits this
+    /// long to be seen alive (a new process wakes the collector at once through its exec);
+    /// its destroy event reports it in any case. Wake-ups are most of an idle pod's cost.
+    #[arg(long, env = "PROCFLOW_DEEP_IDLE_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub deep_idle_interval: Duration,
     /// A flow's counters are re-reported (UPDATE) at most this often, and only if they moved.
     #[arg(long, env = "PROCFLOW_ACTIVE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub active_timeout: Duration,
@@ -74,6 +80,11 @@ pub struct Args {
     /// are then found by the timed checks alone.
     #[arg(long, env = "PROCFLOW_NO_EXEC_WAKEUPS")]
     pub no_exec_wakeups: bool,
+    /// The tick an exec wakes waits this long: the watched open comes early in the exec,
+    /// before the new image's argv, credentials and name are in place; and an exec storm
+    /// then costs a bounded share of a core.
+    #[arg(long, env = "PROCFLOW_EXEC_SETTLE", default_value = "1ms", value_parser = parse_duration)]
+    pub exec_settle: Duration,
     /// Do not watch processes (and attribute no socket to one).
     #[arg(long, env = "PROCFLOW_NO_PROCESSES")]
     pub no_processes: bool,
@@ -109,12 +120,14 @@ pub struct EngineConfig {
     pub idle_poll_interval: Duration,
     pub trigger_interval: Duration,
     pub idle_interval: Duration,
+    pub deep_idle_interval: Duration,
     pub flows: FlowConfig,
     pub cluster_cidrs: ClusterCidrs,
     pub destroy_queue_capacity: usize,
     pub destroy_rcvbuf: usize,
     pub processes: Option<ProcessConfig>,
     pub exec_wakeups: bool,
+    pub exec_settle: Duration,
     pub heartbeat_interval: Duration,
 }
 
@@ -125,6 +138,10 @@ impl From<&Args> for EngineConfig {
             idle_poll_interval: a.idle_poll_interval.max(a.poll_interval),
             trigger_interval: a.trigger_interval,
             idle_interval: a.idle_interval.max(a.trigger_interval),
+            deep_idle_interval: a
+                .deep_idle_interval
+                .max(a.idle_interval)
+                .max(a.trigger_interval),
             flows: FlowConfig {
                 active_timeout: a.active_timeout,
                 vanish_grace: a.vanish_grace,
@@ -141,6 +158,7 @@ impl From<&Args> for EngineConfig {
                 ..ProcessConfig::default()
             }),
             exec_wakeups: !a.no_exec_wakeups,
+            exec_settle: a.exec_settle,
             heartbeat_interval: a.heartbeat_interval,
         }
     }
@@ -312,11 +330,6 @@ const QUIET_AFTER: Duration = Duration::from_secs(5);
 /// How long the engine keeps ticking fast after the last sign of activity.
 const ACTIVE_HOLD: Duration = Duration::from_secs(1);
 
-/// The tick an exec wakes waits this long: the watched open comes early in the exec, before
-/// the new image's argv, credentials and name are in place (read at once, a process shows an
-/// empty command line); and an exec storm costs a bounded share of a core.
-const AFTER_EXEC_WAKE: Duration = Duration::from_millis(1);
-
 /// Runs the engine loop until `stop` is set: ticks every `trigger_interval`, pushes records
 /// into `tx`. On stop, ends live flows and returns.
 pub fn run_engine(
@@ -350,10 +363,13 @@ pub fn run_engine(
         if !out.is_empty() {
             last_activity = Instant::now();
         }
-        interval = if last_activity.elapsed() < ACTIVE_HOLD {
+        let quiet = last_activity.elapsed();
+        interval = if quiet < ACTIVE_HOLD {
             config.trigger_interval
-        } else {
+        } else if quiet < QUIET_AFTER {
             (interval * 2).min(config.idle_interval)
+        } else {
+            (interval * 2).min(config.deep_idle_interval)
         };
         if last_heartbeat.elapsed() >= config.heartbeat_interval {
             last_heartbeat = Instant::now();
@@ -373,7 +389,7 @@ pub fn run_engine(
         // engine busy, while an exec elsewhere that shares the watched files costs one tick.
         if watch.wait(interval) {
             metrics::counter!(telemetry::EXEC_WAKEUPS).increment(1);
-            std::thread::sleep(AFTER_EXEC_WAKE);
+            std::thread::sleep(config.exec_settle);
         }
     }
     // A last sweep reports the exits since the previous one.
