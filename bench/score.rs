@@ -131,6 +131,9 @@ pub fn score_flows(truth: &[TruthConn], records: &[Record]) -> FlowScore {
                 score.exact_bytes += 1;
             }
         }
+        if !unmatched.is_empty() && std::env::var_os("PF_BENCH_DEBUG").is_some() {
+            eprintln!("inexact bytes on {key:?}: expected {conns:?}, unmatched ENDs {unmatched:?}");
+        }
         // Attribution by lifetime: with reuse, the pair's STARTs are shared among its connections.
         let (started, fd) = starts.get(key).copied().unwrap_or((0, 0));
         score.started += started.min(n);
