@@ -360,7 +360,7 @@ impl ProcessMonitor {
             stdio_is_socket: None,
             stdio_socket_inodes: Vec::new(),
         };
-        self.fill_details(&mut record);
+        self.fill_details(&mut record, true);
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);
         self.stats.started += 1;
         self.new_since_last += 1;
@@ -396,7 +396,10 @@ impl ProcessMonitor {
         p.record.tty = (stat.tty_nr != 0).then_some(stat.tty_nr);
         p.record.session_id = stat.session;
         p.record.pgid = stat.pgrp;
-        self.fill_details(&mut p.record);
+        // An exec does not move a process between cgroups: a known container is kept (a
+        // process first read before its runtime moved it into one is read again).
+        let reread_cgroup = p.record.container_id.is_none();
+        self.fill_details(&mut p.record, reread_cgroup);
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
         p.fd_count = None;
         self.stats.execs += 1;
@@ -463,6 +466,10 @@ impl ProcessMonitor {
                 }
                 Some(_) => i += 1,
                 None => {
+                    // Unreachable by construction: an exit or exec releases a held record
+                    // before the process leaves `live`.
+                    debug_assert!(false, "held record of pid {pid} without its process");
+                    tracing::warn!(pid, "dropping a held process record whose process is gone");
                     self.held.swap_remove(i);
                 }
             }
@@ -533,8 +540,9 @@ impl ProcessMonitor {
         Some(parse::parse_cmdline(&self.buf))
     }
 
-    /// Fills what needs more reads: ids, argv, identity, and the ptrace-guarded exe, cwd, stdio.
-    fn fill_details(&mut self, r: &mut ProcessRecord) {
+    /// Fills what needs more reads: ids, argv, identity (with `cgroup`), and the
+    /// ptrace-guarded exe, cwd, stdio.
+    fn fill_details(&mut self, r: &mut ProcessRecord, cgroup: bool) {
         let dir = self.config.proc_root.join(r.pid.to_string());
         if read_into(&dir.join("status"), &mut self.buf, 16 * 1024).is_ok() {
             if let Some(ids) = parse::parse_status(&self.buf) {
@@ -544,7 +552,7 @@ impl ProcessMonitor {
         if let Some(argv) = self.read_argv(r.pid) {
             r.argv = argv;
         }
-        if read_into(&dir.join("cgroup"), &mut self.buf, 16 * 1024).is_ok() {
+        if cgroup && read_into(&dir.join("cgroup"), &mut self.buf, 16 * 1024).is_ok() {
             let identity = parse::parse_cgroup(&self.buf);
             r.container_id = identity.container_id;
             r.pod_uid = identity.pod_uid.or_else(|| self.pod_uid_env.clone());
@@ -682,6 +690,38 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_exec_keeps_a_known_container_and_reads_an_unknown_one() {
+        let id = |c: char| c.to_string().repeat(64);
+        let scope = |c: char| format!("0::/kubepods.slice/cri-containerd-{}.scope\n", id(c));
+        let proc = FakeProc::new();
+        proc.process(4242, "sh", b"sh\0");
+        proc.process(4243, "runc:[2:INIT]", b"runc\0init\0");
+        let dir = |pid: u32| proc.root.path().join(pid.to_string());
+        fs::write(dir(4242).join("cgroup"), scope('a')).expect("cgroup");
+        fs::write(dir(4243).join("cgroup"), "0::/\n").expect("cgroup"); // not moved yet
+        let (mut monitor, _) = proc.swept();
+        // Both exec. Only the process without a container has its cgroup read again (the
+        // other file changes only to show that it is not read).
+        proc.process(4242, "curl", b"curl\0");
+        proc.process(4243, "app", b"app\0");
+        fs::write(dir(4242).join("cgroup"), scope('b')).expect("cgroup");
+        fs::write(dir(4243).join("cgroup"), scope('c')).expect("cgroup");
+        let mut out = Vec::new();
+        monitor.sweep(2, &mut out);
+        let containers: HashMap<u32, Option<String>> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Process(p) if p.phase == ProcessPhase::Exec => {
+                    Some((p.pid, p.container_id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(containers.get(&4242), Some(&Some(id('a'))), "{out:?}");
+        assert_eq!(containers.get(&4243), Some(&Some(id('c'))), "{out:?}");
     }
 
     #[test]
