@@ -682,7 +682,7 @@ impl Engine {
             _ => None,
         };
         let out = match make_ctx(&event.record, owner) {
-            Some((_, ctx)) => self.evaluate_in(event, &ctx, &source.workload, now),
+            Some((_, ctx)) => self.evaluate_in(event, &ctx, &source.workload, &procs, now),
             None => Vec::new(),
         };
         self.procs.by_slot = procs;
@@ -695,13 +695,14 @@ impl Engine {
         event: &Event,
         ctx: &Ctx<'_>,
         workload: &str,
+        procs: &[FastMap<u32, ProcessRecord>],
         now: UnixNanos,
     ) -> Vec<AlertRecord> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.hits.clear();
         scratch.rendered.clear();
         self.matching_rules(ctx, &event.record, &mut scratch.hits);
-        let out = self.apply_hits(event, ctx, workload, now, &mut scratch);
+        let out = self.apply_hits(event, ctx, workload, procs, now, &mut scratch);
         self.scratch = scratch;
         out
     }
@@ -711,6 +712,7 @@ impl Engine {
         event: &Event,
         ctx: &Ctx<'_>,
         workload: &str,
+        procs: &[FastMap<u32, ProcessRecord>],
         now: UnixNanos,
         scratch: &mut Scratch,
     ) -> Vec<AlertRecord> {
@@ -719,6 +721,7 @@ impl Engine {
         for &index in &scratch.hits {
             let rule = &self.set.rules[index];
             let mut state_evidence = None;
+            let mut culprit = None;
             if let Some(kind) = &rule.stateful {
                 key.clear();
                 key.push_str(workload);
@@ -735,6 +738,7 @@ impl Engine {
                     lang::Val::Int(i) => u64::try_from(i).ok(),
                     _ => None,
                 });
+                let sender = matches!(kind, stateful::Kind::Rate(_)).then(|| sender_of(event, ctx));
                 let verdict = self.state.observe(
                     &rule.spec.id,
                     kind,
@@ -742,12 +746,14 @@ impl Engine {
                     value,
                     amount,
                     Some((event.source.collector_id.as_str(), &event.record)),
+                    sender,
                     now,
                 );
                 if !verdict.fire {
                     continue;
                 }
                 state_evidence = Some(verdict.evidence);
+                culprit = verdict.culprit.zip(sender);
             }
             key.clear();
             key.push_str(&rule.spec.id);
@@ -779,9 +785,53 @@ impl Engine {
             g.emitted_count = g.count;
             let g = *g;
             self.seq += 1;
-            out.push(alert(rule, event, ctx, g, now, self.seq, state_evidence));
+            let mut alert = match &culprit {
+                // Another process sent most of the values: the alert names it (or no
+                // process when its owner is unknown), with the record that crossed the limit.
+                Some((c, _)) => {
+                    let process =
+                        self.procs.slots.get(c.source.as_str()).and_then(|slot| {
+                            lookup(&procs[*slot], Some(c.pid), Some(c.start_time))
+                        });
+                    let blamed = Ctx {
+                        process,
+                        ancestor: None,
+                        ..*ctx
+                    };
+                    alert(rule, event, &blamed, g, now, self.seq, state_evidence)
+                }
+                None => alert(rule, event, ctx, g, now, self.seq, state_evidence),
+            };
+            if let Some((c, crossed)) = &culprit {
+                let who = |pid: u32| match pid {
+                    0 => "a process not attributed".to_owned(),
+                    pid => format!("pid {pid}"),
+                };
+                alert.evidence.push(format!(
+                    "the record that crossed the threshold came from {}; the alert names the process behind most of the values: {}",
+                    who(crossed.pid),
+                    who(c.pid)
+                ));
+            }
+            out.push(alert);
         }
         out
+    }
+}
+
+/// Who sent a record, for rate rules: its collector and owner process (pid 0 when the
+/// owner is unknown, so unattributed values are not credited to a known process).
+fn sender_of<'a>(event: &'a Event, ctx: &Ctx<'_>) -> stateful::Sender<'a> {
+    let (pid, start_time) = match (&event.record, ctx.process) {
+        (_, Some(p)) => (p.pid, p.start_time),
+        (Record::Flow(f), None) => (f.pid.unwrap_or(0), f.process_start_time.unwrap_or(0)),
+        (Record::Listener(l), None) => (l.pid.unwrap_or(0), l.process_start_time.unwrap_or(0)),
+        _ => (0, 0),
+    };
+    stateful::Sender {
+        source: &event.source.collector_id,
+        pid,
+        start_time,
     }
 }
 

@@ -137,6 +137,84 @@ struct Learned {
 struct Distinct {
     events: VecDeque<(UnixNanos, String)>,
     counts: HashMap<String, u32>,
+    /// The process that last sent each value in the window.
+    #[serde(default)]
+    senders: HashMap<String, Contributor>,
+    /// Values in the window per sender, few per key (rebuilt from `senders` at load).
+    #[serde(skip)]
+    per_sender: Vec<(Contributor, u32)>,
+}
+
+impl Distinct {
+    fn credit(&mut self, value: &str, sender: Option<Sender<'_>>) {
+        let Some(sender) = sender else { return };
+        if self.senders.get(value).is_some_and(|c| sender.is(c)) {
+            return;
+        }
+        if let Some(before) = self.senders.insert(value.to_owned(), sender.to_owned()) {
+            self.debit(&before);
+        }
+        match self.per_sender.iter_mut().find(|(c, _)| sender.is(c)) {
+            Some((_, n)) => *n += 1,
+            None => self.per_sender.push((sender.to_owned(), 1)),
+        }
+    }
+
+    fn forget(&mut self, value: &str) {
+        if let Some(sender) = self.senders.remove(value) {
+            self.debit(&sender);
+        }
+    }
+
+    fn debit(&mut self, sender: &Contributor) {
+        if let Some(i) = self.per_sender.iter().position(|(c, _)| c == sender) {
+            self.per_sender[i].1 -= 1;
+            if self.per_sender[i].1 == 0 {
+                self.per_sender.swap_remove(i);
+            }
+        }
+    }
+
+    /// The sender of the most values in the window; `current` wins a tie.
+    fn top_sender(&self, current: Option<Sender<'_>>) -> Option<&(Contributor, u32)> {
+        let own = current.and_then(|s| self.per_sender.iter().find(|(c, _)| s.is(c)));
+        let top = self.per_sender.iter().max_by_key(|(_, n)| *n)?;
+        Some(match own {
+            Some(mine) if mine.1 >= top.1 => mine,
+            _ => top,
+        })
+    }
+}
+
+/// Who sent a record: its collector and process (a rate alert names the process behind
+/// most of the distinct values, not whichever sent the one that crossed the limit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contributor {
+    pub source: String,
+    pub pid: u32,
+    pub start_time: UnixNanos,
+}
+
+/// A [`Contributor`] borrowed from the record at hand (no allocation per record).
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub source: &'a str,
+    pub pid: u32,
+    pub start_time: UnixNanos,
+}
+
+impl Sender<'_> {
+    pub fn is(&self, c: &Contributor) -> bool {
+        self.pid == c.pid && self.start_time == c.start_time && self.source == c.source
+    }
+
+    fn to_owned(self) -> Contributor {
+        Contributor {
+            source: self.source.to_owned(),
+            pid: self.pid,
+            start_time: self.start_time,
+        }
+    }
 }
 
 /// Every stateful rule's state, keyed by rule id then key.
@@ -183,6 +261,9 @@ pub struct Verdict {
     pub fire: bool,
     /// A line for the alert's evidence.
     pub evidence: String,
+    /// For a rate that fired: the process behind most of the distinct values, when it is
+    /// not the record's own.
+    pub culprit: Option<Contributor>,
 }
 
 impl State {
@@ -200,6 +281,20 @@ impl State {
                     state.sockets.clear();
                     state.socket_ids = SOCKET_IDS;
                     state.untracked_before = crate::model::now_ns();
+                }
+                for d in state
+                    .distinct
+                    .values_mut()
+                    .flat_map(|keys| keys.values_mut())
+                {
+                    let senders: Vec<Contributor> = d.senders.values().cloned().collect();
+                    d.per_sender.clear();
+                    for sender in senders {
+                        match d.per_sender.iter_mut().find(|(c, _)| *c == sender) {
+                            Some((_, n)) => *n += 1,
+                            None => d.per_sender.push((sender, 1)),
+                        }
+                    }
                 }
                 Ok(state)
             }
@@ -234,6 +329,7 @@ impl State {
         value: Option<&str>,
         amount: Option<u64>,
         socket: Option<(&str, &Record)>,
+        sender: Option<Sender<'_>>,
         now: UnixNanos,
     ) -> Verdict {
         match kind {
@@ -262,6 +358,7 @@ impl State {
                 }
                 let fire = w.total > t.above;
                 Verdict {
+                    culprit: None,
                     fire,
                     evidence: lazy(fire, || {
                         format!(
@@ -291,6 +388,7 @@ impl State {
                 }
                 let fire = !learning && !known;
                 Verdict {
+                    culprit: None,
                     fire,
                     evidence: lazy(fire, || {
                         format!(
@@ -316,6 +414,7 @@ impl State {
                             *c -= 1;
                             if *c == 0 {
                                 d.counts.remove(&old);
+                                d.forget(&old);
                             }
                         }
                     }
@@ -323,17 +422,26 @@ impl State {
                 if d.events.len() < MAX_VALUES_PER_KEY {
                     d.events.push_back((now, value.to_owned()));
                     *d.counts.entry_ref(value).or_default() += 1;
+                    d.credit(value, sender);
                 }
                 let fire = d.counts.len() as u64 > r.above;
+                let top = if fire { d.top_sender(sender) } else { None };
                 Verdict {
+                    culprit: top
+                        .filter(|(c, _)| !sender.is_some_and(|s| s.is(c)))
+                        .map(|(c, _)| c.clone()),
                     fire,
                     evidence: lazy(fire, || {
                         format!(
-                            "{} distinct {} in {} (threshold {})",
+                            "{} distinct {} in {} (threshold {}){}",
                             d.counts.len(),
                             r.distinct,
                             humantime::format_duration(r.window),
-                            r.above
+                            r.above,
+                            top.map_or(String::new(), |(c, n)| format!(
+                                "; {n} of them last sent by pid {}",
+                                c.pid
+                            ))
                         )
                     }),
                 }
@@ -421,6 +529,7 @@ fn lazy(fire: bool, text: impl FnOnce() -> String) -> String {
 
 fn quiet() -> Verdict {
     Verdict {
+        culprit: None,
         fire: false,
         evidence: String::new(),
     }

@@ -458,6 +458,71 @@ fn rate_counts_distinct_values_in_its_window() {
     assert!(e.evaluate(&ev(9090, 10), 70 * SEC).is_empty());
 }
 
+/// A scanner sends most of the distinct ports to one address; a benign client's record then
+/// crosses the limit. The alert names the scanner (with the crossing noted), also after the
+/// state went through a restart.
+#[test]
+fn a_rate_alert_names_the_process_behind_most_values_not_the_last_one() {
+    let rule = "- id: R\n  name: r\n  severity: high\n  kinds: [flow]\n  condition: fd.direction == \"OUTBOUND\"\n  rate:\n    distinct: fd.rport\n    by: [fd.rip]\n    window: 60s\n    above: 3\n  output: 'scan {fd.rip} by {proc.comm}'\n";
+    let scanner = crate::fixtures::process(200, b"nmap");
+    let client = crate::fixtures::process(300, b"uploader");
+    let flow = |p: &ProcessRecord, port, cookie| {
+        pod_event(
+            "web",
+            Record::Flow(FlowRecord {
+                pid: Some(p.pid),
+                process_start_time: Some(p.start_time),
+                ..flow_to("10.9.9.9", port, cookie, FlowPhase::Start, 0)
+            }),
+        )
+    };
+    let meet = |e: &mut Engine| {
+        for p in [&scanner, &client] {
+            e.evaluate(&pod_event("web", Record::Process(p.clone())), SEC);
+        }
+    };
+    let named = |alerts: &[AlertRecord]| alerts.first()?.process.as_ref().map(|p| p.pid);
+    let run = |e: &mut Engine| {
+        meet(e);
+        for (i, port) in [22, 23, 25].into_iter().enumerate() {
+            assert!(e.evaluate(&flow(&scanner, port, i as u64), SEC).is_empty());
+        }
+    };
+    let mut e = stateful_engine(rule);
+    run(&mut e);
+    let alerts = e.evaluate(&flow(&client, 443, 9), 2 * SEC);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(named(&alerts), Some(200), "{alerts:?}");
+    assert_eq!(alerts[0].output, "scan 10.9.9.9 by nmap");
+    assert!(
+        alerts[0]
+            .evidence
+            .iter()
+            .any(|l| l.contains("crossed the threshold came from pid 300")),
+        "{:?}",
+        alerts[0].evidence
+    );
+
+    // The same after a restart: who sent what is part of the saved state.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.json");
+    let mut before = stateful_engine(rule);
+    run(&mut before);
+    before.save_state(&path).expect("save");
+    let mut after = stateful_engine(rule);
+    after.load_state(&path).expect("load");
+    meet(&mut after);
+    let alerts = after.evaluate(&flow(&client, 443, 9), 2 * SEC);
+    assert_eq!(named(&alerts), Some(200), "{alerts:?}");
+
+    // When the crossing process also sent the most values, it is named as before.
+    let mut e = stateful_engine(rule);
+    run(&mut e);
+    let alerts = e.evaluate(&flow(&scanner, 80, 10), 2 * SEC);
+    assert_eq!(named(&alerts), Some(200), "{alerts:?}");
+    assert!(!alerts[0].evidence.iter().any(|l| l.contains("crossed")));
+}
+
 #[test]
 fn stateful_rules_reject_unknown_fields_and_two_kinds() {
     let bad = EXFIL.replace("by: [fd.rip]", "by: [fd.nope]");

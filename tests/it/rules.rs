@@ -298,8 +298,7 @@ const LISTEN_PY: &str = "import socket,sys,time\ns=socket.socket()\ns.setsockopt
 fn stateful_managed_rules_fire_after_learning_and_not_on_benign_twins() {
     let ns = crate::util::Netns::new("r", &["pod", "inet"]);
     ns.link(0, "203.0.113.1/24", 1, "203.0.113.2/24", "r");
-    // .3 takes the exfiltration, .4 the scan: a rate alert names the process whose record
-    // crossed its threshold, so the benign uploader to .2 must not share the scanned address.
+    // .3 takes the exfiltration, .4 the scan; the benign uploader talks to .2 only.
     ns.add_addrs(1, "r", &["203.0.113.3/24", "203.0.113.4/24"]);
     let mut kids = Kids(Vec::new());
     // The internet: a sink on 443 (every address) and 25 open ports on .4 for the scan.
