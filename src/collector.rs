@@ -324,7 +324,8 @@ impl SocketMonitor {
     }
 }
 
-/// No socket change for this long and the safety-net dumps slow to `idle_poll_interval`.
+/// Quiet this long and the engine slows down: the safety-net dumps to `idle_poll_interval`
+/// (no socket changed), the checks to `deep_idle_interval` (no record at all).
 const QUIET_AFTER: Duration = Duration::from_secs(5);
 
 /// How long the engine keeps ticking fast after the last sign of activity.
