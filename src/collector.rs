@@ -294,7 +294,9 @@ impl SocketMonitor {
             self.last_change = Instant::now();
             match event {
                 DestroyEvent::Destroyed { socket, at } => {
-                    self.table.apply_destroy(&socket, at, out)
+                    let proved = self.table.fin_in_doubt(&socket)
+                        && timewait_successor(&mut self.dumper, &socket);
+                    self.table.apply_destroy_proved(&socket, at, proved, out)
                 }
                 DestroyEvent::Overflow { .. } => {
                     self.table.note_overflow(now_ns());
@@ -321,6 +323,17 @@ impl SocketMonitor {
         self.drain_destroy(out);
         self.table.shutdown(now_ns(), out);
         self.destroy.stop();
+    }
+}
+
+/// Whether the socket left a TIME_WAIT minisocket behind: only a received FIN does.
+fn timewait_successor(dumper: &mut Dumper, socket: &SocketInfo) -> bool {
+    match dumper.lookup_state(socket.family, socket.local, socket.remote) {
+        Ok(state) => state == Some(crate::sockdiag::msg::TCP_TIME_WAIT),
+        Err(error) => {
+            tracing::debug!(%error, "TIME_WAIT lookup failed; the FIN stays inferred");
+            false
+        }
     }
 }
 
@@ -469,6 +482,7 @@ pub fn heartbeat(
             d.queue_dropped.load(Ordering::Relaxed),
         ),
         ("flows_reattributed".to_owned(), f.reattributed),
+        ("flows_fin_by_timewait".to_owned(), f.fin_by_timewait),
         (
             "queue_sent".to_owned(),
             tx.stats().sent.load(Ordering::Relaxed),

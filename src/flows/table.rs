@@ -66,6 +66,9 @@ pub struct FlowStats {
     /// Accepted sockets first found only through their listener and found in an fd table
     /// by a later dump, before their START.
     pub reattributed: u64,
+    /// ENDs whose received FIN only a TIME_WAIT successor showed (see
+    /// [`FlowTable::fin_in_doubt`]).
+    pub fin_by_timewait: u64,
 }
 
 /// Last known state of one tracked socket, kept compact (the table holds every socket):
@@ -587,8 +590,40 @@ impl FlowTable {
         }
     }
 
+    /// Whether a destroy event leaves open if the peer's FIN is in its counters: the last
+    /// dump saw the socket in FIN_WAIT1/2 and nothing moved since. A dump reads the state
+    /// before it takes the socket lock and the counters under it, so a FIN processed in
+    /// between is counted while the state does not show it; a reset or the orphan timeout
+    /// ends such a socket without a FIN. Only a FIN leaves a TIME_WAIT minisocket behind,
+    /// which the caller can look up by 4-tuple ([`Self::apply_destroy_proved`]).
+    pub fn fin_in_doubt(&self, s: &SocketInfo) -> bool {
+        let Some(e) = self.flows.get(&s.cookie) else {
+            return false;
+        };
+        let (Some(last), Some(info)) = (e.tcp(), s.tcp.as_ref()) else {
+            return false;
+        };
+        let now = Counters::from_info(info);
+        matches!(e.state, msg::TCP_FIN_WAIT1 | msg::TCP_FIN_WAIT2)
+            && !info.is_zeroed()
+            && now.data_segs_in == last.data_segs_in
+            && now.bytes_received_seq == last.bytes_received_seq
+    }
+
     /// Applies a destroy event: the socket's END with the kernel's final counters.
     pub fn apply_destroy(&mut self, s: &SocketInfo, at: UnixNanos, out: &mut Vec<Record>) {
+        self.apply_destroy_proved(s, at, false, out);
+    }
+
+    /// [`Self::apply_destroy`], with `fin_proved` when a TIME_WAIT successor showed that
+    /// the peer's FIN arrived.
+    pub fn apply_destroy_proved(
+        &mut self,
+        s: &SocketInfo,
+        at: UnixNanos,
+        fin_proved: bool,
+        out: &mut Vec<Record>,
+    ) {
         if let Some(l) = self.listeners.remove(&s.cookie) {
             self.remember_closed_listener(&l, at);
             self.stats.listeners_ended += 1;
@@ -644,7 +679,11 @@ impl FlowTable {
                 reset = true; // keep the last dumped counters
             } else {
                 let mut counters = Counters::from_info(info);
-                let fin = fin_received(entry.tcp(), &counters, entry.state);
+                let inferred = fin_received(entry.tcp(), &counters, entry.state);
+                if fin_proved && !inferred {
+                    self.stats.fin_by_timewait += 1;
+                }
+                let fin = inferred || fin_proved;
                 counters.bytes_received_seq =
                     counters.bytes_received_seq.saturating_sub(u64::from(fin));
                 // Stored as payload from here on (state CLOSE means "already adjusted").
@@ -1229,6 +1268,37 @@ mod tests {
                 (FlowPhase::Update, 550 * us, Some(50)),
                 (FlowPhase::Update, 660 * us, Some(60)),
             ]
+        );
+    }
+
+    /// The last dump saw FIN_WAIT2 with the peer's FIN already counted (it read the state
+    /// just before the FIN and the counters just after): only a TIME_WAIT successor says so.
+    #[test]
+    fn a_fin_counted_behind_a_fin_wait_state_is_taken_off_when_proved() {
+        let end = |proved: bool| {
+            let mut t = table();
+            let mut out = Vec::new();
+            let (local, remote) = ("127.0.0.1:40000", "127.0.0.1:80");
+            let racy = tcp_socket(5, local, remote, msg::TCP_FIN_WAIT2, 10, 101, 2);
+            t.apply_dump(&[racy], true, 10, &mut NoAttribution, &mut out);
+            let destroyed = tcp_socket(5, local, remote, msg::TCP_CLOSE, 10, 101, 2);
+            assert!(t.fin_in_doubt(&destroyed));
+            // Data or a FIN after that dump is no doubt: the counters moved.
+            let moved = tcp_socket(5, local, remote, msg::TCP_CLOSE, 10, 102, 2);
+            assert!(!t.fin_in_doubt(&moved));
+            t.apply_destroy_proved(&destroyed, 20, proved, &mut out);
+            let ends: Vec<Option<u64>> = flows(&out)
+                .iter()
+                .filter(|f| f.phase == FlowPhase::End)
+                .map(|f| f.bytes_received)
+                .collect();
+            (ends, t.stats().fin_by_timewait)
+        };
+        assert_eq!(end(false), (vec![Some(101)], 0), "inferred: no FIN");
+        assert_eq!(
+            end(true),
+            (vec![Some(100)], 1),
+            "a TIME_WAIT successor proves it"
         );
     }
 

@@ -34,6 +34,8 @@ pub const INET_DIAG_CGROUP_ID: u16 = 21;
 
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_FIN_WAIT2: u8 = 5;
 pub const TCP_TIME_WAIT: u8 = 6;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_LISTEN: u8 = 10;
@@ -347,6 +349,30 @@ pub fn dump_request(
     };
     body[2] = 1 << (INET_DIAG_INFO - 1); // idiag_ext: request INET_DIAG_INFO
     body[4..8].copy_from_slice(&states.to_ne_bytes());
+    buf
+}
+
+/// Builds a request for the one TCP socket (full or TIME_WAIT) with this 4-tuple, in any
+/// state and without attributes: the kernel answers with it or with `ENOENT`.
+pub fn lookup_request(
+    family: Family,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    seq: u32,
+) -> [u8; NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN] {
+    let mut buf = dump_request(family, Protocol::Tcp, ALL_STATES, seq);
+    buf[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    let body = &mut buf[NLMSG_HDR_LEN..];
+    body[2] = 0; // no extensions
+    body[8..10].copy_from_slice(&local.port().to_be_bytes());
+    body[10..12].copy_from_slice(&remote.port().to_be_bytes());
+    for (at, ip) in [(12, local.ip()), (28, remote.ip())] {
+        match ip {
+            std::net::IpAddr::V4(v4) => body[at..at + 4].copy_from_slice(&v4.octets()),
+            std::net::IpAddr::V6(v6) => body[at..at + 16].copy_from_slice(&v6.octets()),
+        }
+    }
+    body[48..56].copy_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE: any cookie
     buf
 }
 
