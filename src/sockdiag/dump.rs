@@ -109,6 +109,31 @@ impl Dumper {
         Ok(stats)
     }
 
+    fn send(&self, request: &[u8], family: Family, protocol: Protocol) -> Result<(), DumpError> {
+        self.socket
+            .send(request, 0)
+            .map(|_| ())
+            .map_err(|source| DumpError::Send {
+                family,
+                protocol,
+                source,
+            })
+    }
+
+    /// One datagram into the buffer; `None` when a signal interrupted the wait.
+    fn recv(&mut self, family: Family, protocol: Protocol) -> Result<Option<usize>, DumpError> {
+        self.buf.clear();
+        match self.socket.recv(&mut self.buf, 0) {
+            Ok(len) => Ok(Some(len)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(source) => Err(DumpError::Recv {
+                family,
+                protocol,
+                source,
+            }),
+        }
+    }
+
     /// The state of the TCP socket with this 4-tuple (a TIME_WAIT minisocket reports
     /// `TIME_WAIT`), or `None` when there is none.
     pub fn lookup_state(
@@ -120,25 +145,10 @@ impl Dumper {
         let protocol = Protocol::Tcp;
         self.seq = self.seq.wrapping_add(1);
         let request = msg::lookup_request(family, local, remote, self.seq);
-        self.socket
-            .send(&request, 0)
-            .map_err(|source| DumpError::Send {
-                family,
-                protocol,
-                source,
-            })?;
+        self.send(&request, family, protocol)?;
         loop {
-            self.buf.clear();
-            let len = match self.socket.recv(&mut self.buf, 0) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(DumpError::Recv {
-                        family,
-                        protocol,
-                        source,
-                    })
-                }
+            let Some(len) = self.recv(family, protocol)? else {
+                continue;
             };
             for message in msg::messages(&self.buf[..len]).flatten() {
                 if message.seq != self.seq {
@@ -180,26 +190,11 @@ impl Dumper {
     ) -> Result<DumpStats, DumpError> {
         self.seq = self.seq.wrapping_add(1);
         let request = msg::dump_request(family, protocol, states, self.seq);
-        self.socket
-            .send(&request, 0)
-            .map_err(|source| DumpError::Send {
-                family,
-                protocol,
-                source,
-            })?;
+        self.send(&request, family, protocol)?;
         let mut stats = DumpStats::default();
         loop {
-            self.buf.clear();
-            let len = match self.socket.recv(&mut self.buf, 0) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(DumpError::Recv {
-                        family,
-                        protocol,
-                        source,
-                    })
-                }
+            let Some(len) = self.recv(family, protocol)? else {
+                continue;
             };
             if len >= RECV_BUF {
                 return Err(DumpError::Truncated {
