@@ -12,7 +12,7 @@
 //! [`fin_received`]). A connection reset by `SO_LINGER 0` or a failed connect has its counters
 //! zeroed before the destroy event: the last dumped values are kept and `reset` is set.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -218,6 +218,10 @@ struct ListenerEntry {
     owner: Owner,
 }
 
+/// hashbrown's map with the standard library's hasher (the std map is this map): the same
+/// behaviour, and it reports its own allocation for [`FlowTable::heap_bytes`].
+type HashMap<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
+
 pub struct FlowTable {
     config: FlowConfig,
     scoper: Scoper,
@@ -250,9 +254,9 @@ impl FlowTable {
         FlowTable {
             config,
             scoper,
-            flows: HashMap::new(),
-            listeners: HashMap::new(),
-            ended: HashMap::new(),
+            flows: HashMap::default(),
+            listeners: HashMap::default(),
+            ended: HashMap::default(),
             ended_order: VecDeque::new(),
             generation: 0,
             primed: false,
@@ -269,25 +273,15 @@ impl FlowTable {
     pub const ENTRY_BYTES: usize = std::mem::size_of::<(u64, Entry)>();
 
     /// The heap the table holds, from its own capacities (no entry owns heap memory): its
-    /// maps' buckets and control bytes, and its queues. What the allocator adds around
-    /// them is not counted.
+    /// maps' allocations (buckets and control bytes) and its queues. What the allocator
+    /// adds around them is not counted.
     pub fn heap_bytes(&self) -> usize {
-        fn map<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> usize {
-            // hashbrown keeps a power of two of buckets at most 7/8 full, plus one control
-            // byte per bucket and a group's worth more.
-            let buckets = match m.capacity() {
-                0 => 0,
-                c if c < 8 => (c + 1).next_power_of_two(),
-                c => (c * 8 / 7).next_power_of_two(),
-            };
-            buckets * (std::mem::size_of::<(K, V)>() + 1) + if buckets > 0 { 16 } else { 0 }
-        }
         fn vec<T>(capacity: usize) -> usize {
             capacity * std::mem::size_of::<T>()
         }
-        map(&self.flows)
-            + map(&self.listeners)
-            + map(&self.ended)
+        self.flows.allocation_size()
+            + self.listeners.allocation_size()
+            + self.ended.allocation_size()
             + vec::<(UnixNanos, u64)>(self.ended_order.capacity())
             + vec::<u64>(
                 self.new_flows.capacity()
@@ -429,7 +423,7 @@ impl FlowTable {
                 )));
             }
         }
-        let mut by_cookie: HashMap<u64, &SocketInfo> = HashMap::new();
+        let mut by_cookie: HashMap<u64, &SocketInfo> = HashMap::default();
         if !self.new_flows.is_empty() {
             by_cookie.reserve(self.new_flows.len());
             for s in sockets {
@@ -766,7 +760,7 @@ impl FlowTable {
             .as_ref()
             .filter(|_| s.protocol == Protocol::Tcp)
             .map(Counters::from_info);
-        Entry {
+        let mut entry = Entry {
             local_ip: PackedIp::pack(s.local.ip()),
             remote_ip: PackedIp::pack(s.remote.ip()),
             local_port: s.local.port(),
@@ -791,9 +785,11 @@ impl FlowTable {
             last_emit: Tick::at(now),
             missing: false,
             missing_since: Tick::default(),
-            has_counters: counters.is_some(),
-            counters: counters.unwrap_or_default(),
-        }
+            has_counters: false,
+            counters: Counters::default(),
+        };
+        entry.set_tcp(counters);
+        entry
     }
 
     /// Emits the START a socket never got because it ended while still in an accept queue.
