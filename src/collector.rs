@@ -290,25 +290,18 @@ impl SocketMonitor {
     }
 
     fn drain_destroy(&mut self, out: &mut Vec<Record>) {
-        for event in self.destroy_rx.try_iter() {
+        for DestroyEvent { socket, at } in self.destroy_rx.try_iter() {
             self.last_change = Instant::now();
-            match event {
-                DestroyEvent::Destroyed { socket, at } => {
-                    let proved = self.table.fin_in_doubt(&socket)
-                        && timewait_successor(&mut self.dumper, &socket);
-                    self.table.apply_destroy_proved(&socket, at, proved, out)
-                }
-                DestroyEvent::Overflow { .. } => {
-                    self.table.note_overflow(now_ns());
-                    self.resync = true;
-                }
-            }
+            let proved =
+                self.table.fin_in_doubt(&socket) && timewait_successor(&mut self.dumper, &socket);
+            self.table.apply_destroy_proved(&socket, at, proved, out)
         }
         let losses = self.destroy.stats.losses();
-        // Destroy events were lost (an `Overflow` event may itself have been): resynchronise
-        // with a full dump, and end the flows that went missing meanwhile as `RECOVERED`.
+        // Destroy events were lost: resynchronise with a full dump, and end the flows that
+        // went missing meanwhile as `RECOVERED`.
         if losses != self.losses_seen {
             self.losses_seen = losses;
+            self.last_change = Instant::now();
             self.table.note_overflow(now_ns());
             self.resync = true;
         }

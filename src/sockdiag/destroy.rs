@@ -2,10 +2,10 @@
 //! once by the kernel on the `SKNLGRP_*_DESTROY` multicast groups, with its final counters.
 //!
 //! A dedicated thread reads it and never blocks on anything else: events go into a bounded
-//! channel (drops counted). When the kernel itself drops events (`ENOBUFS`), the exact count
-//! from `SO_MEMINFO` is sent as [`DestroyEvent::Overflow`] so the engine resynchronises with a
-//! full dump. Every loss is also counted in [`DestroyStats`], which the engine reads too: an
-//! `Overflow` that finds the channel full is itself lost, the count is not.
+//! channel. Every loss is counted in [`DestroyStats`]: events the kernel drops (`ENOBUFS`,
+//! the exact count from `SO_MEMINFO`) and events the channel had no room for. The engine
+//! reads those counts and resynchronises with a full dump when they move (a notice sent
+//! through the channel could itself find it full).
 
 use std::io;
 use std::os::fd::AsFd;
@@ -35,18 +35,11 @@ const STOP_POLL: Duration = Duration::from_millis(500);
 /// After the first overflow is logged, later ones are summed into one line at most this often.
 const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(60);
 
-// `Destroyed` is the common variant: boxing it would allocate once per event.
-#[allow(clippy::large_enum_variant)]
+/// A socket the kernel reported destroyed, with its final counters, and when it came.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DestroyEvent {
-    Destroyed {
-        socket: SocketInfo,
-        at: UnixNanos,
-    },
-    /// The kernel dropped `lost` events: resynchronise with a full dump.
-    Overflow {
-        lost: u64,
-    },
+pub struct DestroyEvent {
+    pub socket: SocketInfo,
+    pub at: UnixNanos,
 }
 
 /// What the reader lost, for the collector's heartbeat (the metrics count the same).
@@ -164,12 +157,6 @@ fn read_loop(
                 stats.overflows.fetch_add(1, Ordering::Relaxed);
                 stats.events_lost.fetch_add(lost, Ordering::Relaxed);
                 overflow_log.note(lost, Instant::now());
-                send(
-                    &tx,
-                    DestroyEvent::Overflow { lost },
-                    &mut warned_full,
-                    stats,
-                );
                 continue;
             }
             Err(error) => {
@@ -199,12 +186,7 @@ fn read_loop(
             match parsed {
                 Ok(socket) => {
                     metrics::counter!(telemetry::DESTROY_EVENTS).increment(1);
-                    send(
-                        &tx,
-                        DestroyEvent::Destroyed { socket, at },
-                        &mut warned_full,
-                        stats,
-                    );
+                    send(&tx, DestroyEvent { socket, at }, &mut warned_full, stats);
                 }
                 Err(error) => {
                     metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
