@@ -37,6 +37,8 @@ pub const DESTROY_EVENTS: &str = "procflow_destroy_events_total";
 pub const FLOWS_ENDED_WITHOUT_EVENT: &str = "procflow_flows_ended_without_event_total";
 /// Full dumps run.
 pub const SOCKDIAG_DUMPS: &str = "procflow_sockdiag_dumps_total";
+/// Single-socket lookups of accepted sockets whose owner was not known yet.
+pub const SOCKDIAG_LOOKUPS: &str = "procflow_sockdiag_lookups_total";
 /// Dumps that failed (kernel error, receive error).
 pub const SOCKDIAG_DUMP_ERRORS: &str = "procflow_sockdiag_dump_errors_total";
 /// Time per full dump + flow-table diff.

@@ -237,6 +237,9 @@ pub struct FlowTable {
     new_flows: Vec<u64>,
     new_listeners: Vec<u64>,
     new_inodes: Vec<u64>,
+    /// Cookies of accepted sockets whose START waits for their owner (may hold stale or
+    /// repeated cookies; [`FlowTable::awaiting_owner`] prunes them).
+    awaiting_owner: Vec<u64>,
     /// Listeners closed recently: a connection they accepted often outlives them (a server
     /// shutting down), and is first seen only then; it is still inbound.
     closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,
@@ -265,6 +268,7 @@ impl FlowTable {
             new_flows: Vec::new(),
             new_listeners: Vec::new(),
             new_inodes: Vec::new(),
+            awaiting_owner: Vec::new(),
             closed_listeners: VecDeque::new(),
         }
     }
@@ -286,7 +290,8 @@ impl FlowTable {
             + vec::<u64>(
                 self.new_flows.capacity()
                     + self.new_listeners.capacity()
-                    + self.new_inodes.capacity(),
+                    + self.new_inodes.capacity()
+                    + self.awaiting_owner.capacity(),
             )
             + vec::<(UnixNanos, Protocol, SocketAddr)>(self.closed_listeners.capacity())
     }
@@ -387,7 +392,9 @@ impl FlowTable {
             let entry = self.new_entry(s, now, generation);
             self.flows.insert(s.cookie, entry);
             let in_accept_queue = s.inode == 0 && s.protocol == Protocol::Tcp;
-            if !in_accept_queue {
+            if in_accept_queue {
+                self.awaiting_owner.push(s.cookie);
+            } else {
                 self.new_flows.push(s.cookie);
                 if s.inode != 0 {
                     self.new_inodes.push(s.inode);
@@ -423,48 +430,10 @@ impl FlowTable {
                 )));
             }
         }
-        let mut by_cookie: HashMap<u64, &SocketInfo> = HashMap::default();
         if !self.new_flows.is_empty() {
-            by_cookie.reserve(self.new_flows.len());
-            for s in sockets {
-                by_cookie.insert(s.cookie, s);
-            }
-        }
-        for i in 0..self.new_flows.len() {
-            let cookie = self.new_flows[i];
-            let Some(s) = by_cookie.get(&cookie) else {
-                continue;
-            };
-            let listener_owner = self.listener_owner_for(s.protocol, s.local);
-            let owner = lookup.owner(s.inode, Some(s.uid), listener_owner);
-            if let Some(e) = self.flows.get_mut(&cookie) {
-                // Found through its listener alone: look in the fd tables again at the next
-                // dumps before announcing (an END first announces it as it stands).
-                if owner.attribution == Attribution::Listener
-                    && s.inode != 0
-                    && e.fd_retries < FD_RETRIES
-                {
-                    e.fd_retries += 1;
-                    continue;
-                }
-                if e.fd_retries > 0 && owner.attribution == Attribution::Fd {
-                    self.stats.reattributed += 1;
-                }
-                e.pid = owner.pid.unwrap_or(0);
-                e.start_time = owner.start_time.unwrap_or(0);
-                e.attribution = owner.attribution;
-                e.announced = true;
-                e.last_emit = Tick::at(now);
-                e.dirty = false;
-                self.stats.started += 1;
-                out.push(Record::Flow(flow_record(
-                    cookie,
-                    e,
-                    FlowPhase::Start,
-                    now,
-                    None,
-                )));
-            }
+            let by_cookie: HashMap<u64, &SocketInfo> =
+                sockets.iter().map(|s| (s.cookie, s)).collect();
+            self.announce_new_flows(&by_cookie, now, lookup, out);
         }
         // Periodic updates, only for flows whose counters moved.
         let active_timeout = nanos(self.config.active_timeout);
@@ -499,6 +468,116 @@ impl FlowTable {
         self.primed = true;
         self.release_scratch();
         self.expire(now, out);
+    }
+
+    /// Emits START for `new_flows` (sockets of `by_cookie`), attributed. One found only
+    /// through its listener waits for another look (`FD_RETRIES`).
+    fn announce_new_flows(
+        &mut self,
+        by_cookie: &HashMap<u64, &SocketInfo>,
+        now: UnixNanos,
+        lookup: &mut dyn OwnerLookup,
+        out: &mut Vec<Record>,
+    ) {
+        for i in 0..self.new_flows.len() {
+            let cookie = self.new_flows[i];
+            let Some(s) = by_cookie.get(&cookie) else {
+                continue;
+            };
+            let listener_owner = self.listener_owner_for(s.protocol, s.local);
+            let owner = lookup.owner(s.inode, Some(s.uid), listener_owner);
+            if let Some(e) = self.flows.get_mut(&cookie) {
+                // Found through its listener alone: look in the fd tables again at the next
+                // dumps before announcing (an END first announces it as it stands).
+                if owner.attribution == Attribution::Listener
+                    && s.inode != 0
+                    && e.fd_retries < FD_RETRIES
+                {
+                    e.fd_retries += 1;
+                    self.awaiting_owner.push(cookie);
+                    continue;
+                }
+                if e.fd_retries > 0 && owner.attribution == Attribution::Fd {
+                    self.stats.reattributed += 1;
+                }
+                e.pid = owner.pid.unwrap_or(0);
+                e.start_time = owner.start_time.unwrap_or(0);
+                e.attribution = owner.attribution;
+                e.announced = true;
+                e.last_emit = Tick::at(now);
+                e.dirty = false;
+                self.stats.started += 1;
+                out.push(Record::Flow(flow_record(
+                    cookie,
+                    e,
+                    FlowPhase::Start,
+                    now,
+                    None,
+                )));
+            }
+        }
+    }
+
+    /// Accepted sockets whose START still waits for their owner: seen in an accept queue (no
+    /// inode yet) or found only through their listener. The accept gives them an fd but
+    /// changes no socket count, so no dump would come before the periodic one, which a
+    /// connection of a few hundred ms does not live to see. The caller looks each up by
+    /// 4-tuple and cookie ([`FlowTable::apply_lookups`]), a cost that does not grow with the
+    /// table. Fills `into` with (cookie, family, local, remote).
+    pub fn awaiting_owner(&mut self, into: &mut Vec<(u64, Family, SocketAddr, SocketAddr)>) {
+        into.clear();
+        let flows = &self.flows;
+        self.awaiting_owner
+            .retain(|c| flows.get(c).is_some_and(|e| !e.announced));
+        self.awaiting_owner.sort_unstable();
+        self.awaiting_owner.dedup();
+        into.extend(self.awaiting_owner.iter().map(|c| {
+            let e = &self.flows[c];
+            (
+                *c,
+                e.family,
+                SocketAddr::new(e.local(), e.local_port),
+                SocketAddr::new(e.remote(), e.remote_port),
+            )
+        }));
+        if self.awaiting_owner.is_empty() {
+            self.awaiting_owner.shrink_to(SCRATCH_KEPT);
+        }
+    }
+
+    /// Applies sockets looked up one by one (see [`FlowTable::awaiting_owner`]): those that
+    /// have their inode now are attributed and announced. Nothing is concluded from the
+    /// sockets not given.
+    pub fn apply_lookups(
+        &mut self,
+        found: &[SocketInfo],
+        now: UnixNanos,
+        lookup: &mut dyn OwnerLookup,
+        out: &mut Vec<Record>,
+    ) {
+        self.new_flows.clear();
+        self.new_inodes.clear();
+        for s in found {
+            let Some(e) = self.flows.get_mut(&s.cookie) else {
+                continue;
+            };
+            if e.announced || s.inode == 0 {
+                continue;
+            }
+            e.last_seen = now;
+            e.state = s.state;
+            e.inode = u32::try_from(s.inode).unwrap_or(0);
+            e.uid = s.uid;
+            self.new_flows.push(s.cookie);
+            self.new_inodes.push(s.inode);
+        }
+        if !self.new_flows.is_empty() {
+            lookup.refresh(&self.new_inodes, now, out);
+            let by_cookie: HashMap<u64, &SocketInfo> =
+                found.iter().map(|s| (s.cookie, s)).collect();
+            self.announce_new_flows(&by_cookie, now, lookup, out);
+        }
+        self.release_scratch();
     }
 
     /// The per-dump lists keep a small capacity for the next dump; a burst of new sockets
@@ -1425,6 +1504,60 @@ mod tests {
             end.map(|f| (f.attribution, f.pid, f.process_start_time)),
             Some((Attribution::Fd, Some(42), Some(7)))
         );
+    }
+
+    /// Dumped in the accept queue (no inode), the socket's START waits; the accept changes no
+    /// socket count, so no dump comes soon. The table names it for a lookup by 4-tuple and
+    /// cookie, and the looked-up socket, now with its inode, is announced attributed.
+    #[test]
+    fn a_socket_dumped_in_the_accept_queue_is_announced_after_its_lookup() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let listener = tcp_socket(1, "127.0.0.1:80", "0.0.0.0:0", msg::TCP_LISTEN, 0, 0, 0);
+        let mut queued = tcp_socket(
+            2,
+            "127.0.0.1:80",
+            "127.0.0.1:5555",
+            msg::TCP_ESTABLISHED,
+            0,
+            5,
+            1,
+        );
+        let inode = queued.inode;
+        queued.inode = 0;
+        let mut lookup = LateFd {
+            server: Owner {
+                pid: Some(42),
+                start_time: Some(7),
+                attribution: Attribution::Fd,
+            },
+            accepted_inode: inode,
+            lookups: 0,
+            visible_from: 1,
+        };
+        t.apply_dump(&[listener, queued.clone()], true, 10, &mut lookup, &mut out);
+        assert!(flows(&out).is_empty(), "no inode yet: START held back");
+        let mut awaiting = Vec::new();
+        t.awaiting_owner(&mut awaiting);
+        assert_eq!(
+            awaiting,
+            vec![(2, Family::Ipv4, queued.local, queued.remote)],
+            "the queued socket is named for a lookup"
+        );
+        // The lookup found nothing new yet (still queued): still awaited.
+        t.apply_lookups(std::slice::from_ref(&queued), 12, &mut lookup, &mut out);
+        t.awaiting_owner(&mut awaiting);
+        assert_eq!(awaiting.len(), 1);
+        let accepted = SocketInfo { inode, ..queued };
+        t.apply_lookups(std::slice::from_ref(&accepted), 15, &mut lookup, &mut out);
+        let starts: Vec<_> = flows(&out)
+            .into_iter()
+            .filter(|f| f.phase == FlowPhase::Start)
+            .map(|f| (f.attribution, f.pid, f.inode))
+            .collect();
+        assert_eq!(starts, vec![(Attribution::Fd, Some(42), Some(inode))]);
+        t.awaiting_owner(&mut awaiting);
+        assert!(awaiting.is_empty(), "announced: no longer awaited");
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl ProcessMonitor {
         let mut order: Vec<(u8, std::cmp::Reverse<u64>, u32)> = self
             .live
             .iter()
-            .filter(|(_, p)| !p.fd_unreadable)
+            .filter(|(_, p)| p.fd_maybe_readable())
             .map(|(&pid, p)| {
                 let class = if p.fd_count.is_none() {
                     0
@@ -204,13 +204,16 @@ impl ProcessMonitor {
                 inodes.push(inode);
             }
         });
+        if walked.is_ok() {
+            p.fd_denied = None;
+        }
         let count = match walked {
             // The walk's own directory fd is not one the process holds.
             Ok(count) if Some(pid) == self.own_pid => count.saturating_sub(1),
             Ok(count) => count,
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    p.fd_unreadable = true;
+                    p.fd_denied = Some(std::time::Instant::now());
                     metrics::counter!(telemetry::PROC_PERMISSION_DENIED).increment(1);
                 }
                 return;
@@ -337,6 +340,63 @@ mod tests {
             .filter(|i| monitor.index.owners.contains_key(i))
             .count();
         assert_eq!(still, 0, "closed sockets stay indexed");
+    }
+
+    /// A table denied once (the process still ran as another user) is read again after the
+    /// process execs: a privilege drop before exec is how apps are usually started.
+    #[test]
+    fn a_denied_fd_table_is_read_again_after_an_exec() {
+        use std::io::{BufRead, BufReader, Write};
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import os, socket, sys\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 os.set_inheritable(s.fileno(), True)\n\
+                 print(s.fileno(), flush=True)\n\
+                 sys.stdin.readline()\n\
+                 os.execv('/bin/sleep', ['sleep', '30'])\n",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let pid = child.id();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        let link = fs::read_link(format!("/proc/{pid}/fd/{}", line.trim())).expect("link");
+        let inode = parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket");
+
+        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
+        let mut out = Vec::new();
+        monitor.sweep(crate::model::now_ns(), &mut out);
+        // As if the read had just been denied.
+        monitor.live.get_mut(&pid).expect("child").fd_denied = Some(std::time::Instant::now());
+        monitor.refresh(&[inode], crate::model::now_ns(), &mut out);
+        let denied = monitor.owner(inode, None, None);
+
+        writeln!(child.stdin.take().expect("stdin")).expect("write");
+        let exec_seen = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        monitor.sweep(crate::model::now_ns(), &mut out);
+        monitor.refresh(&[inode], crate::model::now_ns(), &mut out);
+        let after_exec = monitor.owner(inode, None, None);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(exec_seen, "the child did not exec");
+        assert_ne!(
+            denied.attribution,
+            Attribution::Fd,
+            "a denied table is skipped"
+        );
+        assert_eq!(
+            (after_exec.pid, after_exec.attribution),
+            (Some(pid), Attribution::Fd),
+            "read again after the exec"
+        );
     }
 
     #[test]

@@ -72,7 +72,21 @@ pub(crate) struct Proc {
     /// The attribution pass in which the fd count last changed: recent changers are read
     /// first when a new socket needs its owner.
     pub fd_changed_pass: u64,
-    pub fd_unreadable: bool,
+    /// When reading the fd table was last denied. A process can become readable (a
+    /// privilege drop: `setpriv`, `su`, a runtime starting the app as its user), so a denied
+    /// table is tried again after an exec and after `FD_DENIED_RETRY`.
+    pub fd_denied: Option<Instant>,
+}
+
+/// How long a denied fd table is left alone before it is tried again.
+pub(crate) const FD_DENIED_RETRY: Duration = Duration::from_secs(10);
+
+impl Proc {
+    /// Whether the fd table is worth reading: never denied, or denied long enough ago.
+    pub fn fd_maybe_readable(&self) -> bool {
+        self.fd_denied
+            .is_none_or(|at| at.elapsed() >= FD_DENIED_RETRY)
+    }
 }
 
 pub struct ProcessMonitor {
@@ -380,7 +394,7 @@ impl ProcessMonitor {
                 first_seen: Instant::now(),
                 fd_count: None,
                 fd_changed_pass: 0,
-                fd_unreadable: false,
+                fd_denied: None,
             },
         );
     }
@@ -402,6 +416,7 @@ impl ProcessMonitor {
         self.fill_details(&mut p.record, reread_cgroup);
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
         p.fd_count = None;
+        p.fd_denied = None; // a new image may run with other credentials
         self.stats.execs += 1;
         self.emit_or_hold(may_exec, &p.record, out);
         self.live.insert(pid, p);

@@ -6,6 +6,7 @@
 //! dump), which the caller must not use to conclude that a socket vanished.
 
 use std::io;
+use std::os::fd::AsFd;
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 use thiserror::Error;
@@ -19,6 +20,10 @@ use crate::telemetry;
 
 /// Receive buffer per datagram: the kernel sends dump datagrams of at most ~32 KiB.
 const RECV_BUF: usize = 64 * 1024;
+
+/// The kernel builds each reply datagram inside our `recv`, so a wait this long means a
+/// reply was lost; the engine thread must not block on it forever.
+const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Error)]
 pub enum DumpError {
@@ -36,6 +41,8 @@ pub enum DumpError {
         protocol: Protocol,
         source: io::Error,
     },
+    #[error("{family:?}/{protocol:?} dump: no reply from the kernel within {RECV_TIMEOUT:?}")]
+    TimedOut { family: Family, protocol: Protocol },
     #[error("{family:?}/{protocol:?} dump: the kernel answered error {errno} ({})", io::Error::from_raw_os_error(*errno))]
     Kernel {
         family: Family,
@@ -89,6 +96,8 @@ impl Dumper {
     pub fn open() -> Result<Self, DumpError> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(DumpError::Open)?;
         socket.bind_auto().map_err(DumpError::Open)?;
+        crate::sys::net::set_receive_timeout(socket.as_fd(), RECV_TIMEOUT)
+            .map_err(DumpError::Open)?;
         Ok(Dumper {
             socket,
             buf: Vec::with_capacity(RECV_BUF),
@@ -126,6 +135,9 @@ impl Dumper {
         match self.socket.recv(&mut self.buf, 0) {
             Ok(len) => Ok(Some(len)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(DumpError::TimedOut { family, protocol })
+            }
             Err(source) => Err(DumpError::Recv {
                 family,
                 protocol,
@@ -142,9 +154,21 @@ impl Dumper {
         local: std::net::SocketAddr,
         remote: std::net::SocketAddr,
     ) -> Result<Option<u8>, DumpError> {
+        Ok(self.lookup(family, local, remote, None)?.map(|s| s.state))
+    }
+
+    /// The TCP socket with this 4-tuple (and this cookie, when given), or `None` when there
+    /// is none: one request and one reply, whatever the number of sockets.
+    pub fn lookup(
+        &mut self,
+        family: Family,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        cookie: Option<u64>,
+    ) -> Result<Option<SocketInfo>, DumpError> {
         let protocol = Protocol::Tcp;
         self.seq = self.seq.wrapping_add(1);
-        let request = msg::lookup_request(family, local, remote, self.seq);
+        let request = msg::lookup_request(family, local, remote, cookie, self.seq);
         self.send(&request, family, protocol)?;
         loop {
             let Some(len) = self.recv(family, protocol)? else {
@@ -156,9 +180,7 @@ impl Dumper {
                 }
                 match message.kind {
                     SOCK_DIAG_BY_FAMILY => {
-                        return Ok(msg::parse_socket(message.payload, protocol)
-                            .ok()
-                            .map(|s| s.state));
+                        return Ok(msg::parse_socket(message.payload, protocol).ok());
                     }
                     NLMSG_ERROR => {
                         let errno = msg::error_code(message.payload)
@@ -166,7 +188,7 @@ impl Dumper {
                             .unwrap_or(libc::EPROTO);
                         return match errno {
                             0 => continue,
-                            libc::ENOENT => Ok(None),
+                            libc::ENOENT | libc::ESTALE => Ok(None),
                             errno => Err(DumpError::Kernel {
                                 family,
                                 protocol,
@@ -264,6 +286,39 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+
+    /// A connection waiting in the accept queue has no inode (no file yet); the same socket,
+    /// found again by its 4-tuple and cookie once accepted, has one. Another cookie on the
+    /// same tuple finds nothing.
+    #[test]
+    fn lookup_by_cookie_sees_an_accepted_socket_get_its_inode() {
+        let mut dumper = Dumper::open().expect("sock_diag");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let server_addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(server_addr).expect("connect");
+        let client_addr = client.local_addr().expect("local");
+        let queued = dumper
+            .lookup(Family::Ipv4, server_addr, client_addr, None)
+            .expect("lookup")
+            .expect("the queued connection");
+        assert_eq!(queued.inode, 0, "not accepted yet: no inode");
+        let (_server, _) = listener.accept().expect("accept");
+        let accepted = dumper
+            .lookup(Family::Ipv4, server_addr, client_addr, Some(queued.cookie))
+            .expect("lookup")
+            .expect("the same socket, accepted");
+        assert_eq!(accepted.cookie, queued.cookie);
+        assert_ne!(accepted.inode, 0, "accepted: the inode of its fd");
+        let other = dumper
+            .lookup(
+                Family::Ipv4,
+                server_addr,
+                client_addr,
+                Some(queued.cookie ^ 1),
+            )
+            .expect("lookup");
+        assert!(other.is_none(), "another cookie: {other:?}");
+    }
 
     /// A client that closed first is left in TIME_WAIT once the server's FIN came; the lookup
     /// finds that minisocket by 4-tuple, an open connection in its state, nothing for an

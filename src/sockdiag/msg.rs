@@ -353,11 +353,13 @@ pub fn dump_request(
 }
 
 /// Builds a request for the one TCP socket (full or TIME_WAIT) with this 4-tuple, in any
-/// state and without attributes: the kernel answers with it or with `ENOENT`.
+/// state and without attributes: the kernel answers with it or with `ENOENT` (`ESTALE` when
+/// a `cookie` is given and the socket on that tuple has another).
 pub fn lookup_request(
     family: Family,
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
+    cookie: Option<u64>,
     seq: u32,
 ) -> [u8; NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN] {
     let mut buf = dump_request(family, Protocol::Tcp, ALL_STATES, seq);
@@ -372,7 +374,14 @@ pub fn lookup_request(
             std::net::IpAddr::V6(v6) => body[at..at + 16].copy_from_slice(&v6.octets()),
         }
     }
-    body[48..56].copy_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE: any cookie
+    match cookie {
+        // Two host-order u32 words, low word first, as the kernel reports it.
+        Some(c) => {
+            body[48..52].copy_from_slice(&(c as u32).to_ne_bytes());
+            body[52..56].copy_from_slice(&((c >> 32) as u32).to_ne_bytes());
+        }
+        None => body[48..56].copy_from_slice(&[0xff; 8]), // INET_DIAG_NOCOOKIE: any cookie
+    }
     buf
 }
 

@@ -308,7 +308,7 @@ fn pod_sandbox_with_the_apps_uid_attributes_by_fd() {
         "attributed to the app's client {clients:?}: {out_ns:?}"
     );
     let in_ns = seen.flow(Some(8080), "203.0.113.2", None);
-    assert_eq!(in_ns.attribution, Attribution::Fd);
+    assert_eq!(in_ns.attribution, Attribution::Fd, "{in_ns:?}");
 }
 
 #[test]

@@ -139,7 +139,7 @@ fn assert_exact(records: &[Record], port: u16, plans: &HashMap<u16, Conn>, long:
             if plan.hold >= long {
                 assert_eq!(
                     starts, 1,
-                    "a connection open across polls has its START ({local}->{remote})"
+                    "a connection open across polls has its START ({local}->{remote}): {mine:#?}"
                 );
                 let start = mine
                     .iter()
