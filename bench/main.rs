@@ -1169,6 +1169,13 @@ fn scenario_spawn(report: &mut Report, sizes: &Sizes) -> anyhow::Result<()> {
                 eprintln!("missed {t:?}: {mine:?}");
             }
         }
+        if let Some(Record::Heartbeat(h)) = records
+            .iter()
+            .rev()
+            .find(|r| matches!(r, Record::Heartbeat(_)))
+        {
+            eprintln!("collector's last heartbeat: {:?}", h.counters);
+        }
     }
     for (label, n, seen) in score::score_processes(&truth, &records) {
         let rate = ratio(seen, n);
