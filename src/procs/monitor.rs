@@ -267,20 +267,16 @@ impl ProcessMonitor {
         for pid in gone {
             self.exit(pid, now, out);
         }
-        for pid in pids {
-            self.observe(pid, now, out);
-        }
+        self.observe_all(&pids, now, out);
         self.expire_tombstones();
     }
 
     /// Reads only pids not yet known (after the last-pid trigger moved).
     fn scan_new(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
         self.stats.scans += 1;
-        for pid in self.list_pids() {
-            if !self.live.contains_key(&pid) {
-                self.observe(pid, now, out);
-            }
-        }
+        let mut pids = self.list_pids();
+        pids.retain(|pid| !self.live.contains_key(pid));
+        self.observe_all(&pids, now, out);
     }
 
     fn recheck_young(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
@@ -310,7 +306,29 @@ impl ProcessMonitor {
 
     /// Reads one pid and emits START, EXEC, or EXIT+START (pid reuse) as it finds it.
     fn observe(&mut self, pid: u32, now: UnixNanos, out: &mut Vec<Record>) {
-        let stat = match self.read_stat(pid) {
+        let stat = self.read_stat(pid);
+        self.observe_stat(pid, stat, now, out);
+    }
+
+    /// Reads the `stat` of every pid first (comm, parent, start time: what lineage needs, a
+    /// few µs each), then handles each. A scan after a busy spell finds dozens of new pids,
+    /// and reading each one's details (command line, cgroup, exe) before the next pid's
+    /// stat let the short-lived ones exit unseen.
+    fn observe_all(&mut self, pids: &[u32], now: UnixNanos, out: &mut Vec<Record>) {
+        let stats: Vec<Option<Stat>> = pids.iter().map(|&pid| self.read_stat(pid)).collect();
+        for (&pid, stat) in pids.iter().zip(stats) {
+            self.observe_stat(pid, stat, now, out);
+        }
+    }
+
+    fn observe_stat(
+        &mut self,
+        pid: u32,
+        stat: Option<Stat>,
+        now: UnixNanos,
+        out: &mut Vec<Record>,
+    ) {
+        let stat = match stat {
             Some(stat) => stat,
             None => {
                 if self.live.contains_key(&pid) {
