@@ -51,7 +51,8 @@ pub struct ProcessStats {
     pub exits: u64,
     pub scans: u64,
     pub sweeps: u64,
-    /// A /proc read raced the process's exit.
+    /// New pids listed in /proc that exited before their `stat` was read: processes lost
+    /// but for their pid. (A known process whose read fails has simply exited.)
     pub raced_exit: u64,
     /// exe / cwd / fd reads denied (ptrace access).
     pub permission_denied: u64,
@@ -333,6 +334,8 @@ impl ProcessMonitor {
             None => {
                 if self.live.contains_key(&pid) {
                     self.exit(pid, now, out);
+                } else {
+                    self.stats.raced_exit += 1;
                 }
                 return;
             }
@@ -558,10 +561,7 @@ impl ProcessMonitor {
         let path = self.config.proc_root.join(pid.to_string()).join("stat");
         match read_into(&path, &mut self.buf, 4096) {
             Ok(()) => parse::parse_stat(&self.buf),
-            Err(_) => {
-                self.stats.raced_exit += 1;
-                None
-            }
+            Err(_) => None,
         }
     }
 
@@ -713,6 +713,31 @@ mod tests {
             monitor.sweep(1, &mut out);
             (monitor, out)
         }
+    }
+
+    /// A new pid gone before its stat was read is a loss (`raced_exit`); a known process
+    /// whose stat is gone has exited, and is reported so, not counted as a race.
+    #[test]
+    fn only_new_pids_that_vanish_count_as_raced() {
+        let fake = FakeProc::new();
+        fake.process(4242, "app", b"app\0");
+        let (mut monitor, _) = fake.swept();
+        // Listed, but exited before its stat could be read.
+        fs::create_dir_all(fake.root.path().join("4243")).expect("pid dir");
+        let mut out = Vec::new();
+        monitor.sweep(2, &mut out);
+        assert_eq!(monitor.stats().raced_exit, 1);
+        fs::remove_file(fake.root.path().join("4242/stat")).expect("stat");
+        monitor.sweep(3, &mut out);
+        assert_eq!(
+            monitor.stats().raced_exit,
+            2,
+            "4243 is still new and unreadable"
+        );
+        assert_eq!(monitor.stats().exits, 1, "4242 exited");
+        assert!(out.iter().any(
+            |r| matches!(r, Record::Process(p) if p.pid == 4242 && p.phase == ProcessPhase::Exit)
+        ));
     }
 
     fn argv_of(records: &[Record]) -> Vec<(ProcessPhase, Vec<Vec<u8>>)> {
