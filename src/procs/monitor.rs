@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::model::{Ancestor, ProcessPhase, ProcessRecord, Record, Unavailable, UnixNanos};
 use crate::procs::parse::{self, Stat};
+use crate::sys::proc::PidDir;
 use crate::telemetry;
 
 #[derive(Debug, Clone)]
@@ -576,23 +577,34 @@ impl ProcessMonitor {
     /// Fills what needs more reads: ids, argv, identity (with `cgroup`), and the
     /// ptrace-guarded exe, cwd, stdio.
     fn fill_details(&mut self, r: &mut ProcessRecord, cgroup: bool) {
-        let dir = self.config.proc_root.join(r.pid.to_string());
-        if read_into(&dir.join("status"), &mut self.buf, 16 * 1024).is_ok() {
+        let dir = match PidDir::open(&self.config.proc_root, r.pid) {
+            Ok(dir) => dir,
+            Err(e) => {
+                // Exited since its stat was read: the record keeps what stat gave.
+                (r.exe, r.cwd) = (None, None);
+                r.exe_unavailable = self.unavailable(&e, r.ppid);
+                r.cwd_unavailable = r.exe_unavailable;
+                return;
+            }
+        };
+        if dir.read(c"status", &mut self.buf, 16 * 1024).is_ok() {
             if let Some(ids) = parse::parse_status(&self.buf) {
                 (r.uid, r.euid, r.gid, r.egid) = (ids.uid, ids.euid, ids.gid, ids.egid);
             }
         }
-        if let Some(argv) = self.read_argv(r.pid) {
-            r.argv = argv;
+        if dir
+            .read(c"cmdline", &mut self.buf, self.config.max_argv_bytes)
+            .is_ok()
+        {
+            r.argv = parse::parse_cmdline(&self.buf);
         }
-        if cgroup && read_into(&dir.join("cgroup"), &mut self.buf, 16 * 1024).is_ok() {
+        if cgroup && dir.read(c"cgroup", &mut self.buf, 16 * 1024).is_ok() {
             let identity = parse::parse_cgroup(&self.buf);
             r.container_id = identity.container_id;
             r.pod_uid = identity.pod_uid.or_else(|| self.pod_uid_env.clone());
         }
-        match fs::read_link(dir.join("exe")) {
-            Ok(target) => {
-                let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec();
+        match dir.read_link(c"exe") {
+            Ok(bytes) => {
                 r.exe_deleted = bytes.ends_with(b" (deleted)") || bytes.starts_with(b"/memfd:");
                 r.exe = Some(bytes);
                 r.exe_unavailable = Unavailable::Unspecified;
@@ -602,9 +614,9 @@ impl ProcessMonitor {
                 r.exe_unavailable = self.unavailable(&e, r.ppid);
             }
         }
-        match fs::read_link(dir.join("cwd")) {
-            Ok(target) => {
-                r.cwd = Some(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec());
+        match dir.read_link(c"cwd") {
+            Ok(bytes) => {
+                r.cwd = Some(bytes);
                 r.cwd_unavailable = Unavailable::Unspecified;
             }
             Err(e) => {
@@ -614,12 +626,10 @@ impl ProcessMonitor {
         }
         r.stdio_socket_inodes.clear();
         let mut readable = false;
-        for fd in 0..3 {
-            if let Ok(link) = fs::read_link(dir.join("fd").join(fd.to_string())) {
+        for fd in [c"fd/0", c"fd/1", c"fd/2"] {
+            if let Ok(link) = dir.read_link(fd) {
                 readable = true;
-                if let Some(inode) =
-                    parse::socket_inode(std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()))
-                {
+                if let Some(inode) = parse::socket_inode(&link) {
                     r.stdio_socket_inodes.push(inode);
                 }
             }

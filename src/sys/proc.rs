@@ -1,6 +1,6 @@
-//! Reading a process's fd table without a path walk per fd: `readlinkat` relative to the
-//! open `/proc/<pid>/fd` directory. An attribution pass reads every fd of the pod, so this
-//! is its whole cost.
+//! Reading /proc without a path walk per file: a process's fd table by `readlinkat`
+//! relative to its open `/proc/<pid>/fd` (an attribution pass reads every fd of the pod, so
+//! this is its whole cost), and a process's details relative to its open `/proc/<pid>`.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -53,6 +53,66 @@ pub fn for_each_fd_link(fd_dir: &Path, mut each: impl FnMut(&[u8])) -> io::Resul
     Ok(count)
 }
 
+/// An open `/proc/<pid>` directory. Its files are opened relative to it: no walk through
+/// `/proc/<pid>` per file (each walk revalidates the pid's dentry, most of a small read's
+/// cost), and every read is of the same process: once it exits, a reused pid cannot answer
+/// in its place.
+pub struct PidDir(std::os::fd::OwnedFd);
+
+impl PidDir {
+    pub fn open(proc_root: &Path, pid: u32) -> io::Result<PidDir> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(proc_root.join(pid.to_string()))?;
+        Ok(PidDir(dir.into()))
+    }
+
+    /// Reads the file `name` (at most `limit` bytes) into `buf`.
+    pub fn read(&self, name: &CStr, buf: &mut Vec<u8>, limit: usize) -> io::Result<()> {
+        use std::io::Read;
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: the directory fd is open for as long as `self`, and `name` is NUL-terminated.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it; the File closes it.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        buf.clear();
+        file.take(limit as u64).read_to_end(buf)?;
+        Ok(())
+    }
+
+    /// The target of the link `name` (`exe`, `cwd`, `fd/0`), up to PATH_MAX bytes.
+    pub fn read_link(&self, name: &CStr) -> io::Result<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let mut target = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: the directory fd is open, `name` is NUL-terminated, and the buffer and its
+        // length describe writable memory we own.
+        let len = unsafe {
+            libc::readlinkat(
+                self.0.as_raw_fd(),
+                name.as_ptr(),
+                target.as_mut_ptr().cast::<libc::c_char>(),
+                target.len(),
+            )
+        };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        target.truncate(len as usize);
+        Ok(target)
+    }
+}
+
 /// Reads a small /proc file again from its start with `pread` into `buf`, returning the
 /// length read: one syscall when it fits, where seek + `read_to_end` cost four (seek, size
 /// probe, read, read of EOF). `buf` keeps its zeroed length between calls (no memset per
@@ -77,6 +137,44 @@ pub fn reread(file: &std::fs::File, buf: &mut Vec<u8>) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Files and links read relative to an open /proc/<pid>; once the process has exited
+    /// and been reaped, the open directory answers nothing (a reused pid cannot answer).
+    #[test]
+    fn pid_dir_reads_one_process_and_nothing_after_it_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let dir = PidDir::open(Path::new("/proc"), pid).expect("open");
+        let mut buf = Vec::new();
+        dir.read(c"stat", &mut buf, 4096).expect("stat");
+        assert!(buf.starts_with(format!("{pid} (sleep)").as_bytes()));
+        // Right after the exec the arguments may not be set yet (the record is held then).
+        for _ in 0..200 {
+            dir.read(c"cmdline", &mut buf, 4096).expect("cmdline");
+            if !buf.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(buf, b"sleep\x0030\x00");
+        let exe = dir.read_link(c"exe").expect("exe");
+        assert!(
+            exe.ends_with(b"/sleep"),
+            "{}",
+            String::from_utf8_lossy(&exe)
+        );
+        assert!(dir.read_link(c"fd/0").is_ok());
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        assert!(
+            dir.read(c"stat", &mut buf, 4096).is_err(),
+            "read after exit"
+        );
+        assert!(dir.read_link(c"exe").is_err(), "link after exit");
+    }
 
     #[test]
     fn reread_returns_whole_files_again_and_again() {
