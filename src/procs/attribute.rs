@@ -128,15 +128,21 @@ impl ProcessMonitor {
             index.forget(pid);
         }
         index.expire_released();
-        let mut unknown: HashSet<u64> = wanted
-            .iter()
-            .copied()
-            .filter(|i| !index.owners.contains_key(i))
-            .collect();
+        // Sized up front: a first pass wants every socket of the pod, and growing a map of
+        // 100k entries by doubling rehashes it a dozen times.
+        let mut unknown: HashSet<u64> =
+            HashSet::with_capacity_and_hasher(wanted.len(), Default::default());
+        unknown.extend(
+            wanted
+                .iter()
+                .copied()
+                .filter(|i| !index.owners.contains_key(i)),
+        );
         if unknown.is_empty() {
             self.index = index;
             return;
         }
+        index.owners.reserve(unknown.len());
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
         let mut order: Vec<(u8, std::cmp::Reverse<u64>, u32)> = self
