@@ -68,7 +68,6 @@ pub struct ProcessStats {
 pub(crate) struct Proc {
     pub record: ProcessRecord,
     pub starttime_ticks: u64,
-    pub first_seen: Instant,
     /// Open-fd count at the last fd scan (`stat(/proc/pid/fd).st_size`), for attribution.
     pub fd_count: Option<u64>,
     /// The attribution pass in which the fd count last changed: recent changers are read
@@ -120,6 +119,9 @@ pub struct ProcessMonitor {
     /// Processes whose START or EXEC record is held: read mid-exec, after the kernel set
     /// the new comm and before it set the new arguments, their command line was empty.
     held: Vec<(u32, Instant)>,
+    /// Processes first seen within `young_age`, oldest first: re-read every tick without
+    /// walking every live process (thousands in a big pod) to find them.
+    young: VecDeque<(Instant, u32)>,
 }
 
 /// A process that can be caught between an exec's new comm and its new arguments: not a
@@ -188,6 +190,7 @@ impl ProcessMonitor {
             containers: HashSet::new(),
             new_container_pids: Vec::new(),
             held: Vec::new(),
+            young: VecDeque::new(),
         })
     }
 
@@ -282,14 +285,19 @@ impl ProcessMonitor {
     }
 
     fn recheck_young(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
-        let young: Vec<u32> = self
-            .live
-            .iter()
-            .filter(|(_, p)| p.first_seen.elapsed() < self.config.young_age)
-            .map(|(pid, _)| *pid)
-            .collect();
+        while self
+            .young
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() >= self.config.young_age)
+        {
+            self.young.pop_front();
+        }
+        let young: Vec<u32> = self.young.iter().map(|&(_, pid)| pid).collect();
         for pid in young {
-            self.observe(pid, now, out);
+            // Gone since: its exit was already reported.
+            if self.live.contains_key(&pid) {
+                self.observe(pid, now, out);
+            }
         }
     }
 
@@ -408,12 +416,12 @@ impl ProcessMonitor {
         }
         metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
         self.emit_or_hold(may_exec, &record, out);
+        self.young.push_back((Instant::now(), record.pid));
         self.live.insert(
             record.pid,
             Proc {
                 starttime_ticks: stat.starttime,
                 record,
-                first_seen: Instant::now(),
                 fd_count: None,
                 fd_changed_pass: 0,
                 fd_denied: None,
