@@ -328,9 +328,9 @@ impl SocketMonitor {
     fn drain_destroy(&mut self, out: &mut Vec<Record>) {
         for DestroyEvent { socket, at } in self.destroy_rx.try_iter() {
             self.last_change = Instant::now();
-            let proved =
-                self.table.fin_in_doubt(&socket) && timewait_successor(&mut self.dumper, &socket);
-            self.table.apply_destroy_proved(&socket, at, proved, out)
+            let dumper = &mut self.dumper;
+            self.table
+                .apply_destroy_with(&socket, at, &mut |s| timewait_successor(dumper, s), out);
         }
         let losses = self.destroy.stats.losses();
         // Destroy events were lost: resynchronise with a full dump, and end the flows that

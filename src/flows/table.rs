@@ -67,7 +67,7 @@ pub struct FlowStats {
     /// by a later dump, before their START.
     pub reattributed: u64,
     /// ENDs whose received FIN only a TIME_WAIT successor showed (see
-    /// [`FlowTable::fin_in_doubt`]).
+    /// [`FlowTable::apply_destroy_with`]).
     pub fin_by_timewait: u64,
 }
 
@@ -663,38 +663,19 @@ impl FlowTable {
         }
     }
 
-    /// Whether a destroy event leaves open if the peer's FIN is in its counters: the last
-    /// dump saw the socket in FIN_WAIT1/2 and nothing moved since. A dump reads the state
-    /// before it takes the socket lock and the counters under it, so a FIN processed in
-    /// between is counted while the state does not show it; a reset or the orphan timeout
-    /// ends such a socket without a FIN. Only a FIN leaves a TIME_WAIT minisocket behind,
-    /// which the caller can look up by 4-tuple ([`Self::apply_destroy_proved`]).
-    pub fn fin_in_doubt(&self, s: &SocketInfo) -> bool {
-        let Some(e) = self.flows.get(&s.cookie) else {
-            return false;
-        };
-        let (Some(last), Some(info)) = (e.tcp(), s.tcp.as_ref()) else {
-            return false;
-        };
-        let now = Counters::from_info(info);
-        matches!(e.state, msg::TCP_FIN_WAIT1 | msg::TCP_FIN_WAIT2)
-            && !info.is_zeroed()
-            && now.data_segs_in == last.data_segs_in
-            && now.bytes_received_seq == last.bytes_received_seq
-    }
-
     /// Applies a destroy event: the socket's END with the kernel's final counters.
     pub fn apply_destroy(&mut self, s: &SocketInfo, at: UnixNanos, out: &mut Vec<Record>) {
-        self.apply_destroy_proved(s, at, false, out);
+        self.apply_destroy_with(s, at, &mut |_| false, out);
     }
 
-    /// [`Self::apply_destroy`], with `fin_proved` when a TIME_WAIT successor showed that
-    /// the peer's FIN arrived.
-    pub fn apply_destroy_proved(
+    /// [`Self::apply_destroy`], asking `prove_fin` about a socket whose received FIN is in
+    /// doubt (see [`fin_in_doubt`]): only a FIN leaves a TIME_WAIT minisocket behind, which
+    /// the caller can look up by 4-tuple. It is asked for no other socket.
+    pub fn apply_destroy_with(
         &mut self,
         s: &SocketInfo,
         at: UnixNanos,
-        fin_proved: bool,
+        prove_fin: &mut dyn FnMut(&SocketInfo) -> bool,
         out: &mut Vec<Record>,
     ) {
         if let Some(l) = self.listeners.remove(&s.cookie) {
@@ -753,10 +734,12 @@ impl FlowTable {
             } else {
                 let mut counters = Counters::from_info(info);
                 let inferred = fin_received(entry.tcp(), &counters, entry.state);
-                if fin_proved && !inferred {
+                let proved =
+                    !inferred && fin_in_doubt(entry.tcp(), &counters, entry.state) && prove_fin(s);
+                if proved {
                     self.stats.fin_by_timewait += 1;
                 }
-                let fin = inferred || fin_proved;
+                let fin = inferred || proved;
                 counters.bytes_received_seq =
                     counters.bytes_received_seq.saturating_sub(u64::from(fin));
                 // Stored as payload from here on (state CLOSE means "already adjusted").
@@ -969,6 +952,18 @@ fn fin_received(last: Option<&Counters>, now: &Counters, last_state: u8) -> bool
         _ if now.data_segs_in == 0 => now.bytes_received_seq > 0,
         _ => true,
     }
+}
+
+/// Whether a received FIN may hide in counters that [`fin_received`] found without one: the
+/// last dump saw FIN_WAIT1/2 and nothing moved since. A dump reads the state before it takes
+/// the socket lock and the counters under it, so a FIN processed in between is counted while
+/// the state does not show it; a reset or the orphan timeout ends such a socket without one.
+fn fin_in_doubt(last: Option<&Counters>, now: &Counters, last_state: u8) -> bool {
+    matches!(last_state, msg::TCP_FIN_WAIT1 | msg::TCP_FIN_WAIT2)
+        && last.is_some_and(|last| {
+            now.data_segs_in == last.data_segs_in
+                && now.bytes_received_seq == last.bytes_received_seq
+        })
 }
 
 fn is_listener(s: &SocketInfo) -> bool {
@@ -1350,31 +1345,44 @@ mod tests {
     /// just before the FIN and the counters just after): only a TIME_WAIT successor says so.
     #[test]
     fn a_fin_counted_behind_a_fin_wait_state_is_taken_off_when_proved() {
-        let end = |proved: bool| {
+        let (local, remote) = ("127.0.0.1:40000", "127.0.0.1:80");
+        // The END's bytes received, the FINs proved, and whether the proof was asked for.
+        let end = |destroyed: &SocketInfo, proved: bool| {
             let mut t = table();
             let mut out = Vec::new();
-            let (local, remote) = ("127.0.0.1:40000", "127.0.0.1:80");
             let racy = tcp_socket(5, local, remote, msg::TCP_FIN_WAIT2, 10, 101, 2);
             t.apply_dump(&[racy], true, 10, &mut NoAttribution, &mut out);
-            let destroyed = tcp_socket(5, local, remote, msg::TCP_CLOSE, 10, 101, 2);
-            assert!(t.fin_in_doubt(&destroyed));
-            // Data or a FIN after that dump is no doubt: the counters moved.
-            let moved = tcp_socket(5, local, remote, msg::TCP_CLOSE, 10, 102, 2);
-            assert!(!t.fin_in_doubt(&moved));
-            t.apply_destroy_proved(&destroyed, 20, proved, &mut out);
+            let mut asked = false;
+            t.apply_destroy_with(
+                destroyed,
+                20,
+                &mut |_| {
+                    asked = true;
+                    proved
+                },
+                &mut out,
+            );
             let ends: Vec<Option<u64>> = flows(&out)
                 .iter()
                 .filter(|f| f.phase == FlowPhase::End)
                 .map(|f| f.bytes_received)
                 .collect();
-            (ends, t.stats().fin_by_timewait)
+            (ends, t.stats().fin_by_timewait, asked)
         };
-        assert_eq!(end(false), (vec![Some(101)], 0), "inferred: no FIN");
+        let destroyed = tcp_socket(5, local, remote, msg::TCP_CLOSE, 10, 101, 2);
         assert_eq!(
-            end(true),
-            (vec![Some(100)], 1),
+            end(&destroyed, false),
+            (vec![Some(101)], 0, true),
+            "in doubt; not proved: no FIN"
+        );
+        assert_eq!(
+            end(&destroyed, true),
+            (vec![Some(100)], 1, true),
             "a TIME_WAIT successor proves it"
         );
+        // Data or a FIN after that dump is no doubt: the counters moved, nobody is asked.
+        let moved = tcp_socket(5, local, remote, msg::TCP_CLOSE, 10, 102, 2);
+        assert!(!end(&moved, true).2);
     }
 
     #[test]
