@@ -611,7 +611,7 @@ impl ProcessMonitor {
             r.container_id = identity.container_id;
             r.pod_uid = identity.pod_uid.or_else(|| self.pod_uid_env.clone());
         }
-        match dir.read_link(c"exe") {
+        match dir.read_link(c"exe", <[u8]>::to_vec) {
             Ok(bytes) => {
                 r.exe_deleted = bytes.ends_with(b" (deleted)") || bytes.starts_with(b"/memfd:");
                 r.exe = Some(bytes);
@@ -622,7 +622,7 @@ impl ProcessMonitor {
                 r.exe_unavailable = self.unavailable(&e, r.ppid);
             }
         }
-        match dir.read_link(c"cwd") {
+        match dir.read_link(c"cwd", <[u8]>::to_vec) {
             Ok(bytes) => {
                 r.cwd = Some(bytes);
                 r.cwd_unavailable = Unavailable::Unspecified;
@@ -635,11 +635,9 @@ impl ProcessMonitor {
         r.stdio_socket_inodes.clear();
         let mut readable = false;
         for fd in [c"fd/0", c"fd/1", c"fd/2"] {
-            if let Ok(link) = dir.read_link(fd) {
+            if let Ok(inode) = dir.read_link(fd, parse::socket_inode) {
                 readable = true;
-                if let Some(inode) = parse::socket_inode(&link) {
-                    r.stdio_socket_inodes.push(inode);
-                }
+                r.stdio_socket_inodes.extend(inode);
             }
         }
         r.stdio_is_socket = readable.then_some(!r.stdio_socket_inodes.is_empty());

@@ -34,18 +34,8 @@ pub fn for_each_fd_link(fd_dir: &Path, mut each: impl FnMut(&[u8])) -> io::Resul
             continue;
         }
         count += 1;
-        // SAFETY: `dir_fd` is open, `name` is NUL-terminated, and the buffer and its length
-        // describe writable memory we own.
-        let len = unsafe {
-            libc::readlinkat(
-                dir_fd,
-                name.as_ptr(),
-                target.as_mut_ptr().cast::<libc::c_char>(),
-                target.len(),
-            )
-        };
-        if len > 0 {
-            each(&target[..len as usize]);
+        if let Ok(len @ 1..) = read_link_at(dir_fd, name, &mut target) {
+            each(&target[..len]);
         }
     }
     // SAFETY: `dir` was returned by opendir and is closed exactly once.
@@ -91,26 +81,29 @@ impl PidDir {
         Ok(())
     }
 
-    /// The target of the link `name` (`exe`, `cwd`, `fd/0`), up to PATH_MAX bytes.
-    pub fn read_link(&self, name: &CStr) -> io::Result<Vec<u8>> {
+    /// The target of the link `name` (`exe`, `cwd`, `fd/0`), up to PATH_MAX bytes, read
+    /// into a buffer on the stack: only the caller's copy allocates.
+    pub fn read_link<T>(&self, name: &CStr, with: impl FnOnce(&[u8]) -> T) -> io::Result<T> {
         use std::os::fd::AsRawFd;
-        let mut target = vec![0u8; libc::PATH_MAX as usize];
-        // SAFETY: the directory fd is open, `name` is NUL-terminated, and the buffer and its
-        // length describe writable memory we own.
-        let len = unsafe {
-            libc::readlinkat(
-                self.0.as_raw_fd(),
-                name.as_ptr(),
-                target.as_mut_ptr().cast::<libc::c_char>(),
-                target.len(),
-            )
-        };
-        if len < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        target.truncate(len as usize);
-        Ok(target)
+        let mut target = [0u8; libc::PATH_MAX as usize];
+        let len = read_link_at(self.0.as_raw_fd(), name, &mut target)?;
+        Ok(with(&target[..len]))
     }
+}
+
+/// `readlinkat(dir_fd, name)` into `target`; the length read (a longer target is cut).
+fn read_link_at(dir_fd: libc::c_int, name: &CStr, target: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the caller holds `dir_fd` open, `name` is NUL-terminated, and the buffer and
+    // its length describe writable memory we own.
+    let len = unsafe {
+        libc::readlinkat(
+            dir_fd,
+            name.as_ptr(),
+            target.as_mut_ptr().cast::<libc::c_char>(),
+            target.len(),
+        )
+    };
+    usize::try_from(len).map_err(|_| io::Error::last_os_error())
 }
 
 /// Reads a small /proc file again from its start with `pread` into `buf`, returning the
@@ -160,20 +153,20 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(buf, b"sleep\x0030\x00");
-        let exe = dir.read_link(c"exe").expect("exe");
+        let exe = dir.read_link(c"exe", <[u8]>::to_vec).expect("exe");
         assert!(
             exe.ends_with(b"/sleep"),
             "{}",
             String::from_utf8_lossy(&exe)
         );
-        assert!(dir.read_link(c"fd/0").is_ok());
+        assert!(dir.read_link(c"fd/0", |_| ()).is_ok());
         child.kill().expect("kill");
         child.wait().expect("wait");
         assert!(
             dir.read(c"stat", &mut buf, 4096).is_err(),
             "read after exit"
         );
-        assert!(dir.read_link(c"exe").is_err(), "link after exit");
+        assert!(dir.read_link(c"exe", |_| ()).is_err(), "link after exit");
     }
 
     #[test]
