@@ -160,6 +160,17 @@ impl Distinct {
         }
     }
 
+    /// `per_sender` from `senders` (after a load: it is not saved).
+    fn rebuild_per_sender(&mut self) {
+        self.per_sender.clear();
+        for c in self.senders.values() {
+            match self.per_sender.iter_mut().find(|(known, _)| known == c) {
+                Some((_, n)) => *n += 1,
+                None => self.per_sender.push((c.clone(), 1)),
+            }
+        }
+    }
+
     fn forget(&mut self, value: &str) {
         if let Some(sender) = self.senders.remove(value) {
             self.debit(&sender);
@@ -287,14 +298,7 @@ impl State {
                     .values_mut()
                     .flat_map(|keys| keys.values_mut())
                 {
-                    let senders: Vec<Contributor> = d.senders.values().cloned().collect();
-                    d.per_sender.clear();
-                    for sender in senders {
-                        match d.per_sender.iter_mut().find(|(c, _)| *c == sender) {
-                            Some((_, n)) => *n += 1,
-                            None => d.per_sender.push((sender, 1)),
-                        }
-                    }
+                    d.rebuild_per_sender();
                 }
                 Ok(state)
             }
