@@ -285,7 +285,9 @@ impl SocketMonitor {
         // An accept backlog is the periodic dump's: the lookups stay a small cost per tick.
         self.awaiting.truncate(LOOKUPS_PER_TICK);
         self.sockets.clear();
+        let mut asked = 0u64;
         for &(cookie, family, local, remote) in &self.awaiting {
+            asked += 1;
             match self.dumper.lookup(family, local, remote, Some(cookie)) {
                 Ok(Some(socket)) => self.sockets.push(socket),
                 Ok(None) => {} // closed: its destroy event ends it
@@ -295,7 +297,7 @@ impl SocketMonitor {
                 }
             }
         }
-        metrics::counter!(telemetry::SOCKDIAG_LOOKUPS).increment(self.awaiting.len() as u64);
+        metrics::counter!(telemetry::SOCKDIAG_LOOKUPS).increment(asked);
         self.table
             .apply_lookups(&self.sockets, now_ns(), lookup, out);
     }
