@@ -581,12 +581,26 @@ impl Drop for Idlers {
     }
 }
 
+/// A pod's network namespace for the calling thread: a new one with loopback up.
+fn enter_pod_netns() -> anyhow::Result<procflow::sys::ns::NetnsGuard> {
+    let entered = procflow::sys::ns::NetnsGuard::enter_new().context("unshare(CLONE_NEWNET)")?;
+    let up = Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+    anyhow::ensure!(up.success(), "ip link set lo up: {up}");
+    Ok(entered)
+}
+
 fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow::Result<()> {
     let scenario = if processes > 0 {
         format!("poll {}k+{processes}p", conns * 2 / 1000)
     } else {
         format!("poll {}k", conns * 2 / 1000)
     };
+    // A pod's own network namespace: the host's holds sockets of processes outside this pid
+    // namespace (here a supervisor's listener), which no fd table shows and which would make
+    // every full pass read every table.
+    let _netns = enter_pod_netns()
+        .inspect_err(|e| eprintln!("  poll: in the host's network namespace ({e:#})"))
+        .ok();
     let _idlers = Idlers::spawn(processes)?;
     // Each worker holds ≤ 9,000 connections (18,000 fds): under the 20,000-fd limit.
     let per_worker = 9_000usize;
@@ -640,17 +654,20 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
             ss = ss.min(timed(|| run_quiet("sh", &["-c", "ss -tin > /dev/null"]))?);
             proc_net = proc_net.min(timed(|| {
                 let mut sink = Vec::new();
-                for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                for f in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
                     std::fs::File::open(f)?.read_to_end(&mut sink)?;
                 }
                 Ok(())
             })?);
         }
-        // One attribution pass (every fd table read, as after a start or a lost index) by a
-        // collector whose process table is current, vs ss -tinp (which also walks every fd).
+        // One full attribution pass (every socket's owner unknown, as after a start or a lost
+        // index) by a collector whose process table is current, vs ss -tinp (which walks every
+        // fd table). The pass reads the biggest tables first and stops once every socket is
+        // found, so it reads every table only when some socket's owner is unreadable.
         let inodes: Vec<u64> = buf.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
         let mut attributed = 0usize;
         let mut attribution = f64::MAX;
+        let mut tables_read = 0;
         for _ in 0..2 {
             let mut monitor = ProcessMonitor::new(ProcessConfig::default())?;
             monitor.sweep(procflow::model::now_ns(), &mut Vec::new());
@@ -665,6 +682,7 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
                 })
                 .count();
             attribution = attribution.min(t.elapsed().as_secs_f64());
+            tables_read = monitor.fd_tables_read();
         }
         // The pass a dump triggers when a process that holds sockets opens one more, all
         // other processes unchanged: the owner is looked for first and the pass stops there.
@@ -721,10 +739,17 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
         );
         report.add(
             &scenario,
-            "attribution pass (every fd table)",
+            "full attribution pass (every socket's owner unknown)",
             attribution * 1e3,
             "ms",
             Some(("10x faster than ss -tinp", attribution * 10.0 <= ss_p)),
+        );
+        report.add(
+            &scenario,
+            "fd tables that pass read",
+            tables_read as f64,
+            "tables",
+            None,
         );
         report.add(
             &scenario,
@@ -817,7 +842,9 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
             "flow table memory per socket (its maps and queues)",
             accounted,
             "bytes",
-            Some(("<=200", accounted <= 200.0)),
+            // The figure is at 100k sockets; smaller tables carry more of the map's
+            // power-of-two slack per socket and are reported without a target.
+            (sockets >= 100_000).then_some(("<=200 at 100k", accounted <= 200.0)),
         );
         report.add(
             &scenario,

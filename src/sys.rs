@@ -4,4 +4,5 @@
 pub mod clock;
 pub mod inotify;
 pub mod net;
+pub mod ns;
 pub mod proc;

@@ -8,6 +8,7 @@
 // Keys are kernel inode numbers and pids, not attacker-chosen strings: the fast hash is safe.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+use std::cmp::Reverse;
 use std::fs;
 
 use crate::attribution::{Owner, OwnerLookup};
@@ -73,6 +74,13 @@ impl InodeIndex {
     pub fn is_empty(&self) -> bool {
         self.owners.is_empty()
     }
+}
+
+/// `stat("/proc/<pid>/fd").st_size`: the open-fd count on Linux ≥ 6.2.
+fn open_fd_count(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
+    fs::metadata(proc_root.join(pid.to_string()).join("fd"))
+        .map(|m| m.len())
+        .ok()
 }
 
 const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -145,31 +153,37 @@ impl ProcessMonitor {
         index.owners.reserve(unknown.len());
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
-        let mut order: Vec<(u8, std::cmp::Reverse<u64>, u32)> = self
+        let proc_root = self.proc_root().to_path_buf();
+        let mut order: Vec<(u8, Reverse<u64>, Reverse<u64>, u32)> = self
             .live
             .iter()
             .filter(|(_, p)| p.fd_maybe_readable())
             .map(|(&pid, p)| {
-                let class = if p.fd_count.is_none() {
-                    0
+                let (class, open_fds) = if p.fd_count.is_none() {
+                    // Never read: the biggest tables first. After a start, most sockets sit
+                    // in a few servers' tables, and a stat is far cheaper than a walk.
+                    let open_fds = if fd_count_works {
+                        open_fd_count(&proc_root, pid).unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    (0, open_fds)
                 } else if index.held.get(&pid).is_some_and(|h| !h.is_empty()) {
-                    1
+                    (1, 0)
                 } else {
-                    2
+                    (2, 0)
                 };
-                (class, std::cmp::Reverse(p.fd_changed_pass), pid)
+                (class, Reverse(open_fds), Reverse(p.fd_changed_pass), pid)
             })
             .collect();
         order.sort_unstable();
         let mut scanned = HashSet::default();
-        for &(_, _, pid) in &order {
+        for &(.., pid) in &order {
             let changed = match self.live.get(&pid) {
                 // Never read: nothing to compare a count with.
                 Some(p) if p.fd_count.is_none() => true,
                 Some(p) if fd_count_works => {
-                    let count = fs::metadata(self.proc_root().join(pid.to_string()).join("fd"))
-                        .map(|m| m.len())
-                        .ok();
+                    let count = open_fd_count(&proc_root, pid);
                     count.is_some() && count != p.fd_count
                 }
                 Some(_) => true,
@@ -190,11 +204,16 @@ impl ProcessMonitor {
         if !unknown.is_empty() {
             index.full_passes += 1;
             // Whoever was just read is not read twice: an fd table is the pass's whole cost.
-            for &(_, _, pid) in order.iter().filter(|(_, _, pid)| !scanned.contains(pid)) {
+            for &(.., pid) in order.iter().filter(|(.., pid)| !scanned.contains(pid)) {
                 self.scan_fds(pid, pass, &mut index);
             }
         }
         self.index = index;
+    }
+
+    /// fd tables read by attribution passes so far.
+    pub fn fd_tables_read(&self) -> u64 {
+        self.index.tables_read
     }
 
     fn scan_fds(&mut self, pid: u32, pass: u64, index: &mut InodeIndex) {
@@ -452,5 +471,73 @@ mod tests {
             "{read} of {} tables read",
             monitor.len()
         );
+    }
+
+    #[test]
+    fn a_first_pass_reads_the_biggest_tables_first_and_stops_when_all_are_found() {
+        use std::io::{BufRead, BufReader};
+        // A server holding 200 sockets beside ten small processes, as after a collector start.
+        // The small ones start first: lower pids, read first by any order but size.
+        let mut sleepers: Vec<_> = (0..10)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("sleep")
+            })
+            .collect();
+        let mut server = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import socket, sys\n\
+                 held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(200)]\n\
+                 print(' '.join(str(s.fileno()) for s in held), flush=True)\n\
+                 sys.stdin.read()\n",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let pid = server.id();
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        let inodes: Vec<u64> = line
+            .split_whitespace()
+            .map(|fd| {
+                let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("link");
+                parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket")
+            })
+            .collect();
+        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
+        let mut out = Vec::new();
+        monitor.sweep(crate::model::now_ns(), &mut out);
+        monitor.refresh(&inodes, crate::model::now_ns(), &mut out);
+        let owners: Vec<_> = inodes
+            .iter()
+            .map(|&i| monitor.owner(i, None, None))
+            .collect();
+        let sleepers_read = sleepers
+            .iter()
+            .filter(|s| monitor.live.get(&s.id()).is_some_and(|p| p.fd_count.is_some()))
+            .count();
+        let fd_count_works = monitor.index.fd_count_works == Some(true);
+        drop(server.stdin.take());
+        let _ = server.wait();
+        for sleeper in &mut sleepers {
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+        }
+        assert!(
+            owners
+                .iter()
+                .all(|o| (o.pid, o.attribution) == (Some(pid), Attribution::Fd)),
+            "every socket attributed to the server by fd"
+        );
+        assert_eq!(monitor.index.full_passes, 0, "the pass stopped early");
+        if fd_count_works {
+            assert_eq!(sleepers_read, 0, "small tables left unread");
+        }
     }
 }
