@@ -584,7 +584,9 @@ impl Drop for Idlers {
 /// A pod's network namespace for the calling thread: a new one with loopback up.
 fn enter_pod_netns() -> anyhow::Result<procflow::sys::ns::NetnsGuard> {
     let entered = procflow::sys::ns::NetnsGuard::enter_new().context("unshare(CLONE_NEWNET)")?;
-    let up = Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()?;
     anyhow::ensure!(up.success(), "ip link set lo up: {up}");
     Ok(entered)
 }

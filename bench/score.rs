@@ -142,9 +142,11 @@ pub fn score_flows(truth: &[TruthConn], records: &[Record]) -> FlowScore {
         }
         if !unmatched.is_empty() && std::env::var_os("PF_BENCH_DEBUG").is_some() {
             eprintln!("inexact bytes on {key:?}: expected {conns:?}, unmatched ENDs {unmatched:?}");
-            let inexact = end_records.get(key).into_iter().flatten().filter(|f| {
-                unmatched.contains(&(f.bytes_sent, f.bytes_received))
-            });
+            let inexact = end_records
+                .get(key)
+                .into_iter()
+                .flatten()
+                .filter(|f| unmatched.contains(&(f.bytes_sent, f.bytes_received)));
             for f in inexact {
                 eprintln!("  {f:?}");
             }

@@ -520,7 +520,12 @@ mod tests {
             .collect();
         let sleepers_read = sleepers
             .iter()
-            .filter(|s| monitor.live.get(&s.id()).is_some_and(|p| p.fd_count.is_some()))
+            .filter(|s| {
+                monitor
+                    .live
+                    .get(&s.id())
+                    .is_some_and(|p| p.fd_count.is_some())
+            })
             .count();
         let fd_count_works = monitor.index.fd_count_works == Some(true);
         drop(server.stdin.take());
