@@ -716,6 +716,16 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
             std::hint::black_box(links);
             Ok(())
         })?;
+        // The floor under any pass that finds every socket: the tables that hold them walked.
+        let holders_walk = best_of(2, || {
+            let mut links = 0usize;
+            for worker in &workers {
+                let dir = format!("/proc/{}/fd", worker.id());
+                procflow::sys::proc::for_each_fd_link(std::path::Path::new(&dir), |_| links += 1)?;
+            }
+            std::hint::black_box(links);
+            Ok(())
+        })?;
         // Processes: the first sight of every process (all details: status, cmdline, cgroup,
         // exe, cwd, stdio, lineage) and the steady-state sweep that finds exits and execs.
         let first_sight = best_of(2, || {
@@ -757,6 +767,13 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
             &scenario,
             "bare walk of every fd table (floor of a full pass)",
             bare_walk * 1e3,
+            "ms",
+            None,
+        );
+        report.add(
+            &scenario,
+            "bare walk of the socket holders' fd tables (floor of any pass)",
+            holders_walk * 1e3,
             "ms",
             None,
         );

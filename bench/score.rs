@@ -56,9 +56,7 @@ fn bucket(ms: u64) -> usize {
 /// a multiset of connections and ENDs are matched by count and by exact byte pairs.
 pub fn score_flows(truth: &[TruthConn], records: &[Record]) -> FlowScore {
     type Key = (u16, u16);
-    type BytePair = (Option<u64>, Option<u64>);
-    let mut ends: HashMap<Key, Vec<BytePair>> = HashMap::new();
-    let mut end_records: HashMap<Key, Vec<&procflow::model::FlowRecord>> = HashMap::new();
+    let mut ends: HashMap<Key, Vec<&procflow::model::FlowRecord>> = HashMap::new();
     let mut starts: HashMap<Key, (u64, u64)> = HashMap::new();
     let mut ends_per_cookie: HashMap<u64, u64> = HashMap::new();
     for r in records {
@@ -74,12 +72,7 @@ pub fn score_flows(truth: &[TruthConn], records: &[Record]) -> FlowScore {
         };
         let key = (f.local_port, remote);
         match f.phase {
-            FlowPhase::End => {
-                ends.entry(key)
-                    .or_default()
-                    .push((f.bytes_sent, f.bytes_received));
-                end_records.entry(key).or_default().push(f);
-            }
+            FlowPhase::End => ends.entry(key).or_default().push(f),
             FlowPhase::Start => {
                 let e = starts.entry(key).or_default();
                 e.0 += 1;
@@ -125,12 +118,15 @@ pub fn score_flows(truth: &[TruthConn], records: &[Record]) -> FlowScore {
         score.one_end += n.min(got.len() as u64);
         score.duplicate_ends += (got.len() as u64).saturating_sub(n);
         if got.len() as u64 > n && std::env::var_os("PF_BENCH_DEBUG").is_some() {
-            eprintln!("more ENDs than connections on {key:?}: expected {conns:?}, ENDs {got:?}");
-            for f in end_records.get(key).into_iter().flatten() {
+            eprintln!("more ENDs than connections on {key:?}: expected {conns:?}, ENDs:");
+            for f in got {
                 eprintln!("  {f:?}");
             }
         }
-        let mut unmatched: Vec<(Option<u64>, Option<u64>)> = got.to_vec();
+        let mut unmatched: Vec<(Option<u64>, Option<u64>)> = got
+            .iter()
+            .map(|f| (f.bytes_sent, f.bytes_received))
+            .collect();
         for (sent, received, _) in conns {
             if let Some(i) = unmatched
                 .iter()
@@ -142,10 +138,8 @@ pub fn score_flows(truth: &[TruthConn], records: &[Record]) -> FlowScore {
         }
         if !unmatched.is_empty() && std::env::var_os("PF_BENCH_DEBUG").is_some() {
             eprintln!("inexact bytes on {key:?}: expected {conns:?}, unmatched ENDs {unmatched:?}");
-            let inexact = end_records
-                .get(key)
-                .into_iter()
-                .flatten()
+            let inexact = got
+                .iter()
                 .filter(|f| unmatched.contains(&(f.bytes_sent, f.bytes_received)));
             for f in inexact {
                 eprintln!("  {f:?}");
