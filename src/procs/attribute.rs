@@ -83,6 +83,10 @@ fn open_fd_count(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// A new fd table's capacity (`NR_OPEN_DEFAULT`): a process whose status shows no more holds
+/// at most this many fds.
+const SMALLEST_FD_TABLE: u64 = 64;
+
 const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 const RELEASED_MAX: usize = 500_000;
 
@@ -109,9 +113,10 @@ pub struct InodeIndex {
 impl ProcessMonitor {
     /// Finds the owners of `wanted` (inodes first seen in a dump). Processes started since
     /// the last poll are read first (their START records go to `out`); then the fd tables
-    /// whose open-fd count changed are read, the likeliest owners first — new processes,
-    /// then those holding sockets, most recently changed first — until every wanted inode
-    /// is known; every readable table is read only if some are still unknown after that.
+    /// whose open-fd count changed are read, the likeliest owners first — new processes
+    /// (biggest tables first), then those holding sockets, most recently changed first, then
+    /// tables an earlier pass left unread — until every wanted inode is known; every
+    /// readable table is read only if some are still unknown after that.
     /// Nothing is read when nothing is wanted.
     pub fn refresh_inodes(&mut self, wanted: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
         if !wanted.is_empty() {
@@ -153,27 +158,38 @@ impl ProcessMonitor {
         index.owners.reserve(unknown.len());
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
-        let proc_root = self.proc_root().to_path_buf();
+        if fd_count_works {
+            // Status gave each table's capacity for free, but a capacity is inherited across
+            // fork and never shrinks: a table above the smallest one is sized exactly, once,
+            // by a stat (far cheaper than a walk).
+            let proc_root = self.proc_root().to_path_buf();
+            let uncounted = self.live.iter_mut().filter(|(_, p)| {
+                p.fd_count.is_none() && !p.fd_size_counted && p.fd_size_hint > SMALLEST_FD_TABLE
+            });
+            for (&pid, p) in uncounted {
+                p.fd_size_hint = open_fd_count(&proc_root, pid).unwrap_or(p.fd_size_hint);
+                p.fd_size_counted = true;
+            }
+        }
         let mut order: Vec<(u8, Reverse<u64>, Reverse<u64>, u32)> = self
             .live
             .iter()
             .filter(|(_, p)| p.fd_maybe_readable())
             .map(|(&pid, p)| {
-                let (class, open_fds) = if p.fd_count.is_none() {
-                    // Never read: the biggest tables first. After a start, most sockets sit
-                    // in a few servers' tables, and a stat is far cheaper than a walk.
-                    let open_fds = if fd_count_works {
-                        open_fd_count(&proc_root, pid).unwrap_or(0)
-                    } else {
-                        0
-                    };
-                    (0, open_fds)
+                // Never read, the biggest tables first: after a start most sockets sit in a
+                // few servers' tables. An image seen since the last pass is the likeliest
+                // owner of a new socket; one an earlier pass left unread (it stopped once
+                // every socket it wanted was found) comes after the known holders.
+                let (class, size) = if p.fd_count.is_none() && p.passes_before_seen + 1 >= pass {
+                    (0, p.fd_size_hint)
+                } else if p.fd_count.is_none() {
+                    (3, p.fd_size_hint)
                 } else if index.held.get(&pid).is_some_and(|h| !h.is_empty()) {
                     (1, 0)
                 } else {
                     (2, 0)
                 };
-                (class, Reverse(open_fds), Reverse(p.fd_changed_pass), pid)
+                (class, Reverse(size), Reverse(p.fd_changed_pass), pid)
             })
             .collect();
         order.sort_unstable();
@@ -183,7 +199,7 @@ impl ProcessMonitor {
                 // Never read: nothing to compare a count with.
                 Some(p) if p.fd_count.is_none() => true,
                 Some(p) if fd_count_works => {
-                    let count = open_fd_count(&proc_root, pid);
+                    let count = open_fd_count(self.proc_root(), pid);
                     count.is_some() && count != p.fd_count
                 }
                 Some(_) => true,
@@ -326,7 +342,12 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     fn inode_of(fd: &impl AsRawFd) -> u64 {
-        let link = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("fd link");
+        socket_inode_at("self", fd.as_raw_fd())
+    }
+
+    /// The inode of the socket `/proc/<pid>/fd/<fd>` points at.
+    fn socket_inode_at(pid: impl std::fmt::Display, fd: impl std::fmt::Display) -> u64 {
+        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd link");
         parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket")
     }
 
@@ -390,8 +411,7 @@ mod tests {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read");
-        let link = fs::read_link(format!("/proc/{pid}/fd/{}", line.trim())).expect("link");
-        let inode = parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket");
+        let inode = socket_inode_at(pid, line.trim());
 
         let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
         let mut out = Vec::new();
@@ -448,8 +468,7 @@ mod tests {
             writeln!(stdin, "open").expect("write");
             let mut line = String::new();
             stdout.read_line(&mut line).expect("read");
-            let link = fs::read_link(format!("/proc/{pid}/fd/{}", line.trim())).expect("link");
-            parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket")
+            socket_inode_at(pid, line.trim())
         };
         let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
         let mut out = Vec::new();
@@ -475,7 +494,7 @@ mod tests {
 
     #[test]
     fn a_first_pass_reads_the_biggest_tables_first_and_stops_when_all_are_found() {
-        use std::io::{BufRead, BufReader};
+        use std::io::{BufRead, BufReader, Write};
         // A server holding 200 sockets beside ten small processes, as after a collector start.
         // The small ones start first: lower pids, read first by any order but size.
         let mut sleepers: Vec<_> = (0..10)
@@ -492,32 +511,39 @@ mod tests {
                 "import socket, sys\n\
                  held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(200)]\n\
                  print(' '.join(str(s.fileno()) for s in held), flush=True)\n\
-                 sys.stdin.read()\n",
+                 for line in sys.stdin:\n\
+                 \x20   held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))\n\
+                 \x20   print(held[-1].fileno(), flush=True)\n",
             ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3");
         let pid = server.id();
+        let mut stdin = server.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(server.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
+        stdout.read_line(&mut line).expect("read");
         let inodes: Vec<u64> = line
             .split_whitespace()
-            .map(|fd| {
-                let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("link");
-                parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket")
-            })
+            .map(|fd| socket_inode_at(pid, fd))
             .collect();
         let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
         let mut out = Vec::new();
         monitor.sweep(crate::model::now_ns(), &mut out);
         monitor.refresh(&inodes, crate::model::now_ns(), &mut out);
-        let owners: Vec<_> = inodes
+        let mut owners: Vec<_> = inodes
             .iter()
             .map(|&i| monitor.owner(i, None, None))
             .collect();
+        // One more socket in the known holder: found there, not after the tables the first
+        // pass left unread.
+        writeln!(stdin, "open").expect("write");
+        line.clear();
+        stdout.read_line(&mut line).expect("read");
+        let another = socket_inode_at(pid, line.trim());
+        monitor.refresh(&[another], crate::model::now_ns(), &mut out);
+        owners.push(monitor.owner(another, None, None));
         let sleepers_read = sleepers
             .iter()
             .filter(|s| {
@@ -528,7 +554,7 @@ mod tests {
             })
             .count();
         let fd_count_works = monitor.index.fd_count_works == Some(true);
-        drop(server.stdin.take());
+        drop(stdin);
         let _ = server.wait();
         for sleeper in &mut sleepers {
             let _ = sleeper.kill();
@@ -540,7 +566,7 @@ mod tests {
                 .all(|o| (o.pid, o.attribution) == (Some(pid), Attribution::Fd)),
             "every socket attributed to the server by fd"
         );
-        assert_eq!(monitor.index.full_passes, 0, "the pass stopped early");
+        assert_eq!(monitor.index.full_passes, 0, "the passes stopped early");
         if fd_count_works {
             assert_eq!(sleepers_read, 0, "small tables left unread");
         }

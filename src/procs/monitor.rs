@@ -70,6 +70,15 @@ pub(crate) struct Proc {
     pub starttime_ticks: u64,
     /// Open-fd count at the last fd scan (`stat(/proc/pid/fd).st_size`), for attribution.
     pub fd_count: Option<u64>,
+    /// How big the fd table looked before it was first read, so that the biggest are read
+    /// first: status `FDSize` (its capacity) from the details read, then, for a table above
+    /// the smallest capacity, the open count from one stat.
+    pub fd_size_hint: u64,
+    /// Whether `fd_size_hint` is that stat's count (taken once per image).
+    pub fd_size_counted: bool,
+    /// Attribution passes run before this image was seen: one seen since the last pass is
+    /// the likeliest owner of a new socket, one an earlier pass left unread is not.
+    pub passes_before_seen: u64,
     /// The attribution pass in which the fd count last changed: recent changers are read
     /// first when a new socket needs its owner.
     pub fd_changed_pass: u64,
@@ -404,7 +413,7 @@ impl ProcessMonitor {
             stdio_is_socket: None,
             stdio_socket_inodes: Vec::new(),
         };
-        self.fill_details(&mut record, true);
+        let fd_size_hint = self.fill_details(&mut record, true);
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);
         self.stats.started += 1;
         self.new_since_last += 1;
@@ -423,6 +432,9 @@ impl ProcessMonitor {
                 starttime_ticks: stat.starttime,
                 record,
                 fd_count: None,
+                fd_size_hint,
+                fd_size_counted: false,
+                passes_before_seen: self.index.incremental_passes,
                 fd_changed_pass: 0,
                 fd_denied: None,
             },
@@ -443,7 +455,9 @@ impl ProcessMonitor {
         // An exec does not move a process between cgroups: a known container is kept (a
         // process first read before its runtime moved it into one is read again).
         let reread_cgroup = p.record.container_id.is_none();
-        self.fill_details(&mut p.record, reread_cgroup);
+        p.fd_size_hint = self.fill_details(&mut p.record, reread_cgroup);
+        p.fd_size_counted = false;
+        p.passes_before_seen = self.index.incremental_passes;
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
         p.fd_count = None;
         p.fd_denied = None; // a new image may run with other credentials
@@ -583,8 +597,8 @@ impl ProcessMonitor {
     }
 
     /// Fills what needs more reads: ids, argv, identity (with `cgroup`), and the
-    /// ptrace-guarded exe, cwd, stdio.
-    fn fill_details(&mut self, r: &mut ProcessRecord, cgroup: bool) {
+    /// ptrace-guarded exe, cwd, stdio. Returns the fd table's capacity (0 when unread).
+    fn fill_details(&mut self, r: &mut ProcessRecord, cgroup: bool) -> u64 {
         let dir = match PidDir::open(&self.config.proc_root, r.pid) {
             Ok(dir) => dir,
             Err(e) => {
@@ -592,12 +606,15 @@ impl ProcessMonitor {
                 (r.exe, r.cwd) = (None, None);
                 r.exe_unavailable = self.unavailable(&e, r.ppid);
                 r.cwd_unavailable = r.exe_unavailable;
-                return;
+                return 0;
             }
         };
+        let mut fd_size = 0;
         if dir.read(c"status", &mut self.buf, 16 * 1024).is_ok() {
-            if let Some(ids) = parse::parse_status(&self.buf) {
+            if let Some(status) = parse::parse_status(&self.buf) {
+                let ids = status.ids;
                 (r.uid, r.euid, r.gid, r.egid) = (ids.uid, ids.euid, ids.gid, ids.egid);
+                fd_size = status.fd_size.unwrap_or(0);
             }
         }
         if dir
@@ -641,6 +658,7 @@ impl ProcessMonitor {
             }
         }
         r.stdio_is_socket = readable.then_some(!r.stdio_socket_inodes.is_empty());
+        fd_size
     }
 
     fn unavailable(&mut self, e: &io::Error, ppid: u32) -> Unavailable {

@@ -55,8 +55,18 @@ pub struct Ids {
     pub egid: u32,
 }
 
-pub fn parse_status(text: &[u8]) -> Option<Ids> {
-    let mut ids = Ids::default();
+/// What the collector takes from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status {
+    pub ids: Ids,
+    /// `FDSize`: the fd table's capacity (a power of two, at least 64), which grows with the
+    /// open fds: a free hint of how big the table is.
+    pub fd_size: Option<u64>,
+}
+
+/// `None` without both the Uid and the Gid line.
+pub fn parse_status(text: &[u8]) -> Option<Status> {
+    let mut status = Status::default();
     let (mut have_uid, mut have_gid) = (false, false);
     for line in text.split(|&b| b == b'\n') {
         let (key, rest) = match line.iter().position(|&b| b == b':') {
@@ -67,6 +77,7 @@ pub fn parse_status(text: &[u8]) -> Option<Ids> {
             .split(|b| b.is_ascii_whitespace())
             .filter(|v| !v.is_empty())
             .map(parse_num);
+        let ids = &mut status.ids;
         match key {
             b"Uid" => {
                 ids.uid = u32::try_from(values.next()??).ok()?;
@@ -78,13 +89,15 @@ pub fn parse_status(text: &[u8]) -> Option<Ids> {
                 ids.egid = u32::try_from(values.next()??).ok()?;
                 have_gid = true;
             }
+            // The line after Gid: nothing further is read.
+            b"FDSize" => {
+                status.fd_size = values.next().flatten();
+                break;
+            }
             _ => {}
         }
-        if have_uid && have_gid {
-            return Some(ids);
-        }
     }
-    None
+    (have_uid && have_gid).then_some(status)
 }
 
 /// NUL-separated arguments, kept as the kernel's bytes. A trailing NUL ends the last one.
@@ -211,14 +224,21 @@ mod tests {
 
     #[test]
     fn status_ids() {
+        let ids = Ids {
+            uid: 1000,
+            euid: 1001,
+            gid: 100,
+            egid: 101,
+        };
         let text = b"Name:\tsh\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1001\t1000\t1000\nGid:\t100\t101\t100\t100\n";
+        assert_eq!(parse_status(text), Some(Status { ids, fd_size: None }));
+        let with_fds =
+            b"Uid:\t1000\t1001\t1000\t1000\nGid:\t100\t101\t100\t100\nFDSize:\t256\nGroups:\t\n";
         assert_eq!(
-            parse_status(text),
-            Some(Ids {
-                uid: 1000,
-                euid: 1001,
-                gid: 100,
-                egid: 101
+            parse_status(with_fds),
+            Some(Status {
+                ids,
+                fd_size: Some(256)
             })
         );
         assert_eq!(parse_status(b"Name: x\n"), None);
