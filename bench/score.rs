@@ -393,6 +393,7 @@ mod tests {
                 cwd_unavailable: Unavailable::Unspecified,
                 exe_deleted: false,
                 seen_at_exit_only: false,
+                preexisting: false,
                 stdio_is_socket: None,
                 stdio_socket_inodes: vec![],
             })

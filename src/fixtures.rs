@@ -70,6 +70,7 @@ pub fn process(pid: u32, comm: &[u8]) -> ProcessRecord {
         cwd_unavailable: Unavailable::Unspecified,
         exe_deleted: false,
         seen_at_exit_only: false,
+        preexisting: false,
         stdio_is_socket: None,
         stdio_socket_inodes: Vec::new(),
     }

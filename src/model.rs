@@ -247,6 +247,9 @@ pub struct ProcessRecord {
     pub cwd_unavailable: Unavailable,
     pub exe_deleted: bool,
     pub seen_at_exit_only: bool,
+    /// Already running when the collector started: its exec was not witnessed.
+    #[serde(default)]
+    pub preexisting: bool,
     /// Known only with fd access.
     pub stdio_is_socket: Option<bool>,
     pub stdio_socket_inodes: Vec<u64>,

@@ -1083,6 +1083,7 @@ pub fn bench_records() -> Vec<Vec<Record>> {
             cwd_unavailable: Unavailable::Unspecified,
             exe_deleted: false,
             seen_at_exit_only: false,
+            preexisting: false,
             stdio_is_socket: Some(false),
             stdio_socket_inodes: vec![],
         };

@@ -183,6 +183,7 @@ pub fn process_to_proto(p: &model::ProcessRecord) -> pb::Process {
         cwd_unavailable: unavailable_to_proto(p.cwd_unavailable) as i32,
         exe_deleted: p.exe_deleted,
         seen_at_exit_only: p.seen_at_exit_only,
+        preexisting: p.preexisting,
         egid: p.egid,
         pgid: p.pgid,
         stdio_socket_inodes: p.stdio_socket_inodes.clone(),
@@ -530,6 +531,7 @@ pub fn process_from_proto(
         cwd_unavailable: unavailable_from_proto(p.cwd_unavailable, "process.cwd_unavailable")?,
         exe_deleted: p.exe_deleted,
         seen_at_exit_only: p.seen_at_exit_only,
+        preexisting: p.preexisting,
         stdio_is_socket: p.stdio_is_socket,
         stdio_socket_inodes: p.stdio_socket_inodes,
     })
@@ -1181,6 +1183,7 @@ mod tests {
             cwd_unavailable: Unavailable::Unspecified,
             exe_deleted: false,
             seen_at_exit_only: false,
+            preexisting: true,
             stdio_is_socket: Some(true),
             stdio_socket_inodes: vec![5, 6],
         }

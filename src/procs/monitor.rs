@@ -103,6 +103,10 @@ pub struct ProcessMonitor {
     config: ProcessConfig,
     boot_time_ns: u64,
     tick_ns: u64,
+    /// When the monitor was made, in clock ticks since boot: a process started earlier
+    /// is preexisting, its exec not witnessed. A process started in that same tick
+    /// counts as new, so that exec rules judge it.
+    started_ticks: u64,
     pub(crate) live: HashMap<u32, Proc>,
     tombstones: HashMap<(u32, UnixNanos), Tombstone>,
     tombstone_order: VecDeque<(Instant, (u32, UnixNanos))>,
@@ -178,10 +182,15 @@ impl ProcessMonitor {
         let own_pid = fs::read_link(config.proc_root.join("self"))
             .ok()
             .and_then(|p| p.to_str()?.parse().ok());
+        let started_ticks = u64::try_from(
+            crate::sys::clock::since_boot().as_nanos() * u128::from(ticks) / 1_000_000_000,
+        )
+        .unwrap_or(u64::MAX);
         Ok(ProcessMonitor {
             config,
             boot_time_ns,
             tick_ns: 1_000_000_000 / ticks,
+            started_ticks,
             live: HashMap::new(),
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
@@ -410,6 +419,7 @@ impl ProcessMonitor {
             cwd_unavailable: Unavailable::Unspecified,
             exe_deleted: false,
             seen_at_exit_only: false,
+            preexisting: stat.starttime < self.started_ticks,
             stdio_is_socket: None,
             stdio_socket_inodes: Vec::new(),
         };
@@ -449,6 +459,7 @@ impl ProcessMonitor {
         let may_exec = may_be_mid_exec(&stat);
         p.record.comm = stat.comm;
         p.record.phase = ProcessPhase::Exec;
+        p.record.preexisting = false; // this exec was witnessed
         p.record.tty = (stat.tty_nr != 0).then_some(stat.tty_nr);
         p.record.session_id = stat.session;
         p.record.pgid = stat.pgrp;

@@ -172,6 +172,7 @@ pub enum Field {
     Euid,
     Tty,
     ExeDeleted,
+    Preexisting,
     StdioSocket,
     ContainerId,
     AncestorCount,
@@ -220,6 +221,7 @@ fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Field, Ty)> {
         "proc.euid" => (Euid, Ty::Int),
         "proc.tty" => (Tty, Ty::Int),
         "proc.exe_deleted" => (ExeDeleted, Ty::Bool),
+        "proc.preexisting" => (Preexisting, Ty::Bool),
         "proc.stdio_is_socket" => (StdioSocket, Ty::Bool),
         "proc.container_id" => (ContainerId, Ty::Bytes),
         "proc.ancestors.count" => (AncestorCount, Ty::Int),
@@ -930,6 +932,7 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .map(|t| Val::Int(t.into()))
             .unwrap_or(Val::Null),
         ExeDeleted => p.map(|p| Val::Bool(p.exe_deleted)).unwrap_or(Val::Null),
+        Preexisting => p.map(|p| Val::Bool(p.preexisting)).unwrap_or(Val::Null),
         StdioSocket => p
             .and_then(|p| p.stdio_is_socket)
             .map(Val::Bool)
@@ -1073,6 +1076,7 @@ const FIELD_NAMES: &[&str] = &[
     "proc.euid",
     "proc.tty",
     "proc.exe_deleted",
+    "proc.preexisting",
     "proc.stdio_is_socket",
     "proc.container_id",
     "proc.ancestors.count",

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Ancestor, FlowPhase};
+use crate::model::{Ancestor, FlowPhase, ProcessPhase};
 use crate::model::{CollectorIdentity, FlowRecord};
 
 pub(crate) fn proc(comm: &[u8], exe: Option<&str>) -> ProcessRecord {
@@ -540,6 +540,35 @@ fn stateful_rules_reject_unknown_fields_and_two_kinds() {
     assert!(err.contains("at most one"), "{err}");
     let bad_window = EXFIL.replace("window: 10s", "window: soon");
     assert!(RuleSet::compile(&[("s.yaml".into(), format!("rules:\n{bad_window}"))]).is_err());
+}
+
+#[test]
+fn exec_from_scratch_judges_witnessed_executions_only() {
+    let e = Engine::new(RuleSet::managed().expect("managed"));
+    let fires = |p: ProcessRecord| {
+        e.matches(&Record::Process(p))
+            .into_iter()
+            .any(|h| e.rules().rules[h.rule].spec.id == "PF-EXEC-TMP")
+    };
+    let started = proc(b"x", Some("/tmp/x"));
+    assert!(fires(started.clone()));
+    let running_before = ProcessRecord {
+        preexisting: true,
+        ..started.clone()
+    };
+    assert!(!fires(running_before));
+    let exec_seen = ProcessRecord {
+        phase: ProcessPhase::Exec,
+        ..started
+    };
+    assert!(fires(exec_seen));
+    let audit = "rules:\n- id: SITE-OLD-TMP\n  name: t\n  severity: low\n  kinds: [process]\n  condition: proc.preexisting and proc.exe startswith (\"/tmp/\",)\n  output: x\n";
+    let set = RuleSet::compile(&[("site.yaml".into(), audit.into())]).expect("compiles");
+    let old = ProcessRecord {
+        preexisting: true,
+        ..proc(b"x", Some("/tmp/x"))
+    };
+    assert_eq!(Engine::new(set).count_matches(&Record::Process(old)), 1);
 }
 
 #[test]

@@ -4,12 +4,22 @@ use std::time::Duration;
 
 /// CPU time the calling thread has used: what a piece of work costs, preemption excluded.
 pub fn thread_cpu_time() -> Duration {
+    read(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// Time since boot, suspend included: the clock `/proc/<pid>/stat` start times count in.
+pub fn since_boot() -> Duration {
+    read(libc::CLOCK_BOOTTIME)
+}
+
+/// Zero when the clock cannot be read (both clocks exist on every kernel we run on).
+fn read(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs no other state.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: `ts` is a valid, writable timespec; the clock ids above need no other state.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc != 0 {
         return Duration::ZERO;
     }

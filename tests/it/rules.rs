@@ -3,6 +3,7 @@
 //! Each malicious workload has a benign twin that must raise nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
@@ -38,10 +39,15 @@ fn alerts_for(pids: &HashSet<u32>) -> (HashMap<String, usize>, usize) {
         .stderr(Stdio::null())
         .output()
         .expect("collector --once");
-    let mut recs: Vec<Record> = String::from_utf8_lossy(&out.stdout)
+    let recs: Vec<Record> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    alerts_in(recs, pids)
+}
+
+/// Alerts (rule id -> count) the managed rules raise on the records of `pids`.
+fn alerts_in(mut recs: Vec<Record>, pids: &HashSet<u32>) -> (HashMap<String, usize>, usize) {
     // processes first so flows and listeners find their owner
     recs.sort_by_key(|r| !matches!(r, Record::Process(_)));
     let mut engine = Engine::new(RuleSet::managed().expect("managed"));
@@ -149,9 +155,9 @@ fn managed_rules_fire_on_real_attacks() {
         }
     }
     let (fired, _) = alerts_for(&pids);
+    // PF-EXEC-TMP judges executions it witnessed, not a snapshot: see the test below.
     let mut expected = vec![
         "PF-REVERSE-SHELL-STDIO",
-        "PF-EXEC-TMP",
         "PF-MASQUERADE",
         "PF-PACKAGE-MANAGER",
         "PF-SSHD",
@@ -168,6 +174,56 @@ fn managed_rules_fire_on_real_attacks() {
         .filter(|r| !fired.contains_key(**r))
         .collect();
     assert!(missing.is_empty(), "missing {missing:?}, fired {fired:?}");
+}
+
+#[test]
+fn exec_from_scratch_fires_on_an_execution_the_collector_saw_not_on_one_running_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload = dir.path().join("payload");
+    std::fs::copy("/usr/bin/sleep", &payload).expect("copy sleep");
+    let mut kids = Kids(Vec::new());
+    kids.0
+        .push(Command::new(&payload).arg("30").spawn().expect("before"));
+    let before = kids.0[0].id();
+    // Start times count in 10 ms clock ticks; one started in the collector's own tick is new.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut collector = Command::new(procflow_bin())
+        .args(["collector", "--output", "stdout", "--duration", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("collector");
+    let mut lines = BufReader::new(collector.stdout.take().expect("stdout")).lines();
+    // The first record comes from the start-up sweep: the collector is running.
+    let mut recs: Vec<Record> = Vec::new();
+    let first = lines.next().expect("a record").expect("read");
+    recs.extend(serde_json::from_str(&first).ok());
+    kids.0
+        .push(Command::new(&payload).arg("30").spawn().expect("after"));
+    let after = kids.0[1].id();
+    recs.extend(
+        lines
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok()),
+    );
+    let _ = collector.wait();
+    let preexisting: HashMap<u32, bool> = recs
+        .iter()
+        .filter_map(|r| match r {
+            Record::Process(p) if p.pid == before || p.pid == after => Some((p.pid, p.preexisting)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(preexisting.get(&before), Some(&true), "{preexisting:?}");
+    assert_eq!(preexisting.get(&after), Some(&false), "{preexisting:?}");
+    let (fired_after, _) = alerts_in(recs.clone(), &HashSet::from([after]));
+    assert_eq!(fired_after.get("PF-EXEC-TMP"), Some(&1), "{fired_after:?}");
+    let (fired_before, seen) = alerts_in(recs, &HashSet::from([before]));
+    assert!(seen > 0);
+    assert!(
+        !fired_before.contains_key("PF-EXEC-TMP"),
+        "a process running before the collector: {fired_before:?}"
+    );
 }
 
 #[test]
