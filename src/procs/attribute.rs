@@ -9,6 +9,7 @@
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs;
 
 use crate::attribution::{Owner, OwnerLookup};
@@ -158,28 +159,22 @@ impl ProcessMonitor {
         index.owners.reserve(unknown.len());
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
-        if fd_count_works {
-            // Status gave each table's capacity for free, but a capacity is inherited across
-            // fork and never shrinks: a table above the smallest one is sized exactly, once,
-            // by a stat (far cheaper than a walk).
-            let proc_root = self.proc_root().to_path_buf();
-            let uncounted = self.live.iter_mut().filter(|(_, p)| {
-                p.fd_count.is_none() && !p.fd_size_counted && p.fd_size_hint > SMALLEST_FD_TABLE
-            });
-            for (&pid, p) in uncounted {
-                p.fd_size_hint = open_fd_count(&proc_root, pid).unwrap_or(p.fd_size_hint);
-                p.fd_size_counted = true;
-            }
-        }
-        let mut order: Vec<(u8, Reverse<u64>, Reverse<u64>, u32)> = self
+        let proc_root = self.proc_root().to_path_buf();
+        let candidates: Vec<u32> = self
             .live
             .iter()
             .filter(|(_, p)| p.fd_maybe_readable())
-            .map(|(&pid, p)| {
-                // Never read, the biggest tables first: after a start most sockets sit in a
-                // few servers' tables. An image seen since the last pass is the likeliest
-                // owner of a new socket; one an earlier pass left unread (it stopped once
-                // every socket it wanted was found) comes after the known holders.
+            .map(|(&pid, _)| pid)
+            .collect();
+        // Best first, from a max-heap keyed (class, size, last change). Never read, the
+        // biggest tables first: after a start most sockets sit in a few servers' tables. An
+        // image seen since the last pass is the likeliest owner of a new socket; one an
+        // earlier pass left unread (it stopped once every socket it wanted was found) comes
+        // after the known holders.
+        let mut heap: BinaryHeap<(Reverse<u8>, u64, u64, Reverse<u32>)> = candidates
+            .iter()
+            .filter_map(|&pid| {
+                let p = self.live.get(&pid)?;
                 let (class, size) = if p.fd_count.is_none() && p.passes_before_seen + 1 >= pass {
                     (0, p.fd_size_hint)
                 } else if p.fd_count.is_none() {
@@ -189,21 +184,36 @@ impl ProcessMonitor {
                 } else {
                     (2, 0)
                 };
-                (class, Reverse(size), Reverse(p.fd_changed_pass), pid)
+                Some((Reverse(class), size, p.fd_changed_pass, Reverse(pid)))
             })
             .collect();
-        order.sort_unstable();
         let mut scanned = HashSet::default();
-        for &(.., pid) in &order {
-            let changed = match self.live.get(&pid) {
+        while let Some((class, size, changed_pass, Reverse(pid))) = heap.pop() {
+            let Some(p) = self.live.get_mut(&pid) else {
+                continue;
+            };
+            // A never-read table's size is its capacity from status: free, but only an upper
+            // bound (inherited across fork, never shrinking). Above the smallest capacity,
+            // a stat sizes it exactly, once per image, when it reaches the top; it goes back
+            // in at that size. So the tables are read in the order of their real sizes while
+            // only those near the top are ever stat'ed.
+            if fd_count_works
+                && p.fd_count.is_none()
+                && !p.fd_size_counted
+                && size > SMALLEST_FD_TABLE
+            {
+                p.fd_size_hint = open_fd_count(&proc_root, pid).unwrap_or(size);
+                p.fd_size_counted = true;
+                heap.push((class, p.fd_size_hint, changed_pass, Reverse(pid)));
+                continue;
+            }
+            let changed = match p.fd_count {
                 // Never read: nothing to compare a count with.
-                Some(p) if p.fd_count.is_none() => true,
-                Some(p) if fd_count_works => {
-                    let count = open_fd_count(self.proc_root(), pid);
-                    count.is_some() && count != p.fd_count
+                None => true,
+                Some(known) if fd_count_works => {
+                    open_fd_count(&proc_root, pid).is_some_and(|count| count != known)
                 }
                 Some(_) => true,
-                None => false,
             };
             if changed {
                 self.scan_fds(pid, pass, &mut index);
@@ -220,7 +230,7 @@ impl ProcessMonitor {
         if !unknown.is_empty() {
             index.full_passes += 1;
             // Whoever was just read is not read twice: an fd table is the pass's whole cost.
-            for &(.., pid) in order.iter().filter(|(.., pid)| !scanned.contains(pid)) {
+            for &pid in candidates.iter().filter(|pid| !scanned.contains(*pid)) {
                 self.scan_fds(pid, pass, &mut index);
             }
         }

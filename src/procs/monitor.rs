@@ -107,7 +107,9 @@ pub struct ProcessMonitor {
     /// is preexisting, its exec not witnessed. A process started in that same tick
     /// counts as new, so that exec rules judge it.
     started_ticks: u64,
-    pub(crate) live: HashMap<u32, Proc>,
+    /// Keyed by pid (kernel-chosen): the fast hash is safe, and an attribution pass looks
+    /// up an owner per socket.
+    pub(crate) live: std::collections::HashMap<u32, Proc, foldhash::fast::RandomState>,
     tombstones: HashMap<(u32, UnixNanos), Tombstone>,
     tombstone_order: VecDeque<(Instant, (u32, UnixNanos))>,
     last_pid: Option<u32>,
@@ -191,7 +193,7 @@ impl ProcessMonitor {
             boot_time_ns,
             tick_ns: 1_000_000_000 / ticks,
             started_ticks,
-            live: HashMap::new(),
+            live: Default::default(),
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
             last_pid: None,
@@ -260,7 +262,7 @@ impl ProcessMonitor {
         let last_pid = self.read_last_pid();
         let mut scanned = false;
         if sweep {
-            self.sweep(now, out);
+            self.sweep_all(now, out);
             scanned = true;
         } else if last_pid.is_some() && last_pid != self.last_pid {
             self.scan_new(now, out);
@@ -275,8 +277,13 @@ impl ProcessMonitor {
         scanned
     }
 
-    /// Reads every process now (start-up snapshot and the periodic safety net).
+    /// Reads every process now (start-up snapshot and the periodic safety net). The next
+    /// tick looks for processes started after it, not since before it.
     pub fn sweep(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
+        self.scan_since_last(true, now, out);
+    }
+
+    fn sweep_all(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
         self.stats.sweeps += 1;
         self.last_sweep = Some(Instant::now());
         let pids = self.list_pids();
