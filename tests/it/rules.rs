@@ -178,7 +178,8 @@ fn managed_rules_fire_on_real_attacks() {
 
 #[test]
 fn exec_from_scratch_fires_on_an_execution_the_collector_saw_not_on_one_running_before() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    // The rule watches /tmp, whatever TMPDIR says.
+    let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
     let payload = dir.path().join("payload");
     std::fs::copy("/usr/bin/sleep", &payload).expect("copy sleep");
     let mut kids = Kids(Vec::new());
