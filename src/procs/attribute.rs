@@ -18,6 +18,51 @@ use crate::procs::monitor::ProcessMonitor;
 use crate::procs::parse;
 use crate::telemetry;
 
+/// What attribution knows of one process's fd table.
+#[derive(Debug, Clone)]
+pub(crate) struct FdTable {
+    /// Open-fd count at the last read; `None` until the table is read.
+    pub count: Option<u64>,
+    /// How big the table looked before it was first read, so that the biggest are read
+    /// first: status `FDSize` (its capacity), then, for a table above the smallest
+    /// capacity, the open count from one stat.
+    pub size_hint: u64,
+    /// Whether `size_hint` is that stat's count (taken once per image).
+    pub size_counted: bool,
+    /// Attribution passes run before this image was seen: one seen since the last pass is
+    /// the likeliest owner of a new socket, one an earlier pass left unread is not.
+    pub passes_before_seen: u64,
+    /// The pass in which the count last changed: recent changers are read first when a
+    /// new socket needs its owner.
+    pub changed_pass: u64,
+    /// When reading the table was last denied. A process can become readable (a privilege
+    /// drop: `setpriv`, `su`, a runtime starting the app as its user), so a denied table is
+    /// tried again after an exec and after `FD_DENIED_RETRY`.
+    pub denied: Option<std::time::Instant>,
+}
+
+/// How long a denied fd table is left alone before it is tried again.
+const FD_DENIED_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl FdTable {
+    /// The table of an image not read yet, with status' capacity, seen after `passes`.
+    pub fn unread(capacity: u64, passes: u64) -> FdTable {
+        FdTable {
+            count: None,
+            size_hint: capacity,
+            size_counted: false,
+            passes_before_seen: passes,
+            changed_pass: 0,
+            denied: None,
+        }
+    }
+
+    /// Whether the table is worth reading: never denied, or denied long enough ago.
+    pub fn maybe_readable(&self) -> bool {
+        self.denied.is_none_or(|at| at.elapsed() >= FD_DENIED_RETRY)
+    }
+}
+
 impl InodeIndex {
     /// Releases what `pid` held at its last scan: the entries stay for the grace period.
     fn forget(&mut self, pid: u32) {
@@ -163,7 +208,7 @@ impl ProcessMonitor {
         let candidates: Vec<u32> = self
             .live
             .iter()
-            .filter(|(_, p)| p.fd_maybe_readable())
+            .filter(|(_, p)| p.fd.maybe_readable())
             .map(|(&pid, _)| pid)
             .collect();
         // Best first, from a max-heap keyed (class, size, last change). Never read, the
@@ -174,22 +219,22 @@ impl ProcessMonitor {
         let mut heap: BinaryHeap<(Reverse<u8>, u64, u64, Reverse<u32>)> = candidates
             .iter()
             .filter_map(|&pid| {
-                let p = self.live.get(&pid)?;
-                let (class, size) = if p.fd_count.is_none() && p.passes_before_seen + 1 >= pass {
-                    (0, p.fd_size_hint)
-                } else if p.fd_count.is_none() {
-                    (3, p.fd_size_hint)
+                let fd = &self.live.get(&pid)?.fd;
+                let (class, size) = if fd.count.is_none() && fd.passes_before_seen + 1 >= pass {
+                    (0, fd.size_hint)
+                } else if fd.count.is_none() {
+                    (3, fd.size_hint)
                 } else if index.held.get(&pid).is_some_and(|h| !h.is_empty()) {
                     (1, 0)
                 } else {
                     (2, 0)
                 };
-                Some((Reverse(class), size, p.fd_changed_pass, Reverse(pid)))
+                Some((Reverse(class), size, fd.changed_pass, Reverse(pid)))
             })
             .collect();
         let mut scanned = HashSet::default();
         while let Some((class, size, changed_pass, Reverse(pid))) = heap.pop() {
-            let Some(p) = self.live.get_mut(&pid) else {
+            let Some(fd) = self.live.get_mut(&pid).map(|p| &mut p.fd) else {
                 continue;
             };
             // A never-read table's size is its capacity from status: free, but only an upper
@@ -197,17 +242,14 @@ impl ProcessMonitor {
             // a stat sizes it exactly, once per image, when it reaches the top; it goes back
             // in at that size. So the tables are read in the order of their real sizes while
             // only those near the top are ever stat'ed.
-            if fd_count_works
-                && p.fd_count.is_none()
-                && !p.fd_size_counted
-                && size > SMALLEST_FD_TABLE
+            if fd_count_works && fd.count.is_none() && !fd.size_counted && size > SMALLEST_FD_TABLE
             {
-                p.fd_size_hint = open_fd_count(&proc_root, pid).unwrap_or(size);
-                p.fd_size_counted = true;
-                heap.push((class, p.fd_size_hint, changed_pass, Reverse(pid)));
+                fd.size_hint = open_fd_count(&proc_root, pid).unwrap_or(size);
+                fd.size_counted = true;
+                heap.push((class, fd.size_hint, changed_pass, Reverse(pid)));
                 continue;
             }
-            let changed = match p.fd_count {
+            let changed = match fd.count {
                 // Never read: nothing to compare a count with.
                 None => true,
                 Some(known) if fd_count_works => {
@@ -256,7 +298,7 @@ impl ProcessMonitor {
             }
         });
         if walked.is_ok() {
-            p.fd_denied = None;
+            p.fd.denied = None;
         }
         let count = match walked {
             // The walk's own directory fd is not one the process holds.
@@ -264,7 +306,7 @@ impl ProcessMonitor {
             Ok(count) => count,
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    p.fd_denied = Some(std::time::Instant::now());
+                    p.fd.denied = Some(std::time::Instant::now());
                     metrics::counter!(telemetry::PROC_PERMISSION_DENIED).increment(1);
                 }
                 return;
@@ -272,10 +314,10 @@ impl ProcessMonitor {
         };
         // The walk's own count is what st_size of the fd directory reports (kernel ≥ 6.2),
         // for the table as it was read: no second stat per process.
-        if p.fd_count != Some(count) {
-            p.fd_changed_pass = pass;
+        if p.fd.count != Some(count) {
+            p.fd.changed_pass = pass;
         }
-        p.fd_count = Some(count);
+        p.fd.count = Some(count);
         for &inode in &inodes {
             // A socket shared across fork (a shell's /dev/tcp fd inherited by its children,
             // a pre-fork server's listener) belongs to its oldest holder: the one that most
@@ -427,7 +469,7 @@ mod tests {
         let mut out = Vec::new();
         monitor.sweep(crate::model::now_ns(), &mut out);
         // As if the read had just been denied.
-        monitor.live.get_mut(&pid).expect("child").fd_denied = Some(std::time::Instant::now());
+        monitor.live.get_mut(&pid).expect("child").fd.denied = Some(std::time::Instant::now());
         monitor.refresh(&[inode], crate::model::now_ns(), &mut out);
         let denied = monitor.owner(inode, None, None);
 
@@ -560,7 +602,7 @@ mod tests {
                 monitor
                     .live
                     .get(&s.id())
-                    .is_some_and(|p| p.fd_count.is_some())
+                    .is_some_and(|p| p.fd.count.is_some())
             })
             .count();
         let fd_count_works = monitor.index.fd_count_works == Some(true);

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::model::{Ancestor, ProcessPhase, ProcessRecord, Record, Unavailable, UnixNanos};
+use crate::procs::attribute::FdTable;
 use crate::procs::parse::{self, Stat};
 use crate::sys::proc::PidDir;
 use crate::telemetry;
@@ -68,35 +69,8 @@ pub struct ProcessStats {
 pub(crate) struct Proc {
     pub record: ProcessRecord,
     pub starttime_ticks: u64,
-    /// Open-fd count at the last fd scan (`stat(/proc/pid/fd).st_size`), for attribution.
-    pub fd_count: Option<u64>,
-    /// How big the fd table looked before it was first read, so that the biggest are read
-    /// first: status `FDSize` (its capacity) from the details read, then, for a table above
-    /// the smallest capacity, the open count from one stat.
-    pub fd_size_hint: u64,
-    /// Whether `fd_size_hint` is that stat's count (taken once per image).
-    pub fd_size_counted: bool,
-    /// Attribution passes run before this image was seen: one seen since the last pass is
-    /// the likeliest owner of a new socket, one an earlier pass left unread is not.
-    pub passes_before_seen: u64,
-    /// The attribution pass in which the fd count last changed: recent changers are read
-    /// first when a new socket needs its owner.
-    pub fd_changed_pass: u64,
-    /// When reading the fd table was last denied. A process can become readable (a
-    /// privilege drop: `setpriv`, `su`, a runtime starting the app as its user), so a denied
-    /// table is tried again after an exec and after `FD_DENIED_RETRY`.
-    pub fd_denied: Option<Instant>,
-}
-
-/// How long a denied fd table is left alone before it is tried again.
-pub(crate) const FD_DENIED_RETRY: Duration = Duration::from_secs(10);
-
-impl Proc {
-    /// Whether the fd table is worth reading: never denied, or denied long enough ago.
-    pub fn fd_maybe_readable(&self) -> bool {
-        self.fd_denied
-            .is_none_or(|at| at.elapsed() >= FD_DENIED_RETRY)
-    }
+    /// What attribution knows of its fd table.
+    pub fd: crate::procs::attribute::FdTable,
 }
 
 pub struct ProcessMonitor {
@@ -430,7 +404,7 @@ impl ProcessMonitor {
             stdio_is_socket: None,
             stdio_socket_inodes: Vec::new(),
         };
-        let fd_size_hint = self.fill_details(&mut record, true);
+        let fd_capacity = self.fill_details(&mut record, true);
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);
         self.stats.started += 1;
         self.new_since_last += 1;
@@ -448,12 +422,7 @@ impl ProcessMonitor {
             Proc {
                 starttime_ticks: stat.starttime,
                 record,
-                fd_count: None,
-                fd_size_hint,
-                fd_size_counted: false,
-                passes_before_seen: self.index.incremental_passes,
-                fd_changed_pass: 0,
-                fd_denied: None,
+                fd: FdTable::unread(fd_capacity, self.index.incremental_passes),
             },
         );
     }
@@ -473,12 +442,10 @@ impl ProcessMonitor {
         // An exec does not move a process between cgroups: a known container is kept (a
         // process first read before its runtime moved it into one is read again).
         let reread_cgroup = p.record.container_id.is_none();
-        p.fd_size_hint = self.fill_details(&mut p.record, reread_cgroup);
-        p.fd_size_counted = false;
-        p.passes_before_seen = self.index.incremental_passes;
+        let fd_capacity = self.fill_details(&mut p.record, reread_cgroup);
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
-        p.fd_count = None;
-        p.fd_denied = None; // a new image may run with other credentials
+        // A new image may run with other credentials and hold other fds.
+        p.fd = FdTable::unread(fd_capacity, self.index.incremental_passes);
         self.stats.execs += 1;
         self.emit_or_hold(may_exec, &p.record, out);
         self.live.insert(pid, p);
