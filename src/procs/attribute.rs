@@ -205,21 +205,17 @@ impl ProcessMonitor {
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
         let proc_root = self.proc_root().to_path_buf();
-        let candidates: Vec<u32> = self
-            .live
-            .iter()
-            .filter(|(_, p)| p.fd.maybe_readable())
-            .map(|(&pid, _)| pid)
-            .collect();
         // Best first, from a max-heap keyed (class, size, last change). Never read, the
         // biggest tables first: after a start most sockets sit in a few servers' tables. An
         // image seen since the last pass is the likeliest owner of a new socket; one an
         // earlier pass left unread (it stopped once every socket it wanted was found) comes
         // after the known holders.
-        let mut heap: BinaryHeap<(Reverse<u8>, u64, u64, Reverse<u32>)> = candidates
+        let mut heap: BinaryHeap<(Reverse<u8>, u64, u64, Reverse<u32>)> = self
+            .live
             .iter()
-            .filter_map(|&pid| {
-                let fd = &self.live.get(&pid)?.fd;
+            .filter(|(_, p)| p.fd.maybe_readable())
+            .map(|(&pid, p)| {
+                let fd = &p.fd;
                 let (class, size) = if fd.count.is_none() && fd.passes_before_seen + 1 >= pass {
                     (0, fd.size_hint)
                 } else if fd.count.is_none() {
@@ -229,7 +225,7 @@ impl ProcessMonitor {
                 } else {
                     (2, 0)
                 };
-                Some((Reverse(class), size, fd.changed_pass, Reverse(pid)))
+                (Reverse(class), size, fd.changed_pass, Reverse(pid))
             })
             .collect();
         let mut scanned = HashSet::default();
@@ -272,7 +268,13 @@ impl ProcessMonitor {
         if !unknown.is_empty() {
             index.full_passes += 1;
             // Whoever was just read is not read twice: an fd table is the pass's whole cost.
-            for &pid in candidates.iter().filter(|pid| !scanned.contains(*pid)) {
+            let rest: Vec<u32> = self
+                .live
+                .iter()
+                .filter(|(pid, p)| p.fd.maybe_readable() && !scanned.contains(*pid))
+                .map(|(&pid, _)| pid)
+                .collect();
+            for pid in rest {
                 self.scan_fds(pid, pass, &mut index);
             }
         }
@@ -403,6 +405,72 @@ mod tests {
         parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket")
     }
 
+    /// A child process holding UDP sockets: `initial` at start, one more per `open`. Its
+    /// fd table is its own (this test process's moves with parallel tests).
+    struct SocketHolder {
+        child: std::process::Child,
+        stdin: std::process::ChildStdin,
+        stdout: std::io::BufReader<std::process::ChildStdout>,
+    }
+
+    impl SocketHolder {
+        /// Starts the holder; returns it with the inodes of its initial sockets.
+        fn start(initial: usize) -> (SocketHolder, Vec<u64>) {
+            use std::io::BufRead;
+            let code = format!(
+                "import socket, sys\n\
+                 held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range({initial})]\n\
+                 print(' '.join(str(s.fileno()) for s in held), flush=True)\n\
+                 for line in sys.stdin:\n\
+                 \x20   held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))\n\
+                 \x20   print(held[-1].fileno(), flush=True)\n"
+            );
+            let mut child = std::process::Command::new("/usr/bin/python3")
+                .args(["-c", &code])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3");
+            let stdin = child.stdin.take().expect("stdin");
+            let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read");
+            let pid = child.id();
+            let inodes = line
+                .split_whitespace()
+                .map(|fd| socket_inode_at(pid, fd))
+                .collect();
+            (
+                SocketHolder {
+                    child,
+                    stdin,
+                    stdout,
+                },
+                inodes,
+            )
+        }
+
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// One more socket in the holder; returns its inode.
+        fn open(&mut self) -> u64 {
+            use std::io::{BufRead, Write};
+            writeln!(self.stdin, "open").expect("write");
+            let mut line = String::new();
+            self.stdout.read_line(&mut line).expect("read");
+            socket_inode_at(self.pid(), line.trim())
+        }
+    }
+
+    impl Drop for SocketHolder {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
     #[test]
     fn the_index_holds_only_open_sockets() {
         let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
@@ -498,42 +566,19 @@ mod tests {
 
     #[test]
     fn a_new_socket_is_found_without_reading_every_table() {
-        use std::io::{BufRead, BufReader, Write};
-        // A child of its own: this test process's fd table also moves with parallel tests.
-        let mut child = std::process::Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                "import socket, sys\n\
-                 held = []\n\
-                 for line in sys.stdin:\n\
-                 \x20   held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))\n\
-                 \x20   print(held[-1].fileno(), flush=True)\n",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let pid = child.id();
-        let mut stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut open_socket = || -> u64 {
-            writeln!(stdin, "open").expect("write");
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read");
-            socket_inode_at(pid, line.trim())
-        };
+        let (mut holder, _) = SocketHolder::start(0);
+        let pid = holder.pid();
         let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
         let mut out = Vec::new();
         monitor.sweep(crate::model::now_ns(), &mut out);
-        let first = open_socket();
+        let first = holder.open();
         monitor.refresh(&[first], crate::model::now_ns(), &mut out);
         let (full_before, read_before) = (monitor.index.full_passes, monitor.index.tables_read);
         // The child holds a socket and changed its fd table last: it is read first.
-        let second = open_socket();
+        let second = holder.open();
         monitor.refresh(&[second], crate::model::now_ns(), &mut out);
         let owner = monitor.owner(second, None, None);
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(holder);
         assert_eq!((owner.pid, owner.attribution), (Some(pid), Attribution::Fd));
         assert_eq!(monitor.index.full_passes, full_before, "no full pass");
         let read = monitor.index.tables_read - read_before;
@@ -546,7 +591,6 @@ mod tests {
 
     #[test]
     fn a_first_pass_reads_the_biggest_tables_first_and_stops_when_all_are_found() {
-        use std::io::{BufRead, BufReader, Write};
         // A server holding 200 sockets beside ten small processes, as after a collector start.
         // The small ones start first: lower pids, read first by any order but size.
         let mut sleepers: Vec<_> = (0..10)
@@ -557,29 +601,8 @@ mod tests {
                     .expect("sleep")
             })
             .collect();
-        let mut server = std::process::Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                "import socket, sys\n\
-                 held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(200)]\n\
-                 print(' '.join(str(s.fileno()) for s in held), flush=True)\n\
-                 for line in sys.stdin:\n\
-                 \x20   held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))\n\
-                 \x20   print(held[-1].fileno(), flush=True)\n",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let pid = server.id();
-        let mut stdin = server.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        let inodes: Vec<u64> = line
-            .split_whitespace()
-            .map(|fd| socket_inode_at(pid, fd))
-            .collect();
+        let (mut server, inodes) = SocketHolder::start(200);
+        let pid = server.pid();
         let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
         let mut out = Vec::new();
         monitor.sweep(crate::model::now_ns(), &mut out);
@@ -590,10 +613,7 @@ mod tests {
             .collect();
         // One more socket in the known holder: found there, not after the tables the first
         // pass left unread.
-        writeln!(stdin, "open").expect("write");
-        line.clear();
-        stdout.read_line(&mut line).expect("read");
-        let another = socket_inode_at(pid, line.trim());
+        let another = server.open();
         monitor.refresh(&[another], crate::model::now_ns(), &mut out);
         owners.push(monitor.owner(another, None, None));
         let sleepers_read = sleepers
@@ -606,8 +626,7 @@ mod tests {
             })
             .count();
         let fd_count_works = monitor.index.fd_count_works == Some(true);
-        drop(stdin);
-        let _ = server.wait();
+        drop(server);
         for sleeper in &mut sleepers {
             let _ = sleeper.kill();
             let _ = sleeper.wait();

@@ -89,22 +89,11 @@ pub fn for_each_fd_link(fd_dir: &Path, mut each: impl FnMut(&[u8])) -> io::Resul
 }
 
 /// `n` in decimal as a C string, in `buf` (20 digits and the NUL fit in 24 bytes).
-fn decimal_c_str(mut n: u64, buf: &mut [u8; 24]) -> &CStr {
-    let mut digits = [0u8; 20];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for (slot, digit) in buf.iter_mut().zip(digits[..len].iter().rev()) {
-        *slot = *digit;
-    }
-    buf[len] = 0;
-    CStr::from_bytes_with_nul(&buf[..=len]).unwrap_or_default()
+fn decimal_c_str(n: u64, buf: &mut [u8; 24]) -> &CStr {
+    use std::io::Write;
+    let mut cursor = &mut buf[..];
+    let _ = write!(cursor, "{n}\0"); // cannot overflow: 21 bytes at most
+    CStr::from_bytes_until_nul(buf).unwrap_or_default()
 }
 
 /// `st_size` of an open `/proc/<pid>/fd`: the open-fd count on Linux ≥ 6.2, 0 before.
