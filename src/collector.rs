@@ -306,17 +306,20 @@ impl SocketMonitor {
     pub fn dump(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) {
         let started = Instant::now();
         let cpu_before = crate::sys::clock::thread_cpu_time();
-        self.sockets.clear();
-        match self.dumper.dump_all(&mut self.sockets) {
+        // The table takes each datagram's sockets as they arrive.
+        let table = &mut self.table;
+        table.begin_dump(now_ns());
+        match self.dumper.dump_all_with(|batch| table.observe(batch)) {
             Ok(stats) => {
                 metrics::counter!(telemetry::SOCKDIAG_DUMPS).increment(1);
-                self.table
-                    .apply_dump(&self.sockets, !stats.interrupted, now_ns(), lookup, out);
+                table.finish_dump(!stats.interrupted, lookup, out);
                 if !stats.interrupted {
                     self.resync = false;
                 }
             }
             Err(error) => {
+                // What it saw before failing is real; nothing is concluded from absences.
+                table.finish_dump(false, lookup, out);
                 metrics::counter!(telemetry::SOCKDIAG_DUMP_ERRORS).increment(1);
                 tracing::warn!(%error, "sock_diag dump failed");
             }

@@ -3,6 +3,7 @@
 //! each flow's direction and scope.
 
 pub mod classify;
+pub mod cookie_order;
 pub mod table;
 
 pub use classify::{ClusterCidrs, Scoper};

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::attribution::{Owner, OwnerLookup};
 use crate::flows::classify::{canonical, Scoper};
+use crate::flows::cookie_order::CookieOrder;
 use crate::model::{
     Attribution, Direction, EndReason, Family, FlowPhase, FlowRecord, ListenerRecord, Protocol,
     Record, Scope, UnixNanos,
@@ -115,6 +116,22 @@ struct Entry {
 impl Entry {
     fn tcp(&self) -> Option<&Counters> {
         self.has_counters.then_some(&self.counters)
+    }
+
+    /// Takes the state and counters of a dump that found the socket. A counter set that the
+    /// kernel zeroed (a reset) keeps the last values.
+    fn refresh_from(&mut self, s: &SocketInfo) {
+        // tcp_info's own state is read after the message header's, closer to the counters:
+        // it narrows the window in which the counters already hold a FIN the state does not
+        // show yet.
+        self.state = s.tcp.as_ref().map_or(s.state, |info| info.state);
+        if let Some(info) = &s.tcp {
+            let counters = Counters::from_info(info);
+            if self.tcp() != Some(&counters) && !info.is_zeroed() {
+                self.set_tcp(Some(counters));
+                self.dirty = true;
+            }
+        }
     }
 
     fn set_tcp(&mut self, counters: Option<Counters>) {
@@ -225,11 +242,17 @@ type HashMap<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
 pub struct FlowTable {
     config: FlowConfig,
     scoper: Scoper,
-    flows: HashMap<u64, Entry>,
+    /// Kept in cookie order: a dump meets its sockets in that order (see [`CookieOrder`]).
+    flows: hashbrown::HashMap<u64, Entry, CookieOrder>,
     listeners: HashMap<u64, ListenerEntry>,
     ended: HashMap<u64, UnixNanos>,
     ended_order: VecDeque<(UnixNanos, u64)>,
     generation: u32,
+    /// When the current dump was taken.
+    dump_now: UnixNanos,
+    /// Sockets of the current dump that [`FlowTable::finish_dump`] must look at: new ones,
+    /// unannounced flows, unknown listeners.
+    unknown: Vec<SocketInfo>,
     /// The first dump has been applied: later sockets are not preexisting.
     primed: bool,
     last_overflow: UnixNanos,
@@ -257,11 +280,13 @@ impl FlowTable {
         FlowTable {
             config,
             scoper,
-            flows: HashMap::default(),
+            flows: hashbrown::HashMap::default(),
             listeners: HashMap::default(),
             ended: HashMap::default(),
             ended_order: VecDeque::new(),
             generation: 0,
+            dump_now: 0,
+            unknown: Vec::new(),
             primed: false,
             last_overflow: 0,
             stats: FlowStats::default(),
@@ -294,6 +319,7 @@ impl FlowTable {
                     + self.awaiting_owner.capacity(),
             )
             + vec::<(UnixNanos, Protocol, SocketAddr)>(self.closed_listeners.capacity())
+            + vec::<SocketInfo>(self.unknown.capacity())
     }
 
     pub fn stats(&self) -> FlowStats {
@@ -325,11 +351,65 @@ impl FlowTable {
         lookup: &mut dyn OwnerLookup,
         out: &mut Vec<Record>,
     ) {
+        self.begin_dump(now);
+        self.observe(sockets);
+        self.finish_dump(complete, lookup, out);
+    }
+
+    /// Starts a dump taken at `now`, whose sockets [`FlowTable::observe`] then gets batch by
+    /// batch (a datagram's worth, still in cache) and [`FlowTable::finish_dump`] concludes.
+    pub fn begin_dump(&mut self, now: UnixNanos) {
         self.generation = self.generation.wrapping_add(1);
-        let generation = self.generation;
+        self.dump_now = now;
+        self.unknown.clear();
+    }
+
+    /// Takes a batch of the current dump's sockets. Announced flows and known listeners are
+    /// refreshed in place; every other socket is kept for [`FlowTable::finish_dump`], which
+    /// sees the dump's listeners all known before it gives a new flow its direction.
+    pub fn observe(&mut self, sockets: &[SocketInfo]) {
+        let (generation, now) = (self.generation, self.dump_now);
+        for s in sockets {
+            if is_listener(s) {
+                if let Some(l) = self.listeners.get_mut(&s.cookie) {
+                    l.generation = generation;
+                    l.missing_since = 0;
+                } else {
+                    self.unknown.push(s.clone());
+                }
+                continue;
+            }
+            // TIME_WAIT minisockets are what is left of sockets already reported (under a
+            // cookie of their own and without counters): reporting them would duplicate
+            // connections.
+            if s.timewait {
+                continue;
+            }
+            match self.flows.get_mut(&s.cookie) {
+                Some(e) if e.announced => {
+                    e.generation = generation;
+                    e.missing = false;
+                    e.last_seen = now;
+                    e.refresh_from(s);
+                }
+                _ => self.unknown.push(s.clone()),
+            }
+        }
+    }
+
+    /// Concludes the dump: new listeners, new flows (attributed and announced), updates of
+    /// flows whose counters moved, and absences (only when the dump was `complete`).
+    pub fn finish_dump(
+        &mut self,
+        complete: bool,
+        lookup: &mut dyn OwnerLookup,
+        out: &mut Vec<Record>,
+    ) {
+        let (generation, now) = (self.generation, self.dump_now);
         self.new_flows.clear();
         self.new_listeners.clear();
         self.new_inodes.clear();
+        let sockets = std::mem::take(&mut self.unknown);
 
         // Listeners first: they decide the direction of the flows in the same dump.
         for s in sockets.iter().filter(|s| is_listener(s)) {
@@ -356,24 +436,12 @@ impl FlowTable {
         }
 
         let grace = nanos(self.config.vanish_grace);
-        // TIME_WAIT minisockets are what is left of sockets already reported (under a cookie
-        // of their own and without counters): reporting them would duplicate connections.
-        for s in sockets.iter().filter(|s| !is_listener(s) && !s.timewait) {
+        for s in sockets.iter().filter(|s| !is_listener(s)) {
             if let Some(e) = self.flows.get_mut(&s.cookie) {
                 e.generation = generation;
                 e.missing = false;
                 e.last_seen = now;
-                // tcp_info's own state is read after the message header's, closer to the
-                // counters: it narrows the window in which the counters already hold a FIN
-                // the state does not show yet.
-                e.state = s.tcp.as_ref().map_or(s.state, |info| info.state);
-                if let Some(info) = &s.tcp {
-                    let counters = Counters::from_info(info);
-                    if e.tcp() != Some(&counters) && !info.is_zeroed() {
-                        e.set_tcp(Some(counters));
-                        e.dirty = true;
-                    }
-                }
+                e.refresh_from(s);
                 if !e.announced {
                     if s.inode != 0 {
                         e.inode = u32::try_from(s.inode).unwrap_or(0);
@@ -435,30 +503,36 @@ impl FlowTable {
                 sockets.iter().map(|s| (s.cookie, s)).collect();
             self.announce_new_flows(&by_cookie, now, lookup, out);
         }
-        // Periodic updates, only for flows whose counters moved.
+        // One walk of the table: updates for the flows seen whose counters moved (at most
+        // one per active timeout), and, after a complete dump, absences noted and ended
+        // once past the grace period.
         let active_timeout = nanos(self.config.active_timeout);
+        let mut gone = Vec::new();
         for (cookie, e) in &mut self.flows {
-            if e.dirty && e.generation == generation && e.last_emit.elapsed(now) >= active_timeout {
-                e.dirty = false;
-                e.last_emit = Tick::at(now);
-                self.stats.updated += 1;
-                out.push(Record::Flow(flow_record(
-                    *cookie,
-                    e,
-                    FlowPhase::Update,
-                    now,
-                    None,
-                )));
+            if e.generation == generation {
+                if e.dirty && e.last_emit.elapsed(now) >= active_timeout {
+                    e.dirty = false;
+                    e.last_emit = Tick::at(now);
+                    self.stats.updated += 1;
+                    out.push(Record::Flow(flow_record(
+                        *cookie,
+                        e,
+                        FlowPhase::Update,
+                        now,
+                        None,
+                    )));
+                }
+                continue;
+            }
+            if complete && !e.missing {
+                e.missing = true;
+                e.missing_since = Tick::at(now);
+            }
+            if e.missing && e.missing_since.elapsed(now) >= grace {
+                gone.push(*cookie);
             }
         }
-
         if complete {
-            for e in self.flows.values_mut() {
-                if e.generation != generation && !e.missing {
-                    e.missing = true;
-                    e.missing_since = Tick::at(now);
-                }
-            }
             for l in self.listeners.values_mut() {
                 if l.generation != generation && l.missing_since == 0 {
                     l.missing_since = now;
@@ -467,7 +541,12 @@ impl FlowTable {
         }
         self.primed = true;
         self.release_scratch();
-        self.expire(now, out);
+        let mut sockets = sockets;
+        sockets.clear();
+        sockets.shrink_to(SCRATCH_KEPT);
+        self.unknown = sockets;
+        self.end_vanished(gone, now, out);
+        self.expire_listeners_and_ended(now, out);
     }
 
     /// Emits START for `new_flows` (sockets of `by_cookie`), attributed. One found only
@@ -602,6 +681,14 @@ impl FlowTable {
             .filter(|(_, e)| e.missing && e.missing_since.elapsed(now) >= grace)
             .map(|(c, _)| *c)
             .collect();
+        self.end_vanished(gone, now, out);
+        self.expire_listeners_and_ended(now, out);
+    }
+
+    /// Ends the flows of `gone`, missing past the grace period: lost in an overflow of the
+    /// destroy stream (`RECOVERED`) or gone without an event (`VANISHED`).
+    fn end_vanished(&mut self, gone: Vec<u64>, now: UnixNanos, out: &mut Vec<Record>) {
+        let grace = nanos(self.config.vanish_grace);
         for cookie in gone {
             if let Some(mut e) = self.flows.remove(&cookie) {
                 self.announce_late(cookie, &mut e, out);
@@ -628,6 +715,11 @@ impl FlowTable {
                 self.remember_ended(cookie, now);
             }
         }
+    }
+
+    /// Ends listeners missing past the grace period, and forgets old ended cookies.
+    fn expire_listeners_and_ended(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
+        let grace = nanos(self.config.vanish_grace);
         let gone: Vec<u64> = self
             .listeners
             .iter()
@@ -1207,6 +1299,70 @@ mod tests {
         );
         assert_eq!(ended[0].end_reason, EndReason::DestroyEvent);
         assert_eq!(t.stats().duplicate_ends, 1);
+    }
+
+    /// A dump taken batch by batch: a connection whose listener comes in a later datagram
+    /// is still inbound; a known flow's moved counters, seen in the first batch, give one
+    /// UPDATE at its active timeout; a flow absent from the whole dump goes missing and
+    /// ends (no grace here), and one seen in any batch does not.
+    #[test]
+    fn a_dump_in_batches_is_one_dump() {
+        let mut t = FlowTable::new(
+            FlowConfig {
+                active_timeout: Duration::from_micros(5),
+                // Missing from one complete dump is enough: noted and ended in one walk.
+                vanish_grace: Duration::ZERO,
+                ..FlowConfig::default()
+            },
+            Scoper::default(),
+        );
+        let mut out = Vec::new();
+        let est = msg::TCP_ESTABLISHED;
+        let kept = tcp_socket(10, "127.0.0.1:7000", "127.0.0.1:9", est, 1, 0, 0);
+        let dropped = tcp_socket(11, "127.0.0.1:7001", "127.0.0.1:9", est, 1, 0, 0);
+        t.apply_dump(
+            &[kept.clone(), dropped.clone()],
+            true,
+            10_000,
+            &mut NoAttribution,
+            &mut out,
+        );
+        assert_eq!(flows(&out).len(), 2);
+        out.clear();
+
+        let accepted = tcp_socket(2, "127.0.0.1:80", "127.0.0.1:5555", est, 0, 0, 0);
+        let listener = tcp_socket(1, "127.0.0.1:80", "0.0.0.0:0", msg::TCP_LISTEN, 0, 0, 0);
+        let moved = tcp_socket(10, "127.0.0.1:7000", "127.0.0.1:9", est, 500, 0, 0);
+        t.begin_dump(20_000);
+        t.observe(&[moved, accepted.clone()]);
+        t.observe(&[listener.clone(), dropped]);
+        t.finish_dump(true, &mut NoAttribution, &mut out);
+        let records = flows(&out);
+        let started: Vec<_> = records
+            .iter()
+            .filter(|f| f.phase == FlowPhase::Start)
+            .map(|f| (f.cookie, f.direction))
+            .collect();
+        assert_eq!(started, [(2, Direction::Inbound)]);
+        let updated: Vec<_> = records
+            .iter()
+            .filter(|f| f.phase == FlowPhase::Update)
+            .map(|f| (f.cookie, f.bytes_sent))
+            .collect();
+        assert_eq!(updated, [(10, Some(500))]);
+        out.clear();
+
+        t.begin_dump(30_000);
+        t.observe(std::slice::from_ref(&kept));
+        t.observe(&[]);
+        t.observe(&[listener, accepted]);
+        t.finish_dump(true, &mut NoAttribution, &mut out);
+        let ended: Vec<_> = flows(&out)
+            .iter()
+            .filter(|f| f.phase == FlowPhase::End)
+            .map(|f| (f.cookie, f.end_reason))
+            .collect();
+        assert_eq!(ended, [(11, EndReason::Vanished)]);
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub const TABLES: [(Family, Protocol); 4] = [
 pub struct Dumper {
     socket: Socket,
     buf: Vec<u8>,
+    /// The sockets of the datagram being read.
+    batch: Vec<SocketInfo>,
     seq: u32,
 }
 
@@ -101,19 +103,30 @@ impl Dumper {
         Ok(Dumper {
             socket,
             buf: Vec::with_capacity(RECV_BUF),
+            batch: Vec::new(),
             seq: 0,
         })
     }
 
     /// Dumps every tracked socket of all four tables into `out` (appended).
     pub fn dump_all(&mut self, out: &mut Vec<SocketInfo>) -> Result<DumpStats, DumpError> {
+        self.dump_all_with(|batch| out.extend_from_slice(batch))
+    }
+
+    /// Dumps every tracked socket of all four tables, handing `each` the sockets of one
+    /// datagram at a time: a consumer that takes them there reads them while they are in
+    /// cache, and nothing holds the whole dump.
+    pub fn dump_all_with(
+        &mut self,
+        mut each: impl FnMut(&[SocketInfo]),
+    ) -> Result<DumpStats, DumpError> {
         let mut stats = DumpStats::default();
         for (family, protocol) in TABLES {
             let states = match protocol {
                 Protocol::Tcp => msg::TCP_STATES_TRACKED,
                 Protocol::Udp => msg::ALL_STATES,
             };
-            stats.add(self.dump(family, protocol, states, out)?);
+            stats.add(self.dump(family, protocol, states, &mut each)?);
         }
         Ok(stats)
     }
@@ -202,13 +215,14 @@ impl Dumper {
         }
     }
 
-    /// Dumps one table: the sockets of `family`/`protocol` in the `states` bit mask.
+    /// Dumps one table: the sockets of `family`/`protocol` in the `states` bit mask, handed
+    /// to `each` a datagram at a time.
     pub fn dump(
         &mut self,
         family: Family,
         protocol: Protocol,
         states: u32,
-        out: &mut Vec<SocketInfo>,
+        each: &mut impl FnMut(&[SocketInfo]),
     ) -> Result<DumpStats, DumpError> {
         self.seq = self.seq.wrapping_add(1);
         let request = msg::dump_request(family, protocol, states, self.seq);
@@ -226,58 +240,73 @@ impl Dumper {
                 });
             }
             stats.datagrams += 1;
-            for message in msg::messages(&self.buf[..len]) {
-                let message = match message {
-                    Ok(m) => m,
-                    Err(error) => {
-                        stats.malformed += 1;
-                        metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
-                        tracing::warn!(%error, ?family, ?protocol, "skipping malformed sock_diag datagram");
-                        break;
-                    }
-                };
-                if message.seq != self.seq {
-                    continue; // a late reply to an earlier, abandoned dump
+            self.batch.clear();
+            let done = self.parse_datagram(len, family, protocol, &mut stats)?;
+            each(&self.batch);
+            if done {
+                if stats.interrupted {
+                    metrics::counter!(telemetry::SOCKDIAG_DUMP_INTERRUPTED).increment(1);
                 }
-                if message.flags & NLM_F_DUMP_INTR != 0 {
-                    stats.interrupted = true;
-                }
-                match message.kind {
-                    SOCK_DIAG_BY_FAMILY => {
-                        stats.messages += 1;
-                        match msg::parse_socket(message.payload, protocol) {
-                            Ok(socket) => out.push(socket),
-                            Err(error) => {
-                                stats.malformed += 1;
-                                metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
-                                tracing::warn!(%error, ?family, ?protocol, "skipping malformed sock_diag message");
-                            }
-                        }
-                    }
-                    NLMSG_DONE => {
-                        if stats.interrupted {
-                            metrics::counter!(telemetry::SOCKDIAG_DUMP_INTERRUPTED).increment(1);
-                        }
-                        return Ok(stats);
-                    }
-                    NLMSG_ERROR => {
-                        let errno = msg::error_code(message.payload)
-                            .map(|e| -e)
-                            .unwrap_or(libc::EPROTO);
-                        if errno == 0 {
-                            continue; // an ACK
-                        }
-                        return Err(DumpError::Kernel {
-                            family,
-                            protocol,
-                            errno,
-                        });
-                    }
-                    NLMSG_NOOP | NLMSG_OVERRUN => {}
-                    _ => {}
-                }
+                return Ok(stats);
             }
         }
+    }
+
+    /// Parses the dump datagram in the buffer into `batch`; true once it held `NLMSG_DONE`.
+    fn parse_datagram(
+        &mut self,
+        len: usize,
+        family: Family,
+        protocol: Protocol,
+        stats: &mut DumpStats,
+    ) -> Result<bool, DumpError> {
+        for message in msg::messages(&self.buf[..len]) {
+            let message = match message {
+                Ok(m) => m,
+                Err(error) => {
+                    stats.malformed += 1;
+                    metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
+                    tracing::warn!(%error, ?family, ?protocol, "skipping malformed sock_diag datagram");
+                    break;
+                }
+            };
+            if message.seq != self.seq {
+                continue; // a late reply to an earlier, abandoned dump
+            }
+            if message.flags & NLM_F_DUMP_INTR != 0 {
+                stats.interrupted = true;
+            }
+            match message.kind {
+                SOCK_DIAG_BY_FAMILY => {
+                    stats.messages += 1;
+                    match msg::parse_socket(message.payload, protocol) {
+                        Ok(socket) => self.batch.push(socket),
+                        Err(error) => {
+                            stats.malformed += 1;
+                            metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
+                            tracing::warn!(%error, ?family, ?protocol, "skipping malformed sock_diag message");
+                        }
+                    }
+                }
+                NLMSG_DONE => return Ok(true),
+                NLMSG_ERROR => {
+                    let errno = msg::error_code(message.payload)
+                        .map(|e| -e)
+                        .unwrap_or(libc::EPROTO);
+                    if errno == 0 {
+                        continue; // an ACK
+                    }
+                    return Err(DumpError::Kernel {
+                        family,
+                        protocol,
+                        errno,
+                    });
+                }
+                NLMSG_NOOP | NLMSG_OVERRUN => {}
+                _ => {}
+            }
+        }
+        Ok(false)
     }
 }
 
