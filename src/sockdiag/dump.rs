@@ -349,6 +349,53 @@ mod tests {
         assert!(other.is_none(), "another cookie: {other:?}");
     }
 
+    /// A listener with `TCP_DEFER_ACCEPT` keeps a connection whose handshake completed
+    /// without data as a request socket (NEW_SYN_RECV). A dump must not report it: it has a
+    /// cookie of its own, and the full socket that replaces it would be a second flow of
+    /// the same connection. The client's socket is in the dump from the start, and the
+    /// server's full socket once data arrives.
+    #[test]
+    fn a_request_socket_is_not_in_a_dump_its_full_socket_is() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        crate::sys::net::set_tcp_defer_accept(listener.as_fd(), 30).expect("TCP_DEFER_ACCEPT");
+        let server_addr = listener.local_addr().expect("addr");
+        let mut client = TcpStream::connect(server_addr).expect("connect");
+        let client_addr = client.local_addr().expect("local");
+        let mut dumper = Dumper::open().expect("sock_diag");
+        let server_side = |dumper: &mut Dumper| {
+            let mut sockets = Vec::new();
+            dumper.dump_all(&mut sockets).expect("dump");
+            let client_seen = sockets
+                .iter()
+                .any(|s| s.local == client_addr && s.remote == server_addr);
+            let server: Vec<(u8, u64)> = sockets
+                .iter()
+                .filter(|s| s.local == server_addr && s.remote == client_addr)
+                .map(|s| (s.state, s.inode))
+                .collect();
+            (client_seen, server)
+        };
+        // The request socket is there: a lookup by 4-tuple (all states) finds it.
+        let request = dumper
+            .lookup(Family::Ipv4, server_addr, client_addr, None)
+            .expect("lookup")
+            .expect("the request socket the listener holds");
+        assert_eq!(request.inode, 0);
+        let (client_seen, server) = server_side(&mut dumper);
+        assert!(client_seen, "the client's socket is in the dump");
+        assert!(server.is_empty(), "request socket dumped: {server:?}");
+
+        client.write_all(b"x").expect("send");
+        let (mut accepted, _) = listener.accept().expect("accept once data came");
+        let mut byte = [0u8; 1];
+        accepted.read_exact(&mut byte).expect("read");
+        let (_, server) = server_side(&mut dumper);
+        assert_eq!(server.len(), 1, "{server:?}");
+        assert_eq!(server[0].0, msg::TCP_ESTABLISHED);
+        assert_ne!(server[0].1, 0, "the accepted socket has an inode");
+    }
+
     /// A client that closed first is left in TIME_WAIT once the server's FIN came; the lookup
     /// finds that minisocket by 4-tuple, an open connection in its state, nothing for an
     /// unused tuple. On IPv4 and IPv6 loopback.

@@ -34,6 +34,7 @@ pub const INET_DIAG_CGROUP_ID: u16 = 21;
 
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_RECV: u8 = 3;
 pub const TCP_FIN_WAIT1: u8 = 4;
 pub const TCP_FIN_WAIT2: u8 = 5;
 pub const TCP_TIME_WAIT: u8 = 6;
@@ -385,10 +386,15 @@ pub fn lookup_request(
     buf
 }
 
-/// Every TCP state but TIME_WAIT and NEW_SYN_RECV: those are kernel mini-sockets with their
-/// own cookies, no owner and no counters; the full socket's life already ended (or has not
-/// begun) when they exist.
-pub const TCP_STATES_TRACKED: u32 = !((1 << TCP_TIME_WAIT) | (1 << TCP_NEW_SYN_RECV)) & 0x1ffe;
+/// Every TCP state but TIME_WAIT, NEW_SYN_RECV and SYN_RECV. TIME_WAIT and NEW_SYN_RECV are
+/// kernel mini-sockets with their own cookies, no owner and no counters: the full socket's
+/// life already ended (or has not begun) when they exist. SYN_RECV goes too, because asking
+/// for it makes the kernel add every NEW_SYN_RECV request socket (`tcp_diag_dump`), which
+/// would start a flow of its own and end, unanswered by any destroy event, as a second END
+/// of the connection. A full socket is in SYN_RECV only during a Fast Open handshake; the
+/// next dump or its destroy event finds it.
+pub const TCP_STATES_TRACKED: u32 =
+    !((1 << TCP_TIME_WAIT) | (1 << TCP_NEW_SYN_RECV) | (1 << TCP_SYN_RECV)) & 0x1ffe;
 pub const ALL_STATES: u32 = 0xffff_ffff;
 
 /// Kernel names of the TCP states, by number (0 is unused).

@@ -35,10 +35,17 @@ pub fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
 /// the kernel granted.
 pub fn set_receive_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    if set_int(fd, libc::SO_RCVBUFFORCE, want).is_err() {
-        set_int(fd, libc::SO_RCVBUF, want)?;
+    if set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
+        set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want)?;
     }
     get_int(fd, libc::SO_RCVBUF).map(|v| usize::try_from(v).unwrap_or(0))
+}
+
+/// Makes a listener hold a connection whose handshake completed without data as a request
+/// socket (`TCP_DEFER_ACCEPT`), for up to about `seconds`: tests use it to keep one alive.
+#[cfg(test)]
+pub fn set_tcp_defer_accept(fd: BorrowedFd<'_>, seconds: i32) -> io::Result<()> {
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, seconds)
 }
 
 /// Makes blocking receives return `EAGAIN` after `timeout`, so a reader thread can notice a
@@ -64,12 +71,17 @@ pub fn set_receive_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<
     Ok(())
 }
 
-fn set_int(fd: BorrowedFd<'_>, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` is a valid c_int for the duration of the call and its size is passed.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             option,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
