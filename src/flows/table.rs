@@ -444,10 +444,7 @@ impl FlowTable {
                 e.refresh_from(s);
                 if !e.announced {
                     if s.inode != 0 {
-                        e.inode = u32::try_from(s.inode).unwrap_or(0);
-                        e.uid = s.uid;
-                        self.new_flows.push(s.cookie);
-                        self.new_inodes.push(s.inode);
+                        queue_found(e, s, &mut self.new_flows, &mut self.new_inodes);
                     } else if now.saturating_sub(e.first_seen) >= grace {
                         self.new_flows.push(s.cookie); // never accepted: announce unattributed
                     }
@@ -498,11 +495,7 @@ impl FlowTable {
                 )));
             }
         }
-        if !self.new_flows.is_empty() {
-            let by_cookie: HashMap<u64, &SocketInfo> =
-                sockets.iter().map(|s| (s.cookie, s)).collect();
-            self.announce_new_flows(&by_cookie, now, lookup, out);
-        }
+        self.announce_new_flows(&sockets, now, lookup, out);
         // One walk of the table: updates for the flows seen whose counters moved (at most
         // one per active timeout), and, after a complete dump, absences noted and ended
         // once past the grace period.
@@ -549,15 +542,19 @@ impl FlowTable {
         self.expire_listeners_and_ended(now, out);
     }
 
-    /// Emits START for `new_flows` (sockets of `by_cookie`), attributed. One found only
+    /// Emits START for `new_flows` (found among `sockets`), attributed. One found only
     /// through its listener waits for another look (`FD_RETRIES`).
     fn announce_new_flows(
         &mut self,
-        by_cookie: &HashMap<u64, &SocketInfo>,
+        sockets: &[SocketInfo],
         now: UnixNanos,
         lookup: &mut dyn OwnerLookup,
         out: &mut Vec<Record>,
     ) {
+        if self.new_flows.is_empty() {
+            return;
+        }
+        let by_cookie: HashMap<u64, &SocketInfo> = sockets.iter().map(|s| (s.cookie, s)).collect();
         for i in 0..self.new_flows.len() {
             let cookie = self.new_flows[i];
             let Some(s) = by_cookie.get(&cookie) else {
@@ -645,17 +642,12 @@ impl FlowTable {
             }
             e.last_seen = now;
             e.state = s.state;
-            e.inode = u32::try_from(s.inode).unwrap_or(0);
-            e.uid = s.uid;
-            self.new_flows.push(s.cookie);
-            self.new_inodes.push(s.inode);
+            queue_found(e, s, &mut self.new_flows, &mut self.new_inodes);
         }
-        if !self.new_flows.is_empty() {
+        if !self.new_inodes.is_empty() {
             lookup.refresh(&self.new_inodes, now, out);
-            let by_cookie: HashMap<u64, &SocketInfo> =
-                found.iter().map(|s| (s.cookie, s)).collect();
-            self.announce_new_flows(&by_cookie, now, lookup, out);
         }
+        self.announce_new_flows(found, now, lookup, out);
         self.release_scratch();
     }
 
@@ -1056,6 +1048,15 @@ fn fin_in_doubt(last: Option<&Counters>, now: &Counters, last_state: u8) -> bool
             now.data_segs_in == last.data_segs_in
                 && now.bytes_received_seq == last.bytes_received_seq
         })
+}
+
+/// An unannounced flow's socket has its inode now (its fd exists): the entry keeps it and
+/// the uid, and the flow is queued for attribution and its START.
+fn queue_found(e: &mut Entry, s: &SocketInfo, new_flows: &mut Vec<u64>, new_inodes: &mut Vec<u64>) {
+    e.inode = u32::try_from(s.inode).unwrap_or(0);
+    e.uid = s.uid;
+    new_flows.push(s.cookie);
+    new_inodes.push(s.inode);
 }
 
 fn is_listener(s: &SocketInfo) -> bool {
