@@ -21,6 +21,8 @@ pub mod procs;
 pub mod proto;
 pub mod rules;
 pub mod sockdiag;
+#[cfg(test)]
+pub(crate) mod socket_holder;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod telemetry;

@@ -392,83 +392,11 @@ impl OwnerLookup for ProcessMonitor {
 mod tests {
     use super::*;
     use crate::procs::monitor::ProcessConfig;
+    use crate::socket_holder::{socket_inode_at, SocketHolder};
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
 
     fn inode_of(fd: &impl AsRawFd) -> u64 {
         socket_inode_at("self", fd.as_raw_fd())
-    }
-
-    /// The inode of the socket `/proc/<pid>/fd/<fd>` points at.
-    fn socket_inode_at(pid: impl std::fmt::Display, fd: impl std::fmt::Display) -> u64 {
-        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd link");
-        parse::socket_inode(link.as_os_str().as_bytes()).expect("a socket")
-    }
-
-    /// A child process holding UDP sockets: `initial` at start, one more per `open`. Its
-    /// fd table is its own (this test process's moves with parallel tests).
-    struct SocketHolder {
-        child: std::process::Child,
-        stdin: std::process::ChildStdin,
-        stdout: std::io::BufReader<std::process::ChildStdout>,
-    }
-
-    impl SocketHolder {
-        /// Starts the holder; returns it with the inodes of its initial sockets.
-        fn start(initial: usize) -> (SocketHolder, Vec<u64>) {
-            use std::io::BufRead;
-            let code = format!(
-                "import socket, sys\n\
-                 held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range({initial})]\n\
-                 print(' '.join(str(s.fileno()) for s in held), flush=True)\n\
-                 for line in sys.stdin:\n\
-                 \x20   held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))\n\
-                 \x20   print(held[-1].fileno(), flush=True)\n"
-            );
-            let mut child = std::process::Command::new("/usr/bin/python3")
-                .args(["-c", &code])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("python3");
-            let stdin = child.stdin.take().expect("stdin");
-            let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read");
-            let pid = child.id();
-            let inodes = line
-                .split_whitespace()
-                .map(|fd| socket_inode_at(pid, fd))
-                .collect();
-            (
-                SocketHolder {
-                    child,
-                    stdin,
-                    stdout,
-                },
-                inodes,
-            )
-        }
-
-        fn pid(&self) -> u32 {
-            self.child.id()
-        }
-
-        /// One more socket in the holder; returns its inode.
-        fn open(&mut self) -> u64 {
-            use std::io::{BufRead, Write};
-            writeln!(self.stdin, "open").expect("write");
-            let mut line = String::new();
-            self.stdout.read_line(&mut line).expect("read");
-            socket_inode_at(self.pid(), line.trim())
-        }
-    }
-
-    impl Drop for SocketHolder {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 
     #[test]

@@ -281,24 +281,12 @@ mod tests {
     /// budget spent, the rest listed): compared with the directory's own listing.
     #[test]
     fn walks_dense_and_sparse_tables_reporting_each_fd_once() {
-        use std::io::{BufRead, BufReader};
         for top_fd in [None, Some(5000)] {
-            let dup = top_fd.map_or(String::new(), |fd| {
-                format!("os.dup2(s[0].fileno(), {fd})\n")
-            });
-            let code = format!(
-                "import os,socket,sys,time\ns=[socket.socket() for _ in range(300)]\n{dup}print('ready',flush=True)\ntime.sleep(30)"
-            );
-            let mut child = std::process::Command::new("python3")
-                .args(["-c", &code])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("python3");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("stdout"))
-                .read_line(&mut line)
-                .expect("ready");
-            let dir = std::path::PathBuf::from(format!("/proc/{}/fd", child.id()));
+            let (mut holder, _) = crate::socket_holder::SocketHolder::start(300);
+            if let Some(fd) = top_fd {
+                holder.dup_to(fd);
+            }
+            let dir = std::path::PathBuf::from(format!("/proc/{}/fd", holder.pid()));
             let mut listed: Vec<Vec<u8>> = std::fs::read_dir(&dir)
                 .expect("list")
                 .map(|e| {
@@ -310,8 +298,7 @@ mod tests {
                 .collect();
             let mut walked = Vec::new();
             let count = for_each_fd_link(&dir, |l| walked.push(l.to_vec())).expect("walk");
-            child.kill().expect("kill");
-            child.wait().expect("wait");
+            drop(holder);
             listed.sort();
             walked.sort();
             assert_eq!(count as usize, listed.len(), "{top_fd:?}");
