@@ -3,6 +3,7 @@
 //! the store. Authentication is a bearer token; TLS is rustls.
 
 pub mod alert_out;
+pub mod auth;
 pub mod detect;
 pub mod hub;
 pub mod investigate;

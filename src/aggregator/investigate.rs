@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::aggregator::auth::{NamespaceScope, Principal};
 use crate::aggregator::store::{EventQuery, Store, StoreError};
 use crate::investigate::{
     self, EdgeOrder, FlowFilter, Period, PodDirectory, PodProcesses, ProcessNames, Sockets,
@@ -27,8 +28,11 @@ impl InvestigateService {
     }
 }
 
-/// The store query and flow filter of a window, checked.
-fn window_parts(window: Option<pb::Window>) -> Result<(EventQuery, FlowFilter), Status> {
+/// The store query and flow filter of a window, checked, within the caller's namespaces.
+fn window_parts(
+    window: Option<pb::Window>,
+    scope: &NamespaceScope,
+) -> Result<(EventQuery, FlowFilter), Status> {
     let window = window.unwrap_or_default();
     if window.until != 0 && window.since > window.until {
         return Err(Status::invalid_argument(format!(
@@ -54,7 +58,7 @@ fn window_parts(window: Option<pb::Window>) -> Result<(EventQuery, FlowFilter), 
     let query = EventQuery {
         kinds: Vec::new(),
         pods: filter.pods,
-        namespaces: filter.namespaces,
+        namespaces: scope.restrict(filter.namespaces)?,
         since: window.since,
         until: window.until,
         limit: 0,
@@ -116,13 +120,18 @@ fn process_names(store: &dyn Store, base: &EventQuery) -> Result<ProcessNames, S
     Ok(names)
 }
 
-/// Every collector that reported in the window (any pod): their pod IPs name east-west peers.
-fn pod_directory(store: &dyn Store, base: &EventQuery) -> Result<PodDirectory, Status> {
+/// Every collector that reported in the window (any pod the caller may see): their pod IPs
+/// name east-west peers. A viewer's peers outside its namespaces stay bare addresses.
+fn pod_directory(
+    store: &dyn Store,
+    base: &EventQuery,
+    scope: &NamespaceScope,
+) -> Result<PodDirectory, Status> {
     let mut pods = PodDirectory::default();
     let query = EventQuery {
         kinds: vec![RecordKind::Heartbeat],
         pods: Vec::new(),
-        namespaces: Vec::new(),
+        namespaces: scope.restrict(Vec::new())?,
         ..base.clone()
     };
     scan(store, &query, |e| {
@@ -147,14 +156,15 @@ impl pb::investigate_server::Investigate for InvestigateService {
         &self,
         request: Request<pb::TalkersRequest>,
     ) -> Result<Response<pb::TalkersReply>, Status> {
+        let scope = Principal::of(&request)?.read_scope()?;
         let req = request.into_inner();
-        let (base, filter) = window_parts(req.window)?;
+        let (base, filter) = window_parts(req.window, &scope)?;
         let order = order_of(req.order)?;
         let limit = limit_of(req.limit);
         let store = self.store.clone();
         let answer = blocking(move || {
             let names = process_names(store.as_ref(), &base)?;
-            let mut pods = pod_directory(store.as_ref(), &base)?;
+            let mut pods = pod_directory(store.as_ref(), &base, &scope)?;
             let mut sockets = Sockets::new(filter);
             scan(&*store, &of_kinds(&base, &[RecordKind::Flow]), |e| {
                 pods.note(&e.source);
@@ -173,8 +183,9 @@ impl pb::investigate_server::Investigate for InvestigateService {
         &self,
         request: Request<pb::NewActivityRequest>,
     ) -> Result<Response<pb::NewActivityReply>, Status> {
+        let scope = Principal::of(&request)?.read_scope()?;
         let req = request.into_inner();
-        let (base, filter) = window_parts(req.window)?;
+        let (base, filter) = window_parts(req.window, &scope)?;
         if base.since == 0 {
             return Err(Status::invalid_argument(
                 "window.since is required: the baseline ends where the window starts",
@@ -190,7 +201,7 @@ impl pb::investigate_server::Investigate for InvestigateService {
         let store = self.store.clone();
         let answer = blocking(move || {
             let names = process_names(store.as_ref(), &base)?;
-            let mut pods = pod_directory(store.as_ref(), &base)?;
+            let mut pods = pod_directory(store.as_ref(), &base, &scope)?;
             let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
             let mut fill = |period: &mut Period, query: EventQuery| {
                 scan(&*store, &query, |e| {
@@ -221,25 +232,29 @@ impl pb::investigate_server::Investigate for InvestigateService {
         &self,
         request: Request<pb::ProcessTreeRequest>,
     ) -> Result<Response<pb::ProcessTreeReply>, Status> {
+        let scope = Principal::of(&request)?.read_scope()?;
         let req = request.into_inner();
         if req.pod_name.is_empty() {
             return Err(Status::invalid_argument(
                 "pod_name is required: pids are per pod",
             ));
         }
-        let (base, _) = window_parts(Some(pb::Window {
-            filter: Some(pb::Filter {
-                pods: vec![req.pod_name.clone()],
-                namespaces: if req.pod_namespace.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![req.pod_namespace.clone()]
-                },
-                ..pb::Filter::default()
+        let (base, _) = window_parts(
+            Some(pb::Window {
+                filter: Some(pb::Filter {
+                    pods: vec![req.pod_name.clone()],
+                    namespaces: if req.pod_namespace.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![req.pod_namespace.clone()]
+                    },
+                    ..pb::Filter::default()
+                }),
+                since: req.since,
+                until: req.until,
             }),
-            since: req.since,
-            until: req.until,
-        }))?;
+            &scope,
+        )?;
         let store = self.store.clone();
         let tree = blocking(move || {
             let mut processes = PodProcesses::default();

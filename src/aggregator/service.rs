@@ -8,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::aggregator::auth::Principal;
 use crate::aggregator::detect::Detector;
 use crate::aggregator::hub::{Hub, LiveFilter};
 use crate::aggregator::store::{Appended, EventQuery, Store};
@@ -35,8 +36,9 @@ impl Auth {
     }
 
     pub fn interceptor(self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-        move |request: Request<()>| {
+        move |mut request: Request<()>| {
             let Some(token) = &self.token else {
+                request.extensions_mut().insert(Principal::local());
                 return Ok(request);
             };
             let presented = request
@@ -45,7 +47,10 @@ impl Auth {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             match presented {
-                Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(request),
+                Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => {
+                    request.extensions_mut().insert(Principal::local());
+                    Ok(request)
+                }
                 Some(_) => {
                     metrics::counter!(telemetry::AUTH_REJECTED).increment(1);
                     tracing::warn!(peer = ?request.remote_addr(), "rejected a client: wrong bearer token");
@@ -199,6 +204,8 @@ impl IngestService {
         request: Request<Streaming<RawBatch>>,
     ) -> Result<Response<BoxStream<pb::Ack>>, Status> {
         let peer = request.remote_addr();
+        let principal = Principal::of(&request)?;
+        principal.require_writer()?;
         let mut batches = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let (store, hub, detector, limits, max_records) = (
@@ -353,11 +360,12 @@ impl pb::subscribe_server::Subscribe for SubscribeService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let scope = Principal::of(&request)?.read_scope()?;
         let filter = request.into_inner().filter.unwrap_or_default();
         let live = LiveFilter {
             kinds: kinds_of(&filter),
             pods: filter.pods.clone(),
-            namespaces: filter.namespaces.clone(),
+            namespaces: scope.restrict(filter.namespaces.clone())?,
             scopes: filter
                 .scopes
                 .iter()
@@ -394,12 +402,13 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::RecordsStream>, Status> {
+        let scope = Principal::of(&request)?.read_scope()?;
         let req = request.into_inner();
         let filter = req.filter.unwrap_or_default();
         let query = EventQuery {
             kinds: kinds_of(&filter),
             pods: filter.pods,
-            namespaces: filter.namespaces,
+            namespaces: scope.restrict(filter.namespaces)?,
             since: req.since,
             until: req.until,
             limit: req.limit as usize,
