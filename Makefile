@@ -24,9 +24,13 @@ run: release
 test:
 	$(CARGO) test --all-targets -- --test-threads=4
 
+# cargo-deny: licenses, bans (duplicate versions, wildcards) and sources, as deny.toml says.
+# Its advisories check needs the RustSec database from GitHub, unreachable from CI here.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	./scripts/ensure-cargo-deny.sh
+	$(CARGO) deny check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all
