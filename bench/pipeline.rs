@@ -76,10 +76,8 @@ impl Aggregator {
 fn exporter_config(url: &str) -> exporter::ExporterConfig {
     exporter::ExporterConfig {
         endpoint: url.to_owned(),
-        token: None,
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
+        token: procflow::transport::TokenSource::None,
+        tls: procflow::transport::TlsFiles::default(),
         memory_batches: 256,
         spool_dir: None,
         spool_max_bytes: 0,

@@ -138,15 +138,9 @@ pub async fn serve(
     args: Args,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let token = match &args.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading token file {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => args.token.clone().filter(|t| !t.is_empty()),
-    };
+    let token = crate::transport::TokenSource::new(args.token_file.clone(), args.token.clone())
+        .read()
+        .context("the shared token")?;
     if token.is_none() {
         if !args.listen.ip().is_loopback() {
             anyhow::bail!(
@@ -222,16 +216,7 @@ pub async fn serve(
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20));
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let identity = tonic::transport::Identity::from_pem(
-            std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
-            std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
-        );
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &args.tls_client_ca {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(
-                std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?,
-            ));
-        }
+        let tls = crate::transport::server_tls(cert, key, args.tls_client_ca.as_deref())?;
         builder = builder.tls_config(tls).context("TLS configuration")?;
     }
     let max = args.max_message_bytes;

@@ -5,47 +5,15 @@
 pub mod investigate;
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::parse_duration;
 use crate::model::{display_bytes, Event, Record, RecordKind};
 use crate::proto::v1 as pb;
+pub use crate::transport::ConnectArgs;
 use crate::wire::{self, Limits};
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct ConnectArgs {
-    /// Aggregator URL (`https://` for TLS).
-    #[arg(
-        long,
-        env = "PROCFLOW_AGGREGATOR",
-        default_value = "http://127.0.0.1:7410"
-    )]
-    pub aggregator: String,
-    /// File holding the bearer token.
-    #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// The bearer token itself (prefer the environment variable over the flag).
-    #[arg(
-        long,
-        env = "PROCFLOW_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
-    pub token: Option<String>,
-    /// CA bundle that signed the aggregator's certificate.
-    #[arg(long, env = "PROCFLOW_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// PEM client certificate, for an aggregator that requires one (with --tls-key).
-    #[arg(long, env = "PROCFLOW_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[arg(long, env = "PROCFLOW_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FilterArgs {
@@ -96,17 +64,14 @@ pub fn run_tail(args: TailArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let channel = connect(&args.connect).await?;
+        let channel = args.connect.connect().await?;
         let mut client = pb::subscribe_client::SubscribeClient::new(channel);
         let mut filter = proto_filter(&args.filter);
         filter.scopes = scopes_to_proto(&args.scopes);
         filter.directions = directions_to_proto(&args.directions);
-        let request = authorized(
-            &args.connect,
-            pb::SubscribeRequest {
-                filter: Some(filter),
-            },
-        )?;
+        let request = args.connect.request(pb::SubscribeRequest {
+            filter: Some(filter),
+        })?;
         let mut stream = client
             .subscribe(request)
             .await
@@ -129,19 +94,16 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let channel = connect(&args.connect).await?;
+        let channel = args.connect.connect().await?;
         let mut client =
             pb::query_client::QueryClient::new(channel).max_decoding_message_size(64 << 20);
         let since = crate::model::now_ns().saturating_sub(args.since.as_nanos() as u64);
-        let request = authorized(
-            &args.connect,
-            pb::QueryRequest {
-                filter: Some(proto_filter(&args.filter)),
-                since,
-                until: 0,
-                limit: args.limit,
-            },
-        )?;
+        let request = args.connect.request(pb::QueryRequest {
+            filter: Some(proto_filter(&args.filter)),
+            since,
+            until: 0,
+            limit: args.limit,
+        })?;
         let mut stream = client
             .records(request)
             .await
@@ -153,60 +115,6 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// An endpoint for the aggregator at `url`: TLS for `https://` URLs, trusting `ca` (else
-/// the system roots) and presenting the client certificate `cert` with `key` if given.
-/// Shared by the CLI clients and the collector's exporter.
-pub fn endpoint(
-    url: &str,
-    ca: Option<&Path>,
-    cert: Option<&Path>,
-    key: Option<&Path>,
-) -> anyhow::Result<Endpoint> {
-    let read =
-        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid aggregator URL {url:?}"))?
-        .connect_timeout(Duration::from_secs(5));
-    if url.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = ca {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-        }
-        if let (Some(cert), Some(key)) = (cert, key) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
-    }
-    Ok(endpoint)
-}
-
-pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
-    endpoint(
-        &args.aggregator,
-        args.tls_ca.as_deref(),
-        args.tls_cert.as_deref(),
-        args.tls_key.as_deref(),
-    )?
-    .connect()
-    .await
-    .with_context(|| format!("connecting to {}", args.aggregator))
-}
-
-pub(crate) fn authorized<T>(args: &ConnectArgs, message: T) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    if let Some(path) = &args.token_file {
-        let token =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", token.trim())
-                .parse()
-                .context("token is not valid header text")?,
-        );
-    }
-    Ok(request)
 }
 
 /// `--scope` values (as the flags spell them) in the proto's terms.

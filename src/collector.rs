@@ -562,6 +562,15 @@ fn own_usage() -> (u64, u64) {
 
 /// `procflow collector`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // First: the app's processes may share this uid (for fd attribution). From here on they
+    // can read neither this process's memory, environment, fds nor root, nor ptrace it.
+    crate::sys::protect::set_undumpable().context("prctl(PR_SET_DUMPABLE, 0)")?;
+    if std::env::var_os("PROCFLOW_TOKEN").is_some() {
+        anyhow::bail!(
+            "PROCFLOW_TOKEN is set: the collector takes its credential from --token-file only, \
+             since the app's processes could read its environment before it protects itself"
+        );
+    }
     let config = EngineConfig::from(&args);
     let (tx, rx) = record_queue(args.queue_capacity);
     let mut sockets = SocketMonitor::new(&config)?;
@@ -662,7 +671,13 @@ fn start_outputs(args: &Args, rx: crate::pipeline::RecordRx) -> anyhow::Result<O
         }
     };
     if let Some(rx) = grpc_rx {
-        let exporter_config = args.pipeline.exporter_config()?;
+        let exporter_config = args.pipeline.exporter_config();
+        // An unreadable or empty credential stops the collector here, with its reason,
+        // rather than looping on refused connections.
+        exporter_config
+            .token
+            .read()
+            .context("reading the aggregator credential")?;
         let batcher_config = args.pipeline.batcher_config();
         let identity = crate::pipeline::batcher::identity_from_env();
         tracing::info!(collector_id = %identity.collector_id, aggregator = %exporter_config.endpoint, "exporting over gRPC");

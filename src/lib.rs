@@ -26,4 +26,5 @@ pub(crate) mod socket_holder;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod telemetry;
+pub mod transport;
 pub mod wire;

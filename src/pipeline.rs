@@ -36,33 +36,14 @@ use crate::config::parse_duration;
 /// Flags of the gRPC output, flattened into `procflow collector`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PipelineArgs {
-    /// Aggregator URL (`https://` for TLS).
-    #[arg(
-        long,
-        env = "PROCFLOW_AGGREGATOR",
-        default_value = "http://127.0.0.1:7410"
-    )]
-    pub aggregator: String,
-    /// File holding the bearer token for the aggregator.
+    #[command(flatten)]
+    pub endpoint: crate::transport::EndpointArgs,
+    /// File holding the credential for the aggregator: a projected service-account token
+    /// (re-read at each connection, so the kubelet's rotation is picked up) or, on loopback,
+    /// the shared token. The collector takes no token from its environment or command line,
+    /// which the app's processes could read.
     #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// The bearer token itself (prefer the environment variable, e.g. from a secret, over the flag).
-    #[arg(
-        long,
-        env = "PROCFLOW_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
-    pub token: Option<String>,
-    /// CA bundle that signed the aggregator's certificate.
-    #[arg(long, env = "PROCFLOW_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate for mTLS (with --tls-key).
-    #[arg(long, env = "PROCFLOW_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// Client key for mTLS.
-    #[arg(long, env = "PROCFLOW_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
     /// Records per batch, at most.
     #[arg(long, env = "PROCFLOW_BATCH_SIZE", default_value_t = 2048)]
     pub batch_size: usize,
@@ -81,27 +62,16 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    pub fn exporter_config(&self) -> anyhow::Result<exporter::ExporterConfig> {
-        let token = match &self.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("reading token file {}: {e}", path.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => self.token.clone(),
-        };
-        Ok(exporter::ExporterConfig {
-            endpoint: self.aggregator.clone(),
-            token,
-            tls_ca: self.tls_ca.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
+    pub fn exporter_config(&self) -> exporter::ExporterConfig {
+        exporter::ExporterConfig {
+            endpoint: self.endpoint.aggregator.clone(),
+            token: crate::transport::TokenSource::new(self.token_file.clone(), None),
+            tls: crate::transport::TlsFiles::of(&self.endpoint),
             memory_batches: self.memory_buffer_batches,
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes: self.spool_max_bytes,
             drain_timeout: Duration::from_secs(5),
-        })
+        }
     }
 
     pub fn batcher_config(&self) -> batcher::BatcherConfig {

@@ -6,3 +6,4 @@ pub mod inotify;
 pub mod net;
 pub mod ns;
 pub mod proc;
+pub mod protect;

@@ -17,6 +17,47 @@ pub fn init_logging(json: bool) {
     }
 }
 
+// === Sampled logging ===
+
+/// A log line that a client can provoke at will (a wrong credential, a forged batch) is
+/// written for the first `burst` occurrences of each `period` and then held back; the next
+/// line written says how many were. The counter beside it counts them all.
+pub struct LogSampler {
+    burst: u64,
+    period_ms: u64,
+    window: std::sync::atomic::AtomicU64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl LogSampler {
+    pub const fn new(burst: u64, period: std::time::Duration) -> LogSampler {
+        LogSampler {
+            burst,
+            period_ms: period.as_millis() as u64,
+            window: std::sync::atomic::AtomicU64::new(0),
+            seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last line written)` when this occurrence is to be logged.
+    pub fn sample(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now_ms = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64;
+        // Window numbers start at 1 so the first call opens a window.
+        let window = now_ms / self.period_ms.max(1) + 1;
+        if self.window.swap(window, Relaxed) != window {
+            let before = self.seen.swap(1, Relaxed);
+            return Some(before.saturating_sub(self.burst));
+        }
+        let n = self.seen.fetch_add(1, Relaxed) + 1;
+        (n <= self.burst).then_some(0)
+    }
+}
+
 // === Metric names (one place; label values come from bounded enums) ===
 
 /// Records dropped because the collector's queue was full.
@@ -53,7 +94,7 @@ pub const PROC_PERMISSION_DENIED: &str = "procflow_proc_permission_denied_total"
 pub const ATTRIBUTION_MISSES: &str = "procflow_attribution_misses_total";
 /// Live events dropped for a subscriber that fell behind (it gets a gap marker).
 pub const SUBSCRIBER_DROPPED: &str = "procflow_subscriber_dropped_total";
-/// Requests rejected for a missing or wrong bearer token.
+/// Requests rejected for a missing, empty, wrong or expired credential.
 pub const AUTH_REJECTED: &str = "procflow_auth_rejected_total";
 /// Batches rejected as invalid.
 pub const BATCHES_REJECTED: &str = "procflow_batches_rejected_total";
@@ -191,4 +232,25 @@ pub fn start_health_endpoint(
         })?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     Ok(ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_is_logged_a_burst_at_a_time_and_the_rest_is_reported_held_back() {
+        let sampler = LogSampler::new(3, std::time::Duration::from_secs(3600));
+        let logged: Vec<Option<u64>> = (0..1000).map(|_| sampler.sample()).collect();
+        assert_eq!(logged.iter().filter(|l| l.is_some()).count(), 3);
+        assert_eq!(&logged[..4], &[Some(0), Some(0), Some(0), None]);
+        let short = LogSampler::new(1, std::time::Duration::from_millis(1));
+        assert_eq!(short.sample(), Some(0));
+        for _ in 0..9 {
+            short.sample();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // The first line of the next window says how many were held back (at most the 9).
+        assert!(short.sample().is_some_and(|held| held <= 9));
+    }
 }

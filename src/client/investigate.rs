@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::client::{authorized, connect, directions_to_proto, scopes_to_proto, ConnectArgs};
+use crate::client::{directions_to_proto, scopes_to_proto};
 use crate::config::parse_duration;
 use crate::investigate::{Edge, EdgeOrder, NewActivity, ProcessTree, Talkers};
 use crate::model::{display_bytes, now_ns, Direction, Scope, UnixNanos};
 use crate::proto::v1 as pb;
+use crate::transport::ConnectArgs;
 use crate::wire::{self, Limits};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -133,14 +134,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let mut client = investigate_client(&a.connect).await?;
                 let w = window(&a.window);
                 let baseline_since = w.since.saturating_sub(a.baseline.as_nanos() as u64);
-                let request = authorized(
-                    &a.connect,
-                    pb::NewActivityRequest {
-                        window: Some(w),
-                        baseline_since,
-                        limit: a.window.limit,
-                    },
-                )?;
+                let request = a.connect.request(pb::NewActivityRequest {
+                    window: Some(w),
+                    baseline_since,
+                    limit: a.window.limit,
+                })?;
                 let reply = client
                     .new_activity(request)
                     .await
@@ -155,17 +153,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             Question::Tree(a) => {
                 let mut client = investigate_client(&a.connect).await?;
-                let request = authorized(
-                    &a.connect,
-                    pb::ProcessTreeRequest {
-                        pod_name: a.pod.clone(),
-                        pod_namespace: a.namespace.clone().unwrap_or_default(),
-                        pid: a.pid,
-                        start_time: a.start_time,
-                        since: ago(a.since),
-                        until: 0,
-                    },
-                )?;
+                let request = a.connect.request(pb::ProcessTreeRequest {
+                    pod_name: a.pod.clone(),
+                    pod_namespace: a.namespace.clone().unwrap_or_default(),
+                    pid: a.pid,
+                    start_time: a.start_time,
+                    since: ago(a.since),
+                    until: 0,
+                })?;
                 let reply = client
                     .process_tree(request)
                     .await
@@ -188,7 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn investigate_client(
     connect_args: &ConnectArgs,
 ) -> anyhow::Result<pb::investigate_client::InvestigateClient<tonic::transport::Channel>> {
-    let channel = connect(connect_args).await?;
+    let channel = connect_args.connect().await?;
     Ok(pb::investigate_client::InvestigateClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
@@ -199,14 +194,11 @@ async fn talkers(a: TalkersArgs, default: EdgeOrder, title: &str) -> anyhow::Res
         EdgeOrder::Connections => pb::EdgeOrder::Connections,
         EdgeOrder::Recent => pb::EdgeOrder::Recent,
     };
-    let request = authorized(
-        &a.connect,
-        pb::TalkersRequest {
-            window: Some(window(&a.window)),
-            order: order as i32,
-            limit: a.window.limit,
-        },
-    )?;
+    let request = a.connect.request(pb::TalkersRequest {
+        window: Some(window(&a.window)),
+        order: order as i32,
+        limit: a.window.limit,
+    })?;
     let reply = client
         .talkers(request)
         .await

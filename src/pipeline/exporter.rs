@@ -19,6 +19,7 @@ use crate::pipeline::spool::Spool;
 use crate::pipeline::EncodedBatch;
 use crate::proto::v1 as pb;
 use crate::telemetry;
+use crate::transport::{warn_if_plaintext, TlsFiles, TokenSource};
 
 /// Process-wide exporter counters, reported in the collector's heartbeat.
 #[derive(Debug, Default)]
@@ -61,10 +62,9 @@ impl ExportStats {
 #[derive(Debug, Clone)]
 pub struct ExporterConfig {
     pub endpoint: String,
-    pub token: Option<String>,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
+    /// Read at each connection: a rotated token file is picked up on the next one.
+    pub token: TokenSource,
+    pub tls: TlsFiles,
     /// Batches held in memory before the spool takes over.
     pub memory_batches: usize,
     pub spool_dir: Option<PathBuf>,
@@ -227,13 +227,9 @@ async fn session(
         pb::ingest_server::SERVICE_NAME,
         INGEST_METHOD,
     ));
-    if let Some(token) = &config.token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}")
-                .parse()
-                .context("token is not valid header text")?,
-        );
+    if let Some(token) = config.token.read()? {
+        warn_if_plaintext(&config.endpoint, true);
+        token.authorize(&mut request);
     }
     // Sending may block on the window: send the buffered head before awaiting the response.
     let mut sent = 0usize;
@@ -299,14 +295,9 @@ async fn session(
 }
 
 fn endpoint(config: &ExporterConfig) -> anyhow::Result<Endpoint> {
-    Ok(crate::client::endpoint(
-        &config.endpoint,
-        config.tls_ca.as_deref(),
-        config.tls_cert.as_deref(),
-        config.tls_key.as_deref(),
-    )?
-    .tcp_nodelay(true)
-    .http2_keep_alive_interval(Duration::from_secs(30)))
+    Ok(crate::transport::endpoint(&config.endpoint, &config.tls)?
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30)))
 }
 
 /// Exponential backoff from 100 ms to 10 s with full jitter.

@@ -155,10 +155,8 @@ fn exporter_config(
 ) -> ExporterConfig {
     ExporterConfig {
         endpoint: url,
-        token: None,
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
+        token: procflow::transport::TokenSource::None,
+        tls: procflow::transport::TlsFiles::default(),
         memory_batches: memory,
         spool_dir: spool,
         spool_max_bytes: spool_max,
@@ -436,7 +434,7 @@ impl TestPki {
     }
 }
 
-/// One ingest stream through `procflow::client::endpoint` (the collector's and the CLI's
+/// One ingest stream through `procflow::transport::endpoint` (the collector's and the CLI's
 /// TLS set-up); any failure, at connect or as a status, comes back as text.
 fn ingest_tls(
     url: &str,
@@ -446,11 +444,13 @@ fn ingest_tls(
 ) -> Result<Vec<pb::Ack>, String> {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let endpoint = procflow::client::endpoint(
+        let endpoint = procflow::transport::endpoint(
             url,
-            Some(std::path::Path::new(ca)),
-            client.map(|c| std::path::Path::new(c.0)),
-            client.map(|c| std::path::Path::new(c.1)),
+            &procflow::transport::TlsFiles {
+                ca: Some(ca.into()),
+                cert: client.map(|c| c.0.into()),
+                key: client.map(|c| c.1.into()),
+            },
         )
         .map_err(|e| format!("{e:#}"))?;
         let channel = endpoint
@@ -514,9 +514,11 @@ fn tls_with_client_certificates_refuses_plaintext_and_strangers() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let config = ExporterConfig {
-        tls_ca: Some(ca.clone().into()),
-        tls_cert: Some(cert.clone().into()),
-        tls_key: Some(key.clone().into()),
+        tls: procflow::transport::TlsFiles {
+            ca: Some(ca.clone().into()),
+            cert: Some(cert.clone().into()),
+            key: Some(key.clone().into()),
+        },
         ..exporter_config(https.clone(), None, 16, 0)
     };
     let exporter = runtime.spawn(exporter::run(config, rx));

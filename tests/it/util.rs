@@ -75,6 +75,10 @@ impl Collector {
         Collector { child, lines }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends the collector a signal by its PID (e.g. STOP and CONT to stall its readers).
     pub fn signal(&self, signal: &str) {
         sh(&["kill", &format!("-{signal}"), &self.child.id().to_string()]);
