@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Captures the sock_diag bytes the parser tests replay (src/sockdiag/fixtures/).
 
-Makes one loopback TCP connection with known traffic (client sends 1000 bytes, server 2000),
-then saves, exactly as this kernel sent them:
-  dump-tcp4.bin     the dump reply message for the client's socket (with INET_DIAG_INFO)
-  done.bin          the NLMSG_DONE that ends that dump
-  error.bin         the NLMSG_ERROR for a request with an unknown family
-  destroy-tcp4.bin  the SKNLGRP_INET_TCP_DESTROY message for the client's socket
+For each of TCP and UDP over IPv4 and IPv6 it makes one loopback connection with known
+traffic, then saves, exactly as this kernel sent them:
+  dump-{tcp,udp}{4,6}.bin     the dump reply message for the client's socket (TCP with
+                              INET_DIAG_INFO: the client sent 1000 bytes and received 2000)
+  destroy-{tcp,udp}{4,6}.bin  the SKNLGRP_*_DESTROY message for the client's socket
+  done.bin                    the NLMSG_DONE that ends the TCPv4 dump
+  error.bin                   the NLMSG_ERROR for a request with an unknown family
 Run as any user: `python3 scripts/capture-sockdiag-fixtures.py`. Prints what it captured.
 """
 import os, socket, struct, sys, time
@@ -17,7 +18,13 @@ NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_INFO = 2
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
-SKNLGRP_INET_TCP_DESTROY = 1
+# enum sknetlink_groups
+DESTROY_GROUP = {
+    (socket.AF_INET, socket.IPPROTO_TCP): 1,
+    (socket.AF_INET, socket.IPPROTO_UDP): 2,
+    (socket.AF_INET6, socket.IPPROTO_TCP): 3,
+    (socket.AF_INET6, socket.IPPROTO_UDP): 4,
+}
 OUT = os.path.join(os.path.dirname(__file__), "..", "src", "sockdiag", "fixtures")
 
 
@@ -46,53 +53,76 @@ def save(name, data):
     print(f"{name}: {len(data)} bytes")
 
 
-def main():
+def connected_pair(family, kind):
+    """A client socket with known traffic, and what must be closed with it."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    if kind == socket.SOCK_STREAM:
+        listener = socket.socket(family, kind)
+        listener.bind((host, 0))
+        listener.listen(1)
+        client = socket.socket(family, kind)
+        client.connect(listener.getsockname()[:2])
+        server, _ = listener.accept()
+        client.sendall(b"c" * 1000)
+        got = b""
+        while len(got) < 1000:
+            got += server.recv(4096)
+        server.sendall(b"s" * 2000)
+        got = b""
+        while len(got) < 2000:
+            got += client.recv(4096)
+        time.sleep(0.05)  # every segment acknowledged
+        return client, [server, listener]
+    server = socket.socket(family, kind)
+    server.bind((host, 0))
+    client = socket.socket(family, kind)
+    client.connect(server.getsockname()[:2])
+    client.send(b"c" * 100)
+    server.recv(4096)
+    return client, [server]
+
+
+def capture(family, kind, protocol, tag, dump, with_done):
     events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
     events.bind((0, 0))
-    events.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, SKNLGRP_INET_TCP_DESTROY)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    client.sendall(b"c" * 1000)
-    got = b""
-    while len(got) < 1000:
-        got += server.recv(4096)
-    server.sendall(b"s" * 2000)
-    got = b""
-    while len(got) < 2000:
-        got += client.recv(4096)
-    time.sleep(0.05)  # every segment acknowledged
+    events.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, DESTROY_GROUP[(family, protocol)])
+    client, others = connected_pair(family, kind)
     port = client.getsockname()[1]
-    print(f"client port {port}, server port {listener.getsockname()[1]}")
-
-    dump = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-    dump.sendto(request(socket.AF_INET, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1),
-                        0xFFFFFFFF, 7), (0, 0))
+    print(f"{tag}: client port {port}")
+    ext = 1 << (INET_DIAG_INFO - 1)
+    dump.sendto(request(family, protocol, ext, 0xFFFFFFFF, 7), (0, 0))
     mine = done = None
     while done is None:
-        for kind, msg in messages(dump.recv(1 << 20)):
-            if kind == SOCK_DIAG_BY_FAMILY and sport_of(msg) == port:
+        for k, msg in messages(dump.recv(1 << 20)):
+            if k == SOCK_DIAG_BY_FAMILY and sport_of(msg) == port:
                 mine = msg
-            elif kind == NLMSG_DONE:
+            elif k == NLMSG_DONE:
                 done = msg
-    save("dump-tcp4.bin", mine)
-    save("done.bin", done)
+    save(f"dump-{tag}.bin", mine)
+    if with_done:
+        save("done.bin", done)
+    client.close()
+    for s in others:
+        s.close()
+    events.settimeout(2)
+    while True:
+        for k, msg in messages(events.recv(1 << 16)):
+            if k == SOCK_DIAG_BY_FAMILY and sport_of(msg) == port:
+                save(f"destroy-{tag}.bin", msg)
+                return
 
+
+def main():
+    dump = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+    for family, suffix in [(socket.AF_INET, "4"), (socket.AF_INET6, "6")]:
+        capture(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "tcp" + suffix, dump,
+                family == socket.AF_INET)
+        capture(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "udp" + suffix, dump, False)
     dump.sendto(request(99, socket.IPPROTO_TCP, 0, 0xFFFFFFFF, 8), (0, 0))
     for kind, msg in messages(dump.recv(1 << 16)):
         if kind == NLMSG_ERROR:
             save("error.bin", msg)
-
-    client.close()
-    server.close()
-    events.settimeout(2)
-    while True:
-        for kind, msg in messages(events.recv(1 << 16)):
-            if kind == SOCK_DIAG_BY_FAMILY and sport_of(msg) == port:
-                save("destroy-tcp4.bin", msg)
-                return 0
+    return 0
 
 
 if __name__ == "__main__":
