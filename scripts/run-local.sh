@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/procflow}
 DATA_DIR=${DATA_DIR:-$PWD/.procflow}
 LISTEN=${LISTEN:-127.0.0.1:7410}
+UI_LISTEN=${UI_LISTEN:-127.0.0.1:7480}
 mkdir -p "$DATA_DIR/spool" "$DATA_DIR/logs"
+# One local credential for the collector, the tail and the console's sign-in, made once and
+# readable by this user alone.
+TOKEN_FILE="$DATA_DIR/token"
+if ! [ -s "$TOKEN_FILE" ]; then
+  (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE")
+fi
 
 pids=()
 cleanup() {
@@ -15,11 +22,12 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   echo
-  echo "procflow stopped. Stored records stay in $DATA_DIR (query them with: $BIN query --aggregator http://$LISTEN --since 1h after 'make run')."
+  echo "procflow stopped. Stored records stay in $DATA_DIR (query them with: $BIN query --aggregator http://$LISTEN --token-file $TOKEN_FILE --since 1h after 'make run')."
 }
 trap cleanup INT TERM EXIT
 
 "$BIN" aggregator --listen "$LISTEN" --data-dir "$DATA_DIR" --metrics-listen 127.0.0.1:9465 \
+  --token-file "$TOKEN_FILE" --ui-listen "$UI_LISTEN" \
   >"$DATA_DIR/logs/aggregator.log" 2>&1 &
 pids+=($!)
 
@@ -33,18 +41,19 @@ for _ in $(seq 1 100); do
 done
 
 POD_NAME=${POD_NAME:-$(hostname)} POD_NAMESPACE=${POD_NAMESPACE:-local} \
-"$BIN" collector --output grpc --aggregator "http://$LISTEN" --spool-dir "$DATA_DIR/spool" \
+"$BIN" collector --output grpc --aggregator "http://$LISTEN" --token-file "$TOKEN_FILE" --spool-dir "$DATA_DIR/spool" \
   --metrics-listen 127.0.0.1:9464 >"$DATA_DIR/logs/collector.log" 2>&1 &
 pids+=($!)
 
 cat <<MSG
 procflow is running on this host:
+  console     http://$UI_LISTEN/  (sign in with the credential in $TOKEN_FILE)
   aggregator  gRPC $LISTEN, store $DATA_DIR/procflow.db (SQLite), log $DATA_DIR/logs/aggregator.log
               metrics http://127.0.0.1:9465/metrics
   collector   log $DATA_DIR/logs/collector.log, metrics http://127.0.0.1:9464/metrics, spool $DATA_DIR/spool
   live tail   below (flows, processes, alerts); Ctrl-C stops everything
-  later       $BIN query --aggregator http://$LISTEN --since 10m --json
+  later       $BIN query --aggregator http://$LISTEN --token-file $TOKEN_FILE --since 10m --json
 MSG
-"$BIN" tail --aggregator "http://$LISTEN" &
+"$BIN" tail --aggregator "http://$LISTEN" --token-file "$TOKEN_FILE" &
 pids+=($!)
 wait "${pids[2]}"

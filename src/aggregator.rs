@@ -4,6 +4,7 @@
 
 pub mod alert_out;
 pub mod auth;
+pub mod console;
 pub mod detect;
 pub mod hub;
 pub mod investigate;
@@ -102,6 +103,22 @@ pub struct Args {
         default_value = "procflow"
     )]
     pub alert_webhook_format: alert_out::WebhookFormat,
+    /// Serve the web console here (HTTP). Sign-in takes the reader credential (today the
+    /// bearer token, so --token-file is required). Plain HTTP is for loopback or a TLS
+    /// proxy in front: a non-loopback address needs --ui-behind-tls-proxy.
+    #[arg(long, env = "PROCFLOW_UI_LISTEN")]
+    pub ui_listen: Option<SocketAddr>,
+    /// The console is reached through a TLS-terminating proxy: allow a non-loopback
+    /// --ui-listen and mark the session cookie Secure.
+    #[arg(long, env = "PROCFLOW_UI_BEHIND_TLS_PROXY")]
+    pub ui_behind_tls_proxy: bool,
+    /// A console session ends after this long unused (and after 12 h in any case).
+    #[arg(long, env = "PROCFLOW_UI_SESSION_IDLE", default_value = "8h", value_parser = parse_duration)]
+    pub ui_session_idle: Duration,
+    /// The console's default baseline: the window before the scope that "new" and
+    /// "increased" compare with (1h to 1y; each page's URL can set its own).
+    #[arg(long, env = "PROCFLOW_UI_BASELINE", default_value = "45d", value_parser = parse_duration)]
+    pub ui_baseline: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -172,6 +189,7 @@ pub async fn serve(
         }
     };
     let hub = Arc::new(Hub::new(args.subscriber_queue));
+    let console_credentials = console::auth::Credentials::bearer_token(token.as_deref());
     let auth = Auth::new(token);
     let limits = Limits::default();
     let (detector, detect_thread) = if args.no_detection {
@@ -199,6 +217,7 @@ pub async fn serve(
         .context("loading detection rules")?;
         (Some(detector), Some(handle))
     };
+    let loaded_rules = detector.as_ref().map(detect::Detector::loaded_rules);
     let ingest = IngestService::new(
         store.clone(),
         hub.clone(),
@@ -206,9 +225,27 @@ pub async fn serve(
         limits,
         args.max_batch_records,
     );
-    let subscribe = SubscribeService::new(hub);
+    let subscribe = SubscribeService::new(hub.clone());
     let query = QueryService::new(store.clone());
-    let investigate = investigate::InvestigateService::new(store);
+    let investigate = investigate::InvestigateService::new(store.clone());
+    let (stop_console, console_stopped) = tokio::sync::oneshot::channel::<()>();
+    let console_task = match args.ui_listen {
+        Some(addr) => Some(
+            start_console(
+                &args,
+                addr,
+                console_credentials,
+                store,
+                hub,
+                loaded_rules,
+                async {
+                    let _ = console_stopped.await;
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     // Windows of several batches per stream (hyper's default is 1 MiB, about five 2,048-record
     // batches): a collector keeps sending while the aggregator decodes.
@@ -248,6 +285,10 @@ pub async fn serve(
         )
         .await
         .context("serving gRPC")?;
+    let _ = stop_console.send(());
+    if let Some(task) = console_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     if let Some(handle) = detect_thread {
         // The services (and with them the detector's sender) are gone: the thread drains,
         // saves its state and stops.
@@ -261,4 +302,49 @@ pub async fn serve(
     }
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// Starts the web console on `addr`; it stops when `shutdown` completes.
+async fn start_console(
+    args: &Args,
+    addr: SocketAddr,
+    credentials: console::auth::Credentials,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    rules: Option<detect::LoadedRules>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if credentials.is_empty() {
+        anyhow::bail!(
+            "--ui-listen needs a reader credential to sign in with: give --token-file (or PROCFLOW_TOKEN)"
+        );
+    }
+    if !addr.ip().is_loopback() && !args.ui_behind_tls_proxy {
+        anyhow::bail!(
+            "refusing to serve the console on {addr} over plain HTTP: credentials and session cookies would cross the network in clear. Listen on loopback (e.g. behind kubectl port-forward), or put a TLS proxy in front and pass --ui-behind-tls-proxy"
+        );
+    }
+    let hours = |d: Duration| d.as_secs() / 3600;
+    let baseline_hours = hours(args.ui_baseline);
+    if !(1..=console::scope::MAX_HOURS).contains(&baseline_hours)
+        || args.ui_baseline.as_secs() % 3600 != 0
+    {
+        anyhow::bail!("--ui-baseline must be whole hours from 1h to 1y (365d)");
+    }
+    let console = Arc::new(console::Console::new(
+        investigate::Investigator::new(store),
+        hub,
+        rules,
+        console::ConsoleConfig {
+            credentials,
+            session_idle: args.ui_session_idle,
+            secure_cookies: args.ui_behind_tls_proxy,
+            default_baseline_hours: baseline_hours,
+        },
+    ));
+    let (local, task) = console::start(console, addr, shutdown)
+        .await
+        .with_context(|| format!("console listening on {addr}"))?;
+    tracing::info!(url = %format!("http://{local}/"), "web console serving");
+    Ok(task)
 }

@@ -3,8 +3,8 @@
 //! connections over a window. Answers "who talked to whom", "what is loud", "what is new"
 //! and "which process tree did this".
 //!
-//! Pure code over events: the aggregator feeds it from its store
-//! (`aggregator::service::InvestigateService`) and `wire` carries the answers.
+//! Pure code over events: `aggregator::investigate::Investigator` feeds it from the store
+//! for both of its faces (the gRPC service and the web console); `wire` carries the answers.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -599,6 +599,88 @@ pub fn new_activity(
     }
 }
 
+/// An edge that moved significantly more in the window than in its baseline, per hour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Increase {
+    /// The window's edge (its bytes are the window's).
+    pub edge: Edge,
+    /// Bytes per hour, sent and received together.
+    pub baseline_per_hour: f64,
+    pub window_per_hour: f64,
+}
+
+/// A window against its baseline: who talked, what is new, what grew.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Comparison {
+    pub talkers: Talkers,
+    pub new: NewActivity,
+    pub increased: Vec<Increase>,
+}
+
+/// "Significantly increased", as in Detective's "changed significantly": at least this many
+/// times the baseline's hourly rate, and at least [`MIN_INCREASE_BYTES`] above what that rate
+/// predicts for the window (so a few kilobytes more on a quiet edge is not news).
+pub const INCREASE_FACTOR: f64 = 3.0;
+pub const MIN_INCREASE_BYTES: f64 = 1024.0 * 1024.0;
+const HOUR_NS: f64 = 3_600e9;
+
+/// The window's talkers, what it holds that the baseline does not, and the edges (compared
+/// per workload, like "new") whose hourly volume grew significantly. `spans` are the
+/// baseline's and the window's lengths in ns.
+pub fn compare(
+    baseline: &Period,
+    window: &Period,
+    names: &ProcessNames,
+    pods: &PodDirectory,
+    limit: usize,
+    spans: (u64, u64),
+) -> Comparison {
+    let talkers = talkers(&window.sockets, names, pods, EdgeOrder::Bytes, limit);
+    let new = new_activity(baseline, window, names, pods, limit);
+    let key = |e: &Edge| {
+        (
+            workload_key(&e.pod_namespace, &e.pod_name),
+            image_of(&e.comm, &e.exe),
+            e.direction,
+            e.peer_addr,
+            e.port,
+        )
+    };
+    let mut baseline_bytes: HashMap<_, u64> = HashMap::new();
+    for e in baseline.sockets.edges(names, pods) {
+        *baseline_bytes.entry(key(&e)).or_default() += e.bytes_sent + e.bytes_received;
+    }
+    let hours = |span: u64| (span as f64 / HOUR_NS).max(1.0);
+    let (baseline_hours, window_hours) = (hours(spans.0), hours(spans.1));
+    let mut increased: Vec<Increase> = window
+        .sockets
+        .edges(names, pods)
+        .into_iter()
+        .filter_map(|edge| {
+            let before = *baseline_bytes.get(&key(&edge))? as f64 / baseline_hours;
+            let bytes = (edge.bytes_sent + edge.bytes_received) as f64;
+            let now = bytes / window_hours;
+            let significant = now >= before * INCREASE_FACTOR
+                && bytes - before * window_hours >= MIN_INCREASE_BYTES;
+            significant.then_some(Increase {
+                edge,
+                baseline_per_hour: before,
+                window_per_hour: now,
+            })
+        })
+        .collect();
+    increased.sort_by(|a, b| {
+        let excess = |i: &Increase| i.window_per_hour - i.baseline_per_hour;
+        excess(b).total_cmp(&excess(a))
+    });
+    increased.truncate(limit);
+    Comparison {
+        talkers,
+        new,
+        increased,
+    }
+}
+
 // === Which process tree did this ===
 
 /// Every process record of one pod, to build trees from.
@@ -956,6 +1038,46 @@ mod tests {
         assert_eq!(new.listeners[0].port, 2222);
         assert_eq!(new.listeners[0].exe.as_deref(), Some(&b"/usr/bin/curl"[..]));
         assert_eq!((new.baseline_flows, new.baseline_processes), (1, 1));
+    }
+
+    #[test]
+    fn an_edge_counts_as_increased_only_well_above_its_baseline_rate() {
+        let pod = identity("c1", "web-0", "10.0.0.5");
+        let names = ProcessNames::default();
+        let pods = PodDirectory::default();
+        let mb = 1024 * 1024;
+        let mut baseline = Period::new(FlowFilter::default());
+        let mut window = Period::new(FlowFilter::default());
+        // Baseline: 10 hours; each edge moved 10 MiB (1 MiB an hour).
+        for (cookie, port) in [(1, 443), (2, 5432), (3, 9000)] {
+            baseline.add(&event(
+                &pod,
+                100,
+                Record::Flow(flow(cookie, "203.0.113.7", port, FlowPhase::End, 10 * mb)),
+            ));
+        }
+        // Window: 1 hour. Port 443 at 8 MiB/h (x8: increased), 5432 at 2 MiB/h (x2: not),
+        // 9000 gone, 8080 new (new, not increased).
+        let mut add = |cookie: u64, port: u16, sent: u64| {
+            window.add(&event(
+                &pod,
+                200,
+                Record::Flow(flow(cookie, "203.0.113.7", port, FlowPhase::End, sent)),
+            ));
+        };
+        add(11, 443, 8 * mb);
+        add(12, 5432, 2 * mb);
+        add(13, 8080, 50 * mb);
+        let hour = 3_600_000_000_000;
+        let answer = compare(&baseline, &window, &names, &pods, 10, (10 * hour, hour));
+        let increased: Vec<u16> = answer.increased.iter().map(|i| i.edge.port).collect();
+        assert_eq!(increased, vec![443]);
+        // Each flow sends `sent` and receives half of it.
+        assert!((answer.increased[0].baseline_per_hour - 1.5 * mb as f64).abs() < 1.0);
+        assert!((answer.increased[0].window_per_hour - 12.0 * mb as f64).abs() < 1.0);
+        assert_eq!(answer.new.edges.len(), 1);
+        assert_eq!(answer.new.edges[0].port, 8080);
+        assert_eq!(answer.talkers.edges[0].port, 8080, "talkers by bytes");
     }
 
     #[test]

@@ -96,6 +96,12 @@ pub const ATTRIBUTION_MISSES: &str = "procflow_attribution_misses_total";
 pub const SUBSCRIBER_DROPPED: &str = "procflow_subscriber_dropped_total";
 /// Requests rejected for a missing, empty, wrong or expired credential.
 pub const AUTH_REJECTED: &str = "procflow_auth_rejected_total";
+/// Console sign-ins refused (wrong or empty credential).
+pub const CONSOLE_SIGNIN_REJECTED: &str = "procflow_console_signin_rejected_total";
+/// Console pages that failed reading the store.
+pub const CONSOLE_PAGE_ERRORS: &str = "procflow_console_page_errors_total";
+/// Console pages refused because too many were being computed at once.
+pub const CONSOLE_BUSY: &str = "procflow_console_busy_total";
 /// Batches rejected as invalid.
 pub const BATCHES_REJECTED: &str = "procflow_batches_rejected_total";
 /// Batches received again (at-least-once delivery) and not stored twice.

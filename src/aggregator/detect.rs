@@ -34,6 +34,60 @@ pub struct Detector {
     tx: Sender<Vec<Event>>,
     /// Records submitted and not yet taken by the engine thread.
     queued: Arc<AtomicUsize>,
+    loaded: LoadedRules,
+}
+
+/// A rule as loaded in the engine, for readers (the console's Rules page).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedRule {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub severity: crate::model::Severity,
+    pub tags: Vec<String>,
+    pub enabled: bool,
+    /// Shipped with procflow (`managed/…`) rather than read from `--rules`.
+    pub managed: bool,
+    pub file: String,
+    pub kinds: Vec<String>,
+    /// `threshold`, `new_value` or `rate` for a stateful rule.
+    pub stateful: Option<&'static str>,
+}
+
+/// The rule set in force, replaced whole by the engine thread on each successful reload.
+#[derive(Clone, Default)]
+pub struct LoadedRules(Arc<std::sync::RwLock<Arc<Vec<LoadedRule>>>>);
+
+impl LoadedRules {
+    pub fn get(&self) -> Arc<Vec<LoadedRule>> {
+        self.0.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, set: &RuleSet) {
+        let rules = set
+            .rules
+            .iter()
+            .map(|r| LoadedRule {
+                id: r.spec.id.clone(),
+                name: r.spec.name.clone(),
+                description: r.spec.description.clone(),
+                severity: r.spec.severity.into(),
+                tags: r.spec.tags.clone(),
+                enabled: r.spec.enabled,
+                managed: r.file.starts_with("managed/"),
+                file: r.file.clone(),
+                kinds: r.spec.kinds.clone(),
+                stateful: r.stateful.as_ref().map(|k| match k {
+                    crate::rules::stateful::Kind::Threshold(_) => "threshold",
+                    crate::rules::stateful::Kind::NewValue(_) => "new_value",
+                    crate::rules::stateful::Kind::Rate(_) => "rate",
+                }),
+            })
+            .collect();
+        if let Ok(mut current) = self.0.write() {
+            *current = Arc::new(rules);
+        }
+    }
 }
 
 /// The detection backlog is bounded in records (a batch holds 1 to thousands): about two
@@ -54,16 +108,24 @@ impl Detector {
     ) -> anyhow::Result<(Detector, std::thread::JoinHandle<()>)> {
         let set = RuleSet::load(config.rules_dir.as_deref(), config.with_managed)?;
         tracing::info!(rules = set.rules.len(), dir = ?config.rules_dir, "detection rules loaded");
+        let loaded = LoadedRules::default();
+        loaded.set(&set);
         let mut engine = Engine::new(set);
         engine.reemit_ns = u64::try_from(config.reemit.as_nanos()).unwrap_or(u64::MAX);
         engine.load_state(&config.state_path)?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
+        let reloaded = loaded.clone();
         let handle = std::thread::Builder::new()
             .name("detect".into())
-            .spawn(move || run(engine, config, rx, taken, store, hub))?;
-        Ok((Detector { tx, queued }, handle))
+            .spawn(move || run(engine, config, rx, taken, store, hub, reloaded))?;
+        Ok((Detector { tx, queued, loaded }, handle))
+    }
+
+    /// The rules in force, kept current across reloads.
+    pub fn loaded_rules(&self) -> LoadedRules {
+        self.loaded.clone()
     }
 
     /// Offers stored events to detection without waiting.
@@ -106,6 +168,7 @@ fn run(
     queued: Arc<AtomicUsize>,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    loaded: LoadedRules,
 ) {
     let mut seq = now_ns();
     let mut last_save = Instant::now();
@@ -180,6 +243,7 @@ fn run(
                 rules_mtime = mtime;
                 match engine.reload(config.rules_dir.as_deref(), config.with_managed) {
                     Ok(()) => {
+                        loaded.set(engine.rules());
                         metrics::counter!(telemetry::RULE_RELOADS).increment(1);
                         tracing::info!(
                             rules = engine.rules().rules.len(),

@@ -1,5 +1,7 @@
-//! The Investigate gRPC service: feeds stored events to `crate::investigate` and returns its
-//! answers. Each question is a few sequential scans of the store on a blocking thread.
+//! The Investigate answers over the store, with two faces: the gRPC service below and the web
+//! console (`aggregator::console`). [`Investigator`] runs the scans (synchronous SQLite reads:
+//! call it on a blocking thread) and feeds them to the pure graph code in `crate::investigate`;
+//! the service only converts requests and answers.
 
 use std::sync::Arc;
 
@@ -8,31 +10,221 @@ use tonic::{Request, Response, Status};
 use crate::aggregator::auth::{NamespaceScope, Principal};
 use crate::aggregator::store::{EventQuery, Store, StoreError};
 use crate::investigate::{
-    self, EdgeOrder, FlowFilter, Period, PodDirectory, PodProcesses, ProcessNames, Sockets,
-    TreeFlows,
+    self, Comparison, EdgeOrder, FlowFilter, NewActivity, Period, PodDirectory, PodProcesses,
+    ProcessNames, ProcessTree, Sockets, Talkers, TreeFlows,
 };
-use crate::model::{Event, Record, RecordKind};
+use crate::model::{Event, Record, RecordKind, UnixNanos};
 use crate::proto::v1 as pb;
 use crate::wire;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
-pub struct InvestigateService {
+/// Which stored records a question looks at: the store's filter (pods, namespaces, time; its
+/// kinds and limit are set per scan) and the flows' scopes and directions.
+#[derive(Debug, Clone, Default)]
+pub struct Question {
+    pub query: EventQuery,
+    pub flows: FlowFilter,
+    /// Namespaces whose pods may name an east-west peer (empty: every namespace). A reader
+    /// limited to some namespaces must not learn pod names from others.
+    pub peer_namespaces: Vec<String>,
+}
+
+/// Runs the questions against a store.
+#[derive(Clone)]
+pub struct Investigator {
     store: Arc<dyn Store>,
+}
+
+impl Investigator {
+    pub fn new(store: Arc<dyn Store>) -> Investigator {
+        Investigator { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Who talked to whom; `observe` also sees every flow event of the window (a caller that
+    /// draws the same window's activity needs no second scan).
+    pub fn talkers(
+        &self,
+        q: &Question,
+        order: EdgeOrder,
+        limit: usize,
+        observe: &mut dyn FnMut(&Event),
+    ) -> Result<Talkers, StoreError> {
+        let names = self.process_names(&q.query)?;
+        let mut pods = self.pod_directory(q)?;
+        let mut sockets = Sockets::new(q.flows.clone());
+        self.store
+            .scan(&of_kinds(&q.query, &[RecordKind::Flow]), &mut |e| {
+                observe(&e);
+                note_peer(&mut pods, q, &e);
+                match &e.record {
+                    Record::Flow(f) => sockets.add(&e.source, f),
+                    _ => true,
+                }
+            })?;
+        Ok(investigate::talkers(&sockets, &names, &pods, order, limit))
+    }
+
+    /// The window against its baseline `[baseline_since, window.since)`: what is new, and
+    /// which edges moved significantly more; `observe` sees every event of the window.
+    pub fn compare(
+        &self,
+        q: &Question,
+        baseline_since: UnixNanos,
+        limit: usize,
+        observe: &mut dyn FnMut(&Event),
+    ) -> Result<Comparison, StoreError> {
+        let names = self.process_names(&q.query)?;
+        let mut pods = self.pod_directory(q)?;
+        let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
+        let mut baseline = Period::new(q.flows.clone());
+        self.store.scan(
+            &EventQuery {
+                since: baseline_since,
+                until: q.query.since.saturating_sub(1),
+                ..of_kinds(&q.query, &kinds)
+            },
+            &mut |e| {
+                note_peer(&mut pods, q, &e);
+                baseline.add(&e)
+            },
+        )?;
+        let mut window = Period::new(q.flows.clone());
+        self.store.scan(&of_kinds(&q.query, &kinds), &mut |e| {
+            observe(&e);
+            note_peer(&mut pods, q, &e);
+            window.add(&e)
+        })?;
+        let baseline_span = q.query.since.saturating_sub(baseline_since);
+        let until = match q.query.until {
+            0 => crate::model::now_ns(),
+            until => until,
+        };
+        let window_span = until.saturating_sub(q.query.since);
+        Ok(investigate::compare(
+            &baseline,
+            &window,
+            &names,
+            &pods,
+            limit,
+            (baseline_span, window_span),
+        ))
+    }
+
+    /// What the window holds that the baseline does not.
+    pub fn new_activity(
+        &self,
+        q: &Question,
+        baseline_since: UnixNanos,
+        limit: usize,
+    ) -> Result<NewActivity, StoreError> {
+        Ok(self.compare(q, baseline_since, limit, &mut |_| {})?.new)
+    }
+
+    /// A process of one pod (`q.query.pods`), its ancestry and descendants with the flows of
+    /// the window; `None` when the store holds no such process.
+    pub fn process_tree(
+        &self,
+        q: &Question,
+        pid: u32,
+        start_time: Option<UnixNanos>,
+    ) -> Result<Option<ProcessTree>, StoreError> {
+        let mut processes = PodProcesses::default();
+        self.store.scan(
+            &EventQuery {
+                since: 0,
+                ..of_kinds(&q.query, &[RecordKind::Process])
+            },
+            &mut |e| {
+                if let Record::Process(p) = &e.record {
+                    processes.add(p);
+                }
+                true
+            },
+        )?;
+        let Some(tree) = processes.tree(pid, start_time) else {
+            return Ok(None);
+        };
+        let mut flows = TreeFlows::new(tree);
+        self.store
+            .scan(&of_kinds(&q.query, &[RecordKind::Flow]), &mut |e| {
+                if let Record::Flow(f) = &e.record {
+                    flows.add(f);
+                }
+                true
+            })?;
+        Ok(Some(flows.finish()))
+    }
+
+    /// Names of the processes of the window's pods, from every process record up to its end
+    /// (a long-lived process was recorded when it started, perhaps long before the window).
+    fn process_names(&self, base: &EventQuery) -> Result<ProcessNames, StoreError> {
+        let mut names = ProcessNames::default();
+        let query = EventQuery {
+            since: 0,
+            ..of_kinds(base, &[RecordKind::Process])
+        };
+        self.store.scan(&query, &mut |e| {
+            if let Record::Process(p) = &e.record {
+                names.add(&e.source, p);
+            }
+            true
+        })?;
+        Ok(names)
+    }
+
+    /// Every collector that reported in the window (of any pod the question may name): their
+    /// pod IPs name east-west peers.
+    fn pod_directory(&self, q: &Question) -> Result<PodDirectory, StoreError> {
+        let mut pods = PodDirectory::default();
+        let query = EventQuery {
+            kinds: vec![RecordKind::Heartbeat],
+            pods: Vec::new(),
+            namespaces: q.peer_namespaces.clone(),
+            ..q.query.clone()
+        };
+        self.store.scan(&query, &mut |e| {
+            pods.note(&e.source);
+            true
+        })?;
+        Ok(pods)
+    }
+}
+
+fn note_peer(pods: &mut PodDirectory, q: &Question, e: &Event) {
+    if q.peer_namespaces.is_empty() || q.peer_namespaces.contains(&e.source.pod_namespace) {
+        pods.note(&e.source);
+    }
+}
+
+fn of_kinds(base: &EventQuery, kinds: &[RecordKind]) -> EventQuery {
+    EventQuery {
+        kinds: kinds.to_vec(),
+        ..base.clone()
+    }
+}
+
+// === The gRPC face ===
+
+pub struct InvestigateService {
+    investigator: Investigator,
 }
 
 impl InvestigateService {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        InvestigateService { store }
+        InvestigateService {
+            investigator: Investigator::new(store),
+        }
     }
 }
 
-/// The store query and flow filter of a window, checked, within the caller's namespaces.
-fn window_parts(
-    window: Option<pb::Window>,
-    scope: &NamespaceScope,
-) -> Result<(EventQuery, FlowFilter), Status> {
+/// The question of a window, checked, within the caller's namespaces.
+fn question_of(window: Option<pb::Window>, scope: &NamespaceScope) -> Result<Question, Status> {
     let window = window.unwrap_or_default();
     if window.until != 0 && window.since > window.until {
         return Err(Status::invalid_argument(format!(
@@ -63,7 +255,12 @@ fn window_parts(
         until: window.until,
         limit: 0,
     };
-    Ok((query, flows))
+    Ok(Question {
+        query,
+        flows,
+        // A viewer's peers outside its namespaces stay bare addresses.
+        peer_namespaces: scope.restrict(Vec::new())?,
+    })
 }
 
 fn limit_of(limit: u32) -> usize {
@@ -78,67 +275,14 @@ fn store_status(e: StoreError) -> Status {
     Status::internal(format!("reading the store: {e}"))
 }
 
-/// One store scan, its error as a gRPC status.
-fn scan(
-    store: &dyn Store,
-    query: &EventQuery,
-    mut visit: impl FnMut(Event) -> bool,
-) -> Result<bool, Status> {
-    store.scan(query, &mut visit).map_err(store_status)
-}
-
 /// Runs `work` on a blocking thread (store scans are synchronous SQLite reads).
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-}
-
-fn of_kinds(base: &EventQuery, kinds: &[RecordKind]) -> EventQuery {
-    EventQuery {
-        kinds: kinds.to_vec(),
-        ..base.clone()
-    }
-}
-
-/// Names of the processes of the window's pods, from every process record up to its end
-/// (a long-lived process was recorded when it started, perhaps long before the window).
-fn process_names(store: &dyn Store, base: &EventQuery) -> Result<ProcessNames, Status> {
-    let mut names = ProcessNames::default();
-    let query = EventQuery {
-        since: 0,
-        ..of_kinds(base, &[RecordKind::Process])
-    };
-    scan(store, &query, |e| {
-        if let Record::Process(p) = &e.record {
-            names.add(&e.source, p);
-        }
-        true
-    })?;
-    Ok(names)
-}
-
-/// Every collector that reported in the window (any pod the caller may see): their pod IPs
-/// name east-west peers. A viewer's peers outside its namespaces stay bare addresses.
-fn pod_directory(
-    store: &dyn Store,
-    base: &EventQuery,
-    scope: &NamespaceScope,
-) -> Result<PodDirectory, Status> {
-    let mut pods = PodDirectory::default();
-    let query = EventQuery {
-        kinds: vec![RecordKind::Heartbeat],
-        pods: Vec::new(),
-        namespaces: scope.restrict(Vec::new())?,
-        ..base.clone()
-    };
-    scan(store, &query, |e| {
-        pods.note(&e.source);
-        true
-    })?;
-    Ok(pods)
+        .map_err(store_status)
 }
 
 fn order_of(order: i32) -> Result<EdgeOrder, Status> {
@@ -158,24 +302,12 @@ impl pb::investigate_server::Investigate for InvestigateService {
     ) -> Result<Response<pb::TalkersReply>, Status> {
         let scope = Principal::of(&request)?.read_scope()?;
         let req = request.into_inner();
-        let (base, filter) = window_parts(req.window, &scope)?;
+        let question = question_of(req.window, &scope)?;
         let order = order_of(req.order)?;
         let limit = limit_of(req.limit);
-        let store = self.store.clone();
-        let answer = blocking(move || {
-            let names = process_names(store.as_ref(), &base)?;
-            let mut pods = pod_directory(store.as_ref(), &base, &scope)?;
-            let mut sockets = Sockets::new(filter);
-            scan(&*store, &of_kinds(&base, &[RecordKind::Flow]), |e| {
-                pods.note(&e.source);
-                match &e.record {
-                    Record::Flow(f) => sockets.add(&e.source, f),
-                    _ => true,
-                }
-            })?;
-            Ok(investigate::talkers(&sockets, &names, &pods, order, limit))
-        })
-        .await?;
+        let investigator = self.investigator.clone();
+        let answer =
+            blocking(move || investigator.talkers(&question, order, limit, &mut |_| {})).await?;
         Ok(Response::new(wire::talkers_to_proto(&answer)))
     }
 
@@ -185,46 +317,23 @@ impl pb::investigate_server::Investigate for InvestigateService {
     ) -> Result<Response<pb::NewActivityReply>, Status> {
         let scope = Principal::of(&request)?.read_scope()?;
         let req = request.into_inner();
-        let (base, filter) = window_parts(req.window, &scope)?;
-        if base.since == 0 {
+        let question = question_of(req.window, &scope)?;
+        if question.query.since == 0 {
             return Err(Status::invalid_argument(
                 "window.since is required: the baseline ends where the window starts",
             ));
         }
-        if req.baseline_since >= base.since {
+        if req.baseline_since >= question.query.since {
             return Err(Status::invalid_argument(format!(
                 "baseline_since ({}) must be before window.since ({})",
-                req.baseline_since, base.since
+                req.baseline_since, question.query.since
             )));
         }
         let limit = limit_of(req.limit);
-        let store = self.store.clone();
-        let answer = blocking(move || {
-            let names = process_names(store.as_ref(), &base)?;
-            let mut pods = pod_directory(store.as_ref(), &base, &scope)?;
-            let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
-            let mut fill = |period: &mut Period, query: EventQuery| {
-                scan(&*store, &query, |e| {
-                    pods.note(&e.source);
-                    period.add(&e)
-                })
-            };
-            let mut baseline = Period::new(filter.clone());
-            fill(
-                &mut baseline,
-                EventQuery {
-                    since: req.baseline_since,
-                    until: base.since - 1,
-                    ..of_kinds(&base, &kinds)
-                },
-            )?;
-            let mut window = Period::new(filter);
-            fill(&mut window, of_kinds(&base, &kinds))?;
-            Ok(investigate::new_activity(
-                &baseline, &window, &names, &pods, limit,
-            ))
-        })
-        .await?;
+        let investigator = self.investigator.clone();
+        let answer =
+            blocking(move || investigator.new_activity(&question, req.baseline_since, limit))
+                .await?;
         Ok(Response::new(wire::new_activity_to_proto(&answer)))
     }
 
@@ -239,7 +348,7 @@ impl pb::investigate_server::Investigate for InvestigateService {
                 "pod_name is required: pids are per pod",
             ));
         }
-        let (base, _) = window_parts(
+        let question = question_of(
             Some(pb::Window {
                 filter: Some(pb::Filter {
                     pods: vec![req.pod_name.clone()],
@@ -255,38 +364,16 @@ impl pb::investigate_server::Investigate for InvestigateService {
             }),
             &scope,
         )?;
-        let store = self.store.clone();
-        let tree = blocking(move || {
-            let mut processes = PodProcesses::default();
-            scan(
-                &*store,
-                &EventQuery {
-                    since: 0,
-                    ..of_kinds(&base, &[RecordKind::Process])
-                },
-                |e| {
-                    if let Record::Process(p) = &e.record {
-                        processes.add(p);
-                    }
-                    true
-                },
-            )?;
-            let tree = processes.tree(req.pid, req.start_time).ok_or_else(|| {
+        let investigator = self.investigator.clone();
+        let (pid, start_time) = (req.pid, req.start_time);
+        let tree = blocking(move || investigator.process_tree(&question, pid, start_time))
+            .await?
+            .ok_or_else(|| {
                 Status::not_found(format!(
                     "no process {} in pod {:?} in the store",
                     req.pid, req.pod_name
                 ))
             })?;
-            let mut flows = TreeFlows::new(tree);
-            scan(&*store, &of_kinds(&base, &[RecordKind::Flow]), |e| {
-                if let Record::Flow(f) = &e.record {
-                    flows.add(f);
-                }
-                true
-            })?;
-            Ok(flows.finish())
-        })
-        .await?;
         Ok(Response::new(wire::tree_to_proto(&tree)))
     }
 }
