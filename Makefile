@@ -20,8 +20,10 @@ run: release
 	@DATA_DIR="$(DATA_DIR)" ./scripts/run-local.sh
 
 # The README's test command: unit, integration (real sockets, processes, namespaces,
-# gRPC, SQLite) and the benchmark smoke run.
+# gRPC, SQLite, the console in Debian's chromium) and the benchmark smoke run. The browser
+# and playwright-core are installed first when missing (the browser test also does it).
 test:
+	./scripts/browser-deps.sh
 	$(CARGO) test --all-targets -- --test-threads=4
 
 # cargo-deny: licenses, bans (duplicate versions, wildcards) and sources, as deny.toml says.

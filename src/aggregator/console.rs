@@ -249,6 +249,12 @@ impl Console {
             .await
     }
 
+    /// Starts a session for a principal verified elsewhere (sign-in with a credential goes
+    /// through [`auth::sign_in`]); `None` for a principal that may not read.
+    pub fn start_session(&self, principal: crate::aggregator::auth::Principal) -> Option<String> {
+        self.sessions.start(Viewer::new(principal)?)
+    }
+
     fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
         self.sessions.viewer(&auth::session_id(headers)?)
     }
@@ -296,13 +302,13 @@ fn prepare(
     uri: &Uri,
     params: HashMap<String, String>,
     whole_page: bool,
-) -> Result<Prepared, Response> {
+) -> Result<Prepared, Box<Response>> {
     let Some(viewer) = console.viewer(headers) else {
-        return Err(if whole_page {
+        return Err(Box::new(if whole_page {
             to_signin(uri)
         } else {
             (StatusCode::UNAUTHORIZED, "signed out: reload the page").into_response()
-        });
+        }));
     };
     let params = Params(params);
     let now = now_ns();
@@ -325,11 +331,11 @@ fn prepare(
                 last_hours: None,
                 baseline_hours: scope::DEFAULT_BASELINE_HOURS,
             });
-            Err(error_page(
+            Err(Box::new(error_page(
                 &viewer,
                 &fallback,
                 PageError::BadRequest(e.to_string()),
-            ))
+            )))
         }
     }
 }
@@ -368,7 +374,7 @@ pub async fn page(
     let started = Instant::now();
     let prepared = match prepare(&console, &headers, &uri, params, true) {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut response = match compute(&console, &prepared, work).await {
         Ok(page) => Html(render::shell(page, &prepared.viewer, &prepared.scope).into_string())
@@ -390,7 +396,7 @@ pub async fn fragment(
     let started = Instant::now();
     let prepared = match prepare(&console, &headers, &uri, params, false) {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut response = match compute(&console, &prepared, work).await {
         Ok(markup) => Html(markup.into_string()).into_response(),

@@ -4,6 +4,7 @@
 mod aggregator;
 mod bench;
 mod cli;
+mod console;
 mod credentials;
 mod investigate;
 mod pipeline;

@@ -63,7 +63,12 @@ pub async fn live_handler(
         });
         let newest = match super::prepare(&console, &headers, &uri, q.clone(), false) {
             Ok(prepared) => super::compute(&console, &prepared, |ctx| {
-                Ok(ctx.alerts(&[], &[])?.iter().map(|(at, _)| *at).max().unwrap_or(0))
+                Ok(ctx
+                    .alerts(&[], &[])?
+                    .iter()
+                    .map(|(at, _)| *at)
+                    .max()
+                    .unwrap_or(0))
             })
             .await
             .ok(),
@@ -443,10 +448,11 @@ mod tests {
             alert("scan", "web-6d8f9c7b5-x2k4q", Severity::Low, 7, 50),
         ];
         let g = groups(&alerts);
-        let summary: Vec<(&str, &str, Severity, usize, u64, u64, u64, usize)> = g
+        let summary: Vec<String> = g
             .iter()
             .map(|g| {
-                (
+                format!(
+                    "{} {} {:?} alerts={} events={} {}..{} pods={}",
                     g.rule_id,
                     g.workload,
                     g.severity,
@@ -454,16 +460,16 @@ mod tests {
                     g.count,
                     g.first_seen,
                     g.last_seen,
-                    g.pods.len(),
+                    g.pods.len()
                 )
             })
             .collect();
         assert_eq!(
             summary,
             vec![
-                ("shell", "web", Severity::High, 2, 4, 5, 30, 2),
-                ("shell", "db-0", Severity::Medium, 1, 2, 1, 40, 1),
-                ("scan", "web", Severity::Low, 1, 2, 7, 50, 1),
+                "shell web High alerts=2 events=4 5..30 pods=2",
+                "shell db-0 Medium alerts=1 events=2 1..40 pods=1",
+                "scan web Low alerts=1 events=2 7..50 pods=1",
             ]
         );
     }

@@ -248,7 +248,11 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(viewer.visible(), Some(s(&["a"])));
         assert_eq!(viewer.namespaces_for(&s(&["a"])), Some(s(&["a"])));
-        assert_eq!(viewer.namespaces_for(&s(&["b"])), None, "nothing, not everything");
+        assert_eq!(
+            viewer.namespaces_for(&s(&["b"])),
+            None,
+            "nothing, not everything"
+        );
         assert!(viewer.sees("a") && !viewer.sees("b"));
         assert_eq!(viewer_of(&[]).visible(), None);
         let local = Viewer::new(Principal::local()).expect("reads");

@@ -415,7 +415,8 @@ mod tests {
 
     #[test]
     fn scopes_outside_an_hour_to_a_year_or_malformed_are_refused_with_the_reason() {
-        let err = |pairs: &[(&str, &str)]| TimeScope::parse(&params(pairs), NOW).unwrap_err();
+        let err =
+            |pairs: &[(&str, &str)]| TimeScope::parse(&params(pairs), NOW).expect_err("refused");
         assert_eq!(
             err(&[("last", "366d")]),
             ScopeError::OutOfRange {

@@ -67,22 +67,21 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 impl SearchFilter {
     pub fn matches(&self, e: &Event) -> bool {
-        let (comm, exe, argv): (&[u8], Option<&[u8]>, Option<&[Vec<u8>]>) = match &e.record {
-            Record::Process(p) => (&p.comm, p.exe.as_deref(), Some(&p.argv)),
-            Record::Alert(a) => match &a.process {
-                Some(p) => (&p.comm, p.exe.as_deref(), Some(&p.argv)),
-                None => (b"", None, None),
-            },
-            _ => (b"", None, None),
+        let process = match &e.record {
+            Record::Process(p) => Some(p),
+            Record::Alert(a) => a.process.as_deref(),
+            _ => None,
         };
         if let Some(name) = &self.name {
-            if !contains(comm, name) && !exe.is_some_and(|x| contains(x, name)) {
+            let named = process.is_some_and(|p| {
+                contains(&p.comm, name) || p.exe.as_deref().is_some_and(|x| contains(x, name))
+            });
+            if !named {
                 return false;
             }
         }
         if let Some(text) = &self.argv {
-            let Some(argv) = argv else { return false };
-            if !contains(&argv.join(&b' '), text) {
+            if !process.is_some_and(|p| contains(&p.argv.join(&b' '), text)) {
                 return false;
             }
         }
