@@ -2,9 +2,10 @@
 //! process, and measures fidelity, speed and footprint beside the standard tools.
 //!
 //! `procflow-bench default --json FILE` runs the suite; `smoke` runs every scenario at tiny
-//! sizes. Scenarios: poll, churn, spawn, idle, pipeline, streams, rules, http. Workloads stay
+//! sizes. Scenarios: poll, churn, spawn, idle, pipeline, streams, rules, http, console. Workloads stay
 //! on loopback, are bounded in count and time, and child processes are ended by pid.
 
+mod console;
 mod http;
 mod pipeline;
 mod rules;
@@ -90,12 +91,14 @@ struct Sizes {
     rule_records: usize,
     alert_samples: usize,
     http_secs: f64,
+    console_records: u64,
+    console_samples: usize,
 }
 
 /// `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
 /// (default when omitted), scenario names pick a subset.
 /// `transport` (the pipeline's transport figure alone) runs only when named.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "poll",
     "churn",
     "spawn",
@@ -105,6 +108,7 @@ const SCENARIOS: [&str; 9] = [
     "streams",
     "rules",
     "http",
+    "console",
 ];
 
 /// How fast this shared VM runs right now: nanoseconds per step of a dependent xor-multiply
@@ -185,6 +189,8 @@ fn main() -> anyhow::Result<()> {
             rule_records: 10_000,
             alert_samples: 1,
             http_secs: 0.5,
+            console_records: 20_000,
+            console_samples: 2,
         },
         "default" => Sizes {
             poll_conns: vec![10_000, 50_000],
@@ -203,6 +209,8 @@ fn main() -> anyhow::Result<()> {
             rule_records: 2_000_000,
             alert_samples: 10,
             http_secs: 5.0,
+            console_records: 10_000_000,
+            console_samples: 20,
         },
         other => anyhow::bail!(
             "unknown suite or scenario {other:?}: usage: procflow-bench [default|smoke] [{}...] [--json FILE] [--markdown FILE]",
@@ -284,6 +292,13 @@ fn main() -> anyhow::Result<()> {
     if wanted("http") {
         if let Err(e) = http::scenario_http(&mut report, sizes.http_secs) {
             report.skip("http", format!("{e:#}"));
+        }
+    }
+    if wanted("console") {
+        if let Err(e) =
+            console::scenario_console(&mut report, sizes.console_records, sizes.console_samples)
+        {
+            report.skip("console", format!("{e:#}"));
         }
     }
     machine_speed(&mut report, "end of run");
