@@ -46,7 +46,13 @@ pub fn scenario_console(report: &mut Report, records: u64, samples: usize) -> an
         None,
     );
     let bytes = std::fs::metadata(dir.path().join("procflow.db")).map_or(0, |m| m.len());
-    report.add("console", "store size", bytes as f64 / (1 << 20) as f64, "MiB", None);
+    report.add(
+        "console",
+        "store size",
+        bytes as f64 / (1 << 20) as f64,
+        "MiB",
+        None,
+    );
 
     let rules = tempfile::tempdir()?;
     std::fs::write(rules.path().join("bench.yaml"), MARKER_RULE)?;
@@ -56,7 +62,12 @@ pub fn scenario_console(report: &mut Report, records: u64, samples: usize) -> an
     let ui = free_port()?;
     let mut aggregator = Command::new(procflow_bin())
         .args(["aggregator", "--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--ui-listen", &format!("127.0.0.1:{ui}"), "--retention", "400d"])
+        .args([
+            "--ui-listen",
+            &format!("127.0.0.1:{ui}"),
+            "--retention",
+            "400d",
+        ])
         .arg("--token-file")
         .arg(&token)
         .arg("--data-dir")
@@ -84,7 +95,10 @@ fn measure(
 ) -> anyhow::Result<()> {
     let ready = Instant::now();
     while TcpStream::connect(("127.0.0.1", ui)).is_err() {
-        anyhow::ensure!(ready.elapsed() < Duration::from_secs(30), "console did not start");
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(30),
+            "console did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let session = sign_in(ui)?;
@@ -92,13 +106,28 @@ fn measure(
     let pages: Vec<(&str, String)> = vec![
         ("overview", "/?last=24h".into()),
         ("alerts", "/alerts?last=24h".into()),
-        ("alert group", format!("/alerts/group?last=24h&rule=BENCH-SHELL&ns=ns-0&workload={}", workload(1))),
-        ("alert", format!("/alert?last=24h&id=bench-alert-0-1-{}", days - 1)),
+        (
+            "alert group",
+            format!(
+                "/alerts/group?last=24h&rule=BENCH-SHELL&ns=ns-0&workload={}",
+                workload(1)
+            ),
+        ),
+        (
+            "alert",
+            format!("/alert?last=24h&id=bench-alert-0-1-{}", days - 1),
+        ),
         ("pod", format!("/pod?last=24h&ns=ns-0&pod={pod}")),
-        ("process tree", format!("/process?last=24h&ns=ns-0&pod={pod}&pid=100")),
+        (
+            "process tree",
+            format!("/process?last=24h&ns=ns-0&pod={pod}&pid=100"),
+        ),
         ("endpoint", "/endpoint?last=24h&ip=198.51.100.7".into()),
         ("service map", "/map?last=24h".into()),
-        ("search (argv, first page)", "/search?last=24h&kind=process&argv=curl".into()),
+        (
+            "search (argv, first page)",
+            "/search?last=24h&kind=process&argv=curl".into(),
+        ),
         ("rules", "/rules?last=24h".into()),
         ("overview, last 7 days", "/?last=7d".into()),
     ];
@@ -163,7 +192,13 @@ fn alert_on_open_page(
     samples: usize,
 ) -> anyhow::Result<()> {
     let mut collector = Command::new(procflow_bin())
-        .args(["collector", "--output", "grpc", "--aggregator", &format!("http://127.0.0.1:{grpc}")])
+        .args([
+            "collector",
+            "--output",
+            "grpc",
+            "--aggregator",
+            &format!("http://127.0.0.1:{grpc}"),
+        ])
         .arg("--token-file")
         .arg(token)
         .env("POD_NAMESPACE", "ns-0")
@@ -193,7 +228,11 @@ fn alert_on_open_page(
                     .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
                     .unwrap_or("0")
                     .to_owned();
-                let Ok(answer) = get(ui, &format!("/alerts/live?last=1h&after={after}"), Some(&session)) else {
+                let Ok(answer) = get(
+                    ui,
+                    &format!("/alerts/live?last=1h&after={after}"),
+                    Some(&session),
+                ) else {
                     break;
                 };
                 html = String::from_utf8_lossy(&answer.body).into_owned();
@@ -223,7 +262,13 @@ fn alert_on_open_page(
     if !latencies.is_empty() {
         let p50 = percentile(&mut latencies, 0.5);
         let max = percentile(&mut latencies, 1.0);
-        report.add("console", "new alert on the open alerts page, p50 (process start -> page answer)", p50, "ms", None);
+        report.add(
+            "console",
+            "new alert on the open alerts page, p50 (process start -> page answer)",
+            p50,
+            "ms",
+            None,
+        );
         report.add(
             "console",
             "new alert on the open alerts page, max",
@@ -232,7 +277,13 @@ fn alert_on_open_page(
             Some(("<=2000 ms", max <= 2000.0 && missed == 0)),
         );
     }
-    report.add("console", "marker alerts that never reached the open page", missed as f64, "alerts", Some(("0", missed == 0)));
+    report.add(
+        "console",
+        "marker alerts that never reached the open page",
+        missed as f64,
+        "alerts",
+        Some(("0", missed == 0)),
+    );
     Ok(())
 }
 
@@ -276,8 +327,8 @@ fn request(port: u16, head: &str, body: &[u8]) -> anyhow::Result<HttpResponse> {
             .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
             .map(|l| l[name.len() + 1..].trim().to_owned())
     };
-    let server_ms = header("server-timing")
-        .and_then(|v| v.split("dur=").nth(1).and_then(|d| d.parse().ok()));
+    let server_ms =
+        header("server-timing").and_then(|v| v.split("dur=").nth(1).and_then(|d| d.parse().ok()));
     Ok(HttpResponse {
         status,
         server_ms,
@@ -287,10 +338,14 @@ fn request(port: u16, head: &str, body: &[u8]) -> anyhow::Result<HttpResponse> {
 }
 
 fn get(port: u16, path: &str, session: Option<&str>) -> anyhow::Result<HttpResponse> {
-    let cookie = session.map_or(String::new(), |s| format!("Cookie: procflow_session={s}\r\n"));
+    let cookie = session.map_or(String::new(), |s| {
+        format!("Cookie: procflow_session={s}\r\n")
+    });
     request(
         port,
-        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{cookie}Connection: close\r\n\r\n"),
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{cookie}Connection: close\r\n\r\n"
+        ),
         b"",
     )
 }
@@ -384,16 +439,32 @@ fn flow(
         protocol: Protocol::Tcp,
         family: Family::Ipv4,
         local_addr: std::net::IpAddr::from([10, 1, 0, 1]),
-        local_port: if direction == Direction::Inbound { 8080 } else { 40_000 + (cookie % 20_000) as u16 },
+        local_port: if direction == Direction::Inbound {
+            8080
+        } else {
+            40_000 + (cookie % 20_000) as u16
+        },
         remote_addr: Some(peer),
-        remote_port: Some(if direction == Direction::Inbound { 50_000 + (cookie % 10_000) as u16 } else { port }),
+        remote_port: Some(if direction == Direction::Inbound {
+            50_000 + (cookie % 10_000) as u16
+        } else {
+            port
+        }),
         direction,
         scope,
         phase,
-        state: if phase == FlowPhase::End { "CLOSE".into() } else { "ESTABLISHED".into() },
+        state: if phase == FlowPhase::End {
+            "CLOSE".into()
+        } else {
+            "ESTABLISHED".into()
+        },
         preexisting: false,
         bytes_sent: Some(if phase == FlowPhase::End { bytes } else { 0 }),
-        bytes_received: Some(if phase == FlowPhase::End { bytes / 3 } else { 0 }),
+        bytes_received: Some(if phase == FlowPhase::End {
+            bytes / 3
+        } else {
+            0
+        }),
         segs_out: None,
         segs_in: None,
         retransmits: None,
@@ -407,7 +478,11 @@ fn flow(
         pid: Some(pid),
         process_start_time: Some(start),
         attribution: Attribution::Fd,
-        end_reason: if phase == FlowPhase::End { EndReason::DestroyEvent } else { EndReason::Unspecified },
+        end_reason: if phase == FlowPhase::End {
+            EndReason::DestroyEvent
+        } else {
+            EndReason::Unspecified
+        },
         reset: false,
         cgroup_id: None,
     }
@@ -446,7 +521,11 @@ fn fill_store(dir: &std::path::Path, records: u64, days: u64) -> anyhow::Result<
                 let mut events = Vec::with_capacity(per_batch);
                 let at = hour + rng.u64(0..HOUR_NS);
                 let mut push = |record: Record| {
-                    events.push(Event { source: source.clone(), received_at: at, record })
+                    events.push(Event {
+                        source: source.clone(),
+                        received_at: at,
+                        record,
+                    })
                 };
                 push(Record::Heartbeat(Heartbeat {
                     time: at,
@@ -458,28 +537,58 @@ fn fill_store(dir: &std::path::Path, records: u64, days: u64) -> anyhow::Result<
                     features: Vec::new(),
                 }));
                 if h == 0 {
-                    push(Record::Process(process(100, main_start, 1, "api", &["api", "--port", "8080"])));
+                    push(Record::Process(process(
+                        100,
+                        main_start,
+                        1,
+                        "api",
+                        &["api", "--port", "8080"],
+                    )));
                 }
                 for k in 0..3u32 {
                     let pid = 1_000 + (h as u32 * 3 + k) % 30_000;
-                    push(Record::Process(process(pid, at + u64::from(k), 100, "curl", &["curl", "-s", "https://example.com/health"])));
+                    push(Record::Process(process(
+                        pid,
+                        at + u64::from(k),
+                        100,
+                        "curl",
+                        &["curl", "-s", "https://example.com/health"],
+                    )));
                 }
                 while events.len() + 2 <= per_batch {
                     cookie += 1;
                     let (peer, port, direction, scope) = match rng.u8(0..10) {
-                        0..=4 => (std::net::IpAddr::from([198, 51, 100, rng.u8(1..40)]), 443, Direction::Outbound, Scope::NorthSouth),
+                        0..=4 => (
+                            std::net::IpAddr::from([198, 51, 100, rng.u8(1..40)]),
+                            443,
+                            Direction::Outbound,
+                            Scope::NorthSouth,
+                        ),
                         5..=7 => {
                             let j = rng.usize(0..PODS_PER_NAMESPACE);
-                            (std::net::IpAddr::from([10, 1, ns as u8, j as u8]), 8080, Direction::Outbound, Scope::EastWest)
+                            (
+                                std::net::IpAddr::from([10, 1, ns as u8, j as u8]),
+                                8080,
+                                Direction::Outbound,
+                                Scope::EastWest,
+                            )
                         }
-                        _ => (std::net::IpAddr::from([10, 2, 0, rng.u8(1..200)]), 8080, Direction::Inbound, Scope::EastWest),
+                        _ => (
+                            std::net::IpAddr::from([10, 2, 0, rng.u8(1..200)]),
+                            8080,
+                            Direction::Inbound,
+                            Scope::EastWest,
+                        ),
                     };
                     let bytes = rng.u64(100..200_000);
                     for phase in [FlowPhase::Start, FlowPhase::End] {
                         events.push(Event {
                             source: source.clone(),
                             received_at: at,
-                            record: Record::Flow(flow(cookie, at, phase, peer, port, direction, scope, bytes, 100, main_start)),
+                            record: Record::Flow(flow(
+                                cookie, at, phase, peer, port, direction, scope, bytes, 100,
+                                main_start,
+                            )),
                         });
                     }
                 }
@@ -491,7 +600,11 @@ fn fill_store(dir: &std::path::Path, records: u64, days: u64) -> anyhow::Result<
                         id: format!("bench-alert-{ns}-{i}-{day}"),
                         rule_id: "BENCH-SHELL".into(),
                         rule_name: "bench shell".into(),
-                        severity: if i % 3 == 0 { Severity::High } else { Severity::Medium },
+                        severity: if i % 3 == 0 {
+                            Severity::High
+                        } else {
+                            Severity::Medium
+                        },
                         tags: vec!["T1059".into()],
                         time: at,
                         first_seen: at,
@@ -514,7 +627,11 @@ fn fill_store(dir: &std::path::Path, records: u64, days: u64) -> anyhow::Result<
                     pending.push(store.append(
                         "procflow-rules".into(),
                         (h * 1_000) + (ns * PODS_PER_NAMESPACE + i) as u64,
-                        vec![Event { source: alert_source, received_at: at, record: Record::Alert(alert) }],
+                        vec![Event {
+                            source: alert_source,
+                            received_at: at,
+                            record: Record::Alert(alert),
+                        }],
                     ));
                     written += 1;
                 }

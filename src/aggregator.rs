@@ -189,7 +189,8 @@ pub async fn serve(
         }
     };
     let hub = Arc::new(Hub::new(args.subscriber_queue));
-    let console_credentials = console::auth::Credentials::bearer_token(token.as_deref());
+    let console_credentials =
+        console::auth::Credentials::bearer_token(token.as_ref().map(|t| t.secret()));
     let auth = Auth::new(token);
     let limits = Limits::default();
     let (detector, detect_thread) = if args.no_detection {

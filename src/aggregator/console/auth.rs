@@ -11,9 +11,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ring::digest;
-
 use crate::aggregator::auth::{NamespaceScope, Principal};
+use crate::aggregator::service::{digest, digests_equal};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// The reader the console renders for: a verified [`Principal`] allowed to read.
@@ -66,17 +65,15 @@ impl Viewer {
 #[derive(Clone)]
 pub struct Credentials {
     /// SHA-256 of the aggregator's bearer token.
-    token_digest: Option<Vec<u8>>,
+    token_digest: Option<[u8; 32]>,
 }
 
 impl Credentials {
     pub fn bearer_token(token: Option<&str>) -> Credentials {
         Credentials {
-            token_digest: token.filter(|t| !t.is_empty()).map(|t| {
-                digest::digest(&digest::SHA256, t.as_bytes())
-                    .as_ref()
-                    .to_vec()
-            }),
+            token_digest: token
+                .filter(|t| !t.is_empty())
+                .map(|t| digest(t.as_bytes())),
         }
     }
 
@@ -85,20 +82,14 @@ impl Credentials {
     }
 }
 
-/// The one place a credential becomes a viewer. Digests are compared, so the comparison
-/// takes the same time whatever the length or content of the guess.
+/// The one place a credential becomes a viewer. Digests are compared (as the gRPC side
+/// does), so the comparison takes the same time whatever the length or content of the guess.
 pub fn sign_in(credentials: &Credentials, presented: &str) -> Option<Viewer> {
     let expected = credentials.token_digest.as_ref()?;
     if presented.is_empty() {
         return None;
     }
-    let got = digest::digest(&digest::SHA256, presented.as_bytes());
-    let same = got
-        .as_ref()
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0;
+    let same = digests_equal(&digest(presented.as_bytes()), expected);
     // The shared token is the loopback principal (issue 20's readers file adds roles here).
     if same {
         Viewer::new(Principal::local())
