@@ -618,6 +618,7 @@ fn fill_store(dir: &std::path::Path, records: u64, days: u64) -> anyhow::Result<
                         process: Some(Box::new(process(100, main_start, 1, "api", &["api"]))),
                         flows: Vec::new(),
                         evidence: vec!["bench".into()],
+                        exec: None,
                     };
                     let alert_source = Arc::new(CollectorIdentity {
                         pod_name: source.pod_name.clone(),

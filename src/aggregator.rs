@@ -119,6 +119,8 @@ pub struct Args {
     /// "increased" compare with (1h to 1y; each page's URL can set its own).
     #[arg(long, env = "PROCFLOW_UI_BASELINE", default_value = "45d", value_parser = parse_duration)]
     pub ui_baseline: Duration,
+    #[command(flatten)]
+    pub audit: crate::audit::AuditArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -219,6 +221,31 @@ pub async fn serve(
         (Some(detector), Some(handle))
     };
     let loaded_rules = detector.as_ref().map(detect::Detector::loaded_rules);
+    let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
+    let audit_task = match args.audit.audit_listen {
+        Some(listen) => {
+            let server = crate::audit::server::AuditServer::bind(
+                crate::audit::server::ServerConfig {
+                    listen,
+                    clusters_file: args.audit.audit_clusters.clone().unwrap_or_default(),
+                    tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+                    max_body_bytes: args.audit.audit_max_body_bytes,
+                    firehose_bounds: Default::default(),
+                },
+                crate::audit::ingest::AuditIngest::new(
+                    store.clone(),
+                    hub.clone(),
+                    detector.clone(),
+                ),
+            )
+            .await
+            .context("starting the audit endpoints")?;
+            Some(tokio::spawn(server.serve(async {
+                let _ = audit_stopped.await;
+            })))
+        }
+        None => None,
+    };
     let ingest = IngestService::new(
         store.clone(),
         hub.clone(),
@@ -287,8 +314,13 @@ pub async fn serve(
         .await
         .context("serving gRPC")?;
     let _ = stop_console.send(());
+    let _ = stop_audit.send(());
     if let Some(task) = console_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    if let Some(task) = audit_task {
+        // The audit server gives open requests 10 s.
+        let _ = tokio::time::timeout(Duration::from_secs(12), task).await;
     }
     if let Some(handle) = detect_thread {
         // The services (and with them the detector's sender) are gone: the thread drains,

@@ -28,7 +28,7 @@ pub enum Command {
     /// Sidecar daemon: sockets from sock_diag, processes from /proc, streamed out.
     Collector(Box<crate::collector::Args>),
     /// gRPC service that collectors stream into: store, rules, alerts, subscriptions.
-    Aggregator(crate::aggregator::Args),
+    Aggregator(Box<crate::aggregator::Args>),
     /// Follow live records and alerts from an aggregator.
     Tail(crate::client::TailArgs),
     /// Read stored records from an aggregator.
@@ -46,7 +46,7 @@ pub fn main_with_args(args: Vec<OsString>) -> anyhow::Result<()> {
     crate::telemetry::init_logging(cli.log_format == "json");
     match cli.command {
         Command::Collector(args) => crate::collector::run(*args),
-        Command::Aggregator(args) => crate::aggregator::run(args),
+        Command::Aggregator(args) => crate::aggregator::run(*args),
         Command::Tail(args) => crate::client::run_tail(args),
         Command::Query(args) => crate::client::run_query(args),
         Command::Investigate(args) => crate::client::investigate::run(args),

@@ -153,6 +153,7 @@ fn proto_filter(f: &FilterArgs) -> pb::Filter {
                 RecordKind::Listener => pb::RecordKind::Listener,
                 RecordKind::Heartbeat => pb::RecordKind::Heartbeat,
                 RecordKind::Alert => pb::RecordKind::Alert,
+                RecordKind::Audit => pb::RecordKind::Audit,
             } as i32)
             .collect(),
         pods: f.pods.clone(),
@@ -285,5 +286,32 @@ pub fn human(e: &Event, colour: bool) -> String {
             a.count,
             a.output
         ),
+        Record::Audit(a) => {
+            let object = match &a.object {
+                Some(o) => format!(
+                    "{}/{}",
+                    o.namespace.as_deref().unwrap_or("-"),
+                    o.name.as_deref().unwrap_or("-")
+                ),
+                None => "-".into(),
+            };
+            // Names, agents and URIs are client-controlled: escaped like kernel bytes.
+            let text = format!(
+                "{} {object} by {} from {} ({}) -> {} {:?}",
+                a.resource_path(),
+                a.user.username,
+                a.source_ip().map_or("?".into(), |ip| ip.to_string()),
+                a.user_agent.as_deref().unwrap_or(""),
+                a.response_code.map_or("?".into(), |c| c.to_string()),
+                a.stage,
+            );
+            format!(
+                "{} {} {} {}",
+                paint("35", "audit".into()),
+                display_bytes(a.cluster.as_bytes()),
+                display_bytes(a.verb.as_bytes()),
+                display_bytes(text.as_bytes())
+            )
+        }
     }
 }

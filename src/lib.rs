@@ -6,6 +6,7 @@
 
 pub mod aggregator;
 pub mod attribution;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod codec;

@@ -11,6 +11,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+mod audit;
+pub use audit::{
+    AuditLevel, AuditObject, AuditRecord, AuditStage, AuditUser, BindingFacts, ExecAttribution,
+    ExecParams, Outcome, PodSpecFacts, RoleFacts,
+};
+
 /// Unix time in nanoseconds.
 pub type UnixNanos = u64;
 
@@ -303,6 +309,9 @@ pub struct AlertRecord {
     pub process: Option<Box<ProcessRecord>>,
     pub flows: Vec<FlowRecord>,
     pub evidence: Vec<String>,
+    /// Who started the process tree, when an exec audit event was joined with it.
+    #[serde(default)]
+    pub exec: Option<Box<ExecAttribution>>,
 }
 
 // === Envelope ===
@@ -316,6 +325,8 @@ pub enum Record {
     Listener(ListenerRecord),
     Heartbeat(Heartbeat),
     Alert(AlertRecord),
+    /// Made by the aggregator's audit adapters only.
+    Audit(Box<AuditRecord>),
 }
 
 impl Record {
@@ -326,6 +337,7 @@ impl Record {
             Record::Listener(_) => RecordKind::Listener,
             Record::Heartbeat(_) => RecordKind::Heartbeat,
             Record::Alert(_) => RecordKind::Alert,
+            Record::Audit(_) => RecordKind::Audit,
         }
     }
 }
@@ -338,15 +350,17 @@ pub enum RecordKind {
     Listener,
     Heartbeat,
     Alert,
+    Audit,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 5] = [
+    pub const ALL: [RecordKind; 6] = [
         RecordKind::Flow,
         RecordKind::Process,
         RecordKind::Listener,
         RecordKind::Heartbeat,
         RecordKind::Alert,
+        RecordKind::Audit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -356,6 +370,7 @@ impl RecordKind {
             RecordKind::Listener => "listener",
             RecordKind::Heartbeat => "heartbeat",
             RecordKind::Alert => "alert",
+            RecordKind::Audit => "audit",
         }
     }
 }
@@ -367,7 +382,9 @@ impl std::str::FromStr for RecordKind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown record kind {s:?} (flow, process, listener, heartbeat, alert)")
+                format!(
+                    "unknown record kind {s:?} (flow, process, listener, heartbeat, alert, audit)"
+                )
             })
     }
 }
@@ -561,6 +578,7 @@ mod tests {
             ProcessPhase::NAMES,
             ProcessPhase::name,
         );
+        check(AuditStage::VARIANTS, AuditStage::NAMES, AuditStage::name);
     }
 
     use super::*;

@@ -933,6 +933,7 @@ fn alert(
         process: ctx.process.cloned().map(Box::new),
         flows: ctx.flow.into_iter().cloned().collect(),
         evidence,
+        exec: None,
     }
 }
 
@@ -1018,7 +1019,7 @@ pub fn falco_payload(a: &AlertRecord) -> serde_json::Value {
     })
 }
 
-fn chrono_like_rfc3339(secs: u64, nanos: u64) -> String {
+pub(crate) fn chrono_like_rfc3339(secs: u64, nanos: u64) -> String {
     // civil-from-days (Howard Hinnant), UTC
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;

@@ -135,6 +135,32 @@ pub const RULE_RELOAD_FAILURES: &str = "procflow_rule_reload_failures_total";
 /// Keys of stateful rules not tracked because a rule reached its bound.
 pub const RULE_STATE_KEYS_REFUSED: &str = "procflow_rule_state_keys_refused";
 
+// --- Kubernetes audit (labels: `adapter` webhook|firehose, `outcome`, `reason`) ---
+
+/// Audit requests answered, by adapter and outcome (ok, unauthorized, too_large, invalid,
+/// busy, store_error, replayed).
+pub const AUDIT_REQUESTS: &str = "procflow_audit_requests_total";
+/// Audit events stored (first delivery of their cluster, audit ID, stage and time).
+pub const AUDIT_EVENTS_STORED: &str = "procflow_audit_events_stored_total";
+/// Audit events delivered again and not stored twice.
+pub const AUDIT_EVENTS_DUPLICATE: &str = "procflow_audit_events_duplicate_total";
+/// Audit events (or Firehose records) that did not decode, each logged with its reason.
+pub const AUDIT_EVENTS_REJECTED: &str = "procflow_audit_events_rejected_total";
+/// Client-controlled audit fields cut to their bound or left out (long user agents, bad
+/// forwarded addresses).
+pub const AUDIT_FIELDS_REPAIRED: &str = "procflow_audit_fields_repaired_total";
+/// Pod, workload or RBAC bodies in audit events that did not read (their facts absent).
+pub const AUDIT_BODIES_UNREADABLE: &str = "procflow_audit_bodies_unreadable_total";
+/// Firehose log events skipped: `reason` control_message or other_stream.
+pub const AUDIT_RECORDS_SKIPPED: &str = "procflow_audit_records_skipped_total";
+/// Exec requests joined with the process tree they started.
+pub const AUDIT_EXEC_JOINED: &str = "procflow_audit_exec_joined_total";
+/// Exec requests with no process joined (`reason`: no_process, ambiguous, pod_not_watched,
+/// no_command).
+pub const AUDIT_EXEC_UNMATCHED: &str = "procflow_audit_exec_unmatched_total";
+/// Join state dropped at its bound (pending requests, candidate processes, linked trees).
+pub const AUDIT_JOIN_EVICTED: &str = "procflow_audit_join_evicted_total";
+
 // === Prometheus + health endpoint ===
 
 /// Serves `GET /metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (ready once

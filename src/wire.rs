@@ -10,6 +10,7 @@ use crate::investigate;
 use crate::model::{self, Record};
 use crate::proto::v1 as pb;
 
+pub mod audit;
 pub mod direct;
 
 /// Bounds on what a peer may send, checked on every inbound record.
@@ -95,7 +96,9 @@ pub fn record_to_proto(record: &Record) -> pb::Record {
             evidence_counters: Vec::new(),
             evidence: a.evidence.clone(),
             node_name: a.node_name.clone(),
+            exec: a.exec.as_deref().map(audit::exec_to_proto),
         }),
+        Record::Audit(a) => Kind::Audit(audit::audit_to_proto(a)),
     };
     pb::Record { kind: Some(kind) }
 }
@@ -292,8 +295,14 @@ pub fn record_from_proto(r: pb::Record, limits: &Limits) -> Result<Record, WireE
                     .map(|f| flow_from_proto(f, limits))
                     .collect::<Result<_, _>>()?,
                 evidence: a.evidence,
+                exec: a
+                    .exec
+                    .map(|e| audit::exec_from_proto(e, limits))
+                    .transpose()?
+                    .map(Box::new),
             })
         }
+        Kind::Audit(a) => Record::Audit(Box::new(audit::audit_from_proto(a, limits)?)),
     })
 }
 

@@ -154,6 +154,14 @@ fn decode_batch(
     for (i, record) in batch.records().enumerate() {
         let record =
             direct::decode_record(record, limits).map_err(|e| format!("records[{i}].{e}"))?;
+        if record.kind() == RecordKind::Audit {
+            // Audit events come from the API server through the audit adapters, each bound to
+            // its cluster's credential; a collector (perhaps in a compromised pod) that sent
+            // one would forge who ran `kubectl exec`.
+            return Err(format!(
+                "records[{i}]: a collector may not send audit events"
+            ));
+        }
         events.push(Event {
             source: identity.clone(),
             received_at,
@@ -377,6 +385,7 @@ fn kinds_of(filter: &pb::Filter) -> Vec<RecordKind> {
             Ok(pb::RecordKind::Listener) => Some(RecordKind::Listener),
             Ok(pb::RecordKind::Heartbeat) => Some(RecordKind::Heartbeat),
             Ok(pb::RecordKind::Alert) => Some(RecordKind::Alert),
+            Ok(pb::RecordKind::Audit) => Some(RecordKind::Audit),
             _ => None,
         })
         .collect()

@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::codec::{RawBatch, BATCH_RECORDS_FIELD};
-use crate::model::{Event, RecordKind};
+use crate::model::{Event, Record, RecordKind};
 use crate::proto::v1 as pb;
 use crate::wire::{self, direct};
 
@@ -39,11 +39,22 @@ pub enum Appended {
     Duplicate,
 }
 
+/// What an appended batch of audit events came to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditAppended {
+    /// The events stored now, in order (the caller publishes and evaluates these).
+    pub stored: Vec<Event>,
+    /// Events stored before (a redelivery), left out.
+    pub duplicates: usize,
+}
+
 /// What the transaction did with one request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Outcome {
     Stored,
     Duplicate,
+    /// Per audit event: stored now (true) or stored before.
+    Audit(Vec<bool>),
 }
 
 /// A filter over stored events; empty lists match everything.
@@ -66,6 +77,14 @@ pub trait Store: Send + Sync {
         seq: u64,
         events: Vec<Event>,
     ) -> oneshot::Receiver<Result<Appended, StoreError>>;
+    /// Stores the audit events (`Record::Audit`) not stored before. Deduplication keys on
+    /// (cluster, audit ID, stage, request-received time): the audit ID alone may come from
+    /// the client's `Audit-ID` header, so a client reusing one cannot make its request pass
+    /// for a redelivery of another.
+    fn append_audit(
+        &self,
+        events: Vec<Event>,
+    ) -> oneshot::Receiver<Result<AuditAppended, StoreError>>;
     /// Stored events matching `query`, oldest first, at most `query.limit` (0: 100,000).
     fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let limit = if query.limit == 0 {
@@ -95,6 +114,10 @@ enum Request {
         seq: u64,
         events: Vec<Event>,
         reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    Audit {
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<AuditAppended, StoreError>>,
     },
 }
 
@@ -130,6 +153,15 @@ CREATE TABLE IF NOT EXISTS segments (
 CREATE INDEX IF NOT EXISTS segments_received ON segments(received_at);
 CREATE INDEX IF NOT EXISTS segments_kind_received ON segments(kind, received_at);
 CREATE INDEX IF NOT EXISTS segments_pod_received ON segments(pod, received_at);
+CREATE TABLE IF NOT EXISTS audit_seen (
+    cluster TEXT NOT NULL,
+    audit_id TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    request_received INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (cluster, audit_id, stage, request_received)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audit_seen_received ON audit_seen(received_at);
 CREATE TABLE IF NOT EXISTS batches (
     collector TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -181,6 +213,19 @@ impl Store for SqliteStore {
                 events,
                 reply,
             })
+        {
+            let _ = reply.send(Err(StoreError::WriterGone));
+        }
+        rx
+    }
+
+    fn append_audit(
+        &self,
+        events: Vec<Event>,
+    ) -> oneshot::Receiver<Result<AuditAppended, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(crossbeam_channel::SendError(Request::Audit { reply, .. })) =
+            self.writer.send(Request::Audit { events, reply })
         {
             let _ = reply.send(Err(StoreError::WriterGone));
         }
@@ -285,16 +330,38 @@ fn write_loop(
             }
         }
         let result = commit(&mut conn, &group);
+        let failed = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         for (request, outcome) in group.into_iter().zip(result.iter_outcomes()) {
-            let Request::Append { reply, events, .. } = request;
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Stored) => Ok(Appended::Stored(events)),
-                Ok(Outcome::Duplicate) => Ok(Appended::Duplicate),
-                Err(source) => Err(StoreError::Sqlite {
-                    path: path.clone(),
-                    source,
-                }),
-            });
+            match request {
+                Request::Append { reply, events, .. } => {
+                    let _ = reply.send(match outcome {
+                        Ok(Outcome::Stored) => Ok(Appended::Stored(events)),
+                        Ok(_) => Ok(Appended::Duplicate),
+                        Err(source) => Err(failed(source)),
+                    });
+                }
+                Request::Audit { reply, events } => {
+                    let _ = reply.send(match outcome {
+                        Ok(Outcome::Audit(fresh)) => {
+                            let duplicates = fresh.iter().filter(|f| !**f).count();
+                            let stored = events
+                                .into_iter()
+                                .zip(fresh)
+                                .filter_map(|(e, f)| f.then_some(e))
+                                .collect();
+                            Ok(AuditAppended { stored, duplicates })
+                        }
+                        Ok(_) => Ok(AuditAppended {
+                            stored: Vec::new(),
+                            duplicates: events.len(),
+                        }),
+                        Err(source) => Err(failed(source)),
+                    });
+                }
+            }
         }
         if last_retention.elapsed() > Duration::from_secs(60) {
             last_retention = std::time::Instant::now();
@@ -311,7 +378,7 @@ struct GroupResult(Result<Vec<Outcome>, rusqlite::Error>, usize);
 impl GroupResult {
     fn iter_outcomes(&self) -> Vec<Result<Outcome, rusqlite::Error>> {
         match &self.0 {
-            Ok(v) => v.iter().map(|a| Ok(*a)).collect(),
+            Ok(v) => v.iter().map(|a| Ok(a.clone())).collect(),
             Err(e) => (0..self.1).map(|_| Err(clone_err(e))).collect(),
         }
     }
@@ -332,49 +399,80 @@ fn commit(conn: &mut Connection, group: &[Request]) -> GroupResult {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO segments (received_at, kind, pod, namespace, collector, count, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let mut seen = tx.prepare_cached(
+                "INSERT OR IGNORE INTO audit_seen (cluster, audit_id, stage, request_received, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             let mut body = Vec::with_capacity(64 * 1024);
             let mut scratch = direct::Scratch::default();
-            for Request::Append {
-                collector_id,
-                seq,
-                events,
-                ..
-            } in group
-            {
+            let mut put = |events: &[Event], segment: &[usize]| {
+                let first = &events[segment[0]];
+                let header = pb::Batch {
+                    identity: Some(wire::identity_to_proto(&first.source)),
+                    seq: 0,
+                    sent_at: first.received_at,
+                    records: Vec::new(),
+                };
+                body.clear();
+                header.encode_raw(&mut body);
+                for &i in segment {
+                    direct::put_record_field(
+                        &mut body,
+                        BATCH_RECORDS_FIELD,
+                        &events[i].record,
+                        &mut scratch,
+                    );
+                }
+                insert.execute(params![
+                    first.received_at as i64,
+                    first.record.kind().as_str(),
+                    first.source.pod_name,
+                    first.source.pod_namespace,
+                    first.source.collector_id,
+                    segment.len() as i64,
+                    body
+                ])
+            };
+            for request in group {
                 let now = crate::model::now_ns() as i64;
-                if dedupe.execute(params![collector_id, *seq as i64, now])? == 0 {
-                    outcomes.push(Outcome::Duplicate);
-                    continue;
-                }
-                for segment in segments(events) {
-                    let first = &events[segment[0]];
-                    let header = pb::Batch {
-                        identity: Some(wire::identity_to_proto(&first.source)),
-                        seq: 0,
-                        sent_at: first.received_at,
-                        records: Vec::new(),
-                    };
-                    body.clear();
-                    header.encode_raw(&mut body);
-                    for &i in &segment {
-                        direct::put_record_field(
-                            &mut body,
-                            BATCH_RECORDS_FIELD,
-                            &events[i].record,
-                            &mut scratch,
-                        );
+                match request {
+                    Request::Append {
+                        collector_id,
+                        seq,
+                        events,
+                        ..
+                    } => {
+                        if dedupe.execute(params![collector_id, *seq as i64, now])? == 0 {
+                            outcomes.push(Outcome::Duplicate);
+                            continue;
+                        }
+                        for segment in segments(events) {
+                            put(events, &segment)?;
+                        }
+                        outcomes.push(Outcome::Stored);
                     }
-                    insert.execute(params![
-                        first.received_at as i64,
-                        first.record.kind().as_str(),
-                        first.source.pod_name,
-                        first.source.pod_namespace,
-                        first.source.collector_id,
-                        segment.len() as i64,
-                        body
-                    ])?;
+                    Request::Audit { events, .. } => {
+                        // One row per event: each keeps its own time (the API server's).
+                        let mut fresh = Vec::with_capacity(events.len());
+                        for (i, event) in events.iter().enumerate() {
+                            let Record::Audit(a) = &event.record else {
+                                fresh.push(false);
+                                continue;
+                            };
+                            let new = seen.execute(params![
+                                a.cluster,
+                                a.audit_id,
+                                a.stage.ordinal(),
+                                a.request_received as i64,
+                                now
+                            ])? == 1;
+                            if new {
+                                put(events, &[i])?;
+                            }
+                            fresh.push(new);
+                        }
+                        outcomes.push(Outcome::Audit(fresh));
+                    }
                 }
-                outcomes.push(Outcome::Stored);
             }
         }
         tx.commit()?;
@@ -412,6 +510,10 @@ fn apply_retention(conn: &Connection, retention: Retention) -> Result<(), rusqli
         "DELETE FROM batches WHERE received_at < ?1",
         params![cutoff],
     )?;
+    conn.execute(
+        "DELETE FROM audit_seen WHERE received_at < ?1",
+        params![cutoff],
+    )?;
     let size: i64 = conn.query_row(
         "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
         [],
@@ -440,6 +542,7 @@ fn apply_retention(conn: &Connection, retention: Retention) -> Result<(), rusqli
 #[derive(Default)]
 pub struct NullStore {
     seen: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    audit_seen: std::sync::Mutex<std::collections::HashSet<(String, String, u8, u64)>>,
 }
 
 impl Store for NullStore {
@@ -459,6 +562,35 @@ impl Store for NullStore {
         } else {
             Appended::Duplicate
         }));
+        rx
+    }
+
+    fn append_audit(
+        &self,
+        events: Vec<Event>,
+    ) -> oneshot::Receiver<Result<AuditAppended, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let mut duplicates = 0;
+        let stored = match self.audit_seen.lock() {
+            Ok(mut seen) => events
+                .into_iter()
+                .filter(|e| {
+                    let fresh = match &e.record {
+                        Record::Audit(a) => seen.insert((
+                            a.cluster.clone(),
+                            a.audit_id.clone(),
+                            a.stage.ordinal(),
+                            a.request_received,
+                        )),
+                        _ => false,
+                    };
+                    duplicates += usize::from(!fresh);
+                    fresh
+                })
+                .collect(),
+            Err(_) => events,
+        };
+        let _ = reply.send(Ok(AuditAppended { stored, duplicates }));
         rx
     }
 

@@ -170,6 +170,7 @@ fn falco_payload_shape() {
         process: None,
         flows: vec![],
         evidence: vec![],
+        exec: None,
     };
     let v = falco_payload(&a);
     assert_eq!(v["priority"], "Error");

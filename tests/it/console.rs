@@ -334,6 +334,7 @@ fn a_viewer_of_another_namespace_sees_none_of_it() {
         process: Some(Box::new(process.clone())),
         flows: vec![flow.clone()],
         evidence: Vec::new(),
+        exec: None,
     };
     let events = vec![
         Event {

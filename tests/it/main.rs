@@ -2,6 +2,7 @@
 //! gRPC connections and databases. Each module asserts only on what it created.
 
 mod aggregator;
+mod audit;
 mod bench;
 mod cli;
 mod console;

@@ -76,6 +76,11 @@ impl Aggregator {
     }
 
     pub fn query(&self, kind: &str) -> Vec<procflow::model::Event> {
+        self.query_since(kind, "1h")
+    }
+
+    /// Stored events of `kind` of the last `since` (e.g. `3650d`).
+    pub fn query_since(&self, kind: &str, since: &str) -> Vec<procflow::model::Event> {
         let out = Command::new(procflow_bin())
             .args([
                 "query",
@@ -83,7 +88,7 @@ impl Aggregator {
                 &self.url(),
                 "--json",
                 "--since",
-                "1h",
+                since,
                 "--limit",
                 "1000000",
                 "--kind",
@@ -121,7 +126,7 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     ports
 }
 
-fn identity(id: &str) -> CollectorIdentity {
+pub(crate) fn identity(id: &str) -> CollectorIdentity {
     CollectorIdentity {
         collector_id: id.into(),
         pod_name: "pod-a".into(),
@@ -287,7 +292,7 @@ fn full_spool_drops_oldest_and_counts_it() {
 }
 
 /// Opens an ingest stream by hand and returns the acks for `batches`.
-fn ingest(
+pub(crate) fn ingest(
     url: &str,
     token: Option<&str>,
     batches: Vec<pb::Batch>,
@@ -393,13 +398,13 @@ fn bad_clients_get_clear_errors_and_others_keep_being_served() {
 }
 
 /// A CA, and leaf certificates it signs, as PEM files in a directory of their own.
-struct TestPki {
+pub(crate) struct TestPki {
     dir: tempfile::TempDir,
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 impl TestPki {
-    fn new() -> TestPki {
+    pub(crate) fn new() -> TestPki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -412,13 +417,13 @@ impl TestPki {
         TestPki { dir, ca }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_string_lossy().into_owned()
     }
 
     /// `name.pem` and `name.key`, for `names` (DNS names or IP addresses), signed by the CA
     /// or, for a stranger, by itself.
-    fn leaf(&self, name: &str, names: &[&str], signed: bool) {
+    pub(crate) fn leaf(&self, name: &str, names: &[&str], signed: bool) {
         let params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");

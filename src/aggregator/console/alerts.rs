@@ -435,6 +435,7 @@ mod tests {
                 process: None,
                 flows: Vec::new(),
                 evidence: Vec::new(),
+                exec: None,
             },
         )
     }

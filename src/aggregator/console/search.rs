@@ -317,6 +317,11 @@ fn rows(ctx: &Ctx, events: &[Event]) -> Markup {
                         Record::Listener(l) => { "listening on " (l.local_addr) ":" (l.local_port) " " (format!("{:?}", l.phase).to_lowercase()) },
                         Record::Alert(a) => { (render::severity(a.severity)) " " a href=(tables::alert_href(scope, &a.id)) { (a.rule_name) } },
                         Record::Heartbeat(h) => { (h.flows_tracked) " flows, " (h.processes_tracked) " processes tracked" },
+                        Record::Audit(a) => {
+                            (a.verb) " " (a.resource_path()) " by " (a.user.username)
+                            @if let Some(ip) = a.source_ip() { " from " (ip) }
+                            @if let Some(code) = a.response_code { ", " (code) }
+                        },
                     } }
                 }
             } }
