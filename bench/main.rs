@@ -7,6 +7,7 @@
 
 mod console;
 mod http;
+mod once;
 mod pipeline;
 mod rules;
 mod score;
@@ -898,6 +899,7 @@ fn scenario_poll(report: &mut Report, conns: usize, processes: usize) -> anyhow:
             // power-of-two slack per socket and are reported without a target.
             (sockets >= 100_000).then_some(("<=200 at 100k", accounted <= 200.0)),
         );
+        once::measure(report, &scenario, buf.len())?;
         report.add(
             &scenario,
             "flow table entry with its key (before the map's slack)",
@@ -954,6 +956,21 @@ fn best_of(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Resul
     Ok(best)
 }
 
+/// Runs each of `commands` once per round, `rounds` times, in turn; the best time of each.
+/// Interleaved, so the VM's speed drift hits each alike.
+pub(crate) fn best_of_each<const N: usize>(
+    rounds: usize,
+    mut commands: [&mut dyn FnMut() -> anyhow::Result<()>; N],
+) -> anyhow::Result<[f64; N]> {
+    let mut best = [f64::MAX; N];
+    for _ in 0..rounds {
+        for (command, best) in commands.iter_mut().zip(best.iter_mut()) {
+            *best = best.min(timed(command)?);
+        }
+    }
+    Ok(best)
+}
+
 /// Rounds of the poll comparison (procflow, the minimal dump, `ss -tin`, /proc/net/tcp).
 const POLL_ROUNDS: usize = 4;
 
@@ -964,7 +981,7 @@ fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn run_quiet(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run_quiet(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(cmd)
         .args(args)
         .stdout(Stdio::null())

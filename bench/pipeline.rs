@@ -4,11 +4,10 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procflow::model::{CollectorIdentity, Record};
-use procflow::pipeline::{batcher, exporter, queue::QueueStats, RecordRx};
+use procflow::pipeline::{batcher, exporter};
 use procflow::proto::v1 as pb;
 
 use crate::{procflow_bin, Report};
@@ -92,12 +91,8 @@ fn drive(
     count: u64,
     duration: Duration,
 ) -> anyhow::Result<(u64, f64, f64)> {
-    // The collector's default `--queue-capacity`.
-    let (tx, rx) = crossbeam_channel::bounded::<Record>(4096);
-    let rx = RecordRx {
-        rx,
-        stats: Arc::new(QueueStats::default()),
-    };
+    // The collector's default `--queue-capacity`; a full queue makes the sender wait.
+    let (tx, rx) = procflow::pipeline::record_queue(4096);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -131,8 +126,8 @@ fn drive(
             if let Record::Flow(f) = &mut record {
                 f.cookie = sent;
             }
-            // Blocking: the bench measures throughput, so it waits instead of dropping.
-            tx.send(record)?;
+            // Waits for room, as the collector's sources do.
+            anyhow::ensure!(tx.send(record), "the record queue's consumer stopped");
             sent += 1;
         }
     }

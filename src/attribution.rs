@@ -25,6 +25,19 @@ impl Owner {
     pub fn is_known(&self) -> bool {
         self.pid.is_some()
     }
+
+    /// The owner of an accepted socket known only through `listener`, the owner of the
+    /// listener it came from (`NONE` when that one is unknown too).
+    pub fn through_listener(listener: Owner) -> Owner {
+        Owner {
+            attribution: if listener.is_known() {
+                Attribution::Listener
+            } else {
+                Attribution::None
+            },
+            ..listener
+        }
+    }
 }
 
 /// Resolves socket inodes to processes.

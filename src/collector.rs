@@ -15,11 +15,14 @@ use crate::attribution::{NoAttribution, OwnerLookup};
 use crate::config::parse_duration;
 use crate::flows::{ClusterCidrs, FlowConfig, FlowTable, Scoper};
 use crate::model::{now_ns, Family, Heartbeat, Record};
+use crate::pipeline::queue::Outlet;
 use crate::pipeline::{record_queue, RecordTx};
 use crate::procs::{exec_watch::ExecWatch, ProcessConfig, ProcessMonitor};
 use crate::sockdiag::destroy::DestroyStats;
 use crate::sockdiag::{trigger::Trigger, DestroyEvent, DestroyListener, Dumper, SocketInfo};
 use crate::telemetry;
+
+mod once;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -66,7 +69,9 @@ pub struct Args {
     /// Peers inside these CIDRs are EAST_WEST, others NORTH_SOUTH (loopback and the pod's own addresses are LOCAL).
     #[arg(long, env = "PROCFLOW_CLUSTER_CIDRS", default_value = crate::flows::classify::DEFAULT_CLUSTER_CIDRS)]
     pub cluster_cidrs: ClusterCidrs,
-    /// Records buffered between the sources and the output; beyond it records are dropped and counted.
+    /// Records buffered between the sources and the outputs. When it is full the sources wait
+    /// for room; records are dropped (and counted) only while the outputs cannot buffer
+    /// either (the exporter's memory buffer full and no --spool-dir).
     #[arg(long, env = "PROCFLOW_QUEUE_CAPACITY", default_value_t = 4096)]
     pub queue_capacity: usize,
     /// Destroy events buffered between the reader thread and the engine.
@@ -573,22 +578,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let config = EngineConfig::from(&args);
     let (tx, rx) = record_queue(args.queue_capacity);
+    if args.once {
+        let outputs = start_outputs(&args, rx)?;
+        let taken = once::take_snapshot(&config, &tx);
+        drop(tx);
+        // What was taken is written out even when the snapshot failed part way.
+        outputs.join()?;
+        let counts = taken.context("taking the snapshot")?;
+        tracing::debug!(?counts, "snapshot written");
+        return Ok(());
+    }
     let mut sockets = SocketMonitor::new(&config)?;
     let mut procs = match &config.processes {
         Some(pc) => Some(ProcessMonitor::new(pc.clone()).context("reading /proc")?),
         None => None,
     };
     let outputs = start_outputs(&args, rx)?;
-    if args.once {
-        let mut out = Vec::new();
-        snapshot(&mut sockets, procs.as_mut(), &mut out);
-        tx.send_all(&mut out);
-        drop(tx);
-        return outputs.join();
-    }
     let ready = crate::telemetry::start_health_endpoint(args.metrics_listen)?;
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_signal_watcher(stop.clone(), args.duration)?;
+    spawn_signal_watcher(stop.clone(), args.duration, tx.outlet().clone())?;
     // Ready (and saying so) once every current socket and process is known.
     let mut out = Vec::new();
     snapshot(&mut sockets, procs.as_mut(), &mut out);
@@ -602,7 +610,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The output threads; joining waits until they have drained everything.
-struct Outputs(Vec<std::thread::JoinHandle<anyhow::Result<()>>>);
+struct Outputs {
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    /// Each thread says here that it ended (a one-shot command must not wait a poll
+    /// interval for that).
+    ended: Receiver<()>,
+}
 
 /// How long shutdown waits for the outputs to drain. The exporter gives up on an unreachable
 /// aggregator after its own drain timeout (spooling what it holds); without a spool, a full
@@ -612,17 +625,16 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(15);
 impl Outputs {
     fn join(self) -> anyhow::Result<()> {
         let deadline = Instant::now() + OUTPUT_DRAIN_LIMIT;
-        while self.0.iter().any(|h| !h.is_finished()) {
-            if Instant::now() >= deadline {
+        for _ in 0..self.threads.len() {
+            if self.ended.recv_deadline(deadline).is_err() {
                 tracing::error!(
                     limit = ?OUTPUT_DRAIN_LIMIT,
                     "outputs did not drain (aggregator unreachable, memory buffer full, no --spool-dir): exiting; unacknowledged batches are lost"
                 );
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        for handle in self.0 {
+        for handle in self.threads {
             handle
                 .join()
                 .map_err(|_| anyhow::anyhow!("an output thread panicked"))??;
@@ -632,8 +644,22 @@ impl Outputs {
 }
 
 fn start_outputs(args: &Args, rx: crate::pipeline::RecordRx) -> anyhow::Result<Outputs> {
+    let (ended_tx, ended) = crossbeam_channel::unbounded();
     let spawn = |name: &str, f: Box<dyn FnOnce() -> anyhow::Result<()> + Send>| {
-        std::thread::Builder::new().name(name.into()).spawn(f)
+        let ended_tx = ended_tx.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                // Said also when the thread unwinds: the guard's drop sends it.
+                struct Ended(crossbeam_channel::Sender<()>);
+                impl Drop for Ended {
+                    fn drop(&mut self) {
+                        let _ = self.0.send(());
+                    }
+                }
+                let _ended = Ended(ended_tx);
+                f()
+            })
     };
     let mut threads = Vec::new();
     let grpc_rx = match args.output {
@@ -681,6 +707,7 @@ fn start_outputs(args: &Args, rx: crate::pipeline::RecordRx) -> anyhow::Result<O
         let batcher_config = args.pipeline.batcher_config();
         let identity = crate::pipeline::batcher::identity_from_env();
         tracing::info!(collector_id = %identity.collector_id, aggregator = %exporter_config.endpoint, "exporting over gRPC");
+        let outlet = rx.outlet();
         let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(16);
         threads.push(spawn(
             "batcher",
@@ -695,15 +722,25 @@ fn start_outputs(args: &Args, rx: crate::pipeline::RecordRx) -> anyhow::Result<O
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                runtime.block_on(crate::pipeline::exporter::run(exporter_config, batch_rx))
+                runtime.block_on(crate::pipeline::exporter::run_with_outlet(
+                    exporter_config,
+                    batch_rx,
+                    outlet,
+                ))
             }),
         )?);
     }
-    Ok(Outputs(threads))
+    Ok(Outputs { threads, ended })
 }
 
-/// Sets `stop` on SIGINT/SIGTERM, or after `duration`.
-fn spawn_signal_watcher(stop: Arc<AtomicBool>, duration: Option<Duration>) -> anyhow::Result<()> {
+/// Sets `stop` on SIGINT/SIGTERM, or after `duration`. An engine still waiting for room in
+/// the record queue [`OUTPUT_DRAIN_LIMIT`] later (an output that stopped draining) is let go:
+/// its last records are dropped and counted.
+fn spawn_signal_watcher(
+    stop: Arc<AtomicBool>,
+    duration: Option<Duration>,
+    outlet: Outlet,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -732,6 +769,8 @@ fn spawn_signal_watcher(stop: Arc<AtomicBool>, duration: Option<Duration>) -> an
                     _ = timeout => {}
                 }
                 stop.store(true, Ordering::Relaxed);
+                tokio::time::sleep(OUTPUT_DRAIN_LIMIT).await;
+                outlet.abandon();
             });
         })?;
     Ok(())

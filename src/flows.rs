@@ -4,6 +4,8 @@
 
 pub mod classify;
 pub mod cookie_order;
+mod entry;
+pub mod snapshot;
 pub mod table;
 
 pub use classify::{ClusterCidrs, Scoper};

@@ -60,8 +60,11 @@ impl LogSampler {
 
 // === Metric names (one place; label values come from bounded enums) ===
 
-/// Records dropped because the collector's queue was full.
+/// Records dropped because the collector's queue was full and its outputs could not buffer
+/// more (the exporter's memory buffer full without a spool).
 pub const QUEUE_DROPPED: &str = "procflow_queue_dropped_total";
+/// Time the collector's sources waited for room in a full queue (backpressure, no loss).
+pub const QUEUE_WAIT_MICROS: &str = "procflow_queue_wait_microseconds_total";
 /// sock_diag messages or datagrams that did not parse (skipped).
 pub const SOCKDIAG_MALFORMED: &str = "procflow_sockdiag_malformed_total";
 /// Dumps the kernel flagged NLM_F_DUMP_INTR (no vanish inference from them).

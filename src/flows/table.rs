@@ -13,17 +13,19 @@
 //! zeroed before the destroy event: the last dumped values are kept and `reset` is set.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::attribution::{Owner, OwnerLookup};
 use crate::flows::classify::{canonical, Scoper};
 use crate::flows::cookie_order::CookieOrder;
-use crate::model::{
-    Attribution, Direction, EndReason, Family, FlowPhase, FlowRecord, ListenerRecord, Protocol,
-    Record, Scope, UnixNanos,
+use crate::flows::entry::{
+    flow_record, is_listener, listener_record, nanos, Counters, Entry, ListenerEntry, Tick,
 };
-use crate::sockdiag::msg::{self, SocketInfo, TcpInfo};
+use crate::model::{
+    Attribution, Direction, EndReason, Family, FlowPhase, Protocol, Record, Scope, UnixNanos,
+};
+use crate::sockdiag::msg::{self, SocketInfo};
 use crate::telemetry;
 
 #[derive(Debug, Clone)]
@@ -72,168 +74,8 @@ pub struct FlowStats {
     pub fin_by_timewait: u64,
 }
 
-/// Last known state of one tracked socket, kept compact (the table holds every socket):
-/// addresses packed by family, counters inline with a presence flag, and the two deadline
-/// clocks in 32 bits.
-#[derive(Debug, Clone)]
-struct Entry {
-    local_ip: PackedIp,
-    remote_ip: PackedIp,
-    local_port: u16,
-    remote_port: u16,
-    protocol: Protocol,
-    family: Family,
-    state: u8,
-    direction: Direction,
-    scope: Scope,
-    attribution: Attribution,
-    preexisting: bool,
-    /// START has been emitted. A socket still in a listener's accept queue has no inode
-    /// (no fd yet): its START waits for the inode, so that it can be attributed.
-    announced: bool,
-    /// Counters moved since the last record.
-    dirty: bool,
-    /// `counters` holds tcp_info values (TCP sockets whose dumps carried it).
-    has_counters: bool,
-    /// Missing from complete dumps since `missing_since`.
-    missing: bool,
-    generation: u32,
-    uid: u32,
-    inode: u32,
-    pid: u32,
-    start_time: UnixNanos,
-    first_seen: UnixNanos,
-    last_seen: UnixNanos,
-    last_emit: Tick,
-    missing_since: Tick,
-    counters: Counters,
-    /// Dumps that found the socket only through its listener, the START held back: the
-    /// kernel gives an accepted socket its inode just before `accept` installs the fd, so
-    /// a dump in between finds the inode in no table yet.
-    fd_retries: u8,
-}
-
-impl Entry {
-    fn tcp(&self) -> Option<&Counters> {
-        self.has_counters.then_some(&self.counters)
-    }
-
-    /// Takes the state and counters of a dump that found the socket. A counter set that the
-    /// kernel zeroed (a reset) keeps the last values.
-    fn refresh_from(&mut self, s: &SocketInfo) {
-        // tcp_info's own state is read after the message header's, closer to the counters:
-        // it narrows the window in which the counters already hold a FIN the state does not
-        // show yet.
-        self.state = s.tcp.as_ref().map_or(s.state, |info| info.state);
-        if let Some(info) = &s.tcp {
-            let counters = Counters::from_info(info);
-            if self.tcp() != Some(&counters) && !info.is_zeroed() {
-                self.set_tcp(Some(counters));
-                self.dirty = true;
-            }
-        }
-    }
-
-    fn set_tcp(&mut self, counters: Option<Counters>) {
-        self.has_counters = counters.is_some();
-        self.counters = counters.unwrap_or_default();
-    }
-
-    fn local(&self) -> IpAddr {
-        self.local_ip.unpack(self.family)
-    }
-
-    fn remote(&self) -> IpAddr {
-        self.remote_ip.unpack(self.family)
-    }
-}
-
-/// An address in 16 bytes, its kind given by the socket's family (the parser makes IPv4
-/// addresses for `AF_INET` and IPv6 ones, mapped or not, for `AF_INET6`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PackedIp([u8; 16]);
-
-impl PackedIp {
-    fn pack(ip: IpAddr) -> PackedIp {
-        match ip {
-            IpAddr::V4(v4) => {
-                let mut bytes = [0; 16];
-                bytes[..4].copy_from_slice(&v4.octets());
-                PackedIp(bytes)
-            }
-            IpAddr::V6(v6) => PackedIp(v6.octets()),
-        }
-    }
-
-    fn unpack(self, family: Family) -> IpAddr {
-        match family {
-            Family::Ipv4 => IpAddr::from([self.0[0], self.0[1], self.0[2], self.0[3]]),
-            Family::Ipv6 => IpAddr::from(self.0),
-        }
-    }
-
-    fn is_unspecified(self) -> bool {
-        self.0 == [0; 16]
-    }
-}
-
-/// A wrapping microsecond clock for an entry's deadlines (active timeout, vanish grace),
-/// half the size of a timestamp. An interval is read modulo 2^32 µs (71 minutes): a
-/// deadline that far out can only be seen late, by at most its own length, never early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Tick(u32);
-
-impl Tick {
-    fn at(t: UnixNanos) -> Tick {
-        Tick((t / 1_000) as u32) // truncation is the wrap
-    }
-
-    fn elapsed(self, now: UnixNanos) -> u64 {
-        u64::from(Tick::at(now).0.wrapping_sub(self.0)) * 1_000
-    }
-}
-
 /// How many later dumps look again for an accepted socket's fd.
 const FD_RETRIES: u8 = 2;
-
-/// The tcp_info fields carried between dumps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Counters {
-    bytes_sent: u64,
-    /// Sequence space received (payload + 1 after a FIN).
-    bytes_received_seq: u64,
-    segs_out: u32,
-    segs_in: u32,
-    data_segs_in: u32,
-    total_retrans: u32,
-    rtt_us: u32,
-    retransmits: u8,
-}
-
-impl Counters {
-    fn from_info(info: &TcpInfo) -> Counters {
-        Counters {
-            bytes_sent: info.payload_sent().unwrap_or(0),
-            bytes_received_seq: info.bytes_received.unwrap_or(0),
-            segs_out: info.segs_out.unwrap_or(0),
-            segs_in: info.segs_in.unwrap_or(0),
-            data_segs_in: info.data_segs_in.unwrap_or(0),
-            total_retrans: info.total_retrans.unwrap_or(0),
-            rtt_us: info.rtt_us.unwrap_or(0),
-            retransmits: info.retransmits,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct ListenerEntry {
-    local: SocketAddr,
-    protocol: Protocol,
-    family: Family,
-    generation: u32,
-    missing_since: UnixNanos,
-    owner: Owner,
-}
 
 /// hashbrown's map with the standard library's hasher (the std map is this map): the same
 /// behaviour, and it reports its own allocation for [`FlowTable::heap_bytes`].
@@ -881,61 +723,10 @@ impl FlowTable {
     }
 
     fn new_entry(&mut self, s: &SocketInfo, now: UnixNanos, generation: u32) -> Entry {
-        self.scoper.learn_local(s.local.ip());
-        let connected = !(s.remote.ip().is_unspecified() && s.remote.port() == 0);
-        let direction = match s.protocol {
-            Protocol::Tcp
-                if self.listener_owner_for(s.protocol, s.local).is_some()
-                    || self.was_listening(s.protocol, s.local, now) =>
-            {
-                Direction::Inbound
-            }
-            Protocol::Tcp => Direction::Outbound,
-            Protocol::Udp if connected => Direction::Outbound,
-            Protocol::Udp => Direction::Unknown,
-        };
-        let scope = if connected {
-            self.scoper.scope(s.remote.ip())
-        } else if canonical(s.local.ip()).is_loopback() {
-            Scope::Local
-        } else {
-            Scope::Unspecified
-        };
-        let counters = s
-            .tcp
-            .as_ref()
-            .filter(|_| s.protocol == Protocol::Tcp)
-            .map(Counters::from_info);
-        let mut entry = Entry {
-            local_ip: PackedIp::pack(s.local.ip()),
-            remote_ip: PackedIp::pack(s.remote.ip()),
-            local_port: s.local.port(),
-            remote_port: s.remote.port(),
-            protocol: s.protocol,
-            family: s.family,
-            state: s.state,
-            direction,
-            scope,
-            attribution: Attribution::None,
-            fd_retries: 0,
-            preexisting: !self.primed,
-            announced: false,
-            dirty: false,
-            generation,
-            uid: s.uid,
-            inode: u32::try_from(s.inode).unwrap_or(0),
-            pid: 0,
-            start_time: 0,
-            first_seen: now,
-            last_seen: now,
-            last_emit: Tick::at(now),
-            missing: false,
-            missing_since: Tick::default(),
-            has_counters: false,
-            counters: Counters::default(),
-        };
-        entry.set_tcp(counters);
-        entry
+        let accepted = s.protocol == Protocol::Tcp
+            && (self.listener_owner_for(s.protocol, s.local).is_some()
+                || self.was_listening(s.protocol, s.local, now));
+        Entry::new(s, accepted, &mut self.scoper, now, generation, !self.primed)
     }
 
     /// Emits the START a socket never got because it ended while still in an accept queue.
@@ -943,16 +734,10 @@ impl FlowTable {
         if e.announced {
             return;
         }
-        if let Some(owner) =
+        if let Some(listener) =
             self.listener_owner_for(e.protocol, SocketAddr::new(e.local(), e.local_port))
         {
-            e.pid = owner.pid.unwrap_or(0);
-            e.start_time = owner.start_time.unwrap_or(0);
-            e.attribution = if owner.is_known() {
-                Attribution::Listener
-            } else {
-                Attribution::None
-            };
+            e.set_owner(Owner::through_listener(listener));
         }
         e.announced = true;
         self.stats.started += 1;
@@ -1059,103 +844,12 @@ fn queue_found(e: &mut Entry, s: &SocketInfo, new_flows: &mut Vec<u64>, new_inod
     new_inodes.push(s.inode);
 }
 
-fn is_listener(s: &SocketInfo) -> bool {
-    s.protocol == Protocol::Tcp && s.state == msg::TCP_LISTEN
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-fn opt(v: u32) -> Option<u32> {
-    (v != 0).then_some(v)
-}
-
-fn flow_record(
-    cookie: u64,
-    e: &Entry,
-    phase: FlowPhase,
-    now: UnixNanos,
-    end: Option<(EndReason, UnixNanos)>,
-) -> FlowRecord {
-    let connected = !(e.remote_ip.is_unspecified() && e.remote_port == 0);
-    let state = match e.protocol {
-        Protocol::Tcp => msg::tcp_state_name(e.state),
-        Protocol::Udp if connected => "ESTABLISHED",
-        Protocol::Udp => msg::UDP_UNCONNECTED,
-    };
-    // While alive, bytes_received_seq may include a FIN (states past CLOSE_WAIT); at END it
-    // has been adjusted already.
-    let fin_now = end.is_none() && matches!(e.state, 6 | 8 | 9 | 11);
-    let tcp = e.tcp();
-    FlowRecord {
-        cookie,
-        protocol: e.protocol,
-        family: e.family,
-        local_addr: e.local(),
-        local_port: e.local_port,
-        remote_addr: connected.then(|| e.remote()),
-        remote_port: connected.then_some(e.remote_port),
-        direction: e.direction,
-        scope: e.scope,
-        phase,
-        state: state.into(),
-        preexisting: e.preexisting,
-        bytes_sent: tcp.map(|c| c.bytes_sent),
-        bytes_received: tcp.map(|c| c.bytes_received_seq.saturating_sub(u64::from(fin_now))),
-        segs_out: tcp.map(|c| u64::from(c.segs_out)),
-        segs_in: tcp.map(|c| u64::from(c.segs_in)),
-        retransmits: tcp.map(|c| u32::from(c.retransmits)),
-        total_retrans: tcp.map(|c| c.total_retrans),
-        rtt_us: tcp.map(|c| c.rtt_us),
-        first_seen: e.first_seen,
-        last_seen: if end.is_some() { now } else { e.last_seen },
-        ended_at: end.map(|(_, at)| at),
-        uid: (e.inode != 0 || e.uid != 0).then_some(e.uid),
-        inode: (e.inode != 0).then_some(u64::from(e.inode)),
-        pid: opt(e.pid),
-        process_start_time: (e.start_time != 0).then_some(e.start_time),
-        attribution: e.attribution,
-        end_reason: end.map(|(r, _)| r).unwrap_or_default(),
-        reset: false,
-        cgroup_id: None,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn listener_record(
-    cookie: u64,
-    l: &ListenerEntry,
-    phase: FlowPhase,
-    preexisting: bool,
-    now: UnixNanos,
-    ended_at: Option<UnixNanos>,
-    uid: Option<u32>,
-    inode: Option<u64>,
-) -> ListenerRecord {
-    ListenerRecord {
-        cookie,
-        protocol: l.protocol,
-        family: l.family,
-        local_addr: l.local.ip(),
-        local_port: l.local.port(),
-        phase,
-        preexisting,
-        first_seen: now,
-        ended_at,
-        uid,
-        inode,
-        pid: l.owner.pid,
-        process_start_time: l.owner.start_time,
-        attribution: l.owner.attribution,
-        backlog: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::attribution::NoAttribution;
+    use crate::model::FlowRecord;
+    use crate::sockdiag::msg::TcpInfo;
 
     fn tcp_socket(
         cookie: u64,
@@ -1540,33 +1234,6 @@ mod tests {
         // Data or a FIN after that dump is no doubt: the counters moved, nobody is asked.
         let moved = tcp_socket(5, local, remote, msg::TCP_CLOSE, 10, 102, 2);
         assert!(!end(&moved, true).2);
-    }
-
-    #[test]
-    fn deadline_ticks_read_intervals_across_their_wrap() {
-        let wrap = (1u64 << 32) * 1_000; // nanoseconds in 2^32 microseconds
-        let before = wrap - 2_000_000; // 2 ms before the tick wraps
-        let tick = Tick::at(before);
-        assert_eq!(tick.elapsed(before), 0);
-        assert_eq!(tick.elapsed(before + 5_000_000), 5_000_000);
-        // One whole wrap later the interval reads short: a deadline is late, never early.
-        assert_eq!(tick.elapsed(before + wrap + 7_000), 7_000);
-    }
-
-    #[test]
-    fn packed_addresses_come_back_as_their_family_gave_them() {
-        for (ip, family) in [
-            ("10.1.2.3", Family::Ipv4),
-            ("0.0.0.0", Family::Ipv4),
-            ("2001:db8::1", Family::Ipv6),
-            ("::ffff:10.1.2.3", Family::Ipv6),
-            ("::", Family::Ipv6),
-        ] {
-            let ip: IpAddr = ip.parse().expect("address");
-            let packed = PackedIp::pack(ip);
-            assert_eq!(packed.unpack(family), ip);
-            assert_eq!(packed.is_unspecified(), ip.is_unspecified());
-        }
     }
 
     /// A server whose accepted socket enters its fd table only after `visible_from` lookups

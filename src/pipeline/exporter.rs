@@ -2,7 +2,9 @@
 //! aggregator acknowledges their sequence number. After a disconnect everything unacknowledged
 //! is sent again (the aggregator deduplicates), after an exponential backoff with jitter.
 //! Batches wait in a bounded memory buffer, then in the on-disk spool (FIFO across both);
-//! when the spool is full its oldest batch is dropped and counted.
+//! when the spool is full its oldest batch is dropped and counted. Without a spool, a full
+//! memory buffer stops intake and tells the record queue's senders so ([`Outlet`]): only
+//! then do they drop records instead of waiting for room.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec::{ingest_stream_path, EncodedBatchCodec, INGEST_METHOD};
+use crate::pipeline::queue::Outlet;
 use crate::pipeline::spool::Spool;
 use crate::pipeline::EncodedBatch;
 use crate::proto::v1 as pb;
@@ -161,7 +164,17 @@ pub(crate) fn drop_batch(batch: &EncodedBatch, why: &str) {
 /// timeout passes).
 pub async fn run(
     config: ExporterConfig,
+    batches: mpsc::Receiver<EncodedBatch>,
+) -> anyhow::Result<()> {
+    run_with_outlet(config, batches, Outlet::default()).await
+}
+
+/// [`run`], saying through `outlet` whether it can take more batches: the record queue's
+/// senders wait for room while it can, and drop (counted) only while it cannot.
+pub async fn run_with_outlet(
+    config: ExporterConfig,
     mut batches: mpsc::Receiver<EncodedBatch>,
+    outlet: Outlet,
 ) -> anyhow::Result<()> {
     let spool = match &config.spool_dir {
         Some(dir) => Some(
@@ -187,23 +200,32 @@ pub async fn run(
             buffer.persist();
             return Ok(());
         }
-        match session(&endpoint, &config, &mut buffer, &mut batches, &mut closing).await {
+        match session(
+            &endpoint,
+            &config,
+            &mut buffer,
+            &mut batches,
+            &mut closing,
+            &outlet,
+        )
+        .await
+        {
             Ok(()) => return Ok(()),
             Err(error) => {
                 EXPORT_STATS.reconnects.fetch_add(1, Ordering::Relaxed);
                 let wait = backoff.next();
                 tracing::warn!(%error, retry_in = ?wait, "aggregator unreachable; buffering");
-                let sleep = tokio::time::sleep(wait);
-                tokio::pin!(sleep);
                 // Keep accepting batches while waiting.
-                loop {
-                    tokio::select! {
-                        _ = &mut sleep => break,
-                        b = batches.recv(), if closing.is_none() && buffer.has_room() => match b {
-                            Some(b) => buffer.push(b),
-                            None => closing = Some(tokio::time::Instant::now() + config.drain_timeout),
-                        },
-                    }
+                let mut intake = Intake {
+                    buffer: &mut buffer,
+                    batches: &mut batches,
+                    closing: &mut closing,
+                    outlet: &outlet,
+                    drain_timeout: config.drain_timeout,
+                };
+                if intake.during(tokio::time::sleep(wait)).await.is_none() {
+                    buffer.persist();
+                    return Ok(());
                 }
             }
         }
@@ -217,8 +239,20 @@ async fn session(
     buffer: &mut Buffer,
     batches: &mut mpsc::Receiver<EncodedBatch>,
     closing: &mut Option<tokio::time::Instant>,
+    outlet: &Outlet,
 ) -> anyhow::Result<()> {
-    let channel: Channel = endpoint.connect().await.context("connecting")?;
+    let mut intake = Intake {
+        buffer,
+        batches,
+        closing,
+        outlet,
+        drain_timeout: config.drain_timeout,
+    };
+    let Some(channel) = intake.during(endpoint.connect()).await else {
+        intake.buffer.persist();
+        return Ok(());
+    };
+    let channel: Channel = channel.context("connecting")?;
     // The generated client's call, with a codec that sends the batches' bytes as they are.
     let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<EncodedBatch>(256);
@@ -233,18 +267,28 @@ async fn session(
     }
     // Sending may block on the window: send the buffered head before awaiting the response.
     let mut sent = 0usize;
-    while sent < buffer.memory.len() && tx.try_send(buffer.memory[sent].clone()).is_ok() {
+    while sent < intake.buffer.memory.len()
+        && tx.try_send(intake.buffer.memory[sent].clone()).is_ok()
+    {
         sent += 1;
     }
-    client
-        .ready()
-        .await
-        .map_err(|e| anyhow::anyhow!("connection not ready: {e}"))?;
-    let mut acks = client
-        .streaming(request, ingest_stream_path(), EncodedBatchCodec)
-        .await
-        .context("opening the ingest stream")?
-        .into_inner();
+    let Some(ready) = intake.during(client.ready()).await else {
+        intake.buffer.persist();
+        return Ok(());
+    };
+    ready.map_err(|e| anyhow::anyhow!("connection not ready: {e}"))?;
+    let opening = client.streaming(request, ingest_stream_path(), EncodedBatchCodec);
+    let Some(opened) = intake.during(opening).await else {
+        intake.buffer.persist();
+        return Ok(());
+    };
+    let mut acks = opened.context("opening the ingest stream")?.into_inner();
+    let Intake {
+        buffer,
+        batches,
+        closing,
+        ..
+    } = intake;
     tracing::info!(endpoint = %config.endpoint, "connected to the aggregator");
     loop {
         while sent < buffer.memory.len() {
@@ -259,6 +303,7 @@ async fn session(
         if closing.is_some() && buffer.is_empty() {
             return Ok(());
         }
+        outlet.set_blocked(!buffer.has_room());
         let deadline =
             closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -289,6 +334,39 @@ async fn session(
             _ = tokio::time::sleep_until(deadline), if closing.is_some() => {
                 buffer.persist();
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// What keeps taking batches while the exporter waits on something else (connecting,
+/// opening the stream, backing off), so a slow or unreachable aggregator does not hold up
+/// the record queue's senders while memory or the spool can still buffer.
+struct Intake<'a> {
+    buffer: &'a mut Buffer,
+    batches: &'a mut mpsc::Receiver<EncodedBatch>,
+    closing: &'a mut Option<tokio::time::Instant>,
+    outlet: &'a Outlet,
+    drain_timeout: Duration,
+}
+
+impl Intake<'_> {
+    /// Awaits `work` while buffering new batches. `None` when shutdown's drain deadline
+    /// passed first.
+    async fn during<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::pin!(work);
+        loop {
+            self.outlet.set_blocked(!self.buffer.has_room());
+            let deadline = self
+                .closing
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                out = &mut work => return Some(out),
+                b = self.batches.recv(), if self.closing.is_none() && self.buffer.has_room() => match b {
+                    Some(b) => self.buffer.push(b),
+                    None => *self.closing = Some(tokio::time::Instant::now() + self.drain_timeout),
+                },
+                _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => return None,
             }
         }
     }

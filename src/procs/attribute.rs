@@ -136,6 +136,9 @@ const SMALLEST_FD_TABLE: u64 = 64;
 const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 const RELEASED_MAX: usize = 500_000;
 
+/// uid → its only live process (pid, start time), `None` when it has several.
+type UidOwners = HashMap<u32, Option<(u32, UnixNanos)>>;
+
 /// inode → owning (pid, start time).
 #[derive(Debug, Default)]
 pub struct InodeIndex {
@@ -150,6 +153,8 @@ pub struct InodeIndex {
     /// Whether `st_size` of /proc/<pid>/fd counts fds on this kernel (≥ 6.2).
     fd_count_works: Option<bool>,
     pub full_passes: u64,
+    /// uid → its only live process (`None`: several), as of the monitor's `live_changes`.
+    only_process_of_uid: (Option<u64>, UidOwners),
     pub incremental_passes: u64,
     /// fd tables read (each a directory walk and one readlink per fd).
     pub tables_read: u64,
@@ -281,6 +286,26 @@ impl ProcessMonitor {
         self.index = index;
     }
 
+    /// Reads every readable fd table into the index: a snapshot wants the owner of every
+    /// socket and knows none of their inodes before its dump, which then finds each owner
+    /// without a pass of its own.
+    pub fn index_every_table(&mut self) {
+        let mut index = std::mem::take(&mut self.index);
+        index.incremental_passes += 1;
+        index.full_passes += 1;
+        let pass = index.incremental_passes;
+        let pids: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|(_, p)| p.fd.maybe_readable())
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in pids {
+            self.scan_fds(pid, pass, &mut index);
+        }
+        self.index = index;
+    }
+
     /// fd tables read by attribution passes so far.
     pub fn fd_tables_read(&self) -> u64 {
         self.index.tables_read
@@ -337,16 +362,24 @@ impl ProcessMonitor {
         index.replace_held(pid, inodes);
     }
 
-    /// The only live process with this uid, if there is exactly one.
-    fn only_process_of(&self, uid: u32) -> Option<(u32, UnixNanos)> {
-        let mut found = None;
-        for p in self.live.values().filter(|p| p.record.uid == uid) {
-            if found.is_some() {
-                return None;
+    /// The only live process with this uid, if there is exactly one. Asked once per socket
+    /// whose fd table is unreadable, so the answer for every uid is kept until a process
+    /// starts, execs or exits.
+    fn only_process_of(&mut self, uid: u32) -> Option<(u32, UnixNanos)> {
+        let changes = self.live_changes;
+        let by_uid = &mut self.index.only_process_of_uid;
+        if by_uid.0 != Some(changes) {
+            by_uid.1.clear();
+            for p in self.live.values() {
+                by_uid
+                    .1
+                    .entry(p.record.uid)
+                    .and_modify(|only| *only = None)
+                    .or_insert(Some((p.record.pid, p.record.start_time)));
             }
-            found = Some((p.record.pid, p.record.start_time));
+            by_uid.0 = Some(changes);
         }
-        found
+        by_uid.1.get(&uid).copied().flatten()
     }
 }
 

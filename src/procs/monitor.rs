@@ -111,6 +111,8 @@ pub struct ProcessMonitor {
     /// Processes first seen within `young_age`, oldest first: re-read every tick without
     /// walking every live process (thousands in a big pod) to find them.
     young: VecDeque<(Instant, u32)>,
+    /// Moves whenever a process starts, execs or exits (what derived views key on).
+    pub(crate) live_changes: u64,
 }
 
 /// A process that can be caught between an exec's new comm and its new arguments: not a
@@ -185,6 +187,7 @@ impl ProcessMonitor {
             new_container_pids: Vec::new(),
             held: Vec::new(),
             young: VecDeque::new(),
+            live_changes: 0,
         })
     }
 
@@ -417,6 +420,7 @@ impl ProcessMonitor {
         metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
         self.emit_or_hold(may_exec, &record, out);
         self.young.push_back((Instant::now(), record.pid));
+        self.live_changes += 1;
         self.live.insert(
             record.pid,
             Proc {
@@ -447,6 +451,7 @@ impl ProcessMonitor {
         // A new image may run with other credentials and hold other fds.
         p.fd = FdTable::unread(fd_capacity, self.index.incremental_passes);
         self.stats.execs += 1;
+        self.live_changes += 1;
         self.emit_or_hold(may_exec, &p.record, out);
         self.live.insert(pid, p);
     }
@@ -460,6 +465,7 @@ impl ProcessMonitor {
         p.record.exit_time = Some(now);
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
         self.stats.exits += 1;
+        self.live_changes += 1;
         let key = (pid, p.record.start_time);
         self.tombstones.insert(
             key,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use procflow::model::{Direction, EndReason, FlowPhase, FlowRecord, Record, Scope};
 
-use crate::util::{count_phase, flows, Collector, Netns, UNPRIVILEGED};
+use crate::util::{count_phase, flows, Collector, ConnectionHolder, Netns, UNPRIVILEGED};
 
 /// One connection of the workload: bytes each way and how long it stays open.
 #[derive(Clone, Copy)]
@@ -550,4 +550,67 @@ fn destroy_stream_overflow_is_counted_and_missed_flows_end_recovered() {
         "{:?}",
         heartbeat.counters
     );
+}
+
+/// `--once` writes every socket of a namespace holding 100,000 (50,000 connections spread
+/// over six processes: one process may hold at most 20,000 fds here), with or without
+/// processes, whatever the queue's size: the queue waits for the output, it never drops.
+#[test]
+fn once_writes_every_one_of_100k_sockets() {
+    let ns = Netns::new("once", &["a"]);
+    let per_process = [8_334usize, 8_334, 8_333, 8_333, 8_333, 8_333];
+    let holders: Vec<ConnectionHolder> = per_process
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ConnectionHolder::start(Some(ns.name(0)), *n, &format!("127.0.2.{}", i + 1)))
+        .collect();
+    let expected = per_process.iter().sum::<usize>() * 2;
+    let holder_pids: std::collections::HashSet<u32> = holders.iter().map(|h| h.pid()).collect();
+    for processes in [false, true] {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns.name(0), crate::util::procflow_bin()])
+            .args(["collector", "--once", "--output", "stdout"])
+            // A queue far smaller than the snapshot: it must wait, not drop.
+            .args(["--queue-capacity", "256"]);
+        if !processes {
+            command.arg("--no-processes");
+        }
+        let out = command.output().expect("procflow collector --once");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut flows = 0usize;
+        let mut by_fd = 0usize;
+        let mut cookies = std::collections::HashSet::new();
+        for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let record: Record = serde_json::from_slice(line).expect("a JSON record");
+            if let Record::Flow(f) = record {
+                assert_eq!(f.phase, FlowPhase::Start);
+                assert!(f.preexisting);
+                if f.local_addr.to_string().starts_with("127.0.2.")
+                    || f.remote_addr
+                        .is_some_and(|a| a.to_string().starts_with("127.0.2."))
+                {
+                    flows += 1;
+                    cookies.insert(f.cookie);
+                    if f.attribution == procflow::model::Attribution::Fd
+                        && f.pid.is_some_and(|p| holder_pids.contains(&p))
+                    {
+                        by_fd += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(flows, expected, "every socket, processes: {processes}");
+        assert_eq!(cookies.len(), expected, "each once");
+        if processes {
+            assert_eq!(by_fd, expected, "each attributed to its holder by fd");
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("dropping"), "{stderr}");
+    }
+    drop(holders);
 }

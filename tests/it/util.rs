@@ -220,3 +220,67 @@ pub fn grpc_collector(aggregator_url: &str, pod: &str, namespace: &str, secs: u3
         .spawn()
         .expect("start collector")
 }
+
+/// A python process holding loopback connections (both ends its own) on an address of its
+/// own, optionally in a network namespace, until dropped.
+pub struct ConnectionHolder {
+    child: Child,
+}
+
+/// Holds `n` connections to a listener of its own on `ip`, then prints "ready" and waits
+/// for stdin to close. Raises its fd limit to the hard one.
+const HOLDER_PY: &str = r#"
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+n, ip = int(sys.argv[1]), sys.argv[2]
+lst = socket.socket()
+lst.bind((ip, 0))
+lst.listen(128)
+held = []
+for _ in range(n):
+    held.append(socket.create_connection(lst.getsockname()))
+    held.append(lst.accept()[0])
+lst.close()
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+impl ConnectionHolder {
+    /// Starts the holder and waits until its `n` connections are open.
+    pub fn start(netns: Option<&str>, n: usize, ip: &str) -> ConnectionHolder {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/bin/python3"]);
+                c
+            }
+            None => Command::new("/usr/bin/python3"),
+        };
+        let mut child = command
+            .args(["-c", HOLDER_PY, &n.to_string(), ip])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("connection holder");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "ready", "holder of {n} connections on {ip}");
+        ConnectionHolder { child }
+    }
+
+    /// `ip netns exec` execs the interpreter: this is the holder's own pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ConnectionHolder {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
