@@ -579,6 +579,7 @@ mod tests {
             ProcessPhase::name,
         );
         check(AuditStage::VARIANTS, AuditStage::NAMES, AuditStage::name);
+        check(Outcome::VARIANTS, Outcome::NAMES, Outcome::as_str);
     }
 
     use super::*;

@@ -2,6 +2,7 @@
 //! ([`lang`]), evaluated per record, alerts grouped per rule + workload.
 
 pub mod cli;
+pub mod ka;
 pub mod lang;
 pub mod stateful;
 
@@ -35,6 +36,10 @@ pub const MANAGED: &[(&str, &str)] = &[
     (
         "managed/behavior.yaml",
         include_str!("../rules/managed/behavior.yaml"),
+    ),
+    (
+        "managed/k8s_audit.yaml",
+        include_str!("../rules/managed/k8s_audit.yaml"),
     ),
 ];
 
@@ -250,7 +255,7 @@ fn parse_template(t: &str) -> Result<Vec<Piece>, String> {
             return Err(format!("unclosed `{{` in output at byte {i}"));
         };
         let name = &rest[i + 1..i + j];
-        if lang::field_names().iter().all(|f| *f != name) {
+        if lang::field_for_name(name).is_none() {
             return Err(format!("output references unknown field `{name}`"));
         }
         out.push(Piece::Field(name.to_string()));
@@ -266,7 +271,7 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// Per record kind (flow, process, listener): the enabled rules' conditions, laid out
     /// together so the per-record loop reads them in order.
-    by_kind: [Vec<Candidate>; 3],
+    by_kind: [Vec<Candidate>; 4],
 }
 
 /// A rule's condition and exceptions for one record kind.
@@ -288,6 +293,7 @@ fn kind_slot(kind: RecordKind) -> Option<usize> {
         RecordKind::Flow => Some(0),
         RecordKind::Process => Some(1),
         RecordKind::Listener => Some(2),
+        RecordKind::Audit => Some(3),
         _ => None,
     }
 }
@@ -331,7 +337,7 @@ impl RuleSet {
             }
         }
         let mut rules: Vec<Rule> = Vec::new();
-        let mut by_kind: [Vec<Candidate>; 3] = Default::default();
+        let mut by_kind: [Vec<Candidate>; 4] = Default::default();
         for (file, spec) in specs {
             let rerr = |msg: String| RuleError::Rule {
                 file: file.clone(),
@@ -345,10 +351,13 @@ impl RuleSet {
                 let kind: RecordKind = k.parse().map_err(rerr)?;
                 if !matches!(
                     kind,
-                    RecordKind::Flow | RecordKind::Process | RecordKind::Listener
+                    RecordKind::Flow
+                        | RecordKind::Process
+                        | RecordKind::Listener
+                        | RecordKind::Audit
                 ) {
                     return Err(rerr(format!(
-                        "kind {k} cannot be matched (flow, process, listener)"
+                        "kind {k} cannot be matched (flow, process, listener, audit)"
                     )));
                 }
                 let cerr = |pos| RuleError::Condition {
@@ -587,19 +596,26 @@ impl Engine {
     /// The record's source: its slot and state-key prefix, computed again only when the
     /// identity differs from the previous record's. Lent out for the record; see
     /// [`Engine::evaluate`].
-    fn source(&mut self, identity: &Arc<CollectorIdentity>) -> LastSource {
+    /// An audit record's state is its cluster's (`k8s-audit/<cluster>`), not its object's
+    /// namespace: a subject's calls across namespaces count together.
+    fn source(&mut self, identity: &Arc<CollectorIdentity>, audit: bool) -> LastSource {
         match self.last_source.take() {
-            Some(last) if Arc::ptr_eq(&last.identity, identity) => last,
+            Some(last) if Arc::ptr_eq(&last.identity, identity) && last.audit == audit => last,
             reused => {
                 let mut workload = reused.map(|l| l.workload).unwrap_or_default();
                 workload.clear();
-                workload.push_str(&identity.pod_namespace);
-                workload.push('/');
-                workload.push_str(workload_of(&identity.pod_name));
+                if audit {
+                    workload.push_str(&identity.collector_id);
+                } else {
+                    workload.push_str(&identity.pod_namespace);
+                    workload.push('/');
+                    workload.push_str(workload_of(&identity.pod_name));
+                }
                 LastSource {
                     identity: Arc::clone(identity),
                     slot: self.procs.slot(&identity.collector_id),
                     workload,
+                    audit,
                 }
             }
         }
@@ -670,7 +686,7 @@ impl Engine {
     /// Evaluates one ingested event: alerts to emit now (first of a group, then
     /// at most once per `reemit_ns` per group with the updated count).
     pub fn evaluate(&mut self, event: &Event, now: UnixNanos) -> Vec<AlertRecord> {
-        let source = self.source(&event.source);
+        let source = self.source(&event.source, matches!(event.record, Record::Audit(_)));
         let slot = source.slot;
         self.remember(slot, &event.record);
         // The cache is lent out for this record so the state and groups can change
@@ -860,6 +876,7 @@ struct LastSource {
     identity: Arc<CollectorIdentity>,
     slot: usize,
     workload: String,
+    audit: bool,
 }
 
 fn lookup(
@@ -892,6 +909,9 @@ fn alert(
         event.source.pod_name
     )];
     evidence.extend(state_evidence);
+    if let Some(a) = ctx.audit {
+        evidence.push(audit_evidence(a));
+    }
     if let Some(f) = &ctx.flow {
         evidence.push(format!(
             "flow {}:{} -> {}:{} {:?} {:?} sent={} received={}",
@@ -937,6 +957,43 @@ fn alert(
     }
 }
 
+/// An audit event in one line: who did what to which object, from where, and the answer.
+/// Every part a client chose is escaped.
+fn audit_evidence(a: &crate::model::AuditRecord) -> String {
+    let object = a.object.as_ref().map_or(String::new(), |o| {
+        format!(
+            " {}/{}",
+            o.namespace.as_deref().unwrap_or("-"),
+            o.name.as_deref().unwrap_or("-")
+        )
+    });
+    let who = match &a.impersonated_user {
+        Some(as_user) => format!("{} (as {})", a.user.username, as_user.username),
+        None => a.user.username.clone(),
+    };
+    display_bytes(
+        format!(
+            "audit {} {:?} {} {}{object} by {who} from {} ({}) -> {} ({}), cluster {}, audit ID {}",
+            a.verb,
+            a.stage,
+            a.resource_path(),
+            a.request_uri.split('?').next().unwrap_or_default(),
+            a.source_ips
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.user_agent.as_deref().unwrap_or(""),
+            a.response_code
+                .map_or("no response".into(), |c| c.to_string()),
+            a.outcome().as_str(),
+            a.cluster,
+            a.audit_id
+        )
+        .as_bytes(),
+    )
+}
+
 fn make_ctx<'a>(
     rec: &'a Record,
     owner: Option<&'a ProcessRecord>,
@@ -946,11 +1003,19 @@ fn make_ctx<'a>(
         flow,
         listener,
         ancestor: None,
+        audit: None,
     };
     Some(match rec {
         Record::Process(p) => (RecordKind::Process, ctx(Some(p), None, None)),
         Record::Flow(f) => (RecordKind::Flow, ctx(owner, Some(f), None)),
         Record::Listener(l) => (RecordKind::Listener, ctx(owner, None, Some(l))),
+        Record::Audit(a) => (
+            RecordKind::Audit,
+            Ctx {
+                audit: Some(a),
+                ..ctx(None, None, None)
+            },
+        ),
         _ => return None,
     })
 }
@@ -1149,6 +1214,9 @@ pub fn bench_records() -> Vec<Vec<Record>> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod audit_tests;
 
 #[cfg(test)]
 mod key_tests {

@@ -195,7 +195,13 @@ fn run(
                 if matches!(event.record, Record::Alert(_) | Record::Heartbeat(_)) {
                     continue;
                 }
-                for alert in engine.evaluate(event, now) {
+                // An audit record runs on the API server's clock (never ahead of arrival): a
+                // backfill's windows and 45-day baselines follow the hours it happened.
+                let at = match &event.record {
+                    Record::Audit(a) => a.stage_time.min(now),
+                    _ => now,
+                };
+                for alert in engine.evaluate(event, at) {
                     alerts.push(Event {
                         source: Arc::new(CollectorIdentity {
                             pod_name: alert.pod_name.clone(),

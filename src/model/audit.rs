@@ -180,13 +180,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const VARIANTS: &'static [Outcome] = &[
+        Outcome::Success,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::Failed,
+    ];
+    /// What the outcome serializes to (JSON and the rule language), by ordinal.
+    pub const NAMES: &'static [&'static str] = &["success", "unauthorized", "forbidden", "failed"];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::Forbidden => "forbidden",
-            Outcome::Failed => "failed",
-        }
+        Self::NAMES[usize::from(self.ordinal())]
+    }
+
+    pub fn ordinal(self) -> u8 {
+        self as u8
     }
 }
 

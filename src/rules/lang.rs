@@ -17,7 +17,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::{Ancestor, FlowRecord, ListenerRecord, ProcessRecord, RecordKind};
+use super::ka::{self, KaField, KaType, KaValue};
+use crate::model::{Ancestor, AuditRecord, FlowRecord, ListenerRecord, ProcessRecord, RecordKind};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{line}:{col}: {msg}")]
@@ -196,6 +197,8 @@ pub enum Field {
     BytesSent,
     BytesReceived,
     FlowPhase,
+    // audit records (`ka.*`, see `super::ka`)
+    Ka(KaField),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -208,6 +211,16 @@ enum Ty {
 
 fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Field, Ty)> {
     use Field::*;
+    if name.starts_with("ka.") {
+        let (f, ty, _) = ka::resolve(name).filter(|_| kind == RecordKind::Audit)?;
+        let ty = match ty {
+            KaType::Text | KaType::Enum => Ty::Bytes,
+            KaType::Int => Ty::Int,
+            KaType::Bool => Ty::Bool,
+            KaType::Ip => Ty::Ip,
+        };
+        return Some((Ka(f), ty));
+    }
     let net = matches!(kind, RecordKind::Flow | RecordKind::Listener);
     let f = match name {
         "proc.pid" => (Pid, Ty::Int),
@@ -334,6 +347,7 @@ fn enum_names(f: Field) -> Option<&'static [&'static str]> {
         Field::Scope => Scope::NAMES,
         Field::Protocol => Protocol::NAMES,
         Field::FlowPhase => FlowPhase::NAMES,
+        Field::Ka(k) => return ka::enum_names(k),
         _ => return None,
     })
 }
@@ -352,6 +366,7 @@ fn get_ordinal(f: Field, c: &Ctx<'_>) -> Option<u8> {
             .flow
             .map(|f| f.phase.ordinal())
             .or(c.listener.map(|l| l.phase.ordinal())),
+        Field::Ka(k) => c.audit.and_then(|a| ka::ordinal(k, a)),
         _ => None,
     }
 }
@@ -385,12 +400,14 @@ pub fn compile(src: &str, kind: RecordKind, defs: &Defs) -> Result<Condition, Pa
 }
 
 /// The enum fields whose values [`Facts`] holds.
-const ENUM_FIELDS: [Field; 5] = [
+const ENUM_FIELDS: [Field; 7] = [
     Field::Phase,
     Field::Direction,
     Field::Scope,
     Field::Protocol,
     Field::FlowPhase,
+    Field::Ka(KaField::Stage),
+    Field::Ka(KaField::Outcome),
 ];
 
 /// Where an enum field's bits sit in [`Facts`] and how many there are: one per value and
@@ -758,6 +775,10 @@ impl Parser<'_> {
                                 let mask = if cop == CmpOp::Eq { bit } else { all & !bit };
                                 Ok(Node::EnumIn(field, mask))
                             }
+                            // On a list, `!=` is "no item equals" (not "some item differs").
+                            None if cop == CmpOp::Ne && is_list(field) => Ok(Node::Not(Box::new(
+                                Node::CmpBytes(field, true, s.into_bytes()),
+                            ))),
                             None => Ok(Node::CmpBytes(field, cop == CmpOp::Eq, s.into_bytes())),
                         }
                     }
@@ -877,6 +898,7 @@ pub struct Ctx<'a> {
     pub flow: Option<&'a FlowRecord>,
     pub listener: Option<&'a ListenerRecord>,
     pub ancestor: Option<&'a Ancestor>,
+    pub audit: Option<&'a AuditRecord>,
 }
 
 pub enum Val<'a> {
@@ -1011,7 +1033,31 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .and_then(|f| f.bytes_received)
             .map(|x| Val::Int(x as i64))
             .unwrap_or(Val::Null),
+        Ka(k) => c.audit.map_or(Val::Null, |a| ka_val(ka::get(k, a))),
     }
+}
+
+fn ka_val(v: KaValue<'_>) -> Val<'_> {
+    use std::borrow::Cow;
+    match v {
+        KaValue::Null => Val::Null,
+        KaValue::Text(t) => Val::Bytes(Cow::Borrowed(t.as_bytes())),
+        KaValue::Owned(t) => Val::Bytes(Cow::Owned(t.into_bytes())),
+        KaValue::Int(i) => Val::Int(i),
+        KaValue::Bool(b) => Val::Bool(b),
+        KaValue::Ip(ip) => Val::Ip(ip),
+    }
+}
+
+/// Whether `pred` holds for the field's value or, for a list field, for one of its items.
+#[inline(always)]
+fn test<'a>(f: Field, c: &Ctx<'a>, mut pred: impl FnMut(Val<'a>) -> bool) -> bool {
+    if let (Field::Ka(k), Some(a)) = (f, c.audit) {
+        if ka::is_list(k) {
+            return ka::each(k, a, &mut |v| pred(ka_val(v)));
+        }
+    }
+    pred(get(f, c))
 }
 
 impl Node {
@@ -1021,8 +1067,8 @@ impl Node {
             Node::Or(v) => v.iter().any(|n| n.eval(c)),
             Node::Not(n) => !n.eval(c),
             Node::Const(b) => *b,
-            Node::BoolField(f) => matches!(get(*f, c), Val::Bool(true)),
-            Node::CmpInt(f, op, k) => match get(*f, c) {
+            Node::BoolField(f) => test(*f, c, |v| matches!(v, Val::Bool(true))),
+            Node::CmpInt(f, op, k) => test(*f, c, |v| match v {
                 Val::Int(v) => match op {
                     CmpOp::Eq => v == *k,
                     CmpOp::Ne => v != *k,
@@ -1032,25 +1078,31 @@ impl Node {
                     CmpOp::Ge => v >= *k,
                 },
                 _ => false,
-            },
-            Node::CmpBytes(f, eq, k) => match get(*f, c) {
+            }),
+            Node::CmpBytes(f, eq, k) => test(*f, c, |v| match v {
                 Val::Bytes(v) => (v.as_ref() == k.as_slice()) == *eq,
                 _ => false,
-            },
-            Node::InBytes(f, ks) => matches!(get(*f, c), Val::Bytes(v) if ks.contains(&v)),
+            }),
+            Node::InBytes(f, ks) => test(*f, c, |v| matches!(v, Val::Bytes(v) if ks.contains(&v))),
             Node::EnumIn(f, mask) => get_ordinal(*f, c).is_some_and(|o| mask & (1 << o) != 0),
-            Node::InInt(f, ks) => matches!(get(*f, c), Val::Int(v) if ks.contains(&v)),
-            Node::InIp(f, ks) => matches!(get(*f, c), Val::Ip(v) if ks.contains(&v)),
-            Node::Cidr(f, ks) => {
-                matches!(get(*f, c), Val::Ip(v) if ks.iter().any(|n| n.contains(&v)))
-            }
-            Node::Prefix(f, ks) => {
-                matches!(get(*f, c), Val::Bytes(v) if ks.iter().any(|k| v.starts_with(k)))
-            }
-            Node::Contains(f, k) => {
-                matches!(get(*f, c), Val::Bytes(v) if v.windows(k.len().max(1)).any(|w| w == k.as_slice()))
-            }
-            Node::Regex(f, r) => matches!(get(*f, c), Val::Bytes(v) if r.is_match(&v)),
+            Node::InInt(f, ks) => test(*f, c, |v| matches!(v, Val::Int(v) if ks.contains(&v))),
+            Node::InIp(f, ks) => test(*f, c, |v| matches!(v, Val::Ip(v) if ks.contains(&v))),
+            Node::Cidr(f, ks) => test(
+                *f,
+                c,
+                |v| matches!(v, Val::Ip(v) if ks.iter().any(|n| n.contains(&v))),
+            ),
+            Node::Prefix(f, ks) => test(
+                *f,
+                c,
+                |v| matches!(v, Val::Bytes(v) if ks.iter().any(|k| v.starts_with(k))),
+            ),
+            Node::Contains(f, k) => test(
+                *f,
+                c,
+                |v| matches!(v, Val::Bytes(v) if v.windows(k.len().max(1)).any(|w| w == k.as_slice())),
+            ),
+            Node::Regex(f, r) => test(*f, c, |v| matches!(v, Val::Bytes(v) if r.is_match(&v))),
             Node::AnyAncestor(n) => c.process.is_some_and(|p| {
                 p.ancestors.iter().any(|a| {
                     n.eval(&Ctx {
@@ -1103,12 +1155,21 @@ pub fn field_names() -> &'static [&'static str] {
     FIELD_NAMES
 }
 
+fn is_list(f: Field) -> bool {
+    matches!(f, Field::Ka(k) if ka::is_list(k))
+}
+
 /// The accessor for a field name regardless of record kind (templates print `<NA>` when absent).
 pub fn field_for_name(name: &str) -> Option<Field> {
-    [RecordKind::Flow, RecordKind::Listener, RecordKind::Process]
-        .into_iter()
-        .find_map(|k| resolve(name, k, false))
-        .map(|(f, _)| f)
+    [
+        RecordKind::Flow,
+        RecordKind::Listener,
+        RecordKind::Process,
+        RecordKind::Audit,
+    ]
+    .into_iter()
+    .find_map(|k| resolve(name, k, false))
+    .map(|(f, _)| f)
 }
 
 #[cfg(test)]
@@ -1159,6 +1220,7 @@ mod tests {
                                     flow: Some(&flow),
                                     listener: None,
                                     ancestor: None,
+                                    audit: None,
                                 };
                                 assert_eq!(
                                     folded.holds(Facts::of(&c), &c),
@@ -1195,6 +1257,7 @@ mod tests {
                 flow: None,
                 listener: None,
                 ancestor: None,
+                audit: None,
             };
             assert_eq!(c.holds(Facts::of(&ctx), &ctx), phase != ProcessPhase::Exit);
         }
@@ -1203,6 +1266,7 @@ mod tests {
             flow: None,
             listener: None,
             ancestor: None,
+            audit: None,
         };
         assert!(!c.holds(Facts::of(&nothing), &nothing));
     }
@@ -1236,6 +1300,7 @@ mod tests {
                     flow: None,
                     listener: None,
                     ancestor: None,
+                    audit: None,
                 };
                 assert_eq!(fast.eval(&c), slow.eval(&c), "{glob} on {value:?}");
             }
