@@ -95,9 +95,22 @@ def render(directory):
     return objects
 
 
+# Custom resources the Kubernetes schemas do not know: the fields procflow relies on.
+CUSTOM_KINDS = {
+    ("cert-manager.io/v1", "Issuer"): lambda spec: any(k in spec for k in ("selfSigned", "ca", "acme", "vault")),
+    ("cert-manager.io/v1", "Certificate"): lambda spec: spec.get("secretName") and spec.get("issuerRef", {}).get("name")
+    and (spec.get("isCA") or spec.get("dnsNames")),
+}
+
+
 def validate_k8s(where, objects):
     for obj in objects:
         name = f"{where} {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        custom = CUSTOM_KINDS.get((obj.get("apiVersion"), obj.get("kind")))
+        if custom is not None:
+            if not obj.get("metadata", {}).get("name") or not custom(obj.get("spec", {})):
+                fail(name, "missing the fields procflow relies on")
+            continue
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -136,6 +149,54 @@ def check_sidecar(where, objects):
         for probe in ("livenessProbe", "readinessProbe"):
             if probe not in collector:
                 fail(name, f"collector has no {probe}")
+        check_collector_credentials(name, collector, volumes)
+
+
+def flag(args, name):
+    """The value of `--name=value` in a container's args, or None."""
+    prefix = f"--{name}="
+    return next((a[len(prefix):] for a in args if a.startswith(prefix)), None)
+
+
+def check_collector_credentials(name, collector, volumes):
+    """The collector's identity is a short-lived projected token the app cannot reach; the
+    aggregator is reached over TLS and verified."""
+    args = collector.get("args", [])
+    if not (flag(args, "aggregator") or "").startswith("https://"):
+        fail(name, "the collector must reach the aggregator over https://")
+    if not flag(args, "tls-ca"):
+        fail(name, "the collector must verify the aggregator (--tls-ca)")
+    if any(e["name"] in ("PROCFLOW_TOKEN", "PROCFLOW_TOKEN_FILE") or "secretKeyRef" in e.get("valueFrom", {}) for e in collector.get("env", [])):
+        fail(name, "no credential in the collector's environment")
+    token = flag(args, "token-file")
+    mount = next((m for m in collector.get("volumeMounts", []) if token and token.startswith(m["mountPath"].rstrip("/") + "/")), None)
+    sources = volumes.get(mount["name"], {}).get("projected", {}).get("sources", []) if mount else []
+    sa = next((src["serviceAccountToken"] for src in sources if "serviceAccountToken" in src), None)
+    if sa is None:
+        fail(name, "--token-file must be a projected service-account token")
+    elif sa.get("audience") != "procflow" or not 600 <= sa.get("expirationSeconds", 3600) <= 3600:
+        fail(name, "the projected token needs audience procflow and a short expiry (600-3600 s)")
+
+
+def check_aggregator(where, objects):
+    config = next((o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "procflow-aggregator"), None)
+    if config is None:
+        fail(where, "no procflow-aggregator ConfigMap")
+        return
+    import tomllib
+    toml = tomllib.loads(config["data"]["aggregator.toml"])
+    for key in ("tls-cert", "tls-key", "readers"):
+        if key not in toml:
+            fail(where, f"the aggregator config needs {key}")
+    if "sa-token-issuer" not in toml and "spiffe-trust-domain" not in toml:
+        fail(where, "the aggregator needs per-identity writers (sa-token-issuer or spiffe-trust-domain)")
+    if "token-file" in toml or "token" in toml:
+        fail(where, "the shared token is for loopback only")
+    certificates = {o["spec"]["secretName"] for o in objects if o["kind"] == "Certificate"}
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    secrets = {v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    if not secrets & certificates:
+        fail(where, "the aggregator's TLS secret must come from a cert-manager Certificate")
 
 
 def check_ecs():
@@ -156,6 +217,14 @@ def check_ecs():
             fail(path, "the collector must be a non-essential container (never takes the app down)")
         elif collector.get("privileged"):
             fail(path, "the collector must not be privileged")
+        else:
+            command = collector.get("command", [])
+            if not (flag(command, "aggregator") or "").startswith("https://") or not flag(command, "tls-ca"):
+                fail(path, "the collector must reach and verify the aggregator over TLS")
+            if not (flag(command, "tls-cert") and flag(command, "tls-key")):
+                fail(path, "the collector needs its workload certificate (SPIFFE ID) for mTLS")
+            if collector.get("secrets") or any(e["name"].startswith("PROCFLOW_TOKEN") for e in collector.get("environment", [])):
+                fail(path, "no credential in the collector's environment")
     service = json.loads((ROOT / "ecs/aggregator-service.json").read_text())
     try:
         jsonschema.validate(service["taskDefinition"], schema)
@@ -163,6 +232,13 @@ def check_ecs():
         fail("ecs/aggregator-service.json", f"{e.message} at {'/'.join(str(p) for p in e.path)}")
     if service.get("service", {}).get("launchType") != "FARGATE":
         fail("ecs/aggregator-service.json", "service must run on FARGATE")
+    aggregator = next(c for c in service["taskDefinition"]["containerDefinitions"] if c["name"] == "aggregator")
+    command = aggregator.get("command", [])
+    for needed in ("tls-cert", "tls-key", "tls-client-ca", "spiffe-trust-domain", "readers"):
+        if not flag(command, needed):
+            fail("ecs/aggregator-service.json", f"the aggregator needs --{needed}")
+    if aggregator.get("secrets") or flag(command, "token-file"):
+        fail("ecs/aggregator-service.json", "the shared token is for loopback only")
 
 
 def check_eksctl():
@@ -184,6 +260,7 @@ def main():
         validate_k8s(where, objects)
         print(f"{where}: {len(objects)} objects rendered and validated against Kubernetes {K8S_VERSION}")
     check_sidecar("kubernetes/examples/app", rendered["kubernetes/examples/app"])
+    check_aggregator("kubernetes/aggregator", rendered["kubernetes/aggregator"])
     check_ecs()
     check_eksctl()
     if failures:

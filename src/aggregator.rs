@@ -1,6 +1,7 @@
 //! The aggregator: the gRPC service that collectors stream into. Ingest validates and
 //! deduplicates batches, stores them, and fans them out to live subscribers; Query reads
-//! the store. Authentication is a bearer token; TLS is rustls.
+//! the store. Every request is authenticated into a verified principal (`auth`); TLS is
+//! rustls.
 
 pub mod alert_out;
 pub mod auth;
@@ -21,23 +22,28 @@ use anyhow::Context;
 use crate::config::parse_duration;
 use crate::proto::v1 as pb;
 use crate::wire::Limits;
+use auth::authenticate::ServiceAccountTokens;
+use auth::keys::{IssuerKeys, KeySource};
+use auth::{Authenticated, Authenticator, Purpose};
 
 pub use hub::Hub;
-pub use service::{Auth, IngestService, QueryService, SubscribeService};
+pub use service::{IngestService, QueryService, SubscribeService};
 pub use store::{SqliteStore, Store};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// gRPC listen address. A non-loopback address requires --token-file.
+    /// gRPC listen address. A non-loopback address requires per-identity writer
+    /// authentication (--sa-token-issuer, or --tls-client-ca with --spiffe-trust-domain).
     #[arg(long, env = "PROCFLOW_LISTEN", default_value = "127.0.0.1:7410")]
     pub listen: SocketAddr,
     /// Directory of the embedded store (SQLite, WAL mode).
     #[arg(long, env = "PROCFLOW_DATA_DIR", default_value = ".procflow")]
     pub data_dir: PathBuf,
-    /// File holding the bearer token clients must present.
+    /// File holding the single shared token (loopback listeners only, e.g. `make run`):
+    /// whoever holds it writes as any collector and reads everything.
     #[arg(long, env = "PROCFLOW_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// The bearer token itself (prefer the environment variable, e.g. from a secret, over the flag).
+    /// The shared token itself (loopback listeners only).
     #[arg(
         long,
         env = "PROCFLOW_TOKEN",
@@ -54,6 +60,37 @@ pub struct Args {
     /// PEM CA bundle: when set, clients must present a certificate it signed (mTLS).
     #[arg(long, env = "PROCFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Issuer of the cluster's service-account tokens (EKS: the cluster's OpenID Connect
+    /// issuer URL). Collectors then authenticate with a projected token (audience
+    /// --sa-token-audience) bound to their pod, which names their pod and namespace. Its
+    /// keys come from OpenID discovery at this URL, or from --sa-token-jwks.
+    #[arg(long, env = "PROCFLOW_SA_TOKEN_ISSUER")]
+    pub sa_token_issuer: Option<String>,
+    /// The issuer's keys (JWKS) from this file instead of discovery, e.g. saved from
+    /// `kubectl get --raw /openid/v1/jwks`; re-read when it changes.
+    #[arg(long, env = "PROCFLOW_SA_TOKEN_JWKS", requires = "sa_token_issuer")]
+    pub sa_token_jwks: Option<PathBuf>,
+    /// Audience a service-account token must be issued for.
+    #[arg(long, env = "PROCFLOW_SA_TOKEN_AUDIENCE", default_value = "procflow")]
+    pub sa_token_audience: String,
+    /// CA bundle trusted for the issuer's HTTPS (discovery).
+    #[arg(
+        long,
+        env = "PROCFLOW_SA_TOKEN_ISSUER_CA",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    pub sa_token_issuer_ca: PathBuf,
+    /// SPIFFE trust domain of client certificates (with --tls-client-ca): a certificate
+    /// whose URI SAN is spiffe://<domain>/ns/<namespace>/pod/<pod> writes as that pod,
+    /// .../ns/<namespace>/sa/<name> as a workload of that namespace; readers are matched by
+    /// their SPIFFE ID in --readers.
+    #[arg(long, env = "PROCFLOW_SPIFFE_TRUST_DOMAIN", requires = "tls_client_ca")]
+    pub spiffe_trust_domain: Option<String>,
+    /// Readers file (YAML): which token, service account, group or SPIFFE ID may read, as
+    /// `viewer` of some namespaces or `admin`. Re-read when it changes. See
+    /// deploy/README.md.
+    #[arg(long, env = "PROCFLOW_READERS")]
+    pub readers: Option<PathBuf>,
     /// Stored events older than this are deleted.
     #[arg(long, env = "PROCFLOW_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
@@ -103,9 +140,10 @@ pub struct Args {
         default_value = "procflow"
     )]
     pub alert_webhook_format: alert_out::WebhookFormat,
-    /// Serve the web console here (HTTP). Sign-in takes the reader credential (today the
-    /// bearer token, so --token-file is required). Plain HTTP is for loopback or a TLS
-    /// proxy in front: a non-loopback address needs --ui-behind-tls-proxy.
+    /// Serve the web console here (HTTP). Sign-in takes a reader credential: a token of
+    /// --readers, a reader's service-account token, or on loopback the shared token. Plain
+    /// HTTP is for loopback or a TLS proxy in front: a non-loopback address needs
+    /// --ui-behind-tls-proxy.
     #[arg(long, env = "PROCFLOW_UI_LISTEN")]
     pub ui_listen: Option<SocketAddr>,
     /// The console is reached through a TLS-terminating proxy: allow a non-loopback
@@ -152,23 +190,78 @@ async fn shutdown_signal() {
     }
 }
 
+/// Who may call, from the flags. A non-loopback listener needs per-identity writers; the
+/// shared token is for loopback only.
+async fn authenticator(args: &Args) -> anyhow::Result<Authenticator> {
+    let loopback = args.listen.ip().is_loopback();
+    let shared = crate::transport::TokenSource::new(args.token_file.clone(), args.token.clone())
+        .read()
+        .context("the shared token")?;
+    if shared.is_some() && !loopback {
+        anyhow::bail!(
+            "refusing the shared token on {}: whoever holds it could write as any pod and read everything, so it serves a loopback listener only (`make run`). \
+             Give writers per-pod identities (--sa-token-issuer, or --tls-client-ca with --spiffe-trust-domain) and readers entries in --readers",
+            args.listen
+        );
+    }
+    let service_accounts = match &args.sa_token_issuer {
+        Some(issuer) => {
+            let source = match &args.sa_token_jwks {
+                Some(file) => KeySource::File(file.clone()),
+                None => KeySource::Issuer {
+                    url: issuer.clone(),
+                    ca: args.sa_token_issuer_ca.clone(),
+                },
+            };
+            Some(ServiceAccountTokens {
+                keys: IssuerKeys::start(source)
+                    .await
+                    .context("the service-account token issuer")?,
+                expect: auth::jwt::Expectations {
+                    issuer: issuer.clone(),
+                    audience: args.sa_token_audience.clone(),
+                },
+            })
+        }
+        None => None,
+    };
+    let writers_identified = service_accounts.is_some() || args.spiffe_trust_domain.is_some();
+    if !loopback && !writers_identified {
+        anyhow::bail!(
+            "refusing to listen on {} without per-identity writer authentication (--sa-token-issuer, or --tls-client-ca with --spiffe-trust-domain): anyone who can reach it could write records as any pod",
+            args.listen
+        );
+    }
+    if !loopback && args.tls_cert.is_none() {
+        tracing::warn!(listen = %args.listen, "serving plaintext gRPC on a non-loopback address: credentials and records travel in clear text; use --tls-cert/--tls-key");
+    }
+    let readers = match &args.readers {
+        Some(path) => {
+            let file = auth::readers::ReadersFile::open(path)?;
+            file.spawn_reloader();
+            Some(file)
+        }
+        None => None,
+    };
+    let auth = Authenticator::new(
+        shared,
+        service_accounts,
+        args.spiffe_trust_domain.clone(),
+        readers,
+        loopback,
+    );
+    if auth.is_open() {
+        tracing::warn!(listen = %args.listen, "no credential configured: accepting unauthenticated clients on loopback only");
+    }
+    Ok(auth)
+}
+
 /// Runs the aggregator until `shutdown` completes.
 pub async fn serve(
     args: Args,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let token = crate::transport::TokenSource::new(args.token_file.clone(), args.token.clone())
-        .read()
-        .context("the shared token")?;
-    if token.is_none() {
-        if !args.listen.ip().is_loopback() {
-            anyhow::bail!(
-                "refusing to listen on {} without --token-file: anyone who can reach it could write and read records",
-                args.listen
-            );
-        }
-        tracing::warn!(listen = %args.listen, "no --token-file: accepting unauthenticated clients on loopback only");
-    }
+    let auth = Arc::new(authenticator(&args).await?);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let ready = crate::telemetry::start_health_endpoint(args.metrics_listen)?;
@@ -191,9 +284,7 @@ pub async fn serve(
         }
     };
     let hub = Arc::new(Hub::new(args.subscriber_queue));
-    let console_credentials =
-        console::auth::Credentials::bearer_token(token.as_ref().map(|t| t.secret()));
-    let auth = Auth::new(token);
+    let console_credentials = console::auth::Credentials::new(auth.clone());
     let limits = Limits::default();
     let (detector, detect_thread) = if args.no_detection {
         tracing::warn!("--no-detection: records are stored but no rule runs");
@@ -291,21 +382,25 @@ pub async fn serve(
     tracing::info!(listen = %listener.local_addr()?, "aggregator serving");
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     builder
-        .add_service(tonic::service::interceptor::InterceptedService::new(
+        .add_service(Authenticated::new(
             service::IngestRoute::new(ingest, max),
-            auth.clone().interceptor(),
+            auth.clone(),
+            Purpose::Write,
         ))
-        .add_service(pb::subscribe_server::SubscribeServer::with_interceptor(
-            subscribe,
-            auth.clone().interceptor(),
+        .add_service(Authenticated::new(
+            pb::subscribe_server::SubscribeServer::new(subscribe),
+            auth.clone(),
+            Purpose::Read,
         ))
-        .add_service(pb::query_server::QueryServer::with_interceptor(
-            query,
-            auth.clone().interceptor(),
+        .add_service(Authenticated::new(
+            pb::query_server::QueryServer::new(query),
+            auth.clone(),
+            Purpose::Read,
         ))
-        .add_service(pb::investigate_server::InvestigateServer::with_interceptor(
-            investigate,
-            auth.interceptor(),
+        .add_service(Authenticated::new(
+            pb::investigate_server::InvestigateServer::new(investigate),
+            auth,
+            Purpose::Read,
         ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -349,7 +444,7 @@ async fn start_console(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if credentials.is_empty() {
         anyhow::bail!(
-            "--ui-listen needs a reader credential to sign in with: give --token-file (or PROCFLOW_TOKEN)"
+            "--ui-listen needs a reader credential to sign in with: give --readers (or, on loopback, --token-file)"
         );
     }
     if !addr.ip().is_loopback() && !args.ui_behind_tls_proxy {

@@ -105,6 +105,17 @@ pub const CONSOLE_SIGNIN_REJECTED: &str = "procflow_console_signin_rejected_tota
 pub const CONSOLE_PAGE_ERRORS: &str = "procflow_console_page_errors_total";
 /// Console pages refused because too many were being computed at once.
 pub const CONSOLE_BUSY: &str = "procflow_console_busy_total";
+/// Requests with a valid credential that may not do what they asked (a reader writing, a
+/// writer reading, a viewer outside its namespaces, a batch claiming another identity).
+pub const AUTH_DENIED: &str = "procflow_auth_denied_total";
+/// Ingest streams ended because a batch claimed another identity or carried alerts.
+pub const INGEST_DENIED: &str = "procflow_ingest_denied_total";
+/// Readers file reloads, and reloads that failed (the previous readers stay in force).
+pub const READERS_RELOADS: &str = "procflow_readers_reloads_total";
+pub const READERS_RELOAD_FAILURES: &str = "procflow_readers_reload_failures_total";
+/// Changes of the cluster issuer's signing keys, and failed refreshes.
+pub const ISSUER_KEY_REFRESHES: &str = "procflow_issuer_key_refreshes_total";
+pub const ISSUER_KEY_REFRESH_FAILURES: &str = "procflow_issuer_key_refresh_failures_total";
 /// Batches rejected as invalid.
 pub const BATCHES_REJECTED: &str = "procflow_batches_rejected_total";
 /// Batches received again (at-least-once delivery) and not stored twice.

@@ -6,10 +6,18 @@
 //! The principal's [`key`](Principal::key) is the stable name of the identity behind a
 //! request: per-identity limits, logs and audit key on it.
 
+pub mod authenticate;
+pub mod jwt;
+pub mod keys;
+pub mod readers;
+pub mod spiffe;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tonic::{Request, Status};
+
+pub use authenticate::{Authenticated, Authenticator, Purpose};
 
 // === Principal ===
 
@@ -18,6 +26,8 @@ use tonic::{Request, Status};
 pub struct Principal {
     key: Arc<str>,
     kind: PrincipalKind,
+    /// When the credential stops being valid (unix ns): a stream it opened ends then.
+    expires_at: Option<u64>,
 }
 
 /// What a principal is allowed to be.
@@ -44,17 +54,13 @@ pub struct WriterIdentity {
     pub credential: Credential,
 }
 
-/// Which kind of credential was verified.
+/// Which kind of credential named a writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
-    /// A Kubernetes projected service-account token (JWT).
+    /// A Kubernetes projected service-account token (JWT) bound to a pod.
     ServiceAccountToken,
     /// A client certificate with a SPIFFE URI SAN.
     ClientCertificate,
-    /// A bearer token from the readers file.
-    ReaderToken,
-    /// The shared token or none (loopback only).
-    Local,
 }
 
 /// A reader's role and the namespaces it may see.
@@ -86,6 +92,7 @@ impl Principal {
         Principal {
             key: Arc::from("local"),
             kind: PrincipalKind::Local,
+            expires_at: None,
         }
     }
 
@@ -93,6 +100,7 @@ impl Principal {
         Principal {
             key: key.into(),
             kind: PrincipalKind::Writer(identity),
+            expires_at: None,
         }
     }
 
@@ -100,11 +108,23 @@ impl Principal {
         Principal {
             key: key.into(),
             kind: PrincipalKind::Reader(grant),
+            expires_at: None,
         }
     }
 
-    /// Stable and unique per identity: `local`, `sa:<namespace>/<pod>/<pod uid>`,
-    /// `spiffe://…`, `reader:<name>`.
+    /// The same principal, whose credential expires at `unix_ns`.
+    pub fn expiring_at(mut self, unix_ns: u64) -> Principal {
+        self.expires_at = Some(unix_ns);
+        self
+    }
+
+    /// When the credential expires (unix ns), if it does.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at
+    }
+
+    /// Stable and unique per identity: `local`, `pod:<namespace>/<pod>` (a service-account
+    /// token bound to a pod), `spiffe://…` (a client certificate), `reader:<name>`.
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -161,6 +181,70 @@ impl Principal {
             ))),
         }
     }
+}
+
+// === Writers ===
+
+impl WriterIdentity {
+    /// The identity a batch claims, checked against this verified writer: its namespace
+    /// (and its pod, and pod uid, when the credential names them) must be the writer's, or
+    /// the batch is refused (`Err` says what it claimed). What the credential states
+    /// replaces what the batch says, and the collector id is put under the writer's own
+    /// prefix (its pod uid, else its principal key `key`): deduplication keys on it, so no
+    /// writer can reach another's sequence space.
+    pub fn admit(
+        &self,
+        mut claimed: crate::model::CollectorIdentity,
+        key: &str,
+    ) -> Result<crate::model::CollectorIdentity, String> {
+        if claimed.pod_namespace != self.namespace {
+            return Err(format!(
+                "the batch claims namespace {:?}; the credential is for {:?}",
+                claimed.pod_namespace, self.namespace
+            ));
+        }
+        if let Some(pod) = &self.pod_name {
+            if claimed.pod_name != *pod {
+                return Err(format!(
+                    "the batch claims pod {:?}; the credential is for {pod:?}",
+                    claimed.pod_name
+                ));
+            }
+        }
+        if let Some(uid) = &self.pod_uid {
+            if !claimed.pod_uid.is_empty() && claimed.pod_uid != *uid {
+                return Err(format!(
+                    "the batch claims pod uid {:?}; the credential is for {uid:?}",
+                    claimed.pod_uid
+                ));
+            }
+            claimed.pod_uid.clone_from(uid);
+        }
+        let prefix = self.pod_uid.as_deref().unwrap_or(key);
+        let inside = claimed
+            .collector_id
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'));
+        if !inside {
+            claimed.collector_id = format!("{prefix}/{}", claimed.collector_id);
+        }
+        Ok(claimed)
+    }
+}
+
+// === Credentials ===
+
+/// SHA-256 of a secret: secrets are compared digest to digest, so a comparison takes the
+/// same time whatever the presented secret's length and content.
+pub(crate) fn digest(secret: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, secret).as_ref());
+    out
+}
+
+/// Constant-time equality of two digests.
+pub(crate) fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 // === NamespaceScope ===
@@ -267,6 +351,68 @@ mod tests {
         let local = Principal::local();
         assert_eq!(local.read_scope().expect("reads"), NamespaceScope::All);
         assert!(local.require_writer().expect("writes").is_none());
+    }
+
+    #[test]
+    fn a_writer_can_claim_only_its_own_pod_and_sequence_space() {
+        use crate::model::CollectorIdentity;
+        let writer = WriterIdentity {
+            namespace: "shop".into(),
+            pod_name: Some("web-1".into()),
+            pod_uid: Some("uid-1".into()),
+            credential: Credential::ServiceAccountToken,
+        };
+        let claim = |ns: &str, pod: &str, uid: &str, id: &str| CollectorIdentity {
+            collector_id: id.into(),
+            pod_name: pod.into(),
+            pod_namespace: ns.into(),
+            pod_uid: uid.into(),
+            ..CollectorIdentity::default()
+        };
+        let own = writer
+            .admit(claim("shop", "web-1", "", "uid-1/ab12"), "pod:shop/web-1")
+            .expect("its own");
+        assert_eq!(
+            (own.collector_id.as_str(), own.pod_uid.as_str()),
+            ("uid-1/ab12", "uid-1")
+        );
+        for (ns, pod, uid) in [
+            ("bank", "web-1", ""),
+            ("shop", "db-0", ""),
+            ("shop", "web-1", "uid-2"),
+        ] {
+            assert!(
+                writer
+                    .admit(claim(ns, pod, uid, "uid-1/ab12"), "k")
+                    .is_err(),
+                "{ns}/{pod}/{uid}"
+            );
+        }
+        // Another collector's id lands under this writer's prefix, not in the victim's space.
+        let squat = writer
+            .admit(claim("shop", "web-1", "", "uid-2/victim"), "k")
+            .expect("own pod");
+        assert_eq!(squat.collector_id, "uid-1/uid-2/victim");
+        let prefix_trick = writer
+            .admit(claim("shop", "web-1", "", "uid-1x/victim"), "k")
+            .expect("own pod");
+        assert_eq!(prefix_trick.collector_id, "uid-1/uid-1x/victim");
+
+        // A namespace-wide certificate: any pod name, the certificate's own id space.
+        let namespace_wide = WriterIdentity {
+            namespace: "shop".into(),
+            pod_name: None,
+            pod_uid: None,
+            credential: Credential::ClientCertificate,
+        };
+        let key = "spiffe://prod.example/ns/shop/sa/web";
+        let admitted = namespace_wide
+            .admit(claim("shop", "web-9", "u9", "u9/1"), key)
+            .expect("in namespace");
+        assert_eq!(admitted.collector_id, format!("{key}/u9/1"));
+        assert!(namespace_wide
+            .admit(claim("bank", "x", "", "1"), key)
+            .is_err());
     }
 
     #[test]

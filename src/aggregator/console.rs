@@ -522,7 +522,7 @@ async fn signin(
         return (StatusCode::FORBIDDEN, "cross-origin sign-in refused").into_response();
     }
     let next = local_target(Some(&form.next)).to_owned();
-    match auth::sign_in(&console.config.credentials, form.credential.trim()) {
+    match auth::sign_in(&console.config.credentials, form.credential.trim()).await {
         Some(viewer) => {
             tracing::info!(viewer = %viewer.name(), "console sign-in");
             let Some(id) = console.sessions.start(viewer) else {

@@ -8,7 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::aggregator::auth::Principal;
+use crate::aggregator::auth::{Principal, WriterIdentity};
 use crate::aggregator::detect::Detector;
 use crate::aggregator::hub::{Hub, LiveFilter};
 use crate::aggregator::store::{Appended, EventQuery, Store};
@@ -19,88 +19,6 @@ use crate::telemetry;
 use crate::wire::{self, direct, Limits};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-// === Auth ===
-
-/// The bearer token every request must carry, when one is configured.
-#[derive(Clone)]
-pub struct Auth {
-    /// SHA-256 of the token: requests are compared digest to digest, so the comparison
-    /// takes the same time whatever the presented token's length and content.
-    token: Option<[u8; 32]>,
-}
-
-static AUTH_FAILURES: crate::telemetry::LogSampler =
-    crate::telemetry::LogSampler::new(5, std::time::Duration::from_secs(10));
-
-/// Counts a refused request and logs it, sampled: a client can provoke this at will.
-pub(crate) fn auth_failed(peer: Option<std::net::SocketAddr>, why: &str) {
-    metrics::counter!(telemetry::AUTH_REJECTED).increment(1);
-    if let Some(held_back) = AUTH_FAILURES.sample() {
-        tracing::warn!(
-            ?peer,
-            why,
-            held_back,
-            "rejected a client (sampled; all counted in procflow_auth_rejected_total)"
-        );
-    }
-}
-
-pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-    out
-}
-
-/// Constant-time equality of two digests.
-pub(crate) fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The bearer token of `request`: `None` without an `authorization` header or with an empty
-/// token (`Bearer ` alone is no credential).
-pub(crate) fn bearer<T>(request: &Request<T>) -> Option<&str> {
-    request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-impl Auth {
-    pub fn new(token: Option<crate::transport::Token>) -> Auth {
-        Auth {
-            token: token.map(|t| digest(t.secret().as_bytes())),
-        }
-    }
-
-    pub fn interceptor(self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-        move |mut request: Request<()>| {
-            let Some(token) = &self.token else {
-                request.extensions_mut().insert(Principal::local());
-                return Ok(request);
-            };
-            match bearer(&request) {
-                Some(p) if digests_equal(&digest(p.as_bytes()), token) => {
-                    request.extensions_mut().insert(Principal::local());
-                    Ok(request)
-                }
-                Some(_) => {
-                    auth_failed(request.remote_addr(), "wrong bearer token");
-                    Err(Status::unauthenticated("invalid bearer token"))
-                }
-                None => {
-                    auth_failed(request.remote_addr(), "no bearer token");
-                    Err(Status::unauthenticated(
-                        "missing `authorization: Bearer <token>`",
-                    ))
-                }
-            }
-        }
-    }
-}
 
 // === Ingest ===
 
@@ -130,25 +48,46 @@ impl IngestService {
     }
 }
 
-/// Validates a batch into events; the error says which field is wrong.
+/// Why a batch is not stored.
+enum BatchError {
+    /// Malformed: acknowledged as rejected, the stream goes on.
+    Invalid(String),
+    /// Claims what the writer may not (another identity, alerts): the stream ends.
+    Denied(String),
+}
+
+impl From<String> for BatchError {
+    fn from(s: String) -> Self {
+        BatchError::Invalid(s)
+    }
+}
+
+/// Validates a batch into events, under the verified `writer` (none for the loopback
+/// principal); the error says which field is wrong or what was claimed.
 fn decode_batch(
     mut batch: RawBatch,
     limits: &Limits,
     max_records: usize,
-) -> Result<(String, u64, Vec<Event>), String> {
+    writer: Option<(&WriterIdentity, &str)>,
+) -> Result<(String, u64, Vec<Event>), BatchError> {
     if batch.len() > max_records {
-        return Err(format!(
+        return Err(BatchError::Invalid(format!(
             "batch of {} records exceeds the limit of {max_records}",
             batch.len()
-        ));
+        )));
     }
-    let identity = Arc::new(
-        wire::identity_from_proto(
-            batch.identity.take().ok_or("batch.identity: missing")?,
-            limits,
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let claimed = wire::identity_from_proto(
+        batch
+            .identity
+            .take()
+            .ok_or_else(|| "batch.identity: missing".to_owned())?,
+        limits,
+    )
+    .map_err(|e| e.to_string())?;
+    let identity = Arc::new(match writer {
+        Some((writer, key)) => writer.admit(claimed, key).map_err(BatchError::Denied)?,
+        None => claimed,
+    });
     let received_at = now_ns();
     let mut events = Vec::with_capacity(batch.len());
     for (i, record) in batch.records().enumerate() {
@@ -158,9 +97,15 @@ fn decode_batch(
             // Audit events come from the API server through the audit adapters, each bound to
             // its cluster's credential; a collector (perhaps in a compromised pod) that sent
             // one would forge who ran `kubectl exec`.
-            return Err(format!(
+            return Err(BatchError::Invalid(format!(
                 "records[{i}]: a collector may not send audit events"
-            ));
+            )));
+        }
+        // Alerts are the rules' to raise: a writer's would be believed by every reader.
+        if matches!(record, crate::model::Record::Alert(_)) {
+            return Err(BatchError::Denied(format!(
+                "records[{i}]: writers may not send alerts"
+            )));
         }
         events.push(Event {
             source: identity.clone(),
@@ -243,7 +188,9 @@ impl IngestService {
     ) -> Result<Response<BoxStream<pb::Ack>>, Status> {
         let peer = request.remote_addr();
         let principal = Principal::of(&request)?;
-        principal.require_writer()?;
+        let writer = principal.require_writer()?.cloned();
+        let key = principal.key().to_owned();
+        let expires_at = principal.expires_at();
         let mut batches = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let (store, hub, detector, limits, max_records) = (
@@ -259,8 +206,23 @@ impl IngestService {
         const PIPELINE: usize = 8;
         let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel::<Pending>(PIPELINE);
         tokio::spawn(async move {
+            // A stream lives no longer than its credential: the collector reconnects with
+            // the rotated one.
+            let expiry = expires_at.map(|at| {
+                let left = at.saturating_sub(now_ns());
+                tokio::time::Instant::now() + std::time::Duration::from_nanos(left)
+            });
             loop {
-                let batch = match batches.message().await {
+                let next = tokio::select! {
+                    next = batches.message() => next,
+                    _ = sleep_until_some(expiry) => {
+                        let _ = pending_tx.send(Pending::Failed(Status::unauthenticated(
+                            "the credential expired: reconnect with the rotated one",
+                        ))).await;
+                        break;
+                    }
+                };
+                let batch = match next {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(status) => {
@@ -272,8 +234,21 @@ impl IngestService {
                     }
                 };
                 let seq = batch.seq;
-                let pending = match decode_batch(batch, &limits, max_records) {
-                    Err(error) => {
+                let writer = writer.as_ref().map(|w| (w, key.as_str()));
+                let pending = match decode_batch(batch, &limits, max_records, writer) {
+                    Err(BatchError::Denied(why)) => {
+                        metrics::counter!(telemetry::INGEST_DENIED).increment(1);
+                        metrics::counter!(telemetry::AUTH_DENIED).increment(1);
+                        if let Some(held_back) = INGEST_DENIALS.sample() {
+                            tracing::warn!(?peer, principal = %key, seq, why, held_back,
+                                "refused a batch claiming what its writer may not (sampled; all counted)");
+                        }
+                        let _ = pending_tx
+                            .send(Pending::Failed(Status::permission_denied(why)))
+                            .await;
+                        break;
+                    }
+                    Err(BatchError::Invalid(error)) => {
                         metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
                         tracing::warn!(?peer, seq, %error, "rejected an invalid batch");
                         Pending::Rejected(pb::Ack {
@@ -352,6 +327,17 @@ impl IngestService {
     }
 }
 
+static INGEST_DENIALS: crate::telemetry::LogSampler =
+    crate::telemetry::LogSampler::new(5, std::time::Duration::from_secs(10));
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A batch between the reader and the acker of one ingest stream.
 enum Pending {
     Rejected(pb::Ack),
@@ -399,7 +385,8 @@ impl pb::subscribe_server::Subscribe for SubscribeService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let scope = Principal::of(&request)?.read_scope()?;
+        let principal = Principal::of(&request)?;
+        let scope = principal.read_scope()?;
         let filter = request.into_inner().filter.unwrap_or_default();
         let live = LiveFilter {
             kinds: kinds_of(&filter),
@@ -416,8 +403,31 @@ impl pb::subscribe_server::Subscribe for SubscribeService {
                 .filter_map(|d| pb::Direction::try_from(*d).ok())
                 .collect(),
         };
-        let rx = self.hub.subscribe(live);
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        let mut rx = self.hub.subscribe(live);
+        let Some(expires_at) = principal.expires_at() else {
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))));
+        };
+        // A subscription lives no longer than its credential.
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_nanos(expires_at.saturating_sub(now_ns()));
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    item = rx.recv() => match item {
+                        Some(item) => if tx.send(Ok(item)).await.is_err() { return },
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let _ = tx.send(Err(Status::unauthenticated(
+                            "the credential expired: subscribe again with the rotated one",
+                        ))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 }
 

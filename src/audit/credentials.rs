@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::aggregator::service::{digest, digests_equal};
+use crate::aggregator::auth::{digest, digests_equal};
 use crate::transport::TokenSource;
 
 /// The two adapters that write audit events over HTTP.

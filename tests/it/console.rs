@@ -55,8 +55,14 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
     ns.link(0, "10.212.0.2/24", 1, "10.212.0.1/24", "uic");
     ns.link(0, "203.0.113.1/24", 2, &format!("{PEER}/24"), "uii");
     let dir = tempfile::tempdir().expect("tempdir");
+    // The pod's collector writes with its projected token; the analyst signs in with an
+    // admin reader's token from the readers file.
+    let issuer = crate::identity::Issuer::new();
     let token = dir.path().join("token");
-    std::fs::write(&token, "console-e2e-credential").expect("token");
+    std::fs::write(&token, issuer.token(POD.0, POD.1, 600)).expect("token");
+    let credential = dir.path().join("credential");
+    std::fs::write(&credential, "console-e2e-credential").expect("credential");
+    let readers = issuer.readers(&crate::identity::admin_readers("console-e2e-credential"));
     let go = dir.path().join("go");
     let bin = procflow_bin();
     let mut kids = Kill(Vec::new());
@@ -70,8 +76,14 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
                 "--ui-listen",
                 "127.0.0.1:7480",
             ])
-            .arg("--token-file")
-            .arg(&token)
+            .args([
+                "--sa-token-issuer",
+                crate::identity::ISSUER,
+                "--readers",
+                &readers,
+            ])
+            .arg("--sa-token-jwks")
+            .arg(issuer.jwks())
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
@@ -148,7 +160,7 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
         .args(["netns", "exec", ns.name(1), "node"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs"))
         .env("BASE", "http://127.0.0.1:7480")
-        .env("CREDENTIAL_FILE", &token)
+        .env("CREDENTIAL_FILE", &credential)
         .env("SHOTS", &shots)
         .env("GO_FILE", &go)
         .env("PEER", PEER)

@@ -558,7 +558,7 @@ fn tls_with_client_certificates_refuses_plaintext_and_strangers() {
 }
 
 #[test]
-fn non_loopback_listen_without_token_refuses_to_start() {
+fn non_loopback_listen_without_writer_identities_refuses_to_start() {
     let dir = tempfile::tempdir().expect("dir");
     let out = Command::new(procflow_bin())
         .args(["aggregator", "--listen", "0.0.0.0:0", "--data-dir"])
@@ -566,7 +566,9 @@ fn non_loopback_listen_without_token_refuses_to_start() {
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without --token-file"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without per-identity writer authentication")
+    );
 }
 
 #[test]

@@ -22,8 +22,15 @@ fn run_pod(tag: &str, collector_uid: &str) -> Vec<Event> {
     ns.link(0, "10.210.0.2/24", 1, "10.210.0.1/24", &format!("{tag}c"));
     ns.link(0, "203.0.113.1/24", 2, "203.0.113.2/24", &format!("{tag}i"));
     let dir = tempfile::tempdir().expect("tempdir");
+    // The cluster's issuer signs the pod's projected token; the aggregator checks it against
+    // the issuer's key set; the test reads back as an admin reader.
+    let issuer = crate::identity::Issuer::new();
     let token = dir.path().join("token");
-    std::fs::write(&token, "sandbox-token").expect("token");
+    std::fs::write(&token, issuer.token("sandbox", "shop-7c9f8d6b5-x2k4q", 600)).expect("token");
+    let admin = "sandbox-admin-token";
+    let readers = issuer.readers(&crate::identity::admin_readers(admin));
+    let admin_token = dir.path().join("admin-token");
+    std::fs::write(&admin_token, admin).expect("admin token");
     // World-readable: the collector runs as another user.
     sh(&["chmod", "755", dir.path().to_str().expect("path")]);
     sh(&["chmod", "644", token.to_str().expect("path")]);
@@ -39,9 +46,13 @@ fn run_pod(tag: &str, collector_uid: &str) -> Vec<Event> {
             "aggregator",
             "--listen",
             "10.210.0.1:7410",
-            "--token-file",
+            "--sa-token-issuer",
+            crate::identity::ISSUER,
+            "--readers",
+            &readers,
+            "--sa-token-jwks",
         ])
-        .arg(&token)
+        .arg(issuer.jwks())
         .arg("--data-dir")
         .arg(&data)
         .stdout(Stdio::null())
@@ -74,6 +85,7 @@ fn run_pod(tag: &str, collector_uid: &str) -> Vec<Event> {
     let script = format!(
         "mount --make-rprivate / && mount -o remount,bind,ro / 2>/dev/null; \
          {app} /usr/bin/python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 & \
+         POD_NAME=shop-7c9f8d6b5-x2k4q POD_NAMESPACE=sandbox \
          {collector} {bin} collector --output grpc --aggregator http://10.210.0.1:7410 --token-file {token} \
             --duration 7s --batch-interval 100ms >/dev/null 2>/dev/null & \
          collector=$!; \
@@ -139,7 +151,7 @@ fn run_pod(tag: &str, collector_uid: &str) -> Vec<Event> {
             "100000",
             "--token-file",
         ])
-        .arg(&token)
+        .arg(&admin_token)
         .output()
         .expect("query");
     let _ = internet_server.kill();

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::aggregator::auth::{NamespaceScope, Principal};
-use crate::aggregator::service::{digest, digests_equal};
+use std::sync::Arc;
+
+use crate::aggregator::auth::{Authenticator, NamespaceScope, Principal};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// The reader the console renders for: a verified [`Principal`] allowed to read.
@@ -61,41 +62,39 @@ impl Viewer {
     }
 }
 
-/// What a presented credential is checked against.
+/// What a presented credential is checked against: the aggregator's own authentication,
+/// as a reader.
 #[derive(Clone)]
 pub struct Credentials {
-    /// SHA-256 of the aggregator's bearer token.
-    token_digest: Option<[u8; 32]>,
+    auth: Arc<Authenticator>,
 }
 
 impl Credentials {
-    pub fn bearer_token(token: Option<&str>) -> Credentials {
-        Credentials {
-            token_digest: token
-                .filter(|t| !t.is_empty())
-                .map(|t| digest(t.as_bytes())),
-        }
+    pub fn new(auth: Arc<Authenticator>) -> Credentials {
+        Credentials { auth }
     }
 
+    /// The shared token alone (as on a loopback aggregator): whoever presents it is the
+    /// local principal. An empty token configures nothing.
+    pub fn bearer_token(token: Option<&str>) -> Credentials {
+        let shared = token.and_then(|t| crate::transport::Token::new(t).ok());
+        Credentials::new(Arc::new(Authenticator::new(shared, None, None, None, true)))
+    }
+
+    /// No credential is configured, so nobody can sign in.
     pub fn is_empty(&self) -> bool {
-        self.token_digest.is_none()
+        self.auth.is_open()
     }
 }
 
-/// The one place a credential becomes a viewer. Digests are compared (as the gRPC side
-/// does), so the comparison takes the same time whatever the length or content of the guess.
-pub fn sign_in(credentials: &Credentials, presented: &str) -> Option<Viewer> {
-    let expected = credentials.token_digest.as_ref()?;
-    if presented.is_empty() {
+/// The one place a credential becomes a viewer: the gRPC side's authentication, for a
+/// reader (tokens compared digest to digest; refusals counted and logged sampled there).
+pub async fn sign_in(credentials: &Credentials, presented: &str) -> Option<Viewer> {
+    if presented.is_empty() || credentials.is_empty() {
         return None;
     }
-    let same = digests_equal(&digest(presented.as_bytes()), expected);
-    // The shared token is the loopback principal (issue 20's readers file adds roles here).
-    if same {
-        Viewer::new(Principal::local())
-    } else {
-        None
-    }
+    let principal = credentials.auth.reader_for_token(presented).await.ok()?;
+    Viewer::new(principal)
 }
 
 pub const COOKIE: &str = "procflow_session";
@@ -210,6 +209,10 @@ mod tests {
 
     #[test]
     fn only_the_exact_credential_signs_in() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let sign_in = |c: &Credentials, p: &str| runtime.block_on(sign_in(c, p));
         let creds = Credentials::bearer_token(Some("s3cret"));
         assert!(sign_in(&creds, "s3cret").is_some_and(|v| v.describe() == "admin, all namespaces"));
         for wrong in ["", "s3cre", "s3cret ", "S3CRET", "s3cret\0"] {
