@@ -72,15 +72,15 @@ fn denied(peer: Option<SocketAddr>, principal: &str, why: String) -> Status {
     status
 }
 
-/// The bearer token of a request: `None` without an `authorization` header, or with an
-/// empty token (`Bearer ` alone is no credential).
+/// The bearer token of a request: `None` without an `authorization` header, with an empty
+/// token (`Bearer ` alone is no credential), or with one that is not a token's printable
+/// ASCII (nothing is trimmed: a credential is compared exactly as presented).
 pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 fn now_secs() -> u64 {
