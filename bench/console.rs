@@ -535,6 +535,7 @@ fn fill_store(dir: &std::path::Path, records: u64, days: u64) -> anyhow::Result<
                     rss_bytes: 13 << 20,
                     cpu_time_ns: 0,
                     features: Vec::new(),
+                    ..Heartbeat::default()
                 }));
                 if h == 0 {
                     push(Record::Process(process(

@@ -9,6 +9,7 @@ pub mod console;
 pub mod detect;
 pub mod hub;
 pub mod investigate;
+pub mod liveness;
 pub mod service;
 pub mod store;
 
@@ -337,13 +338,15 @@ pub async fn serve(
         }
         None => None,
     };
+    let liveness = silenced_collector_watch(store.clone(), hub.clone(), detector.clone());
     let ingest = IngestService::new(
         store.clone(),
         hub.clone(),
         detector,
         limits,
         args.max_batch_records,
-    );
+    )
+    .with_liveness(liveness.clone());
     let subscribe = SubscribeService::new(hub.clone());
     let query = QueryService::new(store.clone());
     let investigate = investigate::InvestigateService::new(store.clone());
@@ -404,7 +407,11 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
+            async move {
+                shutdown.await;
+                // Streams end now because the aggregator stops: no collector was silenced.
+                liveness.stop();
+            },
         )
         .await
         .context("serving gRPC")?;
@@ -430,6 +437,29 @@ pub async fn serve(
     }
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// The watch for silenced collectors: its alerts go through detection (stored, published,
+/// delivered to the outputs) or, without detection, to the store and subscribers.
+fn silenced_collector_watch(
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    detector: Option<detect::Detector>,
+) -> Arc<liveness::Liveness> {
+    let watch = liveness::Liveness::new(Box::new(move |alerts| match &detector {
+        Some(detector) => detector.submit(alerts),
+        None => {
+            // The writer's answer is not awaited: the alert is published either way.
+            drop(store.append(
+                liveness::LIVENESS_SOURCE.into(),
+                crate::model::now_ns(),
+                alerts.clone(),
+            ));
+            hub.publish(&alerts);
+        }
+    }));
+    watch.spawn();
+    watch
 }
 
 /// Starts the web console on `addr`; it stops when `shutdown` completes.

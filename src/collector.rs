@@ -424,7 +424,10 @@ pub fn run_engine(
         };
         if last_heartbeat.elapsed() >= config.heartbeat_interval {
             last_heartbeat = Instant::now();
-            out.push(Record::Heartbeat(heartbeat(&sockets, procs.as_ref(), &tx)));
+            out.push(Record::Heartbeat(Heartbeat {
+                interval_ns: interval_ns(config),
+                ..heartbeat(&sockets, procs.as_ref(), &tx)
+            }));
         }
         tx.send_all(&mut out);
         let Some(watch) = exec_watch.as_mut() else {
@@ -448,8 +451,18 @@ pub fn run_engine(
         p.sweep(now_ns(), &mut out);
     }
     sockets.shutdown(&mut out);
-    out.push(Record::Heartbeat(heartbeat(&sockets, procs.as_ref(), &tx)));
+    // The goodbye: the aggregator expects the stream to end after this one, and raises no
+    // silenced-collector alert.
+    out.push(Record::Heartbeat(Heartbeat {
+        interval_ns: interval_ns(config),
+        stopping: true,
+        ..heartbeat(&sockets, procs.as_ref(), &tx)
+    }));
     tx.send_all(&mut out);
+}
+
+fn interval_ns(config: &EngineConfig) -> u64 {
+    u64::try_from(config.heartbeat_interval.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The exec wake-ups, when asked for and processes are watched (inotify may be unavailable:
@@ -551,6 +564,8 @@ pub fn heartbeat(
         rss_bytes,
         cpu_time_ns,
         features: Vec::new(),
+        interval_ns: 0,
+        stopping: false,
     }
 }
 
@@ -600,6 +615,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Ready (and saying so) once every current socket and process is known.
     let mut out = Vec::new();
     snapshot(&mut sockets, procs.as_mut(), &mut out);
+    // A first heartbeat at once: the aggregator learns the interval it is to expect.
+    out.push(Record::Heartbeat(Heartbeat {
+        interval_ns: interval_ns(&config),
+        ..heartbeat(&sockets, procs.as_ref(), &tx)
+    }));
     tx.send_all(&mut out);
     ready.store(true, Ordering::Relaxed);
     tracing::info!(poll_interval = ?config.poll_interval, trigger_interval = ?config.trigger_interval, output = ?args.output, "collector running");

@@ -273,6 +273,12 @@ pub struct Heartbeat {
     pub rss_bytes: u64,
     pub cpu_time_ns: u64,
     pub features: Vec<String>,
+    /// How often the collector sends a heartbeat, ns (0: not said).
+    #[serde(default)]
+    pub interval_ns: u64,
+    /// The last heartbeat before a clean shutdown.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 // === Alerts ===

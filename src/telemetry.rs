@@ -108,6 +108,8 @@ pub const CONSOLE_BUSY: &str = "procflow_console_busy_total";
 /// Requests with a valid credential that may not do what they asked (a reader writing, a
 /// writer reading, a viewer outside its namespaces, a batch claiming another identity).
 pub const AUTH_DENIED: &str = "procflow_auth_denied_total";
+/// Collectors found silenced (stream broken without goodbye, or heartbeats stopped): alerts.
+pub const COLLECTORS_SILENCED: &str = "procflow_collectors_silenced_total";
 /// Ingest streams ended because a batch claimed another identity or carried alerts.
 pub const INGEST_DENIED: &str = "procflow_ingest_denied_total";
 /// Readers file reloads, and reloads that failed (the previous readers stay in force).

@@ -76,6 +76,8 @@ pub fn record_to_proto(record: &Record) -> pb::Record {
             rss_bytes: h.rss_bytes,
             cpu_time_ns: h.cpu_time_ns,
             features: h.features.clone(),
+            interval_ns: h.interval_ns,
+            stopping: h.stopping,
         }),
         Record::Alert(a) => Kind::Alert(pb::Alert {
             id: a.id.clone(),
@@ -264,6 +266,8 @@ pub fn record_from_proto(r: pb::Record, limits: &Limits) -> Result<Record, WireE
                 rss_bytes: h.rss_bytes,
                 cpu_time_ns: h.cpu_time_ns,
                 features: h.features,
+                interval_ns: h.interval_ns,
+                stopping: h.stopping,
             })
         }
         Kind::Alert(a) => {

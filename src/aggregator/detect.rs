@@ -192,8 +192,16 @@ fn run(
             let now = now_ns();
             let mut alerts = Vec::new();
             for event in &events {
-                if matches!(event.record, Record::Alert(_) | Record::Heartbeat(_)) {
-                    continue;
+                match &event.record {
+                    // Alerts the aggregator raises itself (a silenced collector): stored,
+                    // published and delivered as the rules' own. Writers cannot send alerts
+                    // (ingest refuses them), so none of these comes from a collector.
+                    Record::Alert(_) => {
+                        alerts.push(event.clone());
+                        continue;
+                    }
+                    Record::Heartbeat(_) => continue,
+                    _ => {}
                 }
                 // An audit record runs on the API server's clock (never ahead of arrival): a
                 // backfill's windows and 45-day baselines follow the hours it happened.

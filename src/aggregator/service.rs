@@ -11,9 +11,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::aggregator::auth::{Principal, WriterIdentity};
 use crate::aggregator::detect::Detector;
 use crate::aggregator::hub::{Hub, LiveFilter};
+use crate::aggregator::liveness::{Liveness, StreamEnd};
 use crate::aggregator::store::{Appended, EventQuery, Store};
 use crate::codec::RawBatch;
-use crate::model::{now_ns, Event, RecordKind};
+use crate::model::{now_ns, CollectorIdentity, Event, RecordKind};
 use crate::proto::v1 as pb;
 use crate::telemetry;
 use crate::wire::{self, direct, Limits};
@@ -28,6 +29,7 @@ pub struct IngestService {
     detector: Option<Detector>,
     limits: Limits,
     max_batch_records: usize,
+    liveness: Option<Arc<Liveness>>,
 }
 
 impl IngestService {
@@ -44,7 +46,14 @@ impl IngestService {
             detector,
             limits,
             max_batch_records,
+            liveness: None,
         }
+    }
+
+    /// Streams and heartbeats are watched for silenced collectors.
+    pub fn with_liveness(mut self, liveness: Arc<Liveness>) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 }
 
@@ -69,7 +78,7 @@ fn decode_batch(
     limits: &Limits,
     max_records: usize,
     writer: Option<(&WriterIdentity, &str)>,
-) -> Result<(String, u64, Vec<Event>), BatchError> {
+) -> Result<(Arc<CollectorIdentity>, u64, Vec<Event>), BatchError> {
     if batch.len() > max_records {
         return Err(BatchError::Invalid(format!(
             "batch of {} records exceeds the limit of {max_records}",
@@ -113,7 +122,7 @@ fn decode_batch(
             record,
         });
     }
-    Ok((identity.collector_id.clone(), batch.seq, events))
+    Ok((identity, batch.seq, events))
 }
 
 /// `Ingest.Stream`, routed by hand instead of through the generated server so that
@@ -193,12 +202,13 @@ impl IngestService {
         let expires_at = principal.expires_at();
         let mut batches = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let (store, hub, detector, limits, max_records) = (
+        let (store, hub, detector, limits, max_records, liveness) = (
             self.store.clone(),
             self.hub.clone(),
             self.detector.clone(),
             self.limits,
             self.max_batch_records,
+            self.liveness.clone(),
         );
         // Two tasks per stream: the reader decodes batch N+1 while the store writes batch N;
         // the acker awaits the store in order and acknowledges. At most PIPELINE batches of a
@@ -212,25 +222,34 @@ impl IngestService {
                 let left = at.saturating_sub(now_ns());
                 tokio::time::Instant::now() + std::time::Duration::from_nanos(left)
             });
-            loop {
+            // The collectors this stream carried, for the liveness watch.
+            let mut carried: Vec<String> = Vec::new();
+            let end = loop {
                 let next = tokio::select! {
                     next = batches.message() => next,
                     _ = sleep_until_some(expiry) => {
                         let _ = pending_tx.send(Pending::Failed(Status::unauthenticated(
                             "the credential expired: reconnect with the rotated one",
                         ))).await;
-                        break;
+                        break StreamEnd::ByServer;
                     }
                 };
                 let batch = match next {
                     Ok(Some(b)) => b,
-                    Ok(None) => break,
+                    Ok(None) => break StreamEnd::Closed,
                     Err(status) => {
                         // E.g. a message over the size limit: tell the client why.
                         metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
                         tracing::warn!(?peer, %status, "ingest stream failed");
+                        let end = if status.code() == tonic::Code::OutOfRange
+                            || status.code() == tonic::Code::ResourceExhausted
+                        {
+                            StreamEnd::ByServer
+                        } else {
+                            StreamEnd::Broken
+                        };
                         let _ = pending_tx.send(Pending::Failed(status)).await;
-                        break;
+                        break end;
                     }
                 };
                 let seq = batch.seq;
@@ -246,7 +265,7 @@ impl IngestService {
                         let _ = pending_tx
                             .send(Pending::Failed(Status::permission_denied(why)))
                             .await;
-                        break;
+                        break StreamEnd::ByServer;
                     }
                     Err(BatchError::Invalid(error)) => {
                         metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
@@ -257,17 +276,31 @@ impl IngestService {
                             error,
                         })
                     }
-                    Ok((collector_id, seq, events)) => {
+                    Ok((identity, seq, events)) => {
                         metrics::counter!(telemetry::RECORDS_RECEIVED)
                             .increment(events.len() as u64);
+                        if let Some(liveness) = &liveness {
+                            let first = !carried.contains(&identity.collector_id);
+                            if first {
+                                carried.push(identity.collector_id.clone());
+                            }
+                            liveness.observe(&identity, &events, first);
+                        }
                         Pending::Storing {
                             seq,
-                            outcome: store.append(collector_id, seq, events),
+                            outcome: store.append(identity.collector_id.clone(), seq, events),
                         }
                     }
                 };
                 if pending_tx.send(pending).await.is_err() {
-                    break; // the acker stopped (store failure or client gone)
+                    // The acker stopped: the client is gone, or the store failed (then the
+                    // collector reconnects, which the liveness watch forgives).
+                    break StreamEnd::Broken;
+                }
+            };
+            if let Some(liveness) = &liveness {
+                for collector_id in &carried {
+                    liveness.stream_ended(collector_id, end);
                 }
             }
         });

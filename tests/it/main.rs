@@ -14,5 +14,6 @@ mod procs;
 mod readers;
 mod rules;
 mod sandbox;
+mod silenced;
 mod sockets;
 mod util;
