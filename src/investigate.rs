@@ -500,45 +500,79 @@ fn image_of(comm: &[u8], exe: &Option<Vec<u8>>) -> Vec<u8> {
     exe.clone().unwrap_or_else(|| comm.to_vec())
 }
 
+type EdgeKey = (WorkloadKey, Vec<u8>, Direction, IpAddr, u16);
+
+fn edge_key(e: &Edge) -> EdgeKey {
+    (
+        workload_key(&e.pod_namespace, &e.pod_name),
+        image_of(&e.comm, &e.exe),
+        e.direction,
+        e.peer_addr,
+        e.port,
+    )
+}
+
+fn listener_key(source: &CollectorIdentity, l: &ListenerRecord) -> (WorkloadKey, Protocol, u16) {
+    (workload_of_source(source), l.protocol, l.local_port)
+}
+
+/// What "new" and "increased" need from a baseline period, per workload: its edges with
+/// their bytes, its executables and its listening ports. Small (one entry per distinct
+/// edge, not per socket), so a baseline wholly in the past can be kept and reused.
+#[derive(Debug, Clone, Default)]
+pub struct Baseline {
+    edges: HashMap<EdgeKey, u64>,
+    images: HashSet<(WorkloadKey, Vec<u8>)>,
+    ports: HashSet<(WorkloadKey, Protocol, u16)>,
+    flows: u64,
+    processes: u64,
+    truncated: bool,
+}
+
+impl Baseline {
+    pub fn of(period: &Period, names: &ProcessNames, pods: &PodDirectory) -> Baseline {
+        let mut edges: HashMap<EdgeKey, u64> = HashMap::new();
+        for e in period.sockets.edges(names, pods) {
+            *edges.entry(edge_key(&e)).or_default() += e.bytes_sent + e.bytes_received;
+        }
+        Baseline {
+            edges,
+            images: period
+                .processes
+                .iter()
+                .map(|(source, p, _)| (workload_of_source(source), image_of(&p.comm, &p.exe)))
+                .collect(),
+            ports: period
+                .listeners
+                .iter()
+                .map(|(source, l, _)| listener_key(source, l))
+                .collect(),
+            flows: period.sockets.len() as u64,
+            processes: period.processes.len() as u64,
+            truncated: period.truncated(),
+        }
+    }
+}
+
 /// What `window` holds that `baseline` does not, per workload: peers (by executable,
 /// direction, address and port), executables and listening ports.
 pub fn new_activity(
-    baseline: &Period,
+    baseline: &Baseline,
     window: &Period,
     names: &ProcessNames,
     pods: &PodDirectory,
     limit: usize,
 ) -> NewActivity {
-    type EdgeKey = (WorkloadKey, Vec<u8>, Direction, IpAddr, u16);
-    let edge_key = |e: &Edge| -> EdgeKey {
-        (
-            workload_key(&e.pod_namespace, &e.pod_name),
-            image_of(&e.comm, &e.exe),
-            e.direction,
-            e.peer_addr,
-            e.port,
-        )
-    };
-    let known_edges: HashSet<EdgeKey> = baseline
-        .sockets
-        .edges(names, pods)
-        .iter()
-        .map(edge_key)
-        .collect();
     let mut edges: Vec<Edge> = window
         .sockets
         .edges(names, pods)
         .into_iter()
-        .filter(|e| !known_edges.contains(&edge_key(e)))
+        .filter(|e| !baseline.edges.contains_key(&edge_key(e)))
         .collect();
     edges.sort_by_key(|e| e.first_seen);
     edges.truncate(limit);
 
-    let known_images: HashSet<(WorkloadKey, Vec<u8>)> = baseline
-        .processes
-        .iter()
-        .map(|(source, p, _)| (workload_of_source(source), image_of(&p.comm, &p.exe)))
-        .collect();
+    let known_images = &baseline.images;
     let mut seen_images = HashSet::new();
     let mut executables = Vec::new();
     for (source, p, received_at) in &window.processes {
@@ -557,14 +591,7 @@ pub fn new_activity(
     }
     executables.truncate(limit);
 
-    let listener_key = |source: &CollectorIdentity, l: &ListenerRecord| {
-        (workload_of_source(source), l.protocol, l.local_port)
-    };
-    let known_ports: HashSet<_> = baseline
-        .listeners
-        .iter()
-        .map(|(source, l, _)| listener_key(source, l))
-        .collect();
+    let known_ports = &baseline.ports;
     let mut seen_ports = HashSet::new();
     let mut listeners = Vec::new();
     for (source, l, received_at) in &window.listeners {
@@ -593,9 +620,9 @@ pub fn new_activity(
         edges,
         executables,
         listeners,
-        baseline_flows: baseline.sockets.len() as u64,
-        baseline_processes: baseline.processes.len() as u64,
-        truncated: baseline.truncated() || window.truncated(),
+        baseline_flows: baseline.flows,
+        baseline_processes: baseline.processes,
+        truncated: baseline.truncated || window.truncated(),
     }
 }
 
@@ -628,7 +655,7 @@ const HOUR_NS: f64 = 3_600e9;
 /// per workload, like "new") whose hourly volume grew significantly. `spans` are the
 /// baseline's and the window's lengths in ns.
 pub fn compare(
-    baseline: &Period,
+    baseline: &Baseline,
     window: &Period,
     names: &ProcessNames,
     pods: &PodDirectory,
@@ -637,19 +664,6 @@ pub fn compare(
 ) -> Comparison {
     let talkers = talkers(&window.sockets, names, pods, EdgeOrder::Bytes, limit);
     let new = new_activity(baseline, window, names, pods, limit);
-    let key = |e: &Edge| {
-        (
-            workload_key(&e.pod_namespace, &e.pod_name),
-            image_of(&e.comm, &e.exe),
-            e.direction,
-            e.peer_addr,
-            e.port,
-        )
-    };
-    let mut baseline_bytes: HashMap<_, u64> = HashMap::new();
-    for e in baseline.sockets.edges(names, pods) {
-        *baseline_bytes.entry(key(&e)).or_default() += e.bytes_sent + e.bytes_received;
-    }
     let hours = |span: u64| (span as f64 / HOUR_NS).max(1.0);
     let (baseline_hours, window_hours) = (hours(spans.0), hours(spans.1));
     let mut increased: Vec<Increase> = window
@@ -657,7 +671,7 @@ pub fn compare(
         .edges(names, pods)
         .into_iter()
         .filter_map(|edge| {
-            let before = *baseline_bytes.get(&key(&edge))? as f64 / baseline_hours;
+            let before = *baseline.edges.get(&edge_key(&edge))? as f64 / baseline_hours;
             let bytes = (edge.bytes_sent + edge.bytes_received) as f64;
             let now = bytes / window_hours;
             let significant = now >= before * INCREASE_FACTOR
@@ -1022,7 +1036,9 @@ mod tests {
         listener.phase = FlowPhase::End;
         window.add(&event(&new_pod, 320, Record::Listener(listener)));
 
-        let new = new_activity(&baseline, &window, &names, &PodDirectory::default(), 10);
+        let pods = PodDirectory::default();
+        let baseline = Baseline::of(&baseline, &names, &pods);
+        let new = new_activity(&baseline, &window, &names, &pods, 10);
         assert_eq!(new.edges.len(), 1);
         assert_eq!(
             (new.edges[0].port, new.edges[0].pod_name.as_str()),
@@ -1069,6 +1085,7 @@ mod tests {
         add(12, 5432, 2 * mb);
         add(13, 8080, 50 * mb);
         let hour = 3_600_000_000_000;
+        let baseline = Baseline::of(&baseline, &names, &pods);
         let answer = compare(&baseline, &window, &names, &pods, 10, (10 * hour, hour));
         let increased: Vec<u16> = answer.increased.iter().map(|i| i.edge.port).collect();
         assert_eq!(increased, vec![443]);

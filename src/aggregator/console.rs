@@ -608,10 +608,56 @@ pub async fn start(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let warmer = tokio::spawn(warm_default_baseline(console.clone()));
     let handle = tokio::spawn(async move {
         if let Err(error) = console.serve(listener, shutdown).await {
             tracing::error!(%error, "console stopped");
         }
+        warmer.abort();
     });
     Ok((local, handle))
+}
+
+/// Computes the overview's default question (every namespace, the last 24 hours, the
+/// default baseline) at start and just after each hour turns, so the first analyst of the
+/// hour finds its baseline summarized (`Investigator` keeps it for the hour). Runs one
+/// question at a time on a blocking thread, under the same bound as the pages.
+async fn warm_default_baseline(console: Arc<Console>) {
+    loop {
+        let now = now_ns();
+        if let Ok(mut scope) = TimeScope::parse(&ScopeParams::default(), now) {
+            scope.baseline_hours = console.config.default_baseline_hours;
+            if let Ok(permit) = console.pages.acquire().await {
+                let investigator = console.investigator.clone();
+                let started = Instant::now();
+                let question = Question {
+                    query: EventQuery {
+                        since: scope.start,
+                        until: scope.until(),
+                        ..EventQuery::default()
+                    },
+                    ..Question::default()
+                };
+                let done = tokio::task::spawn_blocking(move || {
+                    investigator.compare(&question, scope.baseline_start(), 10, &mut |_| {})
+                })
+                .await;
+                drop(permit);
+                match done {
+                    Ok(Ok(_)) => tracing::debug!(
+                        ms = started.elapsed().as_millis() as u64,
+                        "console: default baseline summarized"
+                    ),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "console: summarizing the default baseline failed")
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        // A minute into the next hour: the scope has moved and its baseline with it.
+        let into_hour = now_ns() % scope::HOUR_NS;
+        let wait = scope::HOUR_NS - into_hour + 60_000_000_000;
+        tokio::time::sleep(Duration::from_nanos(wait)).await;
+    }
 }

@@ -3,17 +3,19 @@
 //! call it on a blocking thread) and feeds them to the pure graph code in `crate::investigate`;
 //! the service only converts requests and answers.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
 use crate::aggregator::auth::{NamespaceScope, Principal};
 use crate::aggregator::store::{EventQuery, Store, StoreError};
 use crate::investigate::{
-    self, Comparison, EdgeOrder, FlowFilter, NewActivity, Period, PodDirectory, PodProcesses,
-    ProcessNames, ProcessTree, Sockets, Talkers, TreeFlows,
+    self, Baseline, Comparison, EdgeOrder, FlowFilter, NewActivity, Period, PodDirectory,
+    PodProcesses, ProcessNames, ProcessTree, Sockets, Talkers, TreeFlows,
 };
-use crate::model::{Event, Record, RecordKind, UnixNanos};
+use crate::model::{now_ns, Direction, Event, Record, RecordKind, Scope, UnixNanos};
 use crate::proto::v1 as pb;
 use crate::wire;
 
@@ -35,11 +37,63 @@ pub struct Question {
 #[derive(Clone)]
 pub struct Investigator {
     store: Arc<dyn Store>,
+    baselines: Arc<BaselineCache>,
+}
+
+/// Baselines wholly in the past, kept for an hour: a scope's baseline is weeks of records
+/// (45 days before a 24-hour scope is 45 times the scope), and the next question over the
+/// same scope within the hour asks for exactly the same one. The store only grows at the
+/// present (records are timed by arrival), so a past window's summary stays true, until
+/// retention deletes part of it (hence the hour). Both faces share it.
+#[derive(Default)]
+struct BaselineCache {
+    entries: Mutex<HashMap<BaselineKey, (Instant, Arc<Baseline>)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BaselineKey {
+    pods: Vec<String>,
+    namespaces: Vec<String>,
+    scopes: Vec<Scope>,
+    directions: Vec<Direction>,
+    peer_namespaces: Vec<String>,
+    since: UnixNanos,
+    until: UnixNanos,
+}
+
+const BASELINE_TTL: Duration = Duration::from_secs(3600);
+const BASELINES_KEPT: usize = 64;
+
+impl BaselineCache {
+    fn get(&self, key: &BaselineKey) -> Option<Arc<Baseline>> {
+        let entries = self.entries.lock().ok()?;
+        let (at, baseline) = entries.get(key)?;
+        (at.elapsed() < BASELINE_TTL).then(|| baseline.clone())
+    }
+
+    fn put(&self, key: BaselineKey, baseline: Arc<Baseline>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|_, (at, _)| at.elapsed() < BASELINE_TTL);
+            if entries.len() >= BASELINES_KEPT {
+                if let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone())
+                {
+                    entries.remove(&oldest);
+                }
+            }
+            entries.insert(key, (Instant::now(), baseline));
+        }
+    }
 }
 
 impl Investigator {
     pub fn new(store: Arc<dyn Store>) -> Investigator {
-        Investigator { store }
+        Investigator {
+            store,
+            baselines: Arc::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -82,18 +136,39 @@ impl Investigator {
         let names = self.process_names(&q.query)?;
         let mut pods = self.pod_directory(q)?;
         let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
-        let mut baseline = Period::new(q.flows.clone());
-        self.store.scan(
-            &EventQuery {
-                since: baseline_since,
-                until: q.query.since.saturating_sub(1),
-                ..of_kinds(&q.query, &kinds)
-            },
-            &mut |e| {
-                note_peer(&mut pods, q, &e);
-                baseline.add(&e)
-            },
-        )?;
+        let until = q.query.since.saturating_sub(1);
+        let key = BaselineKey {
+            pods: q.query.pods.clone(),
+            namespaces: q.query.namespaces.clone(),
+            scopes: q.flows.scopes.clone(),
+            directions: q.flows.directions.clone(),
+            peer_namespaces: q.peer_namespaces.clone(),
+            since: baseline_since,
+            until,
+        };
+        let past = until < now_ns();
+        let baseline = match self.baselines.get(&key).filter(|_| past) {
+            Some(known) => known,
+            None => {
+                let mut period = Period::new(q.flows.clone());
+                self.store.scan(
+                    &EventQuery {
+                        since: baseline_since,
+                        until,
+                        ..of_kinds(&q.query, &kinds)
+                    },
+                    &mut |e| {
+                        note_peer(&mut pods, q, &e);
+                        period.add(&e)
+                    },
+                )?;
+                let summary = Arc::new(Baseline::of(&period, &names, &pods));
+                if past {
+                    self.baselines.put(key, summary.clone());
+                }
+                summary
+            }
+        };
         let mut window = Period::new(q.flows.clone());
         self.store.scan(&of_kinds(&q.query, &kinds), &mut |e| {
             observe(&e);
@@ -375,5 +450,89 @@ impl pb::investigate_server::Investigate for InvestigateService {
                 ))
             })?;
         Ok(Response::new(wire::tree_to_proto(&tree)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregator::store::SqliteStore;
+    use crate::model::{CollectorIdentity, FlowPhase};
+
+    fn flow_event(at: u64, cookie: u64, port: u16, sent: u64) -> Event {
+        Event {
+            source: Arc::new(CollectorIdentity {
+                collector_id: "c1".into(),
+                pod_name: "web-0".into(),
+                pod_namespace: "shop".into(),
+                ..CollectorIdentity::default()
+            }),
+            received_at: at,
+            record: Record::Flow(crate::model::FlowRecord {
+                remote_port: Some(port),
+                phase: FlowPhase::End,
+                bytes_sent: Some(sent),
+                first_seen: at,
+                last_seen: at,
+                ..crate::fixtures::flow(cookie)
+            }),
+        }
+    }
+
+    #[test]
+    fn a_kept_baseline_gives_the_answer_a_fresh_scan_gives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            SqliteStore::open(
+                dir.path(),
+                crate::aggregator::store::Retention {
+                    max_age: Duration::from_secs(1 << 40),
+                    max_bytes: u64::MAX,
+                },
+            )
+            .expect("store"),
+        );
+        let hour = 3_600_000_000_000u64;
+        let start = 10 * hour;
+        let batches = vec![
+            // Baseline: port 443 at 1 MiB an hour for 9 hours.
+            (0..9u64)
+                .map(|h| flow_event(hour * (h + 1), h + 1, 443, 1 << 20))
+                .collect::<Vec<_>>(),
+            // Scope: 443 at 8 MiB, 8080 new.
+            vec![
+                flow_event(start + 10, 100, 443, 8 << 20),
+                flow_event(start + 20, 101, 8080, 10),
+            ],
+        ];
+        for (seq, batch) in batches.into_iter().enumerate() {
+            store
+                .append("c1".into(), seq as u64, batch)
+                .blocking_recv()
+                .expect("reply")
+                .expect("stored");
+        }
+        let store: Arc<dyn Store> = store;
+        let question = Question {
+            query: EventQuery {
+                since: start,
+                until: start + hour - 1,
+                ..EventQuery::default()
+            },
+            ..Question::default()
+        };
+        let kept = Investigator::new(store.clone());
+        let first = kept.compare(&question, 0, 10, &mut |_| {}).expect("first");
+        let again = kept.compare(&question, 0, 10, &mut |_| {}).expect("again");
+        let fresh = Investigator::new(store)
+            .compare(&question, 0, 10, &mut |_| {})
+            .expect("fresh");
+        assert_eq!(first, again);
+        assert_eq!(again, fresh);
+        assert_eq!(fresh.new.edges.len(), 1);
+        assert_eq!(fresh.new.edges[0].port, 8080);
+        assert_eq!(fresh.increased.len(), 1, "{:?}", fresh.increased);
+        assert_eq!(fresh.increased[0].edge.port, 443);
+        assert_eq!(kept.baselines.entries.lock().expect("lock").len(), 1);
     }
 }
