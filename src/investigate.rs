@@ -6,7 +6,10 @@
 //! Pure code over events: `aggregator::investigate::Investigator` feeds it from the store
 //! for both of its faces (the gRPC service and the web console); `wire` carries the answers.
 
-use std::collections::{HashMap, HashSet};
+// Answers hash every socket of a window (hundreds of thousands) several times: foldhash,
+// not SipHash (the keys are the store's own records, already past the ingest checks).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -183,9 +186,23 @@ impl ProcessNames {
 #[derive(Default)]
 pub struct PodDirectory {
     by_ip: HashMap<IpAddr, (String, String)>,
+    last: Option<Arc<CollectorIdentity>>,
 }
 
 impl PodDirectory {
+    /// [`PodDirectory::note`], once per run of events sharing one identity (a segment's).
+    pub fn note_source(&mut self, source: &Arc<CollectorIdentity>) {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, source))
+        {
+            return;
+        }
+        self.note(source);
+        self.last = Some(source.clone());
+    }
+
     pub fn note(&mut self, source: &CollectorIdentity) {
         if let Ok(ip) = source.pod_ip.parse::<IpAddr>() {
             if !ip.is_loopback() && !ip.is_unspecified() {
@@ -205,8 +222,6 @@ impl PodDirectory {
 
 /// What an edge needs from one socket: its last counters in the window.
 struct SocketSummary {
-    pod_name: String,
-    pod_namespace: String,
     process: Option<(u32, UnixNanos)>,
     by_fd: bool,
     direction: Direction,
@@ -225,7 +240,12 @@ struct SocketSummary {
 #[derive(Default)]
 pub struct Sockets {
     filter: FlowFilter,
-    by_collector: HashMap<String, HashMap<u64, SocketSummary>>,
+    /// Per collector (its first identity names its pod), the sockets by cookie.
+    collectors: Vec<(Arc<CollectorIdentity>, HashMap<u64, SocketSummary>)>,
+    index: HashMap<String, usize>,
+    /// The last source seen: a store scan hands over a segment's events with one shared
+    /// identity, so most records find their collector without hashing its id.
+    last: Option<(Arc<CollectorIdentity>, usize)>,
     count: usize,
     pub truncated: bool,
 }
@@ -246,8 +266,27 @@ impl Sockets {
         self.count == 0
     }
 
+    fn collector(&mut self, source: &Arc<CollectorIdentity>) -> usize {
+        if let Some((last, i)) = &self.last {
+            if Arc::ptr_eq(last, source) {
+                return *i;
+            }
+        }
+        let i = match self.index.get(&source.collector_id) {
+            Some(&i) => i,
+            None => {
+                self.collectors.push((source.clone(), HashMap::default()));
+                self.index
+                    .insert(source.collector_id.clone(), self.collectors.len() - 1);
+                self.collectors.len() - 1
+            }
+        };
+        self.last = Some((source.clone(), i));
+        i
+    }
+
     /// Adds one flow record; false once the bound is reached (the caller stops scanning).
-    pub fn add(&mut self, source: &CollectorIdentity, f: &FlowRecord) -> bool {
+    pub fn add(&mut self, source: &Arc<CollectorIdentity>, f: &FlowRecord) -> bool {
         // An unconnected UDP socket has no peer: it talked to no one we can name.
         let (Some(peer_addr), Some(remote_port)) = (f.remote_addr, f.remote_port) else {
             return true;
@@ -255,10 +294,8 @@ impl Sockets {
         if !self.filter.admits(f) {
             return true;
         }
-        let sockets = self
-            .by_collector
-            .entry(source.collector_id.clone())
-            .or_default();
+        let collector = self.collector(source);
+        let sockets = &mut self.collectors[collector].1;
         let process = f.pid.zip(f.process_start_time);
         let last_seen = f.ended_at.unwrap_or(f.last_seen).max(f.last_seen);
         if let Some(known) = sockets.get_mut(&f.cookie) {
@@ -292,8 +329,6 @@ impl Sockets {
         sockets.insert(
             f.cookie,
             SocketSummary {
-                pod_name: source.pod_name.clone(),
-                pod_namespace: source.pod_namespace.clone(),
                 process,
                 by_fd: f.attribution == Attribution::Fd,
                 direction: f.direction,
@@ -324,15 +359,15 @@ impl Sockets {
             peer_addr: IpAddr,
             port: u16,
         }
-        let mut edges: HashMap<Key, Edge> = HashMap::new();
-        for (collector_id, sockets) in &self.by_collector {
+        let mut edges: HashMap<Key, Edge> = HashMap::default();
+        for (source, sockets) in &self.collectors {
             for s in sockets.values() {
                 let name = s
                     .process
-                    .and_then(|(pid, start)| names.get(collector_id, pid, start));
+                    .and_then(|(pid, start)| names.get(&source.collector_id, pid, start));
                 let key = Key {
-                    pod_name: &s.pod_name,
-                    pod_namespace: &s.pod_namespace,
+                    pod_name: &source.pod_name,
+                    pod_namespace: &source.pod_namespace,
                     name,
                     direction: s.direction,
                     scope: s.scope,
@@ -343,8 +378,8 @@ impl Sockets {
                 let edge = edges.entry(key).or_insert_with(|| {
                     let peer = pods.get(&s.peer_addr);
                     Edge {
-                        pod_name: s.pod_name.clone(),
-                        pod_namespace: s.pod_namespace.clone(),
+                        pod_name: source.pod_name.clone(),
+                        pod_namespace: source.pod_namespace.clone(),
                         comm: name.map(|n| n.comm.clone()).unwrap_or_default(),
                         exe: name.and_then(|n| n.exe.clone()),
                         direction: s.direction,
@@ -391,7 +426,11 @@ pub fn talkers(
     order: EdgeOrder,
     limit: usize,
 ) -> Talkers {
-    let mut edges = sockets.edges(names, pods);
+    talkers_of(sockets.edges(names, pods), sockets, order, limit)
+}
+
+/// [`talkers`] from the sockets' edges, already grouped.
+fn talkers_of(mut edges: Vec<Edge>, sockets: &Sockets, order: EdgeOrder, limit: usize) -> Talkers {
     let total_edges = edges.len() as u64;
     sort_edges(&mut edges, order);
     edges.truncate(limit);
@@ -531,7 +570,7 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn of(period: &Period, names: &ProcessNames, pods: &PodDirectory) -> Baseline {
-        let mut edges: HashMap<EdgeKey, u64> = HashMap::new();
+        let mut edges: HashMap<EdgeKey, u64> = HashMap::default();
         for e in period.sockets.edges(names, pods) {
             *edges.entry(edge_key(&e)).or_default() += e.bytes_sent + e.bytes_received;
         }
@@ -563,17 +602,33 @@ pub fn new_activity(
     pods: &PodDirectory,
     limit: usize,
 ) -> NewActivity {
-    let mut edges: Vec<Edge> = window
-        .sockets
-        .edges(names, pods)
-        .into_iter()
+    new_activity_of(
+        baseline,
+        &window.sockets.edges(names, pods),
+        window,
+        names,
+        limit,
+    )
+}
+
+/// [`new_activity`] from the window's edges, already grouped.
+fn new_activity_of(
+    baseline: &Baseline,
+    window_edges: &[Edge],
+    window: &Period,
+    names: &ProcessNames,
+    limit: usize,
+) -> NewActivity {
+    let mut edges: Vec<Edge> = window_edges
+        .iter()
         .filter(|e| !baseline.edges.contains_key(&edge_key(e)))
+        .cloned()
         .collect();
     edges.sort_by_key(|e| e.first_seen);
     edges.truncate(limit);
 
     let known_images = &baseline.images;
-    let mut seen_images = HashSet::new();
+    let mut seen_images = HashSet::default();
     let mut executables = Vec::new();
     for (source, p, received_at) in &window.processes {
         let key = (workload_of_source(source), image_of(&p.comm, &p.exe));
@@ -592,7 +647,7 @@ pub fn new_activity(
     executables.truncate(limit);
 
     let known_ports = &baseline.ports;
-    let mut seen_ports = HashSet::new();
+    let mut seen_ports = HashSet::default();
     let mut listeners = Vec::new();
     for (source, l, received_at) in &window.listeners {
         let key = listener_key(source, l);
@@ -662,22 +717,21 @@ pub fn compare(
     limit: usize,
     spans: (u64, u64),
 ) -> Comparison {
-    let talkers = talkers(&window.sockets, names, pods, EdgeOrder::Bytes, limit);
-    let new = new_activity(baseline, window, names, pods, limit);
+    // The window's sockets grouped once, for all three answers.
+    let edges = window.sockets.edges(names, pods);
+    let new = new_activity_of(baseline, &edges, window, names, limit);
     let hours = |span: u64| (span as f64 / HOUR_NS).max(1.0);
     let (baseline_hours, window_hours) = (hours(spans.0), hours(spans.1));
-    let mut increased: Vec<Increase> = window
-        .sockets
-        .edges(names, pods)
-        .into_iter()
+    let mut increased: Vec<Increase> = edges
+        .iter()
         .filter_map(|edge| {
-            let before = *baseline.edges.get(&edge_key(&edge))? as f64 / baseline_hours;
+            let before = *baseline.edges.get(&edge_key(edge))? as f64 / baseline_hours;
             let bytes = (edge.bytes_sent + edge.bytes_received) as f64;
             let now = bytes / window_hours;
             let significant = now >= before * INCREASE_FACTOR
                 && bytes - before * window_hours >= MIN_INCREASE_BYTES;
-            significant.then_some(Increase {
-                edge,
+            significant.then(|| Increase {
+                edge: edge.clone(),
                 baseline_per_hour: before,
                 window_per_hour: now,
             })
@@ -688,6 +742,7 @@ pub fn compare(
         excess(b).total_cmp(&excess(a))
     });
     increased.truncate(limit);
+    let talkers = talkers_of(edges, &window.sockets, EdgeOrder::Bytes, limit);
     Comparison {
         talkers,
         new,
@@ -745,7 +800,7 @@ impl PodProcesses {
             truncated: false,
         };
         let mut stack = vec![(root, 0u32)];
-        let mut visited = HashSet::new();
+        let mut visited = HashSet::default();
         while let Some((key, depth)) = stack.pop() {
             if !visited.insert(key) {
                 continue;
@@ -789,7 +844,7 @@ impl TreeFlows {
         TreeFlows {
             tree,
             members,
-            last: HashMap::new(),
+            last: HashMap::default(),
         }
     }
 

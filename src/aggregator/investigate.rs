@@ -273,7 +273,7 @@ impl Investigator {
 
 fn note_peer(pods: &mut PodDirectory, q: &Question, e: &Event) {
     if q.peer_namespaces.is_empty() || q.peer_namespaces.contains(&e.source.pod_namespace) {
-        pods.note(&e.source);
+        pods.note_source(&e.source);
     }
 }
 

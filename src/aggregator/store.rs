@@ -244,8 +244,12 @@ impl Store for SqliteStore {
         let conn =
             Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(sqlite)?;
+        // The matching segments' ids first, sorted, then each body by id: sorting whole rows
+        // would copy every body through SQLite's sorter (temporary files for a long window).
+        // One read transaction, so both statements see the same snapshot.
+        conn.execute_batch("BEGIN").map_err(sqlite)?;
         let mut sql = String::from(
-            "SELECT id, received_at, body FROM segments WHERE received_at >= ?1 AND received_at <= ?2",
+            "SELECT id, received_at FROM segments WHERE received_at >= ?1 AND received_at <= ?2",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![
             (q.since as i64).into(),
@@ -277,14 +281,21 @@ impl Store for SqliteStore {
         in_list("namespace", q.namespaces.clone());
         sql.push_str(" ORDER BY id");
         let mut stmt = conn.prepare(&sql).map_err(sqlite)?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(args))
+        let segments: Vec<(i64, i64)> = stmt
+            .query_map(rusqlite::params_from_iter(args), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(sqlite)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite)?;
+        let mut body_of = conn
+            .prepare("SELECT body FROM segments WHERE id = ?1")
             .map_err(sqlite)?;
         let limits = wire::Limits::default();
-        while let Some(row) = rows.next().map_err(sqlite)? {
-            let id: i64 = row.get(0).map_err(sqlite)?;
-            let received_at: i64 = row.get(1).map_err(sqlite)?;
-            let body: Vec<u8> = row.get(2).map_err(sqlite)?;
+        for (id, received_at) in segments {
+            let body: Vec<u8> = body_of
+                .query_row(params![id], |row| row.get(0))
+                .map_err(sqlite)?;
             let corrupt = |reason: String| StoreError::Corrupt { id, reason };
             let mut segment = RawBatch::parse(body.into()).map_err(|e| corrupt(e.to_string()))?;
             let source = Arc::new(

@@ -140,6 +140,32 @@ try {
   assert.equal(await page.locator("h1").innerText(), "Overview");
   await page.locator("[data-chart=chart-activity] canvas").waitFor();
   await shot("overview");
+  // A laptop and a large monitor: no horizontal scroll of the page itself.
+  for (const [name, width, height] of [["overview-laptop", 1280, 720], ["overview-wide", 2560, 1440]]) {
+    await page.setViewportSize({ width, height });
+    await page.goto(`${BASE}/?last=1h`);
+    await page.locator("[data-chart=chart-activity] canvas").waitFor();
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `${name}: the page scrolls sideways by ${overflow}px`);
+    await shot(name);
+  }
+  await page.setViewportSize({ width: 1440, height: 900 });
+  // Keyboard: the first Tab reaches the skip link, Enter moves to the content; every
+  // navigation link is reachable by Tab.
+  await page.goto(`${BASE}/?last=1h`);
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), "Skip to content");
+  await page.keyboard.press("Enter");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "main");
+  const reached = new Set();
+  await page.evaluate(() => document.body.focus());
+  for (let i = 0; i < 12; i++) {
+    await page.keyboard.press("Tab");
+    reached.add(await page.evaluate(() => document.activeElement.textContent.trim()));
+  }
+  for (const label of ["Overview", "Alerts", "Service map", "Search", "Rules"]) {
+    assert.ok(reached.has(label), `${label} is not reachable by Tab: ${[...reached]}`);
+  }
   await page.goto(`${BASE}/pod?ns=${POD.split("/")[0]}&pod=${POD.split("/")[1]}&last=1h`);
   assert.match(await page.locator("#peers-h + div, #peers-h ~ *").first().innerText(), new RegExp(PEER.replaceAll(".", "\\.")));
   await shot("pod");

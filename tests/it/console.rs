@@ -201,6 +201,8 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
         "process",
         "endpoint",
         "overview",
+        "overview-laptop",
+        "overview-wide",
         "pod",
         "map",
         "rules",
