@@ -199,6 +199,7 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
         "alert-group",
         "alert",
         "process",
+        "process-shell",
         "endpoint",
         "overview",
         "overview-laptop",
