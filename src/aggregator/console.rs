@@ -163,9 +163,9 @@ impl Ctx {
         };
         if !self.viewer.sees(ns) {
             // The same answer as for a pod that does not exist: no probing of other namespaces.
-            return Err(PageError::NotFound(format!(
-                "no pod {pod:?} in namespace {ns:?}"
-            )));
+            return Err(PageError::NotFound(
+                "no such pod among the namespaces you may see".to_string(),
+            ));
         }
         Ok((ns.to_owned(), pod.to_owned()))
     }
@@ -522,7 +522,7 @@ async fn signin(
         return (StatusCode::FORBIDDEN, "cross-origin sign-in refused").into_response();
     }
     let next = local_target(Some(&form.next)).to_owned();
-    match auth::sign_in(&console.config.credentials, form.credential.trim()).await {
+    match auth::sign_in(&console.config.credentials, &form.credential).await {
         Some(viewer) => {
             tracing::info!(viewer = %viewer.name(), "console sign-in");
             let Some(id) = console.sessions.start(viewer) else {

@@ -4,7 +4,8 @@
 // Run by tests/it/console.rs against a real aggregator fed by a real collector; the
 // assertions here are on what each page shows. Prints one JSON summary line at the end.
 //
-// Environment: BASE (console URL), CREDENTIAL_FILE, SHOTS (screenshot directory), GO_FILE
+// Environment: BASE (console URL), CREDENTIAL_FILE (an admin's), OTHER_CREDENTIAL_FILE (a
+// viewer of another namespace), SHOTS (screenshot directory), GO_FILE
 // (created once the alerts page is open: the pod starts its attack then), PEER (the
 // attacker's address), SHELL_PORT, UPLOAD_PORT, POD (namespace/pod).
 import { chromium } from "playwright-core";
@@ -214,8 +215,31 @@ try {
   await page.goto(`${BASE}/alerts`);
   assert.match(page.url(), /\/signin\?next=/);
 
-  // The map uses a canvas and the charts draw from embedded data; nothing else may fail.
+  // Nothing failed for the analyst (the map draws on a canvas, the charts from embedded
+  // data); the other viewer's pages below answer 404 where the analyst's had a pod.
   assert.deepEqual(summary.problems, []);
+
+  // A viewer of another namespace signs in and opens every page the analyst saw: none
+  // shows the pod, its alerts, processes or peers.
+  await page.fill("#credential", fs.readFileSync(env("OTHER_CREDENTIAL_FILE"), "utf8").trim());
+  await page.click("button[type=submit]");
+  await page.waitForURL(/\/alerts$/);
+  assert.match(await page.locator(".who").innerText(), /viewer of other/);
+  const seen = Object.entries(summary.pages).filter(([name]) => !name.startsWith("signin"));
+  for (const [name, { url }] of seen) {
+    const response = await page.goto(`${BASE}${url}`);
+    const text = await page.locator("body").innerText();
+    // The rules page names every rule; what it must not show is an alert count.
+    const rule = name === "rules" ? " events)" : "Reverse shell (shell";
+    for (const secret of [POD.split("/")[1], rule, "onerror", SHELL_PORT, UPLOAD_PORT, "3.0 MiB"]) {
+      const at = text.indexOf(secret);
+      assert.ok(at < 0, `${name} (${url}) shows ${JSON.stringify(secret)} to a viewer of another namespace: …${text.slice(Math.max(0, at - 200), at + 100)}…`);
+    }
+    assert.ok([200, 404].includes(response.status()), `${name}: ${response.status()}`);
+    if (name === "alerts") await shot("other-viewer-alerts");
+    if (name === "alert") await shot("other-viewer-alert");
+  }
+
   summary.ok = true;
 } catch (e) {
   summary.ok = false;

@@ -62,7 +62,14 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
     std::fs::write(&token, issuer.token(POD.0, POD.1, 600)).expect("token");
     let credential = dir.path().join("credential");
     std::fs::write(&credential, "console-e2e-credential").expect("credential");
-    let readers = issuer.readers(&crate::identity::admin_readers("console-e2e-credential"));
+    // And a viewer of another namespace, who must see none of it.
+    let other = dir.path().join("other-credential");
+    std::fs::write(&other, "console-e2e-other-namespace").expect("credential");
+    let readers = issuer.readers(&format!(
+        "{}  - name: bob\n    token_sha256: {}\n    role: viewer\n    namespaces: [other]\n",
+        crate::identity::admin_readers("console-e2e-credential"),
+        crate::identity::sha256_hex("console-e2e-other-namespace")
+    ));
     let go = dir.path().join("go");
     let bin = procflow_bin();
     let mut kids = Kill(Vec::new());
@@ -161,6 +168,7 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs"))
         .env("BASE", "http://127.0.0.1:7480")
         .env("CREDENTIAL_FILE", &credential)
+        .env("OTHER_CREDENTIAL_FILE", &other)
         .env("SHOTS", &shots)
         .env("GO_FILE", &go)
         .env("PEER", PEER)
@@ -208,6 +216,8 @@ fn an_analyst_follows_a_reverse_shell_from_its_alert_to_the_remote_endpoint_in_a
         "map",
         "rules",
         "search-hostile",
+        "other-viewer-alerts",
+        "other-viewer-alert",
     ] {
         let png = shots.join(format!("{page}.png"));
         let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);

@@ -38,9 +38,9 @@ fn pod_page(ctx: &Ctx) -> Result<Page, PageError> {
     let scope = &ctx.scope;
     let pods = [pod.clone()];
     let namespaces = [ns.clone()];
-    let q = ctx
-        .question(&pods, &namespaces)
-        .ok_or_else(|| PageError::NotFound(format!("no pod {pod:?} in namespace {ns:?}")))?;
+    let q = ctx.question(&pods, &namespaces).ok_or_else(|| {
+        PageError::NotFound("no such pod among the namespaces you may see".to_string())
+    })?;
     let mut activity = activity_timeline(scope);
     let mut processes = Vec::new();
     let comparison = ctx
@@ -132,9 +132,9 @@ fn process_page(ctx: &Ctx) -> Result<Page, PageError> {
     let start = number("start")?;
     let pods = [pod.clone()];
     let namespaces = [ns.clone()];
-    let q = ctx
-        .question(&pods, &namespaces)
-        .ok_or_else(|| PageError::NotFound(format!("no pod {pod:?} in namespace {ns:?}")))?;
+    let q = ctx.question(&pods, &namespaces).ok_or_else(|| {
+        PageError::NotFound("no such pod among the namespaces you may see".to_string())
+    })?;
     let tree = ctx
         .investigator
         .process_tree(&q, pid, start)?
