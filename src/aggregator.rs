@@ -305,6 +305,12 @@ pub async fn serve(
                 state_path: args.data_dir.join("rule-state.json"),
                 reemit: args.alert_reemit,
                 outputs,
+                join: crate::audit::correlate::JoinConfig {
+                    window_ns: u64::try_from(args.audit.audit_join_window.as_nanos())
+                        .unwrap_or(u64::MAX),
+                    wait_ns: u64::try_from(args.audit.audit_join_wait.as_nanos())
+                        .unwrap_or(u64::MAX),
+                },
             },
             store.clone(),
             hub.clone(),

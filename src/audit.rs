@@ -6,9 +6,11 @@
 //! started.
 
 pub mod client;
+pub mod correlate;
 pub mod credentials;
 pub mod event;
 pub mod firehose;
+pub mod import;
 pub mod ingest;
 pub mod server;
 

@@ -37,6 +37,8 @@ pub enum Command {
     Investigate(crate::client::investigate::Args),
     /// Validate, test and list detection rules.
     Rules(crate::rules::cli::Args),
+    /// Kubernetes audit logs: import a backfill of audit events.
+    Audit(crate::audit::import::Args),
 }
 
 /// Parses the command line (after loading `--config`) and runs the subcommand.
@@ -51,6 +53,7 @@ pub fn main_with_args(args: Vec<OsString>) -> anyhow::Result<()> {
         Command::Query(args) => crate::client::run_query(args),
         Command::Investigate(args) => crate::client::investigate::run(args),
         Command::Rules(args) => crate::rules::cli::run(args),
+        Command::Audit(args) => crate::audit::import::run(args),
     }
 }
 

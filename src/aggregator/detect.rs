@@ -13,7 +13,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use crate::aggregator::alert_out::Outputs;
 use crate::aggregator::store::{Appended, Store};
 use crate::aggregator::Hub;
-use crate::model::{now_ns, CollectorIdentity, Event, Record};
+use crate::audit::correlate::{self, Correlator, JoinConfig};
+use crate::model::{now_ns, AlertRecord, CollectorIdentity, Event, Record};
 use crate::rules::{Engine, RuleSet};
 use crate::telemetry;
 
@@ -27,6 +28,8 @@ pub struct DetectConfig {
     pub state_path: PathBuf,
     pub reemit: Duration,
     pub outputs: Outputs,
+    /// How exec audit events are joined with process trees.
+    pub join: JoinConfig,
 }
 
 #[derive(Clone)]
@@ -180,24 +183,33 @@ fn run(
         version: env!("CARGO_PKG_VERSION").into(),
         ..CollectorIdentity::default()
     };
+    let mut correlator = Correlator::new(config.join);
+    let mut last_expire = Instant::now();
     loop {
         let batch = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(batch) => Some(batch),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        let now = now_ns();
+        let mut raised: Vec<AlertRecord> = Vec::new();
+        let mut passed: Vec<Event> = Vec::new();
         if let Some(events) = batch {
             let left = queued.fetch_sub(events.len(), Ordering::Relaxed) - events.len();
             metrics::gauge!(telemetry::DETECT_QUEUED).set(left as f64);
-            let now = now_ns();
-            let mut alerts = Vec::new();
             for event in &events {
+                // Joins first: a root arriving after its exec request is joined before the
+                // alerts on it are raised, so they carry who started it.
+                for join in correlator.observe(event, now) {
+                    raised.push(correlate::join_alert(&join, now));
+                    raised.extend(join.amended);
+                }
                 match &event.record {
                     // Alerts the aggregator raises itself (a silenced collector): stored,
                     // published and delivered as the rules' own. Writers cannot send alerts
                     // (ingest refuses them), so none of these comes from a collector.
                     Record::Alert(_) => {
-                        alerts.push(event.clone());
+                        passed.push(event.clone());
                         continue;
                     }
                     Record::Heartbeat(_) => continue,
@@ -209,46 +221,55 @@ fn run(
                     Record::Audit(a) => a.stage_time.min(now),
                     _ => now,
                 };
-                for alert in engine.evaluate(event, at) {
-                    alerts.push(Event {
-                        source: Arc::new(CollectorIdentity {
-                            pod_name: alert.pod_name.clone(),
-                            pod_namespace: alert.pod_namespace.clone(),
-                            node_name: alert.node_name.clone(),
-                            ..identity.clone()
-                        }),
-                        received_at: now,
-                        record: Record::Alert(alert),
-                    });
-                }
+                let mut fired = engine.evaluate(event, at);
+                correlator.annotate(&event.source.collector_id, &mut fired, now);
+                raised.extend(fired);
             }
             metrics::counter!(telemetry::RULES_EVALUATED).increment(events.len() as u64);
             dirty = true;
-            if !alerts.is_empty() {
-                metrics::counter!(telemetry::ALERTS_RAISED).increment(alerts.len() as u64);
-                seq += 1;
-                match store
-                    .append(RULES_SOURCE.into(), seq, alerts.clone())
-                    .blocking_recv()
-                {
-                    Ok(Ok(Appended::Stored(_) | Appended::Duplicate)) => {}
-                    Ok(Err(error)) => {
-                        metrics::counter!(telemetry::ALERTS_UNSTORED)
-                            .increment(alerts.len() as u64);
-                        tracing::error!(%error, alerts = alerts.len(), "alerts not stored (still published and delivered)");
-                    }
-                    Err(_) => {
-                        metrics::counter!(telemetry::ALERTS_UNSTORED)
-                            .increment(alerts.len() as u64);
-                        tracing::error!(
-                            alerts = alerts.len(),
-                            "store writer gone: alerts not stored"
-                        );
-                    }
+        }
+        if last_expire.elapsed() >= Duration::from_secs(1) {
+            last_expire = Instant::now();
+            raised.extend(
+                correlator
+                    .expire(now)
+                    .iter()
+                    .filter_map(|miss| correlate::miss_alert(miss, now)),
+            );
+        }
+        if !raised.is_empty() || !passed.is_empty() {
+            let mut alerts = passed;
+            alerts.extend(raised.into_iter().map(|alert| Event {
+                source: Arc::new(CollectorIdentity {
+                    pod_name: alert.pod_name.clone(),
+                    pod_namespace: alert.pod_namespace.clone(),
+                    node_name: alert.node_name.clone(),
+                    ..identity.clone()
+                }),
+                received_at: now,
+                record: Record::Alert(alert),
+            }));
+            metrics::counter!(telemetry::ALERTS_RAISED).increment(alerts.len() as u64);
+            seq += 1;
+            match store
+                .append(RULES_SOURCE.into(), seq, alerts.clone())
+                .blocking_recv()
+            {
+                Ok(Ok(Appended::Stored(_) | Appended::Duplicate)) => {}
+                Ok(Err(error)) => {
+                    metrics::counter!(telemetry::ALERTS_UNSTORED).increment(alerts.len() as u64);
+                    tracing::error!(%error, alerts = alerts.len(), "alerts not stored (still published and delivered)");
                 }
-                hub.publish(&alerts);
-                config.outputs.deliver(&alerts);
+                Err(_) => {
+                    metrics::counter!(telemetry::ALERTS_UNSTORED).increment(alerts.len() as u64);
+                    tracing::error!(
+                        alerts = alerts.len(),
+                        "store writer gone: alerts not stored"
+                    );
+                }
             }
+            hub.publish(&alerts);
+            config.outputs.deliver(&alerts);
         }
         if last_reload_check.elapsed() >= RELOAD_CHECK_EVERY {
             last_reload_check = Instant::now();

@@ -247,7 +247,9 @@ pub struct ExecAttribution {
     pub audit_id: String,
     pub user: String,
     pub impersonated_user: Option<String>,
-    pub source_ip: Option<IpAddr>,
+    /// The request's source addresses: the client's own first (it may come from the
+    /// client's `X-Forwarded-For`), the address the API server saw last.
+    pub source_ips: Vec<IpAddr>,
     pub user_agent: String,
     pub namespace: String,
     pub pod: String,
@@ -267,7 +269,7 @@ impl ExecAttribution {
             audit_id: a.audit_id.clone(),
             user: a.user.username.clone(),
             impersonated_user: a.impersonated_user.as_ref().map(|u| u.username.clone()),
-            source_ip: a.source_ip(),
+            source_ips: a.source_ips.clone(),
             user_agent: a.user_agent.clone().unwrap_or_default(),
             namespace: object.namespace.clone().unwrap_or_default(),
             pod: object.name.clone().unwrap_or_default(),
@@ -283,9 +285,13 @@ impl ExecAttribution {
             Some(as_user) => format!("{} (as {as_user})", self.user),
             None => self.user.clone(),
         };
-        let from = self
-            .source_ip
-            .map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        let from = match (self.source_ips.first(), self.source_ips.last()) {
+            (None, _) => "an unknown address".to_owned(),
+            (Some(first), Some(last)) if first != last => {
+                format!("{first} (forwarded; the API server saw {last})")
+            }
+            (Some(first), _) => first.to_string(),
+        };
         // Every part is client-controlled text: escaped for terminals and logs.
         super::display_bytes(
             format!(

@@ -68,7 +68,8 @@ pub fn exec_to_proto(e: &model::ExecAttribution) -> pb::ExecAttribution {
         audit_id: e.audit_id.clone(),
         user: e.user.clone(),
         impersonated_user: e.impersonated_user.clone(),
-        source_ip: e.source_ip.map(|ip| ip.to_string()),
+        source_ip: e.source_ips.first().map(|ip| ip.to_string()),
+        source_ips: e.source_ips.iter().map(|ip| ip.to_string()).collect(),
         user_agent: e.user_agent.clone(),
         namespace: e.namespace.clone(),
         pod: e.pod.clone(),
@@ -266,15 +267,22 @@ pub fn exec_from_proto(
         check_len(field, value.len(), limits.max_string_bytes)?;
     }
     check_len("alert.exec.command", e.command.len(), MAX_LIST)?;
+    check_len("alert.exec.source_ips", e.source_ips.len(), MAX_LIST)?;
+    // Older writers sent the first address alone.
+    let source_ips = match (e.source_ips.is_empty(), e.source_ip) {
+        (true, Some(ip)) => vec![addr("alert.exec.source_ip", &ip)?],
+        _ => e
+            .source_ips
+            .iter()
+            .map(|ip| addr("alert.exec.source_ips", ip))
+            .collect::<Result<_, _>>()?,
+    };
     Ok(model::ExecAttribution {
         cluster: e.cluster,
         audit_id: e.audit_id,
         user: e.user,
         impersonated_user: e.impersonated_user,
-        source_ip: e
-            .source_ip
-            .map(|ip| addr("alert.exec.source_ip", &ip))
-            .transpose()?,
+        source_ips,
         user_agent: e.user_agent,
         namespace: e.namespace,
         pod: e.pod,

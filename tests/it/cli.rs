@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 10] = [
     "collector",
     "aggregator",
     "tail",
@@ -13,6 +13,7 @@ const SUBCOMMANDS: [&str; 9] = [
     "investigate new",
     "investigate tree",
     "rules",
+    "audit import",
 ];
 
 fn procflow() -> Command {

@@ -3,6 +3,7 @@
 
 mod aggregator;
 mod audit;
+mod audit_join;
 mod bench;
 mod cli;
 mod console;

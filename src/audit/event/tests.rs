@@ -366,6 +366,15 @@ fn unreadable_bodies_are_counted_and_leave_facts_absent() {
 }
 
 #[test]
+fn times_format_as_the_api_server_writes_them() {
+    assert_eq!(format_time(EXEC_RECEIVED), "2026-12-04T09:15:02.123456Z");
+    assert_eq!(
+        parse_time(&format_time(EXEC_RECEIVED + 999)),
+        Some(EXEC_RECEIVED)
+    );
+}
+
+#[test]
 fn times_parse_as_rfc3339() {
     assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
     assert_eq!(parse_time("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
