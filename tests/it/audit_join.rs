@@ -144,7 +144,7 @@ fn alerts(ns: &Netns, dir: &std::path::Path) -> Vec<AlertRecord> {
             "alert",
         ])
         .args(["--since", "10m", "--limit", "100000", "--token-file"])
-        .arg(dir.join("token"))
+        .arg(dir.join("admin-token"))
         .output()
         .expect("query");
     assert!(
@@ -202,7 +202,12 @@ fn kubectl_exec_is_joined_with_the_shell_in_both_arrival_orders() {
     ns.link(0, "10.211.0.2/24", 1, &format!("{AGG}/24"), "ajc");
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    std::fs::write(d.join("token"), "join-test-token-0123456789\n").expect("token");
+    // The pod writes with its projected service-account token (the aggregator derives
+    // shop/web-1 from it); the test reads back as an admin reader.
+    let issuer = crate::identity::Issuer::new();
+    std::fs::write(d.join("token"), issuer.token("shop", "web-1", 600)).expect("token");
+    let readers = issuer.readers(&crate::identity::admin_readers("join-admin-token"));
+    std::fs::write(d.join("admin-token"), "join-admin-token").expect("admin token");
     std::fs::write(d.join("webhook-token"), "prod-webhook-token-0123456789\n").expect("token");
     std::fs::write(
         d.join("clusters.toml"),
@@ -226,8 +231,14 @@ fn kubectl_exec_is_joined_with_the_shell_in_both_arrival_orders() {
                 "--audit-listen",
                 &format!("{AGG}:7411"),
             ])
-            .arg("--token-file")
-            .arg(d.join("token"))
+            .args([
+                "--sa-token-issuer",
+                crate::identity::ISSUER,
+                "--readers",
+                &readers,
+            ])
+            .arg("--sa-token-jwks")
+            .arg(issuer.jwks())
             .arg("--audit-clusters")
             .arg(d.join("clusters.toml"))
             .arg("--data-dir")
