@@ -390,13 +390,38 @@ struct Parser<'a> {
     kind: RecordKind,
     in_any: bool,
     defs: &'a Defs,
-    depth: usize,
+    bounds: Bounds<'a>,
     end: (usize, usize),
+}
+
+/// How deep a condition may nest: parentheses, `not`, `any(...)` and macro uses, macros'
+/// own nesting included. The parser, the evaluator and the tree's drop recurse once per
+/// level, and rules are compiled on the detection thread of a running aggregator: a
+/// condition nested thousands deep is a load error, never a stack overflow.
+pub const MAX_NESTING: usize = 64;
+/// How many terms (conditions, list items) one condition may expand to, macros expanded:
+/// a macro that uses another twice, nested, doubles at each level.
+pub const MAX_TERMS: usize = 100_000;
+/// How many macros deep a use may go (a cycle ends here).
+const MAX_MACRO_DEPTH: usize = 16;
+
+/// What one condition has used of its limits so far, shared by the macros it expands.
+#[derive(Clone, Copy)]
+struct Bounds<'a> {
+    nesting: usize,
+    macro_depth: usize,
+    terms: &'a std::cell::Cell<usize>,
 }
 
 /// Compiles `src` for records of `kind`.
 pub fn compile(src: &str, kind: RecordKind, defs: &Defs) -> Result<Condition, ParseError> {
-    compile_inner(src, kind, defs, false, 0).map(Condition::new)
+    let terms = std::cell::Cell::new(0);
+    let bounds = Bounds {
+        nesting: 0,
+        macro_depth: 0,
+        terms: &terms,
+    };
+    compile_inner(src, kind, defs, false, bounds).map(Condition::new)
 }
 
 /// The enum fields whose values [`Facts`] holds.
@@ -496,9 +521,9 @@ fn compile_inner(
     kind: RecordKind,
     defs: &Defs,
     in_any: bool,
-    depth: usize,
+    bounds: Bounds<'_>,
 ) -> Result<Node, ParseError> {
-    if depth > 16 {
+    if bounds.macro_depth > MAX_MACRO_DEPTH {
         return Err(ParseError {
             line: 1,
             col: 1,
@@ -518,7 +543,7 @@ fn compile_inner(
         kind,
         in_any,
         defs,
-        depth,
+        bounds,
         end,
     };
     let n = p.or()?;
@@ -566,6 +591,30 @@ impl Parser<'_> {
             self.err(format!("expected {what}"))
         }
     }
+    /// Runs `parse` one nesting level deeper, refusing past [`MAX_NESTING`].
+    fn nested(
+        &mut self,
+        parse: impl FnOnce(&mut Self) -> Result<Node, ParseError>,
+    ) -> Result<Node, ParseError> {
+        if self.bounds.nesting >= MAX_NESTING {
+            return self.err(format!("condition nested deeper than {MAX_NESTING} levels"));
+        }
+        self.bounds.nesting += 1;
+        let node = parse(self);
+        self.bounds.nesting -= 1;
+        node
+    }
+    /// Counts `n` more terms against [`MAX_TERMS`].
+    fn count_terms(&self, n: usize) -> Result<(), ParseError> {
+        let terms = self.bounds.terms.get().saturating_add(n);
+        if terms > MAX_TERMS {
+            return self.err(format!(
+                "condition expands to more than {MAX_TERMS} terms (macros expanded)"
+            ));
+        }
+        self.bounds.terms.set(terms);
+        Ok(())
+    }
     fn or(&mut self) -> Result<Node, ParseError> {
         let mut v = vec![self.and()?];
         while self.is_kw("or") {
@@ -591,48 +640,60 @@ impl Parser<'_> {
         })
     }
     fn unary(&mut self) -> Result<Node, ParseError> {
+        self.count_terms(1)?;
         match self.peek() {
-            Some(Tok::Ident(s)) if s == "not" => {
-                self.pos += 1;
-                Ok(Node::Not(Box::new(self.unary()?)))
-            }
-            Some(Tok::LParen) => {
-                self.pos += 1;
-                let n = self.or()?;
-                self.expect(Tok::RParen, "`)`")?;
+            Some(Tok::Ident(s)) if s == "not" => self.nested(|p| {
+                p.pos += 1;
+                Ok(Node::Not(Box::new(p.unary()?)))
+            }),
+            Some(Tok::LParen) => self.nested(|p| {
+                p.pos += 1;
+                let n = p.or()?;
+                p.expect(Tok::RParen, "`)`")?;
                 Ok(n)
-            }
+            }),
             Some(Tok::Ident(s)) if s == "true" || s == "false" => {
                 let b = s == "true";
                 self.pos += 1;
                 Ok(Node::Const(b))
             }
-            Some(Tok::Ident(s)) if s == "any" => {
-                self.pos += 1;
-                self.expect(Tok::LParen, "`(` after any")?;
-                if !self.is_kw("proc.ancestors") {
-                    return self.err("any() takes proc.ancestors as its first argument");
+            Some(Tok::Ident(s)) if s == "any" => self.nested(|p| {
+                p.pos += 1;
+                p.expect(Tok::LParen, "`(` after any")?;
+                if !p.is_kw("proc.ancestors") {
+                    return p.err("any() takes proc.ancestors as its first argument");
                 }
-                self.pos += 1;
-                self.expect(Tok::Comma, "`,`")?;
-                let saved = self.in_any;
-                self.in_any = true;
-                let inner = self.or()?;
-                self.in_any = saved;
-                self.expect(Tok::RParen, "`)`")?;
+                p.pos += 1;
+                p.expect(Tok::Comma, "`,`")?;
+                let saved = p.in_any;
+                p.in_any = true;
+                let inner = p.or()?;
+                p.in_any = saved;
+                p.expect(Tok::RParen, "`)`")?;
                 Ok(Node::AnyAncestor(Box::new(inner)))
-            }
+            }),
             Some(Tok::Ident(name)) => {
                 let name = name.clone();
                 if let Some(m) = self.defs.macros.get(&name) {
                     let at = self.here();
                     self.pos += 1;
-                    return compile_inner(m, self.kind, self.defs, self.in_any, self.depth + 1)
-                        .map_err(|e| ParseError {
+                    if self.bounds.nesting >= MAX_NESTING {
+                        self.pos -= 1;
+                        return self
+                            .err(format!("condition nested deeper than {MAX_NESTING} levels"));
+                    }
+                    let inner = Bounds {
+                        nesting: self.bounds.nesting + 1,
+                        macro_depth: self.bounds.macro_depth + 1,
+                        ..self.bounds
+                    };
+                    return compile_inner(m, self.kind, self.defs, self.in_any, inner).map_err(
+                        |e| ParseError {
                             line: at.0,
                             col: at.1,
                             msg: format!("in macro {name} at {}:{}: {}", e.line, e.col, e.msg),
-                        });
+                        },
+                    );
                 }
                 self.pred(&name)
             }
@@ -819,6 +880,7 @@ impl Parser<'_> {
                         self.pos += 1;
                         break;
                     }
+                    self.count_terms(1)?;
                     if let Some(Tok::Ident(n)) = self.peek().cloned() {
                         self.pos += 1;
                         // a bare word inside ( ... ) is a named list if one exists, else a string
@@ -850,6 +912,7 @@ impl Parser<'_> {
             self.pos -= 1;
             return self.err(format!("unknown list `{n}`"));
         };
+        self.count_terms(items.len())?;
         items
             .iter()
             .map(|v| match v {
@@ -1179,7 +1242,85 @@ mod tests {
     use proptest::prelude::*;
 
     fn tree(src: &str, kind: RecordKind) -> Node {
-        compile_inner(src, kind, &Defs::default(), false, 0).expect("compiles")
+        let terms = std::cell::Cell::new(0);
+        let bounds = Bounds {
+            nesting: 0,
+            macro_depth: 0,
+            terms: &terms,
+        };
+        compile_inner(src, kind, &Defs::default(), false, bounds).expect("compiles")
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_an_error_with_its_position_not_a_stack_overflow() {
+        let defs = Defs::default();
+        // 3,000 levels: on the 2 MiB stack of a test (or detection) thread the parser
+        // overflowed before the limit.
+        let parens = format!("{}proc.pid == 1{}", "(".repeat(3000), ")".repeat(3000));
+        let e = compile(&parens, RecordKind::Process, &defs).expect_err("too deep");
+        assert_eq!((e.line, e.col), (1, MAX_NESTING + 1), "{e}");
+        assert!(e.msg.contains("nested deeper than 64"), "{e}");
+        let nots = format!("{}proc.pid == 1", "not ".repeat(3000));
+        let e = compile(&nots, RecordKind::Process, &defs).expect_err("too deep");
+        assert_eq!((e.line, e.col), (1, 4 * MAX_NESTING + 1), "{e}");
+        let anys = format!(
+            "{}a.pid == 1{}",
+            "any(proc.ancestors, ".repeat(3000),
+            ")".repeat(3000)
+        );
+        assert!(compile(&anys, RecordKind::Process, &defs).is_err());
+        // At the limit it compiles and evaluates.
+        let deepest = format!(
+            "{}proc.pid == 1{}",
+            "(".repeat(MAX_NESTING),
+            ")".repeat(MAX_NESTING)
+        );
+        compile(&deepest, RecordKind::Process, &defs).expect("at the limit");
+    }
+
+    #[test]
+    fn macros_count_toward_nesting_and_their_expansion_is_bounded() {
+        // Macros nested through parentheses: each level adds its own and the macro's.
+        let mut defs = Defs::default();
+        defs.macros.insert("m0".into(), "proc.pid == 1".into());
+        for i in 1..=15 {
+            defs.macros.insert(
+                format!("m{i}"),
+                format!("{}m{}{}", "(".repeat(8), i - 1, ")".repeat(8)),
+            );
+        }
+        let e = compile("m15", RecordKind::Process, &defs).expect_err("too deep");
+        assert!(e.msg.contains("nested deeper"), "{e}");
+        // Each macro uses the one below four times: 4^n terms. 4^15 (a billion) is refused
+        // after the first hundred thousand.
+        let mut defs = Defs::default();
+        defs.macros.insert("e0".into(), "proc.pid == 1".into());
+        for i in 1..=15 {
+            let below = format!("e{}", i - 1);
+            defs.macros
+                .insert(format!("e{i}"), [below.as_str(); 4].join(" or "));
+        }
+        let e = compile("e15", RecordKind::Process, &defs).expect_err("expands too far");
+        assert!(e.msg.contains("more than 100000 terms"), "{e}");
+        compile("e5", RecordKind::Process, &defs).expect("4^5 terms compile");
+        // A long list used many times counts its items each time.
+        let mut defs = Defs::default();
+        defs.lists.insert(
+            "big".into(),
+            (0..20_000)
+                .map(|i| serde_yaml_ng::Value::String(format!("n{i}")))
+                .collect(),
+        );
+        defs.macros
+            .insert("inbig".into(), "proc.comm in (big)".into());
+        compile("inbig or inbig", RecordKind::Process, &defs).expect("40,000 items");
+        let e = compile(
+            "inbig or inbig or inbig or inbig or inbig or inbig",
+            RecordKind::Process,
+            &defs,
+        )
+        .expect_err("120,000 items");
+        assert!(e.msg.contains("terms"), "{e}");
     }
 
     /// Every combination of a flow's enum values, with and without an owner process
