@@ -2,10 +2,12 @@
 //! process, and measures fidelity, speed and footprint beside the standard tools.
 //!
 //! `procflow-bench default --json FILE` runs the suite; `smoke` runs every scenario at tiny
-//! sizes. Scenarios: poll, churn, spawn, idle, pipeline, streams, rules, http, console. Workloads stay
-//! on loopback, are bounded in count and time, and child processes are ended by pid.
+//! sizes. Scenarios: poll, churn, spawn, idle, pipeline, streams, hostile, rules, http,
+//! console. Workloads stay on loopback, are bounded in count and time, and child processes
+//! are ended by pid.
 
 mod console;
+mod hostile;
 mod http;
 mod once;
 mod pipeline;
@@ -89,6 +91,9 @@ struct Sizes {
     streams: usize,
     stream_batches: u64,
     stream_batch_records: u64,
+    /// Seconds per phase of the hostile-client scenario (four phases), and its idle streams.
+    hostile_secs: u64,
+    hostile_idle_streams: usize,
     rule_records: usize,
     alert_samples: usize,
     http_secs: f64,
@@ -99,7 +104,7 @@ struct Sizes {
 /// `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
 /// (default when omitted), scenario names pick a subset.
 /// `transport` (the pipeline's transport figure alone) runs only when named.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "poll",
     "churn",
     "spawn",
@@ -107,6 +112,7 @@ const SCENARIOS: [&str; 10] = [
     "pipeline",
     "transport",
     "streams",
+    "hostile",
     "rules",
     "http",
     "console",
@@ -187,6 +193,8 @@ fn main() -> anyhow::Result<()> {
             streams: 20,
             stream_batches: 2,
             stream_batch_records: 10,
+            hostile_secs: 2,
+            hostile_idle_streams: 20,
             rule_records: 10_000,
             alert_samples: 1,
             http_secs: 0.5,
@@ -207,6 +215,8 @@ fn main() -> anyhow::Result<()> {
             streams: 1000,
             stream_batches: 5,
             stream_batch_records: 100,
+            hostile_secs: 20,
+            hostile_idle_streams: 1000,
             rule_records: 2_000_000,
             alert_samples: 10,
             http_secs: 5.0,
@@ -282,6 +292,13 @@ fn main() -> anyhow::Result<()> {
             sizes.stream_batch_records,
         ) {
             report.skip("streams", format!("{e:#}"));
+        }
+    }
+    if wanted("hostile") {
+        if let Err(e) =
+            hostile::scenario_hostile(&mut report, sizes.hostile_secs, sizes.hostile_idle_streams)
+        {
+            report.skip("hostile", format!("{e:#}"));
         }
     }
     if wanted("rules") {

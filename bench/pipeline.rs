@@ -72,7 +72,7 @@ impl Aggregator {
 }
 
 /// The exporter as the bench drives it: many batches in flight, no spool.
-fn exporter_config(url: &str) -> exporter::ExporterConfig {
+pub(crate) fn exporter_config(url: &str) -> exporter::ExporterConfig {
     exporter::ExporterConfig {
         endpoint: url.to_owned(),
         token: procflow::transport::TokenSource::None,
@@ -86,7 +86,7 @@ fn exporter_config(url: &str) -> exporter::ExporterConfig {
 
 /// Drives records through the real collector path until `count` records or `duration`.
 /// Returns (records sent, seconds, this process's CPU seconds).
-fn drive(
+pub(crate) fn drive(
     config: exporter::ExporterConfig,
     count: u64,
     duration: Duration,
@@ -393,7 +393,14 @@ pub fn scenario_streams(
     batches: u64,
     per_batch: u64,
 ) -> anyhow::Result<()> {
-    let agg = Aggregator::start(&["--no-detection"])?;
+    // Every stream connects from this host: until each collector has an identity of its
+    // own, they share this host's admission bound on streams.
+    let streams_allowed = streams.to_string();
+    let agg = Aggregator::start(&[
+        "--no-detection",
+        "--max-ingest-streams-per-identity",
+        &streams_allowed,
+    ])?;
     let url = agg.url();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

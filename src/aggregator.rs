@@ -3,6 +3,7 @@
 //! the store. Every request is authenticated into a verified principal (`auth`); TLS is
 //! rustls.
 
+pub mod admission;
 pub mod alert_out;
 pub mod auth;
 pub mod console;
@@ -160,6 +161,8 @@ pub struct Args {
     pub ui_baseline: Duration,
     #[command(flatten)]
     pub audit: crate::audit::AuditArgs,
+    #[command(flatten)]
+    pub admission: admission::AdmissionArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -284,6 +287,14 @@ pub async fn serve(
             Arc::new(store::NullStore::default())
         }
     };
+    if args.max_batch_records > args.admission.max_records_in_flight {
+        anyhow::bail!(
+            "--max-batch-records ({}) must not exceed --max-records-in-flight ({})",
+            args.max_batch_records,
+            args.admission.max_records_in_flight
+        );
+    }
+    let admission = admission::Admission::new(args.admission.clone());
     let hub = Arc::new(Hub::new(args.subscriber_queue));
     let console_credentials = console::auth::Credentials::new(auth.clone());
     let limits = Limits::default();
@@ -351,11 +362,12 @@ pub async fn serve(
         detector,
         limits,
         args.max_batch_records,
+        admission.clone(),
     )
     .with_liveness(liveness.clone());
-    let subscribe = SubscribeService::new(hub.clone());
-    let query = QueryService::new(store.clone());
-    let investigate = investigate::InvestigateService::new(store.clone());
+    let subscribe = SubscribeService::new(hub.clone(), admission.clone());
+    let query = QueryService::new(store.clone(), admission.clone());
+    let investigate = investigate::InvestigateService::new(store.clone(), admission);
     let (stop_console, console_stopped) = tokio::sync::oneshot::channel::<()>();
     let console_task = match args.ui_listen {
         Some(addr) => Some(

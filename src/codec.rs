@@ -131,6 +131,8 @@ pub struct RawBatch {
     pub sent_at: u64,
     frame: Bytes,
     records: Vec<std::ops::Range<usize>>,
+    /// Records in the frame; beyond the parse's bound only counted, never kept.
+    count: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +155,14 @@ impl RawBatch {
     /// (unknown fields skipped, a repeated identity merged); records are checked only for
     /// framing here and decoded by [`RawBatch::records`]' caller.
     pub fn parse(frame: Bytes) -> Result<RawBatch, FrameError> {
+        Self::parse_bounded(frame, usize::MAX)
+    }
+
+    /// [`RawBatch::parse`] that keeps the ranges of at most `max_records` records: a frame
+    /// of more (a 16 MiB frame holds eight million empty ones) costs no memory beyond
+    /// itself, and its [`len`](RawBatch::len) says how many it held so the batch can be
+    /// refused.
+    pub fn parse_bounded(frame: Bytes, max_records: usize) -> Result<RawBatch, FrameError> {
         use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field};
         use prost::encoding::{uint64, DecodeContext, WireType};
         let mut batch = RawBatch {
@@ -161,6 +171,7 @@ impl RawBatch {
             sent_at: 0,
             frame: frame.clone(),
             records: Vec::new(),
+            count: 0,
         };
         let mut rest: &[u8] = &frame;
         while !rest.is_empty() {
@@ -182,7 +193,10 @@ impl RawBatch {
                         .filter(|&len| len <= rest.len())
                         .ok_or(FrameError::Truncated)?;
                     let start = frame.len() - rest.len();
-                    batch.records.push(start..start + len);
+                    batch.count += 1;
+                    if batch.count <= max_records {
+                        batch.records.push(start..start + len);
+                    }
                     rest = &rest[len..];
                 }
                 _ => skip_field(wire_type, field, &mut rest, context)?,
@@ -191,23 +205,28 @@ impl RawBatch {
         Ok(batch)
     }
 
+    /// How many records the frame holds (all of them, also past the parse's bound).
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.count == 0
     }
 
-    /// Each record's encoded `procflow.v1.Record` message, in order.
+    /// Each record's encoded `procflow.v1.Record` message, in order (at most the parse's
+    /// bound of them).
     pub fn records(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         self.records.iter().map(|range| &self.frame[range.clone()])
     }
 }
 
-/// The aggregator's side of `Ingest.Stream`: batches in as [`RawBatch`], acks out.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RawBatchCodec;
+/// The aggregator's side of `Ingest.Stream`: batches in as [`RawBatch`] (the ranges of at
+/// most `max_records` records kept), acks out.
+#[derive(Debug, Clone, Copy)]
+pub struct RawBatchCodec {
+    pub max_records: usize,
+}
 
 impl Codec for RawBatchCodec {
     type Encode = pb::Ack;
@@ -220,7 +239,7 @@ impl Codec for RawBatchCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RawBatchCodec
+        *self
     }
 }
 
@@ -231,7 +250,7 @@ impl Decoder for RawBatchCodec {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<RawBatch>, Status> {
         // The frame's own buffer, split off rather than copied.
         let frame = buf.copy_to_bytes(buf.remaining());
-        RawBatch::parse(frame)
+        RawBatch::parse_bounded(frame, self.max_records)
             .map(Some)
             .map_err(|e| Status::internal(format!("decoding: {e}")))
     }
@@ -289,6 +308,9 @@ mod tests {
                 "{cut}"
             );
         }
+        // Past the bound, records are counted and not kept.
+        let bounded = RawBatch::parse_bounded(good.clone().into(), 1).expect("parses");
+        assert_eq!((bounded.len(), bounded.records().count()), (2, 1));
         let mut wrong_type = Vec::new();
         prost::encoding::string::encode(BATCH_SEQ, &"7".to_owned(), &mut wrong_type);
         assert!(RawBatch::parse(wrong_type.into()).is_err());

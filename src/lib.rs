@@ -12,6 +12,7 @@ pub mod client;
 pub mod codec;
 pub mod collector;
 pub mod config;
+pub mod durable;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod flows;

@@ -560,12 +560,12 @@ impl Engine {
     }
 
     /// Restores stateful rule state saved by [`Engine::save_state`].
-    pub fn load_state(&mut self, path: &Path) -> anyhow::Result<()> {
+    pub fn load_state(&mut self, path: &Path) -> Result<(), stateful::StateError> {
         self.state = stateful::State::load(path)?;
         Ok(())
     }
 
-    pub fn save_state(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn save_state(&self, path: &Path) -> Result<(), stateful::StateError> {
         self.state.save(path)
     }
 

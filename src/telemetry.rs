@@ -60,6 +60,10 @@ impl LogSampler {
 
 // === Metric names (one place; label values come from bounded enums) ===
 
+/// Half-written spool files (a crash's leftovers) removed when the spool opened.
+pub const SPOOL_TEMP_SWEPT: &str = "procflow_spool_temp_files_swept_total";
+/// Spool files that could not be read back (torn, damaged): skipped, records counted as dropped.
+pub const SPOOL_CORRUPT: &str = "procflow_spool_corrupt_batches_total";
 /// Records dropped because the collector's queue was full and its outputs could not buffer
 /// more (the exporter's memory buffer full without a spool).
 pub const QUEUE_DROPPED: &str = "procflow_queue_dropped_total";
@@ -118,6 +122,13 @@ pub const READERS_RELOAD_FAILURES: &str = "procflow_readers_reload_failures_tota
 /// Changes of the cluster issuer's signing keys, and failed refreshes.
 pub const ISSUER_KEY_REFRESHES: &str = "procflow_issuer_key_refreshes_total";
 pub const ISSUER_KEY_REFRESH_FAILURES: &str = "procflow_issuer_key_refresh_failures_total";
+/// Requests refused (or a query's answer cut short) by an admission bound (label `limit`:
+/// ingest_streams, subscribers, reads, query_limit, filter_values, query_timeout).
+pub const ADMISSION_REFUSED: &str = "procflow_admission_refused_total";
+/// Ingest batches that waited for room under `--max-records-in-flight`.
+pub const INGEST_ADMISSION_WAITS: &str = "procflow_ingest_admission_waits_total";
+/// Records decoded by ingest and not yet stored (bounded by `--max-records-in-flight`).
+pub const INGEST_RECORDS_IN_FLIGHT: &str = "procflow_ingest_records_in_flight";
 /// Batches rejected as invalid.
 pub const BATCHES_REJECTED: &str = "procflow_batches_rejected_total";
 /// Batches received again (at-least-once delivery) and not stored twice.
@@ -126,6 +137,11 @@ pub const BATCHES_DEDUPLICATED: &str = "procflow_batches_deduplicated_total";
 pub const RECORDS_RECEIVED: &str = "procflow_records_received_total";
 /// Records stored.
 pub const RECORDS_STORED: &str = "procflow_records_stored_total";
+/// Segments (stored events of one batch, kind and source) deleted to keep the store under
+/// its size bound.
+pub const STORE_SEGMENTS_TRIMMED: &str = "procflow_store_segments_trimmed_total";
+/// Reads of the store that failed (a damaged page, an I/O error); each is logged with its range.
+pub const STORE_READ_ERRORS: &str = "procflow_store_read_errors_total";
 /// Batches built by the collector's batcher.
 pub const BATCHES_BUILT: &str = "procflow_batches_built_total";
 /// Records the exporter dropped (spool full, no spool, rejected batches).
@@ -148,6 +164,8 @@ pub const ALERTS_DROPPED: &str = "procflow_alerts_dropped_total";
 pub const RULE_RELOADS: &str = "procflow_rule_reloads_total";
 /// Failed rule reloads (the previous set stays in force).
 pub const RULE_RELOAD_FAILURES: &str = "procflow_rule_reload_failures_total";
+/// Rule-state files found corrupt at start, set aside (the rules started fresh).
+pub const RULE_STATE_QUARANTINED: &str = "procflow_rule_state_quarantined_total";
 /// Keys of stateful rules not tracked because a rule reached its bound.
 pub const RULE_STATE_KEYS_REFUSED: &str = "procflow_rule_state_keys_refused";
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::aggregator::alert_out::Outputs;
@@ -15,6 +16,7 @@ use crate::aggregator::store::{Appended, Store};
 use crate::aggregator::Hub;
 use crate::audit::correlate::{self, Correlator, JoinConfig};
 use crate::model::{now_ns, AlertRecord, CollectorIdentity, Event, Record};
+use crate::rules::stateful::StateError;
 use crate::rules::{Engine, RuleSet};
 use crate::telemetry;
 
@@ -115,7 +117,7 @@ impl Detector {
         loaded.set(&set);
         let mut engine = Engine::new(set);
         engine.reemit_ns = u64::try_from(config.reemit.as_nanos()).unwrap_or(u64::MAX);
-        engine.load_state(&config.state_path)?;
+        load_state(&mut engine, &config.state_path)?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
@@ -300,6 +302,34 @@ fn run(
     }
     save(&engine, &config.state_path);
     config.outputs.close();
+}
+
+/// Restores the saved rule state. A file that does not parse (torn by a crash, emptied, edited
+/// by hand) is renamed aside, logged and counted, and the rules start fresh: losing windows
+/// and learned values costs some alerts' context, refusing to start costs all detection.
+/// A file that cannot be read at all is an error for the operator.
+fn load_state(engine: &mut Engine, path: &Path) -> anyhow::Result<()> {
+    // A save interrupted by a crash leaves its temporary file; the real one is whole.
+    let leftover = path.with_extension(crate::durable::TEMP_EXTENSION);
+    if std::fs::remove_file(&leftover).is_ok() {
+        tracing::info!(path = %leftover.display(), "removed an interrupted rule-state save");
+    }
+    match engine.load_state(path) {
+        Ok(()) => Ok(()),
+        Err(StateError::Corrupt { reason, .. }) => {
+            metrics::counter!(telemetry::RULE_STATE_QUARANTINED).increment(1);
+            let aside = crate::durable::quarantine(path)
+                .with_context(|| format!("moving corrupt rule state {} aside", path.display()))?;
+            tracing::error!(
+                path = %path.display(),
+                kept_as = %aside.display(),
+                %reason,
+                "rule state is corrupt: set aside, stateful rules start fresh (thresholds, learned values and rates are relearned)"
+            );
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn save(engine: &Engine, path: &Path) {

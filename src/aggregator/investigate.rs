@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
+use crate::aggregator::admission::{identity_key, Admission, Class};
 use crate::aggregator::auth::{NamespaceScope, Principal};
 use crate::aggregator::store::{EventQuery, Store, StoreError};
 use crate::investigate::{
@@ -288,13 +289,29 @@ fn of_kinds(base: &EventQuery, kinds: &[RecordKind]) -> EventQuery {
 
 pub struct InvestigateService {
     investigator: Investigator,
+    admission: Arc<Admission>,
 }
 
 impl InvestigateService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, admission: Arc<Admission>) -> Self {
         InvestigateService {
             investigator: Investigator::new(store),
+            admission,
         }
+    }
+
+    /// Admits one investigation of the request's identity (held until the answer is
+    /// built) and checks the filter of its window.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        window: Option<&pb::Window>,
+    ) -> Result<crate::aggregator::admission::Slot, Status> {
+        let identity = identity_key(request);
+        if let Some(filter) = window.and_then(|w| w.filter.as_ref()) {
+            self.admission.check_filter(&identity, filter)?;
+        }
+        self.admission.admit(Class::Read, &identity)
     }
 }
 
@@ -346,8 +363,7 @@ fn limit_of(limit: u32) -> usize {
 }
 
 fn store_status(e: StoreError) -> Status {
-    tracing::warn!(error = %e, "investigation failed reading the store");
-    Status::internal(format!("reading the store: {e}"))
+    crate::aggregator::service::store_read_failed(e, "investigation")
 }
 
 /// Runs `work` on a blocking thread (store scans are synchronous SQLite reads).
@@ -376,6 +392,7 @@ impl pb::investigate_server::Investigate for InvestigateService {
         request: Request<pb::TalkersRequest>,
     ) -> Result<Response<pb::TalkersReply>, Status> {
         let scope = Principal::of(&request)?.read_scope()?;
+        let _slot = self.admit(&request, request.get_ref().window.as_ref())?;
         let req = request.into_inner();
         let question = question_of(req.window, &scope)?;
         let order = order_of(req.order)?;
@@ -391,6 +408,7 @@ impl pb::investigate_server::Investigate for InvestigateService {
         request: Request<pb::NewActivityRequest>,
     ) -> Result<Response<pb::NewActivityReply>, Status> {
         let scope = Principal::of(&request)?.read_scope()?;
+        let _slot = self.admit(&request, request.get_ref().window.as_ref())?;
         let req = request.into_inner();
         let question = question_of(req.window, &scope)?;
         if question.query.since == 0 {
@@ -417,6 +435,7 @@ impl pb::investigate_server::Investigate for InvestigateService {
         request: Request<pb::ProcessTreeRequest>,
     ) -> Result<Response<pb::ProcessTreeReply>, Status> {
         let scope = Principal::of(&request)?.read_scope()?;
+        let _slot = self.admit(&request, None)?;
         let req = request.into_inner();
         if req.pod_name.is_empty() {
             return Err(Status::invalid_argument(

@@ -1,6 +1,8 @@
 //! The gRPC services: Ingest (batches in, acks out), Subscribe (live events), Query
-//! (stored events), and the bearer-token check in front of all three.
+//! (stored events), and the bearer-token check in front of all three. What each request
+//! may cost is [`admission`](crate::aggregator::admission)'s to decide.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -8,11 +10,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::aggregator::admission::{identity_key, Admission, Class, Held};
 use crate::aggregator::auth::{Principal, WriterIdentity};
 use crate::aggregator::detect::Detector;
 use crate::aggregator::hub::{Hub, LiveFilter};
 use crate::aggregator::liveness::{Liveness, StreamEnd};
-use crate::aggregator::store::{Appended, EventQuery, Store};
+use crate::aggregator::store::{Appended, EventQuery, Store, StoreError};
 use crate::codec::RawBatch;
 use crate::model::{now_ns, CollectorIdentity, Event, RecordKind};
 use crate::proto::v1 as pb;
@@ -30,6 +33,7 @@ pub struct IngestService {
     limits: Limits,
     max_batch_records: usize,
     liveness: Option<Arc<Liveness>>,
+    admission: Arc<Admission>,
 }
 
 impl IngestService {
@@ -39,6 +43,7 @@ impl IngestService {
         detector: Option<Detector>,
         limits: Limits,
         max_batch_records: usize,
+        admission: Arc<Admission>,
     ) -> Self {
         IngestService {
             store,
@@ -47,6 +52,7 @@ impl IngestService {
             limits,
             max_batch_records,
             liveness: None,
+            admission,
         }
     }
 
@@ -169,9 +175,11 @@ where
             return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
         }
         let (service, limit) = (self.service.clone(), self.max_decoding_message_size);
+        let codec = crate::codec::RawBatchCodec {
+            max_records: service.max_batch_records,
+        };
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(crate::codec::RawBatchCodec)
-                .max_decoding_message_size(limit);
+            let mut grpc = tonic::server::Grpc::new(codec).max_decoding_message_size(limit);
             Ok(grpc.streaming(StreamMethod(service), request).await)
         })
     }
@@ -200,15 +208,20 @@ impl IngestService {
         let writer = principal.require_writer()?.cloned();
         let key = principal.key().to_owned();
         let expires_at = principal.expires_at();
+        // Held by the reader for as long as the stream is open.
+        let slot = self
+            .admission
+            .admit(Class::IngestStream, &identity_key(&request))?;
         let mut batches = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let (store, hub, detector, limits, max_records, liveness) = (
+        let (store, hub, detector, limits, max_records, liveness, admission) = (
             self.store.clone(),
             self.hub.clone(),
             self.detector.clone(),
             self.limits,
             self.max_batch_records,
             self.liveness.clone(),
+            self.admission.clone(),
         );
         // Two tasks per stream: the reader decodes batch N+1 while the store writes batch N;
         // the acker awaits the store in order and acknowledges. At most PIPELINE batches of a
@@ -216,6 +229,7 @@ impl IngestService {
         const PIPELINE: usize = 8;
         let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel::<Pending>(PIPELINE);
         tokio::spawn(async move {
+            let _slot = slot;
             // A stream lives no longer than its credential: the collector reconnects with
             // the rotated one.
             let expiry = expires_at.map(|at| {
@@ -253,6 +267,12 @@ impl IngestService {
                     }
                 };
                 let seq = batch.seq;
+                // Room for the decoded records before decoding them (a batch over the
+                // record limit is refused undecoded, and takes none).
+                let permit = match batch.len() {
+                    n if n <= max_records => Some(admission.reserve_records(n).await),
+                    _ => None,
+                };
                 let writer = writer.as_ref().map(|w| (w, key.as_str()));
                 let pending = match decode_batch(batch, &limits, max_records, writer) {
                     Err(BatchError::Denied(why)) => {
@@ -286,9 +306,17 @@ impl IngestService {
                             }
                             liveness.observe(&identity, &events, first);
                         }
+                        let appended = store.append(identity.collector_id.clone(), seq, events);
                         Pending::Storing {
                             seq,
-                            outcome: store.append(identity.collector_id.clone(), seq, events),
+                            // The records' room in flight is given back once the store has
+                            // them (not when the ack is sent: a client that does not read
+                            // its acks must not hold it).
+                            outcome: Box::pin(async move {
+                                let outcome = appended.await;
+                                drop(permit);
+                                outcome
+                            }),
                         }
                     }
                 };
@@ -377,20 +405,22 @@ enum Pending {
     Failed(Status),
     Storing {
         seq: u64,
-        outcome:
-            tokio::sync::oneshot::Receiver<Result<Appended, crate::aggregator::store::StoreError>>,
+        outcome: Pin<Box<dyn Future<Output = StoreOutcome> + Send>>,
     },
 }
+
+type StoreOutcome = Result<Result<Appended, StoreError>, tokio::sync::oneshot::error::RecvError>;
 
 // === Subscribe ===
 
 pub struct SubscribeService {
     hub: Arc<Hub>,
+    admission: Arc<Admission>,
 }
 
 impl SubscribeService {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        SubscribeService { hub }
+    pub fn new(hub: Arc<Hub>, admission: Arc<Admission>) -> Self {
+        SubscribeService { hub, admission }
     }
 }
 
@@ -420,31 +450,38 @@ impl pb::subscribe_server::Subscribe for SubscribeService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let principal = Principal::of(&request)?;
         let scope = principal.read_scope()?;
+        let identity = identity_key(&request);
         let filter = request.into_inner().filter.unwrap_or_default();
-        let live = LiveFilter {
-            kinds: kinds_of(&filter),
-            pods: filter.pods.clone(),
-            namespaces: scope.restrict(filter.namespaces.clone())?,
-            scopes: filter
+        self.admission.check_filter(&identity, &filter)?;
+        let slot = self.admission.admit(Class::Subscriber, &identity)?;
+        let live = LiveFilter::new(
+            kinds_of(&filter),
+            filter.pods,
+            scope.restrict(filter.namespaces)?,
+            filter
                 .scopes
                 .iter()
                 .filter_map(|s| pb::Scope::try_from(*s).ok())
                 .collect(),
-            directions: filter
+            filter
                 .directions
                 .iter()
                 .filter_map(|d| pb::Direction::try_from(*d).ok())
                 .collect(),
-        };
+        );
         let mut rx = self.hub.subscribe(live);
         let Some(expires_at) = principal.expires_at() else {
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))));
+            return Ok(Response::new(Box::pin(Held::new(
+                ReceiverStream::new(rx).map(Ok),
+                slot,
+            ))));
         };
         // A subscription lives no longer than its credential.
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_nanos(expires_at.saturating_sub(now_ns()));
         let (tx, out) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 tokio::select! {
                     item = rx.recv() => match item {
@@ -468,40 +505,131 @@ impl pb::subscribe_server::Subscribe for SubscribeService {
 
 pub struct QueryService {
     store: Arc<dyn Store>,
+    admission: Arc<Admission>,
 }
 
 impl QueryService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        QueryService { store }
+    pub fn new(store: Arc<dyn Store>, admission: Arc<Admission>) -> Self {
+        QueryService { store, admission }
     }
 }
+
+/// Events of a query's answer buffered between the store and the client.
+const QUERY_BUFFER: usize = 1024;
 
 #[tonic::async_trait]
 impl pb::query_server::Query for QueryService {
     type RecordsStream = BoxStream<pb::Event>;
 
+    /// Streams the answer as the store reads it: memory holds [`QUERY_BUFFER`] events
+    /// whatever the limit, and a client that stops reading ends its query at the deadline.
     async fn records(
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::RecordsStream>, Status> {
         let scope = Principal::of(&request)?.read_scope()?;
+        let identity = identity_key(&request);
         let req = request.into_inner();
         let filter = req.filter.unwrap_or_default();
+        self.admission.check_filter(&identity, &filter)?;
+        let limit = self.admission.query_limit(&identity, req.limit)?;
+        let slot = self.admission.admit(Class::Read, &identity)?;
         let query = EventQuery {
             kinds: kinds_of(&filter),
             pods: filter.pods,
             namespaces: scope.restrict(filter.namespaces)?,
             since: req.since,
             until: req.until,
-            limit: req.limit as usize,
+            limit,
         };
-        let store = self.store.clone();
-        let events = tokio::task::spawn_blocking(move || store.query(&query))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let items: Vec<Result<pb::Event, Status>> =
-            events.iter().map(|e| Ok(wire::event_to_proto(e))).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        let (store, admission) = (self.store.clone(), self.admission.clone());
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(QUERY_BUFFER);
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Handle::current();
+        let deadline = tokio::time::Instant::now() + admission.args().query_timeout;
+        tokio::task::spawn_blocking(move || {
+            let mut sent = 0usize;
+            let mut timed_out = false;
+            let scanned = store.scan(&query, &mut |event| {
+                let item = wire::event_to_proto(&event);
+                let delivered = match events_tx.try_send(item) {
+                    Ok(()) => true,
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+                    // The client is slower than the store: wait for it, until the deadline.
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
+                        match runtime
+                            .block_on(tokio::time::timeout_at(deadline, events_tx.send(item)))
+                        {
+                            Ok(sent) => sent.is_ok(),
+                            Err(_) => {
+                                timed_out = true;
+                                false
+                            }
+                        }
+                    }
+                };
+                sent += usize::from(delivered);
+                timed_out |= delivered && tokio::time::Instant::now() >= deadline;
+                delivered && sent < limit && !timed_out
+            });
+            let end = match scanned {
+                Err(error) => Some(store_read_failed(error, "query")),
+                Ok(_) if timed_out => Some(admission.query_timed_out(slot.identity(), sent)),
+                Ok(_) => None,
+            };
+            drop(slot);
+            if let Some(status) = end {
+                let _ = end_tx.send(status);
+            }
+        });
+        Ok(Response::new(Box::pin(QueryAnswer {
+            events: events_rx,
+            end: Some(end_rx),
+        })))
+    }
+}
+
+/// A query's answer: its events as the store reads them, then the error that ended it, if
+/// one did (delivered after the events already read, whether or not the client kept up).
+struct QueryAnswer {
+    events: tokio::sync::mpsc::Receiver<pb::Event>,
+    end: Option<tokio::sync::oneshot::Receiver<Status>>,
+}
+
+impl Stream for QueryAnswer {
+    type Item = Result<pb::Event, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match self.events.poll_recv(cx) {
+            Poll::Ready(Some(event)) => return Poll::Ready(Some(Ok(event))),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {}
+        }
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(end).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(status) => {
+                self.end = None;
+                Poll::Ready(status.ok().map(Err))
+            }
+        }
+    }
+}
+
+/// A failed read of the store as the client sees it: logged with the range the error names,
+/// counted, and `DATA_LOSS` when the stored data is damaged (not a bare INTERNAL).
+pub(crate) fn store_read_failed(error: StoreError, what: &str) -> Status {
+    metrics::counter!(telemetry::STORE_READ_ERRORS).increment(1);
+    tracing::error!(%error, what, "reading the store failed");
+    if error.is_corruption() {
+        Status::data_loss(format!("{what}: the store is damaged: {error}"))
+    } else {
+        Status::internal(format!("{what}: reading the store: {error}"))
     }
 }

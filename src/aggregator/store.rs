@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::codec::{RawBatch, BATCH_RECORDS_FIELD};
 use crate::model::{Event, Record, RecordKind};
 use crate::proto::v1 as pb;
+use crate::telemetry;
 use crate::wire::{self, direct};
 
 #[derive(Debug, Error)]
@@ -29,6 +30,54 @@ pub enum StoreError {
     WriterGone,
     #[error("stored event {id} does not decode: {reason}")]
     Corrupt { id: i64, reason: String },
+    /// Reading a range failed part-way (a damaged page, an I/O error): says which range
+    /// and where, so an operator can tell what is lost.
+    #[error("{range}: {source}")]
+    Read {
+        range: Box<ReadRange>,
+        source: rusqlite::Error,
+    },
+}
+
+/// Which read of the store failed, and where in it.
+#[derive(Debug)]
+pub struct ReadRange {
+    pub path: PathBuf,
+    pub since: u64,
+    pub until: u64,
+    /// The last segment read whole (id, arrival time), if any.
+    pub after: Option<(i64, i64)>,
+}
+
+impl std::fmt::Display for ReadRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "database {}: reading events received in [{}, {}] ns failed ",
+            self.path.display(),
+            self.since,
+            self.until
+        )?;
+        match self.after {
+            None => write!(f, "before its first segment"),
+            Some((id, at)) => write!(f, "after segment {id} (received at {at} ns)"),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the stored data itself is damaged (rather than the store being busy or gone).
+    pub fn is_corruption(&self) -> bool {
+        let sqlite = match self {
+            StoreError::Corrupt { .. } => return true,
+            StoreError::Sqlite { source, .. } | StoreError::Read { source, .. } => source,
+            StoreError::WriterGone => return false,
+        };
+        matches!(
+            sqlite.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    }
 }
 
 /// What happened to an appended batch.
@@ -237,10 +286,19 @@ impl Store for SqliteStore {
         q: &EventQuery,
         visit: &mut dyn FnMut(Event) -> bool,
     ) -> Result<bool, StoreError> {
-        let sqlite = |source| StoreError::Sqlite {
-            path: self.path.clone(),
+        let until = if q.until == 0 { u64::MAX } else { q.until };
+        // The last segment read whole: a failure names the range and where in it.
+        let mut last: Option<(i64, i64)> = None;
+        let read_failed = |after: Option<(i64, i64)>, source| StoreError::Read {
+            range: Box::new(ReadRange {
+                path: self.path.clone(),
+                since: q.since,
+                until,
+                after,
+            }),
             source,
         };
+        let sqlite = |source| read_failed(None, source);
         let conn =
             Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(sqlite)?;
@@ -252,13 +310,8 @@ impl Store for SqliteStore {
             "SELECT id, received_at FROM segments WHERE received_at >= ?1 AND received_at <= ?2",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![
-            (q.since as i64).into(),
-            (if q.until == 0 {
-                i64::MAX
-            } else {
-                q.until as i64
-            })
-            .into(),
+            i64::try_from(q.since).unwrap_or(i64::MAX).into(),
+            i64::try_from(until).unwrap_or(i64::MAX).into(),
         ];
         let mut in_list = |column: &str, values: Vec<String>| {
             if values.is_empty() {
@@ -295,7 +348,7 @@ impl Store for SqliteStore {
         for (id, received_at) in segments {
             let body: Vec<u8> = body_of
                 .query_row(params![id], |row| row.get(0))
-                .map_err(sqlite)?;
+                .map_err(|e| read_failed(last, e))?;
             let corrupt = |reason: String| StoreError::Corrupt { id, reason };
             let mut segment = RawBatch::parse(body.into()).map_err(|e| corrupt(e.to_string()))?;
             let source = Arc::new(
@@ -319,6 +372,7 @@ impl Store for SqliteStore {
                     return Ok(false);
                 }
             }
+            last = Some((id, received_at));
         }
         Ok(true)
     }
@@ -511,41 +565,72 @@ fn segments(events: &[Event]) -> Vec<Vec<usize>> {
     groups
 }
 
-fn apply_retention(conn: &Connection, retention: Retention) -> Result<(), rusqlite::Error> {
-    let cutoff = crate::model::now_ns().saturating_sub(retention.max_age.as_nanos() as u64) as i64;
-    conn.execute(
-        "DELETE FROM segments WHERE received_at < ?1",
-        params![cutoff],
-    )?;
-    conn.execute(
-        "DELETE FROM batches WHERE received_at < ?1",
-        params![cutoff],
-    )?;
-    conn.execute(
-        "DELETE FROM audit_seen WHERE received_at < ?1",
-        params![cutoff],
-    )?;
-    let size: i64 = conn.query_row(
-        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+/// What a retention pass deleted.
+#[derive(Debug, Default, PartialEq)]
+struct Trimmed {
+    by_age: usize,
+    by_size: usize,
+    dedupe_rows: usize,
+}
+
+/// The database's live size: its pages minus the free ones. Deleting rows frees pages for
+/// reuse without shrinking the file, so the file's size says nothing once a trim has run.
+fn live_bytes(conn: &Connection) -> Result<u64, rusqlite::Error> {
+    let live: i64 = conn.query_row(
+        "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
         [],
         |r| r.get(0),
     )?;
-    if size as u64 > retention.max_bytes {
+    Ok(u64::try_from(live).unwrap_or(0))
+}
+
+/// Deletes events older than the retention, then the oldest tenth at a time while the live
+/// size is over the bound (at most ten times a pass, so the writer is not held long), then
+/// the deduplication rows of batches whose events are all gone.
+fn apply_retention(conn: &Connection, retention: Retention) -> Result<Trimmed, rusqlite::Error> {
+    let now = crate::model::now_ns();
+    let cutoff = now.saturating_sub(retention.max_age.as_nanos() as u64) as i64;
+    let mut trimmed = Trimmed {
+        by_age: conn.execute(
+            "DELETE FROM segments WHERE received_at < ?1",
+            params![cutoff],
+        )?,
+        ..Trimmed::default()
+    };
+    for _ in 0..10 {
+        if live_bytes(conn)? <= retention.max_bytes {
+            break;
+        }
         let total: i64 = conn.query_row("SELECT count(*) FROM segments", [], |r| r.get(0))?;
-        let drop = (total / 10).max(1);
-        conn.execute(
+        if total == 0 {
+            break;
+        }
+        trimmed.by_size += conn.execute(
             "DELETE FROM segments WHERE id IN (SELECT id FROM segments ORDER BY id LIMIT ?1)",
-            params![drop],
+            params![(total / 10).max(1)],
         )?;
+    }
+    // A batch's row (an audit event's) is written after its events were received, so a row
+    // older than the oldest stored event guards nothing any more: a resend of that batch
+    // finds no copy to duplicate.
+    for table in ["batches", "audit_seen"] {
+        trimmed.dedupe_rows += conn.execute(
+            &format!("DELETE FROM {table} WHERE received_at < ?1 OR received_at < (SELECT COALESCE(MIN(received_at), ?2) FROM segments)"),
+            params![cutoff, now as i64],
+        )?;
+    }
+    if trimmed.by_size > 0 {
+        metrics::counter!(telemetry::STORE_SEGMENTS_TRIMMED).increment(trimmed.by_size as u64);
         tracing::info!(
-            segments = drop,
+            segments = trimmed.by_size,
+            max_bytes = retention.max_bytes,
             "store over its size limit: deleted the oldest segments"
         );
     }
     let _ = conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         .optional();
-    Ok(())
+    Ok(trimmed)
 }
 
 /// `--store none`: keeps nothing (deduplication only), to measure transport and detection
@@ -611,5 +696,94 @@ impl Store for NullStore {
         _visit: &mut dyn FnMut(Event) -> bool,
     ) -> Result<bool, StoreError> {
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of `n` segments of `body` bytes each, received 1 ns apart, each batch
+    /// with its deduplication row.
+    fn filled(n: i64, body: usize) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = Connection::open(dir.path().join("procflow.db")).expect("open");
+        conn.execute_batch(SCHEMA).expect("schema");
+        let now = crate::model::now_ns() as i64;
+        let tx = conn.transaction().expect("tx");
+        for i in 0..n {
+            tx.execute(
+                "INSERT INTO segments (received_at, kind, pod, namespace, collector, count, body) VALUES (?1, 'flow', 'p', 'n', 'c', 1, ?2)",
+                params![now - n + i, vec![7u8; body]],
+            )
+            .expect("segment");
+            tx.execute(
+                "INSERT INTO batches (collector, seq, received_at) VALUES ('c', ?1, ?2)",
+                params![i, now - n + i],
+            )
+            .expect("batch");
+        }
+        tx.commit().expect("commit");
+        (dir, conn)
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn size_retention_trims_to_the_bound_by_live_pages_then_stops() {
+        let (_dir, conn) = filled(2000, 4096);
+        let before = live_bytes(&conn).expect("size");
+        let retention = Retention {
+            max_age: Duration::from_secs(86_400),
+            max_bytes: before / 2,
+        };
+        let first = apply_retention(&conn, retention).expect("first pass");
+        assert!(first.by_size > 0 && first.by_age == 0, "{first:?}");
+        assert!(live_bytes(&conn).expect("size") <= before / 2);
+        let left = count(&conn, "segments");
+        assert!(
+            left >= 800,
+            "trimmed a tenth at a time, not more: {left} left"
+        );
+        // The file did not shrink, but its live pages are under the bound: nothing more goes.
+        for _ in 0..3 {
+            let again = apply_retention(&conn, retention).expect("next pass");
+            assert_eq!(again.by_size, 0, "{again:?}");
+        }
+        assert_eq!(count(&conn, "segments"), left);
+        // The dedupe rows of trimmed batches went with them; the others stay.
+        assert_eq!(count(&conn, "batches"), left);
+        let oldest_guard: i64 = conn
+            .query_row("SELECT MIN(received_at) FROM batches", [], |r| r.get(0))
+            .expect("min");
+        let oldest_event: i64 = conn
+            .query_row("SELECT MIN(received_at) FROM segments", [], |r| r.get(0))
+            .expect("min");
+        assert_eq!(oldest_guard, oldest_event);
+    }
+
+    #[test]
+    fn age_retention_removes_events_and_their_dedupe_rows() {
+        let (_dir, conn) = filled(100, 16);
+        let trimmed = apply_retention(
+            &conn,
+            Retention {
+                max_age: Duration::ZERO,
+                max_bytes: u64::MAX,
+            },
+        )
+        .expect("pass");
+        assert_eq!(
+            trimmed,
+            Trimmed {
+                by_age: 100,
+                by_size: 0,
+                dedupe_rows: 100
+            }
+        );
+        assert_eq!(count(&conn, "batches"), 0);
     }
 }

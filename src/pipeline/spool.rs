@@ -2,7 +2,10 @@
 //! directory such as an `emptyDir`, oldest first, within a size cap. When the cap is reached
 //! the oldest batch is deleted and its records counted as dropped. Files of an earlier run
 //! are replayed in order (their batches keep their own collector id and seq, so the
-//! aggregator deduplicates them correctly).
+//! aggregator deduplicates them correctly). Each file is written durably
+//! ([`crate::durable`]); what a crash leaves anyway is cleaned up, counted: temporary files
+//! are swept at open, a batch file that does not parse is skipped and its records counted
+//! as dropped.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -11,9 +14,11 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use crate::durable;
 use crate::pipeline::exporter::drop_batch;
 use crate::pipeline::EncodedBatch;
 use crate::proto::v1 as pb;
+use crate::telemetry;
 
 pub struct Spool {
     dir: PathBuf,
@@ -28,6 +33,15 @@ pub struct Spool {
 impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
+        let swept = durable::sweep_temp_files(dir)?;
+        if swept > 0 {
+            metrics::counter!(telemetry::SPOOL_TEMP_SWEPT).increment(swept as u64);
+            tracing::warn!(
+                files = swept,
+                dir = %dir.display(),
+                "removed spool files an earlier run left half-written (their batches were never spooled)"
+            );
+        }
         let mut files: Vec<(String, u64)> = fs::read_dir(dir)?
             .filter_map(Result::ok)
             .filter_map(|e| {
@@ -111,33 +125,54 @@ impl Spool {
         Ok(())
     }
 
-    /// Removes and returns the oldest batch.
+    /// Removes and returns the oldest batch. A file that cannot be read or does not parse
+    /// (torn by a crash or a disk) is skipped: removed, its records counted as dropped.
     pub fn pop(&mut self) -> io::Result<Option<EncodedBatch>> {
-        let Some((name, size)) = self.files.pop_front() else {
-            return Ok(None);
-        };
-        self.bytes = self.bytes.saturating_sub(size);
-        let path = self.dir.join(&name);
-        let body = fs::read(&path);
-        let _ = fs::remove_file(&path);
-        let body = body?;
-        // The whole batch is checked once here, so a corrupt file is an error now and not a
-        // rejection at the aggregator; its bytes are then sent as they are.
-        let batch = pb::Batch::decode(body.as_slice())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {e}")))?;
-        Ok(Some(EncodedBatch {
-            seq: batch.seq,
-            records: batch.records.len(),
-            bytes: body.into(),
-        }))
+        while let Some((name, size)) = self.files.pop_front() {
+            self.bytes = self.bytes.saturating_sub(size);
+            let path = self.dir.join(&name);
+            let body = fs::read(&path);
+            let _ = fs::remove_file(&path);
+            // The name says how many records the batch held (`<n>-<records>.batch`).
+            let named = name
+                .trim_end_matches(".batch")
+                .rsplit('-')
+                .next()
+                .and_then(|r| r.parse::<usize>().ok());
+            // The whole batch is checked once here, so a corrupt file is dropped now and not
+            // a rejection at the aggregator; its bytes are then sent as they are. A file cut
+            // where a field ends still parses: its record count tells it apart.
+            let error = match body.map(|b| (pb::Batch::decode(b.as_slice()), b)) {
+                Ok((Ok(batch), body)) if named.is_none_or(|n| n == batch.records.len()) => {
+                    return Ok(Some(EncodedBatch {
+                        seq: batch.seq,
+                        records: batch.records.len(),
+                        bytes: body.into(),
+                    }))
+                }
+                Ok((Ok(batch), _)) => format!("{} of its records left (torn)", batch.records.len()),
+                Ok((Err(e), _)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            metrics::counter!(telemetry::SPOOL_CORRUPT).increment(1);
+            let records = named.unwrap_or(1);
+            drop_batch(
+                &EncodedBatch {
+                    seq: 0,
+                    records,
+                    bytes: Default::default(),
+                },
+                &format!("unreadable spool file {name}: {error}"),
+            );
+        }
+        Ok(None)
     }
 }
 
-/// Writes via a temporary name so a crash never leaves a half-written batch under a real name.
+/// Writes via a temporary name, synced, so a crash never leaves a half-written batch under
+/// a real name.
 fn write_file(path: &Path, body: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, body)?;
-    fs::rename(tmp, path)
+    durable::write_atomic(path, body)
 }
 
 #[cfg(test)]
@@ -185,15 +220,50 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_file_is_an_error_not_a_panic() {
+    fn torn_files_are_skipped_and_counted_and_leftovers_swept() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+        for seq in 1..=3 {
+            spool.push(&batch(seq, 10)).expect("push");
+        }
+        drop(spool);
+        // A crash tore the middle batch (cut short) and left a half-written file.
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        let torn = fs::read(&names[1]).expect("read");
+        fs::write(&names[1], &torn[..torn.len() / 2]).expect("tear");
+        // Cut where a field ends, it still parses: as a batch of fewer records.
+        let fewer = batch(4, 3).bytes;
+        fs::write(dir.path().join("00000000000000000008-10.batch"), &fewer).expect("short");
+        fs::write(dir.path().join("00000000000000000009-10.tmp"), b"half").expect("leftover");
         fs::write(
-            dir.path().join("00000000000000000000-1.batch"),
+            dir.path().join("00000000000000000010-7.batch"),
             b"\xff\xff\xff garbage",
         )
-        .expect("write");
-        let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
-        assert!(spool.pop().is_err());
+        .expect("garbage");
+        let dropped = || {
+            crate::pipeline::exporter::EXPORT_STATS
+                .records_dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = dropped();
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
+        assert!(
+            !dir.path().join("00000000000000000009-10.tmp").exists(),
+            "the leftover is swept at open"
+        );
+        let seqs: Vec<u64> = std::iter::from_fn(|| spool.pop().expect("pop"))
+            .map(|b| b.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 3], "the whole batches are replayed in order");
         assert!(spool.is_empty());
+        assert!(
+            dropped() >= before + 27,
+            "the torn batches' 10 + 10 records and the garbage's 7 are counted"
+        );
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 0);
     }
 }

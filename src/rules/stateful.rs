@@ -18,6 +18,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{FlowPhase, Record, UnixNanos};
 
+/// Why saved rule state could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file is there but cannot be read (permissions, I/O): not a reason to forget it.
+    #[error("reading rule state {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The file does not parse (torn, emptied, edited): its windows are lost either way.
+    #[error("rule state {path} is corrupt: {reason}")]
+    Corrupt {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("writing rule state {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// `threshold:` in a rule file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,11 +301,14 @@ pub struct Verdict {
 
 impl State {
     /// Loads saved state; a missing file is a fresh start, a corrupt one an error.
-    pub fn load(path: &Path) -> anyhow::Result<State> {
+    pub fn load(path: &Path) -> Result<State, StateError> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let mut state: State = serde_json::from_slice(&bytes)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                let mut state: State =
+                    serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    })?;
                 if state.socket_ids != SOCKET_IDS {
                     tracing::info!(
                         sockets = state.sockets.len(),
@@ -303,16 +328,22 @@ impl State {
                 Ok(state)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+            Err(source) => Err(StateError::Read {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
-    /// Writes atomically (temporary file, then rename) so a crash leaves the old copy.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+    /// Writes atomically and durably ([`crate::durable::write_atomic`]): a crash or a power
+    /// cut leaves the old copy or the new one, never a torn file.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let write = |source| StateError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let bytes = serde_json::to_vec(self).map_err(|e| write(std::io::Error::other(e)))?;
+        crate::durable::write_atomic(path, &bytes).map_err(write)
     }
 
     /// Forgets rules that are no longer loaded (after a reload).

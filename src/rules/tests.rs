@@ -435,7 +435,15 @@ fn stateful_state_survives_a_restart() {
     assert_eq!(fired, vec!["X".to_string()]);
     // A corrupt state file is an error, not a silent fresh start.
     std::fs::write(&path, b"{not json").expect("write");
-    assert!(e.load_state(&path).is_err());
+    assert!(matches!(
+        e.load_state(&path),
+        Err(stateful::StateError::Corrupt { .. })
+    ));
+    std::fs::write(&path, b"").expect("write");
+    assert!(matches!(
+        e.load_state(&path),
+        Err(stateful::StateError::Corrupt { .. })
+    ));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! All integration tests in one binary: real sockets, processes, network namespaces,
 //! gRPC connections and databases. Each module asserts only on what it created.
 
+mod admission;
 mod aggregator;
 mod audit;
 mod audit_join;
@@ -8,6 +9,7 @@ mod bench;
 mod cli;
 mod console;
 mod credentials;
+mod faults;
 mod identity;
 mod investigate;
 mod pipeline;

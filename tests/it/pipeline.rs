@@ -56,7 +56,7 @@ impl Aggregator {
             .arg(self.dir.path())
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file())
             .spawn()
             .expect("start aggregator");
         self.child = Some(child);
@@ -64,6 +64,41 @@ impl Aggregator {
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "aggregator did not start");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where its log goes (appended across restarts), beside its data.
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("aggregator.log"))
+            .expect("aggregator log")
+    }
+
+    /// Everything it has logged, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("aggregator.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Whether the process is still alive (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, and waits for it to exit (it saves its state and closes the store).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
         }
     }
 
@@ -90,7 +125,7 @@ impl Aggregator {
                 "--since",
                 since,
                 "--limit",
-                "1000000",
+                "100000",
                 "--kind",
                 kind,
             ])
@@ -136,7 +171,7 @@ pub(crate) fn identity(id: &str) -> CollectorIdentity {
 }
 
 /// A batch of heartbeats whose `time` fields number the records uniquely.
-fn batch(id: &CollectorIdentity, seq: u64, first: u64, count: u64) -> pb::Batch {
+pub fn batch(id: &CollectorIdentity, seq: u64, first: u64, count: u64) -> pb::Batch {
     pb::Batch {
         identity: Some(wire::identity_to_proto(id)),
         seq,
@@ -152,7 +187,7 @@ fn batch(id: &CollectorIdentity, seq: u64, first: u64, count: u64) -> pb::Batch 
     }
 }
 
-fn exporter_config(
+pub fn exporter_config(
     url: String,
     spool: Option<std::path::PathBuf>,
     memory: usize,
@@ -169,7 +204,7 @@ fn exporter_config(
     }
 }
 
-fn times_of(events: &[procflow::model::Event], collector: &str) -> Vec<u64> {
+pub fn times_of(events: &[procflow::model::Event], collector: &str) -> Vec<u64> {
     let mut times: Vec<u64> = events
         .iter()
         .filter(|e| e.source.collector_id == collector)
@@ -729,7 +764,7 @@ fn collector_to_aggregator_query_and_subscribe_agree() {
         .any(|r| matches!(r, Record::Flow(f) if f.bytes_sent == Some(5))));
 }
 
-fn http_get(port: u16, path: &str) -> String {
+pub fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
     s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .expect("request");

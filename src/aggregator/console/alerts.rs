@@ -56,11 +56,13 @@ pub async fn live_handler(
     // from another namespace's alert.
     if let Some(namespaces) = console.viewer(&headers).and_then(|v| v.visible()) {
         // Subscribe first, then look: an alert stored in between is seen by the scan.
-        let mut live = console.hub().subscribe(LiveFilter {
-            kinds: vec![RecordKind::Alert],
+        let mut live = console.hub().subscribe(LiveFilter::new(
+            vec![RecordKind::Alert],
+            Vec::new(),
             namespaces,
-            ..LiveFilter::default()
-        });
+            Vec::new(),
+            Vec::new(),
+        ));
         let newest = match super::prepare(&console, &headers, &uri, q.clone(), false) {
             Ok(prepared) => super::compute(&console, &prepared, |ctx| {
                 Ok(ctx
