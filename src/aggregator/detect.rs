@@ -111,6 +111,8 @@ impl Detector {
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
     ) -> anyhow::Result<(Detector, std::thread::JoinHandle<()>)> {
+        // Read before the rules are: a file changed from here on is reloaded.
+        let rules_mtime = newest_mtime(config.rules_dir.as_deref());
         let set = RuleSet::load(config.rules_dir.as_deref(), config.with_managed)?;
         tracing::info!(rules = set.rules.len(), dir = ?config.rules_dir, "detection rules loaded");
         let loaded = LoadedRules::default();
@@ -124,7 +126,7 @@ impl Detector {
         let reloaded = loaded.clone();
         let handle = std::thread::Builder::new()
             .name("detect".into())
-            .spawn(move || run(engine, config, rx, taken, store, hub, reloaded))?;
+            .spawn(move || run(engine, config, rx, taken, store, hub, reloaded, rules_mtime))?;
         Ok((Detector { tx, queued, loaded }, handle))
     }
 
@@ -166,6 +168,7 @@ impl Detector {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     mut engine: Engine,
     config: DetectConfig,
@@ -174,12 +177,12 @@ fn run(
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     loaded: LoadedRules,
+    mut rules_mtime: Option<SystemTime>,
 ) {
     let mut seq = now_ns();
     let mut last_save = Instant::now();
     let mut dirty = false;
     let mut last_reload_check = Instant::now();
-    let mut rules_mtime = newest_mtime(config.rules_dir.as_deref());
     let identity = CollectorIdentity {
         collector_id: RULES_SOURCE.into(),
         version: env!("CARGO_PKG_VERSION").into(),

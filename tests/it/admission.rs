@@ -379,7 +379,7 @@ fn a_deep_rule_fails_validation_and_a_running_aggregators_reload_which_survives(
     let rules = tempfile::tempdir().expect("rules");
     let (mut agg, metrics) = aggregator(&["--rules", rules.path().to_str().expect("path")]);
     std::fs::write(rules.path().join("deep.yaml"), deep_rule()).expect("deep rule");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while metric(metrics, "procflow_rule_reload_failures_total") < 1.0 {
         assert!(agg.is_running(), "the aggregator died reloading the rule");
         assert!(Instant::now() < deadline, "no reload attempt seen");
