@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use procflow::model::{CollectorIdentity, Event, Record};
 use procflow::proto::v1 as pb;
-use procflow::rules::{bench_records, Engine, RuleSet};
+use procflow::rules::{Engine, RuleSet};
 
 use crate::pipeline::Aggregator;
 use crate::{procflow_bin, Report};
@@ -205,4 +205,111 @@ fn alert_latency(report: &mut Report, samples: usize) -> anyhow::Result<()> {
         Some(("0", missed == 0)),
     );
     Ok(())
+}
+
+/// A mix for throughput measurement, one entry per pod (100): a process (3-deep
+/// lineage), seven flows owned by it and one listener (11% / 78% / 11%).
+fn bench_records() -> Vec<Vec<Record>> {
+    use procflow::model::*;
+    use std::net::{IpAddr, Ipv4Addr};
+    let comms: [&[u8]; 5] = [b"nginx", b"python3", b"java", b"node", b"envoy"];
+    let mut out = Vec::new();
+    for i in 0..100u32 {
+        let comm = comms[i as usize % comms.len()];
+        let exe = format!("/usr/bin/{}", String::from_utf8_lossy(comm));
+        let anc = |pid: u32, c: &[u8]| Ancestor {
+            pid,
+            start_time: 1,
+            comm: c.to_vec(),
+            exe: None,
+            argv: vec![],
+            exited: false,
+            uid: Some(0),
+        };
+        let p = ProcessRecord {
+            pid: 1000 + i,
+            start_time: 5,
+            ppid: 10,
+            parent_start_time: Some(1),
+            phase: ProcessPhase::Start,
+            comm: comm.to_vec(),
+            exe: Some(exe.into_bytes()),
+            argv: vec![comm.to_vec(), b"--serve".to_vec()],
+            cwd: Some(b"/app".to_vec()),
+            uid: 1000,
+            gid: 1000,
+            euid: 1000,
+            egid: 1000,
+            tty: None,
+            session_id: 1,
+            pgid: 1,
+            container_id: Some("abc".into()),
+            pod_uid: None,
+            exit_time: None,
+            ancestors: vec![anc(10, b"supervisor"), anc(5, b"tini"), anc(1, b"pause")],
+            exe_unavailable: Unavailable::Unspecified,
+            cwd_unavailable: Unavailable::Unspecified,
+            exe_deleted: false,
+            seen_at_exit_only: false,
+            preexisting: false,
+            stdio_is_socket: Some(false),
+            stdio_socket_inodes: vec![],
+        };
+        let mut pod = vec![Record::Process(p)];
+        for j in 0..7u32 {
+            pod.push(Record::Flow(FlowRecord {
+                cookie: u64::from(i * 10 + j),
+                protocol: Protocol::Tcp,
+                family: Family::Ipv4,
+                local_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+                local_port: 40000 + j as u16,
+                remote_addr: Some(IpAddr::V4(Ipv4Addr::new(52, 1, (i % 250) as u8, j as u8))),
+                remote_port: Some(443),
+                direction: Direction::Outbound,
+                scope: Scope::NorthSouth,
+                phase: FlowPhase::Update,
+                state: "ESTABLISHED".into(),
+                preexisting: false,
+                bytes_sent: Some(1000),
+                bytes_received: Some(5000),
+                segs_out: None,
+                segs_in: None,
+                retransmits: None,
+                total_retrans: None,
+                rtt_us: None,
+                first_seen: 1,
+                last_seen: 2,
+                ended_at: None,
+                uid: Some(1000),
+                inode: Some(1),
+                pid: Some(1000 + i),
+                process_start_time: Some(5),
+                attribution: Attribution::Fd,
+                end_reason: EndReason::Unspecified,
+                reset: false,
+                cgroup_id: None,
+            }));
+        }
+        for _ in 0..1 {
+            pod.push(Record::Listener(ListenerRecord {
+                cookie: u64::from(i),
+                protocol: Protocol::Tcp,
+                family: Family::Ipv4,
+                local_addr: IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)),
+                local_port: 8080,
+                phase: FlowPhase::Start,
+                preexisting: false,
+                first_seen: 1,
+                ended_at: None,
+                uid: Some(1000),
+                inode: Some(2),
+                pid: Some(1000 + i),
+                process_start_time: Some(5),
+                attribution: Attribution::Fd,
+                backlog: Some(128),
+            }));
+        }
+        out.push(pod);
+    }
+    out
 }

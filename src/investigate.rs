@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::workload_of;
 use crate::model::{
     escaped_bytes, escaped_bytes_opt, Ancestor, Attribution, CollectorIdentity, Direction, Event,
     FlowPhase, FlowRecord, ListenerRecord, ProcessPhase, ProcessRecord, Protocol, Record, Scope,
     UnixNanos,
 };
-use crate::rules::workload_of;
 
 /// Distinct sockets one answer may hold in memory; beyond it the answer is marked truncated.
 pub const MAX_SOCKETS: usize = 2_000_000;

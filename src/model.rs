@@ -12,10 +12,12 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 mod audit;
+mod text;
 pub use audit::{
     AuditLevel, AuditObject, AuditRecord, AuditStage, AuditUser, BindingFacts, ExecAttribution,
     ExecParams, Outcome, PodSpecFacts, RoleFacts,
 };
+pub use text::{push_ip, rfc3339_utc, workload_of};
 
 /// Unix time in nanoseconds.
 pub type UnixNanos = u64;

@@ -1040,31 +1040,8 @@ fn severity_from_proto(v: i32) -> Result<model::Severity, WireError> {
 /// An address as the schema's text.
 fn ip_text(ip: std::net::IpAddr) -> String {
     let mut text = String::with_capacity(15);
-    push_ip(&mut text, ip);
+    crate::model::push_ip(&mut text, ip);
     text
-}
-
-/// Appends an address as `Display` writes it. IPv4, most of what a collector sends, is
-/// written by hand: `Display` goes through the formatting machinery (padding, width),
-/// several times the cost of a flow record's whole encoding.
-pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
-    let std::net::IpAddr::V4(v4) = ip else {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{ip}");
-        return;
-    };
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
-        }
-        out.push(char::from(b'0' + octet % 10));
-    }
 }
 
 #[cfg(test)]

@@ -495,7 +495,7 @@ pub fn parse_time(s: &str) -> Option<UnixNanos> {
 /// Writes unix nanoseconds as the API server does (`2024-05-01T12:34:56.123456Z`,
 /// microseconds, UTC): the inverse of [`parse_time`] at that precision.
 pub fn format_time(ns: UnixNanos) -> String {
-    let text = crate::rules::chrono_like_rfc3339(ns / 1_000_000_000, ns % 1_000_000_000);
+    let text = crate::model::rfc3339_utc(ns / 1_000_000_000, ns % 1_000_000_000);
     // …SS.nnnnnnnnnZ → …SS.uuuuuuZ
     format!("{}Z", &text[..text.len() - 4])
 }

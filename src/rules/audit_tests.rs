@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::*;
 use crate::audit::event::{decode_event, tests::fixture};
 use crate::model::AuditRecord;
+use crate::model::{Event, Record};
 
 const DAY: u64 = 86_400_000_000_000;
 

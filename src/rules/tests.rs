@@ -1,4 +1,6 @@
+use super::load::managed_files;
 use super::*;
+use crate::model::{workload_of, AlertRecord, Event, ProcessRecord, Record, Severity};
 use crate::model::{Ancestor, FlowPhase, ProcessPhase};
 use crate::model::{CollectorIdentity, FlowRecord};
 

@@ -73,12 +73,12 @@ fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, text: &mut String) {
     put_enum(out, 2, super::protocol_to_proto(f.protocol) as i32);
     put_enum(out, 3, super::family_to_proto(f.family) as i32);
     text.clear();
-    super::push_ip(text, f.local_addr);
+    crate::model::push_ip(text, f.local_addr);
     put_str(out, 4, text);
     put_u64(out, 5, u64::from(f.local_port));
     if let Some(remote) = f.remote_addr {
         text.clear();
-        super::push_ip(text, remote);
+        crate::model::push_ip(text, remote);
         put_str(out, 6, text);
     }
     put_some(out, 7, f.remote_port.map(u64::from));

@@ -18,8 +18,8 @@ use super::scope::TimeScope;
 use super::tables;
 use super::{fragment, page, Console, Ctx, PageError};
 use crate::aggregator::hub::LiveFilter;
+use crate::model::workload_of;
 use crate::model::{AlertRecord, RecordKind, Severity};
-use crate::rules::workload_of;
 
 /// How long a live request waits for a new alert before answering with the same table.
 const LIVE_WAIT: Duration = Duration::from_secs(25);

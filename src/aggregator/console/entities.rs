@@ -18,8 +18,8 @@ use super::render::{self, inert, Nav, Page};
 use super::tables;
 use super::{page, Console, Ctx, PageError};
 use crate::investigate::{Comparison, Edge};
+use crate::model::workload_of;
 use crate::model::{AlertRecord, ProcessPhase, Record};
-use crate::rules::workload_of;
 
 /// Process starts a pod page lists at most.
 const PROCESS_ROWS: usize = 200;

@@ -414,7 +414,7 @@ proptest::proptest! {
     #[test]
     fn times_agree_with_seconds_arithmetic(secs in 0i64..4_000_000_000, micros in 0u32..1_000_000) {
         // The formatter the Falco payload uses, the parser's inverse.
-        let text = crate::rules::chrono_like_rfc3339(secs as u64, u64::from(micros) * 1000);
+        let text = crate::model::rfc3339_utc(secs as u64, u64::from(micros) * 1000);
         proptest::prop_assert_eq!(
             parse_time(&text),
             Some(secs as u64 * 1_000_000_000 + u64::from(micros) * 1000)

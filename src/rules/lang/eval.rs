@@ -85,8 +85,6 @@ impl ByteSet {
     }
 }
 
-/// The names an enum field can hold (what its records serialize to), by ordinal.
-
 /// The enum fields whose values [`Facts`] holds.
 pub(super) const ENUM_FIELDS: [Field; 7] = [
     Field::Phase,
@@ -179,6 +177,7 @@ pub(super) fn flatten_and(n: Node, out: &mut Vec<Node>) {
     }
 }
 
+/// Whether `pred` holds for the field's value or, for a list field, for one of its items.
 #[inline(always)]
 pub(super) fn test<'a>(f: Field, c: &Ctx<'a>, mut pred: impl FnMut(Val<'a>) -> bool) -> bool {
     if let (Field::Ka(k), Some(a)) = (f, c.audit) {

@@ -109,6 +109,7 @@ pub(super) fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Fie
     Some(f)
 }
 
+/// The names an enum field can hold (what its records serialize to), by ordinal.
 pub(super) fn enum_names(f: Field) -> Option<&'static [&'static str]> {
     use crate::model::{Direction, FlowPhase, ProcessPhase, Protocol, Scope};
     Some(match f {
@@ -298,8 +299,6 @@ pub(super) fn ka_val(v: KaValue<'_>) -> Val<'_> {
         KaValue::Ip(ip) => Val::Ip(ip),
     }
 }
-
-/// Whether `pred` holds for the field's value or, for a list field, for one of its items.
 
 pub(super) const FIELD_NAMES: &[&str] = &[
     "proc.pid",
