@@ -495,3 +495,75 @@ fn a_collector_cannot_send_audit_events() {
     );
     assert!(a.audit_events().is_empty());
 }
+
+#[test]
+fn hostile_firehose_requests_are_answered_in_firehoses_format_and_nothing_is_stored_twice() {
+    let a = AuditAggregator::start(&[]);
+    let ep = a.endpoint();
+    let refused = |status: u16, answer: &serde_json::Value, id: &str, wanted: &str| {
+        let expected = if wanted.contains("max-body") {
+            413
+        } else {
+            400
+        };
+        assert_eq!(status, expected, "{answer}");
+        assert_eq!(answer["requestId"], id, "{answer}");
+        assert!(
+            answer["errorMessage"]
+                .as_str()
+                .is_some_and(|e| e.contains(wanted)),
+            "{answer} (wanted {wanted})"
+        );
+    };
+    // A bomb of nested arrays in the envelope itself.
+    let bomb = format!("{}1{}", "[".repeat(200_000), "]".repeat(200_000));
+    let (status, answer) = firehose(&ep, FIREHOSE_KEY, "bomb-1", &bomb);
+    refused(status, &answer, "bomb-1", "nested deeper");
+    // A 50 MB request (Firehose's buffer is configured below the bound; this is not Firehose).
+    let item = fixture("exec-response-complete");
+    let mut huge = String::with_capacity(52 << 20);
+    huge.push_str("{\"requestId\":\"huge-1\",\"timestamp\":1,\"records\":[");
+    let record = format!(
+        "{{\"data\":\"{}\"}}",
+        base64::engine::general_purpose::STANDARD.encode(item.as_bytes())
+    );
+    while huge.len() < 50_000_000 {
+        huge.push_str(&record);
+        huge.push(',');
+    }
+    huge.push_str(&record);
+    huge.push_str("]}");
+    match post(
+        &ep,
+        None,
+        "/audit/firehose/prod",
+        &[
+            ("x-amz-firehose-access-key", FIREHOSE_KEY),
+            ("x-amz-firehose-request-id", "huge-1"),
+        ],
+        huge.into_bytes(),
+    ) {
+        Ok((status, answer)) => refused(status, &answer, "huge-1", "--audit-max-body-bytes"),
+        // The server may close before the client finished sending its 50 MB.
+        Err(e) => assert!(e.contains("HTTP") || e.contains("connect"), "{e}"),
+    }
+    // A nested-object bomb as one audit event of a CloudWatch message, beside a good one:
+    // that record is rejected, the good one stored, once however often the request comes.
+    let nested = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+    let body = firehose_body(
+        "mixed-1",
+        "/aws/eks/prod/cluster",
+        &[nested, fixture("secret-get-request-response")],
+    );
+    for id in ["mixed-1", "mixed-1", "mixed-2"] {
+        let (status, answer) = firehose(&ep, FIREHOSE_KEY, id, &body);
+        assert_eq!(
+            (status, &answer["requestId"]),
+            (200, &id.into()),
+            "{answer}"
+        );
+    }
+    // Still serving: gRPC queries answer, and exactly the good event is stored.
+    let ids = audit_ids(&a.audit_events());
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}
