@@ -3,6 +3,7 @@
 //! human form escapes every byte a process controls before it reaches the terminal.
 
 pub mod investigate;
+mod investigate_api;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;

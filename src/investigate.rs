@@ -6,6 +6,8 @@
 //! Pure code over events: `aggregator::investigate::Investigator` feeds it from the store
 //! for both of its faces (the gRPC service and the web console); `wire` carries the answers.
 
+pub mod api;
+
 // Answers hash every socket of a window (hundreds of thousands) several times: foldhash,
 // not SipHash (the keys are the store's own records, already past the ingest checks).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -10,6 +10,7 @@ use crate::investigate;
 use crate::model::{self, Record};
 use crate::proto::v1 as pb;
 
+pub mod api;
 pub mod audit;
 pub mod direct;
 

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::aggregator::admission::{identity_key, Admission, Class};
 use crate::aggregator::auth::{NamespaceScope, Principal};
 use crate::aggregator::store::{EventQuery, Store, StoreError};
+use crate::investigate::api::{self, ApiActivity, ApiBaseline, ApiWindow};
 use crate::investigate::{
     self, Baseline, Comparison, EdgeOrder, FlowFilter, NewActivity, Period, PodDirectory,
     PodProcesses, ProcessNames, ProcessTree, Sockets, Talkers, TreeFlows,
@@ -38,7 +39,8 @@ pub struct Question {
 #[derive(Clone)]
 pub struct Investigator {
     store: Arc<dyn Store>,
-    baselines: Arc<BaselineCache>,
+    baselines: Arc<BaselineCache<Baseline>>,
+    api_baselines: Arc<BaselineCache<ApiBaseline>>,
 }
 
 /// Baselines wholly in the past, kept for an hour: a scope's baseline is weeks of records
@@ -46,9 +48,16 @@ pub struct Investigator {
 /// same scope within the hour asks for exactly the same one. The store only grows at the
 /// present (records are timed by arrival), so a past window's summary stays true, until
 /// retention deletes part of it (hence the hour). Both faces share it.
-#[derive(Default)]
-struct BaselineCache {
-    entries: Mutex<HashMap<BaselineKey, (Instant, Arc<Baseline>)>>,
+struct BaselineCache<T> {
+    entries: Mutex<HashMap<BaselineKey, (Instant, Arc<T>)>>,
+}
+
+impl<T> Default for BaselineCache<T> {
+    fn default() -> Self {
+        BaselineCache {
+            entries: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,14 +74,14 @@ struct BaselineKey {
 const BASELINE_TTL: Duration = Duration::from_secs(3600);
 const BASELINES_KEPT: usize = 64;
 
-impl BaselineCache {
-    fn get(&self, key: &BaselineKey) -> Option<Arc<Baseline>> {
+impl<T> BaselineCache<T> {
+    fn get(&self, key: &BaselineKey) -> Option<Arc<T>> {
         let entries = self.entries.lock().ok()?;
         let (at, baseline) = entries.get(key)?;
         (at.elapsed() < BASELINE_TTL).then(|| baseline.clone())
     }
 
-    fn put(&self, key: BaselineKey, baseline: Arc<Baseline>) {
+    fn put(&self, key: BaselineKey, baseline: Arc<T>) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.retain(|_, (at, _)| at.elapsed() < BASELINE_TTL);
             if entries.len() >= BASELINES_KEPT {
@@ -94,6 +103,7 @@ impl Investigator {
         Investigator {
             store,
             baselines: Arc::default(),
+            api_baselines: Arc::default(),
         }
     }
 
@@ -138,15 +148,7 @@ impl Investigator {
         let mut pods = self.pod_directory(q)?;
         let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
         let until = q.query.since.saturating_sub(1);
-        let key = BaselineKey {
-            pods: q.query.pods.clone(),
-            namespaces: q.query.namespaces.clone(),
-            scopes: q.flows.scopes.clone(),
-            directions: q.flows.directions.clone(),
-            peer_namespaces: q.peer_namespaces.clone(),
-            since: baseline_since,
-            until,
-        };
+        let key = BaselineKey::of(q, baseline_since);
         let past = until < now_ns();
         let baseline = match self.baselines.get(&key).filter(|_| past) {
             Some(known) => known,
@@ -176,20 +178,87 @@ impl Investigator {
             note_peer(&mut pods, q, &e);
             window.add(&e)
         })?;
-        let baseline_span = q.query.since.saturating_sub(baseline_since);
-        let until = match q.query.until {
-            0 => crate::model::now_ns(),
-            until => until,
-        };
-        let window_span = until.saturating_sub(q.query.since);
         Ok(investigate::compare(
             &baseline,
             &window,
             &names,
             &pods,
             limit,
-            (baseline_span, window_span),
+            spans(q, baseline_since),
         ))
+    }
+
+    /// The Kubernetes API in the window against its baseline `[baseline_since,
+    /// window.since)`: calls with their outcomes, new calls, subjects that grew; and when the
+    /// question names pods and namespaces, who changed those pods and their controllers.
+    pub fn api_activity(
+        &self,
+        q: &Question,
+        baseline_since: UnixNanos,
+        limit: usize,
+    ) -> Result<ApiActivity, StoreError> {
+        let until = q.query.since.saturating_sub(1);
+        let key = BaselineKey::of(q, baseline_since);
+        let past = until < now_ns();
+        let baseline = match self.api_baselines.get(&key).filter(|_| past) {
+            Some(known) => known,
+            None => {
+                let mut baseline = ApiBaseline::default();
+                self.store.scan(
+                    &EventQuery {
+                        since: baseline_since,
+                        until,
+                        ..of_kinds(&q.query, &[RecordKind::Audit])
+                    },
+                    &mut |e| baseline.add(&e),
+                )?;
+                let baseline = Arc::new(baseline);
+                if past {
+                    self.api_baselines.put(key, baseline.clone());
+                }
+                baseline
+            }
+        };
+        let mut window = ApiWindow::default();
+        self.store
+            .scan(&of_kinds(&q.query, &[RecordKind::Audit]), &mut |e| {
+                window.add(&e)
+            })?;
+        let changes = if q.query.pods.is_empty() || q.query.namespaces.is_empty() {
+            Vec::new()
+        } else {
+            self.workload_changes(q, baseline_since)?
+        };
+        Ok(api::activity(
+            &baseline,
+            window,
+            limit,
+            spans(q, baseline_since),
+            changes,
+        ))
+    }
+
+    /// The requests from `since` to the window's end that created, changed, deleted or
+    /// exec'd into the question's pods or their controllers (in its namespaces), oldest
+    /// first: a workload's API activity beside its runtime activity.
+    pub fn workload_changes(
+        &self,
+        q: &Question,
+        since: UnixNanos,
+    ) -> Result<Vec<crate::model::AuditRecord>, StoreError> {
+        let mut changes = api::Changes::new(&q.query.pods);
+        // A controller's events are stored under its namespace, not a pod: every audit
+        // event of the namespaces is looked at.
+        self.store.scan(
+            &EventQuery {
+                kinds: vec![RecordKind::Audit],
+                pods: Vec::new(),
+                since,
+                ..q.query.clone()
+            },
+            &mut |e| changes.add(&e),
+        )?;
+        Ok(changes.finish())
     }
 
     /// What the window holds that the baseline does not.
@@ -270,6 +339,32 @@ impl Investigator {
         })?;
         Ok(pods)
     }
+}
+
+impl BaselineKey {
+    fn of(q: &Question, baseline_since: UnixNanos) -> BaselineKey {
+        BaselineKey {
+            pods: q.query.pods.clone(),
+            namespaces: q.query.namespaces.clone(),
+            scopes: q.flows.scopes.clone(),
+            directions: q.flows.directions.clone(),
+            peer_namespaces: q.peer_namespaces.clone(),
+            since: baseline_since,
+            until: q.query.since.saturating_sub(1),
+        }
+    }
+}
+
+/// The baseline's and the window's lengths in ns.
+fn spans(q: &Question, baseline_since: UnixNanos) -> (u64, u64) {
+    let until = match q.query.until {
+        0 => now_ns(),
+        until => until,
+    };
+    (
+        q.query.since.saturating_sub(baseline_since),
+        until.saturating_sub(q.query.since),
+    )
 }
 
 fn note_peer(pods: &mut PodDirectory, q: &Question, e: &Event) {
@@ -376,6 +471,22 @@ async fn blocking<T: Send + 'static>(
         .map_err(store_status)
 }
 
+/// A baseline ends where the window starts, so both must be set and in order.
+fn check_baseline(question: &Question, baseline_since: UnixNanos) -> Result<(), Status> {
+    if question.query.since == 0 {
+        return Err(Status::invalid_argument(
+            "window.since is required: the baseline ends where the window starts",
+        ));
+    }
+    if baseline_since >= question.query.since {
+        return Err(Status::invalid_argument(format!(
+            "baseline_since ({baseline_since}) must be before window.since ({})",
+            question.query.since
+        )));
+    }
+    Ok(())
+}
+
 fn order_of(order: i32) -> Result<EdgeOrder, Status> {
     match pb::EdgeOrder::try_from(order) {
         Ok(pb::EdgeOrder::Bytes) => Ok(EdgeOrder::Bytes),
@@ -411,23 +522,30 @@ impl pb::investigate_server::Investigate for InvestigateService {
         let _slot = self.admit(&request, request.get_ref().window.as_ref())?;
         let req = request.into_inner();
         let question = question_of(req.window, &scope)?;
-        if question.query.since == 0 {
-            return Err(Status::invalid_argument(
-                "window.since is required: the baseline ends where the window starts",
-            ));
-        }
-        if req.baseline_since >= question.query.since {
-            return Err(Status::invalid_argument(format!(
-                "baseline_since ({}) must be before window.since ({})",
-                req.baseline_since, question.query.since
-            )));
-        }
+        check_baseline(&question, req.baseline_since)?;
         let limit = limit_of(req.limit);
         let investigator = self.investigator.clone();
         let answer =
             blocking(move || investigator.new_activity(&question, req.baseline_since, limit))
                 .await?;
         Ok(Response::new(wire::new_activity_to_proto(&answer)))
+    }
+
+    async fn api_activity(
+        &self,
+        request: Request<pb::ApiActivityRequest>,
+    ) -> Result<Response<pb::ApiActivityReply>, Status> {
+        let scope = Principal::of(&request)?.read_scope()?;
+        let _slot = self.admit(&request, request.get_ref().window.as_ref())?;
+        let req = request.into_inner();
+        let question = question_of(req.window, &scope)?;
+        check_baseline(&question, req.baseline_since)?;
+        let limit = limit_of(req.limit);
+        let investigator = self.investigator.clone();
+        let answer =
+            blocking(move || investigator.api_activity(&question, req.baseline_since, limit))
+                .await?;
+        Ok(Response::new(wire::api::api_activity_to_proto(&answer)))
     }
 
     async fn process_tree(

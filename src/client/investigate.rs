@@ -1,6 +1,6 @@
 //! `procflow investigate`: questions over the aggregator's stored records — who talked to
 //! whom (`talkers`), what is loud (`loud`), what is new (`new`), which process tree did this
-//! (`tree`). `--json` prints the answer as one JSON document (`investigate::*` serde form).
+//! (`tree`), and what the Kubernetes API saw (`api`). `--json` prints the answer as one JSON document (`investigate::*` serde form).
 
 use std::time::Duration;
 
@@ -30,6 +30,11 @@ pub enum Question {
     New(NewArgs),
     /// Which process tree did this: a process, its ancestry, its descendants and their flows.
     Tree(TreeArgs),
+    /// The Kubernetes API (from audit logs): calls by verb, resource, subject and source IP
+    /// with success / failed / unauthorized / forbidden counts, calls new against the
+    /// baseline, subjects with increased volume; with --pod and --namespace, who created or
+    /// changed those pods and their controllers.
+    Api(ApiArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -76,6 +81,18 @@ pub struct NewArgs {
     pub window: WindowArgs,
     /// How far back before the window the baseline reaches.
     #[arg(long, env = "PROCFLOW_BASELINE", default_value = "24h", value_parser = parse_duration)]
+    pub baseline: Duration,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The scope (--scope and --direction are for flows and are refused here).
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// How far back before the scope the baseline reaches (Detective's 45 days).
+    #[arg(long, env = "PROCFLOW_BASELINE", default_value = "45d", value_parser = parse_duration)]
     pub baseline: Duration,
 }
 
@@ -149,6 +166,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     serde_json::to_string_pretty(&answer)?
                 } else {
                     show_new(&answer)
+                }
+            }
+            Question::Api(a) => {
+                if !a.window.scopes.is_empty() || !a.window.directions.is_empty() {
+                    anyhow::bail!("--scope and --direction are about flows, not API calls");
+                }
+                let mut client = investigate_client(&a.connect).await?;
+                let w = window(&a.window);
+                let baseline_since = w.since.saturating_sub(a.baseline.as_nanos() as u64);
+                let request = a.connect.request(pb::ApiActivityRequest {
+                    window: Some(w),
+                    baseline_since,
+                    limit: a.window.limit,
+                })?;
+                let reply = client
+                    .api_activity(request)
+                    .await
+                    .context("asking about the Kubernetes API")?
+                    .into_inner();
+                let answer = wire::api::api_activity_from_proto(reply, &limits)?;
+                if a.window.json {
+                    serde_json::to_string_pretty(&answer)?
+                } else {
+                    super::investigate_api::show(&answer)
                 }
             }
             Question::Tree(a) => {
@@ -227,7 +268,7 @@ fn size(bytes: u64) -> String {
     }
 }
 
-fn when(t: UnixNanos) -> String {
+pub(crate) fn when(t: UnixNanos) -> String {
     let secs = now_ns().saturating_sub(t) / 1_000_000_000;
     match secs {
         0..=119 => format!("{secs}s ago"),

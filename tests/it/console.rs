@@ -392,6 +392,65 @@ fn a_viewer_of_another_namespace_sees_none_of_it() {
         .expect("reply")
         .expect("stored");
 
+    // The API side of web-0: created by a user whose name is markup and whose agent carries a
+    // right-to-left override, then exec'd into; and a change in another namespace.
+    let api = |id: &str, ns: &str, name: &str, sub: Option<&str>, user: &str, agent: &str| {
+        let mut object = serde_json::json!({"resource": "pods", "namespace": ns, "name": name, "apiVersion": "v1"});
+        if let Some(sub) = sub {
+            object["subresource"] = sub.into();
+        }
+        let line = serde_json::json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": id, "stage": "ResponseComplete", "verb": "create",
+            "requestURI": format!("/api/v1/namespaces/{ns}/pods"),
+            "user": {"username": user}, "sourceIPs": ["198.51.100.7"], "userAgent": agent,
+            "objectRef": object, "responseStatus": {"metadata": {}, "code": 201},
+            "requestReceivedTimestamp": procflow::audit::event::format_time(now - 900),
+            "stageTimestamp": procflow::audit::event::format_time(now - 800),
+        });
+        procflow::audit::event::decode_event(
+            line.to_string().as_bytes(),
+            "prod",
+            &mut Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("audit fixture: {e}"))
+    };
+    let audit = procflow::audit::ingest::events_of(
+        vec![
+            api(
+                "a-1",
+                "shop",
+                "web-0",
+                None,
+                "<script>alert(1)</script>@corp",
+                "kubectl/v1.31 \u{202e}gpj.exe",
+            ),
+            api(
+                "a-2",
+                "shop",
+                "web-0",
+                Some("exec"),
+                "api-exec-user@corp",
+                "kubectl/v1.31",
+            ),
+            api(
+                "a-3",
+                "other",
+                "web-0",
+                None,
+                "other-namespace-creator@corp",
+                "kubectl/v1.31",
+            ),
+        ],
+        now,
+    );
+    let appended = store
+        .append_audit(audit)
+        .blocking_recv()
+        .expect("reply")
+        .expect("stored");
+    assert_eq!(appended.stored.len(), 3);
+
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let store: Arc<dyn Store> = store;
     let console = Arc::new(Console::new(
@@ -451,7 +510,9 @@ fn a_viewer_of_another_namespace_sees_none_of_it() {
         "reverse shell in shop",
         "Reverse shell (shell",
         "198.51.100.77:4444",
-        "web-0</a>",
+        "shop/web-0</a>",
+        "api-exec-user@corp",
+        "&lt;script&gt;alert(1)",
     ];
     let mut seen_by_shop = 0;
     for page in pages {
@@ -473,6 +534,32 @@ fn a_viewer_of_another_namespace_sees_none_of_it() {
             );
         }
     }
+    // The pod page shows who created it and exec'd into it, the hostile strings inert, and
+    // nothing of the namespace the pod's name is repeated in.
+    let (status, pod_page) = get(addr, "/pod?ns=shop&pod=web-0&last=1h", &shop);
+    assert_eq!(status, 200);
+    let api = pod_page
+        .split("id=\"api-h\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</section>").next())
+        .unwrap_or_else(|| panic!("no API activity panel:\n{pod_page}"));
+    assert!(
+        api.contains("api-exec-user@corp") && api.contains("pods/exec"),
+        "{api}"
+    );
+    assert!(
+        api.contains("&lt;script&gt;alert(1)&lt;/script&gt;@corp"),
+        "{api}"
+    );
+    assert!(
+        !pod_page.contains("<script>alert"),
+        "markup from a user name is inert"
+    );
+    assert!(
+        !pod_page.contains('\u{202e}') && api.contains("\\u{202e}"),
+        "the override is shown escaped, never applied: {api}"
+    );
+    assert!(!pod_page.contains("other-namespace-creator"), "{api}");
     assert!(
         seen_by_shop >= 8,
         "the shop viewer saw too little ({seen_by_shop}) for the check to mean anything"

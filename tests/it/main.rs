@@ -4,6 +4,7 @@
 mod admission;
 mod aggregator;
 mod audit;
+mod audit_investigate;
 mod audit_join;
 mod bench;
 mod cli;

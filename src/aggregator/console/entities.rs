@@ -1,5 +1,6 @@
 //! Entity profiles: a pod (its activity over the scope, peers with bytes, what is newly
-//! observed against the baseline, its alerts, the processes it started), a process (its
+//! observed against the baseline, its alerts, the processes it started, and beside them the
+//! API requests that created or changed it and its controllers), a process (its
 //! ancestors and descendants, exited members kept, with the flows each held, and the alerts
 //! of the tree) and a remote endpoint (who talked to it, on which ports, how much, whether
 //! it is new). All from the Investigate answers.
@@ -55,6 +56,11 @@ fn pod_page(ctx: &Ctx) -> Result<Page, PageError> {
         })?;
     let alerts = ctx.alerts(&pods, &namespaces)?;
     let alert_refs: Vec<&AlertRecord> = alerts.iter().rev().map(|(_, a)| a).collect();
+    // Who made this pod run as it does: the API requests on it and its controllers, from
+    // the baseline's start (a pod is often created long before the scope).
+    let changes = ctx
+        .investigator
+        .workload_changes(&q, scope.baseline_start())?;
     let body = html! {
         p { "Workload " strong { (ns) "/" (workload_of(&pod)) } ". "
             (comparison.talkers.flows) " sockets on " (comparison.talkers.total_edges) " edges, "
@@ -67,6 +73,12 @@ fn pod_page(ctx: &Ctx) -> Result<Page, PageError> {
                 @if alert_refs.is_empty() { (render::empty("alerts")) }
                 @else { (tables::alerts(scope, &alert_refs)) }
             }
+        }
+        section.panel aria-labelledby="api-h" {
+            h2 #api-h { "API activity" }
+            p.muted { "Who created, changed, deleted or exec'd into this pod and its ReplicaSet, Deployment, StatefulSet, DaemonSet or Job, from the Kubernetes audit log, since the baseline's start." }
+            @if changes.is_empty() { (render::empty("API requests on this workload")) }
+            @else { (tables::api_changes(scope, &changes)) }
         }
         section.panel aria-labelledby="peers-h" {
             h2 #peers-h { "Peers" }

@@ -5,7 +5,7 @@ use maud::{html, Markup};
 use super::render::{self, href, inert};
 use super::scope::TimeScope;
 use crate::investigate::Edge;
-use crate::model::{AlertRecord, FlowRecord};
+use crate::model::{AlertRecord, AuditRecord, FlowRecord};
 
 pub fn pod_link(scope: &TimeScope, ns: &str, pod: &str) -> Markup {
     html! { a href=(href("/pod", scope, &[("ns", ns), ("pod", pod)])) { (ns) "/" (pod) } }
@@ -154,5 +154,33 @@ pub fn alerts(scope: &TimeScope, alerts: &[&AlertRecord]) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// API requests that created or changed a workload (its pod, ReplicaSet, Deployment...):
+/// when, who (and as whom), what, from where, with which client, and the answer. Every
+/// name here came from a client of the API server and is rendered inert.
+pub fn api_changes(scope: &TimeScope, changes: &[AuditRecord]) -> Markup {
+    html! {
+        div.scroll { table {
+            caption { "Oldest first" }
+            thead { tr {
+                th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "Request" }
+                th scope="col" { "Object" } th scope="col" { "From" } th scope="col" { "Client" }
+                th.num scope="col" { "Answer" }
+            } }
+            tbody { @for a in changes { tr {
+                td { (render::time(a.request_received)) }
+                td {
+                    (render::inert_str(&a.user.username))
+                    @if let Some(as_user) = &a.impersonated_user { " as " (render::inert_str(&as_user.username)) }
+                }
+                td { (render::inert_str(&a.verb)) " " (render::inert_str(&a.resource_path())) }
+                td { (render::inert_str(a.object.as_ref().and_then(|o| o.name.as_deref()).unwrap_or(""))) }
+                td { @match a.source_ip() { Some(ip) => (endpoint_link(scope, &ip)), None => span.muted { "—" } } }
+                td { (render::inert_str(a.user_agent.as_deref().unwrap_or(""))) }
+                td.num { @match a.response_code { Some(code) => (code), None => span.muted { "—" } } " " (a.outcome().as_str()) }
+            } } }
+        } }
     }
 }
