@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 11] = [
     "collector",
     "aggregator",
     "tail",
@@ -12,6 +12,7 @@ const SUBCOMMANDS: [&str; 10] = [
     "investigate loud",
     "investigate new",
     "investigate tree",
+    "investigate api",
     "rules",
     "audit import",
 ];
