@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{HashMap, HashSet, HOUR_NS, INCREASE_FACTOR};
+use crate::model::workload_of;
 use crate::model::{AuditRecord, AuditStage, Event, Outcome, Record, UnixNanos};
-use crate::rules::workload_of;
 
 /// Distinct groups (calls by verb, resource, subject and address) one answer may hold;
 /// beyond it the answer is marked truncated.
