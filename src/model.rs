@@ -17,7 +17,7 @@ pub use audit::{
     AuditLevel, AuditObject, AuditRecord, AuditStage, AuditUser, BindingFacts, ExecAttribution,
     ExecParams, Outcome, PodSpecFacts, RoleFacts,
 };
-pub use text::{push_ip, rfc3339_utc, workload_of};
+pub use text::{civil_from_days, days_from_civil, push_ip, rfc3339_utc, workload_of};
 
 /// Unix time in nanoseconds.
 pub type UnixNanos = u64;
