@@ -20,11 +20,13 @@ run: release
 	@DATA_DIR="$(DATA_DIR)" ./scripts/run-local.sh
 
 # The README's test command: unit, integration (real sockets, processes, namespaces,
-# gRPC, SQLite, the console in Debian's chromium) and the benchmark smoke run. The browser
-# and playwright-core are installed first when missing (the browser test also does it).
+# gRPC, SQLite, PostgreSQL, the console in Debian's chromium) and the benchmark smoke run.
+# The browser and playwright-core are installed first when missing (the browser test also
+# does it); scripts/pg.sh installs Debian's PostgreSQL when missing, runs a throwaway server
+# for the tests on a loopback port and stops it after.
 test:
 	./scripts/browser-deps.sh
-	$(CARGO) test --all-targets -- --test-threads=4
+	./scripts/pg.sh run -- $(CARGO) test --all-targets -- --test-threads=4
 
 # cargo-deny: licenses, bans (duplicate versions, wildcards) and sources, as deny.toml says.
 # Its advisories check needs the RustSec database from GitHub, unreachable from CI here.

@@ -111,10 +111,14 @@ pub struct Args {
     /// Live events buffered per subscriber before it is sent a gap marker.
     #[arg(long, env = "PROCFLOW_SUBSCRIBER_QUEUE", default_value_t = 4096)]
     pub subscriber_queue: usize,
-    /// Where events go: the embedded SQLite database, or nowhere (`none`, for measuring
-    /// transport and detection alone; queries then return nothing).
-    #[arg(long, env = "PROCFLOW_STORE", value_enum, default_value = "sqlite")]
-    pub store: StoreKind,
+    /// Where events go: `sqlite` (the embedded database in --data-dir), `sqlite:PATH`,
+    /// `postgres://USER@HOST[:PORT]/DB` (several replicas may share it; password from
+    /// --store-password-file or PROCFLOW_STORE_PASSWORD), or `none` (nothing kept, for
+    /// measuring transport and detection alone; queries then return nothing).
+    #[arg(long, env = "PROCFLOW_STORE", default_value = "sqlite")]
+    pub store: store::StoreSpec,
+    #[command(flatten)]
+    pub store_connect: store::cli::ConnectArgs,
     /// Directory of custom rule files (*.yaml), loaded beside the managed set and reloaded
     /// when they change (a failed reload keeps the previous set).
     #[arg(long, env = "PROCFLOW_RULES")]
@@ -163,12 +167,6 @@ pub struct Args {
     pub audit: crate::audit::AuditArgs,
     #[command(flatten)]
     pub admission: admission::AdmissionArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StoreKind {
-    Sqlite,
-    None,
 }
 
 /// `procflow aggregator`.
@@ -269,24 +267,20 @@ pub async fn serve(
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let ready = crate::telemetry::start_health_endpoint(args.metrics_listen)?;
-    let store: Arc<dyn Store> = match args.store {
-        StoreKind::Sqlite => {
-            let sqlite = SqliteStore::open(
-                &args.data_dir,
-                store::Retention {
-                    max_age: args.retention,
-                    max_bytes: args.max_db_bytes,
-                },
-            )
-            .context("opening the store")?;
-            tracing::info!(path = %sqlite.path().display(), "embedded store ready");
-            Arc::new(sqlite)
-        }
-        StoreKind::None => {
-            tracing::warn!("--store none: events are not kept");
-            Arc::new(store::NullStore::default())
-        }
+    let options = store::OpenOptions {
+        spec: args.store.clone(),
+        data_dir: args.data_dir.clone(),
+        retention: store::Retention {
+            max_age: args.retention,
+            max_bytes: args.max_db_bytes,
+        },
+        postgres: args.store_connect.pg_options()?,
     };
+    // Opening may wait for a database that is starting: off the async threads.
+    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || store::open(&options))
+        .await
+        .context("opening the store")?
+        .context("opening the store")?;
     if args.max_batch_records > args.admission.max_records_in_flight {
         anyhow::bail!(
             "--max-batch-records ({}) must not exceed --max-records-in-flight ({})",

@@ -39,6 +39,8 @@ pub enum Command {
     Rules(crate::rules::cli::Args),
     /// Kubernetes audit logs: import a backfill of audit events.
     Audit(crate::audit::import::Args),
+    /// The aggregator's store: schema migrations.
+    Store(crate::aggregator::store::cli::Args),
 }
 
 /// Parses the command line (after loading `--config`) and runs the subcommand.
@@ -54,6 +56,7 @@ pub fn main_with_args(args: Vec<OsString>) -> anyhow::Result<()> {
         Command::Investigate(args) => crate::client::investigate::run(args),
         Command::Rules(args) => crate::rules::cli::run(args),
         Command::Audit(args) => crate::audit::import::run(args),
+        Command::Store(args) => crate::aggregator::store::cli::run(args),
     }
 }
 
