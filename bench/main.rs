@@ -10,6 +10,7 @@ mod console;
 mod hostile;
 mod http;
 mod once;
+mod pgstore;
 mod pipeline;
 mod rules;
 mod score;
@@ -103,8 +104,9 @@ struct Sizes {
 
 /// `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
 /// (default when omitted), scenario names pick a subset.
-/// `transport` (the pipeline's transport figure alone) runs only when named.
-const SCENARIOS: [&str; 11] = [
+/// `transport` (the pipeline's transport figure alone) and `pgstore` (sustained ingest into
+/// PostgreSQL, a server of scripts/pg.sh) run only when named.
+const SCENARIOS: [&str; 12] = [
     "poll",
     "churn",
     "spawn",
@@ -116,6 +118,7 @@ const SCENARIOS: [&str; 11] = [
     "rules",
     "http",
     "console",
+    "pgstore",
 ];
 
 /// How fast this shared VM runs right now: nanoseconds per step of a dependent xor-multiply
@@ -282,6 +285,13 @@ fn main() -> anyhow::Result<()> {
     if only.iter().any(|o| o == "transport") {
         if let Err(e) = pipeline::scenario_transport(&mut report, sizes.transport_records) {
             report.skip("transport", format!("{e:#}"));
+        }
+    }
+    if only.iter().any(|o| o == "pgstore") {
+        if let Err(e) =
+            pgstore::scenario_pgstore(&mut report, Duration::from_secs(sizes.sustain_secs))
+        {
+            report.skip("pgstore", format!("{e:#}"));
         }
     }
     if wanted("streams") {

@@ -334,7 +334,7 @@ impl Store for PgStore {
         };
         // Rows come from a task on the store's runtime through a small queue: the caller
         // decodes and visits at its pace, and stops the read by dropping the queue.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(i64, i64, Vec<u8>), String>>(64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SegmentRead>(64);
         let pool = self.pool.clone();
         let filter = Filter::of(q, until);
         self.handle.spawn(async move {
@@ -357,6 +357,9 @@ impl Store for PgStore {
         Ok(true)
     }
 }
+
+/// One segment read (id, arrival time, body), or why the read failed.
+type SegmentRead = Result<(i64, i64, Vec<u8>), String>;
 
 /// A scan's WHERE clause, owned so the reading task can take it.
 struct Filter {
@@ -384,7 +387,7 @@ impl Filter {
 async fn read_segments(
     pool: &Pool,
     f: &Filter,
-    tx: &tokio::sync::mpsc::Sender<Result<(i64, i64, Vec<u8>), String>>,
+    tx: &tokio::sync::mpsc::Sender<SegmentRead>,
 ) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let read = client
