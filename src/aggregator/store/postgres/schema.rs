@@ -263,7 +263,7 @@ mod tests {
     #[test]
     fn partition_names_are_dates_and_bounds_parse() {
         assert_eq!(partition_name("segments", 0), "segments_19700101");
-        assert_eq!(partition_name("segments", 20_428), "segments_20261206");
+        assert_eq!(partition_name("segments", 20_793), "segments_20261206");
         assert_eq!(
             bounds("FOR VALUES FROM ('1765065600000000000') TO ('1765152000000000000')"),
             Some((1_765_065_600_000_000_000, 1_765_152_000_000_000_000))
