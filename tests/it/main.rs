@@ -22,4 +22,5 @@ mod sandbox;
 mod silenced;
 mod sockets;
 mod store;
+mod store_live;
 mod util;

@@ -65,6 +65,11 @@ impl PgServer {
         assert!(status.success(), "scripts/pg.sh restart failed");
     }
 
+    /// The file holding the superuser's password (for --store-password-file).
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.path().join("password")
+    }
+
     /// A fresh database on this server; its URL.
     pub fn database(&self) -> String {
         new_database(&self.url, &self.password)
