@@ -241,6 +241,34 @@ def check_ecs():
         fail("ecs/aggregator-service.json", "the shared token is for loopback only")
 
 
+def check_postgres(where, objects):
+    """Several replicas on a shared PostgreSQL: no volume, rolling updates, a disruption
+    budget, the database URL and password from a Secret (never a password in the URL)."""
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    spec = deployment["spec"]
+    if spec.get("replicas", 1) < 2:
+        fail(where, "the PostgreSQL aggregator runs at least two replicas")
+    if spec.get("strategy", {}).get("type") != "RollingUpdate":
+        fail(where, "replicas on a shared database roll (no Recreate outage)")
+    if any(o["kind"] == "PersistentVolumeClaim" for o in objects) or any(
+        "persistentVolumeClaim" in v for v in spec["template"]["spec"]["volumes"]
+    ):
+        fail(where, "no persistent volume (SQLite's WAL does not work on EFS/NFS)")
+    labels = spec["selector"]["matchLabels"]
+    if not any(o["kind"] == "PodDisruptionBudget" and o["spec"]["selector"]["matchLabels"] == labels for o in objects):
+        fail(where, "no PodDisruptionBudget selects the aggregator")
+    container = next(c for c in spec["template"]["spec"]["containers"] if c["name"] == "aggregator")
+    env = {e["name"]: e for e in container.get("env", [])}
+    if "secretKeyRef" not in env.get("PROCFLOW_STORE", {}).get("valueFrom", {}):
+        fail(where, "PROCFLOW_STORE must come from a Secret")
+    if "PROCFLOW_STORE_PASSWORD_FILE" not in env or "PROCFLOW_STORE_PASSWORD" in env and "value" in env["PROCFLOW_STORE_PASSWORD"]:
+        fail(where, "the database password comes from a mounted Secret file")
+    for secret in (o for o in objects if o["kind"] == "Secret" and "url" in o.get("stringData", {})):
+        url = secret["stringData"]["url"]
+        if "@" in url and ":" in url.split("://", 1)[-1].split("@", 1)[0]:
+            fail(where, "the database URL must not carry a password")
+
+
 def check_eksctl():
     path = ROOT / "kubernetes/examples/fargate-profile.eksctl.yaml"
     doc = load_yaml_docs(path)[0]
@@ -254,6 +282,7 @@ def check_eksctl():
 def main():
     rendered = {
         "kubernetes/aggregator": render(ROOT / "kubernetes/aggregator"),
+        "kubernetes/aggregator-postgres": render(ROOT / "kubernetes/aggregator-postgres"),
         "kubernetes/examples/app": render(ROOT / "kubernetes/examples/app"),
     }
     for where, objects in rendered.items():
@@ -261,6 +290,8 @@ def main():
         print(f"{where}: {len(objects)} objects rendered and validated against Kubernetes {K8S_VERSION}")
     check_sidecar("kubernetes/examples/app", rendered["kubernetes/examples/app"])
     check_aggregator("kubernetes/aggregator", rendered["kubernetes/aggregator"])
+    check_aggregator("kubernetes/aggregator-postgres", rendered["kubernetes/aggregator-postgres"])
+    check_postgres("kubernetes/aggregator-postgres", rendered["kubernetes/aggregator-postgres"])
     check_ecs()
     check_eksctl()
     if failures:
