@@ -513,3 +513,49 @@ fn a_sqlite_database_from_before_versioning_migrates_in_place() {
         Appended::Duplicate
     ));
 }
+
+/// A writer may put NUL in its collector id (PostgreSQL's text cannot hold it): its batch
+/// is stored with the id intact, once, and another writer's batch committed in the same
+/// group is not failed with it.
+fn nul_in_a_collector_id(backend: Backend) -> Vec<(String, usize)> {
+    let opened = open(backend, retention(14));
+    let store = opened.store.as_ref();
+    let now = procflow::model::now_ns();
+    let evil = Arc::new(CollectorIdentity {
+        collector_id: "uid-web-0/c\0x".into(),
+        ..(*source("shop", "web-0")).clone()
+    });
+    let mut events = batch("shop", "web-0", 1, 2, now);
+    for e in &mut events {
+        e.source = evil.clone();
+    }
+    let first = store.append("uid-web-0/c\0x".into(), 1, events.clone());
+    let other = store.append("uid-db-0/c".into(), 1, batch("shop", "db-0", 5, 2, now));
+    let again = store.append("uid-web-0/c\0x".into(), 1, events);
+    let outcomes: Vec<&str> = [first, other, again]
+        .into_iter()
+        .map(|rx| outcome(&rx.blocking_recv().expect("reply").expect("append")))
+        .collect();
+    assert_eq!(outcomes, ["stored", "stored", "duplicate"], "{backend:?}");
+    let mut ids: Vec<(String, usize)> = Vec::new();
+    for e in store.query(&EventQuery::default()).expect("query") {
+        match ids.iter_mut().find(|(id, _)| *id == e.source.collector_id) {
+            Some((_, n)) => *n += 1,
+            None => ids.push((e.source.collector_id.clone(), 1)),
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_nul_in_a_collector_id_fails_nothing_on_either_backend() {
+    let sqlite = nul_in_a_collector_id(Backend::Sqlite);
+    assert_eq!(
+        sqlite,
+        [
+            ("uid-web-0/c\0x".to_owned(), 3),
+            ("uid-db-0/c".to_owned(), 3)
+        ]
+    );
+    assert_eq!(nul_in_a_collector_id(Backend::Postgres), sqlite);
+}

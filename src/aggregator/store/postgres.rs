@@ -12,6 +12,7 @@
 
 mod schema;
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -471,6 +472,18 @@ fn write_loop(
     }
 }
 
+/// `s` as PostgreSQL can hold it: a `text` value cannot contain NUL, which a writer may put
+/// in its collector id (or an audit client in an audit ID). Refused, it would fail the
+/// whole group commit, again at every resend; replaced, it cannot: the segment's body keeps
+/// the exact value, and a key changed this way can only meet another of the same writer.
+fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 const SEGMENT_TYPES: [Type; 7] = [
     Type::INT8,
     Type::TEXT,
@@ -490,12 +503,12 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
     let now = crate::model::now_ns() as i64;
 
     // Batch keys, sorted (two replicas claiming overlapping keys lock them in one order).
-    let mut keys: Vec<(&str, i64)> = group
+    let mut keys: Vec<(Cow<'_, str>, i64)> = group
         .iter()
         .filter_map(|r| match r {
             Request::Append {
                 collector_id, seq, ..
-            } => Some((collector_id.as_str(), *seq as i64)),
+            } => Some((text(collector_id), *seq as i64)),
             Request::Audit { .. } => None,
         })
         .collect();
@@ -503,7 +516,8 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
     keys.dedup();
     let mut claimed: std::collections::HashSet<(String, i64)> = std::collections::HashSet::new();
     if !keys.is_empty() {
-        let (collectors, seqs): (Vec<&str>, Vec<i64>) = keys.iter().copied().unzip();
+        let (collectors, seqs): (Vec<&str>, Vec<i64>) =
+            keys.iter().map(|(c, s)| (c.as_ref(), *s)).unzip();
         let rows = tx
             .query(
                 "INSERT INTO batches (collector, seq, received_at) \
@@ -531,8 +545,8 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
         for request in group {
             if let Request::Audit { events, .. } = request {
                 for (c, a, s, r) in events.iter().filter_map(audit_key) {
-                    cluster.push(c);
-                    id.push(a);
+                    cluster.push(text(c));
+                    id.push(text(a));
                     stage.push(s);
                     requested.push(r);
                 }
@@ -566,9 +580,12 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
                         .iter()
                         .map(|e| match audit_key(e) {
                             // Taken on first use: a key twice in one group is stored once.
-                            Some((c, a, s, r)) => {
-                                fresh_keys.remove(&(c.to_owned(), a.to_owned(), s, r))
-                            }
+                            Some((c, a, s, r)) => fresh_keys.remove(&(
+                                text(c).into_owned(),
+                                text(a).into_owned(),
+                                s,
+                                r,
+                            )),
                             None => false,
                         })
                         .collect(),
@@ -598,7 +615,7 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
                 ..
             } => {
                 // Taken on first use: the same batch twice in one group is stored once.
-                if claimed.remove(&(collector_id.clone(), *seq as i64)) {
+                if claimed.remove(&(text(collector_id).into_owned(), *seq as i64)) {
                     outcomes.push(Outcome::Stored);
                     (events, segments(events))
                 } else {
@@ -625,9 +642,9 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
                 .write(&[
                     &row.received_at,
                     &row.kind,
-                    &row.pod,
-                    &row.namespace,
-                    &row.collector,
+                    &text(row.pod),
+                    &text(row.namespace),
+                    &text(row.collector),
                     &count,
                     &body.as_slice(),
                 ])
