@@ -295,13 +295,38 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if wanted("streams") {
-        if let Err(e) = pipeline::scenario_streams(
-            &mut report,
-            sizes.streams,
-            sizes.stream_batches,
-            sizes.stream_batch_records,
-        ) {
-            report.skip("streams", format!("{e:#}"));
+        // The same streams twice: unidentified loopback writers, then one verified pod
+        // identity per stream; the ratio is what identity verification costs ingest.
+        let run = |report: &mut Report, identities| {
+            pipeline::scenario_streams(
+                report,
+                sizes.streams,
+                sizes.stream_batches,
+                sizes.stream_batch_records,
+                identities,
+            )
+        };
+        // Two rounds, alternating, so a machine that slows down mid-run weighs on both.
+        let mut rounds = || -> anyhow::Result<(f64, f64)> {
+            let (mut plain, mut verified) = (0.0, 0.0);
+            for _ in 0..2 {
+                plain += run(&mut report, false)?;
+                verified += run(&mut report, true)?;
+            }
+            Ok((plain, verified))
+        };
+        match rounds() {
+            Ok((plain, verified)) => {
+                let kept = verified / plain;
+                report.add(
+                    &format!("streams {}, projected tokens", sizes.streams),
+                    "throughput with identities / without (two rounds)",
+                    kept,
+                    "ratio",
+                    Some((">=0.95", kept >= 0.95)),
+                );
+            }
+            Err(e) => report.skip("streams", format!("{e:#}")),
         }
     }
     if wanted("hostile") {

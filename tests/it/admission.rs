@@ -15,7 +15,7 @@ use crate::pipeline::{batch, free_ports, http_get, identity, ingest, Aggregator}
 use crate::util::procflow_bin;
 
 /// An aggregator with its metrics endpoint; returns it and the metrics port.
-fn aggregator(extra: &[&str]) -> (Aggregator, u16) {
+pub fn aggregator(extra: &[&str]) -> (Aggregator, u16) {
     let [grpc, metrics] = free_ports::<2>();
     let listen = format!("127.0.0.1:{metrics}");
     let mut args = vec!["--metrics-listen", listen.as_str()];
@@ -24,7 +24,7 @@ fn aggregator(extra: &[&str]) -> (Aggregator, u16) {
 }
 
 /// A counter's value in the aggregator's metrics (0 when absent).
-fn metric(port: u16, series: &str) -> f64 {
+pub fn metric(port: u16, series: &str) -> f64 {
     http_get(port, "/metrics")
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())

@@ -273,3 +273,52 @@ fn tail_query_and_investigate_send_the_token_from_the_flag_and_the_environment()
     let _ = good.kill();
     let _ = good.wait();
 }
+
+/// An attacker without the credential hammers the aggregator: 2,000 refused calls are all
+/// counted, and the log holds a sample of them, not 2,000 lines.
+#[test]
+fn a_flood_of_bad_credentials_is_counted_whole_and_logged_sampled() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").expect("write");
+    let (agg, metrics) =
+        crate::admission::aggregator(&["--token-file", token.to_str().expect("path")]);
+    const CALLS: usize = 2_000;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let codes = runtime.block_on(async {
+        let mut client = pb::query_client::QueryClient::connect(agg.url())
+            .await
+            .expect("connect");
+        let mut codes = Vec::with_capacity(CALLS);
+        for i in 0..CALLS {
+            let mut request = tonic::Request::new(pb::QueryRequest::default());
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer guess-{i}").parse().expect("header"),
+            );
+            codes.push(
+                client
+                    .records(request)
+                    .await
+                    .map(|_| ())
+                    .err()
+                    .map(|s| s.code()),
+            );
+        }
+        codes
+    });
+    assert!(
+        codes
+            .iter()
+            .all(|c| *c == Some(tonic::Code::Unauthenticated)),
+        "every guess refused"
+    );
+    let counted = crate::admission::metric(metrics, "procflow_auth_rejected_total");
+    assert_eq!(counted, CALLS as f64, "every refusal counted");
+    let logged = agg.log().matches("refused a request").count();
+    assert!(logged >= 1, "the refusals are logged");
+    assert!(
+        logged < 50,
+        "{logged} lines for {CALLS} refusals: not sampled"
+    );
+}
