@@ -14,6 +14,7 @@ mod pgstore;
 mod pipeline;
 mod rules;
 mod score;
+mod spawn;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,12 +25,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use procflow::attribution::NoAttribution;
 use procflow::flows::{FlowConfig, FlowTable, Scoper};
-use procflow::model::{ProcessPhase, Record};
+use procflow::model::Record;
 use procflow::procs::{ProcessConfig, ProcessMonitor};
 use procflow::sockdiag::{msg, Dumper};
 use serde::Serialize;
 
-use score::{ratio, TruthConn, TruthProc};
+use score::{ratio, TruthConn};
 
 #[derive(Debug, Serialize)]
 struct Metric {
@@ -253,7 +254,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if wanted("spawn") {
-        if let Err(e) = scenario_spawn(&mut report, &sizes) {
+        if let Err(e) = spawn::scenario_spawn(&mut report, &sizes) {
             report.skip("spawn", format!("{e:#}"));
         }
     }
@@ -1257,97 +1258,6 @@ async fn churn_workload(
         }
     }
     Ok((truth, udp))
-}
-
-// === spawn: fork-exec chains of known lifetimes ===
-
-fn scenario_spawn(report: &mut Report, sizes: &Sizes) -> anyhow::Result<()> {
-    let scenario = format!("spawn {}/s", sizes.spawn_rate);
-    let collector = start_collector(&["--output", "stdout", "--queue-capacity", "65536"])?;
-    let me = std::process::id();
-    let total = sizes.spawn_rate * sizes.spawn_secs;
-    let cpu0 = collector.cpu_ticks();
-    let start = Instant::now();
-    let mut waiters = Vec::new();
-    for i in 0..total {
-        let at = start + Duration::from_micros(i * 1_000_000 / sizes.spawn_rate);
-        if let Some(wait) = at.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        // Lifetimes log-uniform from 1 ms to 1 s; depth 3: sh -> sh -> sleep.
-        let secs = 10f64.powf(-3.0 + 3.0 * fastrand::f64());
-        let mut child = Command::new("sh")
-            .args(["-c", &format!("sh -c 'sleep {secs:.4}; true'; true")])
-            .stdout(Stdio::null())
-            .spawn()?;
-        let started = Instant::now();
-        let pid = child.id();
-        // A waiting thread per child: the lifetime measured is the child's own, not the
-        // spawn loop's pace (a stalled loop once made 5 ms processes look 150 ms long).
-        waiters.push(std::thread::spawn(move || {
-            child.wait().ok()?;
-            Some(TruthProc {
-                pid,
-                ppid: me,
-                lifetime_ms: started.elapsed().as_millis() as u64,
-                requested_ms: secs * 1e3,
-            })
-        }));
-    }
-    let truth: Vec<TruthProc> = waiters
-        .into_iter()
-        .filter_map(|w| w.join().ok().flatten())
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let cpu =
-        (collector.cpu_ticks() - cpu0) as f64 / ticks_per_sec() / start.elapsed().as_secs_f64();
-    let records = collector.stop()?;
-    report.add(&scenario, "collector CPU", cpu * 100.0, "% core", None);
-    if std::env::var_os("PF_BENCH_DEBUG").is_some() {
-        for t in &truth {
-            let mine: Vec<_> = records
-                .iter()
-                .filter(|r| matches!(r, Record::Process(p) if p.pid == t.pid))
-                .collect();
-            let seen = mine.iter().any(|r| {
-                matches!(r, Record::Process(p) if p.ppid == t.ppid
-                    && matches!(p.phase, ProcessPhase::Start | ProcessPhase::Exec))
-            });
-            if !seen {
-                eprintln!("missed {t:?}: {mine:?}");
-            }
-        }
-        if let Some(Record::Heartbeat(h)) = records
-            .iter()
-            .rev()
-            .find(|r| matches!(r, Record::Heartbeat(_)))
-        {
-            eprintln!("collector's last heartbeat: {:?}", h.counters);
-        }
-    }
-    for (label, n, seen) in score::score_processes(&truth, &records) {
-        let rate = ratio(seen, n);
-        let target = match label.as_str() {
-            "5-50ms" => Some((">=99%", rate >= 99.0)),
-            "50-500ms" | ">=500ms" => Some(("100%", seen == n)),
-            _ => None,
-        };
-        report.add(
-            &scenario,
-            &format!("processes seen with parent, lifetime {label}"),
-            rate,
-            "%",
-            target,
-        );
-        report.add(
-            &scenario,
-            &format!("processes spawned, lifetime {label}"),
-            n as f64,
-            "procs",
-            None,
-        );
-    }
-    Ok(())
 }
 
 // === idle: an idle host at default intervals ===

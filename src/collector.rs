@@ -440,9 +440,18 @@ pub fn run_engine(
             }
         }
         // An exec wakes one tick; the START it finds (if the exec was in this pod) keeps the
-        // engine busy, while an exec elsewhere that shares the watched files costs one tick.
-        if watch.wait(interval) {
+        // engine busy, while an exec elsewhere that shares the watched files costs a few
+        // ticks: the process side follows a wake-up for some ms to find which known process
+        // exec'd (the wake-up comes before the exec completes).
+        let wait = procs
+            .as_ref()
+            .and_then(ProcessMonitor::tick_wanted_within)
+            .map_or(interval, |w| interval.min(w.max(config.trigger_interval)));
+        if watch.wait(wait) {
             metrics::counter!(telemetry::EXEC_WAKEUPS).increment(1);
+            if let Some(p) = procs.as_mut() {
+                p.exec_woken();
+            }
             std::thread::sleep(config.exec_settle);
         }
     }
@@ -552,6 +561,13 @@ pub fn heartbeat(
             ("proc_permission_denied".to_owned(), s.permission_denied),
             ("pids_unseen".to_owned(), s.pids_unseen),
             ("proc_argv_unsettled".to_owned(), s.argv_unsettled),
+            ("proc_image_rereads".to_owned(), s.image_rereads),
+            ("proc_exec_checks".to_owned(), s.exec_checks),
+            (
+                "proc_execs_found_by_check".to_owned(),
+                s.execs_found_by_check,
+            ),
+            ("proc_exe_unverified".to_owned(), s.exe_unverified),
         ]);
     }
     counters.extend(crate::pipeline::exporter::EXPORT_STATS.counters());

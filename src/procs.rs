@@ -3,6 +3,7 @@
 
 pub mod attribute;
 pub mod exec_watch;
+pub(crate) mod image;
 pub mod monitor;
 pub mod parse;
 

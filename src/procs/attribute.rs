@@ -386,6 +386,13 @@ impl ProcessMonitor {
 impl OwnerLookup for ProcessMonitor {
     fn refresh(&mut self, new_inodes: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
         self.refresh_inodes(new_inodes, now, out);
+        // A socket is judged with its owner's current image: an exec since the owner was
+        // last read (a shim's `exec python3` that then listens) goes out before the socket.
+        let owners: Vec<u32> = new_inodes
+            .iter()
+            .filter_map(|inode| self.index.owners.get(inode).map(|owner| owner.0))
+            .collect();
+        self.recheck_owners(owners, now, out);
     }
 
     fn owner(&mut self, inode: u64, uid: Option<u32>, listener: Option<Owner>) -> Owner {

@@ -2,21 +2,24 @@
 //! whenever the pid namespace allocates a pid, so a tick that sees it unchanged costs one
 //! small read. Only then are new pids read; a slower sweep finds exits and execs of older
 //! processes. Very young processes are re-checked on every tick for a short while, because
-//! fork-then-exec changes the image without allocating a pid.
+//! fork-then-exec changes the image without allocating a pid (and forks that still run
+//! their parent's image for longer, until they exec or [`FORK_WATCH`] passes); after an
+//! exec wake-up, every known process is (see `procs::image`, which also reads each record
+//! from one image).
 //!
 //! Processes are keyed by (pid, start time). Exited ones stay as tombstones (bounded in count
 //! and age) so the lineage of a short-lived chain resolves after its members are gone.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::model::{Ancestor, ProcessPhase, ProcessRecord, Record, Unavailable, UnixNanos};
 use crate::procs::attribute::FdTable;
+use crate::procs::image::ExecChecks;
 use crate::procs::parse::{self, Stat};
-use crate::sys::proc::PidDir;
 use crate::telemetry;
 
 #[derive(Debug, Clone)]
@@ -63,18 +66,30 @@ pub struct ProcessStats {
     pub pids_unseen: u64,
     /// Records held for a command line that stayed empty (ARGV_WAIT) and went out so.
     pub argv_unsettled: u64,
+    /// Records read again because the process exec'd while they were read.
+    pub image_rereads: u64,
+    /// Checks of every known process after an exec wake-up, and the execs they found.
+    pub exec_checks: u64,
+    pub execs_found_by_check: u64,
+    /// Records that went out never read whole (the process exited or exec'd again first),
+    /// whose executable did not match their name and was left out.
+    pub exe_unverified: u64,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Proc {
     pub record: ProcessRecord,
-    pub starttime_ticks: u64,
+    /// The `stat` the record was read with: later reads are compared with it to find an
+    /// exec (its start time tells a reused pid).
+    pub image: Stat,
+    /// The tick (`ProcessMonitor::ticks`) of the last read.
+    pub read_tick: u64,
     /// What attribution knows of its fd table.
     pub fd: crate::procs::attribute::FdTable,
 }
 
 pub struct ProcessMonitor {
-    config: ProcessConfig,
+    pub(crate) config: ProcessConfig,
     boot_time_ns: u64,
     tick_ns: u64,
     /// When the monitor was made, in clock ticks since boot: a process started earlier
@@ -92,9 +107,9 @@ pub struct ProcessMonitor {
     last_sweep: Option<Instant>,
     loadavg: fs::File,
     loadavg_buf: Vec<u8>,
-    buf: Vec<u8>,
-    stats: ProcessStats,
-    pod_uid_env: Option<String>,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) stats: ProcessStats,
+    pub(crate) pod_uid_env: Option<String>,
     /// Processes started since the last tick, to count pids never seen.
     new_since_last: u64,
     pub(crate) index: crate::procs::attribute::InodeIndex,
@@ -107,19 +122,21 @@ pub struct ProcessMonitor {
     new_container_pids: Vec<u32>,
     /// Processes whose START or EXEC record is held: read mid-exec, after the kernel set
     /// the new comm and before it set the new arguments, their command line was empty.
-    held: Vec<(u32, Instant)>,
+    pub(crate) held: Vec<(u32, Instant)>,
     /// Processes first seen within `young_age`, oldest first: re-read every tick without
     /// walking every live process (thousands in a big pod) to find them.
     young: VecDeque<(Instant, u32)>,
     /// Moves whenever a process starts, execs or exits (what derived views key on).
     pub(crate) live_changes: u64,
+    /// Polls so far: a process read in this one is current.
+    pub(crate) ticks: u64,
+    pub(crate) exec_checks: ExecChecks,
 }
 
-/// A process that can be caught between an exec's new comm and its new arguments: not a
-/// zombie (whose command line is empty for good) nor a kernel thread (which has none).
-fn may_be_mid_exec(stat: &Stat) -> bool {
-    stat.state != b'Z' && stat.pid != 2 && stat.ppid != 2
-}
+/// A fork still running its parent's image is re-read on every tick for up to this long,
+/// so that its exec is seen even where no exec wake-up comes (a static binary outside the
+/// watched directories).
+const FORK_WATCH: Duration = Duration::from_secs(1);
 
 /// The kernel's ceiling for pid_max (64-bit), when the sysctl cannot be read.
 const PID_MAX_LIMIT: u32 = 1 << 22;
@@ -135,9 +152,6 @@ fn pids_allocated(before: u32, after: u32, pid_max: u32) -> u64 {
             + u64::from(after.saturating_sub(RESERVED_PIDS) + 1)
     }
 }
-
-/// How long a record read mid-exec waits for its command line before it goes out as read.
-const ARGV_WAIT: Duration = Duration::from_millis(50);
 
 /// An exited process, kept for the lineage of its descendants.
 #[derive(Debug, Clone)]
@@ -188,6 +202,8 @@ impl ProcessMonitor {
             held: Vec::new(),
             young: VecDeque::new(),
             live_changes: 0,
+            ticks: 0,
+            exec_checks: ExecChecks::default(),
         })
     }
 
@@ -218,10 +234,14 @@ impl ProcessMonitor {
 
     /// One tick: cheap when nothing happened. Returns whether /proc was scanned.
     pub fn poll(&mut self, now: UnixNanos, out: &mut Vec<Record>) -> bool {
+        self.ticks += 1;
         let sweep_due = self
             .last_sweep
             .is_none_or(|t| t.elapsed() >= self.config.sweep_interval);
         let scanned = self.scan_since_last(sweep_due, now, out);
+        if !sweep_due {
+            self.check_known(now, out);
+        }
         self.recheck_young(now, out);
         self.release_held(out);
         scanned
@@ -287,19 +307,22 @@ impl ProcessMonitor {
     }
 
     fn recheck_young(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
-        while self
+        let (young_age, live, ticks) = (self.config.young_age, &self.live, self.ticks);
+        // Past the young age, only forks still showing their parent's image stay.
+        self.young.retain(|&(at, pid)| {
+            let age = at.elapsed();
+            age < young_age
+                || (age < FORK_WATCH && live.get(&pid).is_some_and(|p| p.image.forked_no_exec()))
+        });
+        let young: Vec<u32> = self
             .young
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() >= self.config.young_age)
-        {
-            self.young.pop_front();
-        }
-        let young: Vec<u32> = self.young.iter().map(|&(_, pid)| pid).collect();
+            .iter()
+            .map(|&(_, pid)| pid)
+            // Gone since (its exit was already reported), or read in this tick already.
+            .filter(|pid| live.get(pid).is_some_and(|p| p.read_tick != ticks))
+            .collect();
         for pid in young {
-            // Gone since: its exit was already reported.
-            if self.live.contains_key(&pid) {
-                self.observe(pid, now, out);
-            }
+            self.observe(pid, now, out);
         }
     }
 
@@ -326,7 +349,7 @@ impl ProcessMonitor {
     /// few µs each), then handles each. A scan after a busy spell finds dozens of new pids,
     /// and reading each one's details (command line, cgroup, exe) before the next pid's
     /// stat let the short-lived ones exit unseen.
-    fn observe_all(&mut self, pids: &[u32], now: UnixNanos, out: &mut Vec<Record>) {
+    pub(crate) fn observe_all(&mut self, pids: &[u32], now: UnixNanos, out: &mut Vec<Record>) {
         let stats: Vec<Option<Stat>> = pids.iter().map(|&pid| self.read_stat(pid)).collect();
         for (&pid, stat) in pids.iter().zip(stats) {
             self.observe_stat(pid, stat, now, out);
@@ -351,17 +374,22 @@ impl ProcessMonitor {
                 return;
             }
         };
+        let ticks = self.ticks;
         if let Some(known) = self.live.get_mut(&pid) {
-            if known.starttime_ticks == stat.starttime {
-                if known.record.comm != stat.comm {
+            if known.image.starttime == stat.starttime {
+                known.read_tick = ticks;
+                if stat.pid == 2 || stat.ppid == 2 {
                     // Kernel workers rename themselves all the time (kworker/0:1-events →
                     // kworker/0:1-mm_percpu_wq): that is not an exec, and reporting it would
                     // keep an idle host's collector busy.
-                    if stat.pid == 2 || stat.ppid == 2 {
-                        known.record.comm = stat.comm;
-                    } else {
-                        self.exec(pid, stat, now, out);
-                    }
+                    known.record.comm.clone_from(&stat.comm);
+                    known.image = stat;
+                } else if stat.exec_since(&known.image) {
+                    self.exec(pid, stat, now, out);
+                } else if known.image.layout().is_none() && stat.layout().is_some() {
+                    // Visible from now on (access gained, or the exec's second half ran):
+                    // kept to tell a later exec that keeps the name.
+                    known.image.mm = stat.mm;
                 }
                 return;
             }
@@ -370,8 +398,7 @@ impl ProcessMonitor {
         self.start(stat, now, out);
     }
 
-    fn start(&mut self, stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
-        let may_exec = may_be_mid_exec(&stat);
+    fn start(&mut self, mut stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
         let start_time = self.boot_time_ns + stat.starttime * self.tick_ns;
         let parent_start_time = self
             .live
@@ -384,7 +411,7 @@ impl ProcessMonitor {
             ppid: stat.ppid,
             parent_start_time,
             phase: ProcessPhase::Start,
-            comm: stat.comm,
+            comm: Vec::new(), // with the rest of the image, below
             exe: None,
             argv: Vec::new(),
             cwd: None,
@@ -392,9 +419,9 @@ impl ProcessMonitor {
             gid: 0,
             euid: 0,
             egid: 0,
-            tty: (stat.tty_nr != 0).then_some(stat.tty_nr),
-            session_id: stat.session,
-            pgid: stat.pgrp,
+            tty: None,
+            session_id: 0,
+            pgid: 0,
             container_id: None,
             pod_uid: None,
             exit_time: None,
@@ -407,7 +434,7 @@ impl ProcessMonitor {
             stdio_is_socket: None,
             stdio_socket_inodes: Vec::new(),
         };
-        let fd_capacity = self.fill_details(&mut record, true);
+        let read = self.read_image(&mut record, &mut stat, true);
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);
         self.stats.started += 1;
         self.new_since_last += 1;
@@ -418,41 +445,39 @@ impl ProcessMonitor {
             }
         }
         metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
-        self.emit_or_hold(may_exec, &record, out);
+        self.emit_or_hold(read.settled, &record, out);
         self.young.push_back((Instant::now(), record.pid));
         self.live_changes += 1;
         self.live.insert(
             record.pid,
             Proc {
-                starttime_ticks: stat.starttime,
+                image: stat,
+                read_tick: self.ticks,
                 record,
-                fd: FdTable::unread(fd_capacity, self.index.incremental_passes),
+                fd: FdTable::unread(read.fd_capacity, self.index.incremental_passes),
             },
         );
     }
 
-    fn exec(&mut self, pid: u32, stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
+    fn exec(&mut self, pid: u32, mut stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
         let Some(mut p) = self.live.remove(&pid) else {
             return;
         };
         self.release_now(&p.record, out);
-        let may_exec = may_be_mid_exec(&stat);
-        p.record.comm = stat.comm;
         p.record.phase = ProcessPhase::Exec;
         p.record.preexisting = false; // this exec was witnessed
-        p.record.tty = (stat.tty_nr != 0).then_some(stat.tty_nr);
-        p.record.session_id = stat.session;
-        p.record.pgid = stat.pgrp;
-        // An exec does not move a process between cgroups: a known container is kept (a
-        // process first read before its runtime moved it into one is read again).
+                                      // An exec does not move a process between cgroups: a known container is kept (a
+                                      // process first read before its runtime moved it into one is read again).
         let reread_cgroup = p.record.container_id.is_none();
-        let fd_capacity = self.fill_details(&mut p.record, reread_cgroup);
+        let read = self.read_image(&mut p.record, &mut stat, reread_cgroup);
+        p.image = stat;
+        p.read_tick = self.ticks;
         p.record.ancestors = self.ancestors_of(p.record.ppid, p.record.parent_start_time);
         // A new image may run with other credentials and hold other fds.
-        p.fd = FdTable::unread(fd_capacity, self.index.incremental_passes);
+        p.fd = FdTable::unread(read.fd_capacity, self.index.incremental_passes);
         self.stats.execs += 1;
         self.live_changes += 1;
-        self.emit_or_hold(may_exec, &p.record, out);
+        self.emit_or_hold(read.settled, &p.record, out);
         self.live.insert(pid, p);
     }
 
@@ -477,53 +502,6 @@ impl ProcessMonitor {
         );
         self.tombstone_order.push_back((Instant::now(), key));
         out.push(Record::Process(p.record));
-    }
-
-    /// Emits a START or EXEC, or holds it when it was read mid-exec (empty command line).
-    fn emit_or_hold(&mut self, may_exec: bool, record: &ProcessRecord, out: &mut Vec<Record>) {
-        if may_exec && record.argv.is_empty() {
-            self.held.push((record.pid, Instant::now()));
-        } else {
-            out.push(Record::Process(record.clone()));
-        }
-    }
-
-    /// A held record goes out before anything newer of its process (an EXEC, the EXIT).
-    fn release_now(&mut self, record: &ProcessRecord, out: &mut Vec<Record>) {
-        if let Some(i) = self.held.iter().position(|(pid, _)| *pid == record.pid) {
-            self.held.swap_remove(i);
-            out.push(Record::Process(record.clone()));
-        }
-    }
-
-    /// Held records whose command line is now readable, or that waited long enough, go
-    /// out (the latter as read: a process may really have an empty command line).
-    fn release_held(&mut self, out: &mut Vec<Record>) {
-        let mut i = 0;
-        while i < self.held.len() {
-            let (pid, since) = self.held[i];
-            let argv = self.read_argv(pid).unwrap_or_default();
-            let waited = since.elapsed() >= ARGV_WAIT;
-            match self.live.get_mut(&pid) {
-                Some(p) if !argv.is_empty() || waited => {
-                    if argv.is_empty() {
-                        self.stats.argv_unsettled += 1;
-                    } else {
-                        p.record.argv = argv;
-                    }
-                    out.push(Record::Process(p.record.clone()));
-                    self.held.swap_remove(i);
-                }
-                Some(_) => i += 1,
-                None => {
-                    // Unreachable by construction: an exit or exec releases a held record
-                    // before the process leaves `live`.
-                    debug_assert!(false, "held record of pid {pid} without its process");
-                    tracing::warn!(pid, "dropping a held process record whose process is gone");
-                    self.held.swap_remove(i);
-                }
-            }
-        }
     }
 
     /// The chain of ancestors, parent first, through live processes and tombstones.
@@ -570,100 +548,6 @@ impl ProcessMonitor {
             self.tombstones.remove(&key);
         }
     }
-
-    fn read_stat(&mut self, pid: u32) -> Option<Stat> {
-        let path = self.config.proc_root.join(pid.to_string()).join("stat");
-        match read_into(&path, &mut self.buf, 4096) {
-            Ok(()) => parse::parse_stat(&self.buf),
-            Err(_) => None,
-        }
-    }
-
-    /// The command line, as the kernel gives it (empty for a zombie, a kernel thread, or a
-    /// process in the middle of an exec); `None` when unreadable.
-    fn read_argv(&mut self, pid: u32) -> Option<Vec<Vec<u8>>> {
-        let path = self.config.proc_root.join(pid.to_string()).join("cmdline");
-        read_into(&path, &mut self.buf, self.config.max_argv_bytes).ok()?;
-        Some(parse::parse_cmdline(&self.buf))
-    }
-
-    /// Fills what needs more reads: ids, argv, identity (with `cgroup`), and the
-    /// ptrace-guarded exe, cwd, stdio. Returns the fd table's capacity (0 when unread).
-    fn fill_details(&mut self, r: &mut ProcessRecord, cgroup: bool) -> u64 {
-        let dir = match PidDir::open(&self.config.proc_root, r.pid) {
-            Ok(dir) => dir,
-            Err(e) => {
-                // Exited since its stat was read: the record keeps what stat gave.
-                (r.exe, r.cwd) = (None, None);
-                r.exe_unavailable = self.unavailable(&e, r.ppid);
-                r.cwd_unavailable = r.exe_unavailable;
-                return 0;
-            }
-        };
-        let mut fd_size = 0;
-        if dir.read(c"status", &mut self.buf, 16 * 1024).is_ok() {
-            if let Some(status) = parse::parse_status(&self.buf) {
-                let ids = status.ids;
-                (r.uid, r.euid, r.gid, r.egid) = (ids.uid, ids.euid, ids.gid, ids.egid);
-                fd_size = status.fd_size.unwrap_or(0);
-            }
-        }
-        if dir
-            .read(c"cmdline", &mut self.buf, self.config.max_argv_bytes)
-            .is_ok()
-        {
-            r.argv = parse::parse_cmdline(&self.buf);
-        }
-        if cgroup && dir.read(c"cgroup", &mut self.buf, 16 * 1024).is_ok() {
-            let identity = parse::parse_cgroup(&self.buf);
-            r.container_id = identity.container_id;
-            r.pod_uid = identity.pod_uid.or_else(|| self.pod_uid_env.clone());
-        }
-        match dir.read_link(c"exe", <[u8]>::to_vec) {
-            Ok(bytes) => {
-                r.exe_deleted = bytes.ends_with(b" (deleted)") || bytes.starts_with(b"/memfd:");
-                r.exe = Some(bytes);
-                r.exe_unavailable = Unavailable::Unspecified;
-            }
-            Err(e) => {
-                r.exe = None;
-                r.exe_unavailable = self.unavailable(&e, r.ppid);
-            }
-        }
-        match dir.read_link(c"cwd", <[u8]>::to_vec) {
-            Ok(bytes) => {
-                r.cwd = Some(bytes);
-                r.cwd_unavailable = Unavailable::Unspecified;
-            }
-            Err(e) => {
-                r.cwd = None;
-                r.cwd_unavailable = self.unavailable(&e, r.ppid);
-            }
-        }
-        r.stdio_socket_inodes.clear();
-        let mut readable = false;
-        for fd in [c"fd/0", c"fd/1", c"fd/2"] {
-            if let Ok(inode) = dir.read_link(fd, parse::socket_inode) {
-                readable = true;
-                r.stdio_socket_inodes.extend(inode);
-            }
-        }
-        r.stdio_is_socket = readable.then_some(!r.stdio_socket_inodes.is_empty());
-        fd_size
-    }
-
-    fn unavailable(&mut self, e: &io::Error, ppid: u32) -> Unavailable {
-        match e.kind() {
-            ErrorKind::PermissionDenied => {
-                self.stats.permission_denied += 1;
-                metrics::counter!(telemetry::PROC_PERMISSION_DENIED).increment(1);
-                Unavailable::PermissionDenied
-            }
-            // Kernel threads (children of kthreadd, pid 2) have no executable.
-            ErrorKind::NotFound if ppid == 2 || ppid == 0 => Unavailable::None,
-            _ => Unavailable::ProcessGone,
-        }
-    }
 }
 
 pub(crate) fn ancestor_of(r: &ProcessRecord, exited: bool) -> Ancestor {
@@ -689,6 +573,7 @@ pub(crate) fn read_into(path: &std::path::Path, buf: &mut Vec<u8>, limit: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procs::image::ARGV_WAIT;
 
     #[test]
     fn pids_allocated_across_a_wrap_of_the_counter() {
@@ -714,10 +599,20 @@ mod tests {
         }
 
         fn process(&self, pid: u32, comm: &str, cmdline: &[u8]) {
+            self.process_with_flags(pid, comm, cmdline, 0);
+        }
+
+        /// A process still running the image it was forked with.
+        fn fork(&self, pid: u32, comm: &str, cmdline: &[u8]) {
+            self.process_with_flags(pid, comm, cmdline, parse::PF_FORKNOEXEC);
+        }
+
+        fn process_with_flags(&self, pid: u32, comm: &str, cmdline: &[u8], flags: u64) {
             let dir = self.root.path().join(pid.to_string());
             fs::create_dir_all(&dir).expect("pid dir");
-            let stat =
-                format!("{pid} ({comm}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0");
+            let stat = format!(
+                "{pid} ({comm}) S 1 {pid} {pid} 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0"
+            );
             fs::write(dir.join("stat"), stat).expect("stat");
             fs::write(
                 dir.join("status"),
@@ -837,6 +732,53 @@ mod tests {
         );
         monitor.release_held(&mut out);
         assert_eq!(argv_of(&out).len(), 1, "released once");
+    }
+
+    /// A fork read before it exec'd the same binary (same name, same executable): the
+    /// cleared fork flag is the exec, reported with the new arguments.
+    #[test]
+    fn an_exec_that_keeps_the_name_is_found_by_the_fork_flag() {
+        let proc = FakeProc::new();
+        proc.fork(4242, "sh", b"sh\0-c\0echo a; sh -c 'sleep 1'; true\0");
+        let (mut monitor, mut out) = proc.swept();
+        out.clear();
+        monitor.sweep(2, &mut out);
+        assert!(argv_of(&out).is_empty(), "no change, no record: {out:?}");
+        proc.process(4242, "sh", b"sh\0-c\0sleep 1\0");
+        monitor.sweep(3, &mut out);
+        assert_eq!(
+            argv_of(&out),
+            vec![(
+                ProcessPhase::Exec,
+                vec![b"sh".to_vec(), b"-c".to_vec(), b"sleep 1".to_vec()]
+            )]
+        );
+        assert_eq!(monitor.stats().execs, 1);
+    }
+
+    /// After an exec wake-up, a known process that exec'd is found on the next tick,
+    /// though it is neither young nor due for a sweep.
+    #[test]
+    fn an_exec_wake_up_finds_which_known_process_exec_d() {
+        let proc = FakeProc::new();
+        proc.process(4242, "bash", b"bash\0shim\0");
+        let (mut monitor, mut out) = proc.swept();
+        monitor.young.clear(); // as if it had started long ago
+        monitor.config.sweep_interval = Duration::from_secs(3600);
+        out.clear();
+        proc.process(4242, "python3", b"python3\0app.py\0");
+        monitor.poll(2, &mut out);
+        assert!(argv_of(&out).is_empty(), "not looked for without a wake-up");
+        monitor.exec_woken();
+        monitor.poll(3, &mut out);
+        assert_eq!(
+            argv_of(&out),
+            vec![(
+                ProcessPhase::Exec,
+                vec![b"python3".to_vec(), b"app.py".to_vec()]
+            )]
+        );
+        assert_eq!(monitor.stats().execs_found_by_check, 1);
     }
 
     #[test]

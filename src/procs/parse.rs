@@ -13,8 +13,44 @@ pub struct Stat {
     pub pgrp: u32,
     pub session: u32,
     pub tty_nr: u32,
+    /// The task's `PF_*` flags: [`PF_FORKNOEXEC`] tells a fork still running its parent's
+    /// image. Shown to every reader.
+    pub flags: u64,
     /// Clock ticks since boot.
     pub starttime: u64,
+    /// `startcode`, `endcode`, `startstack`: where the image's text and stack lie. They
+    /// differ for every exec (ASLR), but the kernel shows them only to a reader with ptrace
+    /// access (others read `1 1 0`), and a process without memory (a zombie, one exiting or
+    /// between the two halves of an exec) shows `0 0 0`. Absent in old kernels' stat: 0.
+    pub mm: [u64; 3],
+}
+
+/// `PF_FORKNOEXEC`: set by fork, cleared by the exec that replaces the image.
+pub const PF_FORKNOEXEC: u64 = 0x40;
+
+impl Stat {
+    /// Still running the image it was forked with (never exec'd since its fork).
+    pub fn forked_no_exec(&self) -> bool {
+        self.flags & PF_FORKNOEXEC != 0
+    }
+
+    /// The memory layout marks when they tell one image from another: shown (ptrace access)
+    /// and of a process with memory.
+    pub fn layout(&self) -> Option<[u64; 3]> {
+        (self.mm != [1, 1, 0] && self.mm != [0, 0, 0]).then_some(self.mm)
+    }
+
+    /// Whether `self`, read after `before` of the same process (same start time), shows an
+    /// exec in between: a new name, the fork flag cleared, or another memory layout. An exec
+    /// that keeps the name, of a process that had exec'd already, read without ptrace access
+    /// shows none of these (its command line may tell).
+    /// A zombie keeps its name and flags (its layout reads `0 0 0`): an exec just before
+    /// its exit still shows.
+    pub fn exec_since(&self, before: &Stat) -> bool {
+        self.comm != before.comm
+            || (before.forked_no_exec() && !self.forked_no_exec())
+            || matches!((before.layout(), self.layout()), (Some(a), Some(b)) if a != b)
+    }
 }
 
 pub fn parse_stat(text: &[u8]) -> Option<Stat> {
@@ -33,7 +69,16 @@ pub fn parse_stat(text: &[u8]) -> Option<Stat> {
     let pgrp = parse_num(fields.next()?)?;
     let session = parse_num(fields.next()?)?;
     let tty_nr = parse_num(fields.next()?)?;
-    let starttime = parse_num(fields.nth(14)?)?;
+    let _tpgid = fields.next()?;
+    let flags = parse_num(fields.next()?)?;
+    // minflt … itrealvalue (12 fields), then starttime.
+    let starttime = parse_num(fields.nth(12)?)?;
+    // vsize rss rsslim, then startcode endcode startstack.
+    let mut mm = [0u64; 3];
+    let mut rest = fields.skip(3);
+    for mark in &mut mm {
+        *mark = rest.next().and_then(parse_num).unwrap_or(0);
+    }
     Some(Stat {
         pid: u32::try_from(pid).ok()?,
         comm,
@@ -42,7 +87,9 @@ pub fn parse_stat(text: &[u8]) -> Option<Stat> {
         pgrp: u32::try_from(pgrp).ok()?,
         session: u32::try_from(session).ok()?,
         tty_nr: u32::try_from(tty_nr).ok()?,
+        flags,
         starttime,
+        mm,
     })
 }
 
@@ -220,6 +267,64 @@ mod tests {
             ),
             (b'S', 1, 4242, 34816, 987654)
         );
+    }
+
+    /// A real line (6.18, read with ptrace access): the fork flag and the layout marks.
+    #[test]
+    fn stat_flags_and_layout() {
+        let line = b"4243 (sh) S 4242 4243 4243 0 -1 4194368 91 0 0 0 0 0 0 0 20 0 1 0 1234 2682880 226 18446744073709551615 94887961681920 94887961783169 140733288747424 0 0 0 0 0 65538 1 0 0 17 1 0 0 0 0 0\n";
+        let fork = parse_stat(line).expect("parses");
+        assert!(fork.forked_no_exec());
+        assert_eq!(fork.starttime, 1234);
+        assert_eq!(
+            fork.layout(),
+            Some([94887961681920, 94887961783169, 140733288747424])
+        );
+        // The same process after it exec'd the same binary: same name, flag cleared.
+        let exec = Stat {
+            flags: 4194304,
+            mm: [93938224857088, 93938224958337, 140732810954496],
+            ..fork.clone()
+        };
+        assert!(exec.exec_since(&fork));
+        assert!(!exec.exec_since(&exec.clone()));
+        // Without ptrace access the marks read 1 1 0: only the name and flag can tell.
+        let hidden = |s: &Stat| Stat {
+            mm: [1, 1, 0],
+            ..s.clone()
+        };
+        assert_eq!(hidden(&exec).layout(), None);
+        assert!(hidden(&exec).exec_since(&hidden(&fork)), "the flag tells");
+        let again = Stat {
+            mm: [1, 2, 3],
+            ..exec.clone()
+        };
+        assert!(again.exec_since(&exec), "a second exec: another layout");
+        assert!(
+            !hidden(&again).exec_since(&hidden(&exec)),
+            "unseen without access"
+        );
+        // Exiting (no memory) or a zombie is not an exec; a zombie's name still tells one.
+        let exiting = Stat {
+            mm: [0, 0, 0],
+            ..exec.clone()
+        };
+        assert!(!exiting.exec_since(&exec));
+        let zombie = Stat {
+            state: b'Z',
+            ..exiting.clone()
+        };
+        assert!(!zombie.exec_since(&exec));
+        let renamed = Stat {
+            comm: b"x".to_vec(),
+            ..zombie.clone()
+        };
+        assert!(renamed.exec_since(&exec));
+        // An old kernel's shorter line still parses.
+        let short =
+            parse_stat(b"7 (a) S 1 7 7 0 -1 64 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0\n").expect("parses");
+        assert!(short.forked_no_exec());
+        assert_eq!((short.starttime, short.layout()), (55, None));
     }
 
     #[test]

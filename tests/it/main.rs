@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod console;
 mod credentials;
+mod exec_image;
 mod faults;
 mod identity;
 mod investigate;
