@@ -413,7 +413,7 @@ fn identity(ns: usize, i: usize) -> Arc<CollectorIdentity> {
     })
 }
 
-fn process(pid: u32, start: u64, ppid: u32, comm: &str, argv: &[&str]) -> ProcessRecord {
+pub(crate) fn process(pid: u32, start: u64, ppid: u32, comm: &str, argv: &[&str]) -> ProcessRecord {
     ProcessRecord {
         pid,
         start_time: start,

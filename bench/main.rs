@@ -3,9 +3,10 @@
 //!
 //! `procflow-bench default --json FILE` runs the suite; `smoke` runs every scenario at tiny
 //! sizes. Scenarios: poll, churn, spawn, idle, pipeline, streams, hostile, rules, http,
-//! console. Workloads stay on loopback, are bounded in count and time, and child processes
+//! console, audit. Workloads stay on loopback, are bounded in count and time, and child processes
 //! are ended by pid.
 
+mod audit;
 mod console;
 mod hostile;
 mod http;
@@ -101,13 +102,16 @@ struct Sizes {
     http_secs: f64,
     console_records: u64,
     console_samples: usize,
+    /// Audit events through the webhook, and execs joined with their trees.
+    audit_events: u64,
+    audit_execs: usize,
 }
 
 /// `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
 /// (default when omitted), scenario names pick a subset.
 /// `transport` (the pipeline's transport figure alone) and `pgstore` (sustained ingest into
 /// PostgreSQL, a server of scripts/pg.sh) run only when named.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "poll",
     "churn",
     "spawn",
@@ -120,6 +124,7 @@ const SCENARIOS: [&str; 12] = [
     "http",
     "console",
     "pgstore",
+    "audit",
 ];
 
 /// How fast this shared VM runs right now: nanoseconds per step of a dependent xor-multiply
@@ -204,6 +209,8 @@ fn main() -> anyhow::Result<()> {
             http_secs: 0.5,
             console_records: 20_000,
             console_samples: 2,
+            audit_events: 4_000,
+            audit_execs: 30,
         },
         "default" => Sizes {
             poll_conns: vec![10_000, 50_000],
@@ -226,6 +233,8 @@ fn main() -> anyhow::Result<()> {
             http_secs: 5.0,
             console_records: 10_000_000,
             console_samples: 20,
+            audit_events: 200_000,
+            audit_execs: 300,
         },
         other => anyhow::bail!(
             "unknown suite or scenario {other:?}: usage: procflow-bench [default|smoke] [{}...] [--json FILE] [--markdown FILE]",
@@ -353,6 +362,11 @@ fn main() -> anyhow::Result<()> {
             console::scenario_console(&mut report, sizes.console_records, sizes.console_samples)
         {
             report.skip("console", format!("{e:#}"));
+        }
+    }
+    if wanted("audit") {
+        if let Err(e) = audit::scenario_audit(&mut report, sizes.audit_events, sizes.audit_execs) {
+            report.skip("audit", format!("{e:#}"));
         }
     }
     machine_speed(&mut report, "end of run");

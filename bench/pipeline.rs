@@ -376,7 +376,7 @@ fn sustained(report: &mut Report, sustain: Duration) -> anyhow::Result<()> {
 }
 
 /// The aggregator's Prometheus text, by a plain HTTP/1.0 GET.
-fn scrape_metrics(port: u16) -> std::io::Result<String> {
+pub(crate) fn scrape_metrics(port: u16) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
