@@ -758,11 +758,11 @@ fn start_outputs(args: &Args, rx: crate::pipeline::RecordRx) -> anyhow::Result<O
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                runtime.block_on(crate::pipeline::exporter::run_with_outlet(
+                Ok(runtime.block_on(crate::pipeline::exporter::run_with_outlet(
                     exporter_config,
                     batch_rx,
                     outlet,
-                ))
+                ))?)
             }),
         )?);
     }

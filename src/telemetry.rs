@@ -197,6 +197,20 @@ pub const AUDIT_JOIN_EVICTED: &str = "procflow_audit_join_evicted_total";
 
 // === Prometheus + health endpoint ===
 
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("installing the metrics recorder: {0}")]
+    Recorder(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("metrics endpoint {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics endpoint thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Serves `GET /metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (ready once
 /// `ready` is set) over a deliberately tiny HTTP/1.1 implementation: one request per
 /// connection, bounded request size, no body.
@@ -207,10 +221,8 @@ pub struct HealthServer {
 
 impl HealthServer {
     /// Installs the global Prometheus recorder (once per process).
-    pub fn install() -> anyhow::Result<HealthServer> {
-        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+    pub fn install() -> Result<HealthServer, HealthError> {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
         Ok(HealthServer {
             handle,
             ready: Default::default(),
@@ -267,15 +279,15 @@ impl HealthServer {
 /// Starts the endpoint on its own thread when `listen` is set; returns the ready flag.
 pub fn start_health_endpoint(
     listen: Option<std::net::SocketAddr>,
-) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, HealthError> {
     let Some(addr) = listen else {
         return Ok(Default::default());
     };
     let server = HealthServer::install()?;
     let ready = server.ready_flag();
-    let std_listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e}"))?;
-    std_listener.set_nonblocking(true)?;
+    let listen_error = |source| HealthError::Listen { addr, source };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+    std_listener.set_nonblocking(true).map_err(listen_error)?;
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -295,7 +307,8 @@ pub fn start_health_endpoint(
                     Err(error) => tracing::error!(%error, "metrics endpoint"),
                 }
             });
-        })?;
+        })
+        .map_err(HealthError::Thread)?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     Ok(ready)
 }

@@ -21,6 +21,17 @@ pub enum WebhookFormat {
     Falco,
 }
 
+/// Why a webhook URL was refused at start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookUrlError {
+    #[error("webhook URL {0:?}: only http:// is supported (run falcosidekick or a TLS proxy beside the aggregator)")]
+    Scheme(String),
+    #[error("webhook URL {url:?}: bad port {port:?}")]
+    Port { url: String, port: String },
+    #[error("webhook URL {0:?}: no host")]
+    Host(String),
+}
+
 /// A plain-HTTP endpoint, parsed once at start so a bad URL stops the aggregator.
 #[derive(Debug, Clone)]
 pub struct HttpTarget {
@@ -30,11 +41,9 @@ pub struct HttpTarget {
 }
 
 impl HttpTarget {
-    pub fn parse(url: &str) -> anyhow::Result<HttpTarget> {
+    pub fn parse(url: &str) -> Result<HttpTarget, WebhookUrlError> {
         let Some(rest) = url.strip_prefix("http://") else {
-            anyhow::bail!(
-                "webhook URL {url:?}: only http:// is supported (run falcosidekick or a TLS proxy beside the aggregator)"
-            );
+            return Err(WebhookUrlError::Scheme(url.to_owned()));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -43,13 +52,15 @@ impl HttpTarget {
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
                 h.trim_matches(['[', ']']).to_owned(),
-                p.parse()
-                    .map_err(|_| anyhow::anyhow!("webhook URL {url:?}: bad port {p:?}"))?,
+                p.parse().map_err(|_| WebhookUrlError::Port {
+                    url: url.to_owned(),
+                    port: p.to_owned(),
+                })?,
             ),
             _ => (authority.to_owned(), 80),
         };
         if host.is_empty() {
-            anyhow::bail!("webhook URL {url:?}: no host");
+            return Err(WebhookUrlError::Host(url.to_owned()));
         }
         Ok(HttpTarget {
             host,
@@ -112,7 +123,7 @@ impl Outputs {
         stdout: bool,
         webhook: Option<HttpTarget>,
         format: WebhookFormat,
-    ) -> anyhow::Result<Outputs> {
+    ) -> std::io::Result<Outputs> {
         let (webhook, worker) = match webhook {
             None => (None, None),
             Some(target) => {

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::aggregator::alert_out::Outputs;
@@ -103,6 +102,23 @@ const QUEUE_BATCHES: usize = 4096;
 const STATE_SAVE_EVERY: Duration = Duration::from_secs(5);
 const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// Why detection could not start: the rules do not load, the saved state cannot be read
+/// or set aside, or the engine thread cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RuleError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("moving corrupt rule state {path} aside: {source}")]
+    Quarantine {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting the detection thread: {0}")]
+    Thread(std::io::Error),
+}
+
 impl Detector {
     /// Loads the rules (an error here stops the aggregator: a typo must not mean no
     /// detection) and the saved state, and starts the engine thread.
@@ -110,7 +126,7 @@ impl Detector {
         config: DetectConfig,
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
-    ) -> anyhow::Result<(Detector, std::thread::JoinHandle<()>)> {
+    ) -> Result<(Detector, std::thread::JoinHandle<()>), DetectError> {
         // Read before the rules are: a file changed from here on is reloaded.
         let rules_mtime = newest_mtime(config.rules_dir.as_deref());
         let set = RuleSet::load(config.rules_dir.as_deref(), config.with_managed)?;
@@ -126,7 +142,8 @@ impl Detector {
         let reloaded = loaded.clone();
         let handle = std::thread::Builder::new()
             .name("detect".into())
-            .spawn(move || run(engine, config, rx, taken, store, hub, reloaded, rules_mtime))?;
+            .spawn(move || run(engine, config, rx, taken, store, hub, reloaded, rules_mtime))
+            .map_err(DetectError::Thread)?;
         Ok((Detector { tx, queued, loaded }, handle))
     }
 
@@ -311,7 +328,7 @@ fn run(
 /// by hand) is renamed aside, logged and counted, and the rules start fresh: losing windows
 /// and learned values costs some alerts' context, refusing to start costs all detection.
 /// A file that cannot be read at all is an error for the operator.
-fn load_state(engine: &mut Engine, path: &Path) -> anyhow::Result<()> {
+fn load_state(engine: &mut Engine, path: &Path) -> Result<(), DetectError> {
     // A save interrupted by a crash leaves its temporary file; the real one is whole.
     let leftover = path.with_extension(crate::durable::TEMP_EXTENSION);
     if std::fs::remove_file(&leftover).is_ok() {
@@ -321,8 +338,11 @@ fn load_state(engine: &mut Engine, path: &Path) -> anyhow::Result<()> {
         Ok(()) => Ok(()),
         Err(StateError::Corrupt { reason, .. }) => {
             metrics::counter!(telemetry::RULE_STATE_QUARANTINED).increment(1);
-            let aside = crate::durable::quarantine(path)
-                .with_context(|| format!("moving corrupt rule state {} aside", path.display()))?;
+            let aside =
+                crate::durable::quarantine(path).map_err(|source| DetectError::Quarantine {
+                    path: path.to_owned(),
+                    source,
+                })?;
             tracing::error!(
                 path = %path.display(),
                 kept_as = %aside.display(),

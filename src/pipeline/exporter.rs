@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -160,12 +159,43 @@ pub(crate) fn drop_batch(batch: &EncodedBatch, why: &str) {
     );
 }
 
+/// Why the exporter could not start. Once running it does not fail: a lost connection is
+/// retried with backoff while memory and the spool buffer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("opening spool {path}: {source}")]
+    Spool {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Endpoint(#[from] crate::transport::TransportError),
+}
+
+/// Why one connection to the aggregator ended (logged, then retried).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting: {0}")]
+    Connect(tonic::transport::Error),
+    #[error("connection not ready: {0}")]
+    NotReady(tonic::transport::Error),
+    #[error("opening the ingest stream: {0}")]
+    Open(tonic::Status),
+    #[error("the aggregator closed the stream")]
+    Closed,
+    #[error("stream failed: {0}")]
+    Stream(tonic::Status),
+    /// The credential file could not be read (it is re-read per connection, for rotation).
+    #[error(transparent)]
+    Credential(#[from] crate::transport::TransportError),
+}
+
 /// Runs until `batches` closes and everything is acknowledged or spooled (or the drain
 /// timeout passes).
 pub async fn run(
     config: ExporterConfig,
     batches: mpsc::Receiver<EncodedBatch>,
-) -> anyhow::Result<()> {
+) -> Result<(), ExportError> {
     run_with_outlet(config, batches, Outlet::default()).await
 }
 
@@ -175,14 +205,17 @@ pub async fn run_with_outlet(
     config: ExporterConfig,
     mut batches: mpsc::Receiver<EncodedBatch>,
     outlet: Outlet,
-) -> anyhow::Result<()> {
-    let spool = match &config.spool_dir {
-        Some(dir) => Some(
-            Spool::open(dir, config.spool_max_bytes)
-                .with_context(|| format!("opening spool {}", dir.display()))?,
-        ),
-        None => None,
-    };
+) -> Result<(), ExportError> {
+    let spool =
+        match &config.spool_dir {
+            Some(dir) => Some(Spool::open(dir, config.spool_max_bytes).map_err(|source| {
+                ExportError::Spool {
+                    path: dir.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
     let mut buffer = Buffer {
         memory: VecDeque::new(),
         capacity: config.memory_batches.max(1),
@@ -240,7 +273,7 @@ async fn session(
     batches: &mut mpsc::Receiver<EncodedBatch>,
     closing: &mut Option<tokio::time::Instant>,
     outlet: &Outlet,
-) -> anyhow::Result<()> {
+) -> Result<(), SessionError> {
     let mut intake = Intake {
         buffer,
         batches,
@@ -252,7 +285,7 @@ async fn session(
         intake.buffer.persist();
         return Ok(());
     };
-    let channel: Channel = channel.context("connecting")?;
+    let channel: Channel = channel.map_err(SessionError::Connect)?;
     // The generated client's call, with a codec that sends the batches' bytes as they are.
     let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<EncodedBatch>(256);
@@ -276,13 +309,13 @@ async fn session(
         intake.buffer.persist();
         return Ok(());
     };
-    ready.map_err(|e| anyhow::anyhow!("connection not ready: {e}"))?;
+    ready.map_err(SessionError::NotReady)?;
     let opening = client.streaming(request, ingest_stream_path(), EncodedBatchCodec);
     let Some(opened) = intake.during(opening).await else {
         intake.buffer.persist();
         return Ok(());
     };
-    let mut acks = opened.context("opening the ingest stream")?.into_inner();
+    let mut acks = opened.map_err(SessionError::Open)?.into_inner();
     let Intake {
         buffer,
         batches,
@@ -328,8 +361,8 @@ async fn session(
                     }
                     buffer.refill();
                 }
-                Ok(None) => anyhow::bail!("the aggregator closed the stream"),
-                Err(status) => anyhow::bail!("stream failed: {status}"),
+                Ok(None) => return Err(SessionError::Closed),
+                Err(status) => return Err(SessionError::Stream(status)),
             },
             _ = tokio::time::sleep_until(deadline), if closing.is_some() => {
                 buffer.persist();
@@ -372,7 +405,7 @@ impl Intake<'_> {
     }
 }
 
-fn endpoint(config: &ExporterConfig) -> anyhow::Result<Endpoint> {
+fn endpoint(config: &ExporterConfig) -> Result<Endpoint, ExportError> {
     Ok(crate::transport::endpoint(&config.endpoint, &config.tls)?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30)))
