@@ -140,6 +140,9 @@ pub const RECORDS_STORED: &str = "procflow_records_stored_total";
 /// Segments (stored events of one batch, kind and source) deleted to keep the store under
 /// its size bound.
 pub const STORE_SEGMENTS_TRIMMED: &str = "procflow_store_segments_trimmed_total";
+/// Records that arrived already older than the store's retention (audit events keep the
+/// API server's time) and were not kept.
+pub const STORE_EXPIRED_ON_ARRIVAL: &str = "procflow_store_expired_on_arrival_total";
 /// Reads of the store that failed (a damaged page, an I/O error); each is logged with its range.
 pub const STORE_READ_ERRORS: &str = "procflow_store_read_errors_total";
 /// Batches built by the collector's batcher.

@@ -27,6 +27,7 @@ use super::{
     EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
 };
 use crate::model::Event;
+use crate::telemetry;
 use crate::wire::{self, direct};
 
 /// How the PostgreSQL backend connects.
@@ -247,7 +248,7 @@ impl PgStore {
         let writer_pool = pool.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&handle, &writer_pool, requests))
+            .spawn(move || write_loop(&handle, &writer_pool, requests, retention))
             .map_err(|e| StoreError::Config(format!("starting the store writer: {e}")))?;
         Ok(PgStore {
             url: url.to_owned(),
@@ -441,11 +442,18 @@ async fn read_segments(
     }
 }
 
+static EXPIRED: crate::telemetry::LogSampler =
+    crate::telemetry::LogSampler::new(5, Duration::from_secs(60));
+
 fn write_loop(
     runtime: &tokio::runtime::Handle,
     pool: &Pool,
     requests: crossbeam_channel::Receiver<Request>,
+    retention: Retention,
 ) {
+    // Days that have a partition, as this writer last saw them (forgotten after a failure:
+    // upkeep may have dropped one meanwhile).
+    let mut known_days = std::collections::HashSet::new();
     while let Ok(first) = requests.recv() {
         // Group what is queued into one transaction: one commit (one WAL flush) for many.
         let mut group = vec![first];
@@ -455,13 +463,14 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        match runtime.block_on(commit(pool, &group)) {
+        match runtime.block_on(commit(pool, &group, retention, &mut known_days)) {
             Ok(outcomes) => {
                 for (request, outcome) in group.into_iter().zip(outcomes) {
                     request.answer(Ok(outcome));
                 }
             }
             Err(error) => {
+                known_days.clear();
                 // Nothing of the group was stored: every sender is told, none is acked.
                 let message = error.to_string();
                 for request in group {
@@ -497,7 +506,12 @@ const SEGMENT_TYPES: [Type; 7] = [
 /// Stores a group in one transaction: claims the batches' (collector, seq) keys and the
 /// audit events' keys first (a key claimed before, by this replica or another, makes that
 /// request a duplicate), then copies the new requests' segments in.
-async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreError> {
+async fn commit(
+    pool: &Pool,
+    group: &[Request],
+    retention: Retention,
+    known_days: &mut std::collections::HashSet<i64>,
+) -> Result<Vec<Outcome>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg("beginning"))?;
     let now = crate::model::now_ns() as i64;
@@ -594,6 +608,53 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
         }
     }
 
+    // What each request stores: its segments (indices into its events), in order.
+    let mut outcomes = Vec::with_capacity(group.len());
+    let mut chosen: Vec<(&[Event], Vec<Vec<usize>>)> = Vec::with_capacity(group.len());
+    let mut audits = audit_fresh.into_iter();
+    for request in group {
+        match request {
+            Request::Append {
+                collector_id,
+                seq,
+                events,
+                ..
+            } => {
+                // Taken on first use: the same batch twice in one group is stored once.
+                if claimed.remove(&(text(collector_id).into_owned(), *seq as i64)) {
+                    outcomes.push(Outcome::Stored);
+                    chosen.push((events, segments(events)));
+                } else {
+                    outcomes.push(Outcome::Duplicate);
+                }
+            }
+            Request::Audit { events, .. } => {
+                let fresh = audits.next().unwrap_or_default();
+                let segments = fresh
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, f)| f.then_some(vec![i]))
+                    .collect();
+                outcomes.push(Outcome::Audit(fresh));
+                chosen.push((events, segments));
+            }
+        }
+    }
+
+    // Arrival times are the aggregator's clock, but an audit event keeps the API server's
+    // (a backfill's may be months old): a segment already past retention is not kept (the
+    // next upkeep would drop it), and a day inside it without a partition gets one, so no
+    // such event can fail the group at every resend.
+    let cutoff =
+        now.saturating_sub(i64::try_from(retention.max_age.as_nanos()).unwrap_or(i64::MAX));
+    let days: std::collections::BTreeSet<i64> = chosen
+        .iter()
+        .flat_map(|(events, segments)| segments.iter().map(|s| events[s[0]].received_at as i64))
+        .filter(|at| *at >= cutoff)
+        .map(|at| at.div_euclid(schema::DAY_NS))
+        .collect();
+    schema::ensure_days(&tx, &days, known_days).await?;
+
     let sink = tx
         .copy_in(
             "COPY segments (received_at, kind, pod, namespace, collector, count, body) FROM STDIN BINARY",
@@ -604,37 +665,13 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
     let mut writer = std::pin::pin!(writer);
     let mut body = Vec::with_capacity(64 * 1024);
     let mut scratch = direct::Scratch::default();
-    let mut outcomes = Vec::with_capacity(group.len());
-    let mut audits = audit_fresh.into_iter();
-    for request in group {
-        let (events, chosen): (&[Event], Vec<Vec<usize>>) = match request {
-            Request::Append {
-                collector_id,
-                seq,
-                events,
-                ..
-            } => {
-                // Taken on first use: the same batch twice in one group is stored once.
-                if claimed.remove(&(text(collector_id).into_owned(), *seq as i64)) {
-                    outcomes.push(Outcome::Stored);
-                    (events, segments(events))
-                } else {
-                    outcomes.push(Outcome::Duplicate);
-                    continue;
-                }
+    let mut expired = 0u64;
+    for (events, segments) in chosen {
+        for segment in segments {
+            if (events[segment[0]].received_at as i64) < cutoff {
+                expired += segment.len() as u64;
+                continue;
             }
-            Request::Audit { events, .. } => {
-                let fresh = audits.next().unwrap_or_default();
-                let chosen = fresh
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, f)| f.then_some(vec![i]))
-                    .collect();
-                outcomes.push(Outcome::Audit(fresh));
-                (events, chosen)
-            }
-        };
-        for segment in chosen {
             let row = encode_segment(events, &segment, &mut body, &mut scratch);
             let count = i32::try_from(row.count).unwrap_or(i32::MAX);
             writer
@@ -650,6 +687,16 @@ async fn commit(pool: &Pool, group: &[Request]) -> Result<Vec<Outcome>, StoreErr
                 ])
                 .await
                 .map_err(pg("copying segments"))?;
+        }
+    }
+    if expired > 0 {
+        metrics::counter!(telemetry::STORE_EXPIRED_ON_ARRIVAL).increment(expired);
+        if let Some(held_back) = EXPIRED.sample() {
+            tracing::warn!(
+                records = expired,
+                held_back,
+                "records received already past retention were not kept (sampled; all counted)"
+            );
         }
     }
     writer

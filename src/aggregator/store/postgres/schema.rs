@@ -13,7 +13,7 @@ use crate::telemetry;
 const MIGRATE_LOCK: i64 = 0x7072_6f63_666c_6f01;
 const MAINTAIN_LOCK: i64 = 0x7072_6f63_666c_6f02;
 
-const DAY_NS: i64 = 86_400_000_000_000;
+pub(crate) const DAY_NS: i64 = 86_400_000_000_000;
 /// Partitions made ahead of today: a day's ingest never waits for upkeep.
 const DAYS_AHEAD: i64 = 2;
 
@@ -151,6 +151,41 @@ async fn partitions(
         .collect();
     out.sort_by_key(|p| p.from);
     Ok(out)
+}
+
+/// Makes sure each of `days` has its partition, creating the missing ones in `tx`;
+/// `known` caches the days seen to exist.
+pub(crate) async fn ensure_days(
+    tx: &deadpool_postgres::Transaction<'_>,
+    days: &std::collections::BTreeSet<i64>,
+    known: &mut std::collections::HashSet<i64>,
+) -> Result<(), StoreError> {
+    if days.iter().all(|d| known.contains(d)) {
+        return Ok(());
+    }
+    known.extend(
+        partitions(tx, "segments")
+            .await?
+            .iter()
+            .map(|p| p.from.div_euclid(DAY_NS)),
+    );
+    let missing: Vec<i64> = days
+        .iter()
+        .copied()
+        .filter(|d| !known.contains(d))
+        .collect();
+    for day in missing {
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF segments FOR VALUES FROM ({}) TO ({})",
+            partition_name("segments", day),
+            day * DAY_NS,
+            (day + 1) * DAY_NS
+        ))
+        .await
+        .map_err(pg("creating a partition"))?;
+        known.insert(day);
+    }
+    Ok(())
 }
 
 /// Partition upkeep and retention as at `now` (ns): today's and the next days' partitions
