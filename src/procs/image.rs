@@ -25,11 +25,11 @@
 //! ptrace access (its record keeps the first image's arguments until it exits).
 //!
 //! Which known process exec'd: the exec wake-up (inotify) names no pid and comes early,
-//! when the binary is opened, before the image changes. For [`EXEC_FOLLOW`] after a
-//! wake-up, every tick reads the `stat` of every known user process (a few µs each) and
-//! compares it with the image its records carry, within a CPU budget
-//! ([`CHECK_BUDGET_SHARE`]). The owners of new sockets are read the same way before their
-//! sockets are judged, so a listener opened by a shim's new image is never reported with
+//! when the binary is opened, before the image changes. After a wake-up, the `stat` of
+//! every known user process (a few µs each) is read once, within a CPU budget
+//! ([`CHECK_BUDGET_SHARE`]), and compared with the image its records carry; the processes
+//! then running are read again on every tick for [`EXEC_FOLLOW`]. The owners of new
+//! sockets are read the same way before their sockets are judged, so a listener opened by a shim's new image is never reported with
 //! the shim's.
 
 use std::io::{self, ErrorKind};
@@ -69,32 +69,41 @@ pub(crate) struct ImageRead {
 /// When checks of known processes are due, and what the last one cost.
 #[derive(Debug, Default)]
 pub(crate) struct ExecChecks {
-    /// The last exec wake-up: checks run until `EXEC_FOLLOW` after it.
+    /// The last exec wake-up: candidates are followed until `EXEC_FOLLOW` after it.
     woken: Option<Instant>,
+    /// A check of every known process is owed to the last wake-up.
+    pending: bool,
     last: Option<Instant>,
     last_cost: Duration,
+    /// Processes running (or in the kernel) at the last full check: the one in `execve`
+    /// is among them, and only they are read again on the ticks that follow.
+    candidates: Vec<u32>,
 }
 
 impl ExecChecks {
     pub fn woken(&mut self) {
         self.woken = Some(Instant::now());
+        self.pending = true;
     }
 
-    /// Whether a check of every known process is due now.
-    fn due(&self) -> bool {
-        let following = self.woken.is_some_and(|w| w.elapsed() < EXEC_FOLLOW);
-        following
-            && self
-                .last
-                .is_none_or(|l| l.elapsed() >= self.last_cost * CHECK_BUDGET_SHARE)
+    fn following(&self) -> bool {
+        self.woken.is_some_and(|w| w.elapsed() < EXEC_FOLLOW)
     }
 
-    /// How soon the engine should tick again for a check, while following a wake-up.
+    /// What the budget still asks to wait before a full check.
+    fn budget_left(&self) -> Duration {
+        (self.last_cost * CHECK_BUDGET_SHARE)
+            .saturating_sub(self.last.map_or(Duration::MAX, |l| l.elapsed()))
+    }
+
+    /// How soon the engine should tick again: for a full check the budget put off, or to
+    /// read the candidates again while following a wake-up. `None` otherwise: a wake-up by
+    /// an exec elsewhere (another container, the host) costs one check, no extra ticks.
     pub fn next_within(&self) -> Option<Duration> {
-        let left = EXEC_FOLLOW.checked_sub(self.woken?.elapsed())?;
-        let budget = (self.last_cost * CHECK_BUDGET_SHARE)
-            .saturating_sub(self.last.map_or(Duration::MAX, |l| l.elapsed()));
-        Some(budget.min(left))
+        if self.pending {
+            return Some(self.budget_left());
+        }
+        (self.following() && !self.candidates.is_empty()).then_some(Duration::ZERO)
     }
 }
 
@@ -111,25 +120,47 @@ impl ProcessMonitor {
         self.exec_checks.next_within()
     }
 
-    /// Reads the `stat` of every known user process when a check is due, and reports the
-    /// execs found (kernel threads never exec).
+    /// After a wake-up, reads the `stat` of every known user process (kernel threads
+    /// never exec) once the budget allows, and reports the execs found; the processes then
+    /// running are read again on the following ticks, since the wake-up (the binary's
+    /// open) comes before the exec completes.
     pub(crate) fn check_known(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
-        if !self.exec_checks.due() {
-            return;
-        }
-        let started = Instant::now();
-        let pids: Vec<u32> = self
-            .live
-            .iter()
-            .filter(|(_, p)| p.image.pid != 2 && p.image.ppid != 2)
-            .map(|(&pid, _)| pid)
-            .collect();
         let execs = self.stats.execs;
-        self.observe_all(&pids, now, out);
-        self.stats.exec_checks += 1;
+        if self.exec_checks.pending && self.exec_checks.budget_left().is_zero() {
+            let started = Instant::now();
+            let pids: Vec<u32> = self
+                .live
+                .iter()
+                .filter(|(_, p)| p.image.pid != 2 && p.image.ppid != 2)
+                .map(|(&pid, _)| pid)
+                .collect();
+            let stats: Vec<Option<Stat>> = pids.iter().map(|&pid| self.read_stat(pid)).collect();
+            let own = self.own_pid;
+            self.exec_checks.candidates = pids
+                .iter()
+                .zip(&stats)
+                .filter(|(&pid, stat)| {
+                    Some(pid) != own
+                        && stat
+                            .as_ref()
+                            .is_some_and(|s| matches!(s.state, b'R' | b'D'))
+                })
+                .map(|(&pid, _)| pid)
+                .collect();
+            for (&pid, stat) in pids.iter().zip(stats) {
+                self.observe_stat(pid, stat, now, out);
+            }
+            self.stats.exec_checks += 1;
+            self.exec_checks.pending = false;
+            self.exec_checks.last = Some(Instant::now());
+            self.exec_checks.last_cost = started.elapsed();
+        } else if self.exec_checks.following() {
+            let candidates = self.exec_checks.candidates.clone();
+            self.observe_all(&candidates, now, out);
+        } else {
+            self.exec_checks.candidates.clear();
+        }
         self.stats.execs_found_by_check += self.stats.execs - execs;
-        self.exec_checks.last = Some(Instant::now());
-        self.exec_checks.last_cost = started.elapsed();
     }
 
     /// Reads again the processes that own `inodes` (sockets about to be reported), so that

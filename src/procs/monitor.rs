@@ -356,7 +356,7 @@ impl ProcessMonitor {
         }
     }
 
-    fn observe_stat(
+    pub(crate) fn observe_stat(
         &mut self,
         pid: u32,
         stat: Option<Stat>,
