@@ -508,6 +508,7 @@ fn flow(
             EndReason::Unspecified
         },
         reset: false,
+        peer_scrubbed: false,
         cgroup_id: None,
     }
 }

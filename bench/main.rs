@@ -1400,6 +1400,7 @@ fn sample_flow_record() -> Record {
         attribution: Attribution::Fd,
         end_reason: EndReason::DestroyEvent,
         reset: false,
+        peer_scrubbed: false,
         cgroup_id: None,
     })
 }

@@ -273,6 +273,7 @@ mod tests {
             },
             end_reason: EndReason::DestroyEvent,
             reset: false,
+            peer_scrubbed: false,
             cgroup_id: None,
         })
     }

@@ -225,6 +225,7 @@ pub fn human(e: &Event, colour: bool) -> String {
     match &e.record {
         Record::Flow(f) => {
             let remote = match (f.remote_addr, f.remote_port) {
+                _ if f.peer_scrubbed => "(peer unknown: reset before any dump)".into(),
                 (Some(a), Some(p)) => format!("{a}:{p}"),
                 _ => "(unconnected)".into(),
             };

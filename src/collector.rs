@@ -50,6 +50,11 @@ pub struct Args {
     /// How often the cheap change checks (/proc/net/sockstat, /proc/net/snmp, /proc/loadavg) run while anything happens.
     #[arg(long, env = "PROCFLOW_TRIGGER_INTERVAL", default_value = "5ms", value_parser = parse_duration)]
     pub trigger_interval: Duration,
+    /// While sockets open (the checks saw a new one within the last 200 ms), they run this
+    /// often: a connection of a few ms is attributed only if a dump and a read of its
+    /// owner's fd table come within its life.
+    #[arg(long, env = "PROCFLOW_CHURN_INTERVAL", default_value = "1ms", value_parser = parse_duration)]
+    pub churn_interval: Duration,
     /// The checks back off to this interval while nothing changes, for 5 s (a connection
     /// opened after a short quiet spell is seen within this long).
     #[arg(long, env = "PROCFLOW_IDLE_INTERVAL", default_value = "40ms", value_parser = parse_duration)]
@@ -125,6 +130,7 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     pub idle_poll_interval: Duration,
     pub trigger_interval: Duration,
+    pub churn_interval: Duration,
     pub idle_interval: Duration,
     pub deep_idle_interval: Duration,
     pub flows: FlowConfig,
@@ -143,6 +149,7 @@ impl From<&Args> for EngineConfig {
             poll_interval: a.poll_interval,
             idle_poll_interval: a.idle_poll_interval.max(a.poll_interval),
             trigger_interval: a.trigger_interval,
+            churn_interval: a.churn_interval.min(a.trigger_interval),
             idle_interval: a.idle_interval.max(a.trigger_interval),
             deep_idle_interval: a
                 .deep_idle_interval
@@ -182,6 +189,13 @@ pub struct SocketMonitor {
     idle_poll_interval: Duration,
     /// The last time the trigger moved or a socket was destroyed.
     last_change: Instant,
+    /// The last time the trigger moved: sockets are opening (see [`SocketMonitor::churning`]).
+    last_rise: Option<Instant>,
+    /// The trigger moved and no dump has run since. A rise is read once: a check that finds
+    /// the next dump not yet allowed (its CPU budget) must not forget it, or the socket
+    /// behind it waits for the periodic dump, which a connection of a few hundred ms does
+    /// not live to see (how connections were missed alive after a quiet spell).
+    pending: bool,
     last_dump: Option<Instant>,
     /// CPU time of the last dump, flow-table diff and attribution included.
     last_dump_cost: Duration,
@@ -219,6 +233,8 @@ impl SocketMonitor {
             poll_interval: config.poll_interval,
             idle_poll_interval: config.idle_poll_interval,
             last_change: Instant::now(),
+            last_rise: None,
+            pending: false,
             last_dump: None,
             last_dump_cost: Duration::ZERO,
             resync: false,
@@ -231,18 +247,20 @@ impl SocketMonitor {
         &self.table
     }
 
-    /// One engine tick: drain destroy events, then dump if the trigger moved, the periodic
-    /// interval passed, or the destroy stream overflowed. Returns whether a dump ran.
-    /// `busy`: the engine ticks fast, and the trigger reads the costlier open counters too.
-    pub fn tick(
-        &mut self,
-        lookup: &mut dyn OwnerLookup,
-        out: &mut Vec<Record>,
-        busy: bool,
-    ) -> bool {
+    /// Whether sockets opened within the last [`CHURN_HOLD`]: the engine then checks at its
+    /// churn interval, so that a connection of a few ms is dumped (and its owner read)
+    /// before it closes.
+    pub fn churning(&self) -> bool {
+        self.last_rise.is_some_and(|t| t.elapsed() < CHURN_HOLD)
+    }
+
+    /// One engine tick: drain destroy events, then dump if the trigger moved (now or at a
+    /// check whose dump was held back), the periodic interval passed, or the destroy stream
+    /// overflowed. Returns whether a dump ran.
+    pub fn tick(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) -> bool {
         // A dump goes first when a change is pending, so sockets that just opened are seen
         // alive (uid, inode) before their destroy events are applied.
-        let changed = match self.trigger.changed(busy) {
+        let changed = match self.trigger.changed() {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, "socket change trigger unreadable; relying on periodic dumps");
@@ -252,6 +270,8 @@ impl SocketMonitor {
         let now = Instant::now();
         if changed {
             self.last_change = now;
+            self.last_rise = Some(now);
+            self.pending = true;
         }
         let period = if now.duration_since(self.last_change) < QUIET_AFTER {
             self.poll_interval
@@ -268,7 +288,7 @@ impl SocketMonitor {
             .last_dump
             .is_none_or(|t| now.duration_since(t) >= (self.last_dump_cost * 4).min(period));
         let mut dumped = false;
-        if (changed || due || self.resync) && allowed {
+        if (self.pending || due || self.resync) && allowed {
             self.dump(lookup, out);
             dumped = true;
         }
@@ -309,6 +329,8 @@ impl SocketMonitor {
 
     /// Dumps every socket into the flow table now.
     pub fn dump(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) {
+        // Whatever the trigger saw before this point, this dump sees.
+        self.pending = false;
         let started = Instant::now();
         let cpu_before = crate::sys::clock::thread_cpu_time();
         // The table takes each datagram's sockets as they arrive.
@@ -383,6 +405,9 @@ const QUIET_AFTER: Duration = Duration::from_secs(5);
 /// How long the engine keeps ticking fast after the last sign of activity.
 const ACTIVE_HOLD: Duration = Duration::from_secs(1);
 
+/// How long after the trigger last moved the engine keeps checking at the churn interval.
+const CHURN_HOLD: Duration = Duration::from_millis(200);
+
 /// Runs the engine loop after the [`snapshot`] until `stop` is set: ticks every
 /// `trigger_interval`, pushes records into `tx`. On stop, ends live flows and returns.
 pub fn run_engine(
@@ -408,14 +433,18 @@ pub fn run_engine(
             }
             None => &mut no_attribution,
         };
-        sockets.tick(lookup, &mut out, last_activity.elapsed() < ACTIVE_HOLD);
+        sockets.tick(lookup, &mut out);
         // Wake-ups dominate an idle collector's cost: tick fast while things happen and for a
-        // second after, then back off towards the idle interval.
+        // second after, then back off towards the idle interval. While sockets open, faster
+        // still: a connection of a few ms is seen alive only by a check within its life.
         if !out.is_empty() {
             last_activity = Instant::now();
         }
         let quiet = last_activity.elapsed();
-        interval = if quiet < ACTIVE_HOLD {
+        interval = if sockets.churning() {
+            last_activity = Instant::now();
+            config.churn_interval
+        } else if quiet < ACTIVE_HOLD {
             config.trigger_interval
         } else if quiet < QUIET_AFTER {
             (interval * 2).min(config.idle_interval)

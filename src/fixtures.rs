@@ -39,6 +39,7 @@ pub fn flow(cookie: u64) -> FlowRecord {
         attribution: Attribution::Fd,
         end_reason: EndReason::Unspecified,
         reset: false,
+        peer_scrubbed: false,
         cgroup_id: None,
     }
 }

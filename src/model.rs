@@ -132,6 +132,10 @@ pub struct FlowRecord {
     pub attribution: Attribution,
     pub end_reason: EndReason,
     pub reset: bool,
+    /// No dump saw the socket alive and the kernel zeroed its peer before the destroy
+    /// event (a reset or failed connect): the peer is unknown.
+    #[serde(default)]
+    pub peer_scrubbed: bool,
     pub cgroup_id: Option<u64>,
 }
 

@@ -13,8 +13,9 @@ pub struct SocketHolder {
     stdout: BufReader<ChildStdout>,
 }
 
-/// The child's loop: "open" opens one more socket, "dup N" duplicates the first one to fd
-/// N; each answers with the fd it made.
+/// The child's loop: "open" opens one more socket, "reopen" closes the last one and opens
+/// another (the same fd, the same count), "dup N" duplicates the first one to fd N; each
+/// answers with the fd it made.
 const HOLDER: &str = "import os, socket, sys
 held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(int(sys.argv[1]))]
 print(' '.join(str(s.fileno()) for s in held), flush=True)
@@ -23,6 +24,10 @@ for line in sys.stdin:
         fd = int(line.split()[1])
         os.dup2(held[0].fileno(), fd)
         print(fd, flush=True)
+    elif line.startswith('reopen'):
+        held.pop().close()
+        held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        print(held[-1].fileno(), flush=True)
     else:
         held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         print(held[-1].fileno(), flush=True)
@@ -60,6 +65,14 @@ impl SocketHolder {
     /// One more socket in the holder; returns its inode.
     pub fn open(&mut self) -> u64 {
         writeln!(self.stdin, "open").expect("write");
+        let fd = self.answer();
+        socket_inode_at(self.pid(), fd.trim())
+    }
+
+    /// Closes the last socket opened and opens another in its place (the fd count stays
+    /// level); returns the new one's inode.
+    pub fn reopen(&mut self) -> u64 {
+        writeln!(self.stdin, "reopen").expect("write");
         let fd = self.answer();
         socket_inode_at(self.pid(), fd.trim())
     }

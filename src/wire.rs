@@ -138,6 +138,7 @@ pub fn flow_to_proto(f: &model::FlowRecord) -> pb::Flow {
         reset: f.reset,
         cgroup_id: f.cgroup_id,
         total_retrans: f.total_retrans,
+        peer_scrubbed: f.peer_scrubbed,
     }
 }
 
@@ -344,6 +345,7 @@ pub fn flow_from_proto(f: pb::Flow, limits: &Limits) -> Result<model::FlowRecord
         reset,
         cgroup_id,
         total_retrans,
+        peer_scrubbed,
     } = f;
     flow_from_view(
         FlowView {
@@ -377,6 +379,7 @@ pub fn flow_from_proto(f: pb::Flow, limits: &Limits) -> Result<model::FlowRecord
             reset,
             cgroup_id,
             total_retrans,
+            peer_scrubbed,
         },
         limits,
     )
@@ -418,6 +421,7 @@ pub(crate) struct FlowView<'a> {
     pub reset: bool,
     pub cgroup_id: Option<u64>,
     pub total_retrans: Option<u32>,
+    pub peer_scrubbed: bool,
 }
 
 pub(crate) fn flow_from_view(
@@ -479,6 +483,7 @@ pub(crate) fn flow_from_view(
             }
         },
         reset: f.reset,
+        peer_scrubbed: f.peer_scrubbed,
         cgroup_id: f.cgroup_id,
     })
 }
@@ -1136,6 +1141,7 @@ mod tests {
             attribution: Attribution::Fd,
             end_reason: EndReason::DestroyEvent,
             reset: true,
+            peer_scrubbed: true,
             cgroup_id: Some(99),
         }
     }

@@ -303,6 +303,7 @@ pub(crate) fn flow_record(
         attribution: e.attribution,
         end_reason: end.map(|(r, _)| r).unwrap_or_default(),
         reset: false,
+        peer_scrubbed: false,
         cgroup_id: None,
     }
 }

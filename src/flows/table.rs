@@ -627,6 +627,7 @@ impl FlowTable {
         if is_listener(s) {
             return; // a listener we never saw alive: nothing to end
         }
+        let mut scrubbed = false;
         let mut entry = match self.flows.remove(&s.cookie) {
             Some(mut e) => {
                 self.announce_late(s.cookie, &mut e, out);
@@ -637,8 +638,12 @@ impl FlowTable {
                 self.stats.destroy_only += 1;
                 let mut e = self.new_entry(s, at, self.generation);
                 e.preexisting = false;
-                if s.remote.ip().is_unspecified() && s.protocol == Protocol::Tcp {
+                // An abortive close clears the peer's port (and the local address) before
+                // the event; a connected TCP socket never has port 0.
+                let peer_gone = s.remote.port() == 0 || s.remote.ip().is_unspecified();
+                if peer_gone && s.protocol == Protocol::Tcp {
                     self.stats.destroy_only_without_peer += 1;
+                    scrubbed = true;
                     e.direction = Direction::Unknown;
                     e.scope = Scope::Unspecified;
                 }
@@ -655,9 +660,10 @@ impl FlowTable {
         };
         let mut reset = false;
         if let Some(info) = &s.tcp {
-            if info.is_zeroed() && entry.has_counters {
-                reset = true; // keep the last dumped counters
-            } else {
+            // Zeroed counters are a reset or a failed connect (any connection sent a SYN).
+            reset = info.is_zeroed();
+            // A reset socket keeps its last dumped counters, if any.
+            if !(reset && entry.has_counters) {
                 let mut counters = Counters::from_info(info);
                 let inferred = fin_received(entry.tcp(), &counters, entry.state);
                 let proved =
@@ -672,9 +678,6 @@ impl FlowTable {
                 entry.set_tcp(Some(counters));
                 entry.state = msg::TCP_CLOSE;
             }
-            if info.is_zeroed() && !entry.has_counters {
-                reset = true;
-            }
         }
         entry.last_seen = at;
         self.stats.ended_destroy += 1;
@@ -686,6 +689,8 @@ impl FlowTable {
             Some((EndReason::DestroyEvent, at)),
         );
         record.reset = reset;
+        // A socket seen alive keeps the peer its dumps showed; only one no dump saw lost it.
+        record.peer_scrubbed = scrubbed;
         if entry.protocol == Protocol::Tcp {
             record.state = msg::tcp_state_name(s.state).into();
         }
@@ -1076,7 +1081,8 @@ mod tests {
         t.apply_dump(&[], true, 1, &mut NoAttribution, &mut out);
         t.apply_dump(&[s], true, 2, &mut NoAttribution, &mut out);
         out.clear();
-        let mut zeroed = tcp_socket(5, "10.0.0.2:40000", "0.0.0.0:0", msg::TCP_CLOSE, 0, 0, 0);
+        // As the kernel reports it: the local address and the peer's port cleared.
+        let mut zeroed = tcp_socket(5, "0.0.0.0:40000", "203.0.113.9:0", msg::TCP_CLOSE, 0, 0, 0);
         if let Some(info) = zeroed.tcp.as_mut() {
             info.bytes_acked = Some(0);
             info.segs_in = Some(0);
@@ -1087,10 +1093,18 @@ mod tests {
         assert!(end.reset);
         assert_eq!((end.bytes_sent, end.bytes_received), (Some(500), Some(700)));
         assert_eq!(end.remote_addr, Some("203.0.113.9".parse().expect("ip")));
+        assert!(!end.peer_scrubbed, "the dumped peer is kept");
         assert_eq!(
             (end.scope, end.direction),
             (Scope::NorthSouth, Direction::Outbound)
         );
+        // Reset before any dump saw it: the record says its peer is unknown.
+        out.clear();
+        zeroed.cookie = 6;
+        t.apply_destroy(&zeroed, 4, &mut out);
+        let unseen = flows(&out)[0];
+        assert!(unseen.peer_scrubbed && unseen.reset);
+        assert_eq!(unseen.direction, Direction::Unknown);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Socket → process attribution from fd tables, incremental: only processes whose open-fd
 //! count changed are rescanned (`stat("/proc/<pid>/fd").st_size` is the count on Linux ≥ 6.2),
 //! processes started since the last poll are read first (a socket can be dumped before its
-//! process was polled), and a full pass runs only when an inode is still unresolved after that. Processes whose
+//! process was polled), then the other holders of sockets (a count can stay level across a
+//! close and an open), and a full pass runs only when an inode is still unresolved after
+//! that. Processes whose
 //! fd table is unreadable (another uid without ptrace access) are skipped and counted; their
 //! sockets fall back to the listener's owner, or to the only process of the socket's uid.
 
@@ -262,6 +264,31 @@ impl ProcessMonitor {
                 self.scan_fds(pid, pass, &mut index);
                 scanned.insert(pid);
                 // What this table holds is known now (to it, or to an older holder).
+                for inode in index.held.get(&pid).into_iter().flatten() {
+                    unknown.remove(inode);
+                }
+                if unknown.is_empty() {
+                    break;
+                }
+            }
+        }
+        // A process that closed one socket and opened another in between shows the same
+        // count: the holders of sockets, most recently changed first, are read before every
+        // other table (a client making short connections one after another is the case).
+        if !unknown.is_empty() {
+            let mut holders: Vec<(u64, u32)> = index
+                .held
+                .iter()
+                .filter(|(pid, held)| !held.is_empty() && !scanned.contains(*pid))
+                .filter_map(|(&pid, _)| {
+                    let p = self.live.get(&pid)?;
+                    p.fd.maybe_readable().then_some((p.fd.changed_pass, pid))
+                })
+                .collect();
+            holders.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, pid) in holders {
+                self.scan_fds(pid, pass, &mut index);
+                scanned.insert(pid);
                 for inode in index.held.get(&pid).into_iter().flatten() {
                     unknown.remove(inode);
                 }
@@ -555,6 +582,26 @@ mod tests {
             "{read} of {} tables read",
             monitor.len()
         );
+    }
+
+    /// A client making connections one after another closes one socket and opens the next
+    /// between two passes: its count stays level, and it is still read before any full pass.
+    #[test]
+    fn a_socket_opened_in_place_of_a_closed_one_is_found_without_a_full_pass() {
+        let (mut holder, _) = SocketHolder::start(1);
+        let pid = holder.pid();
+        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
+        let mut out = Vec::new();
+        monitor.sweep(crate::model::now_ns(), &mut out);
+        let first = holder.open();
+        monitor.refresh(&[first], crate::model::now_ns(), &mut out);
+        let full_before = monitor.index.full_passes;
+        let replaced = holder.reopen();
+        monitor.refresh(&[replaced], crate::model::now_ns(), &mut out);
+        let owner = monitor.owner(replaced, None, None);
+        drop(holder);
+        assert_eq!((owner.pid, owner.attribution), (Some(pid), Attribution::Fd));
+        assert_eq!(monitor.index.full_passes, full_before, "no full pass");
     }
 
     #[test]

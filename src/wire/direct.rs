@@ -107,6 +107,7 @@ fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, text: &mut String) {
     put_u64(out, 28, u64::from(f.reset));
     put_some(out, 29, f.cgroup_id);
     put_some(out, 30, f.total_retrans.map(u64::from));
+    put_u64(out, 31, u64::from(f.peer_scrubbed));
 }
 
 /// A proto3 scalar: left out when zero.
@@ -284,6 +285,9 @@ fn in_order<'a>(bytes: &'a [u8]) -> Option<FlowView<'a>> {
     if r.at(30, WireType::Varint) {
         f.total_retrans = Some(r.varint()? as u32);
     }
+    if r.at(31, WireType::Varint) {
+        f.peer_scrubbed = r.varint()? != 0;
+    }
     r.0.is_empty().then_some(f)
 }
 
@@ -304,7 +308,7 @@ fn any_order(bytes: &[u8]) -> Option<FlowView<'_>> {
                     _ => f.state = text,
                 }
             }
-            (1..=30, WireType::Varint) => {
+            (1..=31, WireType::Varint) => {
                 let v = reader.varint()?;
                 // Narrowing as prost does: uint32 and int32 keep the low 32 bits.
                 let (u32v, i32v) = (v as u32, v as i32);
@@ -336,21 +340,22 @@ fn any_order(bytes: &[u8]) -> Option<FlowView<'_>> {
                     28 => f.reset = v != 0,
                     29 => f.cgroup_id = Some(v),
                     30 => f.total_retrans = Some(u32v),
+                    31 => f.peer_scrubbed = v != 0,
                     // A string field sent as a varint: the generated decoder says why not.
                     _ => return None,
                 }
             }
             // A field from a newer schema: skipped, as the generated decoder would.
-            (31.., WireType::Varint) => {
+            (32.., WireType::Varint) => {
                 reader.varint()?;
             }
-            (31.., WireType::LengthDelimited) => {
+            (32.., WireType::LengthDelimited) => {
                 reader.bytes()?;
             }
-            (31.., WireType::SixtyFourBit) => {
+            (32.., WireType::SixtyFourBit) => {
                 reader.take(8)?;
             }
-            (31.., WireType::ThirtyTwoBit) => {
+            (32.., WireType::ThirtyTwoBit) => {
                 reader.take(4)?;
             }
             _ => return None,
@@ -473,6 +478,7 @@ mod tests {
                 pid: Some(u32::MAX),
                 end_reason: EndReason::Recovered,
                 reset: true,
+                peer_scrubbed: true,
                 cgroup_id: Some(0),
                 scope: Scope::EastWest,
                 ..base

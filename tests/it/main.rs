@@ -12,6 +12,7 @@ mod console;
 mod credentials;
 mod exec_image;
 mod faults;
+mod fidelity;
 mod identity;
 mod investigate;
 mod pg;
