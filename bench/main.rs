@@ -2,14 +2,16 @@
 //! process, and measures fidelity, speed and footprint beside the standard tools.
 //!
 //! `procflow-bench default --json FILE` runs the suite; `smoke` runs every scenario at tiny
-//! sizes. Scenarios: poll, churn, spawn, idle, pipeline, streams, hostile, rules, http,
-//! console, audit. Workloads stay on loopback, are bounded in count and time, and child processes
+//! sizes. Scenarios: poll, churn, lifetime, quiet, spawn, idle, pipeline, streams, hostile,
+//! rules, http, console, audit. Workloads stay on loopback, are bounded in count and time, and child processes
 //! are ended by pid.
 
 mod audit;
+mod churn;
 mod console;
 mod hostile;
 mod http;
+mod lifetime;
 mod once;
 mod pgstore;
 mod pipeline;
@@ -31,7 +33,7 @@ use procflow::procs::{ProcessConfig, ProcessMonitor};
 use procflow::sockdiag::{msg, Dumper};
 use serde::Serialize;
 
-use score::{ratio, TruthConn};
+use score::ratio;
 
 #[derive(Debug, Serialize)]
 struct Metric {
@@ -85,6 +87,10 @@ struct Sizes {
     poll_processes: usize,
     churn_rate: u64,
     churn_secs: u64,
+    /// Seconds of the lifetime scenario's workload.
+    lifetime_secs: u64,
+    /// Connections made after a quiet spell of ≥ 10 s each, in a pod and on the host (0: not run).
+    quiet_spells: usize,
     udp_rate: u64,
     spawn_rate: u64,
     spawn_secs: u64,
@@ -111,9 +117,11 @@ struct Sizes {
 /// (default when omitted), scenario names pick a subset.
 /// `transport` (the pipeline's transport figure alone) and `pgstore` (sustained ingest into
 /// PostgreSQL, a server of scripts/pg.sh) run only when named.
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 15] = [
     "poll",
     "churn",
+    "lifetime",
+    "quiet",
     "spawn",
     "idle",
     "pipeline",
@@ -154,6 +162,12 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("worker-hold") {
         return worker_hold(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("worker-lifetime-server") {
+        return lifetime::worker_server();
+    }
+    if args.first().map(String::as_str) == Some("worker-lifetime-client") {
+        return lifetime::worker_client(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("worker-http") {
         return http::worker_http();
     }
@@ -193,6 +207,8 @@ fn main() -> anyhow::Result<()> {
             poll_processes: 20,
             churn_rate: 100,
             churn_secs: 1,
+            lifetime_secs: 1,
+            quiet_spells: 0,
             udp_rate: 20,
             spawn_rate: 20,
             spawn_secs: 1,
@@ -217,6 +233,8 @@ fn main() -> anyhow::Result<()> {
             poll_processes: 5_000,
             churn_rate: 2_000,
             churn_secs: 10,
+            lifetime_secs: 10,
+            quiet_spells: 5,
             udp_rate: 500,
             spawn_rate: 200,
             spawn_secs: 10,
@@ -268,8 +286,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if wanted("churn") {
-        if let Err(e) = scenario_churn(&mut report, &sizes) {
+        if let Err(e) = churn::scenario_churn(&mut report, &sizes) {
             report.skip("churn", format!("{e:#}"));
+        }
+    }
+    if wanted("lifetime") {
+        if let Err(e) = lifetime::scenario_lifetime(&mut report, sizes.lifetime_secs) {
+            report.skip("lifetime", format!("{e:#}"));
+        }
+    }
+    if wanted("quiet") && sizes.quiet_spells > 0 {
+        if let Err(e) = lifetime::scenario_quiet(&mut report, sizes.quiet_spells) {
+            report.skip("quiet", format!("{e:#}"));
         }
     }
     for (i, n) in sizes
@@ -1070,208 +1098,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
-}
-
-// === churn: short-lived connections with known bytes, collector as a separate process ===
-
-fn scenario_churn(report: &mut Report, sizes: &Sizes) -> anyhow::Result<()> {
-    let scenario = format!("churn {}/s", sizes.churn_rate);
-    let collector = start_collector(&["--output", "stdout", "--queue-capacity", "65536"])?;
-    let cpu0 = collector.cpu_ticks();
-    let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let (truth, udp_ports) = runtime.block_on(churn_workload(
-        sizes.churn_rate,
-        sizes.churn_secs,
-        sizes.udp_rate,
-    ))?;
-    std::thread::sleep(Duration::from_millis(1500)); // TIME_WAIT entry events + vanish grace
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = (collector.cpu_ticks() - cpu0) as f64 / ticks_per_sec() / elapsed * 100.0;
-    let rss = collector.peak_rss_kib();
-    let records = collector.stop()?;
-    let s = score::score_flows(&truth, &records);
-    report.add(
-        &scenario,
-        "TCP connections made",
-        truth.len() as f64,
-        "conns",
-        None,
-    );
-    report.add(
-        &scenario,
-        "sockets with exactly one END",
-        ratio(s.one_end, s.sockets),
-        "%",
-        Some(("100%", s.one_end == s.sockets)),
-    );
-    report.add(
-        &scenario,
-        "sockets with duplicate ENDs",
-        s.duplicate_ends as f64,
-        "sockets",
-        Some(("0", s.duplicate_ends == 0)),
-    );
-    report.add(
-        &scenario,
-        "ENDs with exact payload bytes",
-        ratio(s.exact_bytes, s.one_end),
-        "%",
-        Some(("100%", s.exact_bytes == s.one_end)),
-    );
-    report.add(
-        &scenario,
-        "ENDs without peer (reset before any dump)",
-        s.without_peer as f64,
-        "sockets",
-        None,
-    );
-    report.add(
-        &scenario,
-        "sockets seen alive in a dump (START)",
-        ratio(s.started, s.sockets),
-        "%",
-        None,
-    );
-    for (label, n, fd) in &s.attribution_by_lifetime {
-        if *n > 0 {
-            report.add(
-                &scenario,
-                &format!("attributed by fd, lifetime {label}"),
-                ratio(*fd, *n),
-                "%",
-                None,
-            );
-        }
-    }
-    let udp_ended = records
-        .iter()
-        .filter(|r| matches!(r, Record::Flow(f) if f.protocol == procflow::model::Protocol::Udp && f.phase == procflow::model::FlowPhase::End && udp_ports.contains(&f.local_port)))
-        .count();
-    report.add(
-        &scenario,
-        "UDP exchanges made",
-        udp_ports.len() as f64,
-        "sockets",
-        None,
-    );
-    report.add(
-        &scenario,
-        "UDP sockets with an END",
-        ratio(udp_ended as u64, udp_ports.len() as u64),
-        "%",
-        Some(("100%", udp_ended == udp_ports.len())),
-    );
-    report.add(&scenario, "collector CPU", cpu, "% core", None);
-    report.add(
-        &scenario,
-        "collector peak RSS",
-        rss as f64 / 1024.0,
-        "MiB",
-        None,
-    );
-    Ok(())
-}
-
-async fn churn_workload(
-    rate: u64,
-    secs: u64,
-    udp_rate: u64,
-) -> anyhow::Result<(Vec<TruthConn>, Vec<u16>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server_addr = listener.local_addr()?;
-    let deadline = Instant::now() + Duration::from_secs(secs + 10);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut header = [0u8; 4];
-                if s.read_exact(&mut header).await.is_err() {
-                    return;
-                }
-                let mut sink = vec![0u8; 64 * 1024];
-                while let Ok(n) = s.read(&mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let _ = s
-                    .write_all(&vec![b'd'; u32::from_be_bytes(header) as usize])
-                    .await;
-            });
-        }
-    });
-    let udp_server = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    let udp_addr = udp_server.local_addr()?;
-    tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = udp_server.recv_from(&mut buf).await {
-            let _ = udp_server.send_to(&buf[..n], from).await;
-        }
-    });
-    let total = rate * secs;
-    let mut tasks = Vec::with_capacity(total as usize);
-    let start = tokio::time::Instant::now();
-    for i in 0..total {
-        let at = start + Duration::from_micros(i * 1_000_000 / rate);
-        let up = fastrand::u64(0..20_000);
-        let down = fastrand::u64(0..20_000);
-        let hold = Duration::from_millis(fastrand::u64(0..=500));
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            let opened = Instant::now();
-            let mut c = tokio::net::TcpStream::connect(server_addr).await.ok()?;
-            let client_port = c.local_addr().ok()?.port();
-            c.write_all(&(down as u32).to_be_bytes()).await.ok()?;
-            c.write_all(&vec![b'u'; up as usize]).await.ok()?;
-            tokio::time::sleep(hold).await;
-            c.shutdown().await.ok()?;
-            let mut reply = Vec::new();
-            c.read_to_end(&mut reply).await.ok()?;
-            Some(TruthConn {
-                client_port,
-                server_port: server_addr.port(),
-                up: up + 4,
-                down,
-                lifetime_ms: opened.elapsed().as_millis() as u64,
-            })
-        }));
-    }
-    let mut udp_tasks = Vec::new();
-    for i in 0..udp_rate * secs {
-        let at = start + Duration::from_micros(i * 1_000_000 / udp_rate.max(1));
-        udp_tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.ok()?;
-            let port = s.local_addr().ok()?.port();
-            s.send_to(b"ping", udp_addr).await.ok()?;
-            let mut buf = [0u8; 16];
-            tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            Some(port)
-        }));
-    }
-    let mut truth = Vec::new();
-    for t in tasks {
-        if Instant::now() > deadline {
-            break;
-        }
-        if let Ok(Some(c)) = t.await {
-            truth.push(c);
-        }
-    }
-    let mut udp = Vec::new();
-    for t in udp_tasks {
-        if let Ok(Some(p)) = t.await {
-            udp.push(p);
-        }
-    }
-    Ok((truth, udp))
 }
 
 // === idle: an idle host at default intervals ===

@@ -287,6 +287,7 @@ fn bench_records() -> Vec<Vec<Record>> {
                 attribution: Attribution::Fd,
                 end_reason: EndReason::Unspecified,
                 reset: false,
+                peer_scrubbed: false,
                 cgroup_id: None,
             }));
         }

@@ -197,7 +197,8 @@ pub struct SocketMonitor {
     /// not live to see (how connections were missed alive after a quiet spell).
     pending: bool,
     last_dump: Option<Instant>,
-    /// CPU time of the last dump, flow-table diff and attribution included.
+    /// CPU time of the last dump, flow-table diff and attribution included: what bounds the
+    /// engine's share of a core under churn, and leaves its time to the process polls.
     last_dump_cost: Duration,
     resync: bool,
     /// [`DestroyStats::losses`] when last looked at.
@@ -408,6 +409,10 @@ const ACTIVE_HOLD: Duration = Duration::from_secs(1);
 /// How long after the trigger last moved the engine keeps checking at the churn interval.
 const CHURN_HOLD: Duration = Duration::from_millis(200);
 
+/// How often processes are polled while the checks run at the churn interval (the default
+/// trigger interval: processes are looked at as often as without churn).
+const CHURN_PROCESS_POLL: Duration = Duration::from_millis(5);
+
 /// Runs the engine loop after the [`snapshot`] until `stop` is set: ticks every
 /// `trigger_interval`, pushes records into `tx`. On stop, ends live flows and returns.
 pub fn run_engine(
@@ -423,12 +428,27 @@ pub fn run_engine(
     let mut interval = config.trigger_interval;
     let mut last_activity = Instant::now();
     let mut exec_watch = exec_watch(config, procs.is_some());
+    let mut last_process_poll: Option<Instant> = None;
+    let mut exec_woke = false;
     while !stop.load(Ordering::Relaxed) {
         let now = now_ns();
         // Processes first: a socket's new owner must be known before the socket is attributed.
+        // The churn pace is the sockets' alone: processes are polled every 5 ms then, or at
+        // once after an exec (a new socket's owner started since is read by the attribution
+        // pass itself).
+        let process_poll_due = exec_woke
+            || interval > config.churn_interval
+            || procs
+                .as_ref()
+                .and_then(ProcessMonitor::tick_wanted_within)
+                .is_some()
+            || last_process_poll.is_none_or(|t| t.elapsed() >= CHURN_PROCESS_POLL);
         let lookup: &mut dyn OwnerLookup = match procs.as_mut() {
             Some(p) => {
-                p.poll(now, &mut out);
+                if process_poll_due {
+                    p.poll(now, &mut out);
+                    last_process_poll = Some(Instant::now());
+                }
                 p
             }
             None => &mut no_attribution,
@@ -476,7 +496,8 @@ pub fn run_engine(
             .as_ref()
             .and_then(ProcessMonitor::tick_wanted_within)
             .map_or(interval, |w| interval.min(w.max(config.trigger_interval)));
-        if watch.wait(wait) {
+        exec_woke = watch.wait(wait);
+        if exec_woke {
             metrics::counter!(telemetry::EXEC_WAKEUPS).increment(1);
             if let Some(p) = procs.as_mut() {
                 p.exec_woken();

@@ -37,6 +37,9 @@ pub(crate) struct FdTable {
     /// The pass in which the count last changed: recent changers are read first when a
     /// new socket needs its owner.
     pub changed_pass: u64,
+    /// The last pass whose read found a socket in the table (0: none yet). A client between
+    /// two connections holds none, and is still where the next one will be.
+    pub socket_pass: u64,
     /// When reading the table was last denied. A process can become readable (a privilege
     /// drop: `setpriv`, `su`, a runtime starting the app as its user), so a denied table is
     /// tried again after an exec and after `FD_DENIED_RETRY`.
@@ -55,6 +58,7 @@ impl FdTable {
             size_counted: false,
             passes_before_seen: passes,
             changed_pass: 0,
+            socket_pass: 0,
             denied: None,
         }
     }
@@ -131,6 +135,13 @@ fn open_fd_count(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The shortest gap between two full passes of an incremental attribution.
+const FULL_PASS_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Tables of socket holders up to this many fds are read first by every pass, whatever
+/// their count: tens of µs each, and where a churn's new sockets are.
+const SMALL_HOLDER_TABLE: u64 = 256;
+
 /// A new fd table's capacity (`NR_OPEN_DEFAULT`): a process whose status shows no more holds
 /// at most this many fds.
 const SMALLEST_FD_TABLE: u64 = 64;
@@ -155,6 +166,9 @@ pub struct InodeIndex {
     /// Whether `st_size` of /proc/<pid>/fd counts fds on this kernel (≥ 6.2).
     fd_count_works: Option<bool>,
     pub full_passes: u64,
+    /// When the last full pass ran, and the passes left out since they came too soon.
+    last_full_pass: Option<std::time::Instant>,
+    pub full_passes_deferred: u64,
     /// uid → its only live process (`None`: several), as of the monitor's `live_changes`.
     only_process_of_uid: (Option<u64>, UidOwners),
     pub incremental_passes: u64,
@@ -164,19 +178,17 @@ pub struct InodeIndex {
 }
 
 impl ProcessMonitor {
-    /// Finds the owners of `wanted` (inodes first seen in a dump). Processes started since
-    /// the last poll are read first (their START records go to `out`); then the fd tables
-    /// whose open-fd count changed are read, the likeliest owners first — new processes
-    /// (biggest tables first), then those holding sockets, most recently changed first, then
-    /// tables an earlier pass left unread — until every wanted inode is known; every
-    /// readable table is read only if some are still unknown after that.
+    /// Finds the owners of `wanted` (inodes first seen in a dump), the likeliest first and
+    /// stopping once every one is known: the small tables of processes that held sockets,
+    /// the most recent holders first, whatever their count (a client closes one connection
+    /// and opens the next: its count stays level) — a connection of a few ms is found only
+    /// if its table is read before it closes, so these come before anything slower; then
+    /// the processes started since the last poll (read now, their START records to `out`);
+    /// then the tables whose open-fd count changed — new processes (biggest first), holders
+    /// of sockets (most recently changed first), tables an earlier pass left unread; then
+    /// the big tables of holders; every readable table only if some are still unknown.
     /// Nothing is read when nothing is wanted.
     pub fn refresh_inodes(&mut self, wanted: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
-        if !wanted.is_empty() {
-            // The tick polled processes before dumping, but one started in between may own
-            // a new socket: a new process has no fd count yet, so the pass below reads it.
-            self.scan_since_last(false, now, out);
-        }
         let mut index = std::mem::take(&mut self.index);
         let fd_count_works = *index.fd_count_works.get_or_insert_with(|| {
             fs::metadata(self.proc_root().join("self/fd"))
@@ -211,6 +223,38 @@ impl ProcessMonitor {
         index.owners.reserve(unknown.len());
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
+        let mut scanned = HashSet::default();
+        let mut small_holders: Vec<(u64, u64, u32)> = self
+            .live
+            .iter()
+            .filter_map(|(&pid, p)| {
+                let fd = &p.fd;
+                (fd.socket_pass > 0
+                    && fd.maybe_readable()
+                    && fd.count.is_some_and(|c| c <= SMALL_HOLDER_TABLE))
+                .then_some((fd.socket_pass, fd.changed_pass, pid))
+            })
+            .collect();
+        small_holders.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, _, pid) in small_holders {
+            if unknown.is_empty() {
+                break;
+            }
+            self.scan_fds(pid, pass, &mut index);
+            scanned.insert(pid);
+            for inode in index.held.get(&pid).into_iter().flatten() {
+                unknown.remove(inode);
+            }
+        }
+        if unknown.is_empty() {
+            self.index = index;
+            return;
+        }
+        // The tick polled processes before dumping, but one started in between may own a
+        // new socket: a new process has no fd count yet, so the pass below reads it.
+        self.index = index;
+        self.scan_since_last(false, now, out);
+        let mut index = std::mem::take(&mut self.index);
         let proc_root = self.proc_root().to_path_buf();
         // Best first, from a max-heap keyed (class, size, last change). Never read, the
         // biggest tables first: after a start most sockets sit in a few servers' tables. An
@@ -220,7 +264,7 @@ impl ProcessMonitor {
         let mut heap: BinaryHeap<(Reverse<u8>, u64, u64, Reverse<u32>)> = self
             .live
             .iter()
-            .filter(|(_, p)| p.fd.maybe_readable())
+            .filter(|(pid, p)| p.fd.maybe_readable() && !scanned.contains(*pid))
             .map(|(&pid, p)| {
                 let fd = &p.fd;
                 let (class, size) = if fd.count.is_none() && fd.passes_before_seen + 1 >= pass {
@@ -235,7 +279,6 @@ impl ProcessMonitor {
                 (Reverse(class), size, fd.changed_pass, Reverse(pid))
             })
             .collect();
-        let mut scanned = HashSet::default();
         while let Some((class, size, changed_pass, Reverse(pid))) = heap.pop() {
             let Some(fd) = self.live.get_mut(&pid).map(|p| &mut p.fd) else {
                 continue;
@@ -272,9 +315,8 @@ impl ProcessMonitor {
                 }
             }
         }
-        // A process that closed one socket and opened another in between shows the same
-        // count: the holders of sockets, most recently changed first, are read before every
-        // other table (a client making short connections one after another is the case).
+        // A big table that closed one socket and opened another shows the same count: the
+        // holders of sockets, most recently changed first, are read before every other one.
         if !unknown.is_empty() {
             let mut holders: Vec<(u64, u32)> = index
                 .held
@@ -297,8 +339,18 @@ impl ProcessMonitor {
                 }
             }
         }
-        if !unknown.is_empty() {
+        // A socket closed before its owner was read is in no table: under a churn of short
+        // connections a full pass after each would read every table hundreds of times a
+        // second and starve the engine. One per `FULL_PASS_GAP`; the others are counted.
+        let full_pass_due = index
+            .last_full_pass
+            .is_none_or(|at| at.elapsed() >= FULL_PASS_GAP);
+        if !unknown.is_empty() && !full_pass_due {
+            index.full_passes_deferred += 1;
+        }
+        if !unknown.is_empty() && full_pass_due {
             index.full_passes += 1;
+            index.last_full_pass = Some(std::time::Instant::now());
             // Whoever was just read is not read twice: an fd table is the pass's whole cost.
             let rest: Vec<u32> = self
                 .live
@@ -372,6 +424,9 @@ impl ProcessMonitor {
             p.fd.changed_pass = pass;
         }
         p.fd.count = Some(count);
+        if !inodes.is_empty() {
+            p.fd.socket_pass = pass;
+        }
         for &inode in &inodes {
             // A socket shared across fork (a shell's /dev/tcp fd inherited by its children,
             // a pre-fork server's listener) belongs to its oldest holder: the one that most

@@ -71,6 +71,29 @@ pub fn set_receive_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<
     Ok(())
 }
 
+/// Makes the socket's close an abortive one (`SO_LINGER` on with a zero timeout): an RST,
+/// as a workload that resets its connections does; procflow-bench makes such connections.
+pub fn reset_on_close(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a valid `linger` for the duration of the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn set_int(
     fd: BorrowedFd<'_>,
     level: libc::c_int,

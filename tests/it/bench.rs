@@ -27,8 +27,8 @@ fn smoke_run_produces_a_well_formed_report() {
     let skipped = report["not_measured"].as_array().expect("not_measured");
     assert!(skipped.is_empty(), "every scenario runs: {skipped:?}");
     for scenario in [
-        "poll", "churn", "spawn", "idle", "pipeline", "streams", "hostile", "rules", "http",
-        "console",
+        "poll", "churn", "lifetime", "spawn", "idle", "pipeline", "streams", "hostile", "rules",
+        "http", "console",
     ] {
         let measured = metrics.iter().any(|m| {
             m["scenario"]

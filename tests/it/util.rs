@@ -84,6 +84,17 @@ impl Collector {
         sh(&["kill", &format!("-{signal}"), &self.child.id().to_string()]);
     }
 
+    /// The records written so far (each returned once: [`Collector::stop`] returns the rest).
+    pub fn records_so_far(&self) -> Vec<Record> {
+        self.lines
+            .try_iter()
+            .map(|l| {
+                serde_json::from_str::<Record>(&l)
+                    .unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
     /// Stops the collector with SIGTERM (it ends live flows and drains) and returns every record.
     pub fn stop(mut self) -> Vec<Record> {
         let status = Command::new("kill")
