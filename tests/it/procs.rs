@@ -144,16 +144,23 @@ fn an_exec_wakes_the_collector_between_slow_ticks() {
     let records = collector.stop();
     let procs = processes(&records);
     let me = std::process::id();
-    for pid in pids {
-        let seen: Vec<_> = procs
-            .iter()
-            .filter(|p| p.pid == pid && matches!(p.phase, ProcessPhase::Start | ProcessPhase::Exec))
-            .collect();
-        assert!(
-            seen.iter().any(|p| p.ppid == me),
-            "the 20 ms process {pid} was not seen alive: {seen:?}"
-        );
-    }
+    let missed: Vec<u32> = pids
+        .into_iter()
+        .filter(|&pid| {
+            !procs.iter().any(|p| {
+                p.pid == pid
+                    && p.ppid == me
+                    && matches!(p.phase, ProcessPhase::Start | ProcessPhase::Exec)
+            })
+        })
+        .collect();
+    // Without wake-ups a check every 300 ms finds a 20 ms process about one time in 15, so
+    // four of five found alive cannot happen by chance (p < 0.001); one miss is allowed for
+    // a wake-up answered late while the suite's other tests load the machine.
+    assert!(
+        missed.len() <= 1,
+        "20 ms processes not seen alive: {missed:?} of 5"
+    );
 }
 
 /// A client process, run as `user`, that holds a connection to `port` for a while.
