@@ -358,6 +358,36 @@ fn send_request(writer: &crossbeam_channel::Sender<Request>, request: Request) {
     }
 }
 
+/// [`Store::append`] for a backend whose writer thread takes [`Request`]s: both do.
+fn request_append(
+    writer: &crossbeam_channel::Sender<Request>,
+    collector_id: String,
+    seq: u64,
+    events: Vec<Event>,
+) -> oneshot::Receiver<Result<Appended, StoreError>> {
+    let (reply, rx) = oneshot::channel();
+    send_request(
+        writer,
+        Request::Append {
+            collector_id,
+            seq,
+            events,
+            reply,
+        },
+    );
+    rx
+}
+
+/// [`Store::append_audit`] for a backend whose writer thread takes [`Request`]s.
+fn request_audit(
+    writer: &crossbeam_channel::Sender<Request>,
+    events: Vec<Event>,
+) -> oneshot::Receiver<Result<AuditAppended, StoreError>> {
+    let (reply, rx) = oneshot::channel();
+    send_request(writer, Request::Audit { events, reply });
+    rx
+}
+
 /// One segment's indexed columns and its body.
 struct SegmentRow<'a> {
     received_at: i64,

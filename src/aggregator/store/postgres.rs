@@ -23,8 +23,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
 use super::{
-    audit_key, encode_segment, segments, send_request, visit_segment, Appended, AuditAppended,
-    EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
+    audit_key, encode_segment, request_append, request_audit, segments, visit_segment, Appended,
+    AuditAppended, EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
 };
 use crate::model::Event;
 use crate::telemetry;
@@ -291,26 +291,14 @@ impl Store for PgStore {
         seq: u64,
         events: Vec<Event>,
     ) -> oneshot::Receiver<Result<Appended, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        send_request(
-            &self.writer,
-            Request::Append {
-                collector_id,
-                seq,
-                events,
-                reply,
-            },
-        );
-        rx
+        request_append(&self.writer, collector_id, seq, events)
     }
 
     fn append_audit(
         &self,
         events: Vec<Event>,
     ) -> oneshot::Receiver<Result<AuditAppended, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        send_request(&self.writer, Request::Audit { events, reply });
-        rx
+        request_audit(&self.writer, events)
     }
 
     fn maintain(&self, now: u64) -> Result<(), StoreError> {

@@ -9,8 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    audit_key, encode_segment, segments, send_request, visit_segment, Appended, AuditAppended,
-    EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
+    audit_key, encode_segment, request_append, request_audit, segments, visit_segment, Appended,
+    AuditAppended, EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
 };
 use crate::model::Event;
 use crate::telemetry;
@@ -170,26 +170,14 @@ impl Store for SqliteStore {
         seq: u64,
         events: Vec<Event>,
     ) -> oneshot::Receiver<Result<Appended, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        send_request(
-            &self.writer,
-            Request::Append {
-                collector_id,
-                seq,
-                events,
-                reply,
-            },
-        );
-        rx
+        request_append(&self.writer, collector_id, seq, events)
     }
 
     fn append_audit(
         &self,
         events: Vec<Event>,
     ) -> oneshot::Receiver<Result<AuditAppended, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        send_request(&self.writer, Request::Audit { events, reply });
-        rx
+        request_audit(&self.writer, events)
     }
 
     fn maintain(&self, now: u64) -> Result<(), StoreError> {
