@@ -3,7 +3,8 @@
 //! `changes`).
 
 use super::audit::{audit_from_proto, audit_to_proto};
-use super::{addr, Limits, WireError};
+use super::fields::addr;
+use super::{Limits, WireError};
 use crate::investigate::api::{ApiActivity, ApiCall, NewApiCall, OutcomeCounts, SubjectIncrease};
 use crate::proto::v1 as pb;
 

@@ -1,7 +1,8 @@
 //! Audit records and exec attributions to and from `procflow.v1`, validating inbound ones
 //! as the rest of `wire` does (sizes, addresses, enums; the offending field named).
 
-use super::{addr, check_len, Limits, WireError};
+use super::fields::{addr, check_len};
+use super::{Limits, WireError};
 use crate::model::{self, AuditLevel, AuditStage};
 use crate::proto::v1 as pb;
 

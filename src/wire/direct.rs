@@ -70,8 +70,8 @@ fn put_flow_field(out: &mut impl BufMut, body: &[u8]) {
 
 fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, text: &mut String) {
     put_u64(out, 1, f.cookie);
-    put_enum(out, 2, super::protocol_to_proto(f.protocol) as i32);
-    put_enum(out, 3, super::family_to_proto(f.family) as i32);
+    put_enum(out, 2, super::fields::protocol_to_proto(f.protocol) as i32);
+    put_enum(out, 3, super::fields::family_to_proto(f.family) as i32);
     text.clear();
     crate::model::push_ip(text, f.local_addr);
     put_str(out, 4, text);
@@ -82,9 +82,13 @@ fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, text: &mut String) {
         put_str(out, 6, text);
     }
     put_some(out, 7, f.remote_port.map(u64::from));
-    put_enum(out, 8, super::direction_to_proto(f.direction) as i32);
-    put_enum(out, 9, super::scope_to_proto(f.scope) as i32);
-    put_enum(out, 10, super::flow_phase_to_proto(f.phase) as i32);
+    put_enum(
+        out,
+        8,
+        super::fields::direction_to_proto(f.direction) as i32,
+    );
+    put_enum(out, 9, super::fields::scope_to_proto(f.scope) as i32);
+    put_enum(out, 10, super::fields::flow_phase_to_proto(f.phase) as i32);
     if !f.state.is_empty() {
         put_str(out, 11, &f.state);
     }
@@ -102,8 +106,16 @@ fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, text: &mut String) {
     put_some(out, 23, f.inode);
     put_some(out, 24, f.pid.map(u64::from));
     put_some(out, 25, f.process_start_time);
-    put_enum(out, 26, super::attribution_to_proto(f.attribution) as i32);
-    put_enum(out, 27, super::end_reason_to_proto(f.end_reason) as i32);
+    put_enum(
+        out,
+        26,
+        super::fields::attribution_to_proto(f.attribution) as i32,
+    );
+    put_enum(
+        out,
+        27,
+        super::fields::end_reason_to_proto(f.end_reason) as i32,
+    );
     put_u64(out, 28, u64::from(f.reset));
     put_some(out, 29, f.cgroup_id);
     put_some(out, 30, f.total_retrans.map(u64::from));
