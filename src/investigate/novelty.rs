@@ -1,0 +1,424 @@
+//! A window against its baseline, per workload: what is new (edges, executables,
+//! listening ports) and which edges grew significantly.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::entities::{PodDirectory, ProcessNames};
+use super::sockets::{talkers_of, Sockets};
+use super::{
+    Edge, EdgeOrder, FlowFilter, HashMap, HashSet, NewActivity, NewExecutable, NewListener,
+    Talkers, HOUR_NS, MAX_SOCKETS,
+};
+use crate::model::workload_of;
+use crate::model::{
+    CollectorIdentity, Direction, Event, FlowPhase, ListenerRecord, ProcessPhase, ProcessRecord,
+    Protocol, Record, UnixNanos,
+};
+
+/// Collects, for one window, what "new" compares: edges, executables and listeners per
+/// workload.
+pub struct Period {
+    pub sockets: Sockets,
+    processes: Vec<(Arc<CollectorIdentity>, ProcessRecord, UnixNanos)>,
+    listeners: Vec<(Arc<CollectorIdentity>, ListenerRecord, UnixNanos)>,
+    /// Process or listener records beyond the bound were left out.
+    records_truncated: bool,
+}
+
+impl Period {
+    pub fn new(filter: FlowFilter) -> Period {
+        Period {
+            sockets: Sockets::new(filter),
+            processes: Vec::new(),
+            listeners: Vec::new(),
+            records_truncated: false,
+        }
+    }
+
+    /// Something of the period was left out at the bound.
+    pub fn truncated(&self) -> bool {
+        self.sockets.truncated || self.records_truncated
+    }
+
+    /// Adds one event of the period; false once the bound is reached.
+    pub fn add(&mut self, e: &Event) -> bool {
+        match &e.record {
+            Record::Flow(f) => self.sockets.add(&e.source, f),
+            Record::Process(p) if p.phase != ProcessPhase::Exit => {
+                if self.processes.len() >= MAX_SOCKETS {
+                    self.records_truncated = true;
+                    return false;
+                }
+                self.processes
+                    .push((e.source.clone(), p.clone(), e.received_at));
+                true
+            }
+            Record::Listener(l) if l.phase == FlowPhase::Start => {
+                if self.listeners.len() >= MAX_SOCKETS {
+                    self.records_truncated = true;
+                    return false;
+                }
+                self.listeners
+                    .push((e.source.clone(), l.clone(), e.received_at));
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+type WorkloadKey = (String, String);
+
+fn workload_key(pod_namespace: &str, pod_name: &str) -> WorkloadKey {
+    (pod_namespace.to_owned(), workload_of(pod_name).to_owned())
+}
+
+fn workload_of_source(source: &CollectorIdentity) -> WorkloadKey {
+    workload_key(&source.pod_namespace, &source.pod_name)
+}
+
+fn image_of(comm: &[u8], exe: &Option<Vec<u8>>) -> Vec<u8> {
+    exe.clone().unwrap_or_else(|| comm.to_vec())
+}
+
+type EdgeKey = (WorkloadKey, Vec<u8>, Direction, IpAddr, u16);
+
+fn edge_key(e: &Edge) -> EdgeKey {
+    (
+        workload_key(&e.pod_namespace, &e.pod_name),
+        image_of(&e.comm, &e.exe),
+        e.direction,
+        e.peer_addr,
+        e.port,
+    )
+}
+
+fn listener_key(source: &CollectorIdentity, l: &ListenerRecord) -> (WorkloadKey, Protocol, u16) {
+    (workload_of_source(source), l.protocol, l.local_port)
+}
+
+/// What "new" and "increased" need from a baseline period, per workload: its edges with
+/// their bytes, its executables and its listening ports. Small (one entry per distinct
+/// edge, not per socket), so a baseline wholly in the past can be kept and reused.
+#[derive(Debug, Clone, Default)]
+pub struct Baseline {
+    edges: HashMap<EdgeKey, u64>,
+    images: HashSet<(WorkloadKey, Vec<u8>)>,
+    ports: HashSet<(WorkloadKey, Protocol, u16)>,
+    flows: u64,
+    processes: u64,
+    truncated: bool,
+}
+
+impl Baseline {
+    pub fn of(period: &Period, names: &ProcessNames, pods: &PodDirectory) -> Baseline {
+        let mut edges: HashMap<EdgeKey, u64> = HashMap::default();
+        for e in period.sockets.edges(names, pods) {
+            *edges.entry(edge_key(&e)).or_default() += e.bytes_sent + e.bytes_received;
+        }
+        Baseline {
+            edges,
+            images: period
+                .processes
+                .iter()
+                .map(|(source, p, _)| (workload_of_source(source), image_of(&p.comm, &p.exe)))
+                .collect(),
+            ports: period
+                .listeners
+                .iter()
+                .map(|(source, l, _)| listener_key(source, l))
+                .collect(),
+            flows: period.sockets.len() as u64,
+            processes: period.processes.len() as u64,
+            truncated: period.truncated(),
+        }
+    }
+}
+
+/// What `window` holds that `baseline` does not, per workload: peers (by executable,
+/// direction, address and port), executables and listening ports.
+pub fn new_activity(
+    baseline: &Baseline,
+    window: &Period,
+    names: &ProcessNames,
+    pods: &PodDirectory,
+    limit: usize,
+) -> NewActivity {
+    new_activity_of(
+        baseline,
+        &window.sockets.edges(names, pods),
+        window,
+        names,
+        limit,
+    )
+}
+
+/// [`new_activity`] from the window's edges, already grouped.
+fn new_activity_of(
+    baseline: &Baseline,
+    window_edges: &[Edge],
+    window: &Period,
+    names: &ProcessNames,
+    limit: usize,
+) -> NewActivity {
+    let mut edges: Vec<Edge> = window_edges
+        .iter()
+        .filter(|e| !baseline.edges.contains_key(&edge_key(e)))
+        .cloned()
+        .collect();
+    edges.sort_by_key(|e| e.first_seen);
+    edges.truncate(limit);
+
+    let known_images = &baseline.images;
+    let mut seen_images = HashSet::default();
+    let mut executables = Vec::new();
+    for (source, p, received_at) in &window.processes {
+        let key = (workload_of_source(source), image_of(&p.comm, &p.exe));
+        if known_images.contains(&key) || !seen_images.insert(key) {
+            continue;
+        }
+        executables.push(NewExecutable {
+            pod_name: source.pod_name.clone(),
+            pod_namespace: source.pod_namespace.clone(),
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            first_seen: *received_at,
+            process: p.clone(),
+        });
+    }
+    executables.truncate(limit);
+
+    let known_ports = &baseline.ports;
+    let mut seen_ports = HashSet::default();
+    let mut listeners = Vec::new();
+    for (source, l, received_at) in &window.listeners {
+        let key = listener_key(source, l);
+        if known_ports.contains(&key) || !seen_ports.insert(key) {
+            continue;
+        }
+        let name = l
+            .pid
+            .zip(l.process_start_time)
+            .and_then(|(pid, start)| names.get(&source.collector_id, pid, start));
+        listeners.push(NewListener {
+            pod_name: source.pod_name.clone(),
+            pod_namespace: source.pod_namespace.clone(),
+            protocol: l.protocol,
+            local_addr: l.local_addr,
+            port: l.local_port,
+            comm: name.map(|n| n.comm.clone()).unwrap_or_default(),
+            exe: name.and_then(|n| n.exe.clone()),
+            first_seen: *received_at,
+        });
+    }
+    listeners.truncate(limit);
+
+    NewActivity {
+        edges,
+        executables,
+        listeners,
+        baseline_flows: baseline.flows,
+        baseline_processes: baseline.processes,
+        truncated: baseline.truncated || window.truncated(),
+    }
+}
+
+/// An edge that moved significantly more in the window than in its baseline, per hour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Increase {
+    /// The window's edge (its bytes are the window's).
+    pub edge: Edge,
+    /// Bytes per hour, sent and received together.
+    pub baseline_per_hour: f64,
+    pub window_per_hour: f64,
+}
+
+/// A window against its baseline: who talked, what is new, what grew.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Comparison {
+    pub talkers: Talkers,
+    pub new: NewActivity,
+    pub increased: Vec<Increase>,
+}
+
+/// "Significantly increased", as in Detective's "changed significantly": at least this many
+/// times the baseline's hourly rate, and at least [`MIN_INCREASE_BYTES`] above what that rate
+/// predicts for the window (so a few kilobytes more on a quiet edge is not news).
+pub const INCREASE_FACTOR: f64 = 3.0;
+pub const MIN_INCREASE_BYTES: f64 = 1024.0 * 1024.0;
+
+/// The window's talkers, what it holds that the baseline does not, and the edges (compared
+/// per workload, like "new") whose hourly volume grew significantly. `spans` are the
+/// baseline's and the window's lengths in ns.
+pub fn compare(
+    baseline: &Baseline,
+    window: &Period,
+    names: &ProcessNames,
+    pods: &PodDirectory,
+    limit: usize,
+    spans: (u64, u64),
+) -> Comparison {
+    // The window's sockets grouped once, for all three answers.
+    let edges = window.sockets.edges(names, pods);
+    let new = new_activity_of(baseline, &edges, window, names, limit);
+    let hours = |span: u64| (span as f64 / HOUR_NS).max(1.0);
+    let (baseline_hours, window_hours) = (hours(spans.0), hours(spans.1));
+    let mut increased: Vec<Increase> = edges
+        .iter()
+        .filter_map(|edge| {
+            let before = *baseline.edges.get(&edge_key(edge))? as f64 / baseline_hours;
+            let bytes = (edge.bytes_sent + edge.bytes_received) as f64;
+            let now = bytes / window_hours;
+            let significant = now >= before * INCREASE_FACTOR
+                && bytes - before * window_hours >= MIN_INCREASE_BYTES;
+            significant.then(|| Increase {
+                edge: edge.clone(),
+                baseline_per_hour: before,
+                window_per_hour: now,
+            })
+        })
+        .collect();
+    increased.sort_by(|a, b| {
+        let excess = |i: &Increase| i.window_per_hour - i.baseline_per_hour;
+        excess(b).total_cmp(&excess(a))
+    });
+    increased.truncate(limit);
+    let talkers = talkers_of(edges, &window.sockets, EdgeOrder::Bytes, limit);
+    Comparison {
+        talkers,
+        new,
+        increased,
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::investigate::test_support::{event, flow, identity, process};
+    use crate::model::{Attribution, Family};
+
+    #[test]
+    fn new_activity_compares_workloads_not_pods() {
+        let old_pod = identity("c1", "web-6d8f9c7b5-x2k4q", "10.0.0.5");
+        let new_pod = identity("c2", "web-6d8f9c7b5-q8w2z", "10.0.0.6");
+        let mut names = ProcessNames::default();
+        names.add(&old_pod, &process(7, 70, 1, 10, "/usr/bin/curl"));
+        names.add(&new_pod, &process(7, 70, 1, 10, "/usr/bin/curl"));
+        let mut baseline = Period::new(FlowFilter::default());
+        baseline.add(&event(
+            &old_pod,
+            100,
+            Record::Flow(flow(1, "203.0.113.7", 443, FlowPhase::End, 10)),
+        ));
+        baseline.add(&event(
+            &old_pod,
+            100,
+            Record::Process(process(7, 70, 1, 10, "/usr/bin/curl")),
+        ));
+        let mut window = Period::new(FlowFilter::default());
+        // The replacement pod repeats what the old one did: nothing new.
+        window.add(&event(
+            &new_pod,
+            200,
+            Record::Flow(flow(2, "203.0.113.7", 443, FlowPhase::End, 10)),
+        ));
+        window.add(&event(
+            &new_pod,
+            200,
+            Record::Process(process(7, 70, 1, 10, "/usr/bin/curl")),
+        ));
+        // ... and something it never did.
+        window.add(&event(
+            &new_pod,
+            300,
+            Record::Flow(flow(3, "198.51.100.1", 4444, FlowPhase::End, 10)),
+        ));
+        window.add(&event(
+            &new_pod,
+            300,
+            Record::Process(process(8, 80, 7, 70, "/tmp/x")),
+        ));
+        let mut listener = crate::model::ListenerRecord {
+            cookie: 11,
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            local_addr: "0.0.0.0".parse().expect("ip"),
+            local_port: 2222,
+            phase: FlowPhase::Start,
+            preexisting: false,
+            first_seen: 300,
+            ended_at: None,
+            uid: Some(1000),
+            inode: Some(11),
+            pid: Some(7),
+            process_start_time: Some(70),
+            attribution: Attribution::Fd,
+            backlog: Some(128),
+        };
+        window.add(&event(&new_pod, 310, Record::Listener(listener.clone())));
+        listener.phase = FlowPhase::End;
+        window.add(&event(&new_pod, 320, Record::Listener(listener)));
+
+        let pods = PodDirectory::default();
+        let baseline = Baseline::of(&baseline, &names, &pods);
+        let new = new_activity(&baseline, &window, &names, &pods, 10);
+        assert_eq!(new.edges.len(), 1);
+        assert_eq!(
+            (new.edges[0].port, new.edges[0].pod_name.as_str()),
+            (4444, "web-6d8f9c7b5-q8w2z")
+        );
+        assert_eq!(new.executables.len(), 1);
+        assert_eq!(new.executables[0].exe.as_deref(), Some(&b"/tmp/x"[..]));
+        assert_eq!(
+            new.listeners.len(),
+            1,
+            "a listener's END is not a second listener"
+        );
+        assert_eq!(new.listeners[0].port, 2222);
+        assert_eq!(new.listeners[0].exe.as_deref(), Some(&b"/usr/bin/curl"[..]));
+        assert_eq!((new.baseline_flows, new.baseline_processes), (1, 1));
+    }
+
+    #[test]
+    fn an_edge_counts_as_increased_only_well_above_its_baseline_rate() {
+        let pod = identity("c1", "web-0", "10.0.0.5");
+        let names = ProcessNames::default();
+        let pods = PodDirectory::default();
+        let mb = 1024 * 1024;
+        let mut baseline = Period::new(FlowFilter::default());
+        let mut window = Period::new(FlowFilter::default());
+        // Baseline: 10 hours; each edge moved 10 MiB (1 MiB an hour).
+        for (cookie, port) in [(1, 443), (2, 5432), (3, 9000)] {
+            baseline.add(&event(
+                &pod,
+                100,
+                Record::Flow(flow(cookie, "203.0.113.7", port, FlowPhase::End, 10 * mb)),
+            ));
+        }
+        // Window: 1 hour. Port 443 at 8 MiB/h (x8: increased), 5432 at 2 MiB/h (x2: not),
+        // 9000 gone, 8080 new (new, not increased).
+        let mut add = |cookie: u64, port: u16, sent: u64| {
+            window.add(&event(
+                &pod,
+                200,
+                Record::Flow(flow(cookie, "203.0.113.7", port, FlowPhase::End, sent)),
+            ));
+        };
+        add(11, 443, 8 * mb);
+        add(12, 5432, 2 * mb);
+        add(13, 8080, 50 * mb);
+        let hour = 3_600_000_000_000;
+        let baseline = Baseline::of(&baseline, &names, &pods);
+        let answer = compare(&baseline, &window, &names, &pods, 10, (10 * hour, hour));
+        let increased: Vec<u16> = answer.increased.iter().map(|i| i.edge.port).collect();
+        assert_eq!(increased, vec![443]);
+        // Each flow sends `sent` and receives half of it.
+        assert!((answer.increased[0].baseline_per_hour - 1.5 * mb as f64).abs() < 1.0);
+        assert!((answer.increased[0].window_per_hour - 12.0 * mb as f64).abs() < 1.0);
+        assert_eq!(answer.new.edges.len(), 1);
+        assert_eq!(answer.new.edges[0].port, 8080);
+        assert_eq!(answer.talkers.edges[0].port, 8080, "talkers by bytes");
+    }
+}

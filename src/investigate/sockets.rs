@@ -1,0 +1,365 @@
+//! Sockets → edges: one summary per socket (its last counters), grouped by pod,
+//! executable, direction, scope, peer and port; "who talked to whom".
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::entities::{PodDirectory, ProcessName, ProcessNames};
+use super::{Edge, EdgeOrder, FlowFilter, HashMap, Talkers, MAX_EDGE_PIDS, MAX_SOCKETS};
+use crate::model::{
+    Attribution, CollectorIdentity, Direction, FlowRecord, Protocol, Scope, UnixNanos,
+};
+
+/// What an edge needs from one socket: its last counters in the window.
+struct SocketSummary {
+    process: Option<(u32, UnixNanos)>,
+    by_fd: bool,
+    direction: Direction,
+    scope: Scope,
+    protocol: Protocol,
+    peer_addr: IpAddr,
+    port: u16,
+    bytes_sent: u64,
+    bytes_received: u64,
+    first_seen: UnixNanos,
+    last_seen: UnixNanos,
+}
+
+/// The sockets of a window, one summary per (collector, cookie), whatever number of
+/// START/UPDATE/END records each has.
+#[derive(Default)]
+pub struct Sockets {
+    filter: FlowFilter,
+    /// Per collector (its first identity names its pod), the sockets by cookie.
+    collectors: Vec<(Arc<CollectorIdentity>, HashMap<u64, SocketSummary>)>,
+    index: HashMap<String, usize>,
+    /// The last source seen: a store scan hands over a segment's events with one shared
+    /// identity, so most records find their collector without hashing its id.
+    last: Option<(Arc<CollectorIdentity>, usize)>,
+    count: usize,
+    pub truncated: bool,
+}
+
+impl Sockets {
+    pub fn new(filter: FlowFilter) -> Sockets {
+        Sockets {
+            filter,
+            ..Sockets::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn collector(&mut self, source: &Arc<CollectorIdentity>) -> usize {
+        if let Some((last, i)) = &self.last {
+            if Arc::ptr_eq(last, source) {
+                return *i;
+            }
+        }
+        let i = match self.index.get(&source.collector_id) {
+            Some(&i) => i,
+            None => {
+                self.collectors.push((source.clone(), HashMap::default()));
+                self.index
+                    .insert(source.collector_id.clone(), self.collectors.len() - 1);
+                self.collectors.len() - 1
+            }
+        };
+        self.last = Some((source.clone(), i));
+        i
+    }
+
+    /// Adds one flow record; false once the bound is reached (the caller stops scanning).
+    pub fn add(&mut self, source: &Arc<CollectorIdentity>, f: &FlowRecord) -> bool {
+        // An unconnected UDP socket has no peer: it talked to no one we can name.
+        let (Some(peer_addr), Some(remote_port)) = (f.remote_addr, f.remote_port) else {
+            return true;
+        };
+        if !self.filter.admits(f) {
+            return true;
+        }
+        let collector = self.collector(source);
+        let sockets = &mut self.collectors[collector].1;
+        let process = f.pid.zip(f.process_start_time);
+        let last_seen = f.ended_at.unwrap_or(f.last_seen).max(f.last_seen);
+        if let Some(known) = sockets.get_mut(&f.cookie) {
+            // Counters only grow over a socket's life, except that a reset zeroes them in
+            // the kernel before the END: keep the largest.
+            known.bytes_sent = known.bytes_sent.max(f.bytes_sent.unwrap_or(0));
+            known.bytes_received = known.bytes_received.max(f.bytes_received.unwrap_or(0));
+            known.first_seen = known.first_seen.min(f.first_seen);
+            known.last_seen = known.last_seen.max(last_seen);
+            // A later record may carry a better owner: the collector attributes again a
+            // socket it first announced without its fd owner.
+            let by_fd = f.attribution == Attribution::Fd;
+            if process.is_some() && (known.process.is_none() || (by_fd && !known.by_fd)) {
+                known.process = process;
+                known.by_fd = by_fd;
+            }
+            if known.direction == Direction::Unknown {
+                known.direction = f.direction;
+            }
+            return true;
+        }
+        if self.count >= MAX_SOCKETS {
+            self.truncated = true;
+            return false;
+        }
+        let port = if f.direction == Direction::Inbound {
+            f.local_port
+        } else {
+            remote_port
+        };
+        sockets.insert(
+            f.cookie,
+            SocketSummary {
+                process,
+                by_fd: f.attribution == Attribution::Fd,
+                direction: f.direction,
+                scope: f.scope,
+                protocol: f.protocol,
+                peer_addr,
+                port,
+                bytes_sent: f.bytes_sent.unwrap_or(0),
+                bytes_received: f.bytes_received.unwrap_or(0),
+                first_seen: f.first_seen,
+                last_seen,
+            },
+        );
+        self.count += 1;
+        true
+    }
+
+    /// The sockets grouped into edges (unordered).
+    pub fn edges(&self, names: &ProcessNames, pods: &PodDirectory) -> Vec<Edge> {
+        #[derive(PartialEq, Eq, Hash)]
+        struct Key<'a> {
+            pod_name: &'a str,
+            pod_namespace: &'a str,
+            name: Option<&'a ProcessName>,
+            direction: Direction,
+            scope: Scope,
+            protocol: Protocol,
+            peer_addr: IpAddr,
+            port: u16,
+        }
+        let mut edges: HashMap<Key, Edge> = HashMap::default();
+        for (source, sockets) in &self.collectors {
+            for s in sockets.values() {
+                let name = s
+                    .process
+                    .and_then(|(pid, start)| names.get(&source.collector_id, pid, start));
+                let key = Key {
+                    pod_name: &source.pod_name,
+                    pod_namespace: &source.pod_namespace,
+                    name,
+                    direction: s.direction,
+                    scope: s.scope,
+                    protocol: s.protocol,
+                    peer_addr: s.peer_addr,
+                    port: s.port,
+                };
+                let edge = edges.entry(key).or_insert_with(|| {
+                    let peer = pods.get(&s.peer_addr);
+                    Edge {
+                        pod_name: source.pod_name.clone(),
+                        pod_namespace: source.pod_namespace.clone(),
+                        comm: name.map(|n| n.comm.clone()).unwrap_or_default(),
+                        exe: name.and_then(|n| n.exe.clone()),
+                        direction: s.direction,
+                        scope: s.scope,
+                        protocol: s.protocol,
+                        peer_addr: s.peer_addr,
+                        port: s.port,
+                        peer_pod_name: peer.map(|p| p.0.clone()),
+                        peer_pod_namespace: peer.map(|p| p.1.clone()),
+                        connections: 0,
+                        bytes_sent: 0,
+                        bytes_received: 0,
+                        first_seen: s.first_seen,
+                        last_seen: s.last_seen,
+                        pids: Vec::new(),
+                        unattributed: name.is_none(),
+                    }
+                });
+                edge.connections += 1;
+                edge.bytes_sent += s.bytes_sent;
+                edge.bytes_received += s.bytes_received;
+                edge.first_seen = edge.first_seen.min(s.first_seen);
+                edge.last_seen = edge.last_seen.max(s.last_seen);
+                if let Some((pid, _)) = s.process {
+                    if edge.pids.len() < MAX_EDGE_PIDS && !edge.pids.contains(&pid) {
+                        edge.pids.push(pid);
+                    }
+                }
+            }
+        }
+        let mut out: Vec<Edge> = edges.into_values().collect();
+        for e in &mut out {
+            e.pids.sort_unstable();
+        }
+        out
+    }
+}
+
+/// Who talked to whom, the top `limit` edges by `order`.
+pub fn talkers(
+    sockets: &Sockets,
+    names: &ProcessNames,
+    pods: &PodDirectory,
+    order: EdgeOrder,
+    limit: usize,
+) -> Talkers {
+    talkers_of(sockets.edges(names, pods), sockets, order, limit)
+}
+
+/// [`talkers`] from the sockets' edges, already grouped.
+pub(super) fn talkers_of(
+    mut edges: Vec<Edge>,
+    sockets: &Sockets,
+    order: EdgeOrder,
+    limit: usize,
+) -> Talkers {
+    let total_edges = edges.len() as u64;
+    sort_edges(&mut edges, order);
+    edges.truncate(limit);
+    Talkers {
+        edges,
+        flows: sockets.len() as u64,
+        total_edges,
+        truncated: sockets.truncated,
+    }
+}
+
+fn sort_edges(edges: &mut [Edge], order: EdgeOrder) {
+    // Ties broken by the edge's identity so answers are stable.
+    let identity = |e: &Edge| {
+        (
+            e.pod_namespace.clone(),
+            e.pod_name.clone(),
+            e.peer_addr,
+            e.port,
+        )
+    };
+    match order {
+        EdgeOrder::Bytes => edges.sort_by(|a, b| {
+            (b.bytes_sent + b.bytes_received)
+                .cmp(&(a.bytes_sent + a.bytes_received))
+                .then_with(|| identity(a).cmp(&identity(b)))
+        }),
+        EdgeOrder::Connections => edges.sort_by(|a, b| {
+            b.connections
+                .cmp(&a.connections)
+                .then_with(|| identity(a).cmp(&identity(b)))
+        }),
+        EdgeOrder::Recent => edges.sort_by(|a, b| {
+            b.last_seen
+                .cmp(&a.last_seen)
+                .then_with(|| identity(a).cmp(&identity(b)))
+        }),
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::investigate::test_support::{flow, identity, process};
+    use crate::model::FlowPhase;
+
+    #[test]
+    fn a_socket_counts_once_with_its_last_counters_and_edges_group_by_executable_and_peer() {
+        let web = identity("c1", "web-6d8f9c7b5-abcde", "10.0.0.5");
+        let db = identity("c2", "db-0", "10.0.0.9");
+        let mut names = ProcessNames::default();
+        names.add(&web, &process(7, 70, 1, 10, "/usr/bin/curl"));
+        let mut pods = PodDirectory::default();
+        pods.note(&web);
+        pods.note(&db);
+        let mut sockets = Sockets::new(FlowFilter::default());
+        // Socket 1: START, UPDATE, END — one connection, END's counters.
+        for (phase, sent) in [
+            (FlowPhase::Start, 0),
+            (FlowPhase::Update, 600),
+            (FlowPhase::End, 1000),
+        ] {
+            assert!(sockets.add(&web, &flow(1, "203.0.113.7", 443, phase, sent)));
+        }
+        // Socket 2: same process and peer.
+        sockets.add(&web, &flow(2, "203.0.113.7", 443, FlowPhase::End, 50));
+        // Socket 3: a reset zeroed the END's counters; the last dumped ones stand.
+        sockets.add(&web, &flow(3, "10.0.0.9", 5432, FlowPhase::Update, 300));
+        sockets.add(&web, &flow(3, "10.0.0.9", 5432, FlowPhase::End, 0));
+        // Socket 4: unattributed, same peer as 1 and 2: its own edge.
+        let mut anonymous = flow(4, "203.0.113.7", 443, FlowPhase::End, 5);
+        anonymous.pid = None;
+        anonymous.process_start_time = None;
+        sockets.add(&web, &anonymous);
+        // An unconnected UDP socket has no peer: not an edge.
+        let mut unconnected = flow(5, "203.0.113.7", 53, FlowPhase::End, 0);
+        unconnected.remote_addr = None;
+        unconnected.remote_port = None;
+        sockets.add(&web, &unconnected);
+        assert_eq!(sockets.len(), 4);
+
+        let answer = talkers(&sockets, &names, &pods, EdgeOrder::Bytes, 10);
+        assert_eq!((answer.flows, answer.total_edges), (4, 3));
+        let top = &answer.edges[0];
+        assert_eq!(top.exe.as_deref(), Some(&b"/usr/bin/curl"[..]));
+        assert_eq!(
+            (top.connections, top.bytes_sent, top.bytes_received),
+            (2, 1050, 525)
+        );
+        assert_eq!((top.first_seen, top.last_seen), (1_001, 2_002));
+        assert_eq!(top.pids, vec![7]);
+        let to_db = &answer.edges[1];
+        assert_eq!(to_db.bytes_sent, 300);
+        assert_eq!(
+            (
+                to_db.peer_pod_namespace.as_deref(),
+                to_db.peer_pod_name.as_deref()
+            ),
+            (Some("shop"), Some("db-0")),
+            "an east-west peer is named by its pod"
+        );
+        assert!(answer.edges[2].unattributed && answer.edges[2].comm.is_empty());
+
+        let by_count = talkers(&sockets, &names, &pods, EdgeOrder::Connections, 1);
+        assert_eq!(by_count.edges.len(), 1);
+        assert_eq!(by_count.edges[0].connections, 2);
+    }
+
+    #[test]
+    fn inbound_edges_are_keyed_by_the_service_port_and_filters_apply() {
+        let web = identity("c1", "web-0", "10.0.0.5");
+        let mut sockets = Sockets::new(FlowFilter {
+            scopes: vec![Scope::EastWest],
+            directions: vec![],
+        });
+        for cookie in 1..=3 {
+            let mut f = flow(
+                cookie,
+                "10.0.0.20",
+                50_000 + cookie as u16,
+                FlowPhase::End,
+                10,
+            );
+            f.direction = Direction::Inbound;
+            f.scope = Scope::EastWest;
+            f.local_port = 8080;
+            sockets.add(&web, &f);
+        }
+        sockets.add(&web, &flow(9, "203.0.113.7", 443, FlowPhase::End, 10));
+        let edges = sockets.edges(&ProcessNames::default(), &PodDirectory::default());
+        assert_eq!(
+            edges.len(),
+            1,
+            "three clients' ephemeral ports make one edge"
+        );
+        assert_eq!((edges[0].port, edges[0].connections), (8080, 3));
+    }
+}
