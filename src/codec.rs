@@ -11,8 +11,26 @@ use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
-use crate::pipeline::EncodedBatch;
 use crate::proto::v1 as pb;
+
+/// A `procflow.v1.Batch` encoded once by the batcher; what the exporter buffers, resends and
+/// spools.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch {
+    pub seq: u64,
+    pub records: usize,
+    pub bytes: bytes::Bytes,
+}
+
+impl EncodedBatch {
+    pub fn encode(batch: &crate::proto::v1::Batch) -> Self {
+        EncodedBatch {
+            seq: batch.seq,
+            records: batch.records.len(),
+            bytes: prost::Message::encode_to_vec(batch).into(),
+        }
+    }
+}
 
 /// The codec of every generated service (`codec_path` in build.rs): prost encoding,
 /// slice decoding.

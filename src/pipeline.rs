@@ -12,25 +12,6 @@ use std::time::Duration;
 
 pub use queue::{record_queue, RecordRx, RecordTx};
 
-/// A `procflow.v1.Batch` encoded once by the batcher; what the exporter buffers, resends and
-/// spools.
-#[derive(Debug, Clone)]
-pub struct EncodedBatch {
-    pub seq: u64,
-    pub records: usize,
-    pub bytes: bytes::Bytes,
-}
-
-impl EncodedBatch {
-    pub fn encode(batch: &crate::proto::v1::Batch) -> Self {
-        EncodedBatch {
-            seq: batch.seq,
-            records: batch.records.len(),
-            bytes: prost::Message::encode_to_vec(batch).into(),
-        }
-    }
-}
-
 use crate::config::parse_duration;
 
 /// Flags of the gRPC output, flattened into `procflow collector`.

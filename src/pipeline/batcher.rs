@@ -11,9 +11,10 @@ use bytes::BytesMut;
 use crossbeam_channel::RecvTimeoutError;
 use tokio::sync::mpsc;
 
+use crate::codec::EncodedBatch;
 use crate::codec::BATCH_RECORDS_FIELD;
 use crate::model::{now_ns, CollectorIdentity};
-use crate::pipeline::{EncodedBatch, RecordRx};
+use crate::pipeline::RecordRx;
 use crate::proto::v1 as pb;
 use crate::telemetry;
 use crate::wire::{self, direct};

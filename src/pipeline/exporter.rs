@@ -15,10 +15,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::codec::{ingest_stream_path, EncodedBatchCodec, INGEST_METHOD};
+use crate::codec::{ingest_stream_path, EncodedBatch, EncodedBatchCodec, INGEST_METHOD};
 use crate::pipeline::queue::Outlet;
 use crate::pipeline::spool::Spool;
-use crate::pipeline::EncodedBatch;
 use crate::proto::v1 as pb;
 use crate::telemetry;
 use crate::transport::{warn_if_plaintext, TlsFiles, TokenSource};

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use crate::codec::EncodedBatch;
 use crate::durable;
 use crate::pipeline::exporter::drop_batch;
-use crate::pipeline::EncodedBatch;
 use crate::proto::v1 as pb;
 use crate::telemetry;
 

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BufMut;
-use procflow::pipeline::EncodedBatch;
+use procflow::codec::EncodedBatch;
 use procflow::proto::v1 as pb;
 use prost::Message;
 

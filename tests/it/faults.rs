@@ -7,9 +7,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use procflow::codec::EncodedBatch;
 use procflow::pipeline::exporter::{self, EXPORT_STATS};
 use procflow::pipeline::spool::Spool;
-use procflow::pipeline::EncodedBatch;
 use procflow::proto::v1 as pb;
 
 use crate::pipeline::{

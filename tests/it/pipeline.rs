@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use procflow::codec::EncodedBatch;
 use procflow::model::{CollectorIdentity, Heartbeat, Record};
 use procflow::pipeline::exporter::{self, ExporterConfig, EXPORT_STATS};
-use procflow::pipeline::EncodedBatch;
 use procflow::proto::v1 as pb;
 use procflow::wire;
 

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use procflow::codec::EncodedBatch;
 use procflow::pipeline::exporter;
-use procflow::pipeline::EncodedBatch;
 
 use crate::pg::PgServer;
 use crate::pipeline::{batch, exporter_config, free_ports, identity, ingest, times_of, Aggregator};
