@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod cookie_order;
 mod entry;
+mod fin;
 pub mod snapshot;
 pub mod table;
 
