@@ -263,6 +263,27 @@ def check_postgres(where, objects):
         fail(where, "PROCFLOW_STORE must come from a Secret")
     if "PROCFLOW_STORE_PASSWORD_FILE" not in env or "PROCFLOW_STORE_PASSWORD" in env and "value" in env["PROCFLOW_STORE_PASSWORD"]:
         fail(where, "the database password comes from a mounted Secret file")
+    # Replicas fan out to each other: peers from a headless Service, the link authenticated
+    # by a token from a Secret (never a literal in the pod spec).
+    peers = env.get("PROCFLOW_PEERS", {}).get("value", "")
+    headless = {
+        o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None"
+        and o["spec"].get("selector") == labels
+    }
+    if not any(peers.startswith(f"{name}.") for name in headless):
+        fail(where, "PROCFLOW_PEERS must name a headless Service selecting the aggregator")
+    token = env.get("PROCFLOW_PEER_TOKEN_FILE", {}).get("value", "")
+    mounts = {
+        m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])
+    }
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    mount = next((name for path, name in mounts.items() if token.startswith(path + "/")), None)
+    if not token or mount is None or "secret" not in volumes.get(mount, {}):
+        fail(where, "the peer token comes from a mounted Secret file")
+    if "PROCFLOW_PEER_TLS_CA" not in env:
+        fail(where, "peer links verify the replicas' TLS certificates")
     for secret in (o for o in objects if o["kind"] == "Secret" and "url" in o.get("stringData", {})):
         url = secret["stringData"]["url"]
         if "@" in url and ":" in url.split("://", 1)[-1].split("@", 1)[0]:

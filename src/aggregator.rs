@@ -11,6 +11,7 @@ pub mod detect;
 pub mod hub;
 pub mod investigate;
 pub mod liveness;
+pub mod peers;
 pub mod service;
 pub mod store;
 
@@ -167,6 +168,8 @@ pub struct Args {
     pub audit: crate::audit::AuditArgs,
     #[command(flatten)]
     pub admission: admission::AdmissionArgs,
+    #[command(flatten)]
+    pub peers: peers::PeerArgs,
 }
 
 /// `procflow aggregator`.
@@ -359,7 +362,15 @@ pub async fn serve(
         admission.clone(),
     )
     .with_liveness(liveness.clone());
-    let subscribe = SubscribeService::new(hub.clone(), admission.clone());
+    let replica = peers::replica_id();
+    let peer_links = peers::Peers::start(&args.peers, replica.clone()).await?;
+    let peer_service = args
+        .peers
+        .peer_token_file
+        .clone()
+        .map(|file| peers::PeerService::new(replica, hub.clone(), file));
+    let subscribe = SubscribeService::new(hub.clone(), admission.clone())
+        .with_peers(peer_links, args.subscriber_queue);
     let query = QueryService::new(store.clone(), admission.clone());
     let investigate = investigate::InvestigateService::new(store.clone(), admission);
     let (stop_console, console_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -417,6 +428,8 @@ pub async fn serve(
             auth,
             Purpose::Read,
         ))
+        // Not behind the reader/writer authentication: it takes the peer token alone.
+        .add_optional_service(peer_service.map(pb::peer_server::PeerServer::new))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move {

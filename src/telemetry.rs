@@ -101,6 +101,19 @@ pub const PROC_PERMISSION_DENIED: &str = "procflow_proc_permission_denied_total"
 pub const ATTRIBUTION_MISSES: &str = "procflow_attribution_misses_total";
 /// Live events dropped for a subscriber that fell behind (it gets a gap marker).
 pub const SUBSCRIBER_DROPPED: &str = "procflow_subscriber_dropped_total";
+/// Peer links (to other replicas) currently streaming into subscriptions.
+pub const PEER_LINKS: &str = "procflow_peer_links";
+/// Peer links that failed or broke (relinked while the peer is resolved).
+pub const PEER_LINK_ERRORS: &str = "procflow_peer_link_errors_total";
+/// Resolving the --peers names failed (the last set stays).
+pub const PEER_LOOKUP_ERRORS: &str = "procflow_peer_lookup_errors_total";
+/// Events received from peers for local subscribers.
+pub const PEER_EVENTS: &str = "procflow_peer_events_total";
+/// Events from a peer outside the subscriber's namespaces, never shown.
+pub const PEER_OUT_OF_SCOPE: &str = "procflow_peer_out_of_scope_total";
+/// Shared rule state (alert groups, learned values) the store could not read or write: the
+/// replica decided alone, counted.
+pub const SHARED_STATE_ERRORS: &str = "procflow_shared_rule_state_errors_total";
 /// Requests rejected for a missing, empty, wrong or expired credential.
 pub const AUTH_REJECTED: &str = "procflow_auth_rejected_total";
 /// Console sign-ins refused (wrong or empty credential).

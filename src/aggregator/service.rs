@@ -15,6 +15,7 @@ use crate::aggregator::auth::{Principal, WriterIdentity};
 use crate::aggregator::detect::Detector;
 use crate::aggregator::hub::{Hub, LiveFilter};
 use crate::aggregator::liveness::{Liveness, StreamEnd};
+use crate::aggregator::peers::Peers;
 use crate::aggregator::store::{Appended, EventQuery, Store, StoreError};
 use crate::codec::RawBatch;
 use crate::model::{now_ns, CollectorIdentity, Event, RecordKind};
@@ -416,12 +417,47 @@ type StoreOutcome = Result<Result<Appended, StoreError>, tokio::sync::oneshot::e
 pub struct SubscribeService {
     hub: Arc<Hub>,
     admission: Arc<Admission>,
+    /// Other replicas on the same store, whose events every subscription merges.
+    peers: Option<Arc<Peers>>,
+    capacity: usize,
 }
 
 impl SubscribeService {
     pub fn new(hub: Arc<Hub>, admission: Arc<Admission>) -> Self {
-        SubscribeService { hub, admission }
+        SubscribeService {
+            hub,
+            admission,
+            peers: None,
+            capacity: 1,
+        }
     }
+
+    /// Subscriptions merge the events of these peers (through a queue of `capacity`).
+    pub fn with_peers(mut self, peers: Option<Arc<Peers>>, capacity: usize) -> Self {
+        self.peers = peers;
+        self.capacity = capacity;
+        self
+    }
+}
+
+/// The hub filter of a request's filter, under `namespaces` (already restricted to what the
+/// caller may see).
+pub(crate) fn live_filter(filter: &pb::Filter, namespaces: Vec<String>) -> LiveFilter {
+    LiveFilter::new(
+        kinds_of(filter),
+        filter.pods.clone(),
+        namespaces,
+        filter
+            .scopes
+            .iter()
+            .filter_map(|s| pb::Scope::try_from(*s).ok())
+            .collect(),
+        filter
+            .directions
+            .iter()
+            .filter_map(|d| pb::Direction::try_from(*d).ok())
+            .collect(),
+    )
 }
 
 fn kinds_of(filter: &pb::Filter) -> Vec<RecordKind> {
@@ -454,22 +490,16 @@ impl pb::subscribe_server::Subscribe for SubscribeService {
         let filter = request.into_inner().filter.unwrap_or_default();
         self.admission.check_filter(&identity, &filter)?;
         let slot = self.admission.admit(Class::Subscriber, &identity)?;
-        let live = LiveFilter::new(
-            kinds_of(&filter),
-            filter.pods,
-            scope.restrict(filter.namespaces)?,
-            filter
-                .scopes
-                .iter()
-                .filter_map(|s| pb::Scope::try_from(*s).ok())
-                .collect(),
-            filter
-                .directions
-                .iter()
-                .filter_map(|d| pb::Direction::try_from(*d).ok())
-                .collect(),
-        );
-        let mut rx = self.hub.subscribe(live);
+        let namespaces = scope.restrict(filter.namespaces.clone())?;
+        let mut rx = self.hub.subscribe(live_filter(&filter, namespaces.clone()));
+        if let Some(peers) = &self.peers {
+            // Peers apply the same filter, under the caller's scope (not what it asked).
+            let filter = pb::Filter {
+                namespaces,
+                ..filter
+            };
+            rx = peers.merge(rx, filter, self.capacity).await;
+        }
         let Some(expires_at) = principal.expires_at() else {
             return Ok(Response::new(Box::pin(Held::new(
                 ReceiverStream::new(rx).map(Ok),

@@ -19,6 +19,7 @@ mod pg;
 mod pipeline;
 mod procs;
 mod readers;
+mod replicas;
 mod rules;
 mod sandbox;
 mod silenced;

@@ -32,7 +32,7 @@ fn readers(viewer_namespaces: &str) -> String {
     )
 }
 
-fn flow(cookie: u64, local: &str, remote: &str, pid: u32) -> pb::Record {
+pub(crate) fn flow(cookie: u64, local: &str, remote: &str, pid: u32) -> pb::Record {
     let now = procflow::model::now_ns();
     pb::Record {
         kind: Some(pb::record::Kind::Flow(pb::Flow {
@@ -79,7 +79,7 @@ fn report(issuer: &Issuer, url: &str, namespace: &str, pod: &str, ip: &str, peer
 }
 
 /// Subscribes as `token` on its own thread; items arrive on the receiver.
-fn subscribe(url: &str, token: &str) -> mpsc::Receiver<pb::Event> {
+pub(crate) fn subscribe(url: &str, token: &str) -> mpsc::Receiver<pb::Event> {
     let (tx, rx) = mpsc::channel();
     let (url, token) = (url.to_owned(), token.to_owned());
     let (ready_tx, ready_rx) = mpsc::channel();

@@ -1,0 +1,289 @@
+//! Several aggregator replicas on one real PostgreSQL, linked as peers: a subscriber on
+//! replica A sees what B stored, each event once and only in its namespaces; Query and
+//! Investigate answer from either replica; the peer link takes the peers' own credential and
+//! nothing else; one alert group across replicas with the summed count; a value learned on A
+//! is not new on B.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use procflow::proto::v1 as pb;
+
+use crate::identity::{batch, heartbeat, identity, ingest, namespace_of, query, sha256_hex};
+use crate::pg;
+use crate::pipeline::{free_ports, Aggregator};
+use crate::readers::{flow, subscribe};
+
+const WRITER: &str = "writer-token-for-replica-tests";
+const ADMIN: &str = "admin-token-for-replica-tests";
+const VIEWER: &str = "viewer-of-a-token-for-replica-tests";
+const PEER: &str = "peer-token-for-replica-tests";
+
+/// Files every replica of a test shares: the database password, the readers, the peer token.
+pub struct Shared {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        };
+        write("password", &pg::shared().password);
+        write("peer-token", PEER);
+        write("writer-token", WRITER);
+        write(
+            "readers.yaml",
+            &format!(
+                "readers:\n  - name: root\n    token_sha256: {}\n    role: admin\n  - name: alice\n    token_sha256: {}\n    role: viewer\n    namespaces: [ns-a]\n",
+                sha256_hex(ADMIN),
+                sha256_hex(VIEWER)
+            ),
+        );
+        Shared {
+            url: pg::fresh_database(),
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir
+            .path()
+            .join(name)
+            .to_str()
+            .expect("utf-8")
+            .to_owned()
+    }
+
+    /// Replicas on `ports`, each told every port as its peers (itself included, as a
+    /// headless Service's DNS answer would), with `extra` flags.
+    pub fn replicas<const N: usize>(&self, ports: [u16; N], extra: &[&str]) -> [Aggregator; N] {
+        let peers = ports.map(|p| format!("127.0.0.1:{p}")).join(",");
+        let (password, readers, token, peer) = (
+            self.path("password"),
+            self.path("readers.yaml"),
+            self.path("writer-token"),
+            self.path("peer-token"),
+        );
+        ports.map(|port| {
+            let mut args = vec![
+                "--store",
+                &self.url,
+                "--store-password-file",
+                &password,
+                "--readers",
+                &readers,
+                "--token-file",
+                &token,
+                "--peers",
+                &peers,
+                "--peer-token-file",
+                &peer,
+                "--peer-refresh",
+                "1s",
+            ];
+            args.extend_from_slice(extra);
+            Aggregator::start_on(port, &args)
+        })
+    }
+}
+
+fn heartbeats(collector: &str, namespace: &str, first: u64, n: u64) -> pb::Batch {
+    let id = identity(collector, namespace, &format!("pod-{collector}"));
+    batch(&id, 1, (first..first + n).map(heartbeat).collect())
+}
+
+fn heartbeat_time(e: &pb::Event) -> Option<u64> {
+    match e.record.as_ref()?.kind.as_ref()? {
+        pb::record::Kind::Heartbeat(h) => Some(h.time),
+        _ => None,
+    }
+}
+
+/// Heartbeat times `rx` receives until `want` of them arrived (then a second more, for any
+/// duplicate) or `within` passed; sorted.
+fn live_heartbeats(
+    rx: &std::sync::mpsc::Receiver<pb::Event>,
+    want: usize,
+    within: Duration,
+) -> (Vec<u64>, Vec<pb::Event>) {
+    let deadline = Instant::now() + within;
+    let mut events = Vec::new();
+    let mut times = Vec::new();
+    let mut until = deadline;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(e) = rx.recv_timeout(left) else { break };
+        if let Some(t) = heartbeat_time(&e) {
+            times.push(t);
+        }
+        events.push(e);
+        if times.len() >= want && until == deadline {
+            until = Instant::now() + Duration::from_secs(1);
+        }
+    }
+    times.sort_unstable();
+    (times, events)
+}
+
+#[test]
+fn a_subscriber_on_one_replica_sees_every_replicas_events_once_in_its_namespaces() {
+    let shared = Shared::new();
+    let [a, b] = shared.replicas(free_ports::<2>(), &["--no-detection"]);
+    let admin = subscribe(&a.url(), ADMIN);
+    let viewer = subscribe(&a.url(), VIEWER);
+    // B stores 300 heartbeats of ns-a and 200 of ns-b; A 100 of ns-a.
+    for (url, batch) in [
+        (b.url(), heartbeats("b-in-a", "ns-a", 1_000, 300)),
+        (b.url(), heartbeats("b-in-b", "ns-b", 2_000, 200)),
+        (a.url(), heartbeats("a-in-a", "ns-a", 3_000, 100)),
+    ] {
+        let acks = ingest(&url, Some(WRITER), vec![batch]).expect("ingest");
+        assert!(!acks[0].rejected, "{acks:?}");
+    }
+    let all: Vec<u64> = (1_000..1_300)
+        .chain(2_000..2_200)
+        .chain(3_000..3_100)
+        .collect();
+    let (seen, _) = live_heartbeats(&admin, all.len(), Duration::from_secs(30));
+    assert_eq!(
+        seen, all,
+        "the admin on A: every replica's events, each once"
+    );
+    let in_a: Vec<u64> = (1_000..1_300).chain(3_000..3_100).collect();
+    let (seen, events) = live_heartbeats(&viewer, in_a.len(), Duration::from_secs(30));
+    assert_eq!(
+        seen, in_a,
+        "the viewer of ns-a on A: B's ns-a events and A's, each once"
+    );
+    assert!(events.iter().all(|e| namespace_of(e) == "ns-a"));
+
+    // Query and Investigate answer from either replica: the store is the one database.
+    let flows = pb::Batch {
+        seq: 2,
+        ..heartbeats("b-in-a", "ns-a", 0, 0)
+    };
+    let flows = pb::Batch {
+        records: vec![flow(7, "10.0.0.7", "10.9.9.9", 77)],
+        ..flows
+    };
+    ingest(&b.url(), Some(WRITER), vec![flows]).expect("ingest flows into B");
+    for replica in [&a, &b] {
+        let stored = query(
+            &replica.url(),
+            Some(ADMIN),
+            &[pb::RecordKind::Heartbeat],
+            &[],
+        )
+        .expect("query");
+        let mut times: Vec<u64> = stored.iter().filter_map(heartbeat_time).collect();
+        times.sort_unstable();
+        assert_eq!(
+            times,
+            all,
+            "{}: Query answers from the shared store",
+            replica.url()
+        );
+        let edges = talkers(&replica.url(), ADMIN);
+        assert!(
+            edges.iter().any(|e| e.peer_addr == "10.9.9.9"),
+            "{}: Investigate answers from the shared store: {edges:?}",
+            replica.url()
+        );
+    }
+}
+
+fn talkers(url: &str, token: &str) -> Vec<pb::Edge> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut client = pb::investigate_client::InvestigateClient::connect(url.to_owned())
+            .await
+            .expect("connect");
+        let mut request = tonic::Request::new(pb::TalkersRequest {
+            window: Some(pb::Window {
+                filter: None,
+                since: procflow::model::now_ns() - 3_600_000_000_000,
+                until: procflow::model::now_ns() + 60_000_000_000,
+            }),
+            order: 0,
+            limit: 0,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        client
+            .talkers(request)
+            .await
+            .expect("talkers")
+            .into_inner()
+            .edges
+    })
+}
+
+/// `Peer.Local` on `url` presenting `token`: its status code.
+fn peer_local(url: &str, token: Option<&str>) -> tonic::Code {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut client = pb::peer_client::PeerClient::connect(url.to_owned())
+            .await
+            .expect("connect");
+        let mut request = tonic::Request::new(pb::SubscribeRequest::default());
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        match client.local(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    })
+}
+
+#[test]
+fn a_peer_link_takes_the_peer_credential_and_nothing_else() {
+    let shared = Shared::new();
+    let [a] = shared.replicas(free_ports::<1>(), &["--no-detection"]);
+    // Whatever a workload or a reader holds does not open the link that carries every
+    // namespace's events.
+    for token in [
+        None,
+        Some(WRITER),
+        Some(ADMIN),
+        Some(VIEWER),
+        Some("peer-token"),
+    ] {
+        assert_eq!(
+            peer_local(&a.url(), token),
+            tonic::Code::Unauthenticated,
+            "Peer.Local with {token:?}"
+        );
+    }
+    assert_eq!(peer_local(&a.url(), Some(PEER)), tonic::Code::Ok);
+    // And the peer credential reads nothing through the readers' services.
+    let read = query(&a.url(), Some(PEER), &[pb::RecordKind::Heartbeat], &[]);
+    assert_eq!(
+        read.expect_err("the peer token is no reader").code(),
+        tonic::Code::Unauthenticated
+    );
+    // Without --peer-token-file the peer service is not served at all.
+    let password = shared.path("password");
+    let token = shared.path("writer-token");
+    let alone = Aggregator::start(&[
+        "--store",
+        &shared.url,
+        "--store-password-file",
+        &password,
+        "--token-file",
+        &token,
+        "--no-detection",
+    ]);
+    assert_eq!(
+        peer_local(&alone.url(), Some(PEER)),
+        tonic::Code::Unimplemented
+    );
+    assert!(Path::new(&shared.path("peer-token")).exists());
+}
