@@ -247,15 +247,15 @@ fn ingest(report: &mut Report, events: u64) -> anyhow::Result<()> {
     // Detection runs behind the answer: the figure that counts is when it has caught up.
     let deadline = Instant::now() + Duration::from_secs(600);
     let evaluated = loop {
-        let evaluated = agg.metric(procflow::telemetry::RULES_EVALUATED)?;
+        let evaluated = agg.metric(procflow::telemetry::aggregator::RULES_EVALUATED)?;
         if evaluated >= events as f64 || Instant::now() > deadline {
             break evaluated;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let caught_up = started.elapsed().as_secs_f64();
-    let dropped = agg.metric(procflow::telemetry::DETECT_DROPPED)?;
-    let alerts = agg.metric(procflow::telemetry::ALERTS_RAISED)?;
+    let dropped = agg.metric(procflow::telemetry::aggregator::DETECT_DROPPED)?;
+    let alerts = agg.metric(procflow::telemetry::aggregator::ALERTS_RAISED)?;
     drop(agg.agg.stop());
     let scenario = format!("audit ingest {events}");
     report.add(

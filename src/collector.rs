@@ -20,7 +20,8 @@ use crate::pipeline::{record_queue, RecordTx};
 use crate::procs::{exec_watch::ExecWatch, ProcessConfig, ProcessMonitor};
 use crate::sockdiag::destroy::DestroyStats;
 use crate::sockdiag::{trigger::Trigger, DestroyEvent, DestroyListener, Dumper, SocketInfo};
-use crate::telemetry;
+use crate::telemetry::collector::{DumpFailed, DumpFinished, ExecWakeup, SocketsLookedUp};
+use crate::telemetry::InternalEvent;
 
 mod once;
 
@@ -323,7 +324,7 @@ impl SocketMonitor {
                 }
             }
         }
-        metrics::counter!(telemetry::SOCKDIAG_LOOKUPS).increment(asked);
+        SocketsLookedUp { sockets: asked }.emit();
         self.table
             .apply_lookups(&self.sockets, now_ns(), lookup, out);
     }
@@ -339,8 +340,11 @@ impl SocketMonitor {
         table.begin_dump(now_ns());
         match self.dumper.dump_all_with(|batch| table.observe(batch)) {
             Ok(stats) => {
-                metrics::counter!(telemetry::SOCKDIAG_DUMPS).increment(1);
                 table.finish_dump(!stats.interrupted, lookup, out);
+                DumpFinished {
+                    elapsed: started.elapsed(),
+                }
+                .emit();
                 if !stats.interrupted {
                     self.resync = false;
                 }
@@ -348,14 +352,15 @@ impl SocketMonitor {
             Err(error) => {
                 // What it saw before failing is real; nothing is concluded from absences.
                 table.finish_dump(false, lookup, out);
-                metrics::counter!(telemetry::SOCKDIAG_DUMP_ERRORS).increment(1);
-                tracing::warn!(%error, "sock_diag dump failed");
+                DumpFailed {
+                    error: &error,
+                    elapsed: started.elapsed(),
+                }
+                .emit();
             }
         }
         self.last_dump = Some(Instant::now());
         self.last_dump_cost = crate::sys::clock::thread_cpu_time().saturating_sub(cpu_before);
-        metrics::histogram!(telemetry::SOCKDIAG_DUMP_SECONDS)
-            .record(started.elapsed().as_secs_f64());
     }
 
     fn drain_destroy(&mut self, out: &mut Vec<Record>) {
@@ -498,7 +503,7 @@ pub fn run_engine(
             .map_or(interval, |w| interval.min(w.max(config.trigger_interval)));
         exec_woke = watch.wait(wait);
         if exec_woke {
-            metrics::counter!(telemetry::EXEC_WAKEUPS).increment(1);
+            ExecWakeup.emit();
             if let Some(p) = procs.as_mut() {
                 p.exec_woken();
             }

@@ -28,6 +28,8 @@ use crate::aggregator::auth::{Principal, PrincipalKind};
 use crate::config::parse_duration;
 use crate::proto::v1 as pb;
 use crate::telemetry;
+use crate::telemetry::aggregator::{AdmissionRefused, IngestAdmissionWaited, RecordsInFlight};
+use crate::telemetry::InternalEvent;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdmissionArgs {
@@ -221,7 +223,7 @@ impl Admission {
         let permit = match self.in_flight.clone().try_acquire_many_owned(n) {
             Ok(permit) => permit,
             Err(_) => {
-                metrics::counter!(telemetry::INGEST_ADMISSION_WAITS).increment(1);
+                IngestAdmissionWaited.emit();
                 match self.in_flight.clone().acquire_many_owned(n).await {
                     Ok(permit) => permit,
                     // The semaphore is never closed.
@@ -294,16 +296,13 @@ impl Admission {
     /// Counts a refusal and logs it, at most one line per limit every ten seconds (with
     /// how many went unlogged): a client hammering a limit cannot flood the log.
     fn refuse(&self, limit: Limit, identity: &str, status: Status) -> Status {
-        metrics::counter!(telemetry::ADMISSION_REFUSED, "limit" => limit.as_str()).increment(1);
-        if let Some(unlogged) = self.logs[limit.index()].sample() {
-            tracing::warn!(
-                limit = limit.as_str(),
-                identity,
-                unlogged,
-                reason = status.message(),
-                "admission refused a request"
-            );
+        AdmissionRefused {
+            limit: limit.as_str(),
+            sampler: &self.logs[limit.index()],
+            identity,
+            reason: status.message(),
         }
+        .emit();
         status
     }
 
@@ -336,7 +335,7 @@ impl Admission {
 
 fn report_in_flight(semaphore: &Semaphore, max: usize) {
     let in_flight = max.saturating_sub(semaphore.available_permits());
-    metrics::gauge!(telemetry::INGEST_RECORDS_IN_FLIGHT).set(in_flight as f64);
+    RecordsInFlight { records: in_flight }.emit();
 }
 
 /// One concurrent stream, subscription or read of an identity, given back on drop.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::model::{Event, Record};
-use crate::telemetry;
+use crate::telemetry::aggregator::{AlertDelivered, AlertDropped};
+use crate::telemetry::InternalEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WebhookFormat {
@@ -164,8 +165,7 @@ impl Outputs {
                 match serde_json::to_string(event) {
                     Ok(line) => {
                         println!("{line}");
-                        metrics::counter!(telemetry::ALERTS_DELIVERED, "output" => "stdout")
-                            .increment(1);
+                        AlertDelivered { output: "stdout" }.emit();
                     }
                     Err(error) => tracing::error!(%error, "alert not serialisable"),
                 }
@@ -177,13 +177,16 @@ impl Outputs {
                 };
                 let Ok(body) = body else { continue };
                 if let Err(e) = tx.try_send(body) {
-                    metrics::counter!(telemetry::ALERTS_DROPPED, "output" => "webhook")
-                        .increment(1);
                     let why = match e {
-                        TrySendError::Full(_) => "queue full",
-                        TrySendError::Disconnected(_) => "worker stopped",
+                        TrySendError::Full(_) => "not queued: queue full",
+                        TrySendError::Disconnected(_) => "not queued: worker stopped",
                     };
-                    tracing::warn!(rule = %alert.rule_id, why, "alert not queued for the webhook");
+                    AlertDropped {
+                        output: "webhook",
+                        rule: Some(&alert.rule_id),
+                        why: &why,
+                    }
+                    .emit();
                 }
             }
         }
@@ -203,7 +206,7 @@ fn deliver_with_retry(target: &HttpTarget, body: &[u8]) {
     for attempt in 1..=WEBHOOK_ATTEMPTS {
         match target.post(body) {
             Ok(()) => {
-                metrics::counter!(telemetry::ALERTS_DELIVERED, "output" => "webhook").increment(1);
+                AlertDelivered { output: "webhook" }.emit();
                 return;
             }
             Err(error) if attempt < WEBHOOK_ATTEMPTS => {
@@ -212,8 +215,12 @@ fn deliver_with_retry(target: &HttpTarget, body: &[u8]) {
                 delay *= 2;
             }
             Err(error) => {
-                metrics::counter!(telemetry::ALERTS_DROPPED, "output" => "webhook").increment(1);
-                tracing::error!(%error, attempts = attempt, "alert webhook failed; alert dropped from this output");
+                AlertDropped {
+                    output: "webhook",
+                    rule: None,
+                    why: &format_args!("failed {attempt} times: {error}"),
+                }
+                .emit();
             }
         }
     }

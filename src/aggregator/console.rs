@@ -39,7 +39,8 @@ use crate::aggregator::investigate::{Investigator, Question};
 use crate::aggregator::store::{EventQuery, StoreError};
 use crate::aggregator::Hub;
 use crate::model::{now_ns, RecordKind};
-use crate::telemetry;
+use crate::telemetry::aggregator::{ConsoleBusy, ConsolePageFailed, ConsoleSigninRejected};
+use crate::telemetry::InternalEvent;
 use auth::{Credentials, Sessions, Viewer};
 use render::Page;
 use scope::{ScopeParams, TimeScope};
@@ -347,7 +348,7 @@ pub async fn compute<T: Send + 'static>(
     work: impl FnOnce(&Ctx) -> Result<T, PageError> + Send + 'static,
 ) -> Result<T, PageError> {
     let Ok(Ok(permit)) = tokio::time::timeout(BUSY_AFTER, console.pages.acquire()).await else {
-        metrics::counter!(telemetry::CONSOLE_BUSY).increment(1);
+        ConsoleBusy.emit();
         return Err(PageError::Busy);
     };
     let ctx = Ctx {
@@ -419,8 +420,7 @@ pub fn server_timing(response: &mut Response, started: Instant) {
 
 fn error_page(viewer: &Viewer, scope: &TimeScope, e: PageError) -> Response {
     if matches!(e, PageError::Store(_) | PageError::Failed(_)) {
-        metrics::counter!(telemetry::CONSOLE_PAGE_ERRORS).increment(1);
-        tracing::warn!(error = %e, "console page failed");
+        ConsolePageFailed { error: &e }.emit();
     }
     let status = e.status();
     let body = render::shell(
@@ -537,34 +537,13 @@ async fn signin(
             response
         }
         None => {
-            metrics::counter!(telemetry::CONSOLE_SIGNIN_REJECTED).increment(1);
-            warn_sampled(&SIGNIN_WARNED, "console sign-in refused: wrong credential");
+            ConsoleSigninRejected.emit();
             (
                 StatusCode::UNAUTHORIZED,
                 Html(signin_form(&next, true).into_string()),
             )
                 .into_response()
         }
-    }
-}
-
-static SIGNIN_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Logs at most one line every 10 s per call site (the counter has the exact number).
-fn warn_sampled(last: &std::sync::atomic::AtomicU64, message: &'static str) {
-    let now = now_ns() / 1_000_000_000;
-    let before = last.load(std::sync::atomic::Ordering::Relaxed);
-    if now >= before + 10
-        && last
-            .compare_exchange(
-                before,
-                now,
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-            )
-            .is_ok()
-    {
-        tracing::warn!("{message} (sampled: at most one line every 10 s)");
     }
 }
 

@@ -17,7 +17,11 @@ use crate::audit::correlate::{self, Correlator, JoinConfig};
 use crate::model::{now_ns, AlertRecord, CollectorIdentity, Event, Record};
 use crate::rules::stateful::StateError;
 use crate::rules::{Engine, RuleSet};
-use crate::telemetry;
+use crate::telemetry::aggregator::{
+    AlertsRaised, AlertsUnstored, DetectDropped, DetectQueued, RuleReloadFailed,
+    RuleStateKeysRefused, RuleStateQuarantined, RulesEvaluated, RulesReloaded,
+};
+use crate::telemetry::InternalEvent;
 
 /// The pseudo-collector whose "batches" are alerts; its sequence numbers start from the
 /// clock so they never repeat across restarts (the store deduplicates on them).
@@ -156,7 +160,10 @@ impl Detector {
     pub fn submit(&self, events: Vec<Event>) {
         let n = events.len() as u64;
         let before = self.queued.fetch_add(events.len(), Ordering::Relaxed);
-        metrics::gauge!(telemetry::DETECT_QUEUED).set((before + events.len()) as f64);
+        DetectQueued {
+            records: before + events.len(),
+        }
+        .emit();
         let sent = if before + events.len() > MAX_QUEUED_RECORDS {
             Err(TrySendError::Full(events))
         } else {
@@ -167,20 +174,16 @@ impl Detector {
         }
         match sent {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!(telemetry::DETECT_DROPPED).increment(n);
-                tracing::warn!(
-                    records = n,
-                    "detection queue full: records stored but not evaluated"
-                );
+            Err(TrySendError::Full(_)) => DetectDropped {
+                records: n,
+                stopped: false,
             }
-            Err(TrySendError::Disconnected(_)) => {
-                metrics::counter!(telemetry::DETECT_DROPPED).increment(n);
-                tracing::error!(
-                    records = n,
-                    "detection thread stopped: records not evaluated"
-                );
+            .emit(),
+            Err(TrySendError::Disconnected(_)) => DetectDropped {
+                records: n,
+                stopped: true,
             }
+            .emit(),
         }
     }
 }
@@ -218,7 +221,7 @@ fn run(
         let mut passed: Vec<Event> = Vec::new();
         if let Some(events) = batch {
             let left = queued.fetch_sub(events.len(), Ordering::Relaxed) - events.len();
-            metrics::gauge!(telemetry::DETECT_QUEUED).set(left as f64);
+            DetectQueued { records: left }.emit();
             for event in &events {
                 // Joins first: a root arriving after its exec request is joined before the
                 // alerts on it are raised, so they carry who started it.
@@ -247,7 +250,10 @@ fn run(
                 correlator.annotate(&event.source.collector_id, &mut fired, now);
                 raised.extend(fired);
             }
-            metrics::counter!(telemetry::RULES_EVALUATED).increment(events.len() as u64);
+            RulesEvaluated {
+                records: events.len(),
+            }
+            .emit();
             dirty = true;
         }
         if last_expire.elapsed() >= Duration::from_secs(1) {
@@ -271,24 +277,26 @@ fn run(
                 received_at: now,
                 record: Record::Alert(alert),
             }));
-            metrics::counter!(telemetry::ALERTS_RAISED).increment(alerts.len() as u64);
+            AlertsRaised {
+                alerts: alerts.len(),
+            }
+            .emit();
             seq += 1;
             match store
                 .append(RULES_SOURCE.into(), seq, alerts.clone())
                 .blocking_recv()
             {
                 Ok(Ok(Appended::Stored(_) | Appended::Duplicate)) => {}
-                Ok(Err(error)) => {
-                    metrics::counter!(telemetry::ALERTS_UNSTORED).increment(alerts.len() as u64);
-                    tracing::error!(%error, alerts = alerts.len(), "alerts not stored (still published and delivered)");
+                Ok(Err(error)) => AlertsUnstored {
+                    alerts: alerts.len(),
+                    error: Some(&error),
                 }
-                Err(_) => {
-                    metrics::counter!(telemetry::ALERTS_UNSTORED).increment(alerts.len() as u64);
-                    tracing::error!(
-                        alerts = alerts.len(),
-                        "store writer gone: alerts not stored"
-                    );
+                .emit(),
+                Err(_) => AlertsUnstored {
+                    alerts: alerts.len(),
+                    error: None,
                 }
+                .emit(),
             }
             hub.publish(&alerts);
             config.outputs.deliver(&alerts);
@@ -301,15 +309,13 @@ fn run(
                 match engine.reload(config.rules_dir.as_deref(), config.with_managed) {
                     Ok(()) => {
                         loaded.set(engine.rules());
-                        metrics::counter!(telemetry::RULE_RELOADS).increment(1);
-                        tracing::info!(
-                            rules = engine.rules().rules.len(),
-                            "detection rules reloaded"
-                        );
+                        RulesReloaded {
+                            rules: engine.rules().rules.len(),
+                        }
+                        .emit();
                     }
                     Err(error) => {
-                        metrics::counter!(telemetry::RULE_RELOAD_FAILURES).increment(1);
-                        tracing::error!(%error, "rule reload failed; the previous rule set stays in force");
+                        RuleReloadFailed { error: &error }.emit();
                     }
                 }
             }
@@ -337,18 +343,17 @@ fn load_state(engine: &mut Engine, path: &Path) -> Result<(), DetectError> {
     match engine.load_state(path) {
         Ok(()) => Ok(()),
         Err(StateError::Corrupt { reason, .. }) => {
-            metrics::counter!(telemetry::RULE_STATE_QUARANTINED).increment(1);
             let aside =
                 crate::durable::quarantine(path).map_err(|source| DetectError::Quarantine {
                     path: path.to_owned(),
                     source,
                 })?;
-            tracing::error!(
-                path = %path.display(),
-                kept_as = %aside.display(),
-                %reason,
-                "rule state is corrupt: set aside, stateful rules start fresh (thresholds, learned values and rates are relearned)"
-            );
+            RuleStateQuarantined {
+                path,
+                kept_as: &aside,
+                reason: &reason,
+            }
+            .emit();
             Ok(())
         }
         Err(error) => Err(error.into()),
@@ -356,7 +361,10 @@ fn load_state(engine: &mut Engine, path: &Path) -> Result<(), DetectError> {
 }
 
 fn save(engine: &Engine, path: &Path) {
-    metrics::gauge!(telemetry::RULE_STATE_KEYS_REFUSED).set(engine.state_keys_refused() as f64);
+    RuleStateKeysRefused {
+        keys: engine.state_keys_refused(),
+    }
+    .emit();
     if let Err(error) = engine.save_state(path) {
         tracing::error!(%error, "saving rule state failed; a restart would lose windows and learned values");
     }

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 
 use crate::model::{CollectorIdentity, Event, Record, RecordKind};
 use crate::proto::v1 as pb;
-use crate::telemetry;
+use crate::telemetry::aggregator::SubscriberMissed;
+use crate::telemetry::InternalEvent;
 use crate::wire;
 
 /// Which live events a subscriber wants; empty sets match everything. Every publish tests
@@ -140,7 +141,7 @@ impl Hub {
                 // A subscriber that does not read costs a counter, not a conversion.
                 if sub.tx.capacity() == 0 {
                     sub.missed.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(telemetry::SUBSCRIBER_DROPPED).increment(1);
+                    SubscriberMissed.emit();
                     continue;
                 }
                 let missed = sub.missed.load(Ordering::Relaxed);
@@ -152,7 +153,7 @@ impl Hub {
                         sub.missed.store(0, Ordering::Relaxed);
                     } else {
                         sub.missed.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(telemetry::SUBSCRIBER_DROPPED).increment(1);
+                        SubscriberMissed.emit();
                         continue;
                     }
                 }
@@ -161,7 +162,7 @@ impl Hub {
                 };
                 if sub.tx.try_send(item).is_err() {
                     sub.missed.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(telemetry::SUBSCRIBER_DROPPED).increment(1);
+                    SubscriberMissed.emit();
                 }
             }
         }

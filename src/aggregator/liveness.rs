@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::model::{now_ns, AlertRecord, CollectorIdentity, Event, Record, Severity};
-use crate::telemetry;
+use crate::telemetry::aggregator::CollectorSilenced;
+use crate::telemetry::InternalEvent;
 
 /// The pseudo-collector whose alerts these are.
 pub const LIVENESS_SOURCE: &str = "procflow-liveness";
@@ -217,10 +218,14 @@ impl Liveness {
         if due.is_empty() {
             return;
         }
-        metrics::counter!(telemetry::COLLECTORS_SILENCED).increment(due.len() as u64);
         for event in &due {
             if let Record::Alert(a) = &event.record {
-                tracing::warn!(pod = %a.pod_name, namespace = %a.pod_namespace, output = %a.output, "collector silenced");
+                CollectorSilenced {
+                    pod: &a.pod_name,
+                    namespace: &a.pod_namespace,
+                    output: &a.output,
+                }
+                .emit();
             }
         }
         (self.raise)(due);

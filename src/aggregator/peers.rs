@@ -24,7 +24,10 @@ use crate::aggregator::auth::{digest, digests_equal};
 use crate::aggregator::hub::Hub;
 use crate::config::parse_duration;
 use crate::proto::v1 as pb;
-use crate::telemetry::{self, LogSampler};
+use crate::telemetry::aggregator::{
+    PeerEventReceived, PeerLinkFailed, PeerLinkRefused, PeerLinkStreaming, PeerLookupFailed,
+};
+use crate::telemetry::InternalEvent;
 use crate::transport::TokenSource;
 
 /// The response header naming the replica that answers `Peer.Local`.
@@ -74,8 +77,6 @@ pub struct Peers {
 pub fn replica_id() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
-
-static LINK_ERRORS: LogSampler = LogSampler::new(5, Duration::from_secs(30));
 
 impl Peers {
     /// Resolves the peers once and keeps them resolved; `None` without `--peers`.
@@ -218,7 +219,7 @@ impl Peers {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(());
                     }
-                    metrics::gauge!(telemetry::PEER_LINKS).increment(1.0);
+                    PeerLinkStreaming { up: true }.emit();
                     let ended = loop {
                         let item = tokio::select! {
                             item = stream.message() => item,
@@ -229,10 +230,10 @@ impl Peers {
                                 if !in_scope(&item, &allowed) {
                                     // A peer applies the same filter: this is a bug or a
                                     // forged link, never shown.
-                                    metrics::counter!(telemetry::PEER_OUT_OF_SCOPE).increment(1);
+                                    PeerEventReceived { in_scope: false }.emit();
                                     continue;
                                 }
-                                metrics::counter!(telemetry::PEER_EVENTS).increment(1);
+                                PeerEventReceived { in_scope: true }.emit();
                                 if tx.send(item).await.is_err() {
                                     break None;
                                 }
@@ -241,7 +242,7 @@ impl Peers {
                             Err(status) => break Some(status.to_string()),
                         }
                     };
-                    metrics::gauge!(telemetry::PEER_LINKS).decrement(1.0);
+                    PeerLinkStreaming { up: false }.emit();
                     match ended {
                         Some(why) => why,
                         None => return,
@@ -254,11 +255,11 @@ impl Peers {
                     why
                 }
             };
-            metrics::counter!(telemetry::PEER_LINK_ERRORS).increment(1);
-            if let Some(held_back) = LINK_ERRORS.sample() {
-                tracing::warn!(%addr, why = failure, held_back,
-                    "peer link down: its events do not reach this subscriber until it is back (sampled; all counted)");
+            PeerLinkFailed {
+                addr,
+                why: &failure,
             }
+            .emit();
             tokio::select! {
                 _ = tokio::time::sleep(RELINK_EVERY) => {}
                 _ = tx.closed() => return,
@@ -332,10 +333,11 @@ async fn resolve(names: &[String]) -> Option<BTreeSet<SocketAddr>> {
         match tokio::net::lookup_host(name.as_str()).await {
             Ok(addrs) => all.extend(addrs),
             Err(error) => {
-                metrics::counter!(telemetry::PEER_LOOKUP_ERRORS).increment(1);
-                if let Some(held_back) = LINK_ERRORS.sample() {
-                    tracing::warn!(name, %error, held_back, "resolving peers failed; the last set stays (sampled; all counted)");
+                PeerLookupFailed {
+                    name,
+                    error: &error,
                 }
+                .emit();
                 return None;
             }
         }
@@ -389,11 +391,10 @@ impl PeerService {
         let presented = bearer(request.metadata().as_ref());
         let ok = presented.is_some_and(|t| digests_equal(&digest(t.as_bytes()), &expected));
         if !ok {
-            metrics::counter!(telemetry::AUTH_REJECTED).increment(1);
-            if let Some(held_back) = LINK_ERRORS.sample() {
-                tracing::warn!(peer = ?request.remote_addr(), held_back,
-                    "refused a peer link without the peer credential (sampled; all counted)");
+            PeerLinkRefused {
+                peer: request.remote_addr(),
             }
+            .emit();
             return Err(Status::unauthenticated(
                 "Peer.Local takes the peer credential only",
             ));

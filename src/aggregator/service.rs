@@ -20,7 +20,11 @@ use crate::aggregator::store::{Appended, EventQuery, Store, StoreError};
 use crate::codec::RawBatch;
 use crate::model::{now_ns, CollectorIdentity, Event, RecordKind};
 use crate::proto::v1 as pb;
-use crate::telemetry;
+use crate::telemetry::aggregator::{
+    BatchDeduplicated, BatchRejected, IngestDenied, IngestStreamFailed, RecordsReceived,
+    RecordsStored, StoreReadFailed,
+};
+use crate::telemetry::InternalEvent;
 use crate::wire::{self, direct, Limits};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -254,8 +258,11 @@ impl IngestService {
                     Ok(None) => break StreamEnd::Closed,
                     Err(status) => {
                         // E.g. a message over the size limit: tell the client why.
-                        metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
-                        tracing::warn!(?peer, %status, "ingest stream failed");
+                        IngestStreamFailed {
+                            peer,
+                            status: &status,
+                        }
+                        .emit();
                         let end = if status.code() == tonic::Code::OutOfRange
                             || status.code() == tonic::Code::ResourceExhausted
                         {
@@ -277,20 +284,25 @@ impl IngestService {
                 let writer = writer.as_ref().map(|w| (w, key.as_str()));
                 let pending = match decode_batch(batch, &limits, max_records, writer) {
                     Err(BatchError::Denied(why)) => {
-                        metrics::counter!(telemetry::INGEST_DENIED).increment(1);
-                        metrics::counter!(telemetry::AUTH_DENIED).increment(1);
-                        if let Some(held_back) = INGEST_DENIALS.sample() {
-                            tracing::warn!(?peer, principal = %key, seq, why, held_back,
-                                "refused a batch claiming what its writer may not (sampled; all counted)");
+                        IngestDenied {
+                            peer,
+                            principal: &key,
+                            seq,
+                            why: &why,
                         }
+                        .emit();
                         let _ = pending_tx
                             .send(Pending::Failed(Status::permission_denied(why)))
                             .await;
                         break StreamEnd::ByServer;
                     }
                     Err(BatchError::Invalid(error)) => {
-                        metrics::counter!(telemetry::BATCHES_REJECTED).increment(1);
-                        tracing::warn!(?peer, seq, %error, "rejected an invalid batch");
+                        BatchRejected {
+                            peer,
+                            seq,
+                            error: &error,
+                        }
+                        .emit();
                         Pending::Rejected(pb::Ack {
                             seq,
                             rejected: true,
@@ -298,8 +310,10 @@ impl IngestService {
                         })
                     }
                     Ok((identity, seq, events)) => {
-                        metrics::counter!(telemetry::RECORDS_RECEIVED)
-                            .increment(events.len() as u64);
+                        RecordsReceived {
+                            records: events.len(),
+                        }
+                        .emit();
                         if let Some(liveness) = &liveness {
                             let first = !carried.contains(&identity.collector_id);
                             if first {
@@ -343,8 +357,10 @@ impl IngestService {
                     }
                     Pending::Storing { seq, outcome } => match outcome.await {
                         Ok(Ok(Appended::Stored(stored))) => {
-                            metrics::counter!(telemetry::RECORDS_STORED)
-                                .increment(stored.len() as u64);
+                            RecordsStored {
+                                records: stored.len(),
+                            }
+                            .emit();
                             hub.publish(&stored);
                             // Only stored (never duplicate) records are evaluated, so a
                             // resent batch cannot raise its alerts twice.
@@ -358,7 +374,7 @@ impl IngestService {
                             }
                         }
                         Ok(Ok(Appended::Duplicate)) => {
-                            metrics::counter!(telemetry::BATCHES_DEDUPLICATED).increment(1);
+                            BatchDeduplicated.emit();
                             pb::Ack {
                                 seq,
                                 rejected: false,
@@ -388,9 +404,6 @@ impl IngestService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
-
-static INGEST_DENIALS: crate::telemetry::LogSampler =
-    crate::telemetry::LogSampler::new(5, std::time::Duration::from_secs(10));
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
@@ -655,8 +668,11 @@ impl Stream for QueryAnswer {
 /// A failed read of the store as the client sees it: logged with the range the error names,
 /// counted, and `DATA_LOSS` when the stored data is damaged (not a bare INTERNAL).
 pub(crate) fn store_read_failed(error: StoreError, what: &str) -> Status {
-    metrics::counter!(telemetry::STORE_READ_ERRORS).increment(1);
-    tracing::error!(%error, what, "reading the store failed");
+    StoreReadFailed {
+        error: &error,
+        what,
+    }
+    .emit();
     if error.is_corruption() {
         Status::data_loss(format!("{what}: the store is damaged: {error}"))
     } else {

@@ -31,7 +31,8 @@ use crate::model::{
     AlertRecord, AuditRecord, CollectorIdentity, Event, ExecAttribution, Outcome, ProcessPhase,
     ProcessRecord, Record, UnixNanos,
 };
-use crate::telemetry;
+use crate::telemetry::aggregator::{AuditExecJoined, AuditExecUnmatched, AuditJoinEvicted};
+use crate::telemetry::InternalEvent;
 
 /// Requests waiting, roots waiting, joined trees and held alerts each stop growing here
 /// (the oldest goes, counted): a flood of execs or processes cannot grow the aggregator.
@@ -182,8 +183,10 @@ impl Correlator {
         self.known_order.push_back((now, key));
         if attribution.command.is_empty() {
             // An attach starts no process: there is no tree to join.
-            metrics::counter!(telemetry::AUDIT_EXEC_UNMATCHED, "reason" => "no_command")
-                .increment(1);
+            AuditExecUnmatched {
+                reason: "no_command",
+            }
+            .emit();
             return Vec::new();
         }
         let pod = (attribution.namespace.clone(), attribution.pod.clone());
@@ -313,7 +316,7 @@ impl Correlator {
     }
 
     fn link(&mut self, attribution: Arc<ExecAttribution>, root: Root) -> Join {
-        metrics::counter!(telemetry::AUDIT_EXEC_JOINED).increment(1);
+        AuditExecJoined.emit();
         let collector: Arc<str> = Arc::from(root.source.collector_id.as_str());
         if self.link_order.len() >= MAX_LINKS {
             if let Some((c, pid, start)) = self.link_order.pop_front() {
@@ -424,8 +427,10 @@ impl Correlator {
                 } else {
                     MissReason::PodNotWatched
                 };
-                metrics::counter!(telemetry::AUDIT_EXEC_UNMATCHED, "reason" => reason.as_str())
-                    .increment(1);
+                AuditExecUnmatched {
+                    reason: reason.as_str(),
+                }
+                .emit();
                 misses.push(Miss {
                     attribution: e.attribution.clone(),
                     reason,
@@ -555,7 +560,7 @@ pub const JOINED: &str = "PF-KA-EXEC-JOINED";
 pub const UNMATCHED: &str = "PF-KA-EXEC-UNMATCHED";
 
 fn evicted(what: &'static str) {
-    metrics::counter!(telemetry::AUDIT_JOIN_EVICTED, "reason" => what).increment(1);
+    AuditJoinEvicted { what }.emit();
 }
 
 fn pod_of(source: &CollectorIdentity) -> PodKey {

@@ -16,7 +16,8 @@ use crate::aggregator::detect::Detector;
 use crate::aggregator::store::{Store, StoreError};
 use crate::aggregator::Hub;
 use crate::model::{now_ns, AuditRecord, CollectorIdentity, Event, Record};
-use crate::telemetry;
+use crate::telemetry::aggregator::{AuditEventsAppended, AuditRepaired};
+use crate::telemetry::InternalEvent;
 
 use super::credentials::Adapter;
 use super::event::Notes;
@@ -61,11 +62,12 @@ impl AuditIngest {
             .append_audit(events)
             .await
             .map_err(|_| StoreError::WriterGone)??;
-        let label = adapter.as_str();
-        metrics::counter!(telemetry::AUDIT_EVENTS_STORED, "adapter" => label)
-            .increment(appended.stored.len() as u64);
-        metrics::counter!(telemetry::AUDIT_EVENTS_DUPLICATE, "adapter" => label)
-            .increment(appended.duplicates as u64);
+        AuditEventsAppended {
+            adapter: adapter.as_str(),
+            stored: appended.stored.len(),
+            duplicates: appended.duplicates,
+        }
+        .emit();
         let done = Ingested {
             stored: appended.stored.len(),
             duplicates: appended.duplicates,
@@ -82,13 +84,11 @@ impl AuditIngest {
 
 /// Counts what decoding repaired, once per request.
 pub fn count_notes(notes: Notes) {
-    if notes.truncated + notes.bad_addresses > 0 {
-        metrics::counter!(telemetry::AUDIT_FIELDS_REPAIRED)
-            .increment(notes.truncated + notes.bad_addresses);
+    AuditRepaired {
+        fields: notes.truncated + notes.bad_addresses,
+        unreadable_bodies: notes.unreadable_bodies,
     }
-    if notes.unreadable_bodies > 0 {
-        metrics::counter!(telemetry::AUDIT_BODIES_UNREADABLE).increment(notes.unreadable_bodies);
-    }
+    .emit();
 }
 
 /// The source an audit event is stored under.

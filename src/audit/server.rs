@@ -30,7 +30,10 @@ use super::credentials::{Adapter, Credentials, CredentialsError};
 use super::event::{self, Notes};
 use super::firehose;
 use super::ingest::{count_notes, AuditIngest};
-use crate::telemetry;
+use crate::telemetry::aggregator::{
+    AuditRecordsSkipped, AuditRejected, AuditRequestAnswered, AuditTrouble,
+};
+use crate::telemetry::InternalEvent;
 
 /// Requests decoded and stored at once; others wait (up to [`BUSY_WAIT`]) for a turn.
 const CONCURRENT_REQUESTS: usize = 4;
@@ -279,8 +282,11 @@ fn credentials(shared: &Shared) -> Arc<Credentials> {
 }
 
 fn count_request(adapter: Adapter, outcome: &'static str) {
-    metrics::counter!(telemetry::AUDIT_REQUESTS, "adapter" => adapter.as_str(), "outcome" => outcome)
-        .increment(1);
+    AuditRequestAnswered {
+        adapter: adapter.as_str(),
+        outcome,
+    }
+    .emit();
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -379,7 +385,13 @@ async fn webhook(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     if let Err(why) = credentials(&shared).verify(&cluster, Adapter::Webhook, presented) {
-        sampled_warn("audit webhook request refused", &cluster, &why.to_string());
+        AuditRejected {
+            trouble: AuditTrouble::WebhookRefused,
+            rejected_events: 0,
+            cluster: &cluster,
+            detail: &why.to_string(),
+        }
+        .emit();
         return webhook_error(StatusCode::UNAUTHORIZED, "unauthorized", why.to_string());
     }
     let body = match read_body(&headers, body, shared.max_body_bytes).await {
@@ -406,7 +418,13 @@ async fn webhook(
     let (items, notes) = match decoded {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
-            sampled_warn("audit webhook body rejected", &cluster, &e.to_string());
+            AuditRejected {
+                trouble: AuditTrouble::WebhookBodyRejected,
+                rejected_events: 0,
+                cluster: &cluster,
+                detail: &e.to_string(),
+            }
+            .emit();
             return webhook_error(StatusCode::BAD_REQUEST, "invalid", e.to_string());
         }
         Err(e) => {
@@ -429,13 +447,13 @@ async fn webhook(
         }
     }
     if rejected > 0 {
-        metrics::counter!(telemetry::AUDIT_EVENTS_REJECTED, "adapter" => "webhook")
-            .increment(rejected as u64);
-        sampled_warn(
-            "audit webhook events rejected",
-            &cluster,
-            &format!("{rejected} events, first: {}", errors[0]),
-        );
+        AuditRejected {
+            trouble: AuditTrouble::WebhookEventsRejected,
+            rejected_events: rejected as u64,
+            cluster: &cluster,
+            detail: &format!("{rejected} events, first: {}", errors[0]),
+        }
+        .emit();
     }
     match shared.ingest.ingest(Adapter::Webhook, records).await {
         Ok(done) => {
@@ -509,7 +527,13 @@ async fn firehose_endpoint(
         .get("x-amz-firehose-access-key")
         .map(|v| v.as_bytes());
     if let Err(why) = credentials.verify(&cluster, Adapter::Firehose, presented) {
-        sampled_warn("audit Firehose request refused", &cluster, &why.to_string());
+        AuditRejected {
+            trouble: AuditTrouble::FirehoseRefused,
+            rejected_events: 0,
+            cluster: &cluster,
+            detail: &why.to_string(),
+        }
+        .emit();
         return answer(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -552,7 +576,13 @@ async fn firehose_endpoint(
     let decoded = match decoded {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
-            sampled_warn("audit Firehose request rejected", &cluster, &e.to_string());
+            AuditRejected {
+                trouble: AuditTrouble::FirehoseRequestRejected,
+                rejected_events: 0,
+                cluster: &cluster,
+                detail: &e.to_string(),
+            }
+            .emit();
             let status = match e {
                 // Permanent for Firehose: the batch goes to its error output, not retried.
                 firehose::FirehoseError::TooLarge(_)
@@ -577,21 +607,21 @@ async fn firehose_endpoint(
         ("other_stream", decoded.other_streams),
     ] {
         if n > 0 {
-            metrics::counter!(telemetry::AUDIT_RECORDS_SKIPPED, "reason" => reason).increment(n);
+            AuditRecordsSkipped { reason, records: n }.emit();
         }
     }
     if !decoded.rejected.is_empty() {
-        metrics::counter!(telemetry::AUDIT_EVENTS_REJECTED, "adapter" => "firehose")
-            .increment(decoded.rejected.len() as u64);
-        sampled_warn(
-            "audit Firehose events rejected",
-            &cluster,
-            &format!(
+        AuditRejected {
+            trouble: AuditTrouble::FirehoseEventsRejected,
+            rejected_events: decoded.rejected.len() as u64,
+            cluster: &cluster,
+            detail: &format!(
                 "request {id}: {} rejected, first: {}",
                 decoded.rejected.len(),
                 decoded.rejected[0]
             ),
-        );
+        }
+        .emit();
     }
     match shared
         .ingest
@@ -638,29 +668,4 @@ impl Recent {
             }
         }
     }
-}
-
-/// At most one line a second per message kind: a misconfigured or hostile sender cannot
-/// flood the log (every request is counted all the same).
-fn sampled_warn(what: &'static str, cluster: &str, detail: &str) {
-    static LAST: Mutex<Vec<(&'static str, std::time::Instant, u64)>> = Mutex::new(Vec::new());
-    let Ok(mut last) = LAST.lock() else { return };
-    let now = std::time::Instant::now();
-    let entry = match last.iter_mut().find(|(w, _, _)| *w == what) {
-        Some(e) => e,
-        None => {
-            last.push((what, now - Duration::from_secs(2), 0));
-            let end = last.len() - 1;
-            &mut last[end]
-        }
-    };
-    if now.duration_since(entry.1) < Duration::from_secs(1) {
-        entry.2 += 1;
-        return;
-    }
-    let suppressed = std::mem::take(&mut entry.2);
-    entry.1 = now;
-    let cluster: String = cluster.chars().take(100).collect();
-    let detail: String = detail.chars().take(512).collect();
-    tracing::warn!(%cluster, %detail, suppressed, "{what}");
 }

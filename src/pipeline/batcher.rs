@@ -16,7 +16,8 @@ use crate::codec::BATCH_RECORDS_FIELD;
 use crate::model::{now_ns, CollectorIdentity};
 use crate::pipeline::RecordRx;
 use crate::proto::v1 as pb;
-use crate::telemetry;
+use crate::telemetry::collector::BatchBuilt;
+use crate::telemetry::InternalEvent;
 use crate::wire::{self, direct};
 
 #[derive(Debug, Clone)]
@@ -85,7 +86,7 @@ pub fn run(
                 records: std::mem::take(&mut records),
                 bytes: body.split().freeze(),
             };
-            metrics::counter!(telemetry::BATCHES_BUILT).increment(1);
+            BatchBuilt.emit();
             if out.blocking_send(batch).is_err() {
                 tracing::error!("exporter stopped; batcher exits");
                 return;

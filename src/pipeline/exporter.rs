@@ -19,7 +19,8 @@ use crate::codec::{ingest_stream_path, EncodedBatch, EncodedBatchCodec, INGEST_M
 use crate::pipeline::queue::Outlet;
 use crate::pipeline::spool::Spool;
 use crate::proto::v1 as pb;
-use crate::telemetry;
+use crate::telemetry::collector::BatchDropped;
+use crate::telemetry::InternalEvent;
 use crate::transport::{warn_if_plaintext, TlsFiles, TokenSource};
 
 /// Process-wide exporter counters, reported in the collector's heartbeat.
@@ -149,13 +150,12 @@ pub(crate) fn drop_batch(batch: &EncodedBatch, why: &str) {
     EXPORT_STATS
         .records_dropped
         .fetch_add(records, Ordering::Relaxed);
-    metrics::counter!(telemetry::EXPORT_RECORDS_DROPPED).increment(records);
-    tracing::warn!(
-        seq = batch.seq,
+    BatchDropped {
+        seq: batch.seq,
         records,
         why,
-        "dropped a batch (counted in procflow_export_records_dropped_total)"
-    );
+    }
+    .emit();
 }
 
 /// Why the exporter could not start. Once running it does not fail: a lost connection is

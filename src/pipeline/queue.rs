@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 
 use crate::model::Record;
+use crate::telemetry::collector::{QueueDropped, QueueWaited};
+use crate::telemetry::InternalEvent;
 
 /// Counters shared by both ends of the queue.
 #[derive(Debug, Default)]
@@ -25,7 +27,6 @@ pub struct QueueStats {
     pub waited: AtomicU64,
     /// Total time senders spent waiting for room, in microseconds.
     pub waited_us: AtomicU64,
-    warned: AtomicBool,
 }
 
 /// Whether the outputs behind the queue can still take records. The queue's consumer side
@@ -124,7 +125,7 @@ impl RecordTx {
         self.stats.waited.fetch_add(1, Ordering::Relaxed);
         let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.waited_us.fetch_add(waited, Ordering::Relaxed);
-        metrics::counter!(crate::telemetry::QUEUE_WAIT_MICROS).increment(waited);
+        QueueWaited { micros: waited }.emit();
         if sent {
             self.sent()
         } else {
@@ -142,19 +143,15 @@ impl RecordTx {
 
     fn sent(&self) -> bool {
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        self.stats.warned.store(false, Ordering::Relaxed);
         true
     }
 
     fn dropped(&self) -> bool {
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::telemetry::QUEUE_DROPPED).increment(1);
-        if !self.stats.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                capacity = self.tx.capacity().unwrap_or(0),
-                "record queue full and its outputs cannot buffer more: dropping records (counted in procflow_queue_dropped_total)"
-            );
+        QueueDropped {
+            capacity: self.tx.capacity().unwrap_or(0),
         }
+        .emit();
         false
     }
 

@@ -18,7 +18,8 @@ use crate::codec::EncodedBatch;
 use crate::durable;
 use crate::pipeline::exporter::drop_batch;
 use crate::proto::v1 as pb;
-use crate::telemetry;
+use crate::telemetry::collector::{SpoolCorrupt, SpoolTempSwept};
+use crate::telemetry::InternalEvent;
 
 pub struct Spool {
     dir: PathBuf,
@@ -35,12 +36,7 @@ impl Spool {
         fs::create_dir_all(dir)?;
         let swept = durable::sweep_temp_files(dir)?;
         if swept > 0 {
-            metrics::counter!(telemetry::SPOOL_TEMP_SWEPT).increment(swept as u64);
-            tracing::warn!(
-                files = swept,
-                dir = %dir.display(),
-                "removed spool files an earlier run left half-written (their batches were never spooled)"
-            );
+            SpoolTempSwept { files: swept, dir }.emit();
         }
         let mut files: Vec<(String, u64)> = fs::read_dir(dir)?
             .filter_map(Result::ok)
@@ -154,7 +150,7 @@ impl Spool {
                 Ok((Err(e), _)) => e.to_string(),
                 Err(e) => e.to_string(),
             };
-            metrics::counter!(telemetry::SPOOL_CORRUPT).increment(1);
+            SpoolCorrupt.emit();
             let records = named.unwrap_or(1);
             drop_batch(
                 &EncodedBatch {

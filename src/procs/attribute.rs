@@ -18,7 +18,8 @@ use crate::attribution::{Owner, OwnerLookup};
 use crate::model::{Attribution, Record, UnixNanos};
 use crate::procs::monitor::ProcessMonitor;
 use crate::procs::parse;
-use crate::telemetry;
+use crate::telemetry::collector::{AttributionMissed, ProcReadDenied};
+use crate::telemetry::InternalEvent;
 
 /// What attribution knows of one process's fd table.
 #[derive(Debug, Clone)]
@@ -413,7 +414,7 @@ impl ProcessMonitor {
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::PermissionDenied {
                     p.fd.denied = Some(std::time::Instant::now());
-                    metrics::counter!(telemetry::PROC_PERMISSION_DENIED).increment(1);
+                    ProcReadDenied.emit();
                 }
                 return;
             }
@@ -492,7 +493,7 @@ impl OwnerLookup for ProcessMonitor {
             }
         }
         self.index.misses += 1;
-        metrics::counter!(telemetry::ATTRIBUTION_MISSES).increment(1);
+        AttributionMissed.emit();
         if let Some(owner) = listener.filter(Owner::is_known) {
             return Owner {
                 attribution: Attribution::Listener,

@@ -39,7 +39,8 @@ use crate::model::{ProcessRecord, Record, Unavailable, UnixNanos};
 use crate::procs::monitor::{read_into, ProcessMonitor};
 use crate::procs::parse::{self, Stat};
 use crate::sys::proc::PidDir;
-use crate::telemetry;
+use crate::telemetry::collector::ProcReadDenied;
+use crate::telemetry::InternalEvent;
 
 /// Reads of one record before it is held as unsettled: each retry follows an exec that
 /// happened during the previous read, so a third one in a row is a process exec'ing in a loop.
@@ -389,7 +390,7 @@ impl ProcessMonitor {
         match e.kind() {
             ErrorKind::PermissionDenied => {
                 self.stats.permission_denied += 1;
-                metrics::counter!(telemetry::PROC_PERMISSION_DENIED).increment(1);
+                ProcReadDenied.emit();
                 Unavailable::PermissionDenied
             }
             // Kernel threads (children of kthreadd, pid 2) have no executable.

@@ -20,7 +20,8 @@ use crate::model::{Ancestor, ProcessPhase, ProcessRecord, Record, Unavailable, U
 use crate::procs::attribute::FdTable;
 use crate::procs::image::ExecChecks;
 use crate::procs::parse::{self, Stat};
-use crate::telemetry;
+use crate::telemetry::collector::ProcessStarted;
+use crate::telemetry::InternalEvent;
 
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
@@ -444,7 +445,7 @@ impl ProcessMonitor {
                 self.new_container_pids.push(record.pid);
             }
         }
-        metrics::counter!(telemetry::PROCESSES_STARTED).increment(1);
+        ProcessStarted.emit();
         self.emit_or_hold(read.settled, &record, out);
         self.young.push_back((Instant::now(), record.pid));
         self.live_changes += 1;

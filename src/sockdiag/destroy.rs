@@ -19,7 +19,11 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 
 use super::msg::{self, SocketInfo, SOCK_DIAG_BY_FAMILY};
 use crate::model::{Protocol, UnixNanos};
-use crate::telemetry;
+use crate::telemetry::collector::{
+    DestroyEventDropped, DestroyEventReceived, DestroyEventsLost, DestroyReceiveFailed,
+    SockdiagMalformed,
+};
+use crate::telemetry::InternalEvent;
 
 /// `SKNLGRP_*` group numbers from `include/uapi/linux/sock_diag.h`.
 const SKNLGRP_INET_TCP_DESTROY: u32 = 1;
@@ -132,7 +136,6 @@ fn read_loop(
 ) {
     let mut buf = Vec::with_capacity(RECV_BUF);
     let mut kernel_drops_seen = 0u32;
-    let mut warned_full = false;
     let mut overflow_log = OverflowLog::default();
     while !stop.load(Ordering::Relaxed) {
         buf.clear();
@@ -153,15 +156,14 @@ fn read_loop(
                     crate::sys::net::socket_drops(socket.as_fd()).unwrap_or(kernel_drops_seen);
                 let lost = u64::from(drops.wrapping_sub(kernel_drops_seen)).max(1);
                 kernel_drops_seen = drops;
-                metrics::counter!(telemetry::DESTROY_OVERFLOW_LOST).increment(lost);
+                DestroyEventsLost { lost }.emit();
                 stats.overflows.fetch_add(1, Ordering::Relaxed);
                 stats.events_lost.fetch_add(lost, Ordering::Relaxed);
                 overflow_log.note(lost, Instant::now());
                 continue;
             }
             Err(error) => {
-                metrics::counter!(telemetry::DESTROY_RECV_ERRORS).increment(1);
-                tracing::error!(%error, "destroy-event stream: receive failed");
+                DestroyReceiveFailed { error: &error }.emit();
                 std::thread::sleep(STOP_POLL);
                 continue;
             }
@@ -185,12 +187,17 @@ fn read_loop(
             });
             match parsed {
                 Ok(socket) => {
-                    metrics::counter!(telemetry::DESTROY_EVENTS).increment(1);
-                    send(&tx, DestroyEvent { socket, at }, &mut warned_full, stats);
+                    DestroyEventReceived.emit();
+                    send(&tx, DestroyEvent { socket, at }, stats);
                 }
                 Err(error) => {
-                    metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
-                    tracing::warn!(%error, "skipping malformed destroy event");
+                    SockdiagMalformed {
+                        what: "destroy event",
+                        error: &error,
+                        family: None,
+                        protocol: Some(protocol),
+                    }
+                    .emit();
                     break;
                 }
             }
@@ -232,21 +239,12 @@ impl OverflowLog {
     }
 }
 
-fn send(
-    tx: &Sender<DestroyEvent>,
-    event: DestroyEvent,
-    warned_full: &mut bool,
-    stats: &DestroyStats,
-) {
+fn send(tx: &Sender<DestroyEvent>, event: DestroyEvent, stats: &DestroyStats) {
     match tx.try_send(event) {
-        Ok(()) => *warned_full = false,
+        Ok(()) => {}
         Err(TrySendError::Full(_)) => {
-            metrics::counter!(telemetry::DESTROY_QUEUE_DROPPED).increment(1);
+            DestroyEventDropped.emit();
             stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
-            if !*warned_full {
-                *warned_full = true;
-                tracing::warn!("destroy-event queue full: dropping events (counted; flows end by disappearance instead)");
-            }
         }
         Err(TrySendError::Disconnected(_)) => {}
     }

@@ -16,7 +16,8 @@ use super::msg::{
     SOCK_DIAG_BY_FAMILY,
 };
 use crate::model::{Family, Protocol};
-use crate::telemetry;
+use crate::telemetry::collector::{DumpInterrupted, SockdiagMalformed};
+use crate::telemetry::InternalEvent;
 
 /// Receive buffer per datagram: the kernel sends dump datagrams of at most ~32 KiB.
 const RECV_BUF: usize = 64 * 1024;
@@ -245,7 +246,7 @@ impl Dumper {
             each(&self.batch);
             if done {
                 if stats.interrupted {
-                    metrics::counter!(telemetry::SOCKDIAG_DUMP_INTERRUPTED).increment(1);
+                    DumpInterrupted.emit();
                 }
                 return Ok(stats);
             }
@@ -265,8 +266,13 @@ impl Dumper {
                 Ok(m) => m,
                 Err(error) => {
                     stats.malformed += 1;
-                    metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
-                    tracing::warn!(%error, ?family, ?protocol, "skipping malformed sock_diag datagram");
+                    SockdiagMalformed {
+                        what: "datagram",
+                        error: &error,
+                        family: Some(family),
+                        protocol: Some(protocol),
+                    }
+                    .emit();
                     break;
                 }
             };
@@ -283,8 +289,13 @@ impl Dumper {
                         Ok(socket) => self.batch.push(socket),
                         Err(error) => {
                             stats.malformed += 1;
-                            metrics::counter!(telemetry::SOCKDIAG_MALFORMED).increment(1);
-                            tracing::warn!(%error, ?family, ?protocol, "skipping malformed sock_diag message");
+                            SockdiagMalformed {
+                                what: "message",
+                                error: &error,
+                                family: Some(family),
+                                protocol: Some(protocol),
+                            }
+                            .emit();
                         }
                     }
                 }

@@ -19,7 +19,8 @@ use super::keys::IssuerKeys;
 use super::readers::ReadersFile;
 use super::spiffe::{self, SpiffeError, Workload};
 use super::{digest, digests_equal, Credential, Principal, ReaderGrant, WriterIdentity};
-use crate::telemetry::{self, LogSampler};
+use crate::telemetry::aggregator::RequestRefused;
+use crate::telemetry::InternalEvent;
 
 /// What a service does, and so which principals it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,26 +50,27 @@ pub struct Authenticator {
     open: bool,
 }
 
-static REFUSALS: LogSampler = LogSampler::new(5, std::time::Duration::from_secs(10));
-
-/// Counts a refused request (`metric`) and logs it, sampled: a client can provoke this at will.
-fn refused(metric: &'static str, peer: Option<SocketAddr>, principal: &str, status: &Status) {
-    metrics::counter!(metric).increment(1);
-    if let Some(held_back) = REFUSALS.sample() {
-        tracing::warn!(?peer, principal, code = ?status.code(), why = status.message(), held_back,
-            "refused a request (sampled; all are counted)");
-    }
-}
-
 fn unauthenticated(peer: Option<SocketAddr>, why: String) -> Status {
     let status = Status::unauthenticated(why);
-    refused(telemetry::AUTH_REJECTED, peer, "", &status);
+    RequestRefused {
+        denied: false,
+        peer,
+        principal: "",
+        status: &status,
+    }
+    .emit();
     status
 }
 
 fn denied(peer: Option<SocketAddr>, principal: &str, why: String) -> Status {
     let status = Status::permission_denied(why);
-    refused(telemetry::AUTH_DENIED, peer, principal, &status);
+    RequestRefused {
+        denied: true,
+        peer,
+        principal,
+        status: &status,
+    }
+    .emit();
     status
 }
 

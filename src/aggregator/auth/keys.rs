@@ -15,7 +15,8 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use thiserror::Error;
 
 use super::jwt::{JwtError, KeySet};
-use crate::telemetry;
+use crate::telemetry::aggregator::{IssuerKeysChanged, IssuerKeysFailed};
+use crate::telemetry::InternalEvent;
 
 /// Largest discovery document or key set read.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
@@ -93,8 +94,11 @@ impl IssuerKeys {
                 return Err(error)
             }
             Err(error) => {
-                metrics::counter!(telemetry::ISSUER_KEY_REFRESH_FAILURES).increment(1);
-                tracing::error!(%error, "the issuer's keys are not loaded yet; service-account tokens are refused until they are");
+                IssuerKeysFailed {
+                    error: &error,
+                    at_start: true,
+                }
+                .emit();
             }
         }
         keys.spawn_refresher();
@@ -132,14 +136,17 @@ impl IssuerKeys {
             Ok(set) => {
                 let changed = *self.current() != set;
                 if changed {
-                    metrics::counter!(telemetry::ISSUER_KEY_REFRESHES).increment(1);
+                    IssuerKeysChanged.emit();
                     self.install(set);
                 }
                 changed
             }
             Err(error) => {
-                metrics::counter!(telemetry::ISSUER_KEY_REFRESH_FAILURES).increment(1);
-                tracing::warn!(%error, "refreshing the issuer's keys failed; the previous keys stay in force");
+                IssuerKeysFailed {
+                    error: &error,
+                    at_start: false,
+                }
+                .emit();
                 false
             }
         }

@@ -33,7 +33,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use super::{NamespaceScope, ReaderGrant, Role};
-use crate::telemetry;
+use crate::telemetry::aggregator::{ReadersReloadFailed, ReadersReloaded};
+use crate::telemetry::InternalEvent;
 
 #[derive(Debug, Error)]
 pub enum ReadersError {
@@ -292,16 +293,18 @@ impl ReadersFile {
         }
         match Readers::load(&self.path) {
             Ok(readers) => {
-                metrics::counter!(telemetry::READERS_RELOADS).increment(1);
-                tracing::info!(path = %self.path.display(), readers = readers.len(), "readers reloaded");
+                ReadersReloaded {
+                    path: &self.path,
+                    readers: readers.len(),
+                }
+                .emit();
                 if let Ok(mut current) = self.current.write() {
                     *current = Arc::new(readers);
                 }
                 true
             }
             Err(error) => {
-                metrics::counter!(telemetry::READERS_RELOAD_FAILURES).increment(1);
-                tracing::error!(%error, "readers file reload failed; the previous readers stay in force");
+                ReadersReloadFailed { error: &error }.emit();
                 false
             }
         }

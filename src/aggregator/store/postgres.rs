@@ -27,7 +27,8 @@ use super::{
     AuditAppended, EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
 };
 use crate::model::Event;
-use crate::telemetry;
+use crate::telemetry::aggregator::StoreExpiredOnArrival;
+use crate::telemetry::InternalEvent;
 use crate::wire::{self, direct};
 
 /// How the PostgreSQL backend connects.
@@ -430,9 +431,6 @@ async fn read_segments(
     }
 }
 
-static EXPIRED: crate::telemetry::LogSampler =
-    crate::telemetry::LogSampler::new(5, Duration::from_secs(60));
-
 fn write_loop(
     runtime: &tokio::runtime::Handle,
     pool: &Pool,
@@ -678,14 +676,7 @@ async fn commit(
         }
     }
     if expired > 0 {
-        metrics::counter!(telemetry::STORE_EXPIRED_ON_ARRIVAL).increment(expired);
-        if let Some(held_back) = EXPIRED.sample() {
-            tracing::warn!(
-                records = expired,
-                held_back,
-                "records received already past retention were not kept (sampled; all counted)"
-            );
-        }
+        StoreExpiredOnArrival { records: expired }.emit();
     }
     writer
         .as_mut()

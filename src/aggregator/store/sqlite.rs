@@ -13,7 +13,8 @@ use super::{
     AuditAppended, EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
 };
 use crate::model::Event;
-use crate::telemetry;
+use crate::telemetry::aggregator::StoreTrimmed;
+use crate::telemetry::InternalEvent;
 use crate::wire::{self, direct};
 
 pub struct SqliteStore {
@@ -440,12 +441,12 @@ fn apply_retention(
         )?;
     }
     if trimmed.by_size > 0 {
-        metrics::counter!(telemetry::STORE_SEGMENTS_TRIMMED).increment(trimmed.by_size as u64);
-        tracing::info!(
-            segments = trimmed.by_size,
-            max_bytes = retention.max_bytes,
-            "store over its size limit: deleted the oldest segments"
-        );
+        StoreTrimmed {
+            count: trimmed.by_size,
+            unit: "segments",
+            max_bytes: retention.max_bytes,
+        }
+        .emit();
     }
     let _ = conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))

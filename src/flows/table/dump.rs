@@ -12,7 +12,8 @@ use crate::flows::entry::{
 };
 use crate::model::{Attribution, EndReason, FlowPhase, Protocol, Record, UnixNanos};
 use crate::sockdiag::msg::SocketInfo;
-use crate::telemetry;
+use crate::telemetry::collector::FlowEndedWithoutEvent;
+use crate::telemetry::InternalEvent;
 
 /// How many later dumps look again for an accepted socket's fd.
 const FD_RETRIES: u8 = 2;
@@ -316,7 +317,7 @@ impl FlowTable {
                         self.stats.ended_vanished += 1;
                         EndReason::Vanished
                     };
-                metrics::counter!(telemetry::FLOWS_ENDED_WITHOUT_EVENT).increment(1);
+                FlowEndedWithoutEvent.emit();
                 out.push(Record::Flow(flow_record(
                     cookie,
                     &e,

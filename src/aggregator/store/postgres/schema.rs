@@ -7,7 +7,8 @@ use deadpool_postgres::Object;
 
 use super::pg;
 use crate::aggregator::store::{Retention, StoreError};
-use crate::telemetry;
+use crate::telemetry::aggregator::StoreTrimmed;
+use crate::telemetry::InternalEvent;
 
 /// Advisory lock keys ("procflo" and a number): one for migrations, one for upkeep.
 const MIGRATE_LOCK: i64 = 0x7072_6f63_666c_6f01;
@@ -278,12 +279,12 @@ pub(crate) async fn maintain(
     }
     tx.commit().await.map_err(pg("upkeep: committing"))?;
     if by_size > 0 {
-        metrics::counter!(telemetry::STORE_SEGMENTS_TRIMMED).increment(by_size as u64);
-        tracing::info!(
-            partitions = by_size,
-            max_bytes = retention.max_bytes,
-            "store over its size limit: dropped the oldest days"
-        );
+        StoreTrimmed {
+            count: by_size,
+            unit: "daily partitions",
+            max_bytes: retention.max_bytes,
+        }
+        .emit();
     }
     if dropped > 0 || dedupe_rows > 0 {
         tracing::info!(partitions = dropped, dedupe_rows, "retention applied");

@@ -1,0 +1,866 @@
+//! The aggregator's internal events (ingest, store, detection, outputs, readers, console,
+//! audit): each counts its metric and, when someone may need to act, logs, sampled wherever a
+//! client can provoke it at will. Label values come from bounded sets.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{InternalEvent, LogSampler};
+
+// === Metric names ===
+
+/// Live events dropped for a subscriber that fell behind (it gets a gap marker).
+pub const SUBSCRIBER_DROPPED: &str = "procflow_subscriber_dropped_total";
+/// Requests rejected for a missing, empty, wrong or expired credential.
+pub const AUTH_REJECTED: &str = "procflow_auth_rejected_total";
+/// Requests with a valid credential that may not do what they asked (a reader writing, a
+/// writer reading, a viewer outside its namespaces, a batch claiming another identity).
+pub const AUTH_DENIED: &str = "procflow_auth_denied_total";
+/// Console sign-ins refused (wrong or empty credential).
+pub const CONSOLE_SIGNIN_REJECTED: &str = "procflow_console_signin_rejected_total";
+/// Console pages that failed reading the store.
+pub const CONSOLE_PAGE_ERRORS: &str = "procflow_console_page_errors_total";
+/// Console pages refused because too many were being computed at once.
+pub const CONSOLE_BUSY: &str = "procflow_console_busy_total";
+/// Collectors found silenced (stream broken without goodbye, or heartbeats stopped): alerts.
+pub const COLLECTORS_SILENCED: &str = "procflow_collectors_silenced_total";
+/// Ingest streams ended because a batch claimed another identity or carried alerts.
+pub const INGEST_DENIED: &str = "procflow_ingest_denied_total";
+/// Readers file reloads, and reloads that failed (the previous readers stay in force).
+pub const READERS_RELOADS: &str = "procflow_readers_reloads_total";
+pub const READERS_RELOAD_FAILURES: &str = "procflow_readers_reload_failures_total";
+/// Changes of the cluster issuer's signing keys, and failed refreshes.
+pub const ISSUER_KEY_REFRESHES: &str = "procflow_issuer_key_refreshes_total";
+pub const ISSUER_KEY_REFRESH_FAILURES: &str = "procflow_issuer_key_refresh_failures_total";
+/// Requests refused (or a query's answer cut short) by an admission bound (label `limit`:
+/// ingest_streams, subscribers, reads, query_limit, filter_values, query_timeout).
+pub const ADMISSION_REFUSED: &str = "procflow_admission_refused_total";
+/// Ingest batches that waited for room under `--max-records-in-flight`.
+pub const INGEST_ADMISSION_WAITS: &str = "procflow_ingest_admission_waits_total";
+/// Records decoded by ingest and not yet stored (bounded by `--max-records-in-flight`).
+pub const INGEST_RECORDS_IN_FLIGHT: &str = "procflow_ingest_records_in_flight";
+/// Batches rejected as invalid.
+pub const BATCHES_REJECTED: &str = "procflow_batches_rejected_total";
+/// Batches received again (at-least-once delivery) and not stored twice.
+pub const BATCHES_DEDUPLICATED: &str = "procflow_batches_deduplicated_total";
+/// Records received in valid batches.
+pub const RECORDS_RECEIVED: &str = "procflow_records_received_total";
+/// Records stored.
+pub const RECORDS_STORED: &str = "procflow_records_stored_total";
+/// Segments (stored events of one batch, kind and source) deleted to keep the store under
+/// its size bound.
+pub const STORE_SEGMENTS_TRIMMED: &str = "procflow_store_segments_trimmed_total";
+/// Records that arrived already older than the store's retention (audit events keep the
+/// API server's time) and were not kept.
+pub const STORE_EXPIRED_ON_ARRIVAL: &str = "procflow_store_expired_on_arrival_total";
+/// Reads of the store that failed (a damaged page, an I/O error); each is logged with its range.
+pub const STORE_READ_ERRORS: &str = "procflow_store_read_errors_total";
+/// Records stored but not evaluated by the rules (detection queue full or stopped).
+pub const DETECT_DROPPED: &str = "procflow_detect_dropped_total";
+/// Records stored and waiting for the detection rules (bounded; beyond, dropped and counted).
+pub const DETECT_QUEUED: &str = "procflow_detect_queued_records";
+/// Records evaluated by the detection rules.
+pub const RULES_EVALUATED: &str = "procflow_rules_evaluated_total";
+/// Alerts raised (first of a group, then grouped repeats at the re-emit interval).
+pub const ALERTS_RAISED: &str = "procflow_alerts_raised_total";
+/// Alerts the store could not keep (still published and delivered).
+pub const ALERTS_UNSTORED: &str = "procflow_alerts_unstored_total";
+/// Alerts delivered to an output (label `output`).
+pub const ALERTS_DELIVERED: &str = "procflow_alerts_delivered_total";
+/// Alerts an output dropped after its retries or because its queue was full (label `output`).
+pub const ALERTS_DROPPED: &str = "procflow_alerts_dropped_total";
+/// Successful rule reloads.
+pub const RULE_RELOADS: &str = "procflow_rule_reloads_total";
+/// Failed rule reloads (the previous set stays in force).
+pub const RULE_RELOAD_FAILURES: &str = "procflow_rule_reload_failures_total";
+/// Rule-state files found corrupt at start, set aside (the rules started fresh).
+pub const RULE_STATE_QUARANTINED: &str = "procflow_rule_state_quarantined_total";
+/// Keys of stateful rules not tracked because a rule reached its bound.
+pub const RULE_STATE_KEYS_REFUSED: &str = "procflow_rule_state_keys_refused";
+
+// --- Kubernetes audit (labels: `adapter` webhook|firehose, `outcome`, `reason`) ---
+
+/// Audit requests answered, by adapter and outcome (ok, unauthorized, too_large, invalid,
+/// busy, store_error, replayed).
+pub const AUDIT_REQUESTS: &str = "procflow_audit_requests_total";
+/// Audit events stored (first delivery of their cluster, audit ID, stage and time).
+pub const AUDIT_EVENTS_STORED: &str = "procflow_audit_events_stored_total";
+/// Audit events delivered again and not stored twice.
+pub const AUDIT_EVENTS_DUPLICATE: &str = "procflow_audit_events_duplicate_total";
+/// Audit events (or Firehose records) that did not decode, each logged with its reason.
+pub const AUDIT_EVENTS_REJECTED: &str = "procflow_audit_events_rejected_total";
+/// Client-controlled audit fields cut to their bound or left out (long user agents, bad
+/// forwarded addresses).
+pub const AUDIT_FIELDS_REPAIRED: &str = "procflow_audit_fields_repaired_total";
+/// Pod, workload or RBAC bodies in audit events that did not read (their facts absent).
+pub const AUDIT_BODIES_UNREADABLE: &str = "procflow_audit_bodies_unreadable_total";
+/// Firehose log events skipped: `reason` control_message or other_stream.
+pub const AUDIT_RECORDS_SKIPPED: &str = "procflow_audit_records_skipped_total";
+/// Exec requests joined with the process tree they started.
+pub const AUDIT_EXEC_JOINED: &str = "procflow_audit_exec_joined_total";
+/// Exec requests with no process joined (`reason`: no_process, ambiguous, pod_not_watched,
+/// no_command).
+pub const AUDIT_EXEC_UNMATCHED: &str = "procflow_audit_exec_unmatched_total";
+/// Join state dropped at its bound (pending requests, candidate processes, linked trees).
+pub const AUDIT_JOIN_EVICTED: &str = "procflow_audit_join_evicted_total";
+
+const EVERY_10S: Duration = Duration::from_secs(10);
+
+// === Credentials and admission ===
+
+/// A request refused for its credential (`denied: false`: missing, wrong, expired) or for
+/// what it asked (`denied: true`).
+pub struct RequestRefused<'a> {
+    pub denied: bool,
+    pub peer: Option<SocketAddr>,
+    pub principal: &'a str,
+    pub status: &'a tonic::Status,
+}
+
+static REFUSALS: LogSampler = LogSampler::new(5, EVERY_10S);
+
+impl InternalEvent for RequestRefused<'_> {
+    fn emit(self) {
+        let metric = if self.denied {
+            AUTH_DENIED
+        } else {
+            AUTH_REJECTED
+        };
+        metrics::counter!(metric).increment(1);
+        if let Some(held_back) = REFUSALS.sample() {
+            tracing::warn!(peer = ?self.peer, principal = self.principal, code = ?self.status.code(),
+                why = self.status.message(), held_back, "refused a request (sampled; all are counted)");
+        }
+    }
+}
+
+/// An admission bound refused a request (`limit` names it; one log sampler per limit).
+pub struct AdmissionRefused<'a> {
+    pub limit: &'static str,
+    pub sampler: &'a LogSampler,
+    pub identity: &'a str,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for AdmissionRefused<'_> {
+    fn emit(self) {
+        metrics::counter!(ADMISSION_REFUSED, "limit" => self.limit).increment(1);
+        if let Some(unlogged) = self.sampler.sample() {
+            tracing::warn!(
+                limit = self.limit,
+                identity = self.identity,
+                unlogged,
+                reason = self.reason,
+                "admission refused a request"
+            );
+        }
+    }
+}
+
+/// An ingest batch waited for room under `--max-records-in-flight`.
+pub struct IngestAdmissionWaited;
+
+impl InternalEvent for IngestAdmissionWaited {
+    fn emit(self) {
+        metrics::counter!(INGEST_ADMISSION_WAITS).increment(1);
+    }
+}
+
+/// Records decoded and not yet stored, now.
+pub struct RecordsInFlight {
+    pub records: usize,
+}
+
+impl InternalEvent for RecordsInFlight {
+    fn emit(self) {
+        metrics::gauge!(INGEST_RECORDS_IN_FLIGHT).set(self.records as f64);
+    }
+}
+
+/// The issuer's signing keys changed.
+pub struct IssuerKeysChanged;
+
+impl InternalEvent for IssuerKeysChanged {
+    fn emit(self) {
+        metrics::counter!(ISSUER_KEY_REFRESHES).increment(1);
+    }
+}
+
+/// Loading the issuer's keys failed; `at_start`: none are loaded yet.
+pub struct IssuerKeysFailed<'a> {
+    pub error: &'a dyn Display,
+    pub at_start: bool,
+}
+
+impl InternalEvent for IssuerKeysFailed<'_> {
+    fn emit(self) {
+        metrics::counter!(ISSUER_KEY_REFRESH_FAILURES).increment(1);
+        if self.at_start {
+            tracing::error!(error = %self.error, "the issuer's keys are not loaded yet; service-account tokens are refused until they are");
+        } else {
+            tracing::warn!(error = %self.error, "refreshing the issuer's keys failed; the previous keys stay in force");
+        }
+    }
+}
+
+/// The readers file was reloaded.
+pub struct ReadersReloaded<'a> {
+    pub path: &'a std::path::Path,
+    pub readers: usize,
+}
+
+impl InternalEvent for ReadersReloaded<'_> {
+    fn emit(self) {
+        metrics::counter!(READERS_RELOADS).increment(1);
+        tracing::info!(path = %self.path.display(), readers = self.readers, "readers reloaded");
+    }
+}
+
+/// The readers file did not reload; the previous readers stay in force.
+pub struct ReadersReloadFailed<'a> {
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for ReadersReloadFailed<'_> {
+    fn emit(self) {
+        metrics::counter!(READERS_RELOAD_FAILURES).increment(1);
+        tracing::error!(error = %self.error, "readers file reload failed; the previous readers stay in force");
+    }
+}
+
+// === Ingest ===
+
+/// An ingest stream failed (e.g. a message over the size limit).
+pub struct IngestStreamFailed<'a> {
+    pub peer: Option<SocketAddr>,
+    pub status: &'a tonic::Status,
+}
+
+static STREAM_FAILURES: LogSampler = LogSampler::new(5, EVERY_10S);
+
+impl InternalEvent for IngestStreamFailed<'_> {
+    fn emit(self) {
+        metrics::counter!(BATCHES_REJECTED).increment(1);
+        if let Some(held_back) = STREAM_FAILURES.sample() {
+            tracing::warn!(peer = ?self.peer, status = %self.status, held_back, "ingest stream failed (sampled; all counted)");
+        }
+    }
+}
+
+/// A batch claimed what its writer may not (another identity, alerts): the stream ends.
+pub struct IngestDenied<'a> {
+    pub peer: Option<SocketAddr>,
+    pub principal: &'a str,
+    pub seq: u64,
+    pub why: &'a str,
+}
+
+static INGEST_DENIALS: LogSampler = LogSampler::new(5, EVERY_10S);
+
+impl InternalEvent for IngestDenied<'_> {
+    fn emit(self) {
+        metrics::counter!(INGEST_DENIED).increment(1);
+        metrics::counter!(AUTH_DENIED).increment(1);
+        if let Some(held_back) = INGEST_DENIALS.sample() {
+            tracing::warn!(peer = ?self.peer, principal = %self.principal, seq = self.seq, why = self.why,
+                held_back, "refused a batch claiming what its writer may not (sampled; all counted)");
+        }
+    }
+}
+
+/// A batch did not validate; it is acknowledged as rejected.
+pub struct BatchRejected<'a> {
+    pub peer: Option<SocketAddr>,
+    pub seq: u64,
+    pub error: &'a str,
+}
+
+static REJECTIONS: LogSampler = LogSampler::new(5, EVERY_10S);
+
+impl InternalEvent for BatchRejected<'_> {
+    fn emit(self) {
+        metrics::counter!(BATCHES_REJECTED).increment(1);
+        if let Some(held_back) = REJECTIONS.sample() {
+            tracing::warn!(peer = ?self.peer, seq = self.seq, error = self.error, held_back,
+                "rejected an invalid batch (sampled; all counted)");
+        }
+    }
+}
+
+/// Records arrived in a valid batch.
+pub struct RecordsReceived {
+    pub records: usize,
+}
+
+impl InternalEvent for RecordsReceived {
+    fn emit(self) {
+        metrics::counter!(RECORDS_RECEIVED).increment(self.records as u64);
+    }
+}
+
+/// Records were stored.
+pub struct RecordsStored {
+    pub records: usize,
+}
+
+impl InternalEvent for RecordsStored {
+    fn emit(self) {
+        metrics::counter!(RECORDS_STORED).increment(self.records as u64);
+    }
+}
+
+/// A batch arrived again (at-least-once delivery) and was not stored twice.
+pub struct BatchDeduplicated;
+
+impl InternalEvent for BatchDeduplicated {
+    fn emit(self) {
+        metrics::counter!(BATCHES_DEDUPLICATED).increment(1);
+    }
+}
+
+// === Store ===
+
+/// A read of the store failed (logged with the range the error names).
+pub struct StoreReadFailed<'a> {
+    pub error: &'a dyn Display,
+    pub what: &'a str,
+}
+
+static READ_FAILURES: LogSampler = LogSampler::new(5, EVERY_10S);
+
+impl InternalEvent for StoreReadFailed<'_> {
+    fn emit(self) {
+        metrics::counter!(STORE_READ_ERRORS).increment(1);
+        if let Some(held_back) = READ_FAILURES.sample() {
+            tracing::error!(error = %self.error, what = self.what, held_back, "reading the store failed (sampled; all counted)");
+        }
+    }
+}
+
+/// The store deleted its oldest data to stay under its size bound (`unit`: what a count is,
+/// segments or daily partitions).
+pub struct StoreTrimmed {
+    pub count: usize,
+    pub unit: &'static str,
+    pub max_bytes: u64,
+}
+
+impl InternalEvent for StoreTrimmed {
+    fn emit(self) {
+        metrics::counter!(STORE_SEGMENTS_TRIMMED).increment(self.count as u64);
+        tracing::info!(
+            count = self.count,
+            unit = self.unit,
+            max_bytes = self.max_bytes,
+            "store over its size limit: deleted the oldest data"
+        );
+    }
+}
+
+/// Records arrived already past retention and were not kept.
+pub struct StoreExpiredOnArrival {
+    pub records: u64,
+}
+
+static EXPIRED: LogSampler = LogSampler::new(5, Duration::from_secs(60));
+
+impl InternalEvent for StoreExpiredOnArrival {
+    fn emit(self) {
+        metrics::counter!(STORE_EXPIRED_ON_ARRIVAL).increment(self.records);
+        if let Some(held_back) = EXPIRED.sample() {
+            tracing::warn!(
+                records = self.records,
+                held_back,
+                "records received already past retention were not kept (sampled; all counted)"
+            );
+        }
+    }
+}
+
+// === Detection and alerts ===
+
+/// Records now waiting for the detection rules.
+pub struct DetectQueued {
+    pub records: usize,
+}
+
+impl InternalEvent for DetectQueued {
+    fn emit(self) {
+        metrics::gauge!(DETECT_QUEUED).set(self.records as f64);
+    }
+}
+
+/// Stored records not evaluated: the detection queue was full, or its thread stopped.
+pub struct DetectDropped {
+    pub records: u64,
+    pub stopped: bool,
+}
+
+static DETECT_DROPS: LogSampler = LogSampler::new(1, EVERY_10S);
+
+impl InternalEvent for DetectDropped {
+    fn emit(self) {
+        metrics::counter!(DETECT_DROPPED).increment(self.records);
+        if let Some(held_back) = DETECT_DROPS.sample() {
+            if self.stopped {
+                tracing::error!(
+                    records = self.records,
+                    held_back,
+                    "detection thread stopped: records not evaluated (sampled; all counted)"
+                );
+            } else {
+                tracing::warn!(
+                    records = self.records,
+                    held_back,
+                    "detection queue full: records stored but not evaluated (sampled; all counted)"
+                );
+            }
+        }
+    }
+}
+
+/// Records went through the rules.
+pub struct RulesEvaluated {
+    pub records: usize,
+}
+
+impl InternalEvent for RulesEvaluated {
+    fn emit(self) {
+        metrics::counter!(RULES_EVALUATED).increment(self.records as u64);
+    }
+}
+
+/// Alerts were raised.
+pub struct AlertsRaised {
+    pub alerts: usize,
+}
+
+impl InternalEvent for AlertsRaised {
+    fn emit(self) {
+        metrics::counter!(ALERTS_RAISED).increment(self.alerts as u64);
+    }
+}
+
+/// Alerts the store could not keep (they are still published and delivered); `error` is
+/// `None` when the store's writer is gone.
+pub struct AlertsUnstored<'a> {
+    pub alerts: usize,
+    pub error: Option<&'a dyn Display>,
+}
+
+impl InternalEvent for AlertsUnstored<'_> {
+    fn emit(self) {
+        metrics::counter!(ALERTS_UNSTORED).increment(self.alerts as u64);
+        match self.error {
+            Some(error) => {
+                tracing::error!(%error, alerts = self.alerts, "alerts not stored (still published and delivered)")
+            }
+            None => tracing::error!(alerts = self.alerts, "store writer gone: alerts not stored"),
+        }
+    }
+}
+
+/// The rule files changed and were reloaded.
+pub struct RulesReloaded {
+    pub rules: usize,
+}
+
+impl InternalEvent for RulesReloaded {
+    fn emit(self) {
+        metrics::counter!(RULE_RELOADS).increment(1);
+        tracing::info!(rules = self.rules, "detection rules reloaded");
+    }
+}
+
+/// The rule files changed and did not load; the previous set stays in force.
+pub struct RuleReloadFailed<'a> {
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for RuleReloadFailed<'_> {
+    fn emit(self) {
+        metrics::counter!(RULE_RELOAD_FAILURES).increment(1);
+        tracing::error!(error = %self.error, "rule reload failed; the previous rule set stays in force");
+    }
+}
+
+/// The rule state was corrupt: set aside, the stateful rules start fresh.
+pub struct RuleStateQuarantined<'a> {
+    pub path: &'a std::path::Path,
+    pub kept_as: &'a std::path::Path,
+    pub reason: &'a dyn Display,
+}
+
+impl InternalEvent for RuleStateQuarantined<'_> {
+    fn emit(self) {
+        metrics::counter!(RULE_STATE_QUARANTINED).increment(1);
+        tracing::error!(
+            path = %self.path.display(),
+            kept_as = %self.kept_as.display(),
+            reason = %self.reason,
+            "rule state is corrupt: set aside, stateful rules start fresh (thresholds, learned values and rates are relearned)"
+        );
+    }
+}
+
+/// Keys of stateful rules not tracked because a rule reached its bound, so far.
+pub struct RuleStateKeysRefused {
+    pub keys: u64,
+}
+
+impl InternalEvent for RuleStateKeysRefused {
+    fn emit(self) {
+        metrics::gauge!(RULE_STATE_KEYS_REFUSED).set(self.keys as f64);
+    }
+}
+
+/// An output delivered an alert (`output`: stdout, webhook).
+pub struct AlertDelivered {
+    pub output: &'static str,
+}
+
+impl InternalEvent for AlertDelivered {
+    fn emit(self) {
+        metrics::counter!(ALERTS_DELIVERED, "output" => self.output).increment(1);
+    }
+}
+
+/// An output dropped an alert (queue full, worker stopped, retries spent).
+pub struct AlertDropped<'a> {
+    pub output: &'static str,
+    /// The rule, where the output still knows it (the webhook's worker holds only bodies).
+    pub rule: Option<&'a str>,
+    pub why: &'a dyn Display,
+}
+
+static ALERT_DROPS: LogSampler = LogSampler::new(5, EVERY_10S);
+
+impl InternalEvent for AlertDropped<'_> {
+    fn emit(self) {
+        metrics::counter!(ALERTS_DROPPED, "output" => self.output).increment(1);
+        if let Some(held_back) = ALERT_DROPS.sample() {
+            tracing::error!(output = self.output, rule = self.rule.unwrap_or(""), why = %self.why, held_back,
+                "alert dropped from this output (sampled; all counted)");
+        }
+    }
+}
+
+/// A collector was found silenced (stream broken without goodbye, or heartbeats stopped).
+pub struct CollectorSilenced<'a> {
+    pub pod: &'a str,
+    pub namespace: &'a str,
+    pub output: &'a str,
+}
+
+impl InternalEvent for CollectorSilenced<'_> {
+    fn emit(self) {
+        metrics::counter!(COLLECTORS_SILENCED).increment(1);
+        tracing::warn!(pod = %self.pod, namespace = %self.namespace, output = %self.output, "collector silenced");
+    }
+}
+
+/// A live event skipped for a subscriber that does not keep up (it gets a gap marker).
+pub struct SubscriberMissed;
+
+impl InternalEvent for SubscriberMissed {
+    fn emit(self) {
+        metrics::counter!(SUBSCRIBER_DROPPED).increment(1);
+    }
+}
+
+// === Console ===
+
+/// A console page refused: too many were being computed at once.
+pub struct ConsoleBusy;
+
+impl InternalEvent for ConsoleBusy {
+    fn emit(self) {
+        metrics::counter!(CONSOLE_BUSY).increment(1);
+    }
+}
+
+/// A console page failed reading the store.
+pub struct ConsolePageFailed<'a> {
+    pub error: &'a dyn Display,
+}
+
+static PAGE_FAILURES: LogSampler = LogSampler::new(5, EVERY_10S);
+
+impl InternalEvent for ConsolePageFailed<'_> {
+    fn emit(self) {
+        metrics::counter!(CONSOLE_PAGE_ERRORS).increment(1);
+        if let Some(held_back) = PAGE_FAILURES.sample() {
+            tracing::warn!(error = %self.error, held_back, "console page failed (sampled; all counted)");
+        }
+    }
+}
+
+/// A console sign-in was refused.
+pub struct ConsoleSigninRejected;
+
+static SIGNIN_REFUSALS: LogSampler = LogSampler::new(1, EVERY_10S);
+
+impl InternalEvent for ConsoleSigninRejected {
+    fn emit(self) {
+        metrics::counter!(CONSOLE_SIGNIN_REJECTED).increment(1);
+        if let Some(held_back) = SIGNIN_REFUSALS.sample() {
+            tracing::warn!(
+                held_back,
+                "console sign-in refused: wrong credential (sampled; all counted)"
+            );
+        }
+    }
+}
+
+// === Kubernetes audit ===
+
+/// An audit request was answered (`outcome`: ok, unauthorized, too_large, invalid, busy,
+/// store_error, replayed).
+pub struct AuditRequestAnswered {
+    pub adapter: &'static str,
+    pub outcome: &'static str,
+}
+
+impl InternalEvent for AuditRequestAnswered {
+    fn emit(self) {
+        metrics::counter!(AUDIT_REQUESTS, "adapter" => self.adapter, "outcome" => self.outcome)
+            .increment(1);
+    }
+}
+
+/// What went wrong with an audit request, each kind logged on its own sampler.
+#[derive(Debug, Clone, Copy)]
+pub enum AuditTrouble {
+    WebhookRefused,
+    WebhookBodyRejected,
+    WebhookEventsRejected,
+    FirehoseRefused,
+    FirehoseRequestRejected,
+    FirehoseEventsRejected,
+}
+
+impl AuditTrouble {
+    fn message(self) -> &'static str {
+        match self {
+            AuditTrouble::WebhookRefused => "audit webhook request refused",
+            AuditTrouble::WebhookBodyRejected => "audit webhook body rejected",
+            AuditTrouble::WebhookEventsRejected => "audit webhook events rejected",
+            AuditTrouble::FirehoseRefused => "audit Firehose request refused",
+            AuditTrouble::FirehoseRequestRejected => "audit Firehose request rejected",
+            AuditTrouble::FirehoseEventsRejected => "audit Firehose events rejected",
+        }
+    }
+
+    fn adapter(self) -> &'static str {
+        match self {
+            AuditTrouble::WebhookRefused
+            | AuditTrouble::WebhookBodyRejected
+            | AuditTrouble::WebhookEventsRejected => "webhook",
+            _ => "firehose",
+        }
+    }
+}
+
+/// An audit request or some of its events were refused; `rejected_events` counts events
+/// that did not decode (0 for a request refused whole, which its answer counts).
+/// `cluster` and `detail` come from the client: cut to a bound before they are logged.
+pub struct AuditRejected<'a> {
+    pub trouble: AuditTrouble,
+    pub rejected_events: u64,
+    pub cluster: &'a str,
+    pub detail: &'a str,
+}
+
+static AUDIT_TROUBLE: [LogSampler; 6] = [
+    LogSampler::new(1, Duration::from_secs(1)),
+    LogSampler::new(1, Duration::from_secs(1)),
+    LogSampler::new(1, Duration::from_secs(1)),
+    LogSampler::new(1, Duration::from_secs(1)),
+    LogSampler::new(1, Duration::from_secs(1)),
+    LogSampler::new(1, Duration::from_secs(1)),
+];
+
+impl InternalEvent for AuditRejected<'_> {
+    fn emit(self) {
+        if self.rejected_events > 0 {
+            metrics::counter!(AUDIT_EVENTS_REJECTED, "adapter" => self.trouble.adapter())
+                .increment(self.rejected_events);
+        }
+        if let Some(suppressed) = AUDIT_TROUBLE[self.trouble as usize].sample() {
+            let cluster: String = self.cluster.chars().take(100).collect();
+            let detail: String = self.detail.chars().take(512).collect();
+            tracing::warn!(%cluster, %detail, suppressed, "{}", self.trouble.message());
+        }
+    }
+}
+
+/// Firehose log events skipped (`reason`: control_message, other_stream).
+pub struct AuditRecordsSkipped {
+    pub reason: &'static str,
+    pub records: u64,
+}
+
+impl InternalEvent for AuditRecordsSkipped {
+    fn emit(self) {
+        metrics::counter!(AUDIT_RECORDS_SKIPPED, "reason" => self.reason).increment(self.records);
+    }
+}
+
+/// Audit events appended: stored, and delivered again (not stored twice).
+pub struct AuditEventsAppended {
+    pub adapter: &'static str,
+    pub stored: usize,
+    pub duplicates: usize,
+}
+
+impl InternalEvent for AuditEventsAppended {
+    fn emit(self) {
+        metrics::counter!(AUDIT_EVENTS_STORED, "adapter" => self.adapter)
+            .increment(self.stored as u64);
+        metrics::counter!(AUDIT_EVENTS_DUPLICATE, "adapter" => self.adapter)
+            .increment(self.duplicates as u64);
+    }
+}
+
+/// What decoding a request repaired: fields cut or left out, bodies that did not read.
+pub struct AuditRepaired {
+    pub fields: u64,
+    pub unreadable_bodies: u64,
+}
+
+impl InternalEvent for AuditRepaired {
+    fn emit(self) {
+        if self.fields > 0 {
+            metrics::counter!(AUDIT_FIELDS_REPAIRED).increment(self.fields);
+        }
+        if self.unreadable_bodies > 0 {
+            metrics::counter!(AUDIT_BODIES_UNREADABLE).increment(self.unreadable_bodies);
+        }
+    }
+}
+
+/// An exec request was joined with the process tree it started.
+pub struct AuditExecJoined;
+
+impl InternalEvent for AuditExecJoined {
+    fn emit(self) {
+        metrics::counter!(AUDIT_EXEC_JOINED).increment(1);
+    }
+}
+
+/// An exec request joined no process (`reason`: no_process, ambiguous, pod_not_watched,
+/// no_command).
+pub struct AuditExecUnmatched {
+    pub reason: &'static str,
+}
+
+impl InternalEvent for AuditExecUnmatched {
+    fn emit(self) {
+        metrics::counter!(AUDIT_EXEC_UNMATCHED, "reason" => self.reason).increment(1);
+    }
+}
+
+/// Join state dropped at its bound (`what`: pending, candidates, links).
+pub struct AuditJoinEvicted {
+    pub what: &'static str,
+}
+
+impl InternalEvent for AuditJoinEvicted {
+    fn emit(self) {
+        metrics::counter!(AUDIT_JOIN_EVICTED, "reason" => self.what).increment(1);
+    }
+}
+
+// === Peer links between replicas ===
+
+/// Peer links (to other replicas) currently streaming into subscriptions.
+pub const PEER_LINKS: &str = "procflow_peer_links";
+/// Peer links that failed or broke (relinked while the peer is resolved).
+pub const PEER_LINK_ERRORS: &str = "procflow_peer_link_errors_total";
+/// Resolving the --peers names failed (the last set stays).
+pub const PEER_LOOKUP_ERRORS: &str = "procflow_peer_lookup_errors_total";
+/// Events received from peers for local subscribers.
+pub const PEER_EVENTS: &str = "procflow_peer_events_total";
+/// Events from a peer outside the subscriber's namespaces, never shown.
+pub const PEER_OUT_OF_SCOPE: &str = "procflow_peer_out_of_scope_total";
+
+static PEER_TROUBLE: LogSampler = LogSampler::new(5, EVERY_10S);
+
+/// A peer link started (`up`) or ended streaming.
+pub struct PeerLinkStreaming {
+    pub up: bool,
+}
+
+impl InternalEvent for PeerLinkStreaming {
+    fn emit(self) {
+        if self.up {
+            metrics::gauge!(PEER_LINKS).increment(1.0);
+        } else {
+            metrics::gauge!(PEER_LINKS).decrement(1.0);
+        }
+    }
+}
+
+/// An event arrived from a peer for a local subscriber (`in_scope: false`: outside the
+/// subscriber's namespaces — a bug or a forged link — never shown).
+pub struct PeerEventReceived {
+    pub in_scope: bool,
+}
+
+impl InternalEvent for PeerEventReceived {
+    fn emit(self) {
+        if self.in_scope {
+            metrics::counter!(PEER_EVENTS).increment(1);
+        } else {
+            metrics::counter!(PEER_OUT_OF_SCOPE).increment(1);
+        }
+    }
+}
+
+/// A peer link failed or broke; it is retried.
+pub struct PeerLinkFailed<'a> {
+    pub addr: SocketAddr,
+    pub why: &'a str,
+}
+
+impl InternalEvent for PeerLinkFailed<'_> {
+    fn emit(self) {
+        metrics::counter!(PEER_LINK_ERRORS).increment(1);
+        if let Some(held_back) = PEER_TROUBLE.sample() {
+            tracing::warn!(addr = %self.addr, why = self.why, held_back,
+                "peer link down: its events do not reach this subscriber until it is back (sampled; all counted)");
+        }
+    }
+}
+
+/// Resolving the peer names failed; the last set stays.
+pub struct PeerLookupFailed<'a> {
+    pub name: &'a str,
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for PeerLookupFailed<'_> {
+    fn emit(self) {
+        metrics::counter!(PEER_LOOKUP_ERRORS).increment(1);
+        if let Some(held_back) = PEER_TROUBLE.sample() {
+            tracing::warn!(name = self.name, error = %self.error, held_back,
+                "resolving peers failed; the last set stays (sampled; all counted)");
+        }
+    }
+}
+
+/// A peer link was refused: it did not present the peer credential.
+pub struct PeerLinkRefused {
+    pub peer: Option<SocketAddr>,
+}
+
+impl InternalEvent for PeerLinkRefused {
+    fn emit(self) {
+        metrics::counter!(AUTH_REJECTED).increment(1);
+        if let Some(held_back) = PEER_TROUBLE.sample() {
+            tracing::warn!(peer = ?self.peer, held_back,
+                "refused a peer link without the peer credential (sampled; all counted)");
+        }
+    }
+}
