@@ -3,6 +3,7 @@
 //! beside the metric names), and the Prometheus and health endpoint.
 
 pub mod aggregator;
+pub mod audit;
 pub mod collector;
 
 use tracing_subscriber::EnvFilter;

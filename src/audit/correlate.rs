@@ -31,7 +31,7 @@ use crate::model::{
     AlertRecord, AuditRecord, CollectorIdentity, Event, ExecAttribution, Outcome, ProcessPhase,
     ProcessRecord, Record, UnixNanos,
 };
-use crate::telemetry::aggregator::{AuditExecJoined, AuditExecUnmatched, AuditJoinEvicted};
+use crate::telemetry::audit::{AuditExecJoined, AuditExecUnmatched, AuditJoinEvicted};
 use crate::telemetry::InternalEvent;
 
 /// Requests waiting, roots waiting, joined trees and held alerts each stop growing here

@@ -16,7 +16,7 @@ use crate::aggregator::detect::Detector;
 use crate::aggregator::store::{Store, StoreError};
 use crate::aggregator::Hub;
 use crate::model::{now_ns, AuditRecord, CollectorIdentity, Event, Record};
-use crate::telemetry::aggregator::{AuditEventsAppended, AuditRepaired};
+use crate::telemetry::audit::{AuditEventsAppended, AuditRepaired};
 use crate::telemetry::InternalEvent;
 
 use super::credentials::Adapter;

@@ -30,7 +30,7 @@ use super::credentials::{Adapter, Credentials, CredentialsError};
 use super::event::{self, Notes};
 use super::firehose;
 use super::ingest::{count_notes, AuditIngest};
-use crate::telemetry::aggregator::{
+use crate::telemetry::audit::{
     AuditRecordsSkipped, AuditRejected, AuditRequestAnswered, AuditTrouble,
 };
 use crate::telemetry::InternalEvent;
