@@ -78,21 +78,37 @@ pub fn replica_id() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
+/// Why the peer links could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("--peers needs --peer-token-file: peer links carry every namespace's events and must be authenticated")]
+    NoToken,
+    #[error("--peer-token-file: {0}")]
+    Token(#[from] crate::transport::TransportError),
+    #[error("--peer-tls-ca {path}: {source}")]
+    Ca {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 impl Peers {
     /// Resolves the peers once and keeps them resolved; `None` without `--peers`.
-    pub async fn start(args: &PeerArgs, replica: String) -> anyhow::Result<Option<Arc<Peers>>> {
+    pub async fn start(args: &PeerArgs, replica: String) -> Result<Option<Arc<Peers>>, PeerError> {
         if args.peers.is_empty() {
             return Ok(None);
         }
         let Some(file) = &args.peer_token_file else {
-            anyhow::bail!("--peers needs --peer-token-file: peer links carry every namespace's events and must be authenticated");
+            return Err(PeerError::NoToken);
         };
         let token = TokenSource::new(Some(file.clone()), None);
         token.read()?;
         let tls = match (&args.peer_tls_ca, &args.peer_tls_server_name) {
             (Some(ca), Some(name)) => {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| anyhow::anyhow!("--peer-tls-ca {}: {e}", ca.display()))?;
+                let pem = std::fs::read(ca).map_err(|source| PeerError::Ca {
+                    path: ca.clone(),
+                    source,
+                })?;
                 Some(
                     tonic::transport::ClientTlsConfig::new()
                         .ca_certificate(tonic::transport::Certificate::from_pem(pem))
