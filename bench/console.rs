@@ -442,6 +442,8 @@ pub(crate) fn process(pid: u32, start: u64, ppid: u32, comm: &str, argv: &[&str]
         preexisting: false,
         stdio_is_socket: Some(false),
         stdio_socket_inodes: Vec::new(),
+        forked_no_exec: false,
+        exe_replaced: None,
     }
 }
 

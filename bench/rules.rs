@@ -254,6 +254,8 @@ fn bench_records() -> Vec<Vec<Record>> {
             preexisting: false,
             stdio_is_socket: Some(false),
             stdio_socket_inodes: vec![],
+            forked_no_exec: false,
+            exe_replaced: None,
         };
         let mut pod = vec![Record::Process(p)];
         for j in 0..7u32 {

@@ -397,6 +397,8 @@ mod tests {
                 preexisting: false,
                 stdio_is_socket: None,
                 stdio_socket_inodes: vec![],
+                forked_no_exec: false,
+                exe_replaced: None,
             })
         };
         let got = score_processes(&truth, &[mk(11, 1), mk(12, 99)]);

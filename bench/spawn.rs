@@ -539,6 +539,8 @@ mod tests {
             preexisting: false,
             stdio_is_socket: None,
             stdio_socket_inodes: vec![],
+            forked_no_exec: false,
+            exe_replaced: None,
         })
     }
 

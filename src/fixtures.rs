@@ -74,5 +74,7 @@ pub fn process(pid: u32, comm: &[u8]) -> ProcessRecord {
         preexisting: false,
         stdio_is_socket: None,
         stdio_socket_inodes: Vec::new(),
+        forked_no_exec: false,
+        exe_replaced: None,
     }
 }

@@ -265,6 +265,15 @@ pub struct ProcessRecord {
     /// Known only with fd access.
     pub stdio_is_socket: Option<bool>,
     pub stdio_socket_inodes: Vec<u64>,
+    /// Still running the image it was forked with (`PF_FORKNOEXEC`, world-readable): a
+    /// fork, not an execution.
+    #[serde(default)]
+    pub forked_no_exec: bool,
+    /// For a deleted executable: whether its path now holds another root-owned file (a
+    /// package upgrade replaced it) or nothing (it was removed, as a runner deleting its
+    /// payload does). `None` when not deleted or not readable (needs ptrace access).
+    #[serde(default)]
+    pub exe_replaced: Option<bool>,
 }
 
 // === Collector health ===

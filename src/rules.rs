@@ -2,11 +2,13 @@
 //! ([`lang`]), evaluated per record, alerts grouped per rule + workload.
 
 mod alert;
+mod alert_key;
 pub mod cli;
 mod engine;
 mod falco;
 pub mod ka;
 pub mod lang;
+mod listening;
 mod load;
 pub mod stateful;
 
@@ -61,3 +63,6 @@ mod tests;
 
 #[cfg(test)]
 mod audit_tests;
+
+#[cfg(test)]
+mod detect_tests;

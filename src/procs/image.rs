@@ -199,6 +199,7 @@ impl ProcessMonitor {
             r.tty = (stat.tty_nr != 0).then_some(stat.tty_nr);
             r.session_id = stat.session;
             r.pgid = stat.pgrp;
+            r.forked_no_exec = stat.forked_no_exec();
             let (fd_capacity, after) = self.fill_details(r, cgroup);
             reads += 1;
             let after = match after {
@@ -348,6 +349,9 @@ impl ProcessMonitor {
         match dir.read_link(c"exe", <[u8]>::to_vec) {
             Ok(bytes) => {
                 r.exe_deleted = bytes.ends_with(b" (deleted)") || bytes.starts_with(b"/memfd:");
+                r.exe_replaced = bytes
+                    .strip_suffix(b" (deleted)")
+                    .and_then(|path| self.replaced(r.pid, path));
                 r.exe = Some(bytes);
                 r.exe_unavailable = Unavailable::Unspecified;
             }
@@ -384,6 +388,27 @@ impl ProcessMonitor {
             Err(_) => None,
         };
         (fd_size, after)
+    }
+
+    /// Whether the path of a deleted executable now holds another file, seen from the
+    /// process's own root (`/proc/PID/root`, so the app container's file system): a
+    /// root-owned regular file there is what a package upgrade leaves (a non-root runner
+    /// cannot make one); nothing there is a removed binary. `None` when unreadable.
+    fn replaced(&self, pid: u32, path: &[u8]) -> Option<bool> {
+        use std::os::unix::ffi::OsStrExt as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let rel = std::ffi::OsStr::from_bytes(path.strip_prefix(b"/")?);
+        let full = self
+            .config
+            .proc_root
+            .join(pid.to_string())
+            .join("root")
+            .join(rel);
+        match std::fs::metadata(full) {
+            Ok(m) => Some(m.is_file() && m.uid() == 0),
+            Err(e) if e.kind() == ErrorKind::NotFound => Some(false),
+            Err(_) => None,
+        }
     }
 
     fn unavailable(&mut self, e: &io::Error, ppid: u32) -> Unavailable {

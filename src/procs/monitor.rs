@@ -434,6 +434,8 @@ impl ProcessMonitor {
             preexisting: stat.starttime < self.started_ticks,
             stdio_is_socket: None,
             stdio_socket_inodes: Vec::new(),
+            forked_no_exec: false,
+            exe_replaced: None,
         };
         let read = self.read_image(&mut record, &mut stat, true);
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);

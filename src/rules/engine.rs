@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::alert::{alert, push_val, render};
+use super::alert_key::Incidents;
 use super::lang::{self, Ctx};
+use super::listening::Listening;
 use super::load::{kind_slot, RuleSet};
 use super::stateful::{self, HashMap as FastMap};
 use super::RuleError;
@@ -82,6 +84,8 @@ pub struct Hit {
 pub(super) struct Scratch {
     pub(super) hits: Vec<usize>,
     pub(super) key: String,
+    /// The hit's incident (see `alert_key`), appended to its keys.
+    pub(super) incident: String,
     pub(super) value: String,
     pub(super) rendered: Rendered,
 }
@@ -107,6 +111,8 @@ pub struct Engine {
     /// Buffers reused for every record (keys and values are built per record).
     scratch: Scratch,
     groups: FastMap<String, Group>,
+    /// The incident part of group keys (and of unattributed records' state keys).
+    incidents: Incidents,
     state: stateful::State,
     /// A group re-emits at most once per this many nanoseconds (with its count).
     pub reemit_ns: u64,
@@ -125,6 +131,7 @@ impl Engine {
             cached: 0,
             scratch: Scratch::default(),
             groups: FastMap::default(),
+            incidents: Incidents::default(),
             state: stateful::State::default(),
             reemit_ns: 60_000_000_000,
             seq: 0,
@@ -160,6 +167,9 @@ impl Engine {
     }
 
     fn remember(&mut self, slot: usize, rec: &Record) {
+        if let Record::Listener(l) = rec {
+            self.procs.listening[slot].observe(l);
+        }
         let Record::Process(p) = rec else { return };
         let per_source = &mut self.procs.by_slot[slot];
         if p.phase == crate::model::ProcessPhase::Exit {
@@ -283,7 +293,12 @@ impl Engine {
             _ => None,
         };
         let out = match make_ctx(&event.record, owner) {
-            Some((_, ctx)) => self.evaluate_in(event, &ctx, &source.workload, &procs, now),
+            Some((_, mut ctx)) => {
+                if let Some(p) = ctx.process {
+                    ctx.parent_listens = Some(self.procs.listening[slot].parent_listens(p));
+                }
+                self.evaluate_in(event, &ctx, &source.workload, &procs, now)
+            }
             None => Vec::new(),
         };
         self.procs.by_slot = procs;
@@ -323,12 +338,27 @@ impl Engine {
             let rule = &self.set.rules[index];
             let mut state_evidence = None;
             let mut culprit = None;
+            let incident = &mut scratch.incident;
+            incident.clear();
+            self.incidents.push(
+                incident,
+                &rule.spec.id,
+                &event.source.collector_id,
+                &event.record,
+                ctx,
+                now,
+            );
             if let Some(kind) = &rule.stateful {
                 key.clear();
                 key.push_str(workload);
                 for part in &rule.state_by {
                     key.push('|');
                     part.push(key, event, ctx, &mut scratch.rendered);
+                }
+                // A sum over "no process" would add separate incidents together; learned
+                // values stay the workload's, and a rate credits each value's sender.
+                if ctx.process.is_none() && matches!(kind, stateful::Kind::Threshold(_)) {
+                    key.push_str(incident);
                 }
                 let value = rule.state_value.map(|part| {
                     scratch.value.clear();
@@ -366,6 +396,7 @@ impl Engine {
                 key.push('|');
                 part.push(key, event, ctx, &mut scratch.rendered);
             }
+            key.push_str(&scratch.incident);
             if self.groups.len() >= GROUPS_MAX && !self.groups.contains_key(key.as_str()) {
                 // Groups not emitted lately go first; a pruned group just alerts afresh.
                 let horizon = now.saturating_sub(self.reemit_ns);
@@ -442,6 +473,8 @@ pub(super) fn sender_of<'a>(event: &'a Event, ctx: &Ctx<'_>) -> stateful::Sender
 pub(super) struct SourceProcs {
     slots: FastMap<String, usize>,
     by_slot: Vec<FastMap<u32, ProcessRecord>>,
+    /// Per slot: which processes own a listener.
+    listening: Vec<Listening>,
 }
 
 impl SourceProcs {
@@ -450,6 +483,7 @@ impl SourceProcs {
         let slot = *self.slots.entry_ref(source).or_insert(next);
         if slot == next {
             self.by_slot.push(FastMap::default());
+            self.listening.push(Listening::default());
         }
         slot
     }
@@ -486,6 +520,7 @@ pub(super) fn make_ctx<'a>(
         listener,
         ancestor: None,
         audit: None,
+        parent_listens: None,
     };
     Some(match rec {
         Record::Process(p) => (RecordKind::Process, ctx(Some(p), None, None)),

@@ -15,6 +15,7 @@
 mod eval;
 mod fields;
 mod lex;
+mod names;
 mod parse;
 #[cfg(test)]
 mod tests;

@@ -140,6 +140,8 @@ pub fn process_to_proto(p: &model::ProcessRecord) -> pb::Process {
         exe_deleted: p.exe_deleted,
         seen_at_exit_only: p.seen_at_exit_only,
         preexisting: p.preexisting,
+        forked_no_exec: p.forked_no_exec,
+        exe_replaced: p.exe_replaced,
         egid: p.egid,
         pgid: p.pgid,
         stdio_socket_inodes: p.stdio_socket_inodes.clone(),
@@ -502,6 +504,8 @@ pub fn process_from_proto(
         preexisting: p.preexisting,
         stdio_is_socket: p.stdio_is_socket,
         stdio_socket_inodes: p.stdio_socket_inodes,
+        forked_no_exec: p.forked_no_exec,
+        exe_replaced: p.exe_replaced,
     })
 }
 
@@ -642,6 +646,8 @@ mod tests {
             preexisting: true,
             stdio_is_socket: Some(true),
             stdio_socket_inodes: vec![5, 6],
+            forked_no_exec: true,
+            exe_replaced: Some(false),
         }
     }
 

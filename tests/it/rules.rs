@@ -158,7 +158,7 @@ fn managed_rules_fire_on_real_attacks() {
     // PF-EXEC-TMP judges executions it witnessed, not a snapshot: see the test below.
     let mut expected = vec![
         "PF-REVERSE-SHELL-STDIO",
-        "PF-MASQUERADE",
+        "PF-KTHREAD-NAME",
         "PF-PACKAGE-MANAGER",
         "PF-SSHD",
         "PF-SSHD-LISTENER",

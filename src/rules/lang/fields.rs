@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 
 use super::super::ka::{self, KaField, KaType, KaValue};
-use crate::model::{Ancestor, AuditRecord, FlowRecord, ListenerRecord, ProcessRecord, RecordKind};
+use super::names;
+use crate::model::{
+    Ancestor, AuditRecord, FlowRecord, ListenerRecord, ProcessRecord, RecordKind, Unavailable,
+};
 
 /// A field, resolved to an accessor at compile time.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +32,15 @@ pub enum Field {
     RootPid,
     RootComm,
     CommMatchesExe,
+    Argv0,
+    KthreadName,
+    ForkOfParent,
+    ExeReplaced,
+    ExeDenied,
+    SessionId,
+    ParentComm,
+    ParentCmdline,
+    ParentListens,
     // ancestor inside any(...)
     AComm,
     AExe,
@@ -90,6 +102,15 @@ pub(super) fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Fie
         "proc.root.pid" => (RootPid, Ty::Int),
         "proc.root.comm" => (RootComm, Ty::Bytes),
         "proc.comm_matches_exe" => (CommMatchesExe, Ty::Bool),
+        "proc.argv0" => (Argv0, Ty::Bytes),
+        "proc.kthread_name" => (KthreadName, Ty::Bool),
+        "proc.fork_of_parent" => (ForkOfParent, Ty::Bool),
+        "proc.exe_replaced" => (ExeReplaced, Ty::Bool),
+        "proc.exe_denied" => (ExeDenied, Ty::Bool),
+        "proc.sid" => (SessionId, Ty::Int),
+        "proc.pcomm" => (ParentComm, Ty::Bytes),
+        "proc.pcmdline" => (ParentCmdline, Ty::Bytes),
+        "proc.parent_listens" => (ParentListens, Ty::Bool),
         "a.comm" if in_any => (AComm, Ty::Bytes),
         "a.exe" if in_any => (AExe, Ty::Bytes),
         "a.pid" if in_any => (APid, Ty::Int),
@@ -150,6 +171,9 @@ pub struct Ctx<'a> {
     pub listener: Option<&'a ListenerRecord>,
     pub ancestor: Option<&'a Ancestor>,
     pub audit: Option<&'a AuditRecord>,
+    /// Whether the process's parent owns a listener: known to the engine, from the
+    /// listener records of the process's source (`None` outside it).
+    pub parent_listens: Option<bool>,
 }
 
 pub enum Val<'a> {
@@ -231,11 +255,40 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
         CommMatchesExe => p
             .and_then(|p| {
                 p.exe.as_deref().map(|e| {
-                    let base = basename(e);
-                    let base = base.strip_suffix(b" (deleted)").unwrap_or(base);
-                    Val::Bool(base.get(..15).unwrap_or(base) == p.comm.as_slice())
+                    let argv0 = p.argv.first().map(Vec::as_slice);
+                    Val::Bool(names::comm_matches_exe(&p.comm, e, argv0))
                 })
             })
+            .unwrap_or(Val::Null),
+        Argv0 => p
+            .and_then(|p| p.argv.first())
+            .map(|a| b(a))
+            .unwrap_or(Val::Null),
+        KthreadName => p
+            .map(|p| {
+                let argv0 = p.argv.first().map_or(&[][..], Vec::as_slice);
+                Val::Bool(names::kernel_thread_like(&p.comm) || names::kernel_thread_like(argv0))
+            })
+            .unwrap_or(Val::Null),
+        ForkOfParent => p.map(|p| Val::Bool(fork_of_parent(p))).unwrap_or(Val::Null),
+        ExeReplaced => p
+            .and_then(|p| p.exe_replaced)
+            .map(Val::Bool)
+            .unwrap_or(Val::Null),
+        ExeDenied => p
+            .map(|p| Val::Bool(p.exe_unavailable == Unavailable::PermissionDenied))
+            .unwrap_or(Val::Null),
+        SessionId => p
+            .map(|p| Val::Int(p.session_id.into()))
+            .unwrap_or(Val::Null),
+        ParentComm => p
+            .and_then(|p| p.ancestors.first())
+            .map(|a| b(&a.comm))
+            .unwrap_or(Val::Null),
+        ParentListens => c.parent_listens.map(Val::Bool).unwrap_or(Val::Null),
+        ParentCmdline => p
+            .and_then(|p| p.ancestors.first())
+            .map(|a| Val::Bytes(std::borrow::Cow::Owned(a.argv.join(&b' '))))
             .unwrap_or(Val::Null),
         AComm => c.ancestor.map(|a| b(&a.comm)).unwrap_or(Val::Null),
         AExe => c
@@ -288,6 +341,22 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
     }
 }
 
+/// A fork still running its parent's image (no exec since): what it runs was judged as its
+/// parent's execution. Told by `PF_FORKNOEXEC` and the parent's executable (or, when
+/// neither can be read, its argv[0]) being the same; a fork whose parent was not seen (it
+/// exited first, unseen) is judged as an execution.
+fn fork_of_parent(p: &ProcessRecord) -> bool {
+    let Some(parent) = p.ancestors.first().filter(|_| p.forked_no_exec) else {
+        return false;
+    };
+    let image = |e: &[u8]| e.strip_suffix(b" (deleted)").unwrap_or(e).to_vec();
+    match (&p.exe, &parent.exe) {
+        (Some(e), Some(pe)) => image(e) == image(pe),
+        (None, None) => !p.argv.is_empty() && p.argv.first() == parent.argv.first(),
+        _ => false,
+    }
+}
+
 pub(super) fn ka_val(v: KaValue<'_>) -> Val<'_> {
     use std::borrow::Cow;
     match v {
@@ -321,6 +390,15 @@ pub(super) const FIELD_NAMES: &[&str] = &[
     "proc.root.pid",
     "proc.root.comm",
     "proc.comm_matches_exe",
+    "proc.argv0",
+    "proc.kthread_name",
+    "proc.fork_of_parent",
+    "proc.exe_replaced",
+    "proc.exe_denied",
+    "proc.sid",
+    "proc.pcomm",
+    "proc.pcmdline",
+    "proc.parent_listens",
     "fd.rip",
     "fd.raddr",
     "fd.rport",

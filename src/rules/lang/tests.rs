@@ -126,6 +126,7 @@ fn folded_enum_tests_agree_with_the_tree() {
                                 listener: None,
                                 ancestor: None,
                                 audit: None,
+                                parent_listens: None,
                             };
                             assert_eq!(
                                 folded.holds(Facts::of(&c), &c),
@@ -163,6 +164,7 @@ fn process_phase_folds_and_absent_never_matches() {
             listener: None,
             ancestor: None,
             audit: None,
+            parent_listens: None,
         };
         assert_eq!(c.holds(Facts::of(&ctx), &ctx), phase != ProcessPhase::Exit);
     }
@@ -172,6 +174,7 @@ fn process_phase_folds_and_absent_never_matches() {
         listener: None,
         ancestor: None,
         audit: None,
+        parent_listens: None,
     };
     assert!(!c.holds(Facts::of(&nothing), &nothing));
 }
@@ -206,6 +209,7 @@ fn a_trailing_star_glob_is_a_prefix_test_that_matches_like_the_regex() {
                 listener: None,
                 ancestor: None,
                 audit: None,
+                parent_listens: None,
             };
             assert_eq!(fast.eval(&c), slow.eval(&c), "{glob} on {value:?}");
         }

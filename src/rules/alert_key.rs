@@ -1,0 +1,142 @@
+//! Which incident a record belongs to: the part of an alert group's key (and of an
+//! unattributed record's state key) that makes one incident one alert, and two incidents
+//! two alerts even within the re-emit interval.
+//!
+//! - A process with a controlling terminal: its session on that terminal (the session id,
+//!   the terminal, and the session leader's start time when the lineage holds it), so a
+//!   login's scripts starting shells on one terminal are one incident, and another login
+//!   is another.
+//! - Any other process: its process tree. A process whose ancestor the same rule hit
+//!   joins that ancestor's tree (a reverse shell's login scripts, a payload's children);
+//!   otherwise the tree is rooted at the highest ancestor of an unbroken run of forks (the
+//!   same image and the same arguments: a shell's subshells, a payload's forked workers).
+//!   Trees are named by pid and start time, so a reused pid is another tree, and a new
+//!   execution under a process the rule did not hit (`python3 attack.py` under `python3
+//!   harness.py`) is a tree of its own.
+//! - A flow or listener whose owner is unknown: `na`, the socket's uid (and its pid when
+//!   the collector named one the engine has not seen), and an epoch that moves on after
+//!   [`UNATTRIBUTED_GAP`] without a record of that owner. Unattributed records never share
+//!   a key with attributed ones, nor with each other across uids or across a quiet gap.
+//!
+//! The key is text appended to the group key; whoever stores groups (the aggregator's
+//! alert groups) needs nothing else from this module.
+
+use std::fmt::Write as _;
+
+use super::lang::Ctx;
+use super::stateful::HashMap as FastMap;
+use crate::model::{ProcessRecord, Record, UnixNanos};
+
+/// After this long without a record, an unattributed owner's next record starts a new
+/// incident: the socket's owner cannot be told otherwise, and an hour-long window keyed on
+/// "no process" would add one incident's bytes to the next one's.
+pub const UNATTRIBUTED_GAP: UnixNanos = 30_000_000_000;
+
+/// Bounds the remembered unattributed owners; beyond it the map starts over (the epochs
+/// restart, so at worst a gap is not noticed once).
+const OWNERS_MAX: usize = 65_536;
+
+/// The epochs of unattributed owners, by `source|uid|pid`, and the tree each process a
+/// rule hit belongs to, by `rule|source|pid|start`.
+#[derive(Default)]
+pub(super) struct Incidents {
+    owners: FastMap<String, (u64, UnixNanos)>,
+    trees: FastMap<String, (u32, UnixNanos)>,
+    scratch: String,
+}
+
+impl Incidents {
+    /// Appends the incident of `rule`'s hit on `rec` to `key`. `source` tells collectors
+    /// apart.
+    pub(super) fn push(
+        &mut self,
+        key: &mut String,
+        rule: &str,
+        source: &str,
+        rec: &Record,
+        ctx: &Ctx<'_>,
+        now: UnixNanos,
+    ) {
+        if let Some(p) = ctx.process {
+            match p.tty {
+                Some(tty) => push_session(key, p, tty),
+                None => {
+                    let root = self.tree_of(rule, source, p);
+                    let _ = write!(key, "|tree:{}:{}", root.0, root.1);
+                }
+            }
+            return;
+        }
+        let (uid, pid) = match rec {
+            Record::Flow(f) => (f.uid, f.pid),
+            Record::Listener(l) => (l.uid, l.pid),
+            // Audit records and the rest name no process: their group is their rule's.
+            _ => return,
+        };
+        self.scratch.clear();
+        self.scratch.push_str(source);
+        let _ = write!(self.scratch, "|{uid:?}|{pid:?}");
+        if self.owners.len() >= OWNERS_MAX && !self.owners.contains_key(self.scratch.as_str()) {
+            self.owners.clear();
+        }
+        let entry = self
+            .owners
+            .entry_ref(self.scratch.as_str())
+            .or_insert((0, now));
+        if now.saturating_sub(entry.1) > UNATTRIBUTED_GAP {
+            entry.0 += 1;
+        }
+        entry.1 = now;
+        let _ = write!(key, "|na:uid={uid:?}:pid={pid:?}:e{}", entry.0);
+    }
+}
+
+impl Incidents {
+    /// The root of the tree `rule` hit in: the tree of the nearest ancestor it hit, else
+    /// the top of the process's run of forks; remembered for its descendants.
+    fn tree_of(&mut self, rule: &str, source: &str, p: &ProcessRecord) -> (u32, UnixNanos) {
+        let name = |s: &mut String, pid: u32, start: UnixNanos| {
+            s.clear();
+            let _ = write!(s, "{rule}|{source}|{pid}|{start}");
+        };
+        let mut root = None;
+        for a in &p.ancestors {
+            name(&mut self.scratch, a.pid, a.start_time);
+            if let Some(r) = self.trees.get(self.scratch.as_str()) {
+                root = Some(*r);
+                break;
+            }
+        }
+        let root = root.unwrap_or_else(|| fork_root(p));
+        name(&mut self.scratch, p.pid, p.start_time);
+        if self.trees.len() >= OWNERS_MAX && !self.trees.contains_key(self.scratch.as_str()) {
+            self.trees.clear();
+        }
+        self.trees.insert(self.scratch.clone(), root);
+        root
+    }
+}
+
+fn push_session(key: &mut String, p: &ProcessRecord, tty: u32) {
+    let leader = std::iter::once((p.pid, p.start_time))
+        .chain(p.ancestors.iter().map(|a| (a.pid, a.start_time)))
+        .find(|(pid, _)| *pid == p.session_id)
+        .map_or(0, |(_, start)| start);
+    let _ = write!(key, "|tty:{tty}:sid:{}:{leader}", p.session_id);
+}
+
+/// The highest ancestor of the process's unbroken run of forks (itself if none).
+fn fork_root(p: &ProcessRecord) -> (u32, UnixNanos) {
+    let image = |exe: Option<&[u8]>, comm: &[u8]| -> Vec<u8> {
+        match exe {
+            Some(e) => e.strip_suffix(b" (deleted)").unwrap_or(e).to_vec(),
+            None => comm.to_vec(),
+        }
+    };
+    let own = image(p.exe.as_deref(), &p.comm);
+    p.ancestors
+        .iter()
+        .take_while(|a| a.pid > 1 && a.argv == p.argv && image(a.exe.as_deref(), &a.comm) == own)
+        .last()
+        .map_or((p.pid, p.start_time), |a| (a.pid, a.start_time))
+}

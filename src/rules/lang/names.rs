@@ -1,0 +1,199 @@
+//! What a process's names may legitimately differ by: the name a command was started
+//! under (comm, argv[0]) and the file it runs (exe) differ when the command is a link to
+//! another file — Debian's alternatives (`awk` → `mawk`, `nc` → `nc.openbsd`), versioned
+//! links (`python3` → `python3.11`) — and in nothing else a rule should accept.
+//!
+//! Pure functions over the bytes of a record; hostile names (a process names itself) only
+//! ever make them answer false.
+
+/// Links whose target is named after another command: (the name run, targets' names).
+/// A target matches by its whole name or as `target.suffix` / `target-suffix`.
+const ALTERNATIVES: &[(&[u8], &[&[u8]])] = &[
+    (
+        b"awk",
+        &[b"mawk", b"gawk", b"nawk", b"original-awk", b"busybox"],
+    ),
+    (b"nawk", &[b"mawk", b"gawk"]),
+    (
+        b"nc",
+        &[
+            b"nc.openbsd",
+            b"nc.traditional",
+            b"ncat",
+            b"netcat",
+            b"busybox",
+        ],
+    ),
+    (b"netcat", &[b"nc.openbsd", b"nc.traditional", b"ncat"]),
+    (b"vi", &[b"vim", b"nvim", b"busybox"]),
+    (b"view", &[b"vim"]),
+    (b"editor", &[b"vim", b"nano", b"ed"]),
+    (b"pager", &[b"less", b"more"]),
+    (b"sh", &[b"dash", b"bash", b"busybox"]),
+    (b"java", &[b"java"]),
+    (b"x-www-browser", &[b"chromium", b"firefox"]),
+    (b"which", &[b"which.debianutils"]),
+    (b"rename", &[b"file-rename"]),
+    (
+        b"iptables",
+        &[b"xtables-nft-multi", b"xtables-legacy-multi"],
+    ),
+    (
+        b"ip6tables",
+        &[b"xtables-nft-multi", b"xtables-legacy-multi"],
+    ),
+];
+
+/// Whether `comm` (15 bytes at most) is the name of `exe`'s file: the same name, a
+/// versioned or suffixed form of it (`python3.11`, `nc.openbsd`, `vim.basic`,
+/// `node18`), or a well-known alternative's target — the last two only when argv[0]
+/// (if any) names the command as comm does, as a shell starting it through its link
+/// leaves it.
+pub(crate) fn comm_matches_exe(comm: &[u8], exe: &[u8], argv0: Option<&[u8]>) -> bool {
+    let exe = exe.strip_suffix(b" (deleted)").unwrap_or(exe);
+    let base = basename(exe);
+    if truncated(base) == comm {
+        return true;
+    }
+    if argv0.is_some_and(|a| truncated(basename(a)) != comm) {
+        return false;
+    }
+    // comm is cut at 15 bytes: a suffix beyond it cannot be judged, only the name before.
+    comm.len() < 15 && (is_version_of(base, comm) || is_alternative(comm, base))
+}
+
+/// A kernel thread's name in the forms user space shows it: `kworker/1:2-events` as comm,
+/// `[kworker/1:2-events]` as ps prints it (and a retitled process writes into argv[0]).
+pub(crate) fn kernel_thread_like(name: &[u8]) -> bool {
+    const PREFIXES: &[&[u8]] = &[
+        b"kworker",
+        b"kthreadd",
+        b"ksoftirqd",
+        b"kswapd",
+        b"migration/",
+        b"rcu_",
+        b"rcuc/",
+        b"rcuog/",
+        b"rcuop/",
+        b"watchdog",
+        b"jbd2/",
+        b"kcompactd",
+        b"khugepaged",
+        b"kdevtmpfs",
+        b"kblockd",
+        b"kauditd",
+        b"khungtaskd",
+        b"kintegrityd",
+        b"kthrotld",
+        b"cpuhp/",
+        b"idle_inject/",
+        b"irq/",
+        b"ksmd",
+        b"oom_reaper",
+        b"writeback",
+        b"scsi_eh_",
+        b"xfsaild",
+        b"card0-crtc",
+        b"ecryptfs",
+        b"kstrp",
+        b"mm_percpu_wq",
+        b"inet_frag_wq",
+        b"edac-poller",
+        b"devfreq_wq",
+        b"zswap",
+    ];
+    let name = name.strip_prefix(b"[").unwrap_or(name);
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+fn basename(b: &[u8]) -> &[u8] {
+    b.rsplit(|&c| c == b'/').next().unwrap_or(b)
+}
+
+fn truncated(b: &[u8]) -> &[u8] {
+    b.get(..15).unwrap_or(b)
+}
+
+/// `python3.11` of `python3`, `nc.openbsd` of `nc`, `node18` of `node`, `pip-3.11` of
+/// `pip`: the name, then `.`, `-` or a digit, then the rest.
+fn is_version_of(base: &[u8], name: &[u8]) -> bool {
+    !name.is_empty()
+        && base.len() > name.len()
+        && base.starts_with(name)
+        && matches!(base[name.len()], b'.' | b'-' | b'0'..=b'9')
+}
+
+fn is_alternative(name: &[u8], base: &[u8]) -> bool {
+    ALTERNATIVES.iter().any(|(run, targets)| {
+        *run == name && targets.iter().any(|t| *t == base || is_version_of(base, t))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alternatives_and_versioned_links_are_consistent() {
+        for (comm, exe, argv0) in [
+            ("awk", "/usr/bin/mawk", "awk"),
+            ("nc", "/usr/bin/nc.openbsd", "nc"),
+            ("python3", "/usr/bin/python3.11", "python3"),
+            (
+                "python3",
+                "/usr/local/bin/python3.12",
+                "/usr/local/bin/python3",
+            ),
+            ("vi", "/usr/bin/vim.basic", "vi"),
+            ("sleep", "/usr/bin/sleep", "whatever"),
+            ("bash", "/usr/bin/bash (deleted)", "-bash"),
+            ("node", "/usr/bin/node18", "node"),
+        ] {
+            assert!(
+                comm_matches_exe(comm.as_bytes(), exe.as_bytes(), Some(argv0.as_bytes())),
+                "{comm} {exe}"
+            );
+        }
+        assert!(comm_matches_exe(b"bash", b"/usr/bin/bash (deleted)", None));
+    }
+
+    #[test]
+    fn renamed_processes_are_not() {
+        for (comm, exe, argv0) in [
+            // prctl(PR_SET_NAME) of a miner, argv untouched
+            ("sshd", "/tmp/xmrig", "/tmp/xmrig"),
+            // named after a command whose alternative it is not
+            ("awk", "/tmp/payload", "awk"),
+            ("nc", "/usr/bin/python3.11", "nc"),
+            // an alternative's name, but argv[0] says another command was run
+            ("awk", "/usr/bin/mawk", "/tmp/x"),
+            // a prefix that is not a version
+            ("ssh", "/usr/bin/sshd", "ssh"),
+            ("", "/usr/bin/x", ""),
+        ] {
+            assert!(
+                !comm_matches_exe(comm.as_bytes(), exe.as_bytes(), Some(argv0.as_bytes())),
+                "{comm} {exe} {argv0}"
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_thread_names_in_their_real_forms() {
+        for n in [
+            "kworker/1:2-events",
+            "[kworker/1:2-events]",
+            "[kworker/1:2-ev",
+            "[ksoftirqd/0]",
+            "kthreadd",
+            "[migration/3]",
+            "[rcu_sched]",
+            "[jbd2/sda1-8]",
+        ] {
+            assert!(kernel_thread_like(n.as_bytes()), "{n}");
+        }
+        for n in ["kubelet", "[", "", "python3", "worker", "k"] {
+            assert!(!kernel_thread_like(n.as_bytes()), "{n}");
+        }
+    }
+}
