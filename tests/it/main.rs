@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod console;
 mod credentials;
+mod detections;
 mod exec_image;
 mod faults;
 mod fidelity;

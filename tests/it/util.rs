@@ -23,6 +23,18 @@ pub const UNPRIVILEGED: [&str; 7] = [
     "--no-new-privs",
 ];
 
+/// Children killed and reaped when the test ends, however it ends.
+pub struct Kids(pub Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A collector process whose stdout (JSON lines) is collected until it stops.
 pub struct Collector {
     child: Child,
@@ -187,6 +199,20 @@ impl Netns {
 }
 
 impl Netns {
+    /// Namespace `i`'s default route, through `via`.
+    pub fn default_route(&self, i: usize, via: &str) {
+        sh(&[
+            "ip",
+            "-n",
+            self.name(i),
+            "route",
+            "add",
+            "default",
+            "via",
+            via,
+        ]);
+    }
+
     /// More addresses on namespace `b`'s end of the link made with `tag`.
     pub fn add_addrs(&self, b: usize, tag: &str, addrs: &[&str]) {
         let dev = veth('b', tag);
