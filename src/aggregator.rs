@@ -292,6 +292,7 @@ pub async fn serve(
         );
     }
     let admission = admission::Admission::new(args.admission.clone());
+    let replica = peers::replica_id();
     let hub = Arc::new(Hub::new(args.subscriber_queue));
     let console_credentials = console::auth::Credentials::new(auth.clone());
     let limits = Limits::default();
@@ -319,6 +320,7 @@ pub async fn serve(
                     wait_ns: u64::try_from(args.audit.audit_join_wait.as_nanos())
                         .unwrap_or(u64::MAX),
                 },
+                replica: replica.clone(),
             },
             store.clone(),
             hub.clone(),
@@ -352,7 +354,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let liveness = silenced_collector_watch(store.clone(), hub.clone(), detector.clone());
+    let liveness = silenced_collector_watch(store.clone(), hub.clone(), detector.clone(), &replica);
     let ingest = IngestService::new(
         store.clone(),
         hub.clone(),
@@ -362,7 +364,6 @@ pub async fn serve(
         admission.clone(),
     )
     .with_liveness(liveness.clone());
-    let replica = peers::replica_id();
     let peer_links = peers::Peers::start(&args.peers, replica.clone()).await?;
     let peer_service = args
         .peers
@@ -470,16 +471,15 @@ fn silenced_collector_watch(
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     detector: Option<detect::Detector>,
+    replica: &str,
 ) -> Arc<liveness::Liveness> {
+    // Deduplicated per replica: sequence numbers from two replicas' clocks could meet.
+    let batch_key = format!("{}/{replica}", liveness::LIVENESS_SOURCE);
     let watch = liveness::Liveness::new(Box::new(move |alerts| match &detector {
         Some(detector) => detector.submit(alerts),
         None => {
             // The writer's answer is not awaited: the alert is published either way.
-            drop(store.append(
-                liveness::LIVENESS_SOURCE.into(),
-                crate::model::now_ns(),
-                alerts.clone(),
-            ));
+            drop(store.append(batch_key.clone(), crate::model::now_ns(), alerts.clone()));
             hub.publish(&alerts);
         }
     }));

@@ -10,6 +10,7 @@ pub mod ka;
 pub mod lang;
 mod listening;
 mod load;
+pub mod shared;
 pub mod stateful;
 
 pub use engine::{Engine, Hit};

@@ -35,6 +35,9 @@ pub struct DetectConfig {
     pub outputs: Outputs,
     /// How exec audit events are joined with process trees.
     pub join: JoinConfig,
+    /// This replica's id: the rules' batches are deduplicated per replica (their sequence
+    /// numbers start from each replica's clock and could meet another's).
+    pub replica: String,
 }
 
 #[derive(Clone)]
@@ -105,6 +108,8 @@ const MAX_QUEUED_RECORDS: usize = 1 << 20;
 const QUEUE_BATCHES: usize = 4096;
 const STATE_SAVE_EVERY: Duration = Duration::from_secs(5);
 const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Group hits that did not emit reach the shared count this often.
+const SHARED_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why detection could not start: the rules do not load, the saved state cannot be read
 /// or set aside, or the engine thread cannot be started.
@@ -140,6 +145,10 @@ impl Detector {
         let mut engine = Engine::new(set);
         engine.reemit_ns = u64::try_from(config.reemit.as_nanos()).unwrap_or(u64::MAX);
         load_state(&mut engine, &config.state_path)?;
+        if let Some(shared) = store.shared_rule_state() {
+            tracing::info!("alert groups and learned values are shared through the store");
+            engine.share_state(shared);
+        }
         let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
@@ -210,6 +219,8 @@ fn run(
     };
     let mut correlator = Correlator::new(config.join);
     let mut last_expire = Instant::now();
+    let mut last_flush = Instant::now();
+    let batch_key = format!("{RULES_SOURCE}/{}", config.replica);
     loop {
         let batch = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(batch) => Some(batch),
@@ -256,6 +267,10 @@ fn run(
             .emit();
             dirty = true;
         }
+        if last_flush.elapsed() >= SHARED_FLUSH_EVERY {
+            last_flush = Instant::now();
+            engine.flush_shared(now);
+        }
         if last_expire.elapsed() >= Duration::from_secs(1) {
             last_expire = Instant::now();
             raised.extend(
@@ -283,7 +298,7 @@ fn run(
             .emit();
             seq += 1;
             match store
-                .append(RULES_SOURCE.into(), seq, alerts.clone())
+                .append(batch_key.clone(), seq, alerts.clone())
                 .blocking_recv()
             {
                 Ok(Ok(Appended::Stored(_) | Appended::Duplicate)) => {}

@@ -173,6 +173,11 @@ pub trait Store: Send + Sync {
         query: &EventQuery,
         visit: &mut dyn FnMut(Event) -> bool,
     ) -> Result<bool, StoreError>;
+    /// Rule state several replicas share (alert groups, learned values), for a store
+    /// several replicas write to; `None` (the default) keeps it in the replica.
+    fn shared_rule_state(&self) -> Option<Box<dyn crate::rules::shared::SharedState>> {
+        None
+    }
     /// Applies retention (and, where the backend has them, makes the coming days'
     /// partitions) now, as if the time were `now` (ns). The backends also do it on their
     /// own every minute. Blocking.

@@ -9,6 +9,7 @@ use super::alert_key::Incidents;
 use super::lang::{self, Ctx};
 use super::listening::Listening;
 use super::load::{kind_slot, RuleSet};
+use super::shared::{Claim, SharedState};
 use super::stateful::{self, HashMap as FastMap};
 use super::RuleError;
 use crate::model::{
@@ -117,6 +118,8 @@ pub struct Engine {
     /// A group re-emits at most once per this many nanoseconds (with its count).
     pub reemit_ns: u64,
     seq: u64,
+    /// Groups and learned values shared with other replicas, when the store shares them.
+    shared: Option<Box<dyn SharedState>>,
 }
 
 pub(super) const PROC_CACHE_MAX: usize = 262_144;
@@ -135,6 +138,7 @@ impl Engine {
             state: stateful::State::default(),
             reemit_ns: 60_000_000_000,
             seq: 0,
+            shared: None,
         }
     }
 
@@ -149,6 +153,19 @@ impl Engine {
             self.set.rules.iter().map(|r| r.spec.id.as_str()).collect();
         self.state.retain_rules(&ids);
         Ok(())
+    }
+
+    /// Alert groups and new-value rules' learned sets are shared through `shared` (the
+    /// store several replicas write to).
+    pub fn share_state(&mut self, shared: Box<dyn SharedState>) {
+        self.shared = Some(shared);
+    }
+
+    /// Writes the group hits held for the shared state.
+    pub fn flush_shared(&mut self, now: UnixNanos) {
+        if let Some(shared) = &mut self.shared {
+            shared.flush(now);
+        }
     }
 
     /// Restores stateful rule state saved by [`Engine::save_state`].
@@ -370,6 +387,19 @@ impl Engine {
                     _ => None,
                 });
                 let sender = matches!(kind, stateful::Kind::Rate(_)).then(|| sender_of(event, ctx));
+                if let (Some(shared), stateful::Kind::NewValue(n), Some(value)) =
+                    (&mut self.shared, kind, value)
+                {
+                    // A value unknown here may be known to another replica: asked once,
+                    // then kept here like a value learned here.
+                    if !n.allow.iter().any(|a| a == value)
+                        && self.state.learnable(&rule.spec.id, key, value)
+                    {
+                        if let Some(learned) = shared.learn(&rule.spec.id, key, value, now) {
+                            self.state.seed(&rule.spec.id, key, value, learned);
+                        }
+                    }
+                }
                 let verdict = self.state.observe(
                     &rule.spec.id,
                     kind,
@@ -411,11 +441,31 @@ impl Engine {
             g.count += 1;
             let emit = g.emitted_count == 0 || now.saturating_sub(g.last_emit) >= self.reemit_ns;
             if !emit {
+                if let Some(shared) = &mut self.shared {
+                    shared.hit(key);
+                }
                 continue;
             }
             g.last_emit = now;
             g.emitted_count = g.count;
-            let g = *g;
+            let mut g = match self
+                .shared
+                .as_mut()
+                .and_then(|s| s.claim(key, now, self.reemit_ns))
+            {
+                // Another replica emitted it lately: this one waits as if it had.
+                Some(Claim::Held { last_emit }) => {
+                    g.last_emit = last_emit;
+                    continue;
+                }
+                Some(Claim::Emit { first_seen, count }) => Group {
+                    first_seen,
+                    count,
+                    ..*g
+                },
+                None => *g,
+            };
+            g.emitted_count = g.count;
             self.seq += 1;
             let mut alert = match &culprit {
                 // Another process sent most of the values: the alert names it (or no

@@ -353,6 +353,41 @@ impl State {
         self.distinct.retain(|k, _| ids.contains(k.as_str()));
     }
 
+    /// Whether `value` is unknown for `key` of new-value rule `rule_id` and there is room
+    /// to learn it (a value the bounds refuse is not asked about again and again).
+    pub fn learnable(&self, rule_id: &str, key: &str, value: &str) -> bool {
+        let Some(per_rule) = self.learned.get(rule_id) else {
+            return true;
+        };
+        match per_rule.get(key) {
+            Some(l) => !l.values.contains(value) && l.values.len() < MAX_VALUES_PER_KEY,
+            None => per_rule.len() < MAX_KEYS_PER_RULE,
+        }
+    }
+
+    /// What the replicas' shared state knows of `value` for `key`: the key's learning
+    /// clock starts when any replica first saw it, and a value another replica learned is
+    /// known here.
+    pub fn seed(
+        &mut self,
+        rule_id: &str,
+        key: &str,
+        value: &str,
+        learned: crate::rules::shared::Learned,
+    ) {
+        let refused = &mut self.keys_refused;
+        let per_rule = per_rule(&mut self.learned, rule_id);
+        let Some(l) = bounded_entry(per_rule, key, refused) else {
+            return;
+        };
+        if l.first_seen == 0 || learned.key_first_seen < l.first_seen {
+            l.first_seen = learned.key_first_seen;
+        }
+        if learned.known && l.values.len() < MAX_VALUES_PER_KEY {
+            l.values.insert(value.to_owned());
+        }
+    }
+
     /// Applies one matching record. `key` is the rendered key; `value` the rendered value
     /// field (new value, rate) and `amount` the numeric field (threshold sum).
     #[allow(clippy::too_many_arguments)]

@@ -679,3 +679,29 @@ impl InternalEvent for PeerLinkRefused {
         }
     }
 }
+
+// === Rule state shared between replicas ===
+
+/// The shared rule state (alert groups, learned values) the store could not read or write:
+/// the replica decided alone, counted.
+pub const SHARED_STATE_ERRORS: &str = "procflow_shared_rule_state_errors_total";
+
+static SHARED_STATE_TROUBLE: LogSampler = LogSampler::new(3, Duration::from_secs(60));
+
+/// The store did not answer for the shared rule state (`error` absent: not asked, while it
+/// recovers from a failure moments ago).
+pub struct SharedStateUnavailable<'a> {
+    pub what: &'static str,
+    pub error: Option<&'a str>,
+}
+
+impl InternalEvent for SharedStateUnavailable<'_> {
+    fn emit(self) {
+        metrics::counter!(SHARED_STATE_ERRORS).increment(1);
+        let Some(error) = self.error else { return };
+        if let Some(held_back) = SHARED_STATE_TROUBLE.sample() {
+            tracing::warn!(what = self.what, error, held_back,
+                "shared rule state unavailable: this replica groups and learns alone for now (sampled; all counted)");
+        }
+    }
+}

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use procflow::proto::v1 as pb;
 
-use crate::identity::{batch, heartbeat, identity, ingest, namespace_of, query, sha256_hex};
+use crate::identity::{
+    alert_of, batch, heartbeat, identity, ingest, namespace_of, process, query, query_until,
+    sha256_hex, MARKER_RULE,
+};
 use crate::pg;
 use crate::pipeline::{free_ports, Aggregator};
 use crate::readers::{flow, subscribe};
@@ -286,4 +289,116 @@ fn a_peer_link_takes_the_peer_credential_and_nothing_else() {
         tonic::Code::Unimplemented
     );
     assert!(Path::new(&shared.path("peer-token")).exists());
+}
+
+/// A new-value rule whose first value is already new (no learning period), one group per
+/// value.
+const NEW_COMM: &str = "- id: TEST-NEW-COMM\n  name: New command\n  severity: high\n  kinds: [process]\n  condition: proc.comm startswith \"pf-nv\"\n  new_value:\n    value: proc.comm\n    learning: 0s\n  output: 'new {proc.comm}'\n  group_by: [proc.comm]\n";
+
+/// The stored alerts of `rule` (from either replica: one database), as (output, count).
+fn alerts(url: &str, rule: &str, done: impl Fn(usize) -> bool) -> Vec<(String, u64)> {
+    let events = query_until(
+        url,
+        Some(ADMIN),
+        &[pb::RecordKind::Alert],
+        Duration::from_secs(30),
+        |events| {
+            done(
+                events
+                    .iter()
+                    .filter_map(alert_of)
+                    .filter(|a| a.rule_id == rule)
+                    .count(),
+            )
+        },
+    );
+    let mut out: Vec<(String, u64)> = events
+        .iter()
+        .filter_map(alert_of)
+        .filter(|a| a.rule_id == rule)
+        .map(|a| (a.output.clone(), a.count))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn alert_groups_and_learned_values_are_shared_across_replicas() {
+    let shared = Shared::new();
+    let rules = shared.dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("rules dir");
+    let marker = MARKER_RULE.trim_start_matches("rules:\n");
+    std::fs::write(
+        rules.join("test.yaml"),
+        format!("rules:\n{marker}{NEW_COMM}"),
+    )
+    .expect("rules");
+    let rules = rules.to_str().expect("utf-8").to_owned();
+    let [a, b] = shared.replicas(
+        free_ports::<2>(),
+        &[
+            "--rules",
+            &rules,
+            "--no-managed-rules",
+            "--alert-reemit",
+            "4s",
+        ],
+    );
+    let id = identity("uid-web-0/c", "ns-a", "web-0");
+    let mut seq = 0;
+    // One process (pid and start time) reported again and again: one incident.
+    let started_at = procflow::model::now_ns();
+    let mut send = |url: &str, comms: &[&str]| {
+        seq += 1;
+        let records = comms
+            .iter()
+            .map(|c| {
+                let mut record = process(4242, c);
+                if let Some(pb::record::Kind::Process(p)) = &mut record.kind {
+                    p.start_time = started_at;
+                }
+                record
+            })
+            .collect();
+        let acks = ingest(url, Some(WRITER), vec![batch(&id, seq, records)]).expect("ingest");
+        assert!(!acks[0].rejected, "{acks:?}");
+    };
+    let (a, b) = (a.url(), b.url());
+
+    // One group: A emits its first hit; B's two hits and A's next two fall within the
+    // re-emit interval of A's emission (B's first is held, not emitted); once it has passed,
+    // B's next hit emits the count of all six.
+    let started = Instant::now();
+    send(&a, &["pf-marker-x"]);
+    assert_eq!(alerts(&b, "TEST-MARKER", |n| n >= 1).len(), 1);
+    send(&b, &["pf-marker-x", "pf-marker-x"]);
+    send(&a, &["pf-marker-x", "pf-marker-x"]);
+    // The held hits are written within a second; the interval is 4 s.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(started.elapsed()));
+    send(&b, &["pf-marker-x"]);
+    let marker = alerts(&a, "TEST-MARKER", |n| n >= 2);
+    let counts: Vec<u64> = marker.iter().map(|(_, count)| *count).collect();
+    assert_eq!(
+        counts,
+        [1, 6],
+        "one group, emitted once per interval with every replica's hits: {marker:?}"
+    );
+
+    // Learned values: x is new on A, then known on B; y is new on B, then known on A. z on
+    // A last: once its alert is stored, A has judged y.
+    send(&a, &["pf-nv-x"]);
+    alerts(&a, "TEST-NEW-COMM", |n| n >= 1);
+    send(&b, &["pf-nv-x", "pf-nv-y"]);
+    alerts(&a, "TEST-NEW-COMM", |n| n >= 2);
+    send(&a, &["pf-nv-y", "pf-nv-z"]);
+    let learned = alerts(&b, "TEST-NEW-COMM", |n| n >= 3);
+    std::thread::sleep(Duration::from_secs(1));
+    let learned_now = alerts(&b, "TEST-NEW-COMM", |n| n >= 3);
+    assert_eq!(learned, learned_now);
+    let outputs: Vec<&str> = learned.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(
+        outputs,
+        ["new pf-nv-x", "new pf-nv-y", "new pf-nv-z"],
+        "each value new once across replicas"
+    );
 }

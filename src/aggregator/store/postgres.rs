@@ -11,6 +11,7 @@
 //! works from any thread; the pool (deadpool) holds a few connections.
 
 mod schema;
+mod shared;
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -300,6 +301,13 @@ impl Store for PgStore {
         events: Vec<Event>,
     ) -> oneshot::Receiver<Result<AuditAppended, StoreError>> {
         request_audit(&self.writer, events)
+    }
+
+    fn shared_rule_state(&self) -> Option<Box<dyn crate::rules::shared::SharedState>> {
+        Some(Box::new(shared::PgShared::new(
+            self.pool.clone(),
+            self.handle.clone(),
+        )))
     }
 
     fn maintain(&self, now: u64) -> Result<(), StoreError> {
