@@ -524,6 +524,7 @@ fn fill_store(dir: &std::path::Path, records: u64, days: u64) -> anyhow::Result<
         Retention {
             max_age: Duration::from_secs(400 * 86_400),
             max_bytes: u64::MAX,
+            rollups: procflow::aggregator::store::ROLLUP_RETENTION,
         },
     )?;
     let pods = NAMESPACES * PODS_PER_NAMESPACE;

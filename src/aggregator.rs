@@ -12,6 +12,7 @@ pub mod hub;
 pub mod investigate;
 pub mod liveness;
 pub mod peers;
+pub mod rollups;
 pub mod service;
 pub mod store;
 
@@ -94,9 +95,14 @@ pub struct Args {
     /// deploy/README.md.
     #[arg(long, env = "PROCFLOW_READERS")]
     pub readers: Option<PathBuf>,
-    /// Stored events older than this are deleted.
-    #[arg(long, env = "PROCFLOW_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    /// Raw records older than this are deleted (questions further back read the hourly
+    /// rollups).
+    #[arg(long, env = "PROCFLOW_RETENTION", default_value = "14d", value_parser = parse_duration)]
     pub retention: Duration,
+    /// Hourly rollups (edges, executables, listeners, alert counts) older than this are
+    /// deleted.
+    #[arg(long, env = "PROCFLOW_ROLLUP_RETENTION", default_value = "396d", value_parser = parse_duration)]
+    pub rollup_retention: Duration,
     /// The store is trimmed (oldest first) above this size.
     #[arg(long, env = "PROCFLOW_MAX_DB_BYTES", default_value_t = 10 << 30)]
     pub max_db_bytes: u64,
@@ -276,6 +282,7 @@ pub async fn serve(
         retention: store::Retention {
             max_age: args.retention,
             max_bytes: args.max_db_bytes,
+            rollups: args.rollup_retention,
         },
         postgres: args.store_connect.pg_options()?,
     };
@@ -284,6 +291,7 @@ pub async fn serve(
         .await
         .context("opening the store")?
         .context("opening the store")?;
+    let _rollups = rollups::spawn(store.clone()).context("starting the rollups thread")?;
     if args.max_batch_records > args.admission.max_records_in_flight {
         anyhow::bail!(
             "--max-batch-records ({}) must not exceed --max-records-in-flight ({})",

@@ -14,6 +14,7 @@
 pub mod api;
 mod entities;
 mod novelty;
+pub mod rollup;
 mod sockets;
 #[cfg(test)]
 mod test_support;
@@ -21,10 +22,10 @@ mod tree;
 
 pub use entities::{PodDirectory, ProcessNames};
 pub use novelty::{
-    compare, new_activity, Baseline, Comparison, Increase, Period, INCREASE_FACTOR,
+    compare, new_activity, Activity, Baseline, Comparison, Increase, Period, INCREASE_FACTOR,
     MIN_INCREASE_BYTES,
 };
-pub use sockets::{talkers, Sockets};
+pub use sockets::{talkers, talkers_from, Sockets};
 pub use tree::{PodProcesses, TreeFlows};
 
 // Answers hash every socket of a window (hundreds of thousands) several times: foldhash,
@@ -152,5 +153,10 @@ impl FlowFilter {
     pub(crate) fn admits(&self, f: &FlowRecord) -> bool {
         (self.scopes.is_empty() || self.scopes.contains(&f.scope))
             && (self.directions.is_empty() || self.directions.contains(&f.direction))
+    }
+
+    fn admits_edge(&self, e: &Edge) -> bool {
+        (self.scopes.is_empty() || self.scopes.contains(&e.scope))
+            && (self.directions.is_empty() || self.directions.contains(&e.direction))
     }
 }

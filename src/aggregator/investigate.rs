@@ -11,10 +11,11 @@ use tonic::{Request, Response, Status};
 
 use crate::aggregator::admission::{identity_key, Admission, Class};
 use crate::aggregator::auth::{NamespaceScope, Principal};
+use crate::aggregator::rollups;
 use crate::aggregator::store::{EventQuery, Store, StoreError};
 use crate::investigate::api::{self, ApiActivity, ApiBaseline, ApiWindow};
 use crate::investigate::{
-    self, Baseline, Comparison, EdgeOrder, FlowFilter, NewActivity, Period, PodDirectory,
+    self, Activity, Baseline, Comparison, EdgeOrder, FlowFilter, NewActivity, Period, PodDirectory,
     PodProcesses, ProcessNames, ProcessTree, Sockets, Talkers, TreeFlows,
 };
 use crate::model::{now_ns, Direction, Event, Record, RecordKind, Scope, UnixNanos};
@@ -121,6 +122,11 @@ impl Investigator {
         observe: &mut dyn FnMut(&Event),
     ) -> Result<Talkers, StoreError> {
         let names = self.process_names(&q.query)?;
+        if self.reaches_past_raw(q.query.since) {
+            if let Some(activity) = rollups::activity(&*self.store, q, &names, observe)? {
+                return Ok(investigate::talkers_from(activity, order, limit));
+            }
+        }
         let mut pods = self.pod_directory(q)?;
         let mut sockets = Sockets::new(q.flows.clone());
         self.store
@@ -135,8 +141,37 @@ impl Investigator {
         Ok(investigate::talkers(&sockets, &names, &pods, order, limit))
     }
 
+    /// Whether raw records from `since` on may be gone: the question reads rollups.
+    fn reaches_past_raw(&self, since: UnixNanos) -> bool {
+        since < self.store.raw_horizon(now_ns())
+    }
+
+    /// The activity of the question's window: from rollups when it reaches past the raw
+    /// records' retention, from the raw records otherwise; `observe` sees the raw events.
+    fn activity(
+        &self,
+        q: &Question,
+        names: &ProcessNames,
+        pods: &mut PodDirectory,
+        observe: &mut dyn FnMut(&Event),
+    ) -> Result<Activity, StoreError> {
+        if self.reaches_past_raw(q.query.since) {
+            if let Some(activity) = rollups::activity(&*self.store, q, names, observe)? {
+                return Ok(activity);
+            }
+        }
+        let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
+        let mut period = Period::new(q.flows.clone());
+        self.store.scan(&of_kinds(&q.query, &kinds), &mut |e| {
+            observe(&e);
+            note_peer(pods, q, &e);
+            period.add(&e)
+        })?;
+        Ok(period.activity(names, pods))
+    }
+
     /// The window against its baseline `[baseline_since, window.since)`: what is new, and
-    /// which edges moved significantly more; `observe` sees every event of the window.
+    /// which edges moved significantly more; `observe` sees every raw event of the window.
     pub fn compare(
         &self,
         q: &Question,
@@ -146,43 +181,32 @@ impl Investigator {
     ) -> Result<Comparison, StoreError> {
         let names = self.process_names(&q.query)?;
         let mut pods = self.pod_directory(q)?;
-        let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
         let until = q.query.since.saturating_sub(1);
         let key = BaselineKey::of(q, baseline_since);
         let past = until < now_ns();
         let baseline = match self.baselines.get(&key).filter(|_| past) {
             Some(known) => known,
             None => {
-                let mut period = Period::new(q.flows.clone());
-                self.store.scan(
-                    &EventQuery {
+                let before = Question {
+                    query: EventQuery {
                         since: baseline_since,
                         until,
-                        ..of_kinds(&q.query, &kinds)
+                        ..q.query.clone()
                     },
-                    &mut |e| {
-                        note_peer(&mut pods, q, &e);
-                        period.add(&e)
-                    },
-                )?;
-                let summary = Arc::new(Baseline::of(&period, &names, &pods));
+                    ..q.clone()
+                };
+                let activity = self.activity(&before, &names, &mut pods, &mut |_| {})?;
+                let summary = Arc::new(Baseline::of(&activity));
                 if past {
                     self.baselines.put(key, summary.clone());
                 }
                 summary
             }
         };
-        let mut window = Period::new(q.flows.clone());
-        self.store.scan(&of_kinds(&q.query, &kinds), &mut |e| {
-            observe(&e);
-            note_peer(&mut pods, q, &e);
-            window.add(&e)
-        })?;
+        let window = self.activity(q, &names, &mut pods, observe)?;
         Ok(investigate::compare(
             &baseline,
             &window,
-            &names,
-            &pods,
             limit,
             spans(q, baseline_since),
         ))
@@ -625,6 +649,7 @@ mod tests {
                 crate::aggregator::store::Retention {
                     max_age: Duration::from_secs(1 << 40),
                     max_bytes: u64::MAX,
+                    rollups: crate::aggregator::store::ROLLUP_RETENTION,
                 },
             )
             .expect("store"),

@@ -185,15 +185,74 @@ pub trait Store: Send + Sync {
         let _ = now;
         Ok(())
     }
+    /// Raw records received before this time (ns) may be gone at `now`: questions reaching
+    /// further back read rollups. 0: the store keeps no rollups.
+    fn raw_horizon(&self, now: u64) -> u64 {
+        let _ = now;
+        0
+    }
+    /// The backend's hourly rollups, if it keeps them.
+    fn rollups(&self) -> Option<&dyn RollupStore> {
+        None
+    }
+}
+
+/// Where a backend keeps hourly rollups (`aggregator::rollups` builds and reads them).
+pub trait RollupStore: Send + Sync {
+    /// The last hour rolled up (its start, ns) and what it carries to the next, if any.
+    /// Blocking.
+    fn rollup_progress(&self) -> Result<Option<RollupProgress>, StoreError>;
+    /// Stores one hour's rollups unless that hour was rolled up before (by this replica or
+    /// another): returns whether they were stored. Blocking.
+    fn put_rollup(&self, hour: RollupHour) -> Result<bool, StoreError>;
+    /// Visits the pod-hours of hours starting in `[q.since, q.until]` of the pods and
+    /// namespaces asked, in hour order, until `visit` returns false. Blocking.
+    fn scan_rollups(
+        &self,
+        q: &EventQuery,
+        visit: &mut dyn FnMut(RollupSegment) -> bool,
+    ) -> Result<bool, StoreError>;
+    /// The encoded pod addresses of the hours starting in `[since, until]`. Blocking.
+    fn rollup_pods(&self, since: u64, until: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+}
+
+/// One pod's hour of rollups, encoded (`aggregator::rollups` owns the encoding).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupSegment {
+    pub hour: u64,
+    pub namespace: String,
+    pub pod: String,
+    pub body: Vec<u8>,
+}
+
+/// One hour's rollups: its pod-hours, the pods seen (with addresses) and the sockets it
+/// carries to the next hour, encoded.
+#[derive(Debug, Clone, Default)]
+pub struct RollupHour {
+    pub hour: u64,
+    pub segments: Vec<RollupSegment>,
+    pub pods: Vec<u8>,
+    pub carry: Vec<u8>,
+}
+
+/// Where rollups stand: the last hour built and its carry.
+#[derive(Debug, Clone)]
+pub struct RollupProgress {
+    pub hour: u64,
+    pub carry: Vec<u8>,
 }
 
 /// Retention: events older than `max_age` are deleted; then the oldest until under
-/// `max_bytes`.
+/// `max_bytes`. Hourly rollups are kept `rollups` long.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     pub max_age: Duration,
     pub max_bytes: u64,
+    pub rollups: Duration,
 }
+
+/// How long rollups are kept unless configured: 13 months.
+pub const ROLLUP_RETENTION: Duration = Duration::from_secs(396 * 86_400);
 
 /// Which store `--store` names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -82,11 +82,16 @@ impl PodDirectory {
 
     pub fn note(&mut self, source: &CollectorIdentity) {
         if let Ok(ip) = source.pod_ip.parse::<IpAddr>() {
-            if !ip.is_loopback() && !ip.is_unspecified() {
-                self.by_ip
-                    .entry(ip)
-                    .or_insert_with(|| (source.pod_name.clone(), source.pod_namespace.clone()));
-            }
+            self.note_pod(ip, &source.pod_name, &source.pod_namespace);
+        }
+    }
+
+    /// Names `ip` by a pod (the first pod noted for an address keeps it).
+    pub fn note_pod(&mut self, ip: IpAddr, pod_name: &str, pod_namespace: &str) {
+        if !ip.is_loopback() && !ip.is_unspecified() {
+            self.by_ip
+                .entry(ip)
+                .or_insert_with(|| (pod_name.to_owned(), pod_namespace.to_owned()));
         }
     }
 

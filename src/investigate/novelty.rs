@@ -22,7 +22,7 @@ use crate::model::{
 /// workload.
 pub struct Period {
     pub sockets: Sockets,
-    processes: Vec<(Arc<CollectorIdentity>, ProcessRecord, UnixNanos)>,
+    pub(super) processes: Vec<(Arc<CollectorIdentity>, ProcessRecord, UnixNanos)>,
     listeners: Vec<(Arc<CollectorIdentity>, ListenerRecord, UnixNanos)>,
     /// Process or listener records beyond the bound were left out.
     records_truncated: bool,
@@ -70,17 +70,101 @@ impl Period {
     }
 }
 
+/// What the questions need of one window, from raw records ([`Period::activity`]) or from
+/// rollups alike: its edges, and the first record of each executable and listening port
+/// per pod, oldest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    pub edges: Vec<Edge>,
+    /// Sockets the edges hold.
+    pub flows: u64,
+    pub executables: Vec<NewExecutable>,
+    pub listeners: Vec<NewListener>,
+    /// Process records (exits aside).
+    pub processes: u64,
+    pub truncated: bool,
+}
+
+impl Period {
+    /// The first process of each executable and the first listener of each port per pod,
+    /// oldest first.
+    pub(super) fn firsts(&self, names: &ProcessNames) -> (Vec<NewExecutable>, Vec<NewListener>) {
+        let mut seen = HashSet::default();
+        let mut executables: Vec<NewExecutable> = self
+            .processes
+            .iter()
+            .filter(|(source, p, _)| {
+                seen.insert((
+                    source.pod_namespace.clone(),
+                    source.pod_name.clone(),
+                    image_of(&p.comm, &p.exe),
+                ))
+            })
+            .map(|(source, p, received_at)| NewExecutable {
+                pod_name: source.pod_name.clone(),
+                pod_namespace: source.pod_namespace.clone(),
+                comm: p.comm.clone(),
+                exe: p.exe.clone(),
+                first_seen: *received_at,
+                process: p.clone(),
+            })
+            .collect();
+        executables.sort_by_key(|x| x.first_seen);
+        let mut seen = HashSet::default();
+        let mut listeners: Vec<NewListener> = self
+            .listeners
+            .iter()
+            .filter(|(source, l, _)| {
+                seen.insert((
+                    source.pod_namespace.clone(),
+                    source.pod_name.clone(),
+                    l.protocol,
+                    l.local_port,
+                ))
+            })
+            .map(|(source, l, received_at)| {
+                let name = l
+                    .pid
+                    .zip(l.process_start_time)
+                    .and_then(|(pid, start)| names.get(&source.collector_id, pid, start));
+                NewListener {
+                    pod_name: source.pod_name.clone(),
+                    pod_namespace: source.pod_namespace.clone(),
+                    protocol: l.protocol,
+                    local_addr: l.local_addr,
+                    port: l.local_port,
+                    comm: name.map(|n| n.comm.clone()).unwrap_or_default(),
+                    exe: name.and_then(|n| n.exe.clone()),
+                    first_seen: *received_at,
+                }
+            })
+            .collect();
+        listeners.sort_by_key(|l| l.first_seen);
+        (executables, listeners)
+    }
+
+    /// The period's activity: its sockets grouped into edges, the first process of each
+    /// executable and the first listener of each port per pod.
+    pub fn activity(&self, names: &ProcessNames, pods: &PodDirectory) -> Activity {
+        let (executables, listeners) = self.firsts(names);
+        Activity {
+            edges: self.sockets.edges(names, pods),
+            flows: self.sockets.len() as u64,
+            executables,
+            listeners,
+            processes: self.processes.len() as u64,
+            truncated: self.truncated(),
+        }
+    }
+}
+
 type WorkloadKey = (String, String);
 
 fn workload_key(pod_namespace: &str, pod_name: &str) -> WorkloadKey {
     (pod_namespace.to_owned(), workload_of(pod_name).to_owned())
 }
 
-fn workload_of_source(source: &CollectorIdentity) -> WorkloadKey {
-    workload_key(&source.pod_namespace, &source.pod_name)
-}
-
-fn image_of(comm: &[u8], exe: &Option<Vec<u8>>) -> Vec<u8> {
+pub(super) fn image_of(comm: &[u8], exe: &Option<Vec<u8>>) -> Vec<u8> {
     exe.clone().unwrap_or_else(|| comm.to_vec())
 }
 
@@ -96,8 +180,19 @@ fn edge_key(e: &Edge) -> EdgeKey {
     )
 }
 
-fn listener_key(source: &CollectorIdentity, l: &ListenerRecord) -> (WorkloadKey, Protocol, u16) {
-    (workload_of_source(source), l.protocol, l.local_port)
+fn image_key(x: &NewExecutable) -> (WorkloadKey, Vec<u8>) {
+    (
+        workload_key(&x.pod_namespace, &x.pod_name),
+        image_of(&x.comm, &x.exe),
+    )
+}
+
+fn listener_key(l: &NewListener) -> (WorkloadKey, Protocol, u16) {
+    (
+        workload_key(&l.pod_namespace, &l.pod_name),
+        l.protocol,
+        l.port,
+    )
 }
 
 /// What "new" and "increased" need from a baseline period, per workload: its edges with
@@ -114,57 +209,27 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    pub fn of(period: &Period, names: &ProcessNames, pods: &PodDirectory) -> Baseline {
+    pub fn of(period: &Activity) -> Baseline {
         let mut edges: HashMap<EdgeKey, u64> = HashMap::default();
-        for e in period.sockets.edges(names, pods) {
-            *edges.entry(edge_key(&e)).or_default() += e.bytes_sent + e.bytes_received;
+        for e in &period.edges {
+            *edges.entry(edge_key(e)).or_default() += e.bytes_sent + e.bytes_received;
         }
         Baseline {
             edges,
-            images: period
-                .processes
-                .iter()
-                .map(|(source, p, _)| (workload_of_source(source), image_of(&p.comm, &p.exe)))
-                .collect(),
-            ports: period
-                .listeners
-                .iter()
-                .map(|(source, l, _)| listener_key(source, l))
-                .collect(),
-            flows: period.sockets.len() as u64,
-            processes: period.processes.len() as u64,
-            truncated: period.truncated(),
+            images: period.executables.iter().map(image_key).collect(),
+            ports: period.listeners.iter().map(listener_key).collect(),
+            flows: period.flows,
+            processes: period.processes,
+            truncated: period.truncated,
         }
     }
 }
 
 /// What `window` holds that `baseline` does not, per workload: peers (by executable,
 /// direction, address and port), executables and listening ports.
-pub fn new_activity(
-    baseline: &Baseline,
-    window: &Period,
-    names: &ProcessNames,
-    pods: &PodDirectory,
-    limit: usize,
-) -> NewActivity {
-    new_activity_of(
-        baseline,
-        &window.sockets.edges(names, pods),
-        window,
-        names,
-        limit,
-    )
-}
-
-/// [`new_activity`] from the window's edges, already grouped.
-fn new_activity_of(
-    baseline: &Baseline,
-    window_edges: &[Edge],
-    window: &Period,
-    names: &ProcessNames,
-    limit: usize,
-) -> NewActivity {
-    let mut edges: Vec<Edge> = window_edges
+pub fn new_activity(baseline: &Baseline, window: &Activity, limit: usize) -> NewActivity {
+    let mut edges: Vec<Edge> = window
+        .edges
         .iter()
         .filter(|e| !baseline.edges.contains_key(&edge_key(e)))
         .cloned()
@@ -172,48 +237,28 @@ fn new_activity_of(
     edges.sort_by_key(|e| e.first_seen);
     edges.truncate(limit);
 
-    let known_images = &baseline.images;
-    let mut seen_images = HashSet::default();
-    let mut executables = Vec::new();
-    for (source, p, received_at) in &window.processes {
-        let key = (workload_of_source(source), image_of(&p.comm, &p.exe));
-        if known_images.contains(&key) || !seen_images.insert(key) {
-            continue;
-        }
-        executables.push(NewExecutable {
-            pod_name: source.pod_name.clone(),
-            pod_namespace: source.pod_namespace.clone(),
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            first_seen: *received_at,
-            process: p.clone(),
-        });
-    }
+    let mut seen = HashSet::default();
+    let mut executables: Vec<NewExecutable> = window
+        .executables
+        .iter()
+        .filter(|x| {
+            let key = image_key(x);
+            !baseline.images.contains(&key) && seen.insert(key)
+        })
+        .cloned()
+        .collect();
     executables.truncate(limit);
 
-    let known_ports = &baseline.ports;
-    let mut seen_ports = HashSet::default();
-    let mut listeners = Vec::new();
-    for (source, l, received_at) in &window.listeners {
-        let key = listener_key(source, l);
-        if known_ports.contains(&key) || !seen_ports.insert(key) {
-            continue;
-        }
-        let name = l
-            .pid
-            .zip(l.process_start_time)
-            .and_then(|(pid, start)| names.get(&source.collector_id, pid, start));
-        listeners.push(NewListener {
-            pod_name: source.pod_name.clone(),
-            pod_namespace: source.pod_namespace.clone(),
-            protocol: l.protocol,
-            local_addr: l.local_addr,
-            port: l.local_port,
-            comm: name.map(|n| n.comm.clone()).unwrap_or_default(),
-            exe: name.and_then(|n| n.exe.clone()),
-            first_seen: *received_at,
-        });
-    }
+    let mut seen = HashSet::default();
+    let mut listeners: Vec<NewListener> = window
+        .listeners
+        .iter()
+        .filter(|l| {
+            let key = listener_key(l);
+            !baseline.ports.contains(&key) && seen.insert(key)
+        })
+        .cloned()
+        .collect();
     listeners.truncate(limit);
 
     NewActivity {
@@ -222,7 +267,7 @@ fn new_activity_of(
         listeners,
         baseline_flows: baseline.flows,
         baseline_processes: baseline.processes,
-        truncated: baseline.truncated || window.truncated(),
+        truncated: baseline.truncated || window.truncated,
     }
 }
 
@@ -255,15 +300,12 @@ pub const MIN_INCREASE_BYTES: f64 = 1024.0 * 1024.0;
 /// baseline's and the window's lengths in ns.
 pub fn compare(
     baseline: &Baseline,
-    window: &Period,
-    names: &ProcessNames,
-    pods: &PodDirectory,
+    window: &Activity,
     limit: usize,
     spans: (u64, u64),
 ) -> Comparison {
-    // The window's sockets grouped once, for all three answers.
-    let edges = window.sockets.edges(names, pods);
-    let new = new_activity_of(baseline, &edges, window, names, limit);
+    let new = new_activity(baseline, window, limit);
+    let edges = &window.edges;
     let hours = |span: u64| (span as f64 / HOUR_NS).max(1.0);
     let (baseline_hours, window_hours) = (hours(spans.0), hours(spans.1));
     let mut increased: Vec<Increase> = edges
@@ -286,7 +328,13 @@ pub fn compare(
         excess(b).total_cmp(&excess(a))
     });
     increased.truncate(limit);
-    let talkers = talkers_of(edges, &window.sockets, EdgeOrder::Bytes, limit);
+    let talkers = talkers_of(
+        edges.clone(),
+        window.flows,
+        window.truncated,
+        EdgeOrder::Bytes,
+        limit,
+    );
     Comparison {
         talkers,
         new,
@@ -362,8 +410,8 @@ mod tests {
         window.add(&event(&new_pod, 320, Record::Listener(listener)));
 
         let pods = PodDirectory::default();
-        let baseline = Baseline::of(&baseline, &names, &pods);
-        let new = new_activity(&baseline, &window, &names, &pods, 10);
+        let baseline = Baseline::of(&baseline.activity(&names, &pods));
+        let new = new_activity(&baseline, &window.activity(&names, &pods), 10);
         assert_eq!(new.edges.len(), 1);
         assert_eq!(
             (new.edges[0].port, new.edges[0].pod_name.as_str()),
@@ -410,8 +458,9 @@ mod tests {
         add(12, 5432, 2 * mb);
         add(13, 8080, 50 * mb);
         let hour = 3_600_000_000_000;
-        let baseline = Baseline::of(&baseline, &names, &pods);
-        let answer = compare(&baseline, &window, &names, &pods, 10, (10 * hour, hour));
+        let baseline = Baseline::of(&baseline.activity(&names, &pods));
+        let window = window.activity(&names, &pods);
+        let answer = compare(&baseline, &window, 10, (10 * hour, hour));
         let increased: Vec<u16> = answer.increased.iter().map(|i| i.edge.port).collect();
         assert_eq!(increased, vec![443]);
         // Each flow sends `sent` and receives half of it.

@@ -7,22 +7,24 @@ use std::sync::Arc;
 use super::entities::{PodDirectory, ProcessName, ProcessNames};
 use super::{Edge, EdgeOrder, FlowFilter, HashMap, Talkers, MAX_EDGE_PIDS, MAX_SOCKETS};
 use crate::model::{
-    Attribution, CollectorIdentity, Direction, FlowRecord, Protocol, Scope, UnixNanos,
+    Attribution, CollectorIdentity, Direction, FlowPhase, FlowRecord, Protocol, Scope, UnixNanos,
 };
 
 /// What an edge needs from one socket: its last counters in the window.
-struct SocketSummary {
-    process: Option<(u32, UnixNanos)>,
+pub(super) struct SocketSummary {
+    pub(super) process: Option<(u32, UnixNanos)>,
     by_fd: bool,
-    direction: Direction,
-    scope: Scope,
-    protocol: Protocol,
-    peer_addr: IpAddr,
-    port: u16,
-    bytes_sent: u64,
-    bytes_received: u64,
-    first_seen: UnixNanos,
-    last_seen: UnixNanos,
+    pub(super) direction: Direction,
+    pub(super) scope: Scope,
+    pub(super) protocol: Protocol,
+    pub(super) peer_addr: IpAddr,
+    pub(super) port: u16,
+    pub(super) bytes_sent: u64,
+    pub(super) bytes_received: u64,
+    pub(super) first_seen: UnixNanos,
+    pub(super) last_seen: UnixNanos,
+    /// An END was seen: the socket is gone (rollups stop carrying it).
+    pub(super) ended: bool,
 }
 
 /// The sockets of a window, one summary per (collector, cookie), whatever number of
@@ -105,6 +107,7 @@ impl Sockets {
             if known.direction == Direction::Unknown {
                 known.direction = f.direction;
             }
+            known.ended |= f.phase == FlowPhase::End;
             return true;
         }
         if self.count >= MAX_SOCKETS {
@@ -130,74 +133,35 @@ impl Sockets {
                 bytes_received: f.bytes_received.unwrap_or(0),
                 first_seen: f.first_seen,
                 last_seen,
+                ended: f.phase == FlowPhase::End,
             },
         );
         self.count += 1;
         true
     }
 
+    /// Visits every socket: its collector, cookie and summary.
+    pub(super) fn each<'a>(
+        &'a self,
+        mut visit: impl FnMut(&'a Arc<CollectorIdentity>, u64, &'a SocketSummary),
+    ) {
+        for (source, sockets) in &self.collectors {
+            for (cookie, s) in sockets {
+                visit(source, *cookie, s);
+            }
+        }
+    }
+
     /// The sockets grouped into edges (unordered).
     pub fn edges(&self, names: &ProcessNames, pods: &PodDirectory) -> Vec<Edge> {
-        #[derive(PartialEq, Eq, Hash)]
-        struct Key<'a> {
-            pod_name: &'a str,
-            pod_namespace: &'a str,
-            name: Option<&'a ProcessName>,
-            direction: Direction,
-            scope: Scope,
-            protocol: Protocol,
-            peer_addr: IpAddr,
-            port: u16,
-        }
-        let mut edges: HashMap<Key, Edge> = HashMap::default();
+        let mut edges: HashMap<EdgeKey<()>, Edge> = HashMap::default();
         for (source, sockets) in &self.collectors {
             for s in sockets.values() {
-                let name = s
-                    .process
-                    .and_then(|(pid, start)| names.get(&source.collector_id, pid, start));
-                let key = Key {
-                    pod_name: &source.pod_name,
-                    pod_namespace: &source.pod_namespace,
-                    name,
-                    direction: s.direction,
-                    scope: s.scope,
-                    protocol: s.protocol,
-                    peer_addr: s.peer_addr,
-                    port: s.port,
-                };
-                let edge = edges.entry(key).or_insert_with(|| {
-                    let peer = pods.get(&s.peer_addr);
-                    Edge {
-                        pod_name: source.pod_name.clone(),
-                        pod_namespace: source.pod_namespace.clone(),
-                        comm: name.map(|n| n.comm.clone()).unwrap_or_default(),
-                        exe: name.and_then(|n| n.exe.clone()),
-                        direction: s.direction,
-                        scope: s.scope,
-                        protocol: s.protocol,
-                        peer_addr: s.peer_addr,
-                        port: s.port,
-                        peer_pod_name: peer.map(|p| p.0.clone()),
-                        peer_pod_namespace: peer.map(|p| p.1.clone()),
-                        connections: 0,
-                        bytes_sent: 0,
-                        bytes_received: 0,
-                        first_seen: s.first_seen,
-                        last_seen: s.last_seen,
-                        pids: Vec::new(),
-                        unattributed: name.is_none(),
-                    }
-                });
-                edge.connections += 1;
-                edge.bytes_sent += s.bytes_sent;
-                edge.bytes_received += s.bytes_received;
-                edge.first_seen = edge.first_seen.min(s.first_seen);
-                edge.last_seen = edge.last_seen.max(s.last_seen);
-                if let Some((pid, _)) = s.process {
-                    if edge.pids.len() < MAX_EDGE_PIDS && !edge.pids.contains(&pid) {
-                        edge.pids.push(pid);
-                    }
-                }
+                let (key, name) = EdgeKey::of(source, s, names, ());
+                edges
+                    .entry(key)
+                    .or_insert_with(|| edge_of(source, s, name, pods))
+                    .absorb(s);
             }
         }
         let mut out: Vec<Edge> = edges.into_values().collect();
@@ -205,6 +169,98 @@ impl Sockets {
             e.pids.sort_unstable();
         }
         out
+    }
+}
+
+/// What groups sockets into one edge: pod, executable, direction, scope, protocol, peer and
+/// port, and `extra` (the rollups' previous hour).
+#[derive(PartialEq, Eq, Hash)]
+pub(super) struct EdgeKey<'a, X> {
+    pod_name: &'a str,
+    pod_namespace: &'a str,
+    name: Option<&'a ProcessName>,
+    direction: Direction,
+    scope: Scope,
+    protocol: Protocol,
+    peer_addr: IpAddr,
+    port: u16,
+    extra: X,
+}
+
+impl<'a, X> EdgeKey<'a, X> {
+    /// The key of `source`'s socket `s`, and its process's name.
+    pub(super) fn of(
+        source: &'a CollectorIdentity,
+        s: &SocketSummary,
+        names: &'a ProcessNames,
+        extra: X,
+    ) -> (Self, Option<&'a ProcessName>) {
+        let name = s
+            .process
+            .and_then(|(pid, start)| names.get(&source.collector_id, pid, start));
+        let key = EdgeKey {
+            pod_name: &source.pod_name,
+            pod_namespace: &source.pod_namespace,
+            name,
+            direction: s.direction,
+            scope: s.scope,
+            protocol: s.protocol,
+            peer_addr: s.peer_addr,
+            port: s.port,
+            extra,
+        };
+        (key, name)
+    }
+}
+
+/// An edge of `source`'s pod holding no socket yet, named like `s` (its peer named by
+/// `pods`).
+pub(super) fn edge_of(
+    source: &CollectorIdentity,
+    s: &SocketSummary,
+    name: Option<&ProcessName>,
+    pods: &PodDirectory,
+) -> Edge {
+    let peer = pods.get(&s.peer_addr);
+    Edge {
+        pod_name: source.pod_name.clone(),
+        pod_namespace: source.pod_namespace.clone(),
+        comm: name.map(|n| n.comm.clone()).unwrap_or_default(),
+        exe: name.and_then(|n| n.exe.clone()),
+        direction: s.direction,
+        scope: s.scope,
+        protocol: s.protocol,
+        peer_addr: s.peer_addr,
+        port: s.port,
+        peer_pod_name: peer.map(|p| p.0.clone()),
+        peer_pod_namespace: peer.map(|p| p.1.clone()),
+        connections: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        first_seen: s.first_seen,
+        last_seen: s.last_seen,
+        pids: Vec::new(),
+        unattributed: name.is_none(),
+    }
+}
+
+impl Edge {
+    /// Counts one socket into the edge.
+    pub(super) fn absorb(&mut self, s: &SocketSummary) {
+        self.connections += 1;
+        self.bytes_sent += s.bytes_sent;
+        self.bytes_received += s.bytes_received;
+        self.first_seen = self.first_seen.min(s.first_seen);
+        self.last_seen = self.last_seen.max(s.last_seen);
+        if let Some((pid, _)) = s.process {
+            self.add_pid(pid);
+        }
+    }
+
+    pub(super) fn add_pid(&mut self, pid: u32) {
+        if self.pids.len() < MAX_EDGE_PIDS && !self.pids.contains(&pid) {
+            self.pids.push(pid);
+        }
     }
 }
 
@@ -216,13 +272,31 @@ pub fn talkers(
     order: EdgeOrder,
     limit: usize,
 ) -> Talkers {
-    talkers_of(sockets.edges(names, pods), sockets, order, limit)
+    talkers_of(
+        sockets.edges(names, pods),
+        sockets.len() as u64,
+        sockets.truncated,
+        order,
+        limit,
+    )
+}
+
+/// [`talkers`] from a window's activity (raw or rolled up).
+pub fn talkers_from(activity: super::Activity, order: EdgeOrder, limit: usize) -> Talkers {
+    talkers_of(
+        activity.edges,
+        activity.flows,
+        activity.truncated,
+        order,
+        limit,
+    )
 }
 
 /// [`talkers`] from the sockets' edges, already grouped.
 pub(super) fn talkers_of(
     mut edges: Vec<Edge>,
-    sockets: &Sockets,
+    flows: u64,
+    truncated: bool,
     order: EdgeOrder,
     limit: usize,
 ) -> Talkers {
@@ -231,20 +305,26 @@ pub(super) fn talkers_of(
     edges.truncate(limit);
     Talkers {
         edges,
-        flows: sockets.len() as u64,
+        flows,
         total_edges,
-        truncated: sockets.truncated,
+        truncated,
     }
 }
 
 fn sort_edges(edges: &mut [Edge], order: EdgeOrder) {
-    // Ties broken by the edge's identity so answers are stable.
+    // Ties broken by the edge's whole identity so answers are stable (and the same from
+    // raw records and from rollups, which group in another order).
     let identity = |e: &Edge| {
         (
             e.pod_namespace.clone(),
             e.pod_name.clone(),
             e.peer_addr,
             e.port,
+            e.exe.clone(),
+            e.comm.clone(),
+            e.direction as u8,
+            e.scope as u8,
+            e.protocol as u8,
         )
     };
     match order {

@@ -74,35 +74,66 @@ pub fn talkers_from_proto(t: pb::TalkersReply) -> Result<investigate::Talkers, W
     })
 }
 
+pub fn new_executable_to_proto(x: &investigate::NewExecutable) -> pb::NewExecutable {
+    pb::NewExecutable {
+        pod_name: x.pod_name.clone(),
+        pod_namespace: x.pod_namespace.clone(),
+        comm: x.comm.clone(),
+        exe: x.exe.clone(),
+        first_seen: x.first_seen,
+        process: Some(process_to_proto(&x.process)),
+    }
+}
+
+pub fn new_executable_from_proto(
+    x: pb::NewExecutable,
+    limits: &Limits,
+) -> Result<investigate::NewExecutable, WireError> {
+    Ok(investigate::NewExecutable {
+        pod_name: x.pod_name,
+        pod_namespace: x.pod_namespace,
+        comm: x.comm,
+        exe: x.exe,
+        first_seen: x.first_seen,
+        process: process_from_proto(
+            x.process
+                .ok_or(WireError::Missing("new_executable.process"))?,
+            limits,
+        )?,
+    })
+}
+
+pub fn new_listener_to_proto(l: &investigate::NewListener) -> pb::NewListener {
+    pb::NewListener {
+        pod_name: l.pod_name.clone(),
+        pod_namespace: l.pod_namespace.clone(),
+        protocol: protocol_to_proto(l.protocol) as i32,
+        local_addr: ip_text(l.local_addr),
+        port: l.port.into(),
+        comm: l.comm.clone(),
+        exe: l.exe.clone(),
+        first_seen: l.first_seen,
+    }
+}
+
+pub fn new_listener_from_proto(l: pb::NewListener) -> Result<investigate::NewListener, WireError> {
+    Ok(investigate::NewListener {
+        pod_name: l.pod_name,
+        pod_namespace: l.pod_namespace,
+        protocol: protocol_from_proto(l.protocol)?,
+        local_addr: addr("new_listener.local_addr", &l.local_addr)?,
+        port: port("new_listener.port", l.port)?,
+        comm: l.comm,
+        exe: l.exe,
+        first_seen: l.first_seen,
+    })
+}
+
 pub fn new_activity_to_proto(n: &investigate::NewActivity) -> pb::NewActivityReply {
     pb::NewActivityReply {
         edges: n.edges.iter().map(edge_to_proto).collect(),
-        executables: n
-            .executables
-            .iter()
-            .map(|x| pb::NewExecutable {
-                pod_name: x.pod_name.clone(),
-                pod_namespace: x.pod_namespace.clone(),
-                comm: x.comm.clone(),
-                exe: x.exe.clone(),
-                first_seen: x.first_seen,
-                process: Some(process_to_proto(&x.process)),
-            })
-            .collect(),
-        listeners: n
-            .listeners
-            .iter()
-            .map(|l| pb::NewListener {
-                pod_name: l.pod_name.clone(),
-                pod_namespace: l.pod_namespace.clone(),
-                protocol: protocol_to_proto(l.protocol) as i32,
-                local_addr: ip_text(l.local_addr),
-                port: l.port.into(),
-                comm: l.comm.clone(),
-                exe: l.exe.clone(),
-                first_seen: l.first_seen,
-            })
-            .collect(),
+        executables: n.executables.iter().map(new_executable_to_proto).collect(),
+        listeners: n.listeners.iter().map(new_listener_to_proto).collect(),
         baseline_flows: n.baseline_flows,
         baseline_processes: n.baseline_processes,
         truncated: n.truncated,
@@ -122,36 +153,12 @@ pub fn new_activity_from_proto(
         executables: n
             .executables
             .into_iter()
-            .map(|x| {
-                Ok(investigate::NewExecutable {
-                    pod_name: x.pod_name,
-                    pod_namespace: x.pod_namespace,
-                    comm: x.comm,
-                    exe: x.exe,
-                    first_seen: x.first_seen,
-                    process: process_from_proto(
-                        x.process
-                            .ok_or(WireError::Missing("new_executable.process"))?,
-                        limits,
-                    )?,
-                })
-            })
+            .map(|x| new_executable_from_proto(x, limits))
             .collect::<Result<_, WireError>>()?,
         listeners: n
             .listeners
             .into_iter()
-            .map(|l| {
-                Ok(investigate::NewListener {
-                    pod_name: l.pod_name,
-                    pod_namespace: l.pod_namespace,
-                    protocol: protocol_from_proto(l.protocol)?,
-                    local_addr: addr("new_listener.local_addr", &l.local_addr)?,
-                    port: port("new_listener.port", l.port)?,
-                    comm: l.comm,
-                    exe: l.exe,
-                    first_seen: l.first_seen,
-                })
-            })
+            .map(new_listener_from_proto)
             .collect::<Result<_, WireError>>()?,
         baseline_flows: n.baseline_flows,
         baseline_processes: n.baseline_processes,

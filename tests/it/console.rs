@@ -322,6 +322,7 @@ fn a_viewer_of_another_namespace_sees_none_of_it() {
             Retention {
                 max_age: Duration::from_secs(86_400),
                 max_bytes: u64::MAX,
+                rollups: procflow::aggregator::store::ROLLUP_RETENTION,
             },
         )
         .expect("store"),

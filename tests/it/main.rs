@@ -21,6 +21,7 @@ mod pipeline;
 mod procs;
 mod readers;
 mod replicas;
+mod rollups;
 mod rules;
 mod sandbox;
 mod silenced;

@@ -17,21 +17,21 @@ use crate::pg;
 const DAY: u64 = 86_400_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
 /// A store of `backend` over fresh storage, and what keeps that storage alive.
-struct Opened {
-    store: Arc<dyn Store>,
-    options: OpenOptions,
+pub(crate) struct Opened {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) options: OpenOptions,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Opened {
     /// The same storage opened again (the store closed first) with another retention.
-    fn reopen(mut self, retention: Retention) -> Opened {
+    pub(crate) fn reopen(mut self, retention: Retention) -> Opened {
         drop(std::mem::replace(
             &mut self.store,
             Arc::new(store::NullStore::default()),
@@ -42,10 +42,11 @@ impl Opened {
     }
 }
 
-fn retention(days: u64) -> Retention {
+pub(crate) fn retention(days: u64) -> Retention {
     Retention {
         max_age: Duration::from_secs(days * 86_400),
         max_bytes: u64::MAX,
+        rollups: procflow::aggregator::store::ROLLUP_RETENTION,
     }
 }
 
@@ -57,7 +58,7 @@ fn pg_options(password: &str) -> PgOptions {
     }
 }
 
-fn open(backend: Backend, retention: Retention) -> Opened {
+pub(crate) fn open(backend: Backend, retention: Retention) -> Opened {
     let dir = tempfile::tempdir().expect("tempdir");
     let (spec, dir) = match backend {
         Backend::Sqlite => (StoreSpec::Sqlite(None), Some(dir)),
@@ -135,7 +136,7 @@ fn batch(ns: &str, pod: &str, first_cookie: u64, n: u64, at: u64) -> Vec<Event> 
     events
 }
 
-fn append(store: &dyn Store, collector: &str, seq: u64, events: Vec<Event>) -> Appended {
+pub(crate) fn append(store: &dyn Store, collector: &str, seq: u64, events: Vec<Event>) -> Appended {
     store
         .append(collector.into(), seq, events)
         .blocking_recv()

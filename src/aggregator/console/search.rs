@@ -343,6 +343,7 @@ mod tests {
             Retention {
                 max_age: Duration::from_secs(1 << 40),
                 max_bytes: u64::MAX,
+                rollups: crate::aggregator::store::ROLLUP_RETENTION,
             },
         )
         .expect("store");

@@ -85,6 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 retention: Retention {
                     max_age: Duration::MAX,
                     max_bytes: u64::MAX,
+                    rollups: super::ROLLUP_RETENTION,
                 },
                 postgres: args.connect.pg_options()?,
             };

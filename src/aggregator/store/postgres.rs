@@ -10,6 +10,7 @@
 //! The backend owns a small tokio runtime, so its blocking face (`scan`, the writer thread)
 //! works from any thread; the pool (deadpool) holds a few connections.
 
+mod rollups;
 mod schema;
 mod shared;
 
@@ -317,6 +318,14 @@ impl Store for PgStore {
             schema::maintain(&mut client, retention, now).await
         })?;
         Ok(())
+    }
+
+    fn raw_horizon(&self, now: u64) -> u64 {
+        now.saturating_sub(self.retention.max_age.as_nanos() as u64)
+    }
+
+    fn rollups(&self) -> Option<&dyn super::RollupStore> {
+        Some(self)
     }
 
     fn scan(

@@ -2,6 +2,8 @@
 //! per transaction; retention by age and by live pages. Not for a network file system
 //! (WAL needs shared memory on a local one): several replicas use PostgreSQL.
 
+mod rollups;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,7 +34,7 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
 /// Schema migrations, in order: version N is `MIGRATIONS[N - 1]`, recorded in
 /// `PRAGMA user_version`. Version 1 is the schema from before versioning (all `IF NOT
 /// EXISTS`, so a database of that time migrates in place).
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, rollups::V2];
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS segments (
@@ -99,6 +101,13 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
@@ -191,6 +200,14 @@ impl Store for SqliteStore {
         conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;
         apply_retention(&conn, self.retention, now).map_err(sqlite)?;
         Ok(())
+    }
+
+    fn raw_horizon(&self, now: u64) -> u64 {
+        now.saturating_sub(self.retention.max_age.as_nanos() as u64)
+    }
+
+    fn rollups(&self) -> Option<&dyn super::RollupStore> {
+        Some(self)
     }
 
     fn scan(
@@ -418,6 +435,7 @@ fn apply_retention(
         )?,
         ..Trimmed::default()
     };
+    rollups::apply_retention(conn, retention, now)?;
     for _ in 0..10 {
         if live_bytes(conn)? <= retention.max_bytes {
             break;
@@ -494,6 +512,7 @@ mod tests {
         let retention = Retention {
             max_age: Duration::from_secs(86_400),
             max_bytes: before / 2,
+            rollups: crate::aggregator::store::ROLLUP_RETENTION,
         };
         let first = apply_retention(&conn, retention, crate::model::now_ns()).expect("first pass");
         assert!(first.by_size > 0 && first.by_age == 0, "{first:?}");
@@ -529,6 +548,7 @@ mod tests {
             Retention {
                 max_age: Duration::ZERO,
                 max_bytes: u64::MAX,
+                rollups: crate::aggregator::store::ROLLUP_RETENTION,
             },
             crate::model::now_ns(),
         )

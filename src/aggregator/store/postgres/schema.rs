@@ -19,7 +19,7 @@ pub(crate) const DAY_NS: i64 = 86_400_000_000_000;
 const DAYS_AHEAD: i64 = 2;
 
 /// Migrations in order: version N is `MIGRATIONS[N - 1]`, recorded in `procflow_schema`.
-const MIGRATIONS: &[&str] = &[V1, super::shared::V2];
+const MIGRATIONS: &[&str] = &[V1, super::shared::V2, super::rollups::V3];
 pub(crate) const LATEST: u32 = MIGRATIONS.len() as u32;
 
 /// Version 1: segments partitioned by arrival time (daily partitions are made by upkeep),
@@ -277,6 +277,7 @@ pub(crate) async fn maintain(
             .await
             .map_err(pg("upkeep: deleting dedupe rows"))?;
     }
+    super::rollups::apply_retention(&tx, retention, now).await?;
     tx.commit().await.map_err(pg("upkeep: committing"))?;
     if by_size > 0 {
         StoreTrimmed {

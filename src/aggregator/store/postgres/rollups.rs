@@ -1,0 +1,177 @@
+//! PostgreSQL's rollup tables: one row per pod-hour, one per hour built (with the pods seen
+//! and the sockets carried to the next hour, kept for the last hour only). An hour is
+//! claimed by inserting its row in the same transaction as its pod-hours, so replicas
+//! building the same hour store it once: the second waits for the first's commit, finds
+//! the row, and rolls back.
+
+use tokio_postgres::types::ToSql;
+
+use super::{pg, pool_error, PgStore};
+use crate::aggregator::store::{
+    EventQuery, Retention, RollupHour, RollupProgress, RollupSegment, RollupStore, StoreError,
+};
+
+/// Schema version 3: the rollup tables. Not partitioned: one row per pod-hour is small
+/// beside the raw records, and retention deletes by hour through the primary key.
+pub(super) const V3: &str = "
+CREATE TABLE rollups (
+    hour bigint NOT NULL,
+    namespace text NOT NULL,
+    pod text NOT NULL,
+    body bytea NOT NULL,
+    PRIMARY KEY (hour, namespace, pod)
+);
+CREATE INDEX rollups_pod_hour ON rollups (pod, hour);
+CREATE TABLE rollup_hours (
+    hour bigint PRIMARY KEY,
+    built_at bigint NOT NULL,
+    pods bytea NOT NULL,
+    carry bytea
+);
+";
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl RollupStore for PgStore {
+    fn rollup_progress(&self) -> Result<Option<RollupProgress>, StoreError> {
+        self.block_on(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_opt(
+                    "SELECT hour, COALESCE(carry, '') FROM rollup_hours ORDER BY hour DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(pg("reading rollup progress"))?;
+            Ok(row.map(|r| RollupProgress {
+                hour: r.get::<_, i64>(0) as u64,
+                carry: r.get(1),
+            }))
+        })
+    }
+
+    fn put_rollup(&self, hour: RollupHour) -> Result<bool, StoreError> {
+        self.block_on(async {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg("rollups: beginning"))?;
+            let claimed = tx
+                .execute(
+                    "INSERT INTO rollup_hours (hour, built_at, pods, carry) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING",
+                    &[
+                        &int(hour.hour),
+                        &int(crate::model::now_ns()),
+                        &hour.pods,
+                        &hour.carry,
+                    ],
+                )
+                .await
+                .map_err(pg("rollups: claiming the hour"))?
+                == 1;
+            if !claimed {
+                return Ok(false);
+            }
+            let insert = tx
+                .prepare(
+                    "INSERT INTO rollups (hour, namespace, pod, body) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (hour, namespace, pod) DO UPDATE SET body = EXCLUDED.body",
+                )
+                .await
+                .map_err(pg("rollups: preparing"))?;
+            for s in &hour.segments {
+                tx.execute(&insert, &[&int(s.hour), &s.namespace, &s.pod, &s.body])
+                    .await
+                    .map_err(pg("rollups: storing"))?;
+            }
+            // Only the last hour's carry is read.
+            tx.execute(
+                "UPDATE rollup_hours SET carry = NULL WHERE hour < $1 AND carry IS NOT NULL",
+                &[&int(hour.hour)],
+            )
+            .await
+            .map_err(pg("rollups: trimming carries"))?;
+            tx.commit().await.map_err(pg("rollups: committing"))?;
+            Ok(true)
+        })
+    }
+
+    fn scan_rollups(
+        &self,
+        q: &EventQuery,
+        visit: &mut dyn FnMut(RollupSegment) -> bool,
+    ) -> Result<bool, StoreError> {
+        let until = if q.until == 0 { u64::MAX } else { q.until };
+        let (since, until) = (int(q.since), int(until));
+        let rows = self.block_on(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let mut sql = String::from(
+                "SELECT hour, namespace, pod, body FROM rollups WHERE hour >= $1 AND hour <= $2",
+            );
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since, &until];
+            for (column, values) in [("pod", &q.pods), ("namespace", &q.namespaces)] {
+                if !values.is_empty() {
+                    params.push(values);
+                    sql.push_str(&format!(" AND {column} = ANY(${})", params.len()));
+                }
+            }
+            sql.push_str(" ORDER BY hour, namespace, pod");
+            client
+                .query(&sql, &params)
+                .await
+                .map_err(pg("reading rollups"))
+        })?;
+        for row in rows {
+            let segment = RollupSegment {
+                hour: row.get::<_, i64>(0) as u64,
+                namespace: row.get(1),
+                pod: row.get(2),
+                body: row.get(3),
+            };
+            if !visit(segment) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn rollup_pods(&self, since: u64, until: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.block_on(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(
+                    "SELECT pods FROM rollup_hours WHERE hour >= $1 AND hour <= $2 ORDER BY hour",
+                    &[&int(since), &int(until)],
+                )
+                .await
+                .map_err(pg("reading rollup pods"))?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
+}
+
+/// Deletes rollups older than their retention (the last hour built always stays: it is
+/// where building resumes); inside upkeep's transaction.
+pub(super) async fn apply_retention(
+    tx: &tokio_postgres::Transaction<'_>,
+    retention: Retention,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let cutoff =
+        now.saturating_sub(i64::try_from(retention.rollups.as_nanos()).unwrap_or(i64::MAX));
+    let rows = tx
+        .execute("DELETE FROM rollups WHERE hour < $1", &[&cutoff])
+        .await
+        .map_err(pg("upkeep: deleting rollups"))?;
+    tx.execute(
+        "DELETE FROM rollup_hours WHERE hour < $1 AND hour < (SELECT max(hour) FROM rollup_hours)",
+        &[&cutoff],
+    )
+    .await
+    .map_err(pg("upkeep: deleting rollup hours"))?;
+    Ok(rows)
+}

@@ -1,0 +1,359 @@
+//! Hourly rollups on both backends: answers from rollups equal the answers from raw records
+//! over the same hours; retention drops the raw records (PostgreSQL: their partitions) and
+//! the rollups stay, and go at their own retention; replicas rolling up the same hours
+//! store each once; partitions dropped at retention while ingest runs lose nothing.
+
+use std::sync::Arc;
+
+use procflow::aggregator::investigate::{Investigator, Question};
+use procflow::aggregator::rollups::RollupBuilder;
+use procflow::aggregator::store::{EventQuery, Retention, Store};
+use procflow::investigate::{Comparison, EdgeOrder, Talkers};
+use procflow::model::{now_ns, CollectorIdentity, Event, Record};
+
+use crate::store::{append, open, retention, Backend};
+
+const HOUR: u64 = 3_600_000_000_000;
+const DAY: u64 = 24 * HOUR;
+
+fn pod(collector: &str, name: &str, ip: &str) -> Arc<CollectorIdentity> {
+    Arc::new(CollectorIdentity {
+        collector_id: collector.into(),
+        pod_name: name.into(),
+        pod_namespace: "shop".into(),
+        pod_ip: ip.into(),
+        ..CollectorIdentity::default()
+    })
+}
+
+struct Flow<'a> {
+    cookie: u64,
+    peer: &'a str,
+    port: u16,
+    inbound: bool,
+    phase: &'a str,
+    sent: u64,
+    born: u64,
+}
+
+/// Every seventh socket from hour 6 on is the second executable's.
+fn second(cookie: u64) -> bool {
+    cookie % 7 == 0 && cookie > 60
+}
+
+fn flow(f: Flow, at: u64) -> Record {
+    let scope = if f.peer.starts_with("10.") {
+        "EAST_WEST"
+    } else {
+        "NORTH_SOUTH"
+    };
+    let (local_port, remote_port, direction) = if f.inbound {
+        (f.port, 40_000 + (f.cookie % 1000) as u16, "INBOUND")
+    } else {
+        (40_000 + (f.cookie % 1000) as u16, f.port, "OUTBOUND")
+    };
+    let ended = (f.phase == "END").then_some(at - 5);
+    Record::Flow(
+        serde_json::from_value(serde_json::json!({
+            "kind": "flow", "cookie": f.cookie.to_string(), "protocol": "TCP", "family": "IPV4",
+            "local_addr": "10.0.0.5", "local_port": local_port, "remote_addr": f.peer,
+            "remote_port": remote_port, "direction": direction, "scope": scope,
+            "phase": f.phase, "state": "ESTABLISHED", "preexisting": false,
+            "bytes_sent": f.sent, "bytes_received": f.sent / 3, "segs_out": null,
+            "segs_in": null, "retransmits": null, "total_retrans": null, "rtt_us": null,
+            "first_seen": f.born, "last_seen": at - 5, "ended_at": ended, "uid": 1000,
+            "inode": 9, "pid": if second(f.cookie) { 8 } else { 7 },
+            "process_start_time": if second(f.cookie) { 80 } else { 70 },
+            "attribution": "FD", "end_reason": "UNSPECIFIED", "reset": false, "cgroup_id": null
+        }))
+        .unwrap_or_else(|e| panic!("flow fixture: {e}")),
+    )
+}
+
+fn process(pid: u32, start: u64, exe: &str) -> Record {
+    Record::Process(
+        serde_json::from_value(serde_json::json!({
+            "kind": "process", "pid": pid, "start_time": start, "ppid": 1,
+            "parent_start_time": null, "phase": "START",
+            "comm": exe.rsplit('/').next().unwrap_or(exe), "exe": exe, "argv": [exe],
+            "cwd": null, "uid": 1000, "gid": 1000, "euid": 1000, "egid": 1000, "tty": null,
+            "session_id": 1, "pgid": 1, "container_id": null, "pod_uid": null,
+            "exit_time": null, "ancestors": [], "exe_unavailable": "UNSPECIFIED",
+            "cwd_unavailable": "UNSPECIFIED", "exe_deleted": false,
+            "seen_at_exit_only": false, "preexisting": false, "stdio_is_socket": null,
+            "stdio_socket_inodes": []
+        }))
+        .unwrap_or_else(|e| panic!("process fixture: {e}")),
+    )
+}
+
+fn listener(cookie: u64, port: u16, at: u64) -> Record {
+    Record::Listener(
+        serde_json::from_value(serde_json::json!({
+            "cookie": cookie.to_string(), "protocol": "TCP", "family": "IPV4",
+            "local_addr": "0.0.0.0", "local_port": port, "phase": "START",
+            "preexisting": false, "first_seen": at - 5, "ended_at": null, "uid": 1000,
+            "inode": 11, "pid": 8, "process_start_time": 80, "attribution": "FD",
+            "backlog": 128
+        }))
+        .unwrap_or_else(|e| panic!("listener fixture: {e}")),
+    )
+}
+
+fn heartbeat(at: u64) -> Record {
+    Record::Heartbeat(procflow::model::Heartbeat {
+        time: at,
+        counters: Vec::new(),
+        flows_tracked: 0,
+        processes_tracked: 0,
+        rss_bytes: 0,
+        cpu_time_ns: 0,
+        features: Vec::new(),
+        interval_ns: 10_000_000_000,
+        stopping: false,
+    })
+}
+
+/// Ten hours from `base` of a web pod talking to the internet and to its database: short
+/// connections every hour, one connection living hours 0..=5 (no record in hour 2), one
+/// living 5..=8; from hour 6 a second executable, a new peer, a new listening port and ten
+/// times the traffic to port 443.
+fn workload(base: u64) -> Vec<(String, Vec<Event>)> {
+    let web = pod("c-web", "web-6d8f9c7b5-abcde", "10.0.0.5");
+    let db = pod("c-db", "db-0", "10.0.0.9");
+    let mut batches = Vec::new();
+    let at = |h: u64, m: u64| base + h * HOUR + m * 60_000_000_000;
+    for h in 0..10u64 {
+        let mut web_events = vec![(at(h, 0), heartbeat(at(h, 0)))];
+        if h == 0 {
+            web_events.push((at(0, 1), process(7, 70, "/usr/bin/curl")));
+        }
+        if h == 6 {
+            web_events.push((at(6, 1), process(8, 80, "/tmp/x")));
+            web_events.push((at(6, 2), listener(900, 2222, at(6, 2))));
+        }
+        let scale = if h >= 6 { 10 } else { 1 };
+        for i in 0..3u64 {
+            let cookie = h * 10 + i + 1;
+            let born = at(h, 10 + i);
+            for (phase, sent) in [("START", 0), ("END", 200_000 * scale * (i + 1))] {
+                web_events.push((
+                    born + if phase == "END" { 30_000_000 } else { 0 },
+                    flow(
+                        Flow {
+                            cookie,
+                            peer: "203.0.113.7",
+                            port: 443,
+                            inbound: false,
+                            phase,
+                            sent,
+                            born,
+                        },
+                        born + 1,
+                    ),
+                ));
+            }
+        }
+        let long = |cookie, phase, sent, born| Flow {
+            cookie,
+            peer: "10.0.0.9",
+            port: 5432,
+            inbound: false,
+            phase,
+            sent,
+            born,
+        };
+        match h {
+            0 => web_events.push((
+                at(0, 20),
+                flow(long(1000, "START", 0, at(0, 20)), at(0, 20)),
+            )),
+            1 | 3 | 4 => web_events.push((
+                at(h, 20),
+                flow(long(1000, "UPDATE", h * 5000, at(0, 20)), at(h, 20)),
+            )),
+            5 => {
+                web_events.push((
+                    at(5, 20),
+                    flow(long(1000, "END", 40_000, at(0, 20)), at(5, 20)),
+                ));
+                web_events.push((
+                    at(5, 30),
+                    flow(long(2000, "START", 0, at(5, 30)), at(5, 30)),
+                ));
+            }
+            6 | 7 => web_events.push((
+                at(h, 30),
+                flow(long(2000, "UPDATE", h * 7000, at(5, 30)), at(h, 30)),
+            )),
+            8 => web_events.push((
+                at(8, 30),
+                flow(long(2000, "END", 90_000, at(5, 30)), at(8, 30)),
+            )),
+            _ => {}
+        }
+        if h >= 7 {
+            web_events.push((
+                at(h, 40),
+                flow(
+                    Flow {
+                        cookie: 7000 + h,
+                        peer: "198.51.100.1",
+                        port: 4444,
+                        inbound: false,
+                        phase: "END",
+                        sent: 70,
+                        born: at(h, 40),
+                    },
+                    at(h, 40),
+                ),
+            ));
+        }
+        // One batch per arrival time, as a collector's batches are.
+        web_events.sort_by_key(|(t, _)| *t);
+        for (t, record) in web_events {
+            batches.push((
+                "c-web".to_owned(),
+                vec![Event {
+                    source: web.clone(),
+                    received_at: t,
+                    record,
+                }],
+            ));
+        }
+        batches.push((
+            "c-db".to_owned(),
+            vec![Event {
+                source: db.clone(),
+                received_at: at(h, 0),
+                record: heartbeat(at(h, 0)),
+            }],
+        ));
+    }
+    batches
+}
+
+fn question(since: u64, until: u64) -> Question {
+    Question {
+        query: EventQuery {
+            since,
+            until,
+            ..EventQuery::default()
+        },
+        ..Question::default()
+    }
+}
+
+/// The answers the test compares: talkers over several windows and one comparison.
+fn answers(store: &Arc<dyn Store>, base: u64) -> (Vec<Talkers>, Comparison) {
+    let investigator = Investigator::new(store.clone());
+    let talkers = [(0, 10), (2, 4), (1, 6), (6, 10), (8, 9)]
+        .iter()
+        .map(|&(from, to)| {
+            investigator
+                .talkers(
+                    &question(base + from * HOUR, base + to * HOUR - 1),
+                    EdgeOrder::Bytes,
+                    100,
+                    &mut |_| {},
+                )
+                .unwrap_or_else(|e| panic!("talkers {from}..{to}: {e}"))
+        })
+        .collect();
+    let comparison = investigator
+        .compare(
+            &question(base + 6 * HOUR, base + 10 * HOUR - 1),
+            base,
+            100,
+            &mut |_| {},
+        )
+        .expect("compare");
+    (talkers, comparison)
+}
+
+fn rollups_equal_raw(backend: Backend) {
+    let now = now_ns();
+    let base = now - now % HOUR - 20 * DAY;
+    let long = Retention {
+        max_age: std::time::Duration::from_secs(400 * 86_400),
+        ..retention(400)
+    };
+    let opened = open(backend, long);
+    // PostgreSQL keeps a day only in its partition: make those of the workload's days.
+    opened.store.maintain(base).expect("partitions back then");
+    for (seq, (collector, events)) in workload(base).into_iter().enumerate() {
+        append(&*opened.store, &collector, seq as u64, events);
+    }
+    let raw = answers(&opened.store, base);
+    assert_eq!(raw.0[0].flows, 30 + 2 + 3, "{backend:?}: every socket once");
+    // Both executables talk to the new peer; the new one also to the old one.
+    assert_eq!(raw.1.new.edges.len(), 3, "{backend:?}: {:?}", raw.1.new);
+    assert_eq!(raw.1.new.executables.len(), 1);
+    assert_eq!(raw.1.new.listeners.len(), 1);
+    assert_eq!(
+        raw.1.increased.len(),
+        1,
+        "{backend:?}: {:?}",
+        raw.1.increased
+    );
+    let db_edge = raw.0[0]
+        .edges
+        .iter()
+        .find(|e| e.port == 5432)
+        .expect("the database edge");
+    assert_eq!(
+        (db_edge.connections, db_edge.bytes_sent),
+        (2, 40_000 + 90_000)
+    );
+    assert_eq!(db_edge.peer_pod_name.as_deref(), Some("db-0"));
+
+    let built = RollupBuilder::new(opened.store.clone())
+        .catch_up(now)
+        .expect("roll up");
+    assert!(built >= 20 * 24 - 1, "{backend:?}: {built} hours rolled up");
+    assert_eq!(
+        RollupBuilder::new(opened.store.clone())
+            .catch_up(now)
+            .expect("again"),
+        0,
+        "{backend:?}: a second builder (another replica) finds every hour built"
+    );
+
+    // Raw records kept 14 days: the workload's are dropped, its rollups stay.
+    let opened = opened.reopen(retention(14));
+    opened.store.maintain(now).expect("retention");
+    let left = opened
+        .store
+        .query(&EventQuery {
+            since: base,
+            until: base + 10 * HOUR,
+            ..EventQuery::default()
+        })
+        .expect("query");
+    assert!(left.is_empty(), "{backend:?}: raw records past retention");
+    let rolled = answers(&opened.store, base);
+    assert_eq!(rolled.0, raw.0, "{backend:?}: talkers from rollups");
+    assert_eq!(rolled.1, raw.1, "{backend:?}: comparison from rollups");
+
+    // Rollups at their own retention: gone.
+    let opened = opened.reopen(Retention {
+        rollups: std::time::Duration::from_secs(86_400),
+        ..retention(14)
+    });
+    opened.store.maintain(now).expect("retention");
+    let gone = answers(&opened.store, base);
+    assert_eq!(
+        gone.0[0].flows, 0,
+        "{backend:?}: rollups past their retention"
+    );
+}
+
+#[test]
+fn rollups_answer_as_raw_records_did_and_outlive_them_on_sqlite() {
+    rollups_equal_raw(Backend::Sqlite);
+}
+
+#[test]
+fn rollups_answer_as_raw_records_did_and_outlive_them_on_postgres() {
+    rollups_equal_raw(Backend::Postgres);
+}
