@@ -52,6 +52,11 @@ pub trait OwnerLookup {
     /// `listener` is the owner of the local listener an inbound socket was accepted from,
     /// if any: the fallback when the fd table is not readable.
     fn owner(&mut self, inode: u64, uid: Option<u32>, listener: Option<Owner>) -> Owner;
+
+    /// About `expected` sockets just opened and a dump will name them: read their likeliest
+    /// owners now, while the sockets are still open (a connection of a few ms closes before
+    /// a dump of a big connection hash ends). Processes found are reported into `out`.
+    fn prefetch(&mut self, _expected: u64, _now: UnixNanos, _out: &mut Vec<Record>) {}
 }
 
 /// Attributes nothing: for `--no-attribution` and tests of the socket side alone.

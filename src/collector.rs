@@ -3,7 +3,6 @@
 //! Ticks are cheap (a few µs when nothing changed); dumps happen on change, on the periodic
 //! safety-net interval, and after a destroy-stream overflow.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,17 +12,19 @@ use crossbeam_channel::Receiver;
 
 use crate::attribution::{NoAttribution, OwnerLookup};
 use crate::config::parse_duration;
-use crate::flows::{ClusterCidrs, FlowConfig, FlowTable, Scoper};
-use crate::model::{now_ns, Family, Heartbeat, Record};
+use crate::flows::{ClusterCidrs, FlowConfig};
+use crate::model::{now_ns, Heartbeat, Record};
 use crate::pipeline::queue::Outlet;
 use crate::pipeline::{record_queue, RecordTx};
 use crate::procs::{exec_watch::ExecWatch, ProcessConfig, ProcessMonitor};
-use crate::sockdiag::destroy::DestroyStats;
-use crate::sockdiag::{trigger::Trigger, DestroyEvent, DestroyListener, Dumper, SocketInfo};
-use crate::telemetry::collector::{DumpFailed, DumpFinished, ExecWakeup, SocketsLookedUp};
+use crate::telemetry::collector::ExecWakeup;
 use crate::telemetry::InternalEvent;
 
+mod budget;
 mod once;
+mod sockets;
+
+pub use sockets::SocketMonitor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -178,241 +179,12 @@ impl From<&Args> for EngineConfig {
     }
 }
 
-/// The socket side of the collector: dumps, destroy events and the flow table.
-pub struct SocketMonitor {
-    dumper: Dumper,
-    destroy: DestroyListener,
-    destroy_rx: Receiver<DestroyEvent>,
-    trigger: Trigger,
-    table: FlowTable,
-    sockets: Vec<SocketInfo>,
-    poll_interval: Duration,
-    idle_poll_interval: Duration,
-    /// The last time the trigger moved or a socket was destroyed.
-    last_change: Instant,
-    /// The last time the trigger moved: sockets are opening (see [`SocketMonitor::churning`]).
-    last_rise: Option<Instant>,
-    /// The trigger moved and no dump has run since. A rise is read once: a check that finds
-    /// the next dump not yet allowed (its CPU budget) must not forget it, or the socket
-    /// behind it waits for the periodic dump, which a connection of a few hundred ms does
-    /// not live to see (how connections were missed alive after a quiet spell).
-    pending: bool,
-    last_dump: Option<Instant>,
-    /// CPU time of the last dump, flow-table diff and attribution included: what bounds the
-    /// engine's share of a core under churn, and leaves its time to the process polls.
-    last_dump_cost: Duration,
-    resync: bool,
-    /// [`DestroyStats::losses`] when last looked at.
-    losses_seen: u64,
-    /// Scratch: the sockets [`FlowTable::awaiting_owner`] names.
-    awaiting: Vec<(u64, Family, SocketAddr, SocketAddr)>,
-}
-
-/// Accepted sockets looked up per tick at most (each one request and one reply).
-const LOOKUPS_PER_TICK: usize = 64;
-
-impl SocketMonitor {
-    /// Opens the netlink sockets and joins the destroy groups; no dump yet.
-    pub fn new(config: &EngineConfig) -> anyhow::Result<Self> {
-        let dumper = Dumper::open().context("opening sock_diag")?;
-        let (destroy, destroy_rx) =
-            DestroyListener::start(config.destroy_queue_capacity, config.destroy_rcvbuf)
-                .context("joining the sock_diag destroy groups")?;
-        tracing::info!(
-            rcvbuf = destroy.rcvbuf,
-            "listening for socket destroy events"
-        );
-        Ok(SocketMonitor {
-            dumper,
-            destroy,
-            destroy_rx,
-            trigger: Trigger::new().context("opening /proc/net/sockstat and snmp")?,
-            table: FlowTable::new(
-                config.flows.clone(),
-                Scoper::new(config.cluster_cidrs.clone()),
-            ),
-            sockets: Vec::with_capacity(1024),
-            poll_interval: config.poll_interval,
-            idle_poll_interval: config.idle_poll_interval,
-            last_change: Instant::now(),
-            last_rise: None,
-            pending: false,
-            last_dump: None,
-            last_dump_cost: Duration::ZERO,
-            resync: false,
-            losses_seen: 0,
-            awaiting: Vec::new(),
-        })
-    }
-
-    pub fn table(&self) -> &FlowTable {
-        &self.table
-    }
-
-    /// Whether sockets opened within the last [`CHURN_HOLD`]: the engine then checks at its
-    /// churn interval, so that a connection of a few ms is dumped (and its owner read)
-    /// before it closes.
-    pub fn churning(&self) -> bool {
-        self.last_rise.is_some_and(|t| t.elapsed() < CHURN_HOLD)
-    }
-
-    /// One engine tick: drain destroy events, then dump if the trigger moved (now or at a
-    /// check whose dump was held back), the periodic interval passed, or the destroy stream
-    /// overflowed. Returns whether a dump ran.
-    pub fn tick(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) -> bool {
-        // A dump goes first when a change is pending, so sockets that just opened are seen
-        // alive (uid, inode) before their destroy events are applied.
-        let changed = match self.trigger.changed() {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(%error, "socket change trigger unreadable; relying on periodic dumps");
-                false
-            }
-        };
-        let now = Instant::now();
-        if changed {
-            self.last_change = now;
-            self.last_rise = Some(now);
-            self.pending = true;
-        }
-        let period = if now.duration_since(self.last_change) < QUIET_AFTER {
-            self.poll_interval
-        } else {
-            self.idle_poll_interval
-        };
-        let due = self
-            .last_dump
-            .is_none_or(|t| now.duration_since(t) >= period);
-        // Under heavy churn, triggered dumps take at most ~20 % of a core; the periodic
-        // dump always runs. The cost is CPU time: a dump that was merely preempted (a busy
-        // node) must not hold the next ones back.
-        let allowed = self
-            .last_dump
-            .is_none_or(|t| now.duration_since(t) >= (self.last_dump_cost * 4).min(period));
-        let mut dumped = false;
-        if (self.pending || due || self.resync) && allowed {
-            self.dump(lookup, out);
-            dumped = true;
-        }
-        self.drain_destroy(out);
-        if dumped {
-            return true;
-        }
-        self.look_up_awaiting_owner(lookup, out);
-        self.table.expire(now_ns(), out);
-        false
-    }
-
-    /// Looks up, one by one, the accepted sockets whose START waits for an inode or owner.
-    fn look_up_awaiting_owner(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) {
-        self.table.awaiting_owner(&mut self.awaiting);
-        if self.awaiting.is_empty() {
-            return;
-        }
-        // An accept backlog is the periodic dump's: the lookups stay a small cost per tick.
-        self.awaiting.truncate(LOOKUPS_PER_TICK);
-        self.sockets.clear();
-        let mut asked = 0u64;
-        for &(cookie, family, local, remote) in &self.awaiting {
-            asked += 1;
-            match self.dumper.lookup(family, local, remote, Some(cookie)) {
-                Ok(Some(socket)) => self.sockets.push(socket),
-                Ok(None) => {} // closed: its destroy event ends it
-                Err(error) => {
-                    tracing::debug!(%error, "accepted socket lookup failed; the next dump sees it");
-                    break;
-                }
-            }
-        }
-        SocketsLookedUp { sockets: asked }.emit();
-        self.table
-            .apply_lookups(&self.sockets, now_ns(), lookup, out);
-    }
-
-    /// Dumps every socket into the flow table now.
-    pub fn dump(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) {
-        // Whatever the trigger saw before this point, this dump sees.
-        self.pending = false;
-        let started = Instant::now();
-        let cpu_before = crate::sys::clock::thread_cpu_time();
-        // The table takes each datagram's sockets as they arrive.
-        let table = &mut self.table;
-        table.begin_dump(now_ns());
-        match self.dumper.dump_all_with(|batch| table.observe(batch)) {
-            Ok(stats) => {
-                table.finish_dump(!stats.interrupted, lookup, out);
-                DumpFinished {
-                    elapsed: started.elapsed(),
-                }
-                .emit();
-                if !stats.interrupted {
-                    self.resync = false;
-                }
-            }
-            Err(error) => {
-                // What it saw before failing is real; nothing is concluded from absences.
-                table.finish_dump(false, lookup, out);
-                DumpFailed {
-                    error: &error,
-                    elapsed: started.elapsed(),
-                }
-                .emit();
-            }
-        }
-        self.last_dump = Some(Instant::now());
-        self.last_dump_cost = crate::sys::clock::thread_cpu_time().saturating_sub(cpu_before);
-    }
-
-    fn drain_destroy(&mut self, out: &mut Vec<Record>) {
-        for DestroyEvent { socket, at } in self.destroy_rx.try_iter() {
-            self.last_change = Instant::now();
-            let dumper = &mut self.dumper;
-            self.table
-                .apply_destroy_with(&socket, at, &mut |s| timewait_successor(dumper, s), out);
-        }
-        let losses = self.destroy.stats.losses();
-        // Destroy events were lost: resynchronise with a full dump, and end the flows that
-        // went missing meanwhile as `RECOVERED`.
-        if losses != self.losses_seen {
-            self.losses_seen = losses;
-            self.last_change = Instant::now();
-            self.table.note_overflow(now_ns());
-            self.resync = true;
-        }
-    }
-
-    pub fn destroy_stats(&self) -> &DestroyStats {
-        &self.destroy.stats
-    }
-
-    /// Applies the destroy events already received and ends every live flow.
-    pub fn shutdown(&mut self, out: &mut Vec<Record>) {
-        self.drain_destroy(out);
-        self.table.shutdown(now_ns(), out);
-        self.destroy.stop();
-    }
-}
-
-/// Whether the socket left a TIME_WAIT minisocket behind: only a received FIN does.
-fn timewait_successor(dumper: &mut Dumper, socket: &SocketInfo) -> bool {
-    match dumper.lookup_state(socket.family, socket.local, socket.remote) {
-        Ok(state) => state == Some(crate::sockdiag::msg::TCP_TIME_WAIT),
-        Err(error) => {
-            tracing::debug!(%error, "TIME_WAIT lookup failed; the FIN stays inferred");
-            false
-        }
-    }
-}
-
 /// Quiet this long and the engine slows down: the safety-net dumps to `idle_poll_interval`
 /// (no socket changed), the checks to `deep_idle_interval` (no record at all).
-const QUIET_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(5);
 
 /// How long the engine keeps ticking fast after the last sign of activity.
 const ACTIVE_HOLD: Duration = Duration::from_secs(1);
-
-/// How long after the trigger last moved the engine keeps checking at the churn interval.
-const CHURN_HOLD: Duration = Duration::from_millis(200);
 
 /// How often processes are polled while the checks run at the churn interval (the default
 /// trigger interval: processes are looked at as often as without churn).

@@ -21,6 +21,8 @@ use crate::procs::parse;
 use crate::telemetry::collector::{AttributionMissed, ProcReadDenied};
 use crate::telemetry::InternalEvent;
 
+mod prefetch;
+
 /// What attribution knows of one process's fd table.
 #[derive(Debug, Clone)]
 pub(crate) struct FdTable {
@@ -41,6 +43,10 @@ pub(crate) struct FdTable {
     /// The last pass whose read found a socket in the table (0: none yet). A client between
     /// two connections holds none, and is still where the next one will be.
     pub socket_pass: u64,
+    /// The last pass whose read found a socket the previous read of this table did not
+    /// (0: none yet; a first read is no sign of a new socket): the processes opening
+    /// connections now, whose new sockets a rise of the trigger most likely is.
+    pub gained_pass: u64,
     /// When reading the table was last denied. A process can become readable (a privilege
     /// drop: `setpriv`, `su`, a runtime starting the app as its user), so a denied table is
     /// tried again after an exec and after `FD_DENIED_RETRY`.
@@ -60,6 +66,7 @@ impl FdTable {
             passes_before_seen: passes,
             changed_pass: 0,
             socket_pass: 0,
+            gained_pass: 0,
             denied: None,
         }
     }
@@ -129,6 +136,23 @@ impl InodeIndex {
     }
 }
 
+/// The tick trace of one attribution pass: sockets wanted and left unknown, tables read,
+/// wall time.
+fn trace_refresh(
+    index: &InodeIndex,
+    unknown: usize,
+    (started, read, wanted): (std::time::Instant, u64, usize),
+) {
+    tracing::trace!(
+        target: "procflow::tick",
+        wanted,
+        unknown,
+        read = index.tables_read - read,
+        us = started.elapsed().as_micros() as u64,
+        "owners read after the dump"
+    );
+}
+
 /// `stat("/proc/<pid>/fd").st_size`: the open-fd count on Linux ≥ 6.2.
 fn open_fd_count(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
     fs::metadata(proc_root.join(pid.to_string()).join("fd"))
@@ -176,6 +200,8 @@ pub struct InodeIndex {
     /// fd tables read (each a directory walk and one readlink per fd).
     pub tables_read: u64,
     pub misses: u64,
+    /// Reads of likely owners at a rise of the trigger, before the dump.
+    pub prefetches: u64,
 }
 
 impl ProcessMonitor {
@@ -191,22 +217,7 @@ impl ProcessMonitor {
     /// Nothing is read when nothing is wanted.
     pub fn refresh_inodes(&mut self, wanted: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
         let mut index = std::mem::take(&mut self.index);
-        let fd_count_works = *index.fd_count_works.get_or_insert_with(|| {
-            fs::metadata(self.proc_root().join("self/fd"))
-                .map(|m| m.len() > 0)
-                .unwrap_or(false)
-        });
-        // Processes gone since the last pass take their sockets out of the index.
-        let gone: Vec<u32> = index
-            .held
-            .keys()
-            .filter(|pid| !self.live.contains_key(pid))
-            .copied()
-            .collect();
-        for pid in gone {
-            index.forget(pid);
-        }
-        index.expire_released();
+        let fd_count_works = self.tidy(&mut index);
         // Sized up front: a first pass wants every socket of the pod, and growing a map of
         // 100k entries by doubling rehashes it a dozen times.
         let mut unknown: HashSet<u64> =
@@ -222,9 +233,13 @@ impl ProcessMonitor {
             return;
         }
         index.owners.reserve(unknown.len());
+        // For `RUST_LOG=procflow::tick=trace`: what the pass wanted and what it cost.
+        let trace = (std::time::Instant::now(), index.tables_read, unknown.len());
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
         let mut scanned = HashSet::default();
+        // Those that opened sockets most recently first: a daemon holding the same sockets
+        // for hours is read last.
         let mut small_holders: Vec<(u64, u64, u32)> = self
             .live
             .iter()
@@ -233,7 +248,7 @@ impl ProcessMonitor {
                 (fd.socket_pass > 0
                     && fd.maybe_readable()
                     && fd.count.is_some_and(|c| c <= SMALL_HOLDER_TABLE))
-                .then_some((fd.socket_pass, fd.changed_pass, pid))
+                .then_some((fd.gained_pass, fd.socket_pass, pid))
             })
             .collect();
         small_holders.sort_unstable_by(|a, b| b.cmp(a));
@@ -248,6 +263,7 @@ impl ProcessMonitor {
             }
         }
         if unknown.is_empty() {
+            trace_refresh(&index, unknown.len(), trace);
             self.index = index;
             return;
         }
@@ -363,7 +379,30 @@ impl ProcessMonitor {
                 self.scan_fds(pid, pass, &mut index);
             }
         }
+        trace_refresh(&index, unknown.len(), trace);
         self.index = index;
+    }
+
+    /// Whether the open-fd count of a table shows in its directory's size (checked once),
+    /// after the processes gone since the last pass took their sockets out of the index and
+    /// the released sockets past their grace left it.
+    fn tidy(&self, index: &mut InodeIndex) -> bool {
+        let fd_count_works = *index.fd_count_works.get_or_insert_with(|| {
+            fs::metadata(self.proc_root().join("self/fd"))
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+        });
+        let gone: Vec<u32> = index
+            .held
+            .keys()
+            .filter(|pid| !self.live.contains_key(pid))
+            .copied()
+            .collect();
+        for pid in gone {
+            index.forget(pid);
+        }
+        index.expire_released();
+        fd_count_works
     }
 
     /// Reads every readable fd table into the index: a snapshot wants the owner of every
@@ -391,10 +430,12 @@ impl ProcessMonitor {
         self.index.tables_read
     }
 
-    fn scan_fds(&mut self, pid: u32, pass: u64, index: &mut InodeIndex) {
+    /// Reads `pid`'s fd table into the index. Returns how many of its sockets the index did
+    /// not know.
+    fn scan_fds(&mut self, pid: u32, pass: u64, index: &mut InodeIndex) -> usize {
         let dir = self.proc_root().join(pid.to_string()).join("fd");
         let Some(p) = self.live.get_mut(&pid) else {
-            return;
+            return 0;
         };
         let start_time = p.record.start_time;
         index.tables_read += 1;
@@ -416,7 +457,7 @@ impl ProcessMonitor {
                     p.fd.denied = Some(std::time::Instant::now());
                     ProcReadDenied.emit();
                 }
-                return;
+                return 0;
             }
         };
         // The walk's own count is what st_size of the fd directory reports (kernel ≥ 6.2),
@@ -428,6 +469,7 @@ impl ProcessMonitor {
         if !inodes.is_empty() {
             p.fd.socket_pass = pass;
         }
+        let mut unknown = 0;
         for &inode in &inodes {
             // A socket shared across fork (a shell's /dev/tcp fd inherited by its children,
             // a pre-fork server's listener) belongs to its oldest holder: the one that most
@@ -440,9 +482,17 @@ impl ProcessMonitor {
                         *owner = (pid, start_time);
                     }
                 })
-                .or_insert((pid, start_time));
+                .or_insert_with(|| {
+                    unknown += 1;
+                    (pid, start_time)
+                });
+        }
+        // A socket new to the index in a table read before: this process opens sockets.
+        if unknown > 0 && index.held.contains_key(&pid) {
+            p.fd.gained_pass = pass;
         }
         index.replace_held(pid, inodes);
+        unknown
     }
 
     /// The only live process with this uid, if there is exactly one. Asked once per socket
@@ -476,6 +526,10 @@ impl OwnerLookup for ProcessMonitor {
             .filter_map(|inode| self.index.owners.get(inode).map(|owner| owner.0))
             .collect();
         self.recheck_owners(owners, now, out);
+    }
+
+    fn prefetch(&mut self, expected: u64, now: UnixNanos, out: &mut Vec<Record>) {
+        self.prefetch_owners(expected, now, out);
     }
 
     fn owner(&mut self, inode: u64, uid: Option<u32>, listener: Option<Owner>) -> Owner {

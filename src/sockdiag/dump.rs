@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::msg::{
     self, SocketInfo, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_DUMP_INTR,
-    SOCK_DIAG_BY_FAMILY,
+    SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK,
 };
 use crate::model::{Family, Protocol};
 use crate::telemetry::collector::{DumpInterrupted, SockdiagMalformed};
@@ -30,32 +30,35 @@ const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 pub enum DumpError {
     #[error("opening a NETLINK_SOCK_DIAG socket: {0}")]
     Open(#[source] io::Error),
-    #[error("{family:?}/{protocol:?} dump: sending the request: {source}")]
-    Send {
-        family: Family,
-        protocol: Protocol,
-        source: io::Error,
-    },
-    #[error("{family:?}/{protocol:?} dump: receiving: {source}")]
-    Recv {
-        family: Family,
-        protocol: Protocol,
-        source: io::Error,
-    },
-    #[error("{family:?}/{protocol:?} dump: no reply from the kernel within {RECV_TIMEOUT:?}")]
-    TimedOut { family: Family, protocol: Protocol },
-    #[error("{family:?}/{protocol:?} dump: the kernel answered error {errno} ({})", io::Error::from_raw_os_error(*errno))]
-    Kernel {
-        family: Family,
-        protocol: Protocol,
-        errno: i32,
-    },
-    #[error("{family:?}/{protocol:?} dump: datagram of {len} bytes filled the {RECV_BUF}-byte buffer and may be truncated")]
-    Truncated {
-        family: Family,
-        protocol: Protocol,
-        len: usize,
-    },
+    #[error("{table} dump: sending the request: {source}")]
+    Send { table: Table, source: io::Error },
+    #[error("{table} dump: receiving: {source}")]
+    Recv { table: Table, source: io::Error },
+    #[error("{table} dump: no reply from the kernel within {RECV_TIMEOUT:?}")]
+    TimedOut { table: Table },
+    #[error("{table} dump: the kernel answered error {errno} ({})", io::Error::from_raw_os_error(*errno))]
+    Kernel { table: Table, errno: i32 },
+    #[error("{table} dump: datagram of {len} bytes filled the {RECV_BUF}-byte buffer and may be truncated")]
+    Truncated { table: Table, len: usize },
+}
+
+/// The sockets one request asks for: a protocol, of one family or of both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    /// `None`: both families (a `TCPDIAG_GETSOCK` dump).
+    pub family: Option<Family>,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let family = match self.family {
+            Some(Family::Ipv4) => "IPv4",
+            Some(Family::Ipv6) => "IPv6",
+            None => "IPv4+IPv6",
+        };
+        write!(f, "{:?}/{family}", self.protocol)
+    }
 }
 
 /// What one dump saw besides the sockets.
@@ -93,6 +96,8 @@ pub struct Dumper {
     /// The sockets of the datagram being read.
     batch: Vec<SocketInfo>,
     seq: u32,
+    /// Whether the kernel serves `TCPDIAG_GETSOCK` dumps (`None` until the first one).
+    tcp_both_families: Option<bool>,
 }
 
 impl Dumper {
@@ -106,6 +111,7 @@ impl Dumper {
             buf: Vec::with_capacity(RECV_BUF),
             batch: Vec::new(),
             seq: 0,
+            tcp_both_families: None,
         })
     }
 
@@ -116,13 +122,40 @@ impl Dumper {
 
     /// Dumps every tracked socket of all four tables, handing `each` the sockets of one
     /// datagram at a time: a consumer that takes them there reads them while they are in
-    /// cache, and nothing holds the whole dump.
+    /// cache, and nothing holds the whole dump. TCP's two families come from one walk of
+    /// the connection hash where the kernel serves it (the walk is most of a dump's cost).
     pub fn dump_all_with(
         &mut self,
         mut each: impl FnMut(&[SocketInfo]),
     ) -> Result<DumpStats, DumpError> {
         let mut stats = DumpStats::default();
+        if self.tcp_both_families != Some(false) {
+            self.seq = self.seq.wrapping_add(1);
+            let request = msg::tcp_dump_request_both_families(msg::TCP_STATES_TRACKED, self.seq);
+            let table = Table {
+                family: None,
+                protocol: Protocol::Tcp,
+            };
+            match self.run(&request, table, &mut each) {
+                Ok(tcp) => {
+                    self.tcp_both_families = Some(true);
+                    stats.add(tcp);
+                }
+                // Refused from the start (no sockets were handed on): one dump per family.
+                Err(DumpError::Kernel { errno, .. }) if self.tcp_both_families.is_none() => {
+                    tracing::info!(
+                        errno,
+                        "TCPDIAG_GETSOCK dumps refused; dumping TCP one family at a time"
+                    );
+                    self.tcp_both_families = Some(false);
+                }
+                Err(error) => return Err(error),
+            }
+        }
         for (family, protocol) in TABLES {
+            if protocol == Protocol::Tcp && self.tcp_both_families == Some(true) {
+                continue;
+            }
             let states = match protocol {
                 Protocol::Tcp => msg::TCP_STATES_TRACKED,
                 Protocol::Udp => msg::ALL_STATES,
@@ -132,31 +165,21 @@ impl Dumper {
         Ok(stats)
     }
 
-    fn send(&self, request: &[u8], family: Family, protocol: Protocol) -> Result<(), DumpError> {
+    fn send(&self, request: &[u8], table: Table) -> Result<(), DumpError> {
         self.socket
             .send(request, 0)
             .map(|_| ())
-            .map_err(|source| DumpError::Send {
-                family,
-                protocol,
-                source,
-            })
+            .map_err(|source| DumpError::Send { table, source })
     }
 
     /// One datagram into the buffer; `None` when a signal interrupted the wait.
-    fn recv(&mut self, family: Family, protocol: Protocol) -> Result<Option<usize>, DumpError> {
+    fn recv(&mut self, table: Table) -> Result<Option<usize>, DumpError> {
         self.buf.clear();
         match self.socket.recv(&mut self.buf, 0) {
             Ok(len) => Ok(Some(len)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Err(DumpError::TimedOut { family, protocol })
-            }
-            Err(source) => Err(DumpError::Recv {
-                family,
-                protocol,
-                source,
-            }),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(DumpError::TimedOut { table }),
+            Err(source) => Err(DumpError::Recv { table, source }),
         }
     }
 
@@ -181,11 +204,15 @@ impl Dumper {
         cookie: Option<u64>,
     ) -> Result<Option<SocketInfo>, DumpError> {
         let protocol = Protocol::Tcp;
+        let table = Table {
+            family: Some(family),
+            protocol,
+        };
         self.seq = self.seq.wrapping_add(1);
         let request = msg::lookup_request(family, local, remote, cookie, self.seq);
-        self.send(&request, family, protocol)?;
+        self.send(&request, table)?;
         loop {
-            let Some(len) = self.recv(family, protocol)? else {
+            let Some(len) = self.recv(table)? else {
                 continue;
             };
             for message in msg::messages(&self.buf[..len]).flatten() {
@@ -203,11 +230,7 @@ impl Dumper {
                         return match errno {
                             0 => continue,
                             libc::ENOENT | libc::ESTALE => Ok(None),
-                            errno => Err(DumpError::Kernel {
-                                family,
-                                protocol,
-                                errno,
-                            }),
+                            errno => Err(DumpError::Kernel { table, errno }),
                         };
                     }
                     _ => {}
@@ -227,27 +250,48 @@ impl Dumper {
     ) -> Result<DumpStats, DumpError> {
         self.seq = self.seq.wrapping_add(1);
         let request = msg::dump_request(family, protocol, states, self.seq);
-        self.send(&request, family, protocol)?;
+        let table = Table {
+            family: Some(family),
+            protocol,
+        };
+        self.run(&request, table, each)
+    }
+
+    /// Sends a dump request (its sequence number is `self.seq`) and reads it to the end.
+    fn run(
+        &mut self,
+        request: &[u8],
+        table: Table,
+        each: &mut impl FnMut(&[SocketInfo]),
+    ) -> Result<DumpStats, DumpError> {
+        let started = std::time::Instant::now();
+        let cpu = crate::sys::clock::thread_cpu_time();
+        self.send(request, table)?;
         let mut stats = DumpStats::default();
         loop {
-            let Some(len) = self.recv(family, protocol)? else {
+            let Some(len) = self.recv(table)? else {
                 continue;
             };
             if len >= RECV_BUF {
-                return Err(DumpError::Truncated {
-                    family,
-                    protocol,
-                    len,
-                });
+                return Err(DumpError::Truncated { table, len });
             }
             stats.datagrams += 1;
             self.batch.clear();
-            let done = self.parse_datagram(len, family, protocol, &mut stats)?;
+            let done = self.parse_datagram(len, table, &mut stats)?;
             each(&self.batch);
             if done {
                 if stats.interrupted {
                     DumpInterrupted.emit();
                 }
+                tracing::trace!(
+                    target: "procflow::tick",
+                    %table,
+                    us = started.elapsed().as_micros() as u64,
+                    cpu_us = crate::sys::clock::thread_cpu_time()
+                        .saturating_sub(cpu)
+                        .as_micros() as u64,
+                    "table dumped"
+                );
                 return Ok(stats);
             }
         }
@@ -257,10 +301,10 @@ impl Dumper {
     fn parse_datagram(
         &mut self,
         len: usize,
-        family: Family,
-        protocol: Protocol,
+        table: Table,
         stats: &mut DumpStats,
     ) -> Result<bool, DumpError> {
+        let protocol = table.protocol;
         for message in msg::messages(&self.buf[..len]) {
             let message = match message {
                 Ok(m) => m,
@@ -269,7 +313,7 @@ impl Dumper {
                     SockdiagMalformed {
                         what: "datagram",
                         error: &error,
-                        family: Some(family),
+                        family: table.family,
                         protocol: Some(protocol),
                     }
                     .emit();
@@ -283,7 +327,7 @@ impl Dumper {
                 stats.interrupted = true;
             }
             match message.kind {
-                SOCK_DIAG_BY_FAMILY => {
+                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                     stats.messages += 1;
                     match msg::parse_socket(message.payload, protocol) {
                         Ok(socket) => self.batch.push(socket),
@@ -292,7 +336,7 @@ impl Dumper {
                             SockdiagMalformed {
                                 what: "message",
                                 error: &error,
-                                family: Some(family),
+                                family: table.family,
                                 protocol: Some(protocol),
                             }
                             .emit();
@@ -307,11 +351,7 @@ impl Dumper {
                     if errno == 0 {
                         continue; // an ACK
                     }
-                    return Err(DumpError::Kernel {
-                        family,
-                        protocol,
-                        errno,
-                    });
+                    return Err(DumpError::Kernel { table, errno });
                 }
                 NLMSG_NOOP | NLMSG_OVERRUN => {}
                 _ => {}
@@ -405,6 +445,54 @@ mod tests {
         assert_eq!(server.len(), 1, "{server:?}");
         assert_eq!(server[0].0, msg::TCP_ESTABLISHED);
         assert_ne!(server[0].1, 0, "the accepted socket has an inode");
+    }
+
+    /// TCP's two families from one `TCPDIAG_GETSOCK` walk: the same sockets, each with its
+    /// own family, as two `SOCK_DIAG_BY_FAMILY` dumps give.
+    #[test]
+    fn one_walk_dumps_both_tcp_families_as_two_dumps_do() {
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("listen v4");
+        let v6 = TcpListener::bind("[::1]:0").expect("listen v6");
+        let _c4 = TcpStream::connect(v4.local_addr().expect("addr")).expect("connect v4");
+        let _c6 = TcpStream::connect(v6.local_addr().expect("addr")).expect("connect v6");
+        let ours = [
+            v4.local_addr().expect("addr").port(),
+            v6.local_addr().expect("addr").port(),
+        ];
+        let tcp = |dumper: &mut Dumper| {
+            let mut sockets = Vec::new();
+            dumper.dump_all(&mut sockets).expect("dump");
+            let mut mine: Vec<(u64, Family, SocketAddr, SocketAddr)> = sockets
+                .into_iter()
+                .filter(|s| s.protocol == Protocol::Tcp)
+                .filter(|s| ours.contains(&s.local.port()) || ours.contains(&s.remote.port()))
+                .map(|s| (s.cookie, s.family, s.local, s.remote))
+                .collect();
+            mine.sort_unstable_by_key(|s| s.0);
+            mine
+        };
+        let mut one_walk = Dumper::open().expect("sock_diag");
+        let both = tcp(&mut one_walk);
+        assert_eq!(
+            one_walk.tcp_both_families,
+            Some(true),
+            "this kernel serves it"
+        );
+        let mut per_family = Dumper::open().expect("sock_diag");
+        per_family.tcp_both_families = Some(false);
+        assert_eq!(both, tcp(&mut per_family));
+        // Per family: the listener, the client and the accepted socket (still queued).
+        let families: Vec<Family> = both.iter().map(|s| s.1).collect();
+        assert_eq!(
+            families.iter().filter(|f| **f == Family::Ipv4).count(),
+            3,
+            "{both:?}"
+        );
+        assert_eq!(
+            families.iter().filter(|f| **f == Family::Ipv6).count(),
+            3,
+            "{both:?}"
+        );
     }
 
     /// A client that closed first is left in TIME_WAIT once the server's FIN came; the lookup

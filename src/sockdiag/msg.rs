@@ -21,7 +21,8 @@ use crate::model::{Family, Protocol};
 pub use inet_diag::{parse_socket, InetDiagMsgBuffer, SocketInfo, INET_DIAG_MSG_LEN};
 pub use netlink::{attributes, error_code, messages, NlMsg, NlMsgIter, NLMSG_HDR_LEN};
 pub use request::{
-    dump_request, lookup_request, ALL_STATES, INET_DIAG_REQ_V2_LEN, TCP_STATES_TRACKED,
+    dump_request, lookup_request, tcp_dump_request_both_families, ALL_STATES, INET_DIAG_REQ_V2_LEN,
+    TCP_STATES_TRACKED,
 };
 pub use tcp_info::TcpInfo;
 
@@ -30,6 +31,10 @@ pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 pub const NLMSG_OVERRUN: u16 = 4;
 pub const SOCK_DIAG_BY_FAMILY: u16 = netlink_packet_sock_diag::constants::SOCK_DIAG_BY_FAMILY;
+/// The original inet_diag request type (`TCPDIAG_GETSOCK`, `struct inet_diag_req`): its
+/// dumps cover both address families in one walk of the connection hash; the replies carry
+/// this type.
+pub const TCPDIAG_GETSOCK: u16 = 18;
 
 pub const NLM_F_REQUEST: u16 = 0x01;
 pub const NLM_F_MULTI: u16 = 0x02;

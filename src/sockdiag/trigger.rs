@@ -66,9 +66,12 @@ impl Trigger {
         Ok(trigger)
     }
 
-    /// True when a socket count or a TCP open counter rose since it was last read.
-    pub fn changed(&mut self) -> io::Result<bool> {
-        let mut rose_any = false;
+    /// How much the socket counts or the TCP open counters rose since they were last read
+    /// (0: none did): of each file, the sum of its counters' rises, and of the files the
+    /// largest. Roughly the sockets opened since (a loopback connection is two): how many
+    /// new sockets their owners' fd tables should show before the dump names them.
+    pub fn changed(&mut self) -> io::Result<u64> {
+        let mut rise = 0;
         for source in &mut self.sources {
             let n = crate::sys::proc::reread(&source.file, &mut source.buf)?;
             self.scratch.clear();
@@ -76,17 +79,25 @@ impl Trigger {
                 Kind::Sockstat => extract_inuse(&source.buf[..n], &mut self.scratch),
                 Kind::Snmp => extract_tcp_opens(&source.buf[..n], &mut self.scratch),
             }
-            rose_any |= rose(&source.last, &self.scratch);
+            rise = rise.max(risen(&source.last, &self.scratch));
             std::mem::swap(&mut source.last, &mut self.scratch);
         }
-        Ok(rose_any)
+        Ok(rise)
     }
 }
 
-/// Whether any counter grew. A different shape (a protocol line appeared or vanished) counts
-/// as a rise: better one dump too many than a socket missed.
-fn rose(last: &[u64], current: &[u64]) -> bool {
-    last.len() != current.len() || current.iter().zip(last).any(|(now, before)| now > before)
+/// The sum of the counters' rises (falls are closes: not counted). A different shape (a
+/// protocol line appeared or vanished) counts as a rise of one: better one dump too many
+/// than a socket missed.
+fn risen(last: &[u64], current: &[u64]) -> u64 {
+    if last.len() != current.len() {
+        return 1;
+    }
+    current
+        .iter()
+        .zip(last)
+        .map(|(now, before)| now.saturating_sub(*before))
+        .fold(0, u64::saturating_add)
 }
 
 /// The `inuse` count of every protocol line of sockstat text.
@@ -148,10 +159,10 @@ mod tests {
 
     #[test]
     fn only_a_rise_counts() {
-        assert!(rose(&[5, 3, 41, 17], &[5, 4, 41, 17]));
-        assert!(rose(&[5, 3, 41, 17], &[4, 3, 42, 17]));
-        assert!(!rose(&[5, 3, 41, 17], &[4, 2, 41, 17]));
-        assert!(rose(&[5, 3], &[5, 3, 0]));
+        assert_eq!(risen(&[5, 3, 41, 17], &[5, 4, 41, 17]), 1);
+        assert_eq!(risen(&[5, 3, 41, 17], &[4, 3, 42, 18]), 2, "rises add up");
+        assert_eq!(risen(&[5, 3, 41, 17], &[4, 2, 41, 17]), 0);
+        assert_eq!(risen(&[5, 3], &[5, 3, 0]), 1);
     }
 
     #[test]
@@ -160,12 +171,12 @@ mod tests {
         let _ = trigger.changed().expect("read");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        assert!(trigger.changed().expect("read"));
+        assert!(trigger.changed().expect("read") > 0);
     }
 
     /// A first read, then one connection closes and another opens, so the socket counts
     /// stay level; returns the read after it.
-    fn read_across_a_close_and_an_open() -> bool {
+    fn read_across_a_close_and_an_open() -> u64 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let old = TcpStream::connect(addr).expect("connect");
@@ -181,6 +192,6 @@ mod tests {
 
     #[test]
     fn an_open_and_a_close_in_one_tick_do_not_net_out() {
-        assert!(read_across_a_close_and_an_open());
+        assert!(read_across_a_close_and_an_open() > 0);
     }
 }

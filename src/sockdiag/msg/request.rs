@@ -1,12 +1,14 @@
 //! The requests procflow sends: a dump of one family and protocol (`inet_diag_req_v2` with
-//! `NLM_F_DUMP`), and a lookup of one TCP socket by its 4-tuple.
+//! `NLM_F_DUMP`), a dump of TCP in both families at once (`inet_diag_req`), and a lookup of
+//! one TCP socket by its 4-tuple.
 
 use std::net::{IpAddr, SocketAddr};
 
 use super::netlink::NLMSG_HDR_LEN;
 use super::{
     Family, Protocol, AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, IPPROTO_UDP, NLM_F_DUMP,
-    NLM_F_REQUEST, SOCK_DIAG_BY_FAMILY, TCP_NEW_SYN_RECV, TCP_SYN_RECV, TCP_TIME_WAIT,
+    NLM_F_REQUEST, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK, TCP_NEW_SYN_RECV, TCP_SYN_RECV,
+    TCP_TIME_WAIT,
 };
 
 pub const INET_DIAG_REQ_V2_LEN: usize = 56;
@@ -39,11 +41,7 @@ mod field {
 /// one family and protocol in the given TCP state mask, asking for `tcp_info`.
 pub fn dump_request(family: Family, protocol: Protocol, states: u32, seq: u32) -> Request {
     let mut buf = [0u8; NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN];
-    let len = buf.len() as u32;
-    buf[field::LENGTH].copy_from_slice(&len.to_ne_bytes());
-    buf[field::KIND].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    buf[field::FLAGS].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    buf[field::SEQ].copy_from_slice(&seq.to_ne_bytes());
+    dump_header(&mut buf, SOCK_DIAG_BY_FAMILY, seq);
     buf[field::FAMILY] = match family {
         Family::Ipv4 => AF_INET,
         Family::Ipv6 => AF_INET6,
@@ -54,6 +52,38 @@ pub fn dump_request(family: Family, protocol: Protocol, states: u32, seq: u32) -
     };
     buf[field::EXT] = 1 << (INET_DIAG_INFO - 1); // request INET_DIAG_INFO
     buf[field::STATES].copy_from_slice(&states.to_ne_bytes());
+    buf
+}
+
+/// The netlink header of a dump request of `kind` filling all of `buf`.
+fn dump_header(buf: &mut [u8], kind: u16, seq: u32) {
+    let len = buf.len() as u32;
+    buf[field::LENGTH].copy_from_slice(&len.to_ne_bytes());
+    buf[field::KIND].copy_from_slice(&kind.to_ne_bytes());
+    buf[field::FLAGS].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    buf[field::SEQ].copy_from_slice(&seq.to_ne_bytes());
+}
+
+/// `struct inet_diag_req`: family, source and destination prefix lengths, extensions, the
+/// 48-byte `inet_diag_sockid`, states, `idiag_dbs`.
+pub const INET_DIAG_REQ_LEN: usize = 60;
+
+/// Builds a `TCPDIAG_GETSOCK` dump request (`inet_diag_req`) for every TCP socket in the
+/// given state mask, asking for `tcp_info`. The kernel serves it with the family left
+/// unspecified: one walk of the connection hash answers for IPv4 and IPv6, where two
+/// `SOCK_DIAG_BY_FAMILY` dumps walk the whole hash (shared by every namespace) twice. Each
+/// reply says its own family.
+pub fn tcp_dump_request_both_families(
+    states: u32,
+    seq: u32,
+) -> [u8; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN] {
+    const BODY: usize = NLMSG_HDR_LEN;
+    let mut buf = [0u8; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN];
+    dump_header(&mut buf, TCPDIAG_GETSOCK, seq);
+    // The family byte is ignored by the dump (the kernel sets it unspecified).
+    buf[BODY] = AF_INET;
+    buf[BODY + 3] = 1 << (INET_DIAG_INFO - 1); // request INET_DIAG_INFO
+    buf[BODY + 52..BODY + 56].copy_from_slice(&states.to_ne_bytes());
     buf
 }
 

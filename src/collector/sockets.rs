@@ -1,0 +1,270 @@
+//! The socket side of the collector: the change trigger, dumps into the flow table (the
+//! owners of new sockets read at the trigger's rise, before the dump), destroy events, and
+//! the lookups of accepted sockets awaiting their owner.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::Receiver;
+
+use super::budget::DumpBudget;
+use super::{EngineConfig, QUIET_AFTER};
+use crate::attribution::OwnerLookup;
+use crate::flows::{FlowTable, Scoper};
+use crate::model::{now_ns, Family, Record};
+use crate::sockdiag::destroy::DestroyStats;
+use crate::sockdiag::{trigger::Trigger, DestroyEvent, DestroyListener, Dumper, SocketInfo};
+use crate::telemetry::collector::{DumpFailed, DumpFinished, SocketsLookedUp};
+use crate::telemetry::InternalEvent;
+
+/// The socket side of the collector: dumps, destroy events and the flow table.
+pub struct SocketMonitor {
+    dumper: Dumper,
+    destroy: DestroyListener,
+    destroy_rx: Receiver<DestroyEvent>,
+    trigger: Trigger,
+    table: FlowTable,
+    sockets: Vec<SocketInfo>,
+    poll_interval: Duration,
+    idle_poll_interval: Duration,
+    /// The last time the trigger moved or a socket was destroyed.
+    last_change: Instant,
+    /// The last time the trigger moved: sockets are opening (see [`SocketMonitor::churning`]).
+    last_rise: Option<Instant>,
+    /// The trigger moved and no dump has run since. A rise is read once: a check that finds
+    /// the next dump not yet allowed (its CPU budget) must not forget it, or the socket
+    /// behind it waits for the periodic dump, which a connection of a few hundred ms does
+    /// not live to see (how connections were missed alive after a quiet spell).
+    pending: bool,
+    last_dump: Option<Instant>,
+    /// The CPU time triggered dumps may spend, flow-table diff and attribution included
+    /// (and the owners' reads at rises, see [`OwnerLookup::prefetch`]): what bounds the
+    /// engine's share of a core under churn, and leaves its time to the process polls.
+    budget: DumpBudget,
+    resync: bool,
+    /// [`DestroyStats::losses`] when last looked at.
+    losses_seen: u64,
+    /// Scratch: the sockets [`FlowTable::awaiting_owner`] names.
+    awaiting: Vec<(u64, Family, SocketAddr, SocketAddr)>,
+}
+
+/// Accepted sockets looked up per tick at most (each one request and one reply).
+const LOOKUPS_PER_TICK: usize = 64;
+
+impl SocketMonitor {
+    /// Opens the netlink sockets and joins the destroy groups; no dump yet.
+    pub fn new(config: &EngineConfig) -> anyhow::Result<Self> {
+        let dumper = Dumper::open().context("opening sock_diag")?;
+        let (destroy, destroy_rx) =
+            DestroyListener::start(config.destroy_queue_capacity, config.destroy_rcvbuf)
+                .context("joining the sock_diag destroy groups")?;
+        tracing::info!(
+            rcvbuf = destroy.rcvbuf,
+            "listening for socket destroy events"
+        );
+        Ok(SocketMonitor {
+            dumper,
+            destroy,
+            destroy_rx,
+            trigger: Trigger::new().context("opening /proc/net/sockstat and snmp")?,
+            table: FlowTable::new(
+                config.flows.clone(),
+                Scoper::new(config.cluster_cidrs.clone()),
+            ),
+            sockets: Vec::with_capacity(1024),
+            poll_interval: config.poll_interval,
+            idle_poll_interval: config.idle_poll_interval,
+            last_change: Instant::now(),
+            last_rise: None,
+            pending: false,
+            last_dump: None,
+            budget: DumpBudget::new(Instant::now()),
+            resync: false,
+            losses_seen: 0,
+            awaiting: Vec::new(),
+        })
+    }
+
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+
+    /// Whether sockets opened within the last [`CHURN_HOLD`]: the engine then checks at its
+    /// churn interval, so that a connection of a few ms is dumped (and its owner read)
+    /// before it closes.
+    pub fn churning(&self) -> bool {
+        self.last_rise.is_some_and(|t| t.elapsed() < CHURN_HOLD)
+    }
+
+    /// One engine tick: drain destroy events, then dump if the trigger moved (now or at a
+    /// check whose dump was held back), the periodic interval passed, or the destroy stream
+    /// overflowed. Returns whether a dump ran.
+    pub fn tick(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) -> bool {
+        // A dump goes first when a change is pending, so sockets that just opened are seen
+        // alive (uid, inode) before their destroy events are applied.
+        let rise = match self.trigger.changed() {
+            Ok(rise) => rise,
+            Err(error) => {
+                tracing::warn!(%error, "socket change trigger unreadable; relying on periodic dumps");
+                0
+            }
+        };
+        let now = Instant::now();
+        if rise > 0 {
+            tracing::trace!(target: "procflow::tick", rise, "sockets opened");
+            self.last_change = now;
+            self.last_rise = Some(now);
+            self.pending = true;
+            // The new sockets' owners are read now, before a dump that takes ms to reach
+            // them; what it costs counts against the dumps' share of a core.
+            let cpu_before = crate::sys::clock::thread_cpu_time();
+            lookup.prefetch(rise, now_ns(), out);
+            self.budget.spend(
+                crate::sys::clock::thread_cpu_time().saturating_sub(cpu_before),
+                now,
+            );
+        }
+        let period = if now.duration_since(self.last_change) < QUIET_AFTER {
+            self.poll_interval
+        } else {
+            self.idle_poll_interval
+        };
+        let due = self
+            .last_dump
+            .is_none_or(|t| now.duration_since(t) >= period);
+        // Under heavy churn, triggered dumps take about a fifth of a core; the periodic
+        // dump always runs. The cost is CPU time: a dump that was merely preempted (a busy
+        // node) must not hold the next ones back.
+        let allowed = due || self.budget.allows(now);
+        if (self.pending || self.resync) && !allowed {
+            tracing::trace!(target: "procflow::tick", "dump held back");
+        }
+        let mut dumped = false;
+        if (self.pending || due || self.resync) && allowed {
+            self.dump(lookup, out);
+            dumped = true;
+        }
+        self.drain_destroy(out);
+        if dumped {
+            return true;
+        }
+        self.look_up_awaiting_owner(lookup, out);
+        self.table.expire(now_ns(), out);
+        false
+    }
+
+    /// Looks up, one by one, the accepted sockets whose START waits for an inode or owner.
+    fn look_up_awaiting_owner(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) {
+        self.table.awaiting_owner(&mut self.awaiting);
+        if self.awaiting.is_empty() {
+            return;
+        }
+        // An accept backlog is the periodic dump's: the lookups stay a small cost per tick.
+        self.awaiting.truncate(LOOKUPS_PER_TICK);
+        self.sockets.clear();
+        let mut asked = 0u64;
+        for &(cookie, family, local, remote) in &self.awaiting {
+            asked += 1;
+            match self.dumper.lookup(family, local, remote, Some(cookie)) {
+                Ok(Some(socket)) => self.sockets.push(socket),
+                Ok(None) => {} // closed: its destroy event ends it
+                Err(error) => {
+                    tracing::debug!(%error, "accepted socket lookup failed; the next dump sees it");
+                    break;
+                }
+            }
+        }
+        SocketsLookedUp { sockets: asked }.emit();
+        self.table
+            .apply_lookups(&self.sockets, now_ns(), lookup, out);
+    }
+
+    /// Dumps every socket into the flow table now.
+    pub fn dump(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) {
+        // Whatever the trigger saw before this point, this dump sees.
+        self.pending = false;
+        let started = Instant::now();
+        let cpu_before = crate::sys::clock::thread_cpu_time();
+        // The table takes each datagram's sockets as they arrive.
+        let table = &mut self.table;
+        table.begin_dump(now_ns());
+        match self.dumper.dump_all_with(|batch| table.observe(batch)) {
+            Ok(stats) => {
+                let dumped = started.elapsed();
+                table.finish_dump(!stats.interrupted, lookup, out);
+                DumpFinished {
+                    elapsed: started.elapsed(),
+                }
+                .emit();
+                tracing::trace!(
+                    target: "procflow::tick",
+                    sockets = stats.messages,
+                    dump_us = dumped.as_micros() as u64,
+                    finish_us = (started.elapsed() - dumped).as_micros() as u64,
+                    "dumped"
+                );
+                if !stats.interrupted {
+                    self.resync = false;
+                }
+            }
+            Err(error) => {
+                // What it saw before failing is real; nothing is concluded from absences.
+                table.finish_dump(false, lookup, out);
+                DumpFailed {
+                    error: &error,
+                    elapsed: started.elapsed(),
+                }
+                .emit();
+            }
+        }
+        self.last_dump = Some(Instant::now());
+        self.budget.spend(
+            crate::sys::clock::thread_cpu_time().saturating_sub(cpu_before),
+            Instant::now(),
+        );
+    }
+
+    fn drain_destroy(&mut self, out: &mut Vec<Record>) {
+        for DestroyEvent { socket, at } in self.destroy_rx.try_iter() {
+            self.last_change = Instant::now();
+            let dumper = &mut self.dumper;
+            self.table
+                .apply_destroy_with(&socket, at, &mut |s| timewait_successor(dumper, s), out);
+        }
+        let losses = self.destroy.stats.losses();
+        // Destroy events were lost: resynchronise with a full dump, and end the flows that
+        // went missing meanwhile as `RECOVERED`.
+        if losses != self.losses_seen {
+            self.losses_seen = losses;
+            self.last_change = Instant::now();
+            self.table.note_overflow(now_ns());
+            self.resync = true;
+        }
+    }
+
+    pub fn destroy_stats(&self) -> &DestroyStats {
+        &self.destroy.stats
+    }
+
+    /// Applies the destroy events already received and ends every live flow.
+    pub fn shutdown(&mut self, out: &mut Vec<Record>) {
+        self.drain_destroy(out);
+        self.table.shutdown(now_ns(), out);
+        self.destroy.stop();
+    }
+}
+
+/// Whether the socket left a TIME_WAIT minisocket behind: only a received FIN does.
+fn timewait_successor(dumper: &mut Dumper, socket: &SocketInfo) -> bool {
+    match dumper.lookup_state(socket.family, socket.local, socket.remote) {
+        Ok(state) => state == Some(crate::sockdiag::msg::TCP_TIME_WAIT),
+        Err(error) => {
+            tracing::debug!(%error, "TIME_WAIT lookup failed; the FIN stays inferred");
+            false
+        }
+    }
+}
+
+/// How long after the trigger last moved the engine keeps checking at the churn interval.
+const CHURN_HOLD: Duration = Duration::from_millis(200);
