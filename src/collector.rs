@@ -70,6 +70,11 @@ pub struct Args {
     /// A flow's counters are re-reported (UPDATE) at most this often, and only if they moved.
     #[arg(long, env = "PROCFLOW_ACTIVE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub active_timeout: Duration,
+    /// A flow's counters are also re-reported as soon as they moved this many bytes (both
+    /// ways) since its last record, so a volume rule sees a large transfer while it runs;
+    /// while a flow is a quarter of the way there, dumps stay at --poll-interval. 0: never.
+    #[arg(long, env = "PROCFLOW_ACTIVE_BYTES", default_value = "16777216")]
+    pub active_bytes: u64,
     /// How long a socket may be missing from dumps before it ends without its destroy event.
     #[arg(long, env = "PROCFLOW_VANISH_GRACE", default_value = "1s", value_parser = parse_duration)]
     pub vanish_grace: Duration,
@@ -159,6 +164,7 @@ impl From<&Args> for EngineConfig {
                 .max(a.trigger_interval),
             flows: FlowConfig {
                 active_timeout: a.active_timeout,
+                active_bytes: a.active_bytes,
                 vanish_grace: a.vanish_grace,
                 ..FlowConfig::default()
             },

@@ -125,11 +125,12 @@ impl SocketMonitor {
                 now,
             );
         }
-        let period = if now.duration_since(self.last_change) < QUIET_AFTER {
-            self.poll_interval
-        } else {
-            self.idle_poll_interval
-        };
+        let period =
+            if now.duration_since(self.last_change) < QUIET_AFTER || self.table.transferring() {
+                self.poll_interval
+            } else {
+                self.idle_poll_interval
+            };
         let due = self
             .last_dump
             .is_none_or(|t| now.duration_since(t) >= period);

@@ -116,6 +116,7 @@ impl Entry {
             counters: Counters::default(),
         };
         entry.set_tcp(counters);
+        entry.mark_reported();
         entry
     }
 
@@ -124,6 +125,17 @@ impl Entry {
         self.pid = owner.pid.unwrap_or(0);
         self.start_time = owner.start_time.unwrap_or(0);
         self.attribution = owner.attribution;
+    }
+
+    /// Bytes moved both ways since the last record (to 64 KiB; more than 4 GiB between
+    /// two dumps wraps, and only delays an early UPDATE to the next dump).
+    pub(crate) fn unreported_bytes(&self) -> u64 {
+        u64::from(self.counters.level().wrapping_sub(self.counters.reported)) << 16
+    }
+
+    /// The counters as they are now have been reported.
+    pub(crate) fn mark_reported(&mut self) {
+        self.counters.reported = self.counters.level();
     }
 
     pub(crate) fn tcp(&self) -> Option<&Counters> {
@@ -138,7 +150,10 @@ impl Entry {
         // show yet.
         self.state = s.tcp.as_ref().map_or(s.state, |info| info.state);
         if let Some(info) = &s.tcp {
-            let counters = Counters::from_info(info);
+            let counters = Counters {
+                reported: self.counters.reported,
+                ..Counters::from_info(info)
+            };
             if self.tcp() != Some(&counters) && !info.is_zeroed() {
                 self.set_tcp(Some(counters));
                 self.dirty = true;
@@ -217,9 +232,19 @@ pub(crate) struct Counters {
     pub(crate) total_retrans: u32,
     pub(crate) rtt_us: u32,
     pub(crate) retransmits: u8,
+    /// Not the kernel's: the bytes both ways at the flow's last record, in 64 KiB units
+    /// ([`Entry::unreported_bytes`]); kept here, in the padding after `retransmits`, so the
+    /// table's entry stays within its size budget.
+    pub(crate) reported: u16,
 }
 
 impl Counters {
+    /// Bytes both ways (received as sequence space: a FIN counts one), in 64 KiB units,
+    /// wrapping.
+    fn level(&self) -> u16 {
+        (self.bytes_sent.saturating_add(self.bytes_received_seq) >> 16) as u16 // the wrap
+    }
+
     pub(crate) fn from_info(info: &TcpInfo) -> Counters {
         Counters {
             bytes_sent: info.payload_sent().unwrap_or(0),
@@ -230,6 +255,7 @@ impl Counters {
             total_retrans: info.total_retrans.unwrap_or(0),
             rtt_us: info.rtt_us.unwrap_or(0),
             retransmits: info.retransmits,
+            reported: 0,
         }
     }
 }

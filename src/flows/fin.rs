@@ -60,6 +60,7 @@ mod tests {
             total_retrans: 0,
             rtt_us: 0,
             retransmits: 0,
+            reported: 0,
         };
         let same = Counters {
             bytes_received_seq: 100,

@@ -34,6 +34,9 @@ use crate::sockdiag::msg::SocketInfo;
 pub struct FlowConfig {
     /// An UPDATE is emitted at most this often per flow, and only if its counters moved.
     pub active_timeout: Duration,
+    /// An UPDATE is also emitted as soon as a flow's byte counters (both ways) moved this
+    /// much since its last record, so a large transfer is seen while it runs (0: never).
+    pub active_bytes: u64,
     /// How long a socket may be missing from complete dumps before it ends as vanished
     /// (its destroy event may still be on its way).
     pub vanish_grace: Duration,
@@ -45,6 +48,7 @@ impl Default for FlowConfig {
     fn default() -> Self {
         FlowConfig {
             active_timeout: Duration::from_secs(30),
+            active_bytes: 16 << 20,
             vanish_grace: Duration::from_secs(1),
             ended_memory: Duration::from_secs(30),
         }
@@ -56,6 +60,8 @@ impl Default for FlowConfig {
 pub struct FlowStats {
     pub started: u64,
     pub updated: u64,
+    /// Of the UPDATEs, those sent early because the counters moved `active_bytes`.
+    pub updated_early: u64,
     pub ended_destroy: u64,
     pub ended_vanished: u64,
     pub ended_recovered: u64,
@@ -107,6 +113,9 @@ pub struct FlowTable {
     /// Listeners closed recently: a connection they accepted often outlives them (a server
     /// shutting down), and is first seen only then; it is still inbound.
     closed_listeners: VecDeque<(UnixNanos, Protocol, SocketAddr)>,
+    /// The last dump found a flow a quarter of the way to an early UPDATE (see
+    /// [`FlowTable::transferring`]).
+    transferring: bool,
 }
 
 /// Entries the per-dump lists of new sockets keep between dumps.
@@ -132,6 +141,7 @@ impl FlowTable {
             new_inodes: Vec::new(),
             awaiting_owner: Vec::new(),
             closed_listeners: VecDeque::new(),
+            transferring: false,
         }
     }
 
@@ -157,6 +167,13 @@ impl FlowTable {
             )
             + vec::<(UnixNanos, Protocol, SocketAddr)>(self.closed_listeners.capacity())
             + vec::<SocketInfo>(self.unknown.capacity())
+    }
+
+    /// A large transfer is under way: the last dump found a flow whose counters moved a
+    /// quarter of `active_bytes` since its last record. The engine then keeps dumping at
+    /// its active period, so the early UPDATE comes within about a second of the bytes.
+    pub fn transferring(&self) -> bool {
+        self.transferring
     }
 
     pub fn stats(&self) -> FlowStats {

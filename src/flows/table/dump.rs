@@ -178,13 +178,19 @@ impl FlowTable {
         // one per active timeout), and, after a complete dump, absences noted and ended
         // once past the grace period.
         let active_timeout = nanos(self.config.active_timeout);
+        let active_bytes = self.config.active_bytes;
+        let mut transferring = false;
         let mut gone = Vec::new();
         for (cookie, e) in &mut self.flows {
             if e.generation == generation {
-                if e.dirty && e.last_emit.elapsed(now) >= active_timeout {
+                let early = active_bytes > 0 && e.unreported_bytes() >= active_bytes;
+                transferring |= active_bytes > 0 && e.unreported_bytes() >= active_bytes / 4;
+                if e.dirty && (early || e.last_emit.elapsed(now) >= active_timeout) {
                     e.dirty = false;
                     e.last_emit = Tick::at(now);
+                    e.mark_reported();
                     self.stats.updated += 1;
+                    self.stats.updated_early += u64::from(early);
                     out.push(Record::Flow(flow_record(
                         *cookie,
                         e,
@@ -211,6 +217,7 @@ impl FlowTable {
             }
         }
         self.primed = true;
+        self.transferring = transferring;
         self.release_scratch();
         let mut sockets = sockets;
         sockets.clear();
@@ -561,5 +568,52 @@ mod tests {
                 (FlowPhase::Update, 660 * us, Some(60)),
             ]
         );
+    }
+
+    #[test]
+    fn a_large_transfer_is_reported_early_and_keeps_dumps_active() {
+        let mib = 1u64 << 20;
+        let mut t = FlowTable::new(
+            FlowConfig {
+                active_bytes: 16 * mib,
+                ..FlowConfig::default()
+            },
+            Scoper::default(),
+        );
+        let mut out = Vec::new();
+        let sec = 1_000_000_000;
+        let mut dump = |bytes: u64, at| {
+            let s = tcp_socket(
+                3,
+                "10.0.0.5:1",
+                "203.0.113.7:443",
+                msg::TCP_ESTABLISHED,
+                bytes,
+                1,
+                1,
+            );
+            t.apply_dump(&[s], true, at, &mut NoAttribution, &mut out);
+            t.transferring()
+        };
+        assert!(!dump(0, 0));
+        assert!(!dump(3 * mib, sec), "under a quarter of the way");
+        assert!(
+            dump(7 * mib, 2 * sec),
+            "a quarter of the way: dumps stay active"
+        );
+        assert!(dump(17 * mib, 3 * sec), "early UPDATE at 17 MiB");
+        assert!(!dump(18 * mib, 4 * sec), "1 MiB since the last record");
+        let seen: Vec<(FlowPhase, Option<u64>)> = flows(&out)
+            .iter()
+            .map(|f| (f.phase, f.bytes_sent))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (FlowPhase::Start, Some(0)),
+                (FlowPhase::Update, Some(17 * mib))
+            ]
+        );
+        assert_eq!(t.stats().updated_early, 1);
     }
 }
