@@ -1,10 +1,11 @@
 //! lifetime: who owns a connection, by how long it lived. In a pod's network namespace, a
 //! server process and client processes make connections held a uniform 0–50 ms before
 //! their one-byte exchange (200/s from 8 clients) beside a sub-millisecond churn (600/s from
-//! 4 clients); every third connection is closed with an RST (`SO_LINGER 0`). Reported per
-//! lifetime bucket, client and server side apart: sockets owned by fd by the right process,
-//! sockets seen alive, RST-closed client sockets that kept their peer; and the wrong pids
-//! among every socket given one. Then the quiet case: after ≥ 10 s without a socket change,
+//! one client process of 4 threads, a beacon, to a second server); every third connection
+//! is closed with an RST (`SO_LINGER 0`). Reported per lifetime bucket, client and server
+//! side apart: sockets owned by fd by the right process, sockets seen alive, RST-closed
+//! client sockets that kept their peer; the wrong pids among every socket given one, and
+//! among those whose owner was inferred from their peer (`INFERRED_FROM_PEER`). Then the quiet case: after ≥ 10 s without a socket change,
 //! a new process's connection held 100–500 ms, in the pod and on the host.
 
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ use crate::{enter_pod_netns, ratio, start_collector, ticks_per_sec, Report};
 struct Made {
     pid: u32,
     port: u16,
+    /// The server's port.
+    server: u16,
     opened: u64,
     closed: u64,
     rst: bool,
@@ -137,7 +140,7 @@ fn spawn_client(args: &[String]) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-fn collect_client(child: Child) -> anyhow::Result<Vec<Made>> {
+fn collect_client(child: Child, server: u16) -> anyhow::Result<Vec<Made>> {
     let pid = child.id();
     let out = child.wait_with_output()?;
     anyhow::ensure!(out.status.success(), "client {pid}: {}", out.status);
@@ -151,6 +154,7 @@ fn collect_client(child: Child) -> anyhow::Result<Vec<Made>> {
             made.push(Made {
                 pid,
                 port: port as u16,
+                server,
                 opened,
                 closed,
                 rst: rst != 0,
@@ -182,6 +186,11 @@ impl Socket<'_> {
     }
     fn labelled(&self) -> bool {
         self.records.iter().any(|f| f.pid.is_some())
+    }
+    fn inferred(&self) -> bool {
+        self.records
+            .iter()
+            .any(|f| f.attribution == Attribution::InferredFromPeer)
     }
     fn end(&self) -> Option<&FlowRecord> {
         self.records
@@ -244,15 +253,15 @@ pub fn scenario_lifetime(report: &mut Report, secs: u64) -> anyhow::Result<()> {
     // The pod: its own network namespace (the connection hash walks stay the pod's own).
     let _netns = enter_pod_netns()?;
     let collector = start_collector(&["--output", "stdout", "--queue-capacity", "65536"])?;
-    let mut server = Command::new(std::env::current_exe()?)
-        .arg("worker-lifetime-server")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let server_pid = server.id();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut line)?;
-    let port: u16 = line.trim().parse().context("server port")?;
+    let (mut server, server_pid, port) = spawn_server()?;
+    let (mut beacon_server, beacon_server_pid, beacon_port) = spawn_server()?;
+    let server_of = |p: u16| {
+        if p == port {
+            server_pid
+        } else {
+            beacon_server_pid
+        }
+    };
     std::thread::sleep(Duration::from_millis(300));
     let cpu0 = collector.cpu_ticks();
     let started = Instant::now();
@@ -260,41 +269,48 @@ pub fn scenario_lifetime(report: &mut Report, secs: u64) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     // 8 clients × 2 threads × 12.5/s: 200 connections/s held 0–50 ms; 4 × 150/s sub-ms.
     for _ in 0..8 {
-        clients.push(spawn_client(&[
-            arg(u64::from(port)),
-            arg(2),
-            arg(12),
-            arg(secs),
-            arg(0),
-            arg(50_000),
-            arg(3),
-        ])?);
+        clients.push((
+            port,
+            spawn_client(&[
+                arg(u64::from(port)),
+                arg(2),
+                arg(12),
+                arg(secs),
+                arg(0),
+                arg(50_000),
+                arg(3),
+            ])?,
+        ));
     }
-    for _ in 0..4 {
-        clients.push(spawn_client(&[
-            arg(u64::from(port)),
-            arg(1),
+    clients.push((
+        beacon_port,
+        spawn_client(&[
+            arg(u64::from(beacon_port)),
+            arg(4),
             arg(150),
             arg(secs),
             arg(0),
             arg(0),
             arg(3),
-        ])?);
-    }
+        ])?,
+    ));
     let mut made = Vec::new();
-    for c in clients {
-        made.extend(collect_client(c)?);
+    for (server_port, c) in clients {
+        made.extend(collect_client(c, server_port)?);
     }
     std::thread::sleep(Duration::from_millis(1500)); // TIME_WAIT entry events + vanish grace
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = (collector.cpu_ticks() - cpu0) as f64 / ticks_per_sec() / elapsed * 100.0;
-    drop(server.stdin.take());
-    let _ = server.wait();
+    for s in [&mut server, &mut beacon_server] {
+        drop(s.stdin.take());
+        let _ = s.wait();
+    }
     let records = collector.stop()?;
     let by_port = sockets_by_port(&records);
     let mut client = [Tally::default(); 4];
     let mut served = [Tally::default(); 4];
     let (mut labelled, mut wrong) = (0u64, 0u64);
+    let (mut inferred, mut inferred_wrong) = (0u64, 0u64);
     for m in &made {
         let b = BUCKETS
             .iter()
@@ -302,21 +318,25 @@ pub fn scenario_lifetime(report: &mut Report, secs: u64) -> anyhow::Result<()> {
             .unwrap_or(0);
         let c = &mut client[b];
         c.n += 1;
-        if let Some(s) = find(by_port.get(&m.port), m, Some(port)) {
+        if let Some(s) = find(by_port.get(&m.port), m, Some(m.server)) {
             c.alive += u64::from(s.seen_alive());
             c.owned += u64::from(s.owned_by(m.pid));
             labelled += u64::from(s.labelled());
             wrong += u64::from(s.wrong_pid(m.pid));
+            if s.inferred() {
+                inferred += 1;
+                inferred_wrong += u64::from(s.wrong_pid(m.pid));
+            }
             if m.rst {
                 c.rst += 1;
-                c.rst_peer += u64::from(s.end().is_some_and(|e| e.remote_port == Some(port)));
+                c.rst_peer += u64::from(s.end().is_some_and(|e| e.remote_port == Some(m.server)));
             }
         } else if m.rst {
             c.rst += 1;
         }
         let sv = &mut served[b];
         sv.n += 1;
-        let accepted = by_port.get(&port).and_then(|list| {
+        let accepted = by_port.get(&m.server).and_then(|list| {
             list.iter().find(|s| {
                 s.records.iter().any(|f| f.remote_port == Some(m.port))
                     && s.first_seen() + 5_000_000 >= m.opened
@@ -325,9 +345,9 @@ pub fn scenario_lifetime(report: &mut Report, secs: u64) -> anyhow::Result<()> {
         });
         if let Some(s) = accepted {
             sv.alive += u64::from(s.seen_alive());
-            sv.owned += u64::from(s.owned_by(server_pid));
+            sv.owned += u64::from(s.owned_by(server_of(m.server)));
             labelled += u64::from(s.labelled());
-            wrong += u64::from(s.wrong_pid(server_pid));
+            wrong += u64::from(s.wrong_pid(server_of(m.server)));
         }
     }
     report.add(
@@ -410,8 +430,37 @@ pub fn scenario_lifetime(report: &mut Report, secs: u64) -> anyhow::Result<()> {
         "%",
         Some(("<=0.1%", wrong_share <= 0.1)),
     );
+    report.add(
+        scenario,
+        "client sockets owned by inference from their peer",
+        inferred as f64,
+        "sockets",
+        None,
+    );
+    let inferred_share = ratio(inferred_wrong, inferred);
+    report.add(
+        scenario,
+        "wrong pids among those inferred from their peer",
+        inferred_share,
+        "%",
+        Some(("<=0.1%", inferred_share <= 0.1)),
+    );
     report.add(scenario, "collector CPU", cpu, "% core", None);
     Ok(())
+}
+
+/// A `worker-lifetime-server`: the child, its pid and its port.
+fn spawn_server() -> anyhow::Result<(Child, u32, u16)> {
+    let mut server = Command::new(std::env::current_exe()?)
+        .arg("worker-lifetime-server")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pid = server.id();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut line)?;
+    let port: u16 = line.trim().parse().context("server port")?;
+    Ok((server, pid, port))
 }
 
 /// After ≥ 10 s without a socket change, `n` times a new process's connection held
@@ -460,7 +509,7 @@ fn quiet_spells(pod: bool, n: usize) -> anyhow::Result<(u64, u64)> {
         // One connection held 100–500 ms, no RST.
         let args = [port.into(), 1, 1, 1, 100_000, 500_000, 0].map(|v: u64| v.to_string());
         let child = spawn_client(&args)?;
-        made.extend(collect_client(child)?);
+        made.extend(collect_client(child, port)?);
     }
     std::thread::sleep(Duration::from_millis(300));
     let records = collector.stop()?;

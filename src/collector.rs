@@ -375,6 +375,7 @@ pub fn heartbeat(
         ),
         ("flows_reattributed".to_owned(), f.reattributed),
         ("flows_fin_by_timewait".to_owned(), f.fin_by_timewait),
+        ("flows_inferred_from_peer".to_owned(), f.inferred_from_peer),
         (
             "queue_sent".to_owned(),
             tx.stats().sent.load(Ordering::Relaxed),

@@ -10,4 +10,4 @@ pub mod snapshot;
 pub mod table;
 
 pub use classify::{ClusterCidrs, Scoper};
-pub use table::{FlowConfig, FlowStats, FlowTable};
+pub use table::{FlowConfig, FlowStats, FlowTable, PEER_MEMORY};

@@ -94,6 +94,10 @@ pub enum Attribution {
     Fd,
     Uid,
     Listener,
+    /// Inferred, not seen: a connection no dump saw alive (or whose owner no fd table
+    /// showed) to a peer that exactly one process held sockets to, by fd, in the last
+    /// [`crate::flows::PEER_MEMORY`]; that process is named.
+    InferredFromPeer,
 }
 
 /// One socket's life, keyed by its kernel cookie.

@@ -19,6 +19,9 @@ mod accept;
 mod destroy;
 mod dump;
 mod listeners;
+mod peers;
+
+pub use peers::PEER_MEMORY;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -80,6 +83,9 @@ pub struct FlowStats {
     /// ENDs whose received FIN only a TIME_WAIT successor showed (see
     /// [`FlowTable::apply_destroy_with`]).
     pub fin_by_timewait: u64,
+    /// Flows no fd table showed, given the one process that talked to their peer
+    /// (`INFERRED_FROM_PEER`).
+    pub inferred_from_peer: u64,
 }
 
 /// hashbrown's map with the standard library's hasher (the std map is this map): the same
@@ -116,6 +122,8 @@ pub struct FlowTable {
     /// The last dump found a flow a quarter of the way to an early UPDATE (see
     /// [`FlowTable::transferring`]).
     transferring: bool,
+    /// Who talks to which peer, for flows no fd table showed (see [`peers`]).
+    peers: peers::PeerMemory,
 }
 
 /// Entries the per-dump lists of new sockets keep between dumps.
@@ -142,6 +150,7 @@ impl FlowTable {
             awaiting_owner: Vec::new(),
             closed_listeners: VecDeque::new(),
             transferring: false,
+            peers: peers::PeerMemory::default(),
         }
     }
 
@@ -167,6 +176,7 @@ impl FlowTable {
             )
             + vec::<(UnixNanos, Protocol, SocketAddr)>(self.closed_listeners.capacity())
             + vec::<SocketInfo>(self.unknown.capacity())
+            + self.peers.heap_bytes()
     }
 
     /// A large transfer is under way: the last dump found a flow whose counters moved a

@@ -164,6 +164,7 @@ pub(super) fn attribution_to_proto(a: model::Attribution) -> pb::Attribution {
         model::Attribution::Fd => pb::Attribution::Fd,
         model::Attribution::Uid => pb::Attribution::Uid,
         model::Attribution::Listener => pb::Attribution::Listener,
+        model::Attribution::InferredFromPeer => pb::Attribution::InferredFromPeer,
     }
 }
 
@@ -173,6 +174,7 @@ pub(super) fn attribution_from_proto(v: i32) -> Result<model::Attribution, WireE
         Ok(pb::Attribution::Fd) => Ok(model::Attribution::Fd),
         Ok(pb::Attribution::Uid) => Ok(model::Attribution::Uid),
         Ok(pb::Attribution::Listener) => Ok(model::Attribution::Listener),
+        Ok(pb::Attribution::InferredFromPeer) => Ok(model::Attribution::InferredFromPeer),
         Err(_) => Err(WireError::BadEnum {
             field: "attribution",
             value: v,
@@ -251,6 +253,18 @@ mod tests {
         fn ipv4_text_parses_as_std_parses_it(text in "[0-9.]{0,18}|[0-9]{1,3}(\\.[0-9]{1,3}){3}") {
             proptest::prop_assert_eq!(super::parse_ipv4(text.as_bytes()), text.parse().ok());
         }
+    }
+
+    /// Every attribution kind crosses the wire and comes back as itself (an inferred owner
+    /// never arrives as another kind).
+    #[test]
+    fn attributions_round_trip() {
+        use model::Attribution as A;
+        for a in [A::None, A::Fd, A::Uid, A::Listener, A::InferredFromPeer] {
+            let wire = attribution_to_proto(a) as i32;
+            assert_eq!(attribution_from_proto(wire).expect("known"), a);
+        }
+        assert!(attribution_from_proto(99).is_err());
     }
 
     #[test]

@@ -53,6 +53,9 @@ impl FlowTable {
         let mut entry = match self.flows.remove(&s.cookie) {
             Some(mut e) => {
                 self.announce_late(s.cookie, &mut e, out);
+                // Seen alive, but no fd table showed its owner.
+                let uid = e.uid;
+                self.infer_from_peer(&mut e, Some(uid), at);
                 e
             }
             None => {
@@ -77,6 +80,8 @@ impl FlowTable {
                         e.attribution = Attribution::Listener;
                     }
                 }
+                // No dump saw it: no uid to check the inference against.
+                self.infer_from_peer(&mut e, None, at);
                 e
             }
         };

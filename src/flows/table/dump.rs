@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use super::accept::queue_found;
+use super::peers;
 use super::{FlowTable, HashMap, SCRATCH_KEPT};
 use crate::attribution::{Owner, OwnerLookup};
 use crate::flows::entry::{
@@ -264,6 +265,8 @@ impl FlowTable {
                 e.pid = owner.pid.unwrap_or(0);
                 e.start_time = owner.start_time.unwrap_or(0);
                 e.attribution = owner.attribution;
+                peers::learn(&mut self.peers, e, now);
+                peers::infer(&self.peers, &mut self.stats, e, Some(s.uid), now);
                 e.announced = true;
                 e.last_emit = Tick::at(now);
                 e.dirty = false;
@@ -392,6 +395,7 @@ impl FlowTable {
         {
             e.set_owner(Owner::through_listener(listener));
         }
+        self.infer_from_peer(e, Some(e.uid), e.last_seen);
         e.announced = true;
         self.stats.started += 1;
         out.push(Record::Flow(flow_record(
