@@ -3,8 +3,8 @@
 //!
 //! `procflow-bench default --json FILE` runs the suite; `smoke` runs every scenario at tiny
 //! sizes. Scenarios: poll, churn, lifetime, quiet, spawn, idle, pipeline, streams, hostile,
-//! rules, http, console, audit. Workloads stay on loopback, are bounded in count and time, and child processes
-//! are ended by pid.
+//! rules, http, console, audit, and when named pgstore and replica-kill. Workloads stay on
+//! loopback, are bounded in count and time, and child processes are ended by pid.
 
 mod audit;
 mod churn;
@@ -17,6 +17,7 @@ mod once;
 mod pgstore;
 mod pipeline;
 mod poll;
+mod replicakill;
 mod rules;
 mod score;
 mod spawn;
@@ -122,8 +123,9 @@ struct Sizes {
 /// `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
 /// (default when omitted), scenario names pick a subset.
 /// `transport` (the pipeline's transport figure alone) and `pgstore` (sustained ingest into
-/// PostgreSQL, a server of scripts/pg.sh) run only when named.
-const SCENARIOS: [&str; 15] = [
+/// PostgreSQL, a server of scripts/pg.sh) and `replica-kill` (two replicas on PostgreSQL, one
+/// SIGKILLed mid-stream) run only when named.
+const SCENARIOS: [&str; 16] = [
     "poll",
     "churn",
     "lifetime",
@@ -139,6 +141,7 @@ const SCENARIOS: [&str; 15] = [
     "console",
     "pgstore",
     "audit",
+    "replica-kill",
 ];
 
 /// How fast this shared VM runs right now: nanoseconds per step of a dependent xor-multiply
@@ -329,6 +332,11 @@ fn main() -> anyhow::Result<()> {
     if only.iter().any(|o| o == "transport") {
         if let Err(e) = pipeline::scenario_transport(&mut report, sizes.transport_records) {
             report.skip("transport", format!("{e:#}"));
+        }
+    }
+    if only.iter().any(|o| o == "replica-kill") {
+        if let Err(e) = replicakill::scenario_replica_kill(&mut report) {
+            report.skip("replica-kill", format!("{e:#}"));
         }
     }
     if only.iter().any(|o| o == "pgstore") {

@@ -11,9 +11,9 @@ use crate::pipeline::{drive, exporter_config, Aggregator};
 use crate::Report;
 
 /// A PostgreSQL server of scripts/pg.sh, stopped on drop.
-struct Server {
+pub(crate) struct Server {
     dir: tempfile::TempDir,
-    url: String,
+    pub(crate) url: String,
 }
 
 fn script() -> PathBuf {
@@ -21,7 +21,7 @@ fn script() -> PathBuf {
 }
 
 impl Server {
-    fn start() -> anyhow::Result<Server> {
+    pub(crate) fn start() -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new().prefix("procflow-pg.").tempdir()?;
         let status = Command::new(script())
             .arg("start")
@@ -36,12 +36,12 @@ impl Server {
         Ok(Server { dir, url })
     }
 
-    fn password_file(&self) -> PathBuf {
+    pub(crate) fn password_file(&self) -> PathBuf {
         self.dir.path().join("password")
     }
 
     /// One value from `sql`.
-    fn value(&self, sql: &str) -> anyhow::Result<f64> {
+    pub(crate) fn value(&self, sql: &str) -> anyhow::Result<f64> {
         let out = Command::new("psql")
             .args(["-qAtX", &self.url, "-c", sql])
             .env(
@@ -154,7 +154,7 @@ pub fn scenario_pgstore(report: &mut Report, sustain: Duration) -> anyhow::Resul
 }
 
 /// The one-minute load average (the machine is shared: figures are read beside it).
-fn load_average() -> f64 {
+pub(crate) fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())

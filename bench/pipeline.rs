@@ -54,6 +54,12 @@ impl Aggregator {
         self.child.id()
     }
 
+    /// SIGKILL: no flush, no goodbye (a replica that dies).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM (graceful: the store flushes), then waits; returns the data directory.
     pub fn stop(mut self) -> tempfile::TempDir {
         let _ = Command::new("kill")

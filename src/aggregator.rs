@@ -483,14 +483,22 @@ fn silenced_collector_watch(
 ) -> Arc<liveness::Liveness> {
     // Deduplicated per replica: sequence numbers from two replicas' clocks could meet.
     let batch_key = format!("{}/{replica}", liveness::LIVENESS_SOURCE);
-    let watch = liveness::Liveness::new(Box::new(move |alerts| match &detector {
-        Some(detector) => detector.submit(alerts),
-        None => {
-            // The writer's answer is not awaited: the alert is published either way.
-            drop(store.append(batch_key.clone(), crate::model::now_ns(), alerts.clone()));
-            hub.publish(&alerts);
-        }
-    }));
+    let asked = store.clone();
+    let elsewhere: liveness::Elsewhere = Box::new(move |collector, seq| {
+        // Unanswered (the database is down): the alert goes out, as with one replica.
+        asked.stored_after(collector, seq).unwrap_or(false)
+    });
+    let watch = liveness::Liveness::with_elsewhere(
+        Box::new(move |alerts| match &detector {
+            Some(detector) => detector.submit(alerts),
+            None => {
+                // The writer's answer is not awaited: the alert is published either way.
+                drop(store.append(batch_key.clone(), crate::model::now_ns(), alerts.clone()));
+                hub.publish(&alerts);
+            }
+        }),
+        Some(elsewhere),
+    );
     watch.spawn();
     watch
 }

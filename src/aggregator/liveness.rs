@@ -5,7 +5,9 @@
 //! heartbeat interval, or whose heartbeats stopped for two intervals, and raises an alert
 //! for that pod with the last records it sent. A clean shutdown (SIGTERM drain, pod
 //! deletion) raises none. State is per collector id (as admitted: under its writer's
-//! prefix), in memory: a restarted aggregator starts afresh.
+//! prefix), in memory: a restarted aggregator starts afresh. Among replicas on one store, a
+//! collector whose stream ended here and whose batches another replica has stored since
+//! moved (its replica's connection was cut, the Service sent it elsewhere): no alert.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -46,6 +48,8 @@ struct Watch {
     last_heartbeat_ns: u64,
     /// Its last heartbeat said goodbye.
     stopping: bool,
+    /// The highest batch sequence number read here.
+    last_seq: u64,
     /// Streams of this collector open now (a reconnect may overlap the old stream's end).
     streams: usize,
     /// An end without goodbye, waiting one interval for the collector to come back.
@@ -58,24 +62,43 @@ struct Watch {
 /// Where alerts go: stored, published and delivered like the rules' own.
 pub type Raise = Box<dyn Fn(Vec<Event>) + Send + Sync>;
 
+/// Whether another replica on the same store has stored a batch of this collector after
+/// this sequence number (the highest this replica read): a stream that ended here and
+/// resumed there is no silence. Blocking.
+pub type Elsewhere = Box<dyn Fn(&str, u64) -> bool + Send + Sync>;
+
 pub struct Liveness {
     watches: Mutex<HashMap<String, Watch>>,
     raise: Raise,
+    elsewhere: Option<Elsewhere>,
     /// The aggregator is shutting down: its own ending of streams is no evidence.
     stopped: AtomicBool,
 }
 
 impl Liveness {
     pub fn new(raise: Raise) -> Arc<Liveness> {
+        Liveness::with_elsewhere(raise, None)
+    }
+
+    /// A watch among replicas: before a collector whose stream ended here is called
+    /// silenced, `elsewhere` says whether it came back on another replica.
+    pub fn with_elsewhere(raise: Raise, elsewhere: Option<Elsewhere>) -> Arc<Liveness> {
         Arc::new(Liveness {
             watches: Mutex::new(HashMap::new()),
             raise,
+            elsewhere,
             stopped: AtomicBool::new(false),
         })
     }
 
-    /// A batch of `source` (admitted) arrived on a stream; `first` for the stream's first.
-    pub fn observe(&self, source: &Arc<CollectorIdentity>, events: &[Event], first: bool) {
+    /// Batch `seq` of `source` (admitted) arrived on a stream; `first` for the stream's first.
+    pub fn observe(
+        &self,
+        source: &Arc<CollectorIdentity>,
+        seq: u64,
+        events: &[Event],
+        first: bool,
+    ) {
         let now = Instant::now();
         let Ok(mut watches) = self.watches.lock() else {
             return;
@@ -106,6 +129,7 @@ impl Liveness {
                     last_heartbeat: now,
                     last_heartbeat_ns: now_ns(),
                     stopping: false,
+                    last_seq: seq,
                     streams: 1,
                     ended: None,
                     silenced: false,
@@ -114,6 +138,7 @@ impl Liveness {
             }
         };
         watch.source = source.clone();
+        watch.last_seq = watch.last_seq.max(seq);
         for event in events {
             if let Record::Heartbeat(h) = &event.record {
                 watch.last_heartbeat = now;
@@ -191,11 +216,13 @@ impl Liveness {
             return;
         }
         let mut due = Vec::new();
+        // Ended streams due, with the last batch read here, for the other replicas' word.
+        let mut ended = Vec::new();
         if let Ok(mut watches) = self.watches.lock() {
-            watches.retain(|_, w| {
+            watches.retain(|id, w| {
                 if let Some((at, why)) = w.ended {
                     if w.streams == 0 && now.duration_since(at) >= w.interval {
-                        due.push(alert(w, why.to_owned()));
+                        ended.push((id.clone(), w.last_seq, alert(w, why.to_owned())));
                         return false;
                     }
                     return true;
@@ -214,6 +241,15 @@ impl Liveness {
                 }
                 true
             });
+        }
+        for (id, last_seq, alert) in ended {
+            let moved = self
+                .elsewhere
+                .as_ref()
+                .is_some_and(|back| back(&id, last_seq));
+            if !moved {
+                due.push(alert);
+            }
         }
         if due.is_empty() {
             return;
@@ -241,7 +277,9 @@ impl Liveness {
                 let Some(liveness) = this.upgrade() else {
                     return;
                 };
-                liveness.check(Instant::now());
+                // The other replicas' word comes from the store: off the async threads.
+                let now = Instant::now();
+                let _ = tokio::task::spawn_blocking(move || liveness.check(now)).await;
             }
         });
     }
@@ -377,7 +415,7 @@ mod tests {
     fn a_broken_stream_alerts_after_one_interval_unless_the_collector_returns() {
         let (liveness, seen) = raised();
         let c = source("uid/1");
-        liveness.observe(&c, &[heartbeat(&c, SECOND, false)], true);
+        liveness.observe(&c, 1, &[heartbeat(&c, SECOND, false)], true);
         liveness.stream_ended("uid/1", StreamEnd::Broken);
         liveness.check(Instant::now());
         assert!(
@@ -398,9 +436,9 @@ mod tests {
 
         // A blip: the collector is back before the grace ends.
         let (liveness, seen) = raised();
-        liveness.observe(&c, &[heartbeat(&c, SECOND, false)], true);
+        liveness.observe(&c, 1, &[heartbeat(&c, SECOND, false)], true);
         liveness.stream_ended("uid/1", StreamEnd::Broken);
-        liveness.observe(&c, &[], true);
+        liveness.observe(&c, 1, &[], true);
         liveness.check(Instant::now() + SECOND + SECOND / 2);
         assert!(seen.lock().expect("lock").is_empty());
     }
@@ -409,20 +447,20 @@ mod tests {
     fn a_goodbye_or_the_aggregators_own_shutdown_raises_nothing() {
         let (liveness, seen) = raised();
         let c = source("uid/2");
-        liveness.observe(&c, &[heartbeat(&c, SECOND, true)], true);
+        liveness.observe(&c, 1, &[heartbeat(&c, SECOND, true)], true);
         liveness.stream_ended("uid/2", StreamEnd::Closed);
         liveness.check(Instant::now() + 10 * SECOND);
         assert!(seen.lock().expect("lock").is_empty());
 
         // A goodbye, then a connection torn down by the exiting process.
         let e = source("uid/5");
-        liveness.observe(&e, &[heartbeat(&e, SECOND, true)], true);
+        liveness.observe(&e, 1, &[heartbeat(&e, SECOND, true)], true);
         liveness.stream_ended("uid/5", StreamEnd::Broken);
         liveness.check(Instant::now() + 10 * SECOND);
         assert!(seen.lock().expect("lock").is_empty());
 
         let d = source("uid/3");
-        liveness.observe(&d, &[heartbeat(&d, SECOND, false)], true);
+        liveness.observe(&d, 1, &[heartbeat(&d, SECOND, false)], true);
         liveness.stream_ended("uid/3", StreamEnd::Broken);
         liveness.stop();
         liveness.check(Instant::now() + 10 * SECOND);
@@ -433,14 +471,14 @@ mod tests {
     fn a_client_that_promised_no_heartbeats_is_not_watched() {
         let (liveness, seen) = raised();
         let c = source("bench/1");
-        liveness.observe(&c, &[heartbeat(&c, Duration::ZERO, false)], true);
+        liveness.observe(&c, 1, &[heartbeat(&c, Duration::ZERO, false)], true);
         liveness.stream_ended("bench/1", StreamEnd::Closed);
         liveness.check(Instant::now() + 60 * SECOND);
         assert!(seen.lock().expect("lock").is_empty());
         assert!(liveness.is_empty());
         // Watched from the batch that states the interval, within its stream.
-        liveness.observe(&c, &[], true);
-        liveness.observe(&c, &[heartbeat(&c, SECOND, false)], false);
+        liveness.observe(&c, 1, &[], true);
+        liveness.observe(&c, 1, &[heartbeat(&c, SECOND, false)], false);
         liveness.stream_ended("bench/1", StreamEnd::Broken);
         liveness.check(Instant::now() + SECOND);
         assert_eq!(seen.lock().expect("lock").len(), 1);
@@ -450,7 +488,7 @@ mod tests {
     fn stopped_heartbeats_alert_once_per_silence() {
         let (liveness, seen) = raised();
         let c = source("uid/4");
-        liveness.observe(&c, &[heartbeat(&c, SECOND, false)], true);
+        liveness.observe(&c, 1, &[heartbeat(&c, SECOND, false)], true);
         liveness.check(Instant::now() + SECOND);
         assert!(
             seen.lock().expect("lock").is_empty(),
@@ -459,7 +497,7 @@ mod tests {
         liveness.check(Instant::now() + 2 * SECOND);
         liveness.check(Instant::now() + 3 * SECOND);
         assert_eq!(seen.lock().expect("lock").len(), 1, "one alert per silence");
-        liveness.observe(&c, &[heartbeat(&c, SECOND, false)], false);
+        liveness.observe(&c, 1, &[heartbeat(&c, SECOND, false)], false);
         liveness.check(Instant::now() + 3 * SECOND);
         assert_eq!(
             seen.lock().expect("lock").len(),

@@ -319,7 +319,7 @@ impl IngestService {
                             if first {
                                 carried.push(identity.collector_id.clone());
                             }
-                            liveness.observe(&identity, &events, first);
+                            liveness.observe(&identity, seq, &events, first);
                         }
                         let appended = store.append(identity.collector_id.clone(), seq, events);
                         Pending::Storing {

@@ -173,6 +173,14 @@ pub trait Store: Send + Sync {
         query: &EventQuery,
         visit: &mut dyn FnMut(Event) -> bool,
     ) -> Result<bool, StoreError>;
+    /// Whether a batch of `collector_id` with a sequence number above `seq` is stored (the
+    /// silenced-collector watch asks before it alerts: batches past the last one a replica
+    /// read were stored by another); a store one replica owns answers false — the collector
+    /// did not come back here, so it came back nowhere. Blocking.
+    fn stored_after(&self, collector_id: &str, seq: u64) -> Result<bool, StoreError> {
+        let _ = (collector_id, seq);
+        Ok(false)
+    }
     /// Rule state several replicas share (alert groups, learned values), for a store
     /// several replicas write to; `None` (the default) keeps it in the replica.
     fn shared_rule_state(&self) -> Option<Box<dyn crate::rules::shared::SharedState>> {

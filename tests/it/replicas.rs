@@ -2,7 +2,7 @@
 //! replica A sees what B stored, each event once and only in its namespaces; Query and
 //! Investigate answer from either replica; the peer link takes the peers' own credential and
 //! nothing else; one alert group across replicas with the summed count; a value learned on A
-//! is not new on B.
+//! is not new on B; a collector whose stream moved from A to B is not called silenced.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -400,5 +400,67 @@ fn alert_groups_and_learned_values_are_shared_across_replicas() {
         outputs,
         ["new pf-nv-x", "new pf-nv-y", "new pf-nv-z"],
         "each value new once across replicas"
+    );
+}
+
+/// A heartbeat promising one every second (`stopping`: the collector's goodbye).
+fn promise(time: u64, stopping: bool) -> pb::Record {
+    pb::Record {
+        kind: Some(pb::record::Kind::Heartbeat(pb::Heartbeat {
+            time,
+            interval_ns: 1_000_000_000,
+            stopping,
+            ..pb::Heartbeat::default()
+        })),
+    }
+}
+
+#[test]
+fn a_collector_whose_stream_moved_to_another_replica_is_not_called_silenced() {
+    let shared = Shared::new();
+    let [replica_a, replica_b] = shared.replicas(free_ports::<2>(), &["--no-managed-rules"]);
+    let (a, b) = (replica_a.url(), replica_b.url());
+    let moved = identity("uid-moved/c", "ns-a", "moved");
+    let gone = identity("uid-gone/c", "ns-a", "gone");
+    // Both streams to A end without the collector's goodbye (as when A's connection is cut).
+    for id in [&moved, &gone] {
+        ingest(
+            &a,
+            Some(WRITER),
+            vec![batch(id, 1, vec![promise(1, false)])],
+        )
+        .expect("into A");
+    }
+    // One comes back at once through the Service, on B (and later leaves with its goodbye).
+    let back = vec![
+        batch(&moved, 2, vec![promise(2, false)]),
+        batch(&moved, 3, vec![promise(3, true)]),
+    ];
+    ingest(&b, Some(WRITER), back).expect("into B");
+    // A's watch waits one interval (1 s) for either; the one that never came back is
+    // silenced, the one on B is not.
+    let silenced = |events: &[pb::Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(alert_of)
+            .filter(|a| a.rule_id == "PF-COLLECTOR-SILENCED")
+            .map(|a| a.pod_name.clone())
+            .collect()
+    };
+    query_until(
+        &a,
+        Some(ADMIN),
+        &[pb::RecordKind::Alert],
+        Duration::from_secs(20),
+        |e| !silenced(e).is_empty(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let events = query(&a, Some(ADMIN), &[pb::RecordKind::Alert], &[]).expect("query");
+    assert_eq!(
+        silenced(&events),
+        ["gone"],
+        "A's log: {}\nB's log: {}",
+        replica_a.log(),
+        replica_b.log()
     );
 }

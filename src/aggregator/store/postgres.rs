@@ -304,6 +304,29 @@ impl Store for PgStore {
         request_audit(&self.writer, events)
     }
 
+    fn stored_after(&self, collector_id: &str, seq: u64) -> Result<bool, StoreError> {
+        // Asked from the aggregator's blocking threads, where another runtime's `block_on`
+        // panics: the query runs on the store's runtime and its answer comes back.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (pool, collector_id) = (self.pool.clone(), collector_id.to_owned());
+        self.handle.spawn(async move {
+            let answer = async {
+                let client = pool.get().await.map_err(pool_error)?;
+                let row = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM batches WHERE collector = $1 AND seq > $2)",
+                        &[&collector_id, &(seq as i64)],
+                    )
+                    .await
+                    .map_err(pg("asking whether a collector streams to another replica"))?;
+                Ok(row.get(0))
+            };
+            let _ = tx.send(answer.await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Unavailable("the store's runtime stopped".into()))?
+    }
+
     fn shared_rule_state(&self) -> Option<Box<dyn crate::rules::shared::SharedState>> {
         Some(Box::new(shared::PgShared::new(
             self.pool.clone(),
