@@ -67,3 +67,6 @@ mod audit_tests;
 
 #[cfg(test)]
 mod detect_tests;
+
+#[cfg(test)]
+mod evasion_tests;

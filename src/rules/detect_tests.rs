@@ -13,7 +13,7 @@ use crate::model::{
 
 const SEC: u64 = 1_000_000_000;
 
-fn event(record: Record) -> Event {
+pub(super) fn event(record: Record) -> Event {
     Event {
         source: Arc::new(CollectorIdentity {
             collector_id: "c1".into(),
@@ -26,12 +26,12 @@ fn event(record: Record) -> Event {
     }
 }
 
-fn managed() -> Engine {
+pub(super) fn managed() -> Engine {
     Engine::new(RuleSet::managed().expect("managed"))
 }
 
 /// Rule ids the managed set alerts on for these records, in order, at `now`.
-fn fired(engine: &mut Engine, records: &[Record], now: u64) -> Vec<String> {
+pub(super) fn fired(engine: &mut Engine, records: &[Record], now: u64) -> Vec<String> {
     records
         .iter()
         .flat_map(|r| engine.evaluate(&event(r.clone()), now))
@@ -39,7 +39,13 @@ fn fired(engine: &mut Engine, records: &[Record], now: u64) -> Vec<String> {
         .collect()
 }
 
-fn ancestor(pid: u32, start: u64, comm: &str, exe: Option<&str>, argv: &[&str]) -> Ancestor {
+pub(super) fn ancestor(
+    pid: u32,
+    start: u64,
+    comm: &str,
+    exe: Option<&str>,
+    argv: &[&str],
+) -> Ancestor {
     Ancestor {
         pid,
         start_time: start,
@@ -51,7 +57,7 @@ fn ancestor(pid: u32, start: u64, comm: &str, exe: Option<&str>, argv: &[&str]) 
     }
 }
 
-fn process(pid: u32, comm: &str, exe: Option<&str>, argv: &[&str]) -> ProcessRecord {
+pub(super) fn process(pid: u32, comm: &str, exe: Option<&str>, argv: &[&str]) -> ProcessRecord {
     ProcessRecord {
         start_time: u64::from(pid) * 10,
         exe: exe.map(|e| e.as_bytes().to_vec()),
@@ -192,7 +198,7 @@ fn kernel_thread_names_on_user_processes_in_their_real_forms() {
 
 // === Server spawning a shell; download into a shell ===
 
-fn listener(pid: u32, start: u64, cookie: u64, phase: FlowPhase) -> ListenerRecord {
+pub(super) fn listener(pid: u32, start: u64, cookie: u64, phase: FlowPhase) -> ListenerRecord {
     ListenerRecord {
         cookie,
         protocol: crate::model::Protocol::Tcp,
@@ -312,7 +318,7 @@ fn a_shell_started_by_a_server_fires_and_a_process_managers_workers_do_not() {
     assert!(fired(&mut e, &[closed, Record::Process(shell)], SEC).is_empty());
 }
 
-fn managed_with(first: &Record) -> Engine {
+pub(super) fn managed_with(first: &Record) -> Engine {
     let mut e = managed();
     fired(&mut e, std::slice::from_ref(first), 0);
     e

@@ -225,8 +225,9 @@ fn a_process_retitled_as_a_kernel_thread_fires_in_both_access_modes() {
 #[test]
 fn a_server_starting_a_shell_fires_and_its_benign_twins_do_not() {
     let dir = scratch_dir();
-    let gunicorn = dir.path().join("gunicorn");
-    std::os::unix::fs::symlink("/usr/bin/python3.11", &gunicorn).expect("symlink");
+    // A process manager that holds a socket and starts its workers by design.
+    let supervisord = dir.path().join("supervisord");
+    std::os::unix::fs::symlink("/usr/bin/python3.11", &supervisord).expect("symlink");
     let server = |cmd: &str| {
         format!(
             "import os,socket,subprocess,time\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\nport=s.getsockname()[1]\ntime.sleep(0.8)\n{cmd}\ntime.sleep(2.5)"
@@ -243,14 +244,14 @@ fn a_server_starting_a_shell_fires_and_its_benign_twins_do_not() {
                 &server("subprocess.Popen('curl -fsm2 http://127.0.0.1:%d/healthz' % port, shell=True)"),
                 &[],
             ),
-            Command::new(&gunicorn)
+            Command::new(&supervisord)
                 .args([
                     "-c",
                     &server("subprocess.Popen(['/usr/bin/python3', '-c', 'import time; time.sleep(2)'])"),
                 ])
                 .stdout(Stdio::null())
                 .spawn()
-                .expect("gunicorn"),
+                .expect("supervisord"),
         ])
     });
     let all = alerts(&records);

