@@ -18,6 +18,7 @@ mod pgstore;
 mod pipeline;
 mod poll;
 mod replicakill;
+mod rollups;
 mod rules;
 mod score;
 mod spawn;
@@ -122,10 +123,11 @@ struct Sizes {
 
 /// `procflow-bench [default|smoke] [SCENARIO...] [--json FILE]`: the suite picks the sizes
 /// (default when omitted), scenario names pick a subset.
-/// `transport` (the pipeline's transport figure alone) and `pgstore` (sustained ingest into
-/// PostgreSQL, a server of scripts/pg.sh) and `replica-kill` (two replicas on PostgreSQL, one
-/// SIGKILLed mid-stream) run only when named.
-const SCENARIOS: [&str; 16] = [
+/// `transport` (the pipeline's transport figure alone), `pgstore` (sustained ingest into
+/// PostgreSQL, a server of scripts/pg.sh), `replica-kill` (two replicas on PostgreSQL, one
+/// SIGKILLed mid-stream) and `rollups` (investigation over 30 days of rollups and one day of
+/// raw records) run only when named.
+const SCENARIOS: [&str; 17] = [
     "poll",
     "churn",
     "lifetime",
@@ -140,6 +142,7 @@ const SCENARIOS: [&str; 16] = [
     "http",
     "console",
     "pgstore",
+    "rollups",
     "audit",
     "replica-kill",
 ];
@@ -344,6 +347,11 @@ fn main() -> anyhow::Result<()> {
             pgstore::scenario_pgstore(&mut report, Duration::from_secs(sizes.sustain_secs))
         {
             report.skip("pgstore", format!("{e:#}"));
+        }
+    }
+    if only.iter().any(|o| o == "rollups") {
+        if let Err(e) = rollups::scenario_rollups(&mut report, 1000, 30) {
+            report.skip("rollups", format!("{e:#}"));
         }
     }
     if wanted("streams") {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::aggregator::investigate::Question;
 use crate::aggregator::store::{EventQuery, RollupHour, RollupSegment, Store, StoreError};
-use crate::investigate::rollup::{hour_of, Carry, HourBuilder, Merger, HOUR};
+use crate::investigate::rollup::{hour_of, Carry, HourBuilder, Merger, PodAddress, PodHour, HOUR};
 use crate::investigate::{Activity, PodDirectory, ProcessNames};
 use crate::model::{Event, Record, RecordKind};
 
@@ -126,20 +126,30 @@ impl RollupBuilder {
         )?;
         self.names_until = hour + HOUR;
         let (pods, addresses) = builder.finish(hour, &self.names, carry, expire_before);
-        Ok(RollupHour {
-            hour,
-            segments: pods
-                .iter()
-                .map(|p| RollupSegment {
-                    hour,
-                    namespace: p.pod_namespace.clone(),
-                    pod: p.pod_name.clone(),
-                    body: codec::encode_pod_hour(p),
-                })
-                .collect(),
-            pods: codec::encode_pods(&addresses),
-            carry: codec::encode_carry(carry),
-        })
+        Ok(encode_hour(hour, &pods, &addresses, carry))
+    }
+}
+
+/// One hour's rollups as the store keeps them.
+pub fn encode_hour(
+    hour: u64,
+    pods: &[PodHour],
+    addresses: &[PodAddress],
+    carry: &Carry,
+) -> RollupHour {
+    RollupHour {
+        hour,
+        segments: pods
+            .iter()
+            .map(|p| RollupSegment {
+                hour,
+                namespace: p.pod_namespace.clone(),
+                pod: p.pod_name.clone(),
+                body: codec::encode_pod_hour(p),
+            })
+            .collect(),
+        pods: codec::encode_pods(addresses),
+        carry: codec::encode_carry(carry),
     }
 }
 

@@ -357,3 +357,126 @@ fn rollups_answer_as_raw_records_did_and_outlive_them_on_sqlite() {
 fn rollups_answer_as_raw_records_did_and_outlive_them_on_postgres() {
     rollups_equal_raw(Backend::Postgres);
 }
+
+/// Two replicas (two stores on one PostgreSQL database) ingest without pause while both run
+/// upkeep that drops the partitions of days past retention: every batch is acknowledged and
+/// stored once, what was past retention is gone.
+#[test]
+fn partitions_dropped_at_retention_while_two_replicas_ingest_lose_nothing() {
+    let url = crate::pg::fresh_database();
+    let password = crate::pg::shared().password.clone();
+    let options = procflow::aggregator::store::PgOptions {
+        password: Some(password.clone()),
+        pool_size: 4,
+        connect_wait: std::time::Duration::from_secs(30),
+    };
+    let replica = || -> Arc<dyn Store> {
+        Arc::new(
+            procflow::aggregator::store::PgStore::open(&url, &options, retention(14))
+                .expect("open"),
+        )
+    };
+    let (a, b) = (replica(), replica());
+    let now = now_ns();
+    let old = now - 20 * DAY;
+    a.maintain(old).expect("the partitions of twenty days ago");
+    let web = pod("c-old", "web-0", "10.0.0.5");
+    let old_events = |cookie| {
+        vec![Event {
+            source: web.clone(),
+            received_at: old,
+            record: flow(
+                Flow {
+                    cookie,
+                    peer: "203.0.113.7",
+                    port: 443,
+                    inbound: false,
+                    phase: "END",
+                    sent: 1,
+                    born: old,
+                },
+                old,
+            ),
+        }]
+    };
+    append(&*a, "c-old", 0, old_events(1));
+    let partitions = || {
+        crate::pg::psql(
+            &url,
+            &password,
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'segments'::regclass",
+        )
+        .parse::<u32>()
+        .expect("count")
+    };
+    assert!(partitions() > 4, "old days' partitions exist");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ingest = |store: Arc<dyn Store>, collector: &'static str| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let source = pod(collector, collector, "10.0.0.6");
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && seq < 5_000 {
+                let at = now_ns();
+                let events = (0..20)
+                    .map(|i| Event {
+                        source: source.clone(),
+                        received_at: at,
+                        record: flow(
+                            Flow {
+                                cookie: seq * 20 + i,
+                                peer: "203.0.113.7",
+                                port: 443,
+                                inbound: false,
+                                phase: "END",
+                                sent: 1,
+                                born: at,
+                            },
+                            at,
+                        ),
+                    })
+                    .collect();
+                append(&*store, collector, seq, events);
+                seq += 1;
+            }
+            seq
+        })
+    };
+    let (ingest_a, ingest_b) = (ingest(a.clone(), "writer-a"), ingest(b.clone(), "writer-b"));
+    // Upkeep on both replicas at once while they ingest (one holds the lock at a time).
+    for _ in 0..5 {
+        let (a2, b2) = (a.clone(), b.clone());
+        let up_a = std::thread::spawn(move || a2.maintain(now_ns()));
+        let up_b = std::thread::spawn(move || b2.maintain(now_ns()));
+        up_a.join().expect("join").expect("upkeep on a");
+        up_b.join().expect("join").expect("upkeep on b");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent_a = ingest_a.join().expect("ingest a");
+    let sent_b = ingest_b.join().expect("ingest b");
+    assert!(sent_a > 0 && sent_b > 0);
+    assert_eq!(partitions(), 4, "yesterday, today and two days ahead");
+    let count = |collector: &str| {
+        crate::pg::psql(
+            &url,
+            &password,
+            &format!(
+                "SELECT COALESCE(sum(count), 0) FROM segments WHERE collector = '{collector}'"
+            ),
+        )
+        .parse::<u64>()
+        .expect("count")
+    };
+    assert_eq!(
+        count("writer-a"),
+        sent_a * 20,
+        "every acknowledged record of a, once"
+    );
+    assert_eq!(
+        count("writer-b"),
+        sent_b * 20,
+        "every acknowledged record of b, once"
+    );
+    assert_eq!(count("c-old"), 0, "past retention");
+}
