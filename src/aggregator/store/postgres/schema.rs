@@ -144,9 +144,11 @@ async fn partitions(
     let mut out: Vec<Partition> = rows
         .iter()
         .filter_map(|row| {
-            let name: String = row.get(0);
-            let expr: String = row.get(1);
-            let (from, to) = bounds(&expr)?;
+            // A partition another replica drops meanwhile shows without its bound (NULL):
+            // it is gone, not an error (reading it as a string panicked the writer).
+            let name: String = row.try_get(0).ok()?;
+            let expr: Option<String> = row.try_get(1).ok()?;
+            let (from, to) = bounds(&expr?)?;
             Some(Partition { name, from, to })
         })
         .collect();
