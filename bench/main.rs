@@ -9,6 +9,7 @@
 mod audit;
 mod churn;
 mod console;
+mod detect;
 mod hostile;
 mod http;
 mod idle;
@@ -125,9 +126,10 @@ struct Sizes {
 /// (default when omitted), scenario names pick a subset.
 /// `transport` (the pipeline's transport figure alone), `pgstore` (sustained ingest into
 /// PostgreSQL, a server of scripts/pg.sh), `replica-kill` (two replicas on PostgreSQL, one
-/// SIGKILLed mid-stream) and `rollups` (investigation over 30 days of rollups and one day of
-/// raw records) run only when named.
-const SCENARIOS: [&str; 17] = [
+/// SIGKILLed mid-stream), `rollups` (investigation over 30 days of rollups and one day of
+/// raw records) and `detect` (attack and benign scenarios, as root: it creates a user and
+/// network namespaces) run only when named.
+const SCENARIOS: [&str; 18] = [
     "poll",
     "churn",
     "lifetime",
@@ -145,6 +147,7 @@ const SCENARIOS: [&str; 17] = [
     "rollups",
     "audit",
     "replica-kill",
+    "detect",
 ];
 
 /// How fast this shared VM runs right now: nanoseconds per step of a dependent xor-multiply
@@ -412,6 +415,11 @@ fn main() -> anyhow::Result<()> {
             console::scenario_console(&mut report, sizes.console_records, sizes.console_samples)
         {
             report.skip("console", format!("{e:#}"));
+        }
+    }
+    if only.iter().any(|o| o == "detect") {
+        if let Err(e) = detect::scenario_detect(&mut report) {
+            report.skip("detect", format!("{e:#}"));
         }
     }
     if wanted("audit") {

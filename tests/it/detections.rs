@@ -230,7 +230,7 @@ fn a_server_starting_a_shell_fires_and_its_benign_twins_do_not() {
     std::os::unix::fs::symlink("/usr/bin/python3.11", &supervisord).expect("symlink");
     let server = |cmd: &str| {
         format!(
-            "import os,socket,subprocess,time\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\nport=s.getsockname()[1]\ntime.sleep(0.8)\n{cmd}\ntime.sleep(2.5)"
+            "import os,socket,subprocess,time\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\nport=s.getsockname()[1]\ntime.sleep(2)\n{cmd}\ntime.sleep(2.5)"
         )
     };
     let (records, kids) = observe(&[], || {
