@@ -370,35 +370,15 @@ mod tests {
         ];
         let mk = |pid, ppid| {
             Record::Process(ProcessRecord {
-                pid,
                 start_time: 0,
                 ppid,
-                parent_start_time: None,
-                phase: ProcessPhase::Start,
                 comm: vec![],
-                exe: None,
                 argv: vec![],
-                cwd: None,
                 uid: 0,
                 gid: 0,
                 euid: 0,
                 egid: 0,
-                tty: None,
-                session_id: 0,
-                pgid: 0,
-                container_id: None,
-                pod_uid: None,
-                exit_time: None,
-                ancestors: vec![],
-                exe_unavailable: Unavailable::Unspecified,
-                cwd_unavailable: Unavailable::Unspecified,
-                exe_deleted: false,
-                seen_at_exit_only: false,
-                preexisting: false,
-                stdio_is_socket: None,
-                stdio_socket_inodes: vec![],
-                forked_no_exec: false,
-                exe_replaced: None,
+                ..procflow::fixtures::process(pid, b"")
             })
         };
         let got = score_processes(&truth, &[mk(11, 1), mk(12, 99)]);

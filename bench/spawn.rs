@@ -501,7 +501,6 @@ fn shims(report: &mut Report, secs: u64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use procflow::model::Unavailable;
 
     fn record(
         pid: u32,
@@ -512,35 +511,16 @@ mod tests {
         argv: &[&str],
     ) -> Record {
         Record::Process(ProcessRecord {
-            pid,
             start_time: 0,
             ppid,
-            parent_start_time: None,
             phase,
-            comm: comm.into(),
             exe: Some(exe.into()),
             argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-            cwd: None,
             uid: 0,
             gid: 0,
             euid: 0,
             egid: 0,
-            tty: None,
-            session_id: 0,
-            pgid: 0,
-            container_id: None,
-            pod_uid: None,
-            exit_time: None,
-            ancestors: vec![],
-            exe_unavailable: Unavailable::Unspecified,
-            cwd_unavailable: Unavailable::Unspecified,
-            exe_deleted: false,
-            seen_at_exit_only: false,
-            preexisting: false,
-            stdio_is_socket: None,
-            stdio_socket_inodes: vec![],
-            forked_no_exec: false,
-            exe_replaced: None,
+            ..procflow::fixtures::process(pid, comm.as_bytes())
         })
     }
 

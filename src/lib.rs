@@ -13,8 +13,10 @@ pub mod codec;
 pub mod collector;
 pub mod config;
 pub mod durable;
-#[cfg(test)]
-pub(crate) mod fixtures;
+// Plain records for tests, public for the benchmark's own tests (a separate crate); two
+// small functions, not an API.
+#[doc(hidden)]
+pub mod fixtures;
 pub mod flows;
 pub mod investigate;
 pub mod model;
