@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use maud::{html, Markup, DOCTYPE};
 use thiserror::Error;
@@ -219,17 +219,17 @@ impl Console {
 
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
-            .route("/", get(overview::handler))
-            .route("/alerts", get(alerts::groups_handler))
+            .route("/", page_route(overview::build))
+            .route("/alerts", page_route(alerts::groups_page))
             .route("/alerts/live", get(alerts::live_handler))
-            .route("/alerts/group", get(alerts::group_handler))
-            .route("/alert", get(alerts::alert_handler))
-            .route("/pod", get(entities::pod_handler))
-            .route("/process", get(entities::process_handler))
-            .route("/endpoint", get(entities::endpoint_handler))
-            .route("/map", get(map::handler))
-            .route("/search", get(search::handler))
-            .route("/rules", get(rules_page::handler))
+            .route("/alerts/group", page_route(alerts::group_page))
+            .route("/alert", page_route(alerts::alert_page))
+            .route("/pod", page_route(entities::pod_page))
+            .route("/process", page_route(entities::process_page))
+            .route("/endpoint", page_route(entities::endpoint_page))
+            .route("/map", page_route(map::build))
+            .route("/search", page_route(search::build))
+            .route("/rules", page_route(rules_page::build))
             .route("/signin", get(signin_page).post(signin))
             .route("/signout", post(signout))
             .route("/static/{digest}/{name}", get(asset))
@@ -362,6 +362,18 @@ pub async fn compute<T: Send + 'static>(
     let result = tokio::task::spawn_blocking(move || work(&ctx)).await;
     drop(permit);
     result.map_err(|join| PageError::Failed(join.to_string()))?
+}
+
+/// The route of a whole page: `build` runs for the signed-in viewer, through [`page`].
+fn page_route(build: fn(&Ctx) -> Result<Page, PageError>) -> MethodRouter<Arc<Console>> {
+    get(
+        move |State(console): State<Arc<Console>>,
+              headers: HeaderMap,
+              uri: Uri,
+              Query(q): Query<HashMap<String, String>>| {
+            page(console, headers, uri, q, build)
+        },
+    )
 }
 
 /// Renders a page for the signed-in viewer, with the server time in `Server-Timing`.

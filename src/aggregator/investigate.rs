@@ -419,6 +419,25 @@ impl InvestigateService {
         }
     }
 
+    /// Answers a "what is new since the baseline" question: the request's window, baseline
+    /// start and limit (`parts`) checked, then `ask` run on a blocking thread while the
+    /// caller's admission slot is held.
+    async fn since_baseline<R: Clone, A: Send + 'static>(
+        &self,
+        request: Request<R>,
+        parts: fn(R) -> (Option<pb::Window>, UnixNanos, u32),
+        ask: fn(&Investigator, &Question, UnixNanos, usize) -> Result<A, StoreError>,
+    ) -> Result<A, Status> {
+        let scope = Principal::of(&request)?.read_scope()?;
+        let (window, baseline_since, limit) = parts(request.get_ref().clone());
+        let _slot = self.admit(&request, window.as_ref())?;
+        let question = question_of(window, &scope)?;
+        check_baseline(&question, baseline_since)?;
+        let limit = limit_of(limit);
+        let investigator = self.investigator.clone();
+        blocking(move || ask(&investigator, &question, baseline_since, limit)).await
+    }
+
     /// Admits one investigation of the request's identity (held until the answer is
     /// built) and checks the filter of its window.
     fn admit<T>(
@@ -542,16 +561,13 @@ impl pb::investigate_server::Investigate for InvestigateService {
         &self,
         request: Request<pb::NewActivityRequest>,
     ) -> Result<Response<pb::NewActivityReply>, Status> {
-        let scope = Principal::of(&request)?.read_scope()?;
-        let _slot = self.admit(&request, request.get_ref().window.as_ref())?;
-        let req = request.into_inner();
-        let question = question_of(req.window, &scope)?;
-        check_baseline(&question, req.baseline_since)?;
-        let limit = limit_of(req.limit);
-        let investigator = self.investigator.clone();
-        let answer =
-            blocking(move || investigator.new_activity(&question, req.baseline_since, limit))
-                .await?;
+        let answer = self
+            .since_baseline(
+                request,
+                |r| (r.window, r.baseline_since, r.limit),
+                Investigator::new_activity,
+            )
+            .await?;
         Ok(Response::new(wire::new_activity_to_proto(&answer)))
     }
 
@@ -559,16 +575,13 @@ impl pb::investigate_server::Investigate for InvestigateService {
         &self,
         request: Request<pb::ApiActivityRequest>,
     ) -> Result<Response<pb::ApiActivityReply>, Status> {
-        let scope = Principal::of(&request)?.read_scope()?;
-        let _slot = self.admit(&request, request.get_ref().window.as_ref())?;
-        let req = request.into_inner();
-        let question = question_of(req.window, &scope)?;
-        check_baseline(&question, req.baseline_since)?;
-        let limit = limit_of(req.limit);
-        let investigator = self.investigator.clone();
-        let answer =
-            blocking(move || investigator.api_activity(&question, req.baseline_since, limit))
-                .await?;
+        let answer = self
+            .since_baseline(
+                request,
+                |r| (r.window, r.baseline_since, r.limit),
+                Investigator::api_activity,
+            )
+            .await?;
         Ok(Response::new(wire::api::api_activity_to_proto(&answer)))
     }
 

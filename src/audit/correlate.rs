@@ -479,36 +479,32 @@ pub fn join_alert(join: &Join, now: UnixNanos) -> AlertRecord {
     let a = &join.attribution;
     let root = &join.root;
     let after = root.start_time as i128 - a.time as i128;
+    let output = format!(
+        "kubectl exec by {} into {}/{} joined with {}({}) started {} ms after the request",
+        a.user,
+        a.namespace,
+        a.pod,
+        String::from_utf8_lossy(&root.comm),
+        root.pid,
+        after / 1_000_000
+    );
     AlertRecord {
-        id: format!("{JOINED}-{}-{}", a.audit_id, root.pid),
-        rule_id: JOINED.into(),
-        rule_name: "Exec request joined with the process tree it started".into(),
-        severity: crate::model::Severity::Info,
-        tags: vec!["T1609".into()],
-        time: now,
-        first_seen: now,
-        last_seen: now,
-        count: 1,
-        output: crate::model::display_bytes(
-            format!(
-                "kubectl exec by {} into {}/{} joined with {}({}) started {} ms after the request",
-                a.user,
-                a.namespace,
-                a.pod,
-                String::from_utf8_lossy(&root.comm),
-                root.pid,
-                after / 1_000_000
-            )
-            .as_bytes(),
-        ),
         pod_name: join.source.pod_name.clone(),
         pod_namespace: join.source.pod_namespace.clone(),
         node_name: join.source.node_name.clone(),
         container_id: root.container_id.clone(),
         process: Some(Box::new(root.clone())),
-        flows: Vec::new(),
-        evidence: vec![a.evidence()],
-        exec: Some(Box::new((**a).clone())),
+        ..exec_alert(
+            format!("{JOINED}-{}-{}", a.audit_id, root.pid),
+            (
+                JOINED,
+                "Exec request joined with the process tree it started",
+            ),
+            crate::model::Severity::Info,
+            a,
+            output,
+            now,
+        )
     }
 }
 
@@ -523,27 +519,44 @@ pub fn miss_alert(miss: &Miss, now: UnixNanos) -> Option<AlertRecord> {
         }
     };
     let a = &miss.attribution;
-    Some(AlertRecord {
-        id: format!("{UNMATCHED}-{}", a.audit_id),
-        rule_id: UNMATCHED.into(),
-        rule_name: "Exec request not joined with a process".into(),
-        severity: crate::model::Severity::Low,
+    let output = format!(
+        "kubectl exec by {} into {}/{} command {:?}: {why} ({})",
+        a.user,
+        a.namespace,
+        a.pod,
+        a.command.join(" "),
+        miss.reason.as_str()
+    );
+    Some(exec_alert(
+        format!("{UNMATCHED}-{}", a.audit_id),
+        (UNMATCHED, "Exec request not joined with a process"),
+        crate::model::Severity::Low,
+        a,
+        output,
+        now,
+    ))
+}
+
+/// What the join's records share: the exec request as evidence, the pod it named.
+fn exec_alert(
+    id: String,
+    (rule_id, rule_name): (&str, &str),
+    severity: crate::model::Severity,
+    a: &Arc<ExecAttribution>,
+    output: String,
+    now: UnixNanos,
+) -> AlertRecord {
+    AlertRecord {
+        id,
+        rule_id: rule_id.into(),
+        rule_name: rule_name.into(),
+        severity,
         tags: vec!["T1609".into()],
         time: now,
         first_seen: now,
         last_seen: now,
         count: 1,
-        output: crate::model::display_bytes(
-            format!(
-                "kubectl exec by {} into {}/{} command {:?}: {why} ({})",
-                a.user,
-                a.namespace,
-                a.pod,
-                a.command.join(" "),
-                miss.reason.as_str()
-            )
-            .as_bytes(),
-        ),
+        output: crate::model::display_bytes(output.as_bytes()),
         pod_name: a.pod.clone(),
         pod_namespace: a.namespace.clone(),
         node_name: String::new(),
@@ -552,7 +565,7 @@ pub fn miss_alert(miss: &Miss, now: UnixNanos) -> Option<AlertRecord> {
         flows: Vec::new(),
         evidence: vec![a.evidence()],
         exec: Some(Box::new((**a).clone())),
-    })
+    }
 }
 
 /// The rule ids of the join's own records.

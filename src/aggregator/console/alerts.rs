@@ -16,7 +16,7 @@ use maud::{html, Markup};
 use super::render::{self, href, inert, inert_str, Nav, Page};
 use super::scope::TimeScope;
 use super::tables;
-use super::{fragment, page, Console, Ctx, PageError};
+use super::{fragment, Console, Ctx, PageError};
 use crate::aggregator::hub::LiveFilter;
 use crate::model::workload_of;
 use crate::model::{AlertRecord, RecordKind, Severity};
@@ -24,24 +24,16 @@ use crate::model::{AlertRecord, RecordKind, Severity};
 /// How long a live request waits for a new alert before answering with the same table.
 const LIVE_WAIT: Duration = Duration::from_secs(25);
 
-pub async fn groups_handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, |ctx| {
-        let alerts = ctx.alerts(&[], &[])?;
-        Ok(Page {
-            title: "Alerts".into(),
-            nav: Nav::Alerts,
-            path: "/alerts",
-            keep: Vec::new(),
-            body: live_groups(ctx, &alerts),
-            scripts: &[],
-        })
+pub fn groups_page(ctx: &Ctx) -> Result<Page, PageError> {
+    let alerts = ctx.alerts(&[], &[])?;
+    Ok(Page {
+        title: "Alerts".into(),
+        nav: Nav::Alerts,
+        path: "/alerts",
+        keep: Vec::new(),
+        body: live_groups(ctx, &alerts),
+        scripts: &[],
     })
-    .await
 }
 
 /// Answers when an alert newer than `after` exists for this viewer, or after [`LIVE_WAIT`].
@@ -200,55 +192,44 @@ fn live_groups(ctx: &Ctx, alerts: &[(u64, AlertRecord)]) -> Markup {
     }
 }
 
-pub async fn group_handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, |ctx| {
-        let (Some(rule), Some(ns), Some(workload)) = (
-            ctx.params.get("rule"),
-            ctx.params.get("ns"),
-            ctx.params.get("workload"),
-        ) else {
-            return Err(PageError::BadRequest("rule, ns and workload are required".into()));
-        };
-        let alerts = ctx.alerts(&[], &[ns.to_owned()])?;
-        let mut members: Vec<&AlertRecord> = alerts
-            .iter()
-            .map(|(_, a)| a)
-            .filter(|a| a.rule_id == rule && workload_of(&a.pod_name) == workload)
-            .collect();
-        members.reverse();
-        let title = members
-            .first()
-            .map(|a| a.rule_name.clone())
-            .unwrap_or_else(|| rule.to_owned());
-        let body = html! {
-            p { "Rule " strong { (rule) } " in workload " strong { (ns) "/" (workload) } ": " (members.len()) " alerts, newest first." }
-            @if members.is_empty() { (render::empty("alerts of this group")) }
-            @else { (tables::alerts(&ctx.scope, &members)) }
-        };
-        Ok(Page {
-            title,
-            nav: Nav::Alerts,
-            path: "/alerts/group",
-            keep: vec![("rule", rule.into()), ("ns", ns.into()), ("workload", workload.into())],
-            body,
-            scripts: &[],
-        })
+pub fn group_page(ctx: &Ctx) -> Result<Page, PageError> {
+    let (Some(rule), Some(ns), Some(workload)) = (
+        ctx.params.get("rule"),
+        ctx.params.get("ns"),
+        ctx.params.get("workload"),
+    ) else {
+        return Err(PageError::BadRequest(
+            "rule, ns and workload are required".into(),
+        ));
+    };
+    let alerts = ctx.alerts(&[], &[ns.to_owned()])?;
+    let mut members: Vec<&AlertRecord> = alerts
+        .iter()
+        .map(|(_, a)| a)
+        .filter(|a| a.rule_id == rule && workload_of(&a.pod_name) == workload)
+        .collect();
+    members.reverse();
+    let title = members
+        .first()
+        .map(|a| a.rule_name.clone())
+        .unwrap_or_else(|| rule.to_owned());
+    let body = html! {
+        p { "Rule " strong { (rule) } " in workload " strong { (ns) "/" (workload) } ": " (members.len()) " alerts, newest first." }
+        @if members.is_empty() { (render::empty("alerts of this group")) }
+        @else { (tables::alerts(&ctx.scope, &members)) }
+    };
+    Ok(Page {
+        title,
+        nav: Nav::Alerts,
+        path: "/alerts/group",
+        keep: vec![
+            ("rule", rule.into()),
+            ("ns", ns.into()),
+            ("workload", workload.into()),
+        ],
+        body,
+        scripts: &[],
     })
-    .await
-}
-
-pub async fn alert_handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, alert_page).await
 }
 
 /// Whether two alerts share a process tree: one's process is in the other's lineage, or
@@ -274,7 +255,7 @@ fn same_tree(a: &AlertRecord, b: &AlertRecord) -> bool {
     !lineage(pa).is_disjoint(&lineage(pb))
 }
 
-fn alert_page(ctx: &Ctx) -> Result<Page, PageError> {
+pub fn alert_page(ctx: &Ctx) -> Result<Page, PageError> {
     let Some(id) = ctx.params.get("id") else {
         return Err(PageError::BadRequest("id is required".into()));
     };

@@ -5,19 +5,14 @@
 //! of the tree) and a remote endpoint (who talked to it, on which ports, how much, whether
 //! it is new). All from the Investigate answers.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
 use maud::html;
 
 use super::overview::{self, activity_timeline, count_activity};
 use super::render::{self, inert, Nav, Page};
 use super::tables;
-use super::{page, Console, Ctx, PageError};
+use super::{Ctx, PageError};
 use crate::investigate::{Comparison, Edge};
 use crate::model::workload_of;
 use crate::model::{AlertRecord, ProcessPhase, Record};
@@ -25,16 +20,7 @@ use crate::model::{AlertRecord, ProcessPhase, Record};
 /// Process starts a pod page lists at most.
 const PROCESS_ROWS: usize = 200;
 
-pub async fn pod_handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, pod_page).await
-}
-
-fn pod_page(ctx: &Ctx) -> Result<Page, PageError> {
+pub fn pod_page(ctx: &Ctx) -> Result<Page, PageError> {
     let (ns, pod) = ctx.pod()?;
     let scope = &ctx.scope;
     let pods = [pod.clone()];
@@ -117,16 +103,7 @@ fn pod_page(ctx: &Ctx) -> Result<Page, PageError> {
     })
 }
 
-pub async fn process_handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, process_page).await
-}
-
-fn process_page(ctx: &Ctx) -> Result<Page, PageError> {
+pub fn process_page(ctx: &Ctx) -> Result<Page, PageError> {
     let (ns, pod) = ctx.pod()?;
     let scope = &ctx.scope;
     let number = |name: &str| -> Result<Option<u64>, PageError> {
@@ -247,19 +224,10 @@ fn process_page(ctx: &Ctx) -> Result<Page, PageError> {
     })
 }
 
-pub async fn endpoint_handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, endpoint_page).await
-}
-
 /// Edges of the whole answer (not only the top ones) that reach `ip`.
 const ALL_EDGES: usize = 1_000_000;
 
-fn endpoint_page(ctx: &Ctx) -> Result<Page, PageError> {
+pub fn endpoint_page(ctx: &Ctx) -> Result<Page, PageError> {
     let Some(raw) = ctx.params.get("ip") else {
         return Err(PageError::BadRequest("ip is required".into()));
     };

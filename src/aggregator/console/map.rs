@@ -3,34 +3,21 @@
 //! inside an "outside the cluster" box, east-west edges solid; every node opens its profile.
 //! The same edges are listed in a table for keyboards, screen readers and no-script.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
 use maud::html;
 use serde_json::{json, Value};
 
 use super::render::{self, href, json_data, Nav, Page};
 use super::tables;
-use super::{page, Console, Ctx, PageError};
+use super::{Ctx, PageError};
 use crate::investigate::{Edge, EdgeOrder, Talkers};
 use crate::model::{Direction, Scope};
 
 /// Edges drawn at most (the heaviest by bytes).
 const MAP_EDGES: usize = 300;
 
-pub async fn handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, build).await
-}
-
-fn build(ctx: &Ctx) -> Result<Page, PageError> {
+pub fn build(ctx: &Ctx) -> Result<Page, PageError> {
     let talkers = match ctx.question(&[], &[]) {
         Some(q) => ctx
             .investigator

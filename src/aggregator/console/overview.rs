@@ -3,32 +3,17 @@
 //! against the baseline (peers, executables, listening ports) and the edges whose volume
 //! grew significantly. One pass over the window feeds the charts and the answers.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
 use maud::{html, Markup};
 use serde_json::json;
 
 use super::render::{self, json_data, Nav, Page};
 use super::scope::{TimeScope, HOUR_NS};
 use super::tables;
-use super::{page, Console, Ctx, PageError};
+use super::{Ctx, PageError};
 use crate::investigate::Comparison;
 use crate::model::{
     AlertRecord, Direction, Event, FlowPhase, ProcessPhase, Record, Scope, Severity,
 };
-
-pub async fn handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, build).await
-}
 
 /// Counts per time bucket of the scope, for the charts.
 pub struct Timeline {
@@ -156,7 +141,7 @@ pub fn alert_timeline(scope: &TimeScope, alerts: &[(u64, AlertRecord)]) -> Timel
     t
 }
 
-fn build(ctx: &Ctx) -> Result<Page, PageError> {
+pub fn build(ctx: &Ctx) -> Result<Page, PageError> {
     let scope = &ctx.scope;
     let mut activity = activity_timeline(scope);
     let comparison = match ctx.question(&[], &[]) {

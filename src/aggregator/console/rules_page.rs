@@ -3,26 +3,13 @@
 //! in the scope for this viewer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
 use maud::html;
 
 use super::render::{self, href, Nav, Page};
-use super::{page, Console, Ctx, PageError};
+use super::{Ctx, PageError};
 
-pub async fn handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, build).await
-}
-
-fn build(ctx: &Ctx) -> Result<Page, PageError> {
+pub fn build(ctx: &Ctx) -> Result<Page, PageError> {
     let rules = ctx.rules.as_ref().map(|r| r.get());
     let mut counts: HashMap<String, (usize, u64)> = HashMap::new();
     for (_, a) in ctx.alerts(&[], &[])? {

@@ -3,18 +3,13 @@
 //! (the arrival time of the page's last record and how many records of that instant it
 //! showed), so a page costs one scan from where the previous one stopped, however deep.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
 use maud::{html, Markup};
 
 use super::render::{self, href, Nav, Page};
 use super::tables;
-use super::{page, Console, Ctx, PageError};
+use super::{Ctx, PageError};
 use crate::aggregator::store::{EventQuery, Store, StoreError};
 use crate::model::{Event, Record, RecordKind};
 
@@ -170,15 +165,6 @@ pub fn search(
     })
 }
 
-pub async fn handler(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    page(console, headers, uri, q, build).await
-}
-
 const KINDS: [(&str, &str); 5] = [
     ("flow", "flows"),
     ("process", "processes"),
@@ -187,7 +173,7 @@ const KINDS: [(&str, &str); 5] = [
     ("heartbeat", "heartbeats"),
 ];
 
-fn build(ctx: &Ctx) -> Result<Page, PageError> {
+pub fn build(ctx: &Ctx) -> Result<Page, PageError> {
     let p = &ctx.params;
     let bad = |what: &str, v: &str| PageError::BadRequest(format!("{what} {v:?} is not valid"));
     let kind = match p.get("kind") {
@@ -334,6 +320,7 @@ mod tests {
     use super::*;
     use crate::aggregator::store::{Retention, SqliteStore};
     use crate::model::CollectorIdentity;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn store_with(events: Vec<Vec<Event>>) -> (tempfile::TempDir, SqliteStore) {
