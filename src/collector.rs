@@ -21,8 +21,11 @@ use crate::telemetry::collector::ExecWakeup;
 use crate::telemetry::InternalEvent;
 
 mod budget;
+mod error;
 mod once;
 mod sockets;
+
+pub use error::EngineError;
 
 pub use sockets::SocketMonitor;
 

@@ -12,7 +12,7 @@ use crate::pipeline::RecordTx;
 use crate::procs::ProcessMonitor;
 use crate::sockdiag::Dumper;
 
-use super::EngineConfig;
+use super::{EngineConfig, EngineError};
 
 /// What one snapshot wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +24,11 @@ pub struct SnapshotCounts {
 
 /// Takes the snapshot into `tx`. Fails when the sockets cannot be dumped (the snapshot
 /// would not be whole); a dump the kernel flagged as interrupted is reported but kept.
-pub fn take_snapshot(config: &EngineConfig, tx: &RecordTx) -> anyhow::Result<SnapshotCounts> {
-    let mut dumper = Dumper::open()?;
+pub fn take_snapshot(config: &EngineConfig, tx: &RecordTx) -> Result<SnapshotCounts, EngineError> {
+    let mut dumper = Dumper::open().map_err(EngineError::OpenSockDiag)?;
     let mut counts = SnapshotCounts::default();
     let mut procs = match &config.processes {
-        Some(pc) => Some(ProcessMonitor::new(pc.clone())?),
+        Some(pc) => Some(ProcessMonitor::new(pc.clone()).map_err(EngineError::Proc)?),
         None => None,
     };
     let now = now_ns();
@@ -48,7 +48,9 @@ pub fn take_snapshot(config: &EngineConfig, tx: &RecordTx) -> anyhow::Result<Sna
     let mut send = |record| {
         tx.send(record);
     };
-    let stats = dumper.dump_all_with(|batch| snapshot.take(batch, lookup, &mut send))?;
+    let stats = dumper
+        .dump_all_with(|batch| snapshot.take(batch, lookup, &mut send))
+        .map_err(EngineError::Dump)?;
     if stats.interrupted {
         tracing::warn!(
             "the kernel flagged the dump as interrupted (sockets changed during it): a socket may be missing or repeated"

@@ -5,11 +5,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use crossbeam_channel::Receiver;
 
 use super::budget::DumpBudget;
-use super::{EngineConfig, QUIET_AFTER};
+use super::{EngineConfig, EngineError, QUIET_AFTER};
 use crate::attribution::OwnerLookup;
 use crate::flows::{FlowTable, Scoper};
 use crate::model::{now_ns, Family, Record};
@@ -57,11 +56,11 @@ const LOOKUPS_PER_TICK: usize = 64;
 
 impl SocketMonitor {
     /// Opens the netlink sockets and joins the destroy groups; no dump yet.
-    pub fn new(config: &EngineConfig) -> anyhow::Result<Self> {
-        let dumper = Dumper::open().context("opening sock_diag")?;
+    pub fn new(config: &EngineConfig) -> Result<Self, EngineError> {
+        let dumper = Dumper::open().map_err(EngineError::OpenSockDiag)?;
         let (destroy, destroy_rx) =
             DestroyListener::start(config.destroy_queue_capacity, config.destroy_rcvbuf)
-                .context("joining the sock_diag destroy groups")?;
+                .map_err(EngineError::DestroyGroups)?;
         tracing::info!(
             rcvbuf = destroy.rcvbuf,
             "listening for socket destroy events"
@@ -70,7 +69,7 @@ impl SocketMonitor {
             dumper,
             destroy,
             destroy_rx,
-            trigger: Trigger::new().context("opening /proc/net/sockstat and snmp")?,
+            trigger: Trigger::new().map_err(EngineError::Trigger)?,
             table: FlowTable::new(
                 config.flows.clone(),
                 Scoper::new(config.cluster_cidrs.clone()),
