@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL for tests and benchmarks, from Debian's packages.
 #
-#   scripts/pg.sh start DIR [--watch PID] [--fsync]   start a cluster in DIR (created)
+#   scripts/pg.sh start DIR [--watch PID [--remove]] [--fsync] [--tls CERT KEY]
+#                                                     start a cluster in DIR (created)
 #   scripts/pg.sh stop DIR                            stop it (DIR stays; remove it yourself)
 #   scripts/pg.sh restart DIR                         start a stopped one again, same port
 #   scripts/pg.sh run [--fsync] -- CMD...             start one, run CMD with it, stop it
@@ -12,7 +13,9 @@
 # free port and on a socket in DIR/sock, and requires a password (scram-sha-256). DIR/url is
 # postgres://procflow@127.0.0.1:PORT/procflow, DIR/password its password: the superuser
 # `procflow`. `--watch PID` stops the server when that process exits (a test binary killed
-# mid-run leaves nothing running); `run` exports PROCFLOW_TEST_PG_URL and
+# mid-run leaves nothing running), and with `--remove` deletes DIR too (a benchmark's
+# cluster holds gigabytes); `--tls CERT KEY` serves TLS with that certificate and key (PEM;
+# plain connections are still accepted); `run` exports PROCFLOW_TEST_PG_URL and
 # PROCFLOW_TEST_PG_PASSWORD_FILE to CMD. fsync is off unless --fsync (benchmarks).
 set -euo pipefail
 
@@ -52,11 +55,13 @@ as_owner() {
 
 start() {
   local dir=$1; shift
-  local watch="" fsync=off
+  local watch="" fsync=off remove="" tls_cert="" tls_key=""
   while [ $# -gt 0 ]; do
     case $1 in
       --watch) watch=$2; shift 2 ;;
+      --remove) remove=1; shift ;;
       --fsync) fsync=on; shift ;;
+      --tls) tls_cert=$2; tls_key=$3; shift 3 ;;
       *) die "start: unknown option $1" ;;
     esac
   done
@@ -71,6 +76,15 @@ start() {
   dir=$(cd "$dir" && pwd)
   [ -f "$dir/data/PG_VERSION" ] && die "$dir already holds a cluster"
   mkdir -p "$dir/sock"
+  local tls_options=""
+  if [ -n "$tls_cert" ]; then
+    # The server refuses a key readable by others: copies it owns, 0600.
+    mkdir -p "$dir/tls"
+    cp "$tls_cert" "$dir/tls/server.crt"
+    cp "$tls_key" "$dir/tls/server.key"
+    chmod 600 "$dir/tls/server.key"
+    tls_options=" -c ssl=on -c ssl_cert_file=$dir/tls/server.crt -c ssl_key_file=$dir/tls/server.key"
+  fi
   head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$dir/password"
   chmod 600 "$dir/password"
   [ "$(id -u)" = 0 ] && chown -R "$OWNER" "$dir"
@@ -82,7 +96,7 @@ start() {
   local port tries=0
   while :; do
     port=$((20000 + RANDOM % 40000))
-    echo "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c fsync=$fsync -c synchronous_commit=$fsync -c full_page_writes=$fsync -c max_connections=200 -c shared_buffers=256MB -c max_wal_size=2GB" >"$dir/options"
+    echo "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c fsync=$fsync -c synchronous_commit=$fsync -c full_page_writes=$fsync -c max_connections=200 -c shared_buffers=256MB -c max_wal_size=2GB$tls_options" >"$dir/options"
     if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
       -o "$(cat "$dir/options")" start >/dev/null; then
       break
@@ -95,8 +109,11 @@ start() {
   PGPASSWORD=$(cat "$dir/password") "$bin/psql" -qAt -h 127.0.0.1 -p "$port" -U procflow -d postgres \
     -c "CREATE DATABASE procflow" >/dev/null
   if [ -n "$watch" ]; then
-    # Stops the server once the watched process is gone, whatever killed it.
-    setsid bash -c "while kill -0 $watch 2>/dev/null && [ -d '$dir/data' ]; do sleep 1; done; '$0' stop '$dir' >/dev/null 2>&1" \
+    # Stops the server once the watched process is gone, whatever killed it (SIGKILL
+    # included: nothing of the watched process runs then), and with --remove deletes DIR.
+    local cleanup="'$0' stop '$dir' >/dev/null 2>&1"
+    [ -n "$remove" ] && cleanup="$cleanup; rm -rf '$dir'"
+    setsid bash -c "while kill -0 $watch 2>/dev/null && [ -d '$dir/data' ]; do sleep 1; done; $cleanup" \
       </dev/null >/dev/null 2>&1 &
   fi
   echo "$dir/url"
@@ -121,7 +138,7 @@ restart() {
 }
 
 case ${1:-} in
-  start) [ $# -ge 2 ] || die "usage: pg.sh start DIR [--watch PID] [--fsync]"; shift; start "$@" ;;
+  start) [ $# -ge 2 ] || die "usage: pg.sh start DIR [--watch PID [--remove]] [--fsync] [--tls CERT KEY]"; shift; start "$@" ;;
   stop) [ $# -eq 2 ] || die "usage: pg.sh stop DIR"; stop "$2" ;;
   restart) [ $# -eq 2 ] || die "usage: pg.sh restart DIR"; restart "$2" ;;
   run)
@@ -139,5 +156,5 @@ case ${1:-} in
     echo "pg.sh: PostgreSQL at $PROCFLOW_TEST_PG_URL" >&2
     "$@"
     ;;
-  *) die "usage: pg.sh start DIR [--watch PID] [--fsync] | stop DIR | restart DIR | run [--fsync] -- CMD..." ;;
+  *) die "usage: pg.sh start DIR [--watch PID [--remove]] [--fsync] [--tls CERT KEY] | stop DIR | restart DIR | run [--fsync] -- CMD..." ;;
 esac

@@ -120,8 +120,9 @@ pub struct Args {
     pub subscriber_queue: usize,
     /// Where events go: `sqlite` (the embedded database in --data-dir), `sqlite:PATH`,
     /// `postgres://USER@HOST[:PORT]/DB` (several replicas may share it; password from
-    /// --store-password-file or PROCFLOW_STORE_PASSWORD), or `none` (nothing kept, for
-    /// measuring transport and detection alone; queries then return nothing).
+    /// --store-password-file or PROCFLOW_STORE_PASSWORD; TLS as libpq's
+    /// `?sslmode=verify-full&sslrootcert=CA.pem`), or `none` (nothing kept, for measuring
+    /// transport and detection alone; queries then return nothing).
     #[arg(long, env = "PROCFLOW_STORE", default_value = "sqlite")]
     pub store: store::StoreSpec,
     #[command(flatten)]

@@ -28,4 +28,5 @@ mod silenced;
 mod sockets;
 mod store;
 mod store_live;
+mod store_tls;
 mod util;

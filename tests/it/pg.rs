@@ -20,6 +20,11 @@ pub struct PgServer {
 
 impl PgServer {
     pub fn start() -> PgServer {
+        PgServer::start_with(&[])
+    }
+
+    /// A server started with more of `scripts/pg.sh start`'s options (`--tls CERT KEY`).
+    pub fn start_with(options: &[&str]) -> PgServer {
         let dir = tempfile::Builder::new()
             .prefix("procflow-pg.")
             .tempdir()
@@ -27,7 +32,8 @@ impl PgServer {
         let status = Command::new(script())
             .arg("start")
             .arg(dir.path())
-            .args(["--watch", &std::process::id().to_string()])
+            .args(["--watch", &std::process::id().to_string(), "--remove"])
+            .args(options)
             .stdout(std::process::Stdio::null())
             .status()
             .expect("scripts/pg.sh");

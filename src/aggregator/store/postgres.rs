@@ -13,6 +13,7 @@
 mod rollups;
 mod schema;
 mod shared;
+mod tls;
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -22,7 +23,6 @@ use tokio::sync::oneshot;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::NoTls;
 
 use super::{
     audit_key, encode_segment, request_append, request_audit, segments, visit_segment, Appended,
@@ -63,9 +63,12 @@ pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// Refuses a URL that carries a password: it would show in logs, `ps` and `--help`.
-pub(super) fn check_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    let config: tokio_postgres::Config = url
+/// Refuses a URL that carries a password: it would show in logs, `ps` and `--help`. The
+/// URL's libpq TLS parameters (`sslmode`, `sslrootcert`) come back beside the rest.
+pub(super) fn check_url(url: &str) -> Result<(tokio_postgres::Config, tls::Settings), String> {
+    // Not naming the URL: it may carry the password refused below.
+    let (rest, settings) = tls::split_url(url).map_err(|e| format!("the store URL: {e}"))?;
+    let mut config: tokio_postgres::Config = rest
         .parse()
         .map_err(|e| format!("{url:?} is not a PostgreSQL URL: {e}"))?;
     if config.get_password().is_some() {
@@ -74,12 +77,16 @@ pub(super) fn check_url(url: &str) -> Result<tokio_postgres::Config, String> {
              and process lists)"
             .into());
     }
-    Ok(config)
+    config.ssl_mode(settings.ssl_mode());
+    Ok((config, settings))
 }
 
 /// A connection-level failure (the server down, starting, or unreachable), worth waiting
 /// for; anything else (a wrong password, a missing database) is not.
 fn is_transient(error: &tokio_postgres::Error) -> bool {
+    if tls::is_refusal(error) {
+        return false;
+    }
     match error.code() {
         None => true,
         Some(code) => [
@@ -134,7 +141,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
 }
 
 fn pool(url: &str, options: &PgOptions) -> Result<Pool, StoreError> {
-    let mut config = check_url(url).map_err(StoreError::Config)?;
+    let (mut config, settings) = check_url(url).map_err(StoreError::Config)?;
     if let Some(password) = &options.password {
         config.password(password.as_bytes());
     }
@@ -142,9 +149,10 @@ fn pool(url: &str, options: &PgOptions) -> Result<Pool, StoreError> {
         config.application_name("procflow-aggregator");
     }
     config.connect_timeout(Duration::from_secs(5));
+    let connector = tls::MakeRustls::new(&settings).map_err(StoreError::Config)?;
     let manager = Manager::from_config(
         config,
-        NoTls,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
