@@ -12,6 +12,7 @@ mod console;
 mod credentials;
 mod detections;
 mod exec_image;
+mod failover;
 mod faults;
 mod fidelity;
 mod identity;

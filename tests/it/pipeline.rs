@@ -31,13 +31,8 @@ impl Aggregator {
     }
 
     pub fn start_on(port: u16, extra: &[&str]) -> Aggregator {
-        let mut a = Aggregator {
-            port,
-            dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        a.restart();
+        let a = Aggregator::launch_on(port, extra);
+        a.wait_listening(Duration::from_secs(20));
         a
     }
 
@@ -46,6 +41,37 @@ impl Aggregator {
     }
 
     pub fn restart(&mut self) {
+        self.launch();
+        self.wait_listening(Duration::from_secs(20));
+    }
+
+    /// An aggregator that may not listen yet (it waits for its database), on `port`.
+    pub fn launch_on(port: u16, extra: &[&str]) -> Aggregator {
+        let mut a = Aggregator {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        a.launch();
+        a
+    }
+
+    /// Whether it accepts connections.
+    pub fn is_listening(&self) -> bool {
+        TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// Waits up to `wait` for it to accept connections.
+    pub fn wait_listening(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while !self.is_listening() {
+            assert!(Instant::now() < deadline, "aggregator did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn launch(&mut self) {
         let child = Command::new(procflow_bin())
             .args([
                 "aggregator",
@@ -60,11 +86,6 @@ impl Aggregator {
             .spawn()
             .expect("start aggregator");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "aggregator did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Where its log goes (appended across restarts), beside its data.

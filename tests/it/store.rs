@@ -50,7 +50,7 @@ pub(crate) fn retention(days: u64) -> Retention {
     }
 }
 
-fn pg_options(password: &str) -> PgOptions {
+pub(crate) fn pg_options(password: &str) -> PgOptions {
     PgOptions {
         password: Some(password.to_owned()),
         pool_size: 4,
@@ -119,7 +119,7 @@ fn process_record(pid: u32) -> Record {
 }
 
 /// A batch of `n` flows and one process from `pod`, received at `at`.
-fn batch(ns: &str, pod: &str, first_cookie: u64, n: u64, at: u64) -> Vec<Event> {
+pub(crate) fn batch(ns: &str, pod: &str, first_cookie: u64, n: u64, at: u64) -> Vec<Event> {
     let src = source(ns, pod);
     let mut events: Vec<Event> = (first_cookie..first_cookie + n)
         .map(|c| Event {
@@ -497,6 +497,70 @@ fn a_postgres_schema_newer_than_the_binary_is_refused() {
         Err(e) => e,
     };
     assert!(err.to_string().contains("999"), "{err}");
+}
+
+/// A database an aggregator of schema version 1 left (migrations only add: the later
+/// versions' tables dropped and their rows removed are exactly that), with stored batches,
+/// brought to the latest version by `procflow store migrate` (a process, as an operator
+/// runs it before a rollout): the stored events and their dedupe rows are kept, and the
+/// newer tables work.
+#[test]
+fn a_postgres_database_of_schema_version_1_migrates_with_its_data() {
+    let url = pg::fresh_database();
+    let password = pg::shared().password.clone();
+    let now = procflow::model::now_ns();
+    let stored = {
+        let store = PgStore::open(&url, &pg_options(&password), retention(14)).expect("open");
+        append(&store, "uid-web-0/c", 1, batch("shop", "web-0", 1, 3, now));
+        append(&store, "uid-web-0/c", 2, batch("shop", "web-0", 4, 2, now));
+        store.query(&EventQuery::default()).expect("query").len()
+    };
+    pg::psql(
+        &url,
+        &password,
+        "DROP TABLE alert_groups, rule_learned_keys, rule_learned_values, rollups, rollup_hours; \
+         DELETE FROM procflow_schema WHERE version > 1",
+    );
+    let out = std::process::Command::new(crate::util::procflow_bin())
+        .args(["store", "migrate", "--store", &url])
+        .env("PROCFLOW_STORE_PASSWORD", &password)
+        .output()
+        .expect("procflow store migrate");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("schema version 1 -> "), "{said}");
+    assert_eq!(
+        pg::psql(&url, &password, "SELECT max(version) FROM procflow_schema"),
+        said.trim().rsplit(' ').next().unwrap_or_default()
+    );
+    let store = PgStore::open(&url, &pg_options(&password), retention(14)).expect("reopen");
+    assert_eq!(
+        store.query(&EventQuery::default()).expect("query").len(),
+        stored
+    );
+    // The old dedupe rows still guard their batches; new ones are stored.
+    assert!(matches!(
+        append(&store, "uid-web-0/c", 2, batch("shop", "web-0", 4, 2, now)),
+        Appended::Duplicate
+    ));
+    assert!(matches!(
+        append(&store, "uid-web-0/c", 3, batch("shop", "web-0", 6, 1, now)),
+        Appended::Stored(_)
+    ));
+    // The later versions' tables are there and answer.
+    let rollups = store.rollups().expect("rollups");
+    assert!(rollups
+        .rollup_progress()
+        .expect("rollup progress")
+        .is_none());
+    assert_eq!(
+        pg::psql(&url, &password, "SELECT count(*) FROM alert_groups"),
+        "0"
+    );
 }
 
 #[test]
