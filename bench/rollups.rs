@@ -1,23 +1,26 @@
-//! `rollups` (only when named): `investigate talkers` and `new` (the Investigator both the
-//! gRPC service and the console call, in this process) over 30 days of hourly rollups of
-//! 1,000 pods, bench-generated and stored through the store's own rollup path, on SQLite and
-//! on PostgreSQL (a server of scripts/pg.sh); bytes on disk per pod-hour and per edge row
-//! and a year's estimate; then the same questions over one day of 10 M raw records
-//! (SQLite).
+//! `rollups` (only when named): `procflow investigate talkers` and `new` run as a user runs
+//! them (a separate process each, over gRPC, against an aggregator running on the store)
+//! over 30 days of rollups of 1,000 pods, bench-generated and stored through the store's own
+//! rollup path (hours, and each day folded from its hours), on SQLite and on PostgreSQL (a
+//! server of scripts/pg.sh); beside it the server's share (the Investigator called in this
+//! process); bytes on disk per pod-hour and per edge row and a year's estimate; then the
+//! same questions over one day of 10 M raw records (SQLite).
 
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procflow::aggregator::investigate::{Investigator, Question};
-use procflow::aggregator::rollups::encode_hour;
+use procflow::aggregator::rollups::store_hour;
 use procflow::aggregator::store::{self, EventQuery, OpenOptions, Retention, Store, StoreSpec};
-use procflow::investigate::rollup::{Carry, EdgeRow, PodAddress, PodHour, HOUR};
-use procflow::investigate::{Edge, EdgeOrder};
+use procflow::investigate::rollup::{Carry, EdgeRow, HourStarts, PodAddress, PodHour, HOUR};
+use procflow::investigate::{Edge, EdgeOrder, NewExecutable, NewListener};
 use procflow::model::{
     now_ns, CollectorIdentity, Direction, Event, FlowRecord, Protocol, Record, Scope,
 };
 
-use crate::Report;
+use crate::pipeline::Aggregator;
+use crate::{procflow_bin, Report};
 
 const DAY: u64 = 24 * HOUR;
 const SAMPLES: usize = 7;
@@ -50,9 +53,9 @@ fn edge(pod: usize, peer: &str, port: u16, direction: Direction, scope: Scope, h
 }
 
 /// One pod's hour: nine edge rows (a database, two services, three internet peers, two
-/// clients, and a connection to the database carried from the hour before); the first
-/// hour of a day also its executable and listening port. On the last day five pods talk to
-/// a peer they never talked to.
+/// clients, and a connection to the database carried from the hour before), its new
+/// connections and process starts; the first hour of a day also its two executables and
+/// its listening port. On the last day five pods talk to a peer they never talked to.
 fn pod_hour(pod: usize, hour: u64, last_day: bool) -> PodHour {
     let db = format!("10.1.{}.{}", pod / 250, pod % 250 + 1);
     let mut edges: Vec<EdgeRow> = [
@@ -97,11 +100,47 @@ fn pod_hour(pod: usize, hour: u64, last_day: bool) -> PodHour {
             received_delta: 0,
         });
     }
+    let first_hour = hour % DAY == 0;
+    let executables = ["/usr/local/bin/app", "/bin/sh"]
+        .iter()
+        .enumerate()
+        .filter(|_| first_hour)
+        .map(|(i, exe)| {
+            let comm = exe.rsplit('/').next().unwrap_or(exe).as_bytes();
+            NewExecutable {
+                pod_name: pod_name(pod),
+                pod_namespace: "bench".into(),
+                comm: comm.to_vec(),
+                exe: Some(exe.as_bytes().to_vec()),
+                first_seen: hour + 1 + i as u64,
+                process: procflow::fixtures::process(7 + i as u32, comm),
+            }
+        })
+        .collect();
+    let listeners = (first_hour)
+        .then(|| NewListener {
+            pod_name: pod_name(pod),
+            pod_namespace: "bench".into(),
+            protocol: Protocol::Tcp,
+            local_addr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: 8080,
+            comm: b"app".to_vec(),
+            exe: Some(b"/usr/local/bin/app".to_vec()),
+            first_seen: hour + 3,
+        })
+        .into_iter()
+        .collect();
     PodHour {
         pod_namespace: "bench".into(),
         pod_name: pod_name(pod),
         edges,
-        processes: if hour % DAY == 0 { 3 } else { 0 },
+        executables,
+        listeners,
+        processes: if first_hour { 3 } else { 0 },
+        starts: vec![HourStarts {
+            hour,
+            counts: [120, 0, 200, 0, 0, if first_hour { 3 } else { 0 }],
+        }],
         ..PodHour::default()
     }
 }
@@ -132,7 +171,7 @@ fn question(since: u64, until: u64) -> Question {
 }
 
 /// p95 (ms) of `talkers` over `[since, until]` and of `new` over its last day against the
-/// days before; a fresh Investigator each time (no kept baseline).
+/// days before, in this process; a fresh Investigator each time (no kept baseline).
 fn measure(store: &Arc<dyn Store>, since: u64, until: u64) -> anyhow::Result<(f64, f64, u64)> {
     let (mut talkers, mut new) = (Vec::new(), Vec::new());
     let mut flows = 0;
@@ -204,7 +243,7 @@ pub fn scenario_rollups(report: &mut Report, pods: usize, days: u64) -> anyhow::
             let hours: Vec<PodHour> = (0..pods).map(|p| pod_hour(p, hour, last_day)).collect();
             pod_hours += hours.len() as u64;
             edge_rows += hours.iter().map(|h| h.edges.len() as u64).sum::<u64>();
-            rollups.put_rollup(encode_hour(hour, &hours, &addresses, &Carry::new()))?;
+            store_hour(rollups, hour, &hours, &addresses, &Carry::new())?;
             hour += HOUR;
         }
         let write_secs = started.elapsed().as_secs_f64();
@@ -219,15 +258,106 @@ pub fn scenario_rollups(report: &mut Report, pods: usize, days: u64) -> anyhow::
                 .as_ref()
                 .map_err(|e| anyhow::anyhow!("{e:#}"))?
                 .value(
-                "SELECT pg_total_relation_size('rollups') + pg_total_relation_size('rollup_hours')",
+                "SELECT pg_total_relation_size('rollups') + pg_total_relation_size('rollup_hours') \
+                 + pg_total_relation_size('rollup_days') + pg_total_relation_size('rollup_days_built')",
             )? as u64,
         };
-        let load = crate::pgstore::load_average();
         let (talkers, new, flows) = measure(&store, start, end - 1)?;
         let scenario = "rollups";
         report.add(
             scenario,
-            &format!("{name}: talkers over {days} days of rollups, {pods} pods, p95 ({SAMPLES} runs, {flows} connections)"),
+            &format!("{name}: talkers over {days} days of rollups, {pods} pods, in-process p95 ({SAMPLES} runs, {flows} connections)"),
+            talkers,
+            "ms",
+            None,
+        );
+        report.add(
+            scenario,
+            &format!(
+                "{name}: new (last day against the {} before) over rollups, in-process p95",
+                days - 1
+            ),
+            new,
+            "ms",
+            None,
+        );
+        drop(store);
+        // As a user runs them: the CLI against an aggregator serving the store.
+        let (store_args, wait): (Vec<String>, Box<dyn Fn() -> anyhow::Result<f64>>) = match name {
+            "SQLite" => {
+                let db = store::sqlite_path(dir.path());
+                let built = move || -> anyhow::Result<f64> {
+                    Ok(rusqlite::Connection::open(&db)?.query_row(
+                        "SELECT COALESCE(max(hour), 0) FROM rollup_hours",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )? as f64)
+                };
+                (
+                    vec![format!(
+                        "--store=sqlite:{}",
+                        store::sqlite_path(dir.path()).display()
+                    )],
+                    Box::new(built),
+                )
+            }
+            _ => {
+                let server = server.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                (
+                    vec![
+                        format!("--store={}", server.url),
+                        format!("--store-password-file={}", server.password_file().display()),
+                    ],
+                    Box::new(|| server.value("SELECT COALESCE(max(hour), 0) FROM rollup_hours")),
+                )
+            }
+        };
+        let mut args: Vec<&str> = store_args.iter().map(String::as_str).collect();
+        args.extend(["--retention", "14d"]);
+        let aggregator = Aggregator::start(&args)?;
+        // The aggregator rolls up the (empty) hours since the generated ones first.
+        let caught_up = Instant::now();
+        while wait()? < (now - now % HOUR - 2 * HOUR) as f64 {
+            anyhow::ensure!(
+                caught_up.elapsed() < Duration::from_secs(600),
+                "{name}: the aggregator did not catch up with its rollups"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let load = crate::pgstore::load_average();
+        let ago = |t: u64| format!("{}h", (now - t).div_ceil(HOUR));
+        let cli = |question: &[String]| -> anyhow::Result<f64> {
+            let mut times = Vec::new();
+            for _ in 0..SAMPLES {
+                let started = Instant::now();
+                let status = Command::new(procflow_bin())
+                    .args(["investigate"])
+                    .args(question)
+                    .args(["--aggregator", &aggregator.url(), "--limit", "100"])
+                    .stdout(Stdio::null())
+                    .status()?;
+                anyhow::ensure!(
+                    status.success(),
+                    "procflow investigate {question:?}: {status}"
+                );
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(percentile(&mut times, 0.95))
+        };
+        let talkers = cli(&["talkers".into(), "--since".into(), ago(start)])?;
+        // The window: from the last generated day on (the 15 days after it are empty);
+        // the baseline: the days before it.
+        let new = cli(&[
+            "new".into(),
+            "--since".into(),
+            ago(end - DAY),
+            "--baseline".into(),
+            format!("{}h", (days - 1) * 24),
+        ])?;
+        aggregator.stop();
+        report.add(
+            scenario,
+            &format!("{name}: `procflow investigate talkers --since {}` (30 days of rollups, {pods} pods), whole process, p95 ({SAMPLES} runs)", ago(start)),
             talkers,
             "ms",
             Some(("<=500 ms", talkers <= 500.0)),
@@ -235,8 +365,9 @@ pub fn scenario_rollups(report: &mut Report, pods: usize, days: u64) -> anyhow::
         report.add(
             scenario,
             &format!(
-                "{name}: new (last day against the {} before) over rollups, p95",
-                days - 1
+                "{name}: `procflow investigate new --since {} --baseline {}h`, whole process, p95",
+                ago(end - DAY),
+                (days - 1) * 24
             ),
             new,
             "ms",
@@ -244,7 +375,7 @@ pub fn scenario_rollups(report: &mut Report, pods: usize, days: u64) -> anyhow::
         );
         report.add(
             scenario,
-            &format!("{name}: load average before the answers"),
+            &format!("{name}: load average before the CLI answers"),
             load,
             "",
             None,
@@ -279,7 +410,6 @@ pub fn scenario_rollups(report: &mut Report, pods: usize, days: u64) -> anyhow::
             "/s",
             None,
         );
-        drop(store);
     }
     drop(server);
     raw_day(report)
@@ -371,6 +501,33 @@ fn raw_day(report: &mut Report) -> anyhow::Result<()> {
         "raw: load average before the answers",
         load,
         "",
+        None,
+    );
+    // The same day once its hours are rolled up (what an hour-aligned window, the
+    // console's, then reads).
+    let started = Instant::now();
+    let hours =
+        procflow::aggregator::rollups::RollupBuilder::new(store.clone()).catch_up(now_ns())?;
+    report.add(
+        "rollups",
+        &format!("SQLite: rolling up the 10 M records ({hours} hours built), in-process"),
+        started.elapsed().as_secs_f64(),
+        "s",
+        None,
+    );
+    let (talkers, new, _) = measure(&store, start, start + DAY - 1)?;
+    report.add(
+        "rollups",
+        "SQLite: talkers over the same day from its rollups, in-process p95",
+        talkers,
+        "ms",
+        None,
+    );
+    report.add(
+        "rollups",
+        "SQLite: new over the same day from its rollups, in-process p95",
+        new,
+        "ms",
         None,
     );
     Ok(())

@@ -155,8 +155,8 @@ impl FlowFilter {
             && (self.directions.is_empty() || self.directions.contains(&f.direction))
     }
 
-    fn admits_edge(&self, e: &Edge) -> bool {
-        (self.scopes.is_empty() || self.scopes.contains(&e.scope))
-            && (self.directions.is_empty() || self.directions.contains(&e.direction))
+    fn admits_edge(&self, scope: Scope, direction: Direction) -> bool {
+        (self.scopes.is_empty() || self.scopes.contains(&scope))
+            && (self.directions.is_empty() || self.directions.contains(&direction))
     }
 }

@@ -14,6 +14,7 @@ use crate::aggregator::auth::{NamespaceScope, Principal};
 use crate::aggregator::rollups;
 use crate::aggregator::store::{EventQuery, Store, StoreError};
 use crate::investigate::api::{self, ApiActivity, ApiBaseline, ApiWindow};
+use crate::investigate::rollup::HOUR;
 use crate::investigate::{
     self, Activity, Baseline, Comparison, EdgeOrder, FlowFilter, NewActivity, Period, PodDirectory,
     PodProcesses, ProcessNames, ProcessTree, Sockets, Talkers, TreeFlows,
@@ -122,8 +123,8 @@ impl Investigator {
         observe: &mut dyn FnMut(&Event),
     ) -> Result<Talkers, StoreError> {
         let names = self.process_names(&q.query)?;
-        if self.reaches_past_raw(q.query.since) {
-            if let Some(activity) = rollups::activity(&*self.store, q, &names, observe)? {
+        if self.reads_rollups(q) {
+            if let Some(activity) = rollups::activity(&*self.store, q, &names, false, observe)? {
                 return Ok(investigate::talkers_from(activity, order, limit));
             }
         }
@@ -141,13 +142,18 @@ impl Investigator {
         Ok(investigate::talkers(&sockets, &names, &pods, order, limit))
     }
 
-    /// Whether raw records from `since` on may be gone: the question reads rollups.
-    fn reaches_past_raw(&self, since: UnixNanos) -> bool {
-        since < self.store.raw_horizon(now_ns())
+    /// Whether the question reads rollups (where the store keeps them): when raw records of
+    /// its window may be gone, and when its window is whole hours (the console's scopes,
+    /// Detective's): rollups then give the raw records' answer for the hours built, and
+    /// the raw records give the rest.
+    fn reads_rollups(&self, q: &Question) -> bool {
+        let (since, until) = (q.query.since, q.query.until);
+        let whole_hours = since % HOUR == 0 && (until == 0 || (until + 1) % HOUR == 0);
+        whole_hours || since < self.store.raw_horizon(now_ns())
     }
 
-    /// The activity of the question's window: from rollups when it reaches past the raw
-    /// records' retention, from the raw records otherwise; `observe` sees the raw events.
+    /// The activity of the question's window: from rollups when [`Self::reads_rollups`],
+    /// from the raw records otherwise; `observe` sees the raw events.
     fn activity(
         &self,
         q: &Question,
@@ -155,8 +161,8 @@ impl Investigator {
         pods: &mut PodDirectory,
         observe: &mut dyn FnMut(&Event),
     ) -> Result<Activity, StoreError> {
-        if self.reaches_past_raw(q.query.since) {
-            if let Some(activity) = rollups::activity(&*self.store, q, names, observe)? {
+        if self.reads_rollups(q) {
+            if let Some(activity) = rollups::activity(&*self.store, q, names, true, observe)? {
                 return Ok(activity);
             }
         }

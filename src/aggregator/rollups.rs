@@ -1,16 +1,24 @@
-//! Hourly rollups over the store: [`RollupBuilder`] rolls up each hour once it has closed
-//! (on every replica, every minute; the store keeps the first replica's hour and refuses the
-//! others'), and [`activity`] answers a window from them, with the raw records after the
-//! last hour built. The pure folding is `investigate::rollup`; the encoding is `codec`.
+//! Rollups over the store: [`RollupBuilder`] rolls up each hour once it has closed (on every
+//! replica, every minute; the store keeps the first replica's hour and refuses the others'),
+//! and with a day's last hour the day folded from its hours; [`activity`] answers a window
+//! from them (days for the whole days inside it, hours at its ends), with the raw records
+//! after the last hour built. The pure folding is `investigate::rollup`; the encoding is
+//! `body` (pod-periods) and `codec` (the rest, and pod-hours stored before `body`).
 
+mod body;
 mod codec;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::aggregator::investigate::Question;
-use crate::aggregator::store::{EventQuery, RollupHour, RollupSegment, Store, StoreError};
-use crate::investigate::rollup::{hour_of, Carry, HourBuilder, Merger, PodAddress, PodHour, HOUR};
+use crate::aggregator::store::{
+    EventQuery, Grain, RollupDay, RollupHour, RollupSegment, RollupStore, Store, StoreError,
+};
+use crate::investigate::rollup::{
+    day_of, fold_day, fold_pods, hour_of, Carry, HourBuilder, Merger, PodAddress, PodHour, DAY,
+    HOUR,
+};
 use crate::investigate::{Activity, PodDirectory, ProcessNames};
 use crate::model::{Event, Record, RecordKind};
 
@@ -66,8 +74,8 @@ impl RollupBuilder {
             if hour + HOUR + GRACE > now {
                 return Ok(stored);
             }
-            let rollup = self.build(hour, &mut carry, hour_of(horizon))?;
-            if rollups.put_rollup(rollup)? {
+            let (pods, addresses) = self.build(hour, &mut carry, hour_of(horizon))?;
+            if store_hour(rollups, hour, &pods, &addresses, &carry)? {
                 stored += 1;
             }
         }
@@ -94,7 +102,7 @@ impl RollupBuilder {
         hour: u64,
         carry: &mut Carry,
         expire_before: u64,
-    ) -> Result<RollupHour, StoreError> {
+    ) -> Result<(Vec<PodHour>, Vec<PodAddress>), StoreError> {
         if self.names_until < hour {
             let names = &mut self.names;
             self.store.scan(
@@ -125,32 +133,86 @@ impl RollupBuilder {
             },
         )?;
         self.names_until = hour + HOUR;
-        let (pods, addresses) = builder.finish(hour, &self.names, carry, expire_before);
-        Ok(encode_hour(hour, &pods, &addresses, carry))
+        Ok(builder.finish(hour, &self.names, carry, expire_before))
     }
 }
 
-/// One hour's rollups as the store keeps them.
-pub fn encode_hour(
+/// Stores one hour's rollups (`pods`, the pods seen with their addresses, the sockets
+/// carried to the next hour) unless another replica stored that hour first; when it is
+/// the last hour of its day, also the day folded from the day's stored hours and this one.
+/// Returns whether the hour was stored. Blocking.
+pub fn store_hour(
+    rollups: &dyn RollupStore,
     hour: u64,
     pods: &[PodHour],
     addresses: &[PodAddress],
     carry: &Carry,
-) -> RollupHour {
-    RollupHour {
+) -> Result<bool, StoreError> {
+    let day = if hour + HOUR == day_of(hour) + DAY {
+        Some(fold_stored_day(rollups, hour, pods, addresses)?)
+    } else {
+        None
+    };
+    rollups.put_rollup(RollupHour {
         hour,
-        segments: pods
-            .iter()
-            .map(|p| RollupSegment {
-                hour,
-                namespace: p.pod_namespace.clone(),
-                pod: p.pod_name.clone(),
-                body: codec::encode_pod_hour(p),
-            })
-            .collect(),
+        segments: segments(hour, pods),
         pods: codec::encode_pods(addresses),
         carry: codec::encode_carry(carry),
+        day,
+    })
+}
+
+fn segments(start: u64, periods: &[PodHour]) -> Vec<RollupSegment> {
+    periods
+        .iter()
+        .map(|p| RollupSegment {
+            hour: start,
+            namespace: p.pod_namespace.clone(),
+            pod: p.pod_name.clone(),
+            body: body::encode(p, start),
+        })
+        .collect()
+}
+
+/// The day ending with `last` (whose pod-hours are not stored yet) from its hours.
+fn fold_stored_day(
+    rollups: &dyn RollupStore,
+    last: u64,
+    pods: &[PodHour],
+    addresses: &[PodAddress],
+) -> Result<RollupDay, StoreError> {
+    let day = day_of(last);
+    let before = EventQuery {
+        since: day,
+        until: last - 1,
+        ..EventQuery::default()
+    };
+    let mut hours = Vec::new();
+    let mut failed = None;
+    rollups.scan_rollups(Grain::Hour, &before, &mut |s| match body::decode(&s) {
+        Ok(p) => {
+            hours.push(p);
+            true
+        }
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
     }
+    hours.extend_from_slice(pods);
+    let mut seen = Vec::new();
+    for (_, blob) in rollups.rollup_pods(Grain::Hour, day, last - 1)? {
+        seen.push(codec::decode_pods(&blob)?);
+    }
+    seen.push(addresses.to_vec());
+    Ok(RollupDay {
+        day,
+        segments: segments(day, &fold_day(day, hours)),
+        pods: codec::encode_pods(&fold_pods(seen)),
+    })
 }
 
 fn note_process(names: &mut ProcessNames, e: &Event) {
@@ -192,10 +254,12 @@ pub struct RollupsHandle {
 /// The activity of the question's window from the rollups of its hours and the raw
 /// records after the last hour built (`observe` sees those); None when the store holds
 /// no rollups. Rollups answer whole hours: the window starts at its first hour's start.
+/// `firsts`: whether the answer needs executables and listening ports.
 pub fn activity(
     store: &dyn Store,
     q: &Question,
     names: &ProcessNames,
+    firsts: bool,
     observe: &mut dyn FnMut(&Event),
 ) -> Result<Option<Activity>, StoreError> {
     let Some(rollups) = store.rollups() else {
@@ -210,35 +274,44 @@ pub fn activity(
         0 => u64::MAX,
         until => until,
     };
-    let mut merger = Merger::new(since, q.flows.clone());
-    let rolled_until = until.min(built_end - 1);
-    let mut failed = None;
-    rollups.scan_rollups(
-        &EventQuery {
-            since: hour_of(since),
-            until: rolled_until,
-            ..q.query.clone()
-        },
-        &mut |segment| match codec::decode_pod_hour(&segment) {
-            Ok(hour) => {
-                merger.add(hour);
-                true
-            }
-            Err(e) => {
-                failed = Some(e);
-                false
-            }
-        },
-    )?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    let mut merger = Merger::new(since, q.flows.clone(), firsts);
     let mut pods = PodDirectory::default();
     let peer = |ns: &str| q.peer_namespaces.is_empty() || q.peer_namespaces.iter().any(|p| p == ns);
-    for blob in rollups.rollup_pods(hour_of(since), rolled_until)? {
-        for a in codec::decode_pods(&blob)? {
+    let mut note_pods = |blob: &[u8]| -> Result<(), StoreError> {
+        for a in codec::decode_pods(blob)? {
             if peer(&a.pod_namespace) {
                 pods.note_pod(a.ip, &a.pod_name, &a.pod_namespace);
+            }
+        }
+        Ok(())
+    };
+    let rolled_until = until.min(built_end - 1);
+    for (grain, from, to, day_pods) in pieces(rollups, hour_of(since), rolled_until)? {
+        let mut failed = None;
+        rollups.scan_rollups(
+            grain,
+            &EventQuery {
+                since: from,
+                until: to,
+                ..q.query.clone()
+            },
+            &mut |segment| match body::merge(&segment, &mut merger) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            },
+        )?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match day_pods {
+            Some(blobs) => blobs.iter().try_for_each(|b| note_pods(b))?,
+            None => {
+                for (_, blob) in rollups.rollup_pods(Grain::Hour, from, to)? {
+                    note_pods(&blob)?;
+                }
             }
         }
     }
@@ -272,5 +345,45 @@ pub fn activity(
             merger.add(hour);
         }
     }
-    Ok(Some(merger.finish(&pods)))
+    merger
+        .finish(&pods, body::decode_executable, body::decode_listener)
+        .map(Some)
+}
+
+/// A stretch of the window read at one grain: its first and last period, and for days
+/// the days' pods.
+type Piece = (Grain, u64, u64, Option<Vec<Vec<u8>>>);
+
+/// How to read the hours from `first` to `last` (their starts): the whole days built as
+/// days, the rest as hours, in time order.
+fn pieces(rollups: &dyn RollupStore, first: u64, last: u64) -> Result<Vec<Piece>, StoreError> {
+    let mut out: Vec<Piece> = Vec::new();
+    if first > last {
+        return Ok(out);
+    }
+    let whole = |d: u64| d >= first && d + DAY - HOUR <= last;
+    let days: Vec<(u64, Vec<u8>)> = rollups
+        .rollup_pods(Grain::Day, first, last)?
+        .into_iter()
+        .filter(|(d, _)| d % DAY == 0 && whole(*d))
+        .collect();
+    let mut next = first;
+    for (day, blob) in days {
+        if day > next {
+            out.push((Grain::Hour, next, day - HOUR, None));
+        }
+        match out.last_mut() {
+            // Consecutive days: one read.
+            Some((Grain::Day, _, to, Some(blobs))) if *to + DAY == day => {
+                *to = day;
+                blobs.push(blob);
+            }
+            _ => out.push((Grain::Day, day, day, Some(vec![blob]))),
+        }
+        next = day + DAY;
+    }
+    if next <= last {
+        out.push((Grain::Hour, next, last, None));
+    }
+    Ok(out)
 }

@@ -205,26 +205,52 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Where a backend keeps hourly rollups (`aggregator::rollups` builds and reads them).
+/// Where a backend keeps rollups (`aggregator::rollups` builds and reads them): one row per
+/// pod and hour, and one per pod and UTC day folded from a day's hours once it has closed.
 pub trait RollupStore: Send + Sync {
     /// The last hour rolled up (its start, ns) and what it carries to the next, if any.
     /// Blocking.
     fn rollup_progress(&self) -> Result<Option<RollupProgress>, StoreError>;
-    /// Stores one hour's rollups unless that hour was rolled up before (by this replica or
-    /// another): returns whether they were stored. Blocking.
+    /// Stores one hour's rollups (and the day it closes) unless that hour was rolled up
+    /// before (by this replica or another): returns whether they were stored. Blocking.
     fn put_rollup(&self, hour: RollupHour) -> Result<bool, StoreError>;
-    /// Visits the pod-hours of hours starting in `[q.since, q.until]` of the pods and
-    /// namespaces asked, in hour order, until `visit` returns false. Blocking.
+    /// Visits the rows of `grain` of periods starting in `[q.since, q.until]` of the pods
+    /// and namespaces asked, in time order, until `visit` returns false. Blocking.
     fn scan_rollups(
         &self,
+        grain: Grain,
         q: &EventQuery,
         visit: &mut dyn FnMut(RollupSegment) -> bool,
     ) -> Result<bool, StoreError>;
-    /// The encoded pod addresses of the hours starting in `[since, until]`. Blocking.
-    fn rollup_pods(&self, since: u64, until: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The periods of `grain` built that start in `[since, until]`, each with its encoded
+    /// pod addresses, in time order. Blocking.
+    fn rollup_pods(
+        &self,
+        grain: Grain,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 }
 
-/// One pod's hour of rollups, encoded (`aggregator::rollups` owns the encoding).
+/// The two grains of rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grain {
+    Hour,
+    Day,
+}
+
+impl Grain {
+    /// The table of its rows and the table of its periods built.
+    pub fn tables(self) -> (&'static str, &'static str) {
+        match self {
+            Grain::Hour => ("rollups", "rollup_hours"),
+            Grain::Day => ("rollup_days", "rollup_days_built"),
+        }
+    }
+}
+
+/// One pod's hour or day of rollups, encoded (`aggregator::rollups` owns the encoding);
+/// `hour` is the period's start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RollupSegment {
     pub hour: u64,
@@ -234,13 +260,22 @@ pub struct RollupSegment {
 }
 
 /// One hour's rollups: its pod-hours, the pods seen (with addresses) and the sockets it
-/// carries to the next hour, encoded.
+/// carries to the next hour, encoded; with the day's pod-days when it is a day's last hour.
 #[derive(Debug, Clone, Default)]
 pub struct RollupHour {
     pub hour: u64,
     pub segments: Vec<RollupSegment>,
     pub pods: Vec<u8>,
     pub carry: Vec<u8>,
+    pub day: Option<RollupDay>,
+}
+
+/// One day's pod-days and the pods seen in it.
+#[derive(Debug, Clone, Default)]
+pub struct RollupDay {
+    pub day: u64,
+    pub segments: Vec<RollupSegment>,
+    pub pods: Vec<u8>,
 }
 
 /// Where rollups stand: the last hour built and its carry.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::entities::{PodDirectory, ProcessNames};
+use super::rollup::{hour_of, start_series, HourStarts, STARTS};
 use super::sockets::{talkers_of, Sockets};
 use super::{
     Edge, EdgeOrder, FlowFilter, HashMap, HashSet, NewActivity, NewExecutable, NewListener,
@@ -24,6 +25,8 @@ pub struct Period {
     pub sockets: Sockets,
     pub(super) processes: Vec<(Arc<CollectorIdentity>, ProcessRecord, UnixNanos)>,
     listeners: Vec<(Arc<CollectorIdentity>, ListenerRecord, UnixNanos)>,
+    /// New connections and process starts per hour.
+    starts: std::collections::BTreeMap<u64, [u64; STARTS]>,
     /// Process or listener records beyond the bound were left out.
     records_truncated: bool,
 }
@@ -34,6 +37,7 @@ impl Period {
             sockets: Sockets::new(filter),
             processes: Vec::new(),
             listeners: Vec::new(),
+            starts: std::collections::BTreeMap::new(),
             records_truncated: false,
         }
     }
@@ -45,6 +49,9 @@ impl Period {
 
     /// Adds one event of the period; false once the bound is reached.
     pub fn add(&mut self, e: &Event) -> bool {
+        if let Some(series) = start_series(&e.record) {
+            self.starts.entry(hour_of(e.received_at)).or_default()[series] += 1;
+        }
         match &e.record {
             Record::Flow(f) => self.sockets.add(&e.source, f),
             Record::Process(p) if p.phase != ProcessPhase::Exit => {
@@ -83,6 +90,8 @@ pub struct Activity {
     /// Process records (exits aside).
     pub processes: u64,
     pub truncated: bool,
+    /// New connections and process starts per hour.
+    pub starts: Vec<HourStarts>,
 }
 
 impl Period {
@@ -154,6 +163,11 @@ impl Period {
             listeners,
             processes: self.processes.len() as u64,
             truncated: self.truncated(),
+            starts: self
+                .starts
+                .iter()
+                .map(|(&hour, &counts)| HourStarts { hour, counts })
+                .collect(),
         }
     }
 }
@@ -287,6 +301,9 @@ pub struct Comparison {
     pub talkers: Talkers,
     pub new: NewActivity,
     pub increased: Vec<Increase>,
+    /// The window's new connections and process starts per hour.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub starts: Vec<HourStarts>,
 }
 
 /// "Significantly increased", as in Detective's "changed significantly": at least this many
@@ -339,6 +356,7 @@ pub fn compare(
         talkers,
         new,
         increased,
+        starts: window.starts.clone(),
     }
 }
 #[cfg(test)]

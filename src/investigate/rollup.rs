@@ -1,6 +1,8 @@
-//! Hourly rollups: what the answers need of one pod's hour, kept after its raw records are
-//! gone. [`HourBuilder`] folds an hour's events into one [`PodHour`] per pod; [`Merger`]
-//! folds the pod-hours of a window back into the [`Activity`] the raw records would give.
+//! Rollups: what the answers need of one pod's hour or day, kept after its raw records are
+//! gone. [`HourBuilder`] folds an hour's events into one [`PodHour`] per pod; `day` folds a
+//! day's pod-hours into one per pod (the grain a month's question reads); [`Merger`] folds
+//! the pod-hours and pod-days of a window back into the [`Activity`] the raw records would
+//! give.
 //!
 //! A socket counts once per window, with its last counters in the window, however many hours
 //! it spans. So each hour's edge rows are split by the hour the socket was last seen before
@@ -9,21 +11,67 @@
 //! (`*_delta`) otherwise. Counters only grow over a socket's life, so the sum is the
 //! socket's last counters in the window.
 
+mod day;
+mod merge;
+
 use std::collections::HashMap as StdHashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::entities::{PodDirectory, ProcessNames};
-use super::novelty::{image_of, Activity, Period};
+use super::novelty::Period;
 use super::sockets::{edge_of, EdgeKey};
 use super::{Edge, FlowFilter, HashMap, HashSet, NewExecutable, NewListener};
-use crate::model::{CollectorIdentity, Direction, Event, Protocol, Record, Scope, Severity};
+use crate::model::{
+    CollectorIdentity, Direction, Event, FlowPhase, ProcessPhase, Record, Scope, Severity,
+};
+
+pub use day::{fold_day, fold_pods};
+pub use merge::{Kept, Merger, PodRef, RowRef};
 
 pub const HOUR: u64 = 3_600_000_000_000;
+pub const DAY: u64 = 24 * HOUR;
 
 /// The start of the hour holding `t` (ns).
 pub fn hour_of(t: u64) -> u64 {
     t - t % HOUR
+}
+
+/// The start of the UTC day holding `t` (ns).
+pub fn day_of(t: u64) -> u64 {
+    t - t % DAY
+}
+
+/// What the activity chart counts per hour: new connections by network scope and direction
+/// (north-south out, north-south in, east-west, local, other), then process starts.
+pub const STARTS: usize = 6;
+
+/// One hour's counts of new connections and process starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct HourStarts {
+    pub hour: u64,
+    pub counts: [u64; STARTS],
+}
+
+/// Which series of [`HourStarts`] a new connection counts in.
+pub fn flow_series(scope: Scope, direction: Direction) -> usize {
+    match (scope, direction) {
+        (Scope::NorthSouth, Direction::Outbound) => 0,
+        (Scope::NorthSouth, _) => 1,
+        (Scope::EastWest, _) => 2,
+        (Scope::Local, _) => 3,
+        _ => 4,
+    }
+}
+
+/// The series a record counts in, if any: a flow's START, a process record other than an
+/// exit.
+pub fn start_series(record: &Record) -> Option<usize> {
+    match record {
+        Record::Flow(f) if f.phase == FlowPhase::Start => Some(flow_series(f.scope, f.direction)),
+        Record::Process(p) if p.phase != ProcessPhase::Exit => Some(STARTS - 1),
+        _ => None,
+    }
 }
 
 /// One edge's sockets of one hour that were last seen before in the same hour
@@ -59,6 +107,8 @@ pub struct PodHour {
     /// Process records (exits aside).
     pub processes: u64,
     pub truncated: bool,
+    /// New connections and process starts per hour (one entry for an hour, 24 for a day).
+    pub starts: Vec<HourStarts>,
 }
 
 /// A socket still open at the end of the last hour built: the hour it was last seen in and
@@ -88,6 +138,8 @@ pub struct HourBuilder {
     period: Period,
     alerts: HashMap<(String, String, String, Severity), u64>,
     pods: HashSet<PodAddress>,
+    /// By pod and hour (the raw tail a window reads after the last hour built spans hours).
+    starts: HashMap<(String, String, u64), [u64; STARTS]>,
     last: Option<Arc<CollectorIdentity>>,
 }
 
@@ -97,6 +149,7 @@ impl Default for HourBuilder {
             period: Period::new(FlowFilter::default()),
             alerts: HashMap::default(),
             pods: HashSet::default(),
+            starts: HashMap::default(),
             last: None,
         }
     }
@@ -118,6 +171,14 @@ impl HourBuilder {
                 });
             }
             self.last = Some(e.source.clone());
+        }
+        if let Some(series) = start_series(&e.record) {
+            let key = (
+                e.source.pod_namespace.clone(),
+                e.source.pod_name.clone(),
+                hour_of(e.received_at),
+            );
+            self.starts.entry(key).or_default()[series] += 1;
         }
         if let Record::Alert(a) = &e.record {
             *self
@@ -197,6 +258,11 @@ impl HourBuilder {
         for (source, _, _) in &self.period.processes {
             pod_hour(&mut pods, &source.pod_namespace, &source.pod_name).processes += 1;
         }
+        for ((ns, name, hour), counts) in self.starts {
+            pod_hour(&mut pods, &ns, &name)
+                .starts
+                .push(HourStarts { hour, counts });
+        }
         for ((ns, name, rule_id, severity), count) in self.alerts {
             pod_hour(&mut pods, &ns, &name).alerts.push(AlertCount {
                 rule_id,
@@ -209,6 +275,7 @@ impl HourBuilder {
         for p in &mut out {
             p.truncated = truncated;
             p.alerts.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
+            p.starts.sort_by_key(|s| s.hour);
         }
         out.sort_by(|a, b| (&a.pod_namespace, &a.pod_name).cmp(&(&b.pod_namespace, &b.pod_name)));
         let mut addresses: Vec<PodAddress> = self.pods.into_iter().collect();
@@ -232,152 +299,11 @@ fn pod_hour<'m>(
         })
 }
 
-// === Reading ===
-
-/// Folds the pod-hours of a window (in hour order) into its [`Activity`].
-pub struct Merger {
-    since: u64,
-    filter: FlowFilter,
-    edges: HashMap<EdgeId, Edge>,
-    executables: Vec<NewExecutable>,
-    listeners: Vec<NewListener>,
-    flows: u64,
-    processes: u64,
-    truncated: bool,
-}
-
-#[derive(PartialEq, Eq, Hash)]
-struct EdgeId {
-    pod_namespace: String,
-    pod_name: String,
-    comm: Vec<u8>,
-    exe: Option<Vec<u8>>,
-    unattributed: bool,
-    direction: Direction,
-    scope: Scope,
-    protocol: Protocol,
-    peer_addr: IpAddr,
-    port: u16,
-}
-
-impl Merger {
-    /// A window starting in the hour of `since` (rollups answer whole hours).
-    pub fn new(since: u64, filter: FlowFilter) -> Merger {
-        Merger {
-            since: hour_of(since),
-            filter,
-            edges: HashMap::default(),
-            executables: Vec::new(),
-            listeners: Vec::new(),
-            flows: 0,
-            processes: 0,
-            truncated: false,
-        }
-    }
-
-    pub fn add(&mut self, hour: PodHour) {
-        for row in hour.edges {
-            if !self.filter.admits_edge(&row.edge) {
-                continue;
-            }
-            // The socket's first hour in the window counts it, with its counters then;
-            // its later hours add what they grew.
-            let first = row.prev_hour.is_none_or(|p| p < self.since);
-            let e = row.edge;
-            let id = EdgeId {
-                pod_namespace: e.pod_namespace.clone(),
-                pod_name: e.pod_name.clone(),
-                comm: e.comm.clone(),
-                exe: e.exe.clone(),
-                unattributed: e.unattributed,
-                direction: e.direction,
-                scope: e.scope,
-                protocol: e.protocol,
-                peer_addr: e.peer_addr,
-                port: e.port,
-            };
-            let (connections, sent, received) = if first {
-                (e.connections, e.bytes_sent, e.bytes_received)
-            } else {
-                (0, row.sent_delta, row.received_delta)
-            };
-            self.flows += connections;
-            match self.edges.get_mut(&id) {
-                Some(known) => {
-                    known.connections += connections;
-                    known.bytes_sent += sent;
-                    known.bytes_received += received;
-                    known.first_seen = known.first_seen.min(e.first_seen);
-                    known.last_seen = known.last_seen.max(e.last_seen);
-                    for pid in e.pids {
-                        known.add_pid(pid);
-                    }
-                }
-                None => {
-                    self.edges.insert(
-                        id,
-                        Edge {
-                            connections,
-                            bytes_sent: sent,
-                            bytes_received: received,
-                            ..e
-                        },
-                    );
-                }
-            }
-        }
-        self.executables.extend(hour.executables);
-        self.listeners.extend(hour.listeners);
-        self.processes += hour.processes;
-        self.truncated |= hour.truncated;
-    }
-
-    /// The window's activity, its east-west peers named by `pods`.
-    pub fn finish(self, pods: &PodDirectory) -> Activity {
-        let mut edges: Vec<Edge> = self.edges.into_values().collect();
-        for e in &mut edges {
-            if let Some((name, ns)) = pods.get(&e.peer_addr) {
-                e.peer_pod_name = Some(name.clone());
-                e.peer_pod_namespace = Some(ns.clone());
-            }
-            e.pids.sort_unstable();
-        }
-        let mut executables = self.executables;
-        executables.sort_by_key(|x| x.first_seen);
-        let mut seen = HashSet::default();
-        executables.retain(|x| {
-            seen.insert((
-                x.pod_namespace.clone(),
-                x.pod_name.clone(),
-                image_of(&x.comm, &x.exe),
-            ))
-        });
-        let mut listeners = self.listeners;
-        listeners.sort_by_key(|l| l.first_seen);
-        let mut seen = HashSet::default();
-        listeners.retain(|l| {
-            seen.insert((
-                l.pod_namespace.clone(),
-                l.pod_name.clone(),
-                l.protocol,
-                l.port,
-            ))
-        });
-        Activity {
-            edges,
-            flows: self.flows,
-            executables,
-            listeners,
-            processes: self.processes,
-            truncated: self.truncated,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::investigate::test_support::{flow, identity, process};
+    use crate::investigate::Activity;
     use crate::model::FlowPhase;
 
     fn event(source: &Arc<CollectorIdentity>, at: u64, record: Record) -> Event {
@@ -388,8 +314,9 @@ mod tests {
         }
     }
 
-    /// Raw and rollup activity over [since, until] of `events` (hour-aligned window).
-    fn both(events: &[Event], since: u64, until: u64) -> (Activity, Activity) {
+    /// Raw and rollup activity over [since, until] of `events` (hour-aligned window); with
+    /// `days`, the whole days of the window read from their pod-days.
+    fn both(events: &[Event], since: u64, until: u64, days: bool) -> (Activity, Activity) {
         let mut names = ProcessNames::default();
         for e in events {
             if let Record::Process(p) = &e.record {
@@ -406,27 +333,70 @@ mod tests {
         }
         let raw = raw.activity(&names, &pods);
         let mut carry = Carry::new();
-        let mut merger = Merger::new(since, FlowFilter::default());
         let last = events.iter().map(|e| e.received_at).max().unwrap_or(0);
-        let mut hour = hour_of(events[0].received_at);
-        while hour <= last {
+        let mut hours = Vec::new();
+        let mut hour = day_of(events[0].received_at);
+        while hour <= last || hour % DAY != 0 {
             let mut builder = HourBuilder::default();
             for e in events.iter().filter(|e| hour_of(e.received_at) == hour) {
                 builder.add(e);
             }
-            let (rows, _) = builder.finish(hour, &names, &mut carry, 0);
+            hours.push((hour, builder.finish(hour, &names, &mut carry, 0).0));
+            hour += HOUR;
+        }
+        let mut merger = Merger::new(since, FlowFilter::default(), true);
+        let mut i = 0;
+        while i < hours.len() {
+            let (hour, _) = hours[i];
+            let whole_day = hour % DAY == 0 && hour >= since && hour + DAY - 1 <= until;
+            if days && whole_day {
+                let day: Vec<PodHour> = hours[i..i + 24]
+                    .iter()
+                    .flat_map(|(_, rows)| rows.clone())
+                    .collect();
+                for row in fold_day(hour, day) {
+                    merger.add(row);
+                }
+                i += 24;
+                continue;
+            }
             if hour >= since && hour <= until {
-                for row in rows {
+                for row in hours[i].1.clone() {
                     merger.add(row);
                 }
             }
-            hour += HOUR;
+            i += 1;
         }
-        let mut rolled = merger.finish(&pods);
+        let mut rolled = merger
+            .finish(&pods, |_| Err(()), |_| Err(()))
+            .expect("decoded");
         rolled.edges.sort_by_key(|e| (e.port, e.exe.clone()));
         let mut raw = raw;
         raw.edges.sort_by_key(|e| (e.port, e.exe.clone()));
         (raw, rolled)
+    }
+
+    /// The flow record of `cookie` at hour `h` (plus a little), to 203.0.113.7:`port`.
+    fn at(
+        events: &mut Vec<Event>,
+        web: &Arc<CollectorIdentity>,
+        (h, cookie, port): (u64, u64, u16),
+        phase: FlowPhase,
+        sent: u64,
+    ) {
+        events.push(event(
+            web,
+            h * HOUR + 100 + cookie,
+            Record::Flow(flow(cookie, "203.0.113.7", port, phase, sent)),
+        ));
+    }
+
+    fn same(events: &[Event], from: u64, to: u64, days: bool) {
+        let (raw, rolled) = both(events, from * HOUR, (to + 1) * HOUR - 1, days);
+        assert_eq!(raw.edges, rolled.edges, "hours {from}..={to}");
+        assert_eq!(raw.flows, rolled.flows, "hours {from}..={to}");
+        assert_eq!(raw.executables, rolled.executables, "hours {from}..={to}");
+        assert_eq!(raw.processes, rolled.processes, "hours {from}..={to}");
     }
 
     #[test]
@@ -440,28 +410,82 @@ mod tests {
         // Socket 1 lives through hours 0..=3 (no record in hour 2), growing; socket 2 is
         // born and ends in hour 1; socket 3 ends in hour 3 with its counters zeroed by a
         // reset after an update in hour 2.
-        let mut at = |h: u64, cookie: u64, phase: FlowPhase, sent: u64| {
-            events.push(event(
-                &web,
-                h * HOUR + 100 + cookie,
-                Record::Flow(flow(cookie, "203.0.113.7", 443, phase, sent)),
-            ));
-        };
-        at(0, 1, FlowPhase::Start, 0);
-        at(0, 1, FlowPhase::Update, 100);
-        at(1, 1, FlowPhase::Update, 300);
-        at(1, 2, FlowPhase::End, 40);
-        at(2, 3, FlowPhase::Update, 500);
-        at(3, 1, FlowPhase::End, 900);
-        at(3, 3, FlowPhase::End, 0);
-        for (from, to) in [(0, 0), (0, 3), (1, 1), (1, 2), (2, 3), (3, 3), (1, 3)] {
-            let (raw, rolled) = both(&events, from * HOUR, (to + 1) * HOUR - 1);
-            assert_eq!(raw.edges, rolled.edges, "hours {from}..={to}");
-            assert_eq!(raw.flows, rolled.flows, "hours {from}..={to}");
-            assert_eq!(raw.executables, rolled.executables, "hours {from}..={to}");
+        for (h, cookie, phase, sent) in [
+            (0, 1, FlowPhase::Start, 0),
+            (0, 1, FlowPhase::Update, 100),
+            (1, 1, FlowPhase::Update, 300),
+            (1, 2, FlowPhase::End, 40),
+            (2, 3, FlowPhase::Update, 500),
+            (3, 1, FlowPhase::End, 900),
+            (3, 3, FlowPhase::End, 0),
+        ] {
+            at(&mut events, &web, (h, cookie, 443), phase, sent);
         }
-        let (raw, _) = both(&events, 0, 4 * HOUR - 1);
+        for (from, to) in [(0, 0), (0, 3), (1, 1), (1, 2), (2, 3), (3, 3), (1, 3)] {
+            same(&events, from, to, false);
+        }
+        let (raw, _) = both(&events, 0, 4 * HOUR - 1, false);
         assert_eq!(raw.flows, 3);
         assert_eq!(raw.edges[0].bytes_sent, 900 + 40 + 500);
+    }
+
+    #[test]
+    fn a_day_folded_answers_as_its_hours_did() {
+        let web = identity("c1", "web-0", "10.0.0.5");
+        let mut events = vec![
+            event(
+                &web,
+                10,
+                Record::Process(process(7, 70, 1, 10, "/usr/bin/curl")),
+            ),
+            event(
+                &web,
+                30 * HOUR,
+                Record::Process(process(8, 80, 1, 10, "/tmp/x")),
+            ),
+        ];
+        // Socket 1 lives from hour 22 into day 1 (hour 30); socket 2 is born and ends in
+        // hour 24; socket 3 lives from hour 26 into day 2 (hour 50, no record in 41..=46);
+        // socket 4 updates in hour 30 and ends zeroed by a reset in 31; socket 5 lives
+        // within day 1 over several hours.
+        for (h, cookie, phase, sent) in [
+            (22, 1, FlowPhase::Start, 0),
+            (23, 1, FlowPhase::Update, 100),
+            (25, 1, FlowPhase::Update, 300),
+            (30, 1, FlowPhase::End, 900),
+            (24, 2, FlowPhase::End, 40),
+            (26, 3, FlowPhase::Start, 10),
+            (40, 3, FlowPhase::Update, 2_000),
+            (47, 3, FlowPhase::Update, 3_000),
+            (48, 3, FlowPhase::Update, 3_500),
+            (50, 3, FlowPhase::End, 4_000),
+            (30, 4, FlowPhase::Update, 700),
+            (31, 4, FlowPhase::End, 0),
+            (27, 5, FlowPhase::Start, 1),
+            (28, 5, FlowPhase::Update, 20),
+            (33, 5, FlowPhase::End, 50),
+        ] {
+            at(
+                &mut events,
+                &web,
+                (h, cookie, 443 + (cookie % 2) as u16),
+                phase,
+                sent,
+            );
+        }
+        for (from, to) in [
+            (22, 47),
+            (24, 47),
+            (23, 48),
+            (24, 50),
+            (0, 71),
+            (24, 71),
+            (47, 71),
+            (25, 47),
+        ] {
+            same(&events, from, to, true);
+        }
+        let (raw, _) = both(&events, 24 * HOUR, 48 * HOUR - 1, true);
+        assert_eq!(raw.flows, 5);
     }
 }

@@ -1,13 +1,14 @@
-//! Hourly rollups on both backends: answers from rollups equal the answers from raw records
-//! over the same hours; retention drops the raw records (PostgreSQL: their partitions) and
-//! the rollups stay, and go at their own retention; replicas rolling up the same hours
-//! store each once; partitions dropped at retention while ingest runs lose nothing.
+//! Rollups on both backends: answers from rollups (hours, and days folded from them) equal
+//! the answers from raw records over the same hours, also with the hours not rolled up yet
+//! read raw; retention drops the raw records (PostgreSQL: their partitions) and the rollups
+//! stay, and go at their own retention; replicas rolling up the same hours store each once;
+//! partitions dropped at retention while ingest runs lose nothing.
 
 use std::sync::Arc;
 
 use procflow::aggregator::investigate::{Investigator, Question};
 use procflow::aggregator::rollups::RollupBuilder;
-use procflow::aggregator::store::{EventQuery, Retention, Store};
+use procflow::aggregator::store::{EventQuery, Grain, Retention, Store};
 use procflow::investigate::{Comparison, EdgeOrder, Talkers};
 use procflow::model::{now_ns, CollectorIdentity, Event, Record};
 
@@ -244,36 +245,55 @@ fn question(since: u64, until: u64) -> Question {
     }
 }
 
-/// The answers the test compares: talkers over several windows and one comparison.
-fn answers(store: &Arc<dyn Store>, base: u64) -> (Vec<Talkers>, Comparison) {
+/// The answers the test compares: talkers over several windows (some holding a whole day:
+/// the workload's hours 3..27 are one UTC day) and two comparisons.
+fn answers(store: &Arc<dyn Store>, base: u64) -> (Vec<Talkers>, Vec<Comparison>) {
     let investigator = Investigator::new(store.clone());
-    let talkers = [(0, 10), (2, 4), (1, 6), (6, 10), (8, 9)]
+    let talkers = [
+        (0, 10),
+        (2, 4),
+        (1, 6),
+        (6, 10),
+        (8, 9),
+        (3, 27),
+        (0, 30),
+        (2, 52),
+    ]
+    .iter()
+    .map(|&(from, to)| {
+        investigator
+            .talkers(
+                &question(base + from * HOUR, base + to * HOUR - 1),
+                EdgeOrder::Bytes,
+                100,
+                &mut |_| {},
+            )
+            .unwrap_or_else(|e| panic!("talkers {from}..{to}: {e}"))
+    })
+    .collect();
+    let comparisons = [(6, 10), (3, 27)]
         .iter()
         .map(|&(from, to)| {
             investigator
-                .talkers(
+                .compare(
                     &question(base + from * HOUR, base + to * HOUR - 1),
-                    EdgeOrder::Bytes,
+                    base,
                     100,
                     &mut |_| {},
                 )
-                .unwrap_or_else(|e| panic!("talkers {from}..{to}: {e}"))
+                .unwrap_or_else(|e| panic!("compare {from}..{to}: {e}"))
         })
         .collect();
-    let comparison = investigator
-        .compare(
-            &question(base + 6 * HOUR, base + 10 * HOUR - 1),
-            base,
-            100,
-            &mut |_| {},
-        )
-        .expect("compare");
-    (talkers, comparison)
+    (talkers, comparisons)
 }
+
+/// An hour is rolled up this long after it ends (`aggregator::rollups`).
+const GRACE: u64 = 120_000_000_000;
 
 fn rollups_equal_raw(backend: Backend) {
     let now = now_ns();
-    let base = now - now % HOUR - 20 * DAY;
+    // Three hours before a UTC day: the workload's ten hours end six hours into it.
+    let base = now - now % DAY - 20 * DAY - 3 * HOUR;
     let long = Retention {
         max_age: std::time::Duration::from_secs(400 * 86_400),
         ..retention(400)
@@ -286,15 +306,20 @@ fn rollups_equal_raw(backend: Backend) {
     }
     let raw = answers(&opened.store, base);
     assert_eq!(raw.0[0].flows, 30 + 2 + 3, "{backend:?}: every socket once");
-    // Both executables talk to the new peer; the new one also to the old one.
-    assert_eq!(raw.1.new.edges.len(), 3, "{backend:?}: {:?}", raw.1.new);
-    assert_eq!(raw.1.new.executables.len(), 1);
-    assert_eq!(raw.1.new.listeners.len(), 1);
     assert_eq!(
-        raw.1.increased.len(),
+        raw.0[6], raw.0[0],
+        "{backend:?}: nothing after the tenth hour"
+    );
+    // Both executables talk to the new peer; the new one also to the old one.
+    let new = &raw.1[0].new;
+    assert_eq!(new.edges.len(), 3, "{backend:?}: {new:?}");
+    assert_eq!(new.executables.len(), 1);
+    assert_eq!(new.listeners.len(), 1);
+    assert_eq!(
+        raw.1[0].increased.len(),
         1,
         "{backend:?}: {:?}",
-        raw.1.increased
+        raw.1[0].increased
     );
     let db_edge = raw.0[0]
         .edges
@@ -307,7 +332,20 @@ fn rollups_equal_raw(backend: Backend) {
     );
     assert_eq!(db_edge.peer_pod_name.as_deref(), Some("db-0"));
 
-    let built = RollupBuilder::new(opened.store.clone())
+    // Hours 0..=4 rolled up, the rest read raw (the windows are whole hours: they read
+    // rollups where built).
+    let mut built = RollupBuilder::new(opened.store.clone())
+        .catch_up(base + 5 * HOUR + GRACE)
+        .expect("roll up five hours");
+    assert_eq!(built, 5, "{backend:?}");
+    let partly = answers(&opened.store, base);
+    assert_eq!(partly.0, raw.0, "{backend:?}: talkers from rollups and raw");
+    assert_eq!(
+        partly.1, raw.1,
+        "{backend:?}: comparisons from rollups and raw"
+    );
+
+    built += RollupBuilder::new(opened.store.clone())
         .catch_up(now)
         .expect("roll up");
     assert!(built >= 20 * 24 - 1, "{backend:?}: {built} hours rolled up");
@@ -317,6 +355,21 @@ fn rollups_equal_raw(backend: Backend) {
             .expect("again"),
         0,
         "{backend:?}: a second builder (another replica) finds every hour built"
+    );
+    let rollups = opened.store.rollups().expect("rollups");
+    let days = rollups
+        .rollup_pods(Grain::Day, base, base + 30 * HOUR)
+        .expect("days built");
+    assert_eq!(
+        days.first().map(|(d, _)| *d),
+        Some(base + 3 * HOUR),
+        "{backend:?}: the workload's whole day, folded"
+    );
+    let all = answers(&opened.store, base);
+    assert_eq!(all.0, raw.0, "{backend:?}: talkers from rollups, raw kept");
+    assert_eq!(
+        all.1, raw.1,
+        "{backend:?}: comparisons from rollups, raw kept"
     );
 
     // Raw records kept 14 days: the workload's are dropped, its rollups stay.
@@ -345,6 +398,10 @@ fn rollups_equal_raw(backend: Backend) {
     assert_eq!(
         gone.0[0].flows, 0,
         "{backend:?}: rollups past their retention"
+    );
+    assert_eq!(
+        gone.0[5].flows, 0,
+        "{backend:?}: daily rollups past their retention"
     );
 }
 

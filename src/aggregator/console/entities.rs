@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use maud::html;
 
-use super::overview::{self, activity_timeline, count_activity};
+use super::overview::{self, activity_timeline, count_starts};
 use super::render::{self, inert, Nav, Page};
 use super::tables;
 use super::{Ctx, PageError};
@@ -29,17 +29,26 @@ pub fn pod_page(ctx: &Ctx) -> Result<Page, PageError> {
         PageError::NotFound("no such pod among the namespaces you may see".to_string())
     })?;
     let mut activity = activity_timeline(scope);
-    let mut processes = Vec::new();
     let comparison = ctx
         .investigator
-        .compare(&q, scope.baseline_start(), 50, &mut |e| {
-            count_activity(&mut activity, e);
-            if let Record::Process(p) = &e.record {
-                if p.phase != ProcessPhase::Exit && processes.len() < PROCESS_ROWS {
-                    processes.push(p.clone());
+        .compare(&q, scope.baseline_start(), 50, &mut |_| {})?;
+    count_starts(&mut activity, &comparison.starts);
+    // The scope's processes from the raw records (rollups keep no process list).
+    let mut processes = Vec::new();
+    ctx.investigator.store().scan(
+        &crate::aggregator::store::EventQuery {
+            kinds: vec![crate::model::RecordKind::Process],
+            ..q.query.clone()
+        },
+        &mut |e| {
+            if let Record::Process(p) = e.record {
+                if p.phase != ProcessPhase::Exit {
+                    processes.push(p);
                 }
             }
-        })?;
+            processes.len() < PROCESS_ROWS
+        },
+    )?;
     let alerts = ctx.alerts(&pods, &namespaces)?;
     let alert_refs: Vec<&AlertRecord> = alerts.iter().rev().map(|(_, a)| a).collect();
     // Who made this pod run as it does: the API requests on it and its controllers, from

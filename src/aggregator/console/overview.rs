@@ -1,7 +1,7 @@
 //! Overview: records and alerts over the scope (new connections by network scope and
 //! direction, process starts, alerts by severity), top talkers, what is newly observed
 //! against the baseline (peers, executables, listening ports) and the edges whose volume
-//! grew significantly. One pass over the window feeds the charts and the answers.
+//! grew significantly. The charts draw the hourly counts the answers come with.
 
 use maud::{html, Markup};
 use serde_json::json;
@@ -10,10 +10,9 @@ use super::render::{self, json_data, Nav, Page};
 use super::scope::{TimeScope, HOUR_NS};
 use super::tables;
 use super::{Ctx, PageError};
+use crate::investigate::rollup::HourStarts;
 use crate::investigate::Comparison;
-use crate::model::{
-    AlertRecord, Direction, Event, FlowPhase, ProcessPhase, Record, Scope, Severity,
-};
+use crate::model::{AlertRecord, Severity};
 
 /// Counts per time bucket of the scope, for the charts.
 pub struct Timeline {
@@ -41,12 +40,16 @@ impl Timeline {
     }
 
     pub fn add(&mut self, series: usize, at: u64) {
+        self.add_n(series, at, 1);
+    }
+
+    fn add_n(&mut self, series: usize, at: u64, n: u64) {
         if at < self.start {
             return;
         }
         let i = ((at - self.start) / self.bucket) as usize;
         if let Some(slot) = self.counts.get_mut(series).and_then(|s| s.get_mut(i)) {
-            *slot += 1;
+            *slot += n;
         }
     }
 
@@ -98,25 +101,13 @@ const FLOW_SERIES: [&str; 5] = [
     "other",
 ];
 
-/// Which flow series a new connection counts in.
-pub fn flow_series(scope: Scope, direction: Direction) -> usize {
-    match (scope, direction) {
-        (Scope::NorthSouth, Direction::Outbound) => 0,
-        (Scope::NorthSouth, _) => 1,
-        (Scope::EastWest, _) => 2,
-        (Scope::Local, _) => 3,
-        _ => 4,
-    }
-}
-
-/// Feeds a timeline of new connections (series 0–4) and process starts (series 5).
-pub fn count_activity(timeline: &mut Timeline, e: &Event) {
-    match &e.record {
-        Record::Flow(f) if f.phase == FlowPhase::Start => {
-            timeline.add(flow_series(f.scope, f.direction), e.received_at)
+/// Feeds a timeline of new connections (series 0–4, `rollup::flow_series`) and process
+/// starts (series 5) from a window's hourly counts (raw records or rollups alike).
+pub fn count_starts(timeline: &mut Timeline, starts: &[HourStarts]) {
+    for s in starts {
+        for (series, n) in s.counts.iter().enumerate() {
+            timeline.add_n(series, s.hour, *n);
         }
-        Record::Process(p) if p.phase != ProcessPhase::Exit => timeline.add(5, e.received_at),
-        _ => {}
     }
 }
 
@@ -147,11 +138,10 @@ pub fn build(ctx: &Ctx) -> Result<Page, PageError> {
     let comparison = match ctx.question(&[], &[]) {
         Some(q) => ctx
             .investigator
-            .compare(&q, scope.baseline_start(), 10, &mut |e| {
-                count_activity(&mut activity, e)
-            })?,
+            .compare(&q, scope.baseline_start(), 10, &mut |_| {})?,
         None => Comparison::default(),
     };
+    count_starts(&mut activity, &comparison.starts);
     let alerts = ctx.alerts(&[], &[])?;
     let alert_chart = alert_timeline(scope, &alerts);
     let body = html! {

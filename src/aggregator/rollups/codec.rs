@@ -1,5 +1,6 @@
-//! How rollups are stored: protobuf messages (the answers' own `procflow.v1` edges,
-//! executables and listeners inside), decoded with the same limits as ingest.
+//! Protobuf forms of rollups: the pods seen and the sockets carried, and the pod-hours as
+//! they were stored before the compact `body` encoding (still read), decoded with the same
+//! limits as ingest.
 
 use std::net::IpAddr;
 
@@ -85,7 +86,7 @@ struct PodAddressMsg {
     ip: String,
 }
 
-const SEVERITIES: [Severity; 5] = [
+pub(super) const SEVERITIES: [Severity; 5] = [
     Severity::Info,
     Severity::Low,
     Severity::Medium,
@@ -93,13 +94,16 @@ const SEVERITIES: [Severity; 5] = [
     Severity::Critical,
 ];
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         id: 0,
         reason: format!("{what}: {e}"),
     }
 }
 
+/// The protobuf form pod-hours were stored in before `body` (kept to test that they are
+/// still read).
+#[cfg(test)]
 pub(super) fn encode_pod_hour(p: &PodHour) -> Vec<u8> {
     PodHourMsg {
         edges: p
@@ -186,6 +190,7 @@ pub(super) fn decode_pod_hour(s: &RollupSegment) -> Result<PodHour, StoreError> 
             .collect(),
         processes: msg.processes,
         truncated: msg.truncated,
+        starts: Vec::new(),
     })
 }
 

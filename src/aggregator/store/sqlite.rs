@@ -34,7 +34,7 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
 /// Schema migrations, in order: version N is `MIGRATIONS[N - 1]`, recorded in
 /// `PRAGMA user_version`. Version 1 is the schema from before versioning (all `IF NOT
 /// EXISTS`, so a database of that time migrates in place).
-const MIGRATIONS: &[&str] = &[V1, rollups::V2];
+const MIGRATIONS: &[&str] = &[V1, rollups::V2, rollups::V3];
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS segments (

@@ -8,7 +8,8 @@ use tokio_postgres::types::ToSql;
 
 use super::{pg, pool_error, PgStore};
 use crate::aggregator::store::{
-    EventQuery, Retention, RollupHour, RollupProgress, RollupSegment, RollupStore, StoreError,
+    EventQuery, Grain, Retention, RollupHour, RollupProgress, RollupSegment, RollupStore,
+    StoreError,
 };
 
 /// Schema version 3: the rollup tables. Not partitioned: one row per pod-hour is small
@@ -27,6 +28,23 @@ CREATE TABLE rollup_hours (
     built_at bigint NOT NULL,
     pods bytea NOT NULL,
     carry bytea
+);
+";
+
+/// Schema version 4: the daily rollups (same columns; `hour` is the day's start).
+pub(super) const V4: &str = "
+CREATE TABLE rollup_days (
+    hour bigint NOT NULL,
+    namespace text NOT NULL,
+    pod text NOT NULL,
+    body bytea NOT NULL,
+    PRIMARY KEY (hour, namespace, pod)
+);
+CREATE INDEX rollup_days_pod_hour ON rollup_days (pod, hour);
+CREATE TABLE rollup_days_built (
+    hour bigint PRIMARY KEY,
+    built_at bigint NOT NULL,
+    pods bytea NOT NULL
 );
 ";
 
@@ -76,17 +94,20 @@ impl RollupStore for PgStore {
             if !claimed {
                 return Ok(false);
             }
-            let insert = tx
-                .prepare(
-                    "INSERT INTO rollups (hour, namespace, pod, body) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (hour, namespace, pod) DO UPDATE SET body = EXCLUDED.body",
-                )
-                .await
-                .map_err(pg("rollups: preparing"))?;
-            for s in &hour.segments {
-                tx.execute(&insert, &[&int(s.hour), &s.namespace, &s.pod, &s.body])
+            insert_rows(&tx, "rollups", &hour.segments).await?;
+            if let Some(day) = &hour.day {
+                let built = tx
+                    .execute(
+                        "INSERT INTO rollup_days_built (hour, built_at, pods) VALUES ($1, $2, $3) \
+                         ON CONFLICT DO NOTHING",
+                        &[&int(day.day), &int(crate::model::now_ns()), &day.pods],
+                    )
                     .await
-                    .map_err(pg("rollups: storing"))?;
+                    .map_err(pg("rollups: claiming the day"))?
+                    == 1;
+                if built {
+                    insert_rows(&tx, "rollup_days", &day.segments).await?;
+                }
             }
             // Only the last hour's carry is read.
             tx.execute(
@@ -102,6 +123,7 @@ impl RollupStore for PgStore {
 
     fn scan_rollups(
         &self,
+        grain: Grain,
         q: &EventQuery,
         visit: &mut dyn FnMut(RollupSegment) -> bool,
     ) -> Result<bool, StoreError> {
@@ -109,8 +131,9 @@ impl RollupStore for PgStore {
         let (since, until) = (int(q.since), int(until));
         let rows = self.block_on(async {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let mut sql = String::from(
-                "SELECT hour, namespace, pod, body FROM rollups WHERE hour >= $1 AND hour <= $2",
+            let mut sql = format!(
+                "SELECT hour, namespace, pod, body FROM {} WHERE hour >= $1 AND hour <= $2",
+                grain.tables().0
             );
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since, &until];
             for (column, values) in [("pod", &q.pods), ("namespace", &q.namespaces)] {
@@ -139,19 +162,50 @@ impl RollupStore for PgStore {
         Ok(true)
     }
 
-    fn rollup_pods(&self, since: u64, until: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn rollup_pods(
+        &self,
+        grain: Grain,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.block_on(async {
             let client = self.pool.get().await.map_err(pool_error)?;
             let rows = client
                 .query(
-                    "SELECT pods FROM rollup_hours WHERE hour >= $1 AND hour <= $2 ORDER BY hour",
+                    &format!(
+                        "SELECT hour, pods FROM {} WHERE hour >= $1 AND hour <= $2 ORDER BY hour",
+                        grain.tables().1
+                    ),
                     &[&int(since), &int(until)],
                 )
                 .await
                 .map_err(pg("reading rollup pods"))?;
-            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+                .collect())
         })
     }
+}
+
+async fn insert_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    rows: &[RollupSegment],
+) -> Result<(), StoreError> {
+    let insert = tx
+        .prepare(&format!(
+            "INSERT INTO {table} (hour, namespace, pod, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (hour, namespace, pod) DO UPDATE SET body = EXCLUDED.body"
+        ))
+        .await
+        .map_err(pg("rollups: preparing"))?;
+    for s in rows {
+        tx.execute(&insert, &[&int(s.hour), &s.namespace, &s.pod, &s.body])
+            .await
+            .map_err(pg("rollups: storing"))?;
+    }
+    Ok(())
 }
 
 /// Deletes rollups older than their retention (the last hour built always stays: it is
@@ -167,6 +221,17 @@ pub(super) async fn apply_retention(
         .execute("DELETE FROM rollups WHERE hour < $1", &[&cutoff])
         .await
         .map_err(pg("upkeep: deleting rollups"))?;
+    // A day goes when its last hour is past the retention.
+    let day_cutoff = cutoff
+        .saturating_sub(i64::try_from(crate::investigate::rollup::DAY).unwrap_or(i64::MAX) - 1);
+    for table in ["rollup_days", "rollup_days_built"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE hour < $1"),
+            &[&day_cutoff],
+        )
+        .await
+        .map_err(pg("upkeep: deleting daily rollups"))?;
+    }
     tx.execute(
         "DELETE FROM rollup_hours WHERE hour < $1 AND hour < (SELECT max(hour) FROM rollup_hours)",
         &[&cutoff],

@@ -19,7 +19,12 @@ pub(crate) const DAY_NS: i64 = 86_400_000_000_000;
 const DAYS_AHEAD: i64 = 2;
 
 /// Migrations in order: version N is `MIGRATIONS[N - 1]`, recorded in `procflow_schema`.
-const MIGRATIONS: &[&str] = &[V1, super::shared::V2, super::rollups::V3];
+const MIGRATIONS: &[&str] = &[
+    V1,
+    super::shared::V2,
+    super::rollups::V3,
+    super::rollups::V4,
+];
 pub(crate) const LATEST: u32 = MIGRATIONS.len() as u32;
 
 /// Version 1: segments partitioned by arrival time (daily partitions are made by upkeep),

@@ -1,5 +1,6 @@
 //! SQLite's rollup tables: one row per pod-hour, one per hour built (with the pods seen and
-//! the sockets carried to the next hour, kept for the last hour only).
+//! the sockets carried to the next hour, kept for the last hour only); the same per pod-day
+//! and day built (schema version 3), stored with the day's last hour.
 
 use std::time::Duration;
 
@@ -7,7 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::SqliteStore;
 use crate::aggregator::store::{
-    EventQuery, Retention, RollupHour, RollupProgress, RollupSegment, RollupStore, StoreError,
+    EventQuery, Grain, Retention, RollupHour, RollupProgress, RollupSegment, RollupStore,
+    StoreError,
 };
 
 /// Schema version 2: the rollup tables.
@@ -26,6 +28,24 @@ CREATE TABLE IF NOT EXISTS rollup_hours (
     built_at INTEGER NOT NULL,
     pods BLOB NOT NULL,
     carry BLOB
+);
+";
+
+/// Schema version 3: the daily rollups (same columns; `hour` is the day's start).
+pub(super) const V3: &str = "
+CREATE TABLE IF NOT EXISTS rollup_days (
+    id INTEGER PRIMARY KEY,
+    hour INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    pod TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS rollup_days_key ON rollup_days(hour, namespace, pod);
+CREATE INDEX IF NOT EXISTS rollup_days_pod_hour ON rollup_days(pod, hour);
+CREATE TABLE IF NOT EXISTS rollup_days_built (
+    hour INTEGER PRIMARY KEY,
+    built_at INTEGER NOT NULL,
+    pods BLOB NOT NULL
 );
 ";
 
@@ -76,12 +96,14 @@ impl RollupStore for SqliteStore {
             if !claimed {
                 return Ok(false);
             }
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO rollups (hour, namespace, pod, body) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for s in &hour.segments {
-                    insert.execute(params![int(s.hour), s.namespace, s.pod, s.body])?;
+            insert_rows(&tx, "rollups", &hour.segments)?;
+            if let Some(day) = &hour.day {
+                let built = tx.execute(
+                    "INSERT OR IGNORE INTO rollup_days_built (hour, built_at, pods) VALUES (?1, ?2, ?3)",
+                    params![int(day.day), int(crate::model::now_ns()), day.pods],
+                )? == 1;
+                if built {
+                    insert_rows(&tx, "rollup_days", &day.segments)?;
                 }
             }
             // Only the last hour's carry is read.
@@ -97,13 +119,15 @@ impl RollupStore for SqliteStore {
 
     fn scan_rollups(
         &self,
+        grain: Grain,
         q: &EventQuery,
         visit: &mut dyn FnMut(RollupSegment) -> bool,
     ) -> Result<bool, StoreError> {
         let conn = self.rollup_conn(true)?;
         let until = if q.until == 0 { u64::MAX } else { q.until };
-        let mut sql = String::from(
-            "SELECT hour, namespace, pod, body FROM rollups WHERE hour >= ?1 AND hour <= ?2",
+        let mut sql = format!(
+            "SELECT hour, namespace, pod, body FROM {} WHERE hour >= ?1 AND hour <= ?2",
+            grain.tables().0
         );
         let mut args: Vec<rusqlite::types::Value> = vec![int(q.since).into(), int(until).into()];
         for (column, values) in [("pod", &q.pods), ("namespace", &q.namespaces)] {
@@ -139,17 +163,39 @@ impl RollupStore for SqliteStore {
         read().map_err(|e| self.sqlite(e))
     }
 
-    fn rollup_pods(&self, since: u64, until: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn rollup_pods(
+        &self,
+        grain: Grain,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let conn = self.rollup_conn(true)?;
-        let read = || -> Result<Vec<Vec<u8>>, rusqlite::Error> {
-            let mut stmt = conn.prepare(
-                "SELECT pods FROM rollup_hours WHERE hour >= ?1 AND hour <= ?2 ORDER BY hour",
-            )?;
-            let rows = stmt.query_map(params![int(since), int(until)], |r| r.get(0))?;
+        let read = || -> Result<Vec<(u64, Vec<u8>)>, rusqlite::Error> {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT hour, pods FROM {} WHERE hour >= ?1 AND hour <= ?2 ORDER BY hour",
+                grain.tables().1
+            ))?;
+            let rows = stmt.query_map(params![int(since), int(until)], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })?;
             rows.collect()
         };
         read().map_err(|e| self.sqlite(e))
     }
+}
+
+fn insert_rows(
+    tx: &rusqlite::Transaction,
+    table: &str,
+    rows: &[RollupSegment],
+) -> Result<(), rusqlite::Error> {
+    let mut insert = tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO {table} (hour, namespace, pod, body) VALUES (?1, ?2, ?3, ?4)"
+    ))?;
+    for s in rows {
+        insert.execute(params![int(s.hour), s.namespace, s.pod, s.body])?;
+    }
+    Ok(())
 }
 
 /// Deletes rollups older than their retention (the last hour built always stays: it is
@@ -161,6 +207,16 @@ pub(super) fn apply_retention(
 ) -> Result<usize, rusqlite::Error> {
     let cutoff = int(now.saturating_sub(retention.rollups.as_nanos() as u64));
     let rows = conn.execute("DELETE FROM rollups WHERE hour < ?1", params![cutoff])?;
+    // A day goes when its last hour is past the retention.
+    let day_cutoff = cutoff.saturating_sub(int(crate::investigate::rollup::DAY) - 1);
+    conn.execute(
+        "DELETE FROM rollup_days WHERE hour < ?1",
+        params![day_cutoff],
+    )?;
+    conn.execute(
+        "DELETE FROM rollup_days_built WHERE hour < ?1",
+        params![day_cutoff],
+    )?;
     conn.execute(
         "DELETE FROM rollup_hours WHERE hour < ?1 AND hour < (SELECT max(hour) FROM rollup_hours)",
         params![cutoff],

@@ -1,0 +1,416 @@
+//! Folding the pod-hours and pod-days of a window into its [`Activity`]. A month's question
+//! reads tens of thousands of them, each with its edge rows: names are interned (each
+//! string of a stored row looked up once, every edge keyed by small ids), rows are handed
+//! over borrowed from the stored bytes ([`RowRef`]), and a window's executables and
+//! listening ports stay encoded until the first of each is known.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::{hour_of, EdgeRow, HourStarts, PodHour, STARTS};
+use crate::investigate::entities::PodDirectory;
+use crate::investigate::novelty::Activity;
+use crate::investigate::{Edge, FlowFilter, HashMap, NewExecutable, NewListener, MAX_EDGE_PIDS};
+use crate::model::{Direction, Protocol, Scope};
+
+/// One edge row as stored, its strings borrowed: the sockets of one edge in one pod's
+/// period that were last seen before in the hour `prev_hour` (see `rollup`).
+#[derive(Debug, Clone, Copy)]
+pub struct RowRef<'a> {
+    pub comm: &'a [u8],
+    pub exe: Option<&'a [u8]>,
+    pub unattributed: bool,
+    pub direction: Direction,
+    pub scope: Scope,
+    pub protocol: Protocol,
+    pub peer_addr: IpAddr,
+    pub port: u16,
+    pub connections: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub sent_delta: u64,
+    pub received_delta: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub prev_hour: Option<u64>,
+    pub pids: &'a [u32],
+}
+
+/// A pod, interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PodRef {
+    namespace: u32,
+    name: u32,
+}
+
+/// A first executable or listener as kept until the window's end: decoded already (raw
+/// tail, old rows) or still in its stored encoding.
+pub enum Kept<T> {
+    Value(T),
+    Encoded(Vec<u8>),
+}
+
+/// Byte strings by small id.
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<Box<[u8]>, u32>,
+    names: Vec<Box<[u8]>>,
+    /// The last string looked up, by address: a row's strings are one stored table, and
+    /// consecutive edge rows mostly name the same executable.
+    last: Option<(usize, usize, u32)>,
+}
+
+const NO_STRING: u32 = u32::MAX;
+
+impl Interner {
+    fn id(&mut self, s: &[u8]) -> u32 {
+        match self.ids.get(s) {
+            Some(&id) => id,
+            None => {
+                let id = self.names.len() as u32;
+                self.names.push(s.into());
+                self.ids.insert(s.into(), id);
+                id
+            }
+        }
+    }
+
+    /// [`Interner::id`] remembering the last string by address: only for strings that
+    /// live as long as the row they came from ([`Merger::pod`] forgets it at each row, as
+    /// another row's bytes may later sit at the same address).
+    fn id_in_row(&mut self, s: &[u8]) -> u32 {
+        let at = (s.as_ptr() as usize, s.len());
+        if let Some((ptr, len, id)) = self.last {
+            if (ptr, len) == at {
+                return id;
+            }
+        }
+        let id = self.id(s);
+        self.last = Some((at.0, at.1, id));
+        id
+    }
+
+    fn bytes(&self, id: u32) -> &[u8] {
+        self.names.get(id as usize).map_or(&[], |b| b)
+    }
+
+    fn string(&self, id: u32) -> String {
+        String::from_utf8_lossy(self.bytes(id)).into_owned()
+    }
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct EdgeId {
+    pod: PodRef,
+    comm: u32,
+    exe: u32,
+    unattributed: bool,
+    direction: Direction,
+    scope: Scope,
+    protocol: Protocol,
+    peer_addr: IpAddr,
+    port: u16,
+}
+
+struct EdgeSum {
+    connections: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    first_seen: u64,
+    last_seen: u64,
+    pids: Vec<u32>,
+}
+
+/// The first of something in the window: when, in which order it came, and what it was.
+struct First<T> {
+    at: u64,
+    order: usize,
+    kept: Kept<T>,
+}
+
+/// Folds the pod-periods of a window (in time order) into its [`Activity`].
+pub struct Merger {
+    since: u64,
+    filter: FlowFilter,
+    firsts: bool,
+    strings: Interner,
+    edges: HashMap<EdgeId, EdgeSum>,
+    executables: HashMap<(PodRef, u32), First<NewExecutable>>,
+    listeners: HashMap<(PodRef, Protocol, u16), First<NewListener>>,
+    order: usize,
+    flows: u64,
+    processes: u64,
+    starts: BTreeMap<u64, [u64; STARTS]>,
+    truncated: bool,
+}
+
+impl Merger {
+    /// A window starting in the hour of `since` (rollups answer whole hours); `firsts`:
+    /// whether the answer needs the window's executables and listening ports (talkers do
+    /// not).
+    pub fn new(since: u64, filter: FlowFilter, firsts: bool) -> Merger {
+        Merger {
+            since: hour_of(since),
+            filter,
+            firsts,
+            strings: Interner::default(),
+            edges: HashMap::default(),
+            executables: HashMap::default(),
+            listeners: HashMap::default(),
+            order: 0,
+            flows: 0,
+            processes: 0,
+            starts: BTreeMap::new(),
+            truncated: false,
+        }
+    }
+
+    /// Whether executables and listeners are wanted (a reader may skip them otherwise).
+    pub fn wants_firsts(&self) -> bool {
+        self.firsts
+    }
+
+    /// The pod of the row whose parts come next.
+    pub fn pod(&mut self, namespace: &str, name: &str) -> PodRef {
+        self.strings.last = None;
+        PodRef {
+            namespace: self.strings.id(namespace.as_bytes()),
+            name: self.strings.id(name.as_bytes()),
+        }
+    }
+
+    /// Adds one edge row of `pod` (the last one [`Merger::pod`] gave).
+    pub fn edge(&mut self, pod: PodRef, row: &RowRef) {
+        if !self.filter.admits_edge(row.scope, row.direction) {
+            return;
+        }
+        // The socket's first period in the window counts it, with its counters then; its
+        // later periods add what they grew.
+        let first = row.prev_hour.is_none_or(|p| p < self.since);
+        let (connections, sent, received) = if first {
+            (row.connections, row.bytes_sent, row.bytes_received)
+        } else {
+            (0, row.sent_delta, row.received_delta)
+        };
+        self.flows += connections;
+        let id = EdgeId {
+            pod,
+            comm: self.strings.id_in_row(row.comm),
+            exe: row.exe.map_or(NO_STRING, |exe| self.strings.id_in_row(exe)),
+            unattributed: row.unattributed,
+            direction: row.direction,
+            scope: row.scope,
+            protocol: row.protocol,
+            peer_addr: row.peer_addr,
+            port: row.port,
+        };
+        let sum = self.edges.entry(id).or_insert_with(|| EdgeSum {
+            connections: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            first_seen: row.first_seen,
+            last_seen: row.last_seen,
+            pids: Vec::new(),
+        });
+        sum.connections += connections;
+        sum.bytes_sent += sent;
+        sum.bytes_received += received;
+        sum.first_seen = sum.first_seen.min(row.first_seen);
+        sum.last_seen = sum.last_seen.max(row.last_seen);
+        for &pid in row.pids {
+            if sum.pids.len() < MAX_EDGE_PIDS && !sum.pids.contains(&pid) {
+                sum.pids.push(pid);
+            }
+        }
+    }
+
+    /// An executable first seen in one of `pod`'s periods at `first_seen` (`image` is its
+    /// exe, or its comm without one); `kept` is called only when it is the first so far.
+    pub fn executable(
+        &mut self,
+        pod: PodRef,
+        image: &[u8],
+        first_seen: u64,
+        kept: impl FnOnce() -> Kept<NewExecutable>,
+    ) {
+        let key = (pod, self.strings.id(image));
+        self.order += 1;
+        keep_first(&mut self.executables, key, first_seen, self.order, kept);
+    }
+
+    /// A listening port first seen in one of `pod`'s periods at `first_seen`.
+    pub fn listener(
+        &mut self,
+        pod: PodRef,
+        protocol: Protocol,
+        port: u16,
+        first_seen: u64,
+        kept: impl FnOnce() -> Kept<NewListener>,
+    ) {
+        self.order += 1;
+        keep_first(
+            &mut self.listeners,
+            (pod, protocol, port),
+            first_seen,
+            self.order,
+            kept,
+        );
+    }
+
+    /// A period's process records, bound and hourly counts.
+    pub fn totals(&mut self, processes: u64, truncated: bool, starts: &[HourStarts]) {
+        self.processes += processes;
+        self.truncated |= truncated;
+        for s in starts {
+            let counts = self.starts.entry(s.hour).or_default();
+            for (total, n) in counts.iter_mut().zip(s.counts) {
+                *total += n;
+            }
+        }
+    }
+
+    /// Adds a decoded pod-period (the raw tail's hours, rows stored before the compact
+    /// encoding).
+    pub fn add(&mut self, period: PodHour) {
+        let pod = self.pod(&period.pod_namespace, &period.pod_name);
+        for EdgeRow {
+            edge,
+            prev_hour,
+            sent_delta,
+            received_delta,
+        } in &period.edges
+        {
+            self.edge(
+                pod,
+                &RowRef {
+                    comm: &edge.comm,
+                    exe: edge.exe.as_deref(),
+                    unattributed: edge.unattributed,
+                    direction: edge.direction,
+                    scope: edge.scope,
+                    protocol: edge.protocol,
+                    peer_addr: edge.peer_addr,
+                    port: edge.port,
+                    connections: edge.connections,
+                    bytes_sent: edge.bytes_sent,
+                    bytes_received: edge.bytes_received,
+                    sent_delta: *sent_delta,
+                    received_delta: *received_delta,
+                    first_seen: edge.first_seen,
+                    last_seen: edge.last_seen,
+                    prev_hour: *prev_hour,
+                    pids: &edge.pids,
+                },
+            );
+        }
+        if self.firsts {
+            for x in period.executables {
+                let image = x.exe.clone().unwrap_or_else(|| x.comm.clone());
+                self.executable(pod, &image, x.first_seen, || Kept::Value(x));
+            }
+            for l in period.listeners {
+                self.listener(pod, l.protocol, l.port, l.first_seen, || Kept::Value(l));
+            }
+        }
+        self.totals(period.processes, period.truncated, &period.starts);
+    }
+
+    /// The window's activity, its east-west peers named by `pods`; executables and
+    /// listeners still encoded are decoded by `executable` and `listener`.
+    pub fn finish<E>(
+        self,
+        pods: &PodDirectory,
+        executable: impl Fn(&[u8]) -> Result<NewExecutable, E>,
+        listener: impl Fn(&[u8]) -> Result<NewListener, E>,
+    ) -> Result<Activity, E> {
+        let strings = &self.strings;
+        let edges: Vec<Edge> = self
+            .edges
+            .into_iter()
+            .map(|(id, sum)| {
+                let peer = pods.get(&id.peer_addr);
+                let mut pids = sum.pids;
+                pids.sort_unstable();
+                Edge {
+                    pod_name: strings.string(id.pod.name),
+                    pod_namespace: strings.string(id.pod.namespace),
+                    comm: strings.bytes(id.comm).to_vec(),
+                    exe: (id.exe != NO_STRING).then(|| strings.bytes(id.exe).to_vec()),
+                    direction: id.direction,
+                    scope: id.scope,
+                    protocol: id.protocol,
+                    peer_addr: id.peer_addr,
+                    port: id.port,
+                    peer_pod_name: peer.map(|p| p.0.clone()),
+                    peer_pod_namespace: peer.map(|p| p.1.clone()),
+                    connections: sum.connections,
+                    bytes_sent: sum.bytes_sent,
+                    bytes_received: sum.bytes_received,
+                    first_seen: sum.first_seen,
+                    last_seen: sum.last_seen,
+                    pids,
+                    unattributed: id.unattributed,
+                }
+            })
+            .collect();
+        Ok(Activity {
+            edges,
+            flows: self.flows,
+            executables: in_order(self.executables.into_values(), executable)?,
+            listeners: in_order(self.listeners.into_values(), listener)?,
+            processes: self.processes,
+            starts: self
+                .starts
+                .into_iter()
+                .map(|(hour, counts)| HourStarts { hour, counts })
+                .collect(),
+            truncated: self.truncated,
+        })
+    }
+}
+
+/// Keeps the earliest of `key` (the first to come among equals).
+fn keep_first<K: std::hash::Hash + Eq, T>(
+    map: &mut HashMap<K, First<T>>,
+    key: K,
+    at: u64,
+    order: usize,
+    kept: impl FnOnce() -> Kept<T>,
+) {
+    match map.get_mut(&key) {
+        Some(known) if known.at <= at => {}
+        Some(known) => {
+            *known = First {
+                at,
+                order,
+                kept: kept(),
+            }
+        }
+        None => {
+            map.insert(
+                key,
+                First {
+                    at,
+                    order,
+                    kept: kept(),
+                },
+            );
+        }
+    }
+}
+
+/// The firsts oldest first (ties in the order they came), decoded.
+fn in_order<T, E>(
+    firsts: impl Iterator<Item = First<T>>,
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+) -> Result<Vec<T>, E> {
+    let mut firsts: Vec<First<T>> = firsts.collect();
+    firsts.sort_by_key(|f| (f.at, f.order));
+    firsts
+        .into_iter()
+        .map(|f| match f.kept {
+            Kept::Value(v) => Ok(v),
+            Kept::Encoded(bytes) => decode(&bytes),
+        })
+        .collect()
+}
