@@ -518,8 +518,8 @@ fn a_postgres_database_of_schema_version_1_migrates_with_its_data() {
     pg::psql(
         &url,
         &password,
-        "DROP TABLE alert_groups, rule_learned_keys, rule_learned_values, rollups, rollup_hours; \
-         DELETE FROM procflow_schema WHERE version > 1",
+        "DROP TABLE alert_groups, rule_learned_keys, rule_learned_values, rollups, rollup_hours, \
+         rollup_days, rollup_days_built; DELETE FROM procflow_schema WHERE version > 1",
     );
     let out = std::process::Command::new(crate::util::procflow_bin())
         .args(["store", "migrate", "--store", &url])
