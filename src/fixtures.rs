@@ -76,5 +76,7 @@ pub fn process(pid: u32, comm: &[u8]) -> ProcessRecord {
         stdio_socket_inodes: Vec::new(),
         forked_no_exec: false,
         exe_replaced: None,
+        stdin_pipe: None,
+        stdout_pipe: None,
     }
 }

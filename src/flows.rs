@@ -6,6 +6,7 @@ pub mod classify;
 pub mod cookie_order;
 mod entry;
 mod fin;
+pub mod packet;
 pub mod snapshot;
 pub mod table;
 

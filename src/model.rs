@@ -37,6 +37,9 @@ pub fn now_ns() -> UnixNanos {
 pub enum Protocol {
     Tcp,
     Udp,
+    /// An `AF_PACKET` socket (from /proc/net/packet), reported as a listener: it reads
+    /// every frame of an interface (or all of them), the shape of a sniffer (T1040).
+    Packet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -162,6 +165,21 @@ pub struct ListenerRecord {
     pub process_start_time: Option<UnixNanos>,
     pub attribution: Attribution,
     pub backlog: Option<u32>,
+    /// For a packet socket (protocol `Packet`; its address is 0.0.0.0 port 0): what it
+    /// captures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet: Option<PacketSocket>,
+}
+
+/// What a packet socket captures, as /proc/net/packet shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketSocket {
+    /// `SOCK_RAW` (3: whole frames) or `SOCK_DGRAM` (2: without the link header).
+    pub sock_type: u16,
+    /// The EtherType bound, host order (0x0003 `ETH_P_ALL`: every protocol; 0: none yet).
+    pub ethertype: u16,
+    /// The interface bound (0: every interface).
+    pub ifindex: u32,
 }
 
 // === Process vocabulary ===
@@ -196,7 +214,7 @@ macro_rules! serialized_names {
 }
 
 serialized_names! {
-    Protocol { Tcp => "TCP", Udp => "UDP" }
+    Protocol { Tcp => "TCP", Udp => "UDP", Packet => "PACKET" }
     Direction { Unknown => "UNKNOWN", Inbound => "INBOUND", Outbound => "OUTBOUND", Listen => "LISTEN" }
     Scope { Unspecified => "UNSPECIFIED", Local => "LOCAL", EastWest => "EAST_WEST", NorthSouth => "NORTH_SOUTH" }
     FlowPhase { Start => "START", Update => "UPDATE", End => "END" }
@@ -266,8 +284,10 @@ pub struct ProcessRecord {
     /// Already running when the collector started: its exec was not witnessed.
     #[serde(default)]
     pub preexisting: bool,
-    /// Known only with fd access.
+    /// Whether fd 0, 1 or 2 is an internet socket with a remote peer (not an AF_UNIX
+    /// socketpair, not a listener). Known only with fd access.
     pub stdio_is_socket: Option<bool>,
+    /// Those sockets' inodes.
     pub stdio_socket_inodes: Vec<u64>,
     /// Still running the image it was forked with (`PF_FORKNOEXEC`, world-readable): a
     /// fork, not an execution.
@@ -278,6 +298,13 @@ pub struct ProcessRecord {
     /// payload does). `None` when not deleted or not readable (needs ptrace access).
     #[serde(default)]
     pub exe_replaced: Option<bool>,
+    /// The pipe on stdin and on stdout, by inode (`pipe:[N]` in /proc/PID/fd, so known only
+    /// with fd access): a downloader whose stdout is a shell's stdin is `curl … | sh`,
+    /// whatever the command lines say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_pipe: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_pipe: Option<u64>,
 }
 
 // === Collector health ===

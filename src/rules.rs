@@ -11,6 +11,7 @@ pub mod lang;
 mod listening;
 mod load;
 pub mod shared;
+pub mod source;
 pub mod stateful;
 
 pub use engine::{Engine, Hit};

@@ -10,11 +10,12 @@ use crossbeam_channel::Receiver;
 use super::budget::DumpBudget;
 use super::{EngineConfig, EngineError, QUIET_AFTER};
 use crate::attribution::OwnerLookup;
+use crate::flows::packet::{self, PacketLine, PacketTable};
 use crate::flows::{FlowTable, Scoper};
 use crate::model::{now_ns, Family, Record};
 use crate::sockdiag::destroy::DestroyStats;
 use crate::sockdiag::{trigger::Trigger, DestroyEvent, DestroyListener, Dumper, SocketInfo};
-use crate::telemetry::collector::{DumpFailed, DumpFinished, SocketsLookedUp};
+use crate::telemetry::collector::{DumpFailed, DumpFinished, PacketTableUnread, SocketsLookedUp};
 use crate::telemetry::InternalEvent;
 
 /// The socket side of the collector: dumps, destroy events and the flow table.
@@ -49,7 +50,22 @@ pub struct SocketMonitor {
     losses_seen: u64,
     /// Scratch: the sockets [`FlowTable::awaiting_owner`] names.
     awaiting: Vec<(u64, Family, SocketAddr, SocketAddr)>,
+    packets: Packets,
 }
+
+/// The packet sockets of the collector's network namespace, read from /proc/net/packet at
+/// dumps (see [`crate::flows::packet`]).
+struct Packets {
+    /// Open for the collector's life; `None` when the kernel has no packet sockets.
+    file: Option<std::fs::File>,
+    buf: Vec<u8>,
+    lines: Vec<PacketLine>,
+    table: PacketTable,
+    last_read: Option<Instant>,
+}
+
+/// The packet sockets of the reader's network namespace (`/proc/net` is `/proc/self/net`).
+const PACKET_TABLE: &str = "/proc/net/packet";
 
 /// Accepted sockets looked up per tick at most (each one request and one reply).
 const LOOKUPS_PER_TICK: usize = 64;
@@ -86,6 +102,15 @@ impl SocketMonitor {
             resync: false,
             losses_seen: 0,
             awaiting: Vec::new(),
+            packets: Packets {
+                file: std::fs::File::open(PACKET_TABLE)
+                    .inspect_err(|error| tracing::info!(%error, "no {PACKET_TABLE}: packet sockets are not reported"))
+                    .ok(),
+                buf: Vec::new(),
+                lines: Vec::new(),
+                table: PacketTable::default(),
+                last_read: None,
+            },
         })
     }
 
@@ -228,11 +253,46 @@ impl SocketMonitor {
                 .emit();
             }
         }
+        self.read_packets(lookup, out);
         self.last_dump = Some(Instant::now());
         self.budget.spend(
             crate::sys::clock::thread_cpu_time().saturating_sub(cpu_before),
             Instant::now(),
         );
+    }
+
+    /// Reads /proc/net/packet at a dump, at most every [`packet::READ_EVERY`]: a small file
+    /// (a header when no packet socket is open), one `pread`.
+    fn read_packets(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) {
+        let p = &mut self.packets;
+        let Some(file) = &p.file else { return };
+        if p.last_read
+            .is_some_and(|t| t.elapsed() < packet::READ_EVERY)
+        {
+            return;
+        }
+        p.last_read = Some(Instant::now());
+        let len = match crate::sys::proc::reread(file, &mut p.buf) {
+            Ok(len) => len,
+            Err(error) => {
+                PacketTableUnread {
+                    errors: 1,
+                    what: &error,
+                }
+                .emit();
+                return;
+            }
+        };
+        let malformed = packet::parse_packet_table(&p.buf[..len], &mut p.lines);
+        if malformed > 0 {
+            PacketTableUnread {
+                errors: malformed as u64,
+                what: &"malformed lines",
+            }
+            .emit();
+        }
+        p.table
+            .observe(&p.lines, malformed == 0, now_ns(), lookup, out);
     }
 
     fn drain_destroy(&mut self, out: &mut Vec<Record>) {
@@ -261,6 +321,7 @@ impl SocketMonitor {
     pub fn shutdown(&mut self, out: &mut Vec<Record>) {
         self.drain_destroy(out);
         self.table.shutdown(now_ns(), out);
+        self.packets.table.shutdown(now_ns(), out);
         self.destroy.stop();
     }
 }

@@ -73,7 +73,8 @@ impl Entry {
             Protocol::Tcp if accepted => Direction::Inbound,
             Protocol::Tcp => Direction::Outbound,
             Protocol::Udp if connected => Direction::Outbound,
-            Protocol::Udp => Direction::Unknown,
+            // Packet sockets never come from sock_diag (see flows::packet).
+            Protocol::Udp | Protocol::Packet => Direction::Unknown,
         };
         let scope = if connected {
             scoper.scope(s.remote.ip())
@@ -293,7 +294,7 @@ pub(crate) fn flow_record(
     let state = match e.protocol {
         Protocol::Tcp => msg::tcp_state_name(e.state),
         Protocol::Udp if connected => "ESTABLISHED",
-        Protocol::Udp => msg::UDP_UNCONNECTED,
+        Protocol::Udp | Protocol::Packet => msg::UDP_UNCONNECTED,
     };
     // While alive, bytes_received_seq may include a FIN (states past CLOSE_WAIT); at END it
     // has been adjusted already.
@@ -361,6 +362,7 @@ pub(crate) fn listener_record(
         process_start_time: l.owner.start_time,
         attribution: l.owner.attribution,
         backlog: None,
+        packet: None,
     }
 }
 

@@ -422,6 +422,7 @@ mod tests {
             process_start_time: Some(70),
             attribution: Attribution::Fd,
             backlog: Some(128),
+            packet: None,
         };
         window.add(&event(&new_pod, 310, Record::Listener(listener.clone())));
         listener.phase = FlowPhase::End;

@@ -375,11 +375,21 @@ impl ProcessMonitor {
             }
         }
         r.stdio_socket_inodes.clear();
+        (r.stdin_pipe, r.stdout_pipe) = (None, None);
         let mut readable = false;
-        for fd in [c"fd/0", c"fd/1", c"fd/2"] {
-            if let Ok(inode) = dir.read_link(fd, parse::socket_inode) {
-                readable = true;
-                r.stdio_socket_inodes.extend(inode);
+        for (n, fd) in [c"fd/0", c"fd/1", c"fd/2"].into_iter().enumerate() {
+            let Ok((socket, pipe)) =
+                dir.read_link(fd, |l| (parse::socket_inode(l), parse::pipe_inode(l)))
+            else {
+                continue;
+            };
+            readable = true;
+            r.stdio_socket_inodes
+                .extend(socket.filter(|&inode| inet_with_peer(&dir, fd, inode)));
+            match n {
+                0 => r.stdin_pipe = pipe,
+                1 => r.stdout_pipe = pipe,
+                _ => {}
             }
         }
         r.stdio_is_socket = readable.then_some(!r.stdio_socket_inodes.is_empty());
@@ -423,6 +433,45 @@ impl ProcessMonitor {
             _ => Unavailable::ProcessGone,
         }
     }
+}
+
+/// How many lines of a `net/tcp`-like table are read looking for one socket: past them
+/// (a namespace with tens of thousands of sockets) the socket counts as having a peer.
+const NET_TABLE_LINES: usize = 65_536;
+
+/// Whether the socket on stdio fd `fd` is an internet socket with a remote peer: what a
+/// reverse shell's stdio is, where the AF_UNIX socketpairs Node, npm, systemd and docker
+/// give their children are not, nor a listener handed over by inetd. The protocol comes
+/// from sockfs's `system.sockprotoname`, the peer from the process's own network
+/// namespace's table (`/proc/<pid>/net/tcp`…, read only for an inet socket on stdio, a
+/// rare sight). What cannot be told (an unreadable table, a socket not found in it, a
+/// protocol with no table such as MPTCP or SCTP) counts as a peer, as it did before.
+fn inet_with_peer(dir: &PidDir, fd: &std::ffi::CStr, inode: u64) -> bool {
+    use std::io::BufRead as _;
+    let mut buf = [0u8; 32];
+    let table = match dir.socket_protocol(fd, &mut buf) {
+        Ok(b"TCP") => c"net/tcp",
+        Ok(b"TCPv6") => c"net/tcp6",
+        Ok(b"UDP") => c"net/udp",
+        Ok(b"UDPv6") => c"net/udp6",
+        Ok(b"UDP-Lite") => c"net/udplite",
+        Ok(b"UDPLITEv6") => c"net/udplite6",
+        Ok(name) if name.starts_with(b"MPTCP") || name.starts_with(b"SCTP") => return true,
+        // AF_UNIX, netlink, packet, vsock…: not a connection to a peer elsewhere.
+        Ok(_) => return false,
+        // The link was readable, its attribute is not (a kernel without it): as before.
+        Err(_) => return true,
+    };
+    let Ok(file) = dir.open_file(table) else {
+        return true;
+    };
+    let mut lines = std::io::BufReader::with_capacity(16 * 1024, file).split(b'\n');
+    lines
+        .by_ref()
+        .take(NET_TABLE_LINES)
+        .map_while(Result::ok)
+        .find_map(|line| parse::inet_line_has_peer(&line, inode))
+        .unwrap_or(true)
 }
 
 /// Whether `comm` is what the kernel names an image run from `exe`: its basename, cut to

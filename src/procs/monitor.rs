@@ -436,6 +436,8 @@ impl ProcessMonitor {
             stdio_socket_inodes: Vec::new(),
             forked_no_exec: false,
             exe_replaced: None,
+            stdin_pipe: None,
+            stdout_pipe: None,
         };
         let read = self.read_image(&mut record, &mut stat, true);
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);

@@ -225,6 +225,29 @@ pub fn socket_inode(link: &[u8]) -> Option<u64> {
     parse_num(link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
 }
 
+/// `pipe:[12345]` → 12345 (an anonymous pipe; a named FIFO's link is its path).
+pub fn pipe_inode(link: &[u8]) -> Option<u64> {
+    parse_num(link.strip_prefix(b"pipe:[")?.strip_suffix(b"]")?)
+}
+
+/// One line of `/proc/<pid>/net/{tcp,tcp6,udp,udp6}`: whether the socket it describes,
+/// if it is the one with `inode`, has a remote peer (a remote port other than 0: a
+/// listener's and an unconnected UDP socket's is 0). `None`: another socket's line, the
+/// header, or a malformed one.
+pub fn inet_line_has_peer(line: &[u8], inode: u64) -> Option<bool> {
+    let mut fields = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty());
+    // sl, local_address, rem_address, st, queues, tr:tm, retrnsmt, uid, timeout, inode.
+    let remote = fields.nth(2)?;
+    if parse_num(fields.nth(6)?)? != inode {
+        return None;
+    }
+    let port = remote.rsplit(|&b| b == b':').next()?;
+    let port = u16::from_str_radix(std::str::from_utf8(port).ok()?, 16).ok()?;
+    Some(port != 0)
+}
+
 fn trim(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
@@ -408,6 +431,25 @@ mod tests {
         );
         assert_eq!(socket_inode(b"socket:[98765]"), Some(98765));
         assert_eq!(socket_inode(b"pipe:[1]"), None);
+        assert_eq!(pipe_inode(b"pipe:[1]"), Some(1));
+        assert_eq!(pipe_inode(b"/tmp/.f"), None);
+    }
+
+    #[test]
+    fn net_tcp_lines_tell_a_peer_by_inode() {
+        let header = b"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
+        let listener = b"   0: 0100007F:96FD 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 16055579 1 0000000000000000 100 0 0 10 0";
+        let connected = b"   1: 0100007F:DAC8 0100007F:96FD 01 00000000:00000000 00:00000000 00000000     0        0 16055578 1 0000000000000000 20 4 30 10 -1";
+        let v6 = b"   2: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:C350 01 00000000:00000000 00:00000000 00000000  1000        0 77 1";
+        assert_eq!(inet_line_has_peer(header, 16055579), None);
+        assert_eq!(inet_line_has_peer(listener, 16055579), Some(false));
+        assert_eq!(inet_line_has_peer(listener, 16055578), None);
+        assert_eq!(inet_line_has_peer(connected, 16055578), Some(true));
+        assert_eq!(inet_line_has_peer(v6, 77), Some(true));
+        assert_eq!(
+            inet_line_has_peer(b"   3: 0100007F:1 0100007F:zz 01 a b c d e 9", 9),
+            None
+        );
     }
 
     proptest! {
@@ -419,6 +461,7 @@ mod tests {
             let _ = parse_cgroup(&bytes);
             let _ = loadavg_last_pid(&bytes);
             let _ = socket_inode(&bytes);
+            let _ = inet_line_has_peer(&bytes, 7);
         }
 
         #[test]

@@ -64,6 +64,9 @@ pub(super) fn alert(
             f.bytes_received.map_or("n/a".to_owned(), |b| b.to_string()),
         ));
     }
+    if let Some(l) = &ctx.listener {
+        evidence.push(listener_evidence(l));
+    }
     if let Some(p) = ctx.process {
         let chain: Vec<String> = std::iter::once(format!("{}({})", display_bytes(&p.comm), p.pid))
             .chain(
@@ -93,6 +96,40 @@ pub(super) fn alert(
         flows: ctx.flow.into_iter().cloned().collect(),
         evidence,
         exec: None,
+    }
+}
+
+/// A listener in one line; a packet socket with what it captures.
+fn listener_evidence(l: &crate::model::ListenerRecord) -> String {
+    let uid = l.uid.map_or("unknown".to_owned(), |u| u.to_string());
+    let owner = match l.pid {
+        Some(pid) => format!("pid {pid} ({:?} attribution)", l.attribution),
+        None => "owner not attributed".to_owned(),
+    };
+    match &l.packet {
+        Some(p) => format!(
+            "packet socket {} EtherType 0x{:04x}{} on {}, uid {uid}, inode {}, {owner}",
+            match p.sock_type {
+                3 => "SOCK_RAW",
+                2 => "SOCK_DGRAM",
+                _ => "of another type",
+            },
+            p.ethertype,
+            if p.ethertype == 3 {
+                " (every protocol)"
+            } else {
+                ""
+            },
+            match p.ifindex {
+                0 => "every interface".to_owned(),
+                i => format!("interface {i}"),
+            },
+            l.inode.unwrap_or(0),
+        ),
+        None => format!(
+            "listener {:?} {}:{}, uid {uid}, {owner}",
+            l.protocol, l.local_addr, l.local_port
+        ),
     }
 }
 

@@ -36,14 +36,22 @@ pub const UNATTRIBUTED_GAP: UnixNanos = 30_000_000_000;
 /// restart, so at worst a gap is not noticed once).
 const OWNERS_MAX: usize = 65_536;
 
-/// The epochs of unattributed owners, by `source|uid|pid`, and the tree each process a
-/// rule hit belongs to, by `rule|source|pid|start`.
+/// The epochs of unattributed owners, by source, uid and pid, and the tree each process a
+/// rule hit belongs to, by rule, source, pid and start time. Rules and sources are
+/// interned (a hit costs two lookups of short strings, no formatting or allocation).
 #[derive(Default)]
 pub(super) struct Incidents {
-    owners: FastMap<String, (u64, UnixNanos)>,
-    trees: FastMap<String, (u32, UnixNanos)>,
-    scratch: String,
+    owners: FastMap<OwnerKey, (u64, UnixNanos)>,
+    trees: FastMap<TreeKey, (u32, UnixNanos)>,
+    /// Rule ids and collector ids, as numbers.
+    names: FastMap<String, u32>,
 }
+
+/// An unattributed socket's owner: (source, uid, pid).
+type OwnerKey = (u32, Option<u32>, Option<u32>);
+
+/// A process a rule hit: (rule, source, pid, start time).
+type TreeKey = (u32, u32, u32, UnixNanos);
 
 impl Incidents {
     /// Appends the incident of `rule`'s hit on `rec` to `key`. `source` tells collectors
@@ -61,6 +69,7 @@ impl Incidents {
             match p.tty {
                 Some(tty) => push_session(key, p, tty),
                 None => {
+                    let (rule, source) = (self.name(rule), self.name(source));
                     let root = self.tree_of(rule, source, p);
                     let _ = write!(key, "|tree:{}:{}", root.0, root.1);
                 }
@@ -73,46 +82,51 @@ impl Incidents {
             // Audit records and the rest name no process: their group is their rule's.
             _ => return,
         };
-        self.scratch.clear();
-        self.scratch.push_str(source);
-        let _ = write!(self.scratch, "|{uid:?}|{pid:?}");
-        if self.owners.len() >= OWNERS_MAX && !self.owners.contains_key(self.scratch.as_str()) {
+        let owner = (self.name(source), uid, pid);
+        if self.owners.len() >= OWNERS_MAX && !self.owners.contains_key(&owner) {
             self.owners.clear();
         }
-        let entry = self
-            .owners
-            .entry_ref(self.scratch.as_str())
-            .or_insert((0, now));
+        let entry = self.owners.entry(owner).or_insert((0, now));
         if now.saturating_sub(entry.1) > UNATTRIBUTED_GAP {
             entry.0 += 1;
         }
         entry.1 = now;
         let _ = write!(key, "|na:uid={uid:?}:pid={pid:?}:e{}", entry.0);
     }
-}
 
-impl Incidents {
+    /// The number standing for a rule id or collector id (the map starts over past its
+    /// bound, with the trees and owners keyed on the numbers).
+    fn name(&mut self, name: &str) -> u32 {
+        if let Some(&n) = self.names.get(name) {
+            return n;
+        }
+        if self.names.len() >= OWNERS_MAX {
+            self.names.clear();
+            self.trees.clear();
+            self.owners.clear();
+        }
+        let n = self.names.len() as u32;
+        self.names.insert(name.to_owned(), n);
+        n
+    }
+
     /// The root of the tree `rule` hit in: the tree of the nearest ancestor it hit, else
     /// the top of the process's run of forks; remembered for its descendants.
-    fn tree_of(&mut self, rule: &str, source: &str, p: &ProcessRecord) -> (u32, UnixNanos) {
-        let name = |s: &mut String, pid: u32, start: UnixNanos| {
-            s.clear();
-            let _ = write!(s, "{rule}|{source}|{pid}|{start}");
-        };
-        let mut root = None;
-        for a in &p.ancestors {
-            name(&mut self.scratch, a.pid, a.start_time);
-            if let Some(r) = self.trees.get(self.scratch.as_str()) {
-                root = Some(*r);
-                break;
-            }
-        }
-        let root = root.unwrap_or_else(|| fork_root(p));
-        name(&mut self.scratch, p.pid, p.start_time);
-        if self.trees.len() >= OWNERS_MAX && !self.trees.contains_key(self.scratch.as_str()) {
+    fn tree_of(&mut self, rule: u32, source: u32, p: &ProcessRecord) -> (u32, UnixNanos) {
+        let root = p
+            .ancestors
+            .iter()
+            .find_map(|a| {
+                self.trees
+                    .get(&(rule, source, a.pid, a.start_time))
+                    .copied()
+            })
+            .unwrap_or_else(|| fork_root(p));
+        let me = (rule, source, p.pid, p.start_time);
+        if self.trees.len() >= OWNERS_MAX && !self.trees.contains_key(&me) {
             self.trees.clear();
         }
-        self.trees.insert(self.scratch.clone(), root);
+        self.trees.insert(me, root);
         root
     }
 }
@@ -127,12 +141,12 @@ fn push_session(key: &mut String, p: &ProcessRecord, tty: u32) {
 
 /// The highest ancestor of the process's unbroken run of forks (itself if none).
 fn fork_root(p: &ProcessRecord) -> (u32, UnixNanos) {
-    let image = |exe: Option<&[u8]>, comm: &[u8]| -> Vec<u8> {
+    fn image<'a>(exe: Option<&'a [u8]>, comm: &'a [u8]) -> &'a [u8] {
         match exe {
-            Some(e) => e.strip_suffix(b" (deleted)").unwrap_or(e).to_vec(),
-            None => comm.to_vec(),
+            Some(e) => e.strip_suffix(b" (deleted)").unwrap_or(e),
+            None => comm,
         }
-    };
+    }
     let own = image(p.exe.as_deref(), &p.comm);
     p.ancestors
         .iter()

@@ -215,6 +215,7 @@ pub(super) fn listener(pid: u32, start: u64, cookie: u64, phase: FlowPhase) -> L
         process_start_time: Some(start),
         attribution: crate::model::Attribution::Fd,
         backlog: None,
+        packet: None,
     }
 }
 
@@ -366,6 +367,132 @@ fn download_into_a_shell_from_the_parents_command_line() {
             "{cmd}: {out:?}"
         );
     }
+}
+
+/// `curl | sh` in a script file: the command lines say nothing, the pipe does. Each side
+/// is first a fork of the script's shell, then execs; the pipeline is judged once, in
+/// either order of the execs, also when the download ended before the shell was read.
+#[test]
+fn download_into_a_shell_by_the_pipe_between_them() {
+    let script = ancestor(
+        500,
+        5000,
+        "sh",
+        Some("/usr/bin/dash"),
+        &["sh", "/home/u/setup.sh"],
+    );
+    let side =
+        |pid: u32, comm: &str, exe: &str, forked: bool, stdin: Option<u64>, stdout: Option<u64>| {
+            Record::Process(ProcessRecord {
+                forked_no_exec: forked,
+                stdin_pipe: stdin,
+                stdout_pipe: stdout,
+                ancestors: vec![script.clone()],
+                ..process(pid, comm, Some(exe), &[comm])
+            })
+        };
+    let curl_fork = side(501, "sh", "/usr/bin/dash", true, None, Some(9));
+    let sh_fork = side(502, "sh", "/usr/bin/dash", true, Some(9), None);
+    let curl = side(501, "curl", "/usr/bin/curl", false, None, Some(9));
+    let sh = side(502, "bash", "/usr/bin/bash", false, Some(9), None);
+    let curl_exit = match &curl {
+        Record::Process(p) => Record::Process(ProcessRecord {
+            phase: crate::model::ProcessPhase::Exit,
+            ..p.clone()
+        }),
+        _ => unreachable!(),
+    };
+    for order in [
+        vec![&curl_fork, &sh_fork, &curl, &sh],
+        vec![&curl_fork, &sh_fork, &sh, &curl],
+        vec![&curl, &curl_exit, &sh],
+        vec![&sh, &curl],
+    ] {
+        let records: Vec<Record> = order.into_iter().cloned().collect();
+        let out = fired(&mut managed(), &records, SEC);
+        let n = out.iter().filter(|r| *r == "PF-DOWNLOAD-SHELL").count();
+        assert_eq!(n, 1, "{records:?}: {out:?}");
+    }
+    // Benign twins: a local file into a shell, a download into grep.
+    let cat = side(503, "cat", "/usr/bin/cat", false, None, Some(10));
+    let reader = side(504, "sh", "/usr/bin/dash", false, Some(10), None);
+    let curl2 = side(505, "curl", "/usr/bin/curl", false, None, Some(11));
+    let grep = side(506, "grep", "/usr/bin/grep", false, Some(11), None);
+    let out = fired(&mut managed(), &[cat, reader, curl2, grep], SEC);
+    assert!(!out.iter().any(|r| r == "PF-DOWNLOAD-SHELL"), "{out:?}");
+}
+
+// === Packet sockets ===
+
+#[test]
+fn a_packet_socket_fires_and_is_no_listener_of_a_server() {
+    let packet = ListenerRecord {
+        protocol: crate::model::Protocol::Packet,
+        local_port: 0,
+        cookie: crate::flows::packet::COOKIE_BIT | 77,
+        packet: Some(crate::model::PacketSocket {
+            sock_type: 3,
+            ethertype: 3,
+            ifindex: 0,
+        }),
+        ..listener(600, 6000, 77, FlowPhase::Start)
+    };
+    let sniffer = ProcessRecord {
+        start_time: 6000,
+        ..process(
+            600,
+            "python3",
+            Some("/usr/bin/python3.11"),
+            &["python3", "sniff.py"],
+        )
+    };
+    let mut engine = managed();
+    let alerts: Vec<_> = [
+        Record::Process(sniffer.clone()),
+        Record::Listener(packet.clone()),
+    ]
+    .into_iter()
+    .flat_map(|r| engine.evaluate(&event(r), SEC))
+    .collect();
+    let ids: Vec<&str> = alerts.iter().map(|a| a.rule_id.as_str()).collect();
+    assert_eq!(ids, ["PF-PACKET-SOCKET"]);
+    assert!(
+        alerts[0].evidence.iter().any(|e| e.contains(
+            "packet socket SOCK_RAW EtherType 0x0003 (every protocol) on every interface"
+        )),
+        "{:?}",
+        alerts[0].evidence
+    );
+    // Its owner starting a shell is no server starting one.
+    let shell = ProcessRecord {
+        ancestors: vec![ancestor(
+            600,
+            6000,
+            "python3",
+            Some("/usr/bin/python3.11"),
+            &["python3", "sniff.py"],
+        )],
+        ..process(601, "sh", Some("/usr/bin/dash"), &["sh", "-c", "id"])
+    };
+    let out = fired(&mut engine, &[Record::Process(shell)], SEC);
+    assert!(
+        !out.iter().any(|r| r == "PF-SERVER-SPAWNED-SHELL"),
+        "{out:?}"
+    );
+    // Unattributed, it names the socket's uid.
+    let alone = ListenerRecord {
+        pid: None,
+        process_start_time: None,
+        uid: Some(0),
+        inode: Some(78),
+        cookie: crate::flows::packet::COOKIE_BIT | 78,
+        ..packet
+    };
+    let alerts = managed().evaluate(&event(Record::Listener(alone)), SEC);
+    assert!(
+        matches!(&alerts[..], [a] if a.rule_id == "PF-PACKET-SOCKET" && a.output.contains("uid=0")),
+        "{alerts:?}"
+    );
 }
 
 // === One incident, one alert ===

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use super::alert::{alert, push_val, render};
 use super::alert_key::Incidents;
 use super::lang::{self, Ctx};
-use super::listening::Listening;
 use super::load::{kind_slot, RuleSet};
 use super::shared::{Claim, SharedState};
+use super::source::{Slot, SourceProcs, SourceView};
 use super::stateful::{self, HashMap as FastMap};
 use super::RuleError;
 use crate::model::{
@@ -185,10 +185,10 @@ impl Engine {
 
     fn remember(&mut self, slot: usize, rec: &Record) {
         if let Record::Listener(l) = rec {
-            self.procs.listening[slot].observe(l);
+            self.procs.by_slot[slot].listening.observe(l);
         }
         let Record::Process(p) = rec else { return };
-        let per_source = &mut self.procs.by_slot[slot];
+        let per_source = &mut self.procs.by_slot[slot].procs;
         if p.phase == crate::model::ProcessPhase::Exit {
             if per_source.remove(&p.pid).is_some() {
                 self.cached -= 1;
@@ -197,11 +197,15 @@ impl Engine {
         }
         if self.cached >= PROC_CACHE_MAX {
             tracing::warn!(size = self.cached, "rule process cache full; starting over");
-            self.procs.by_slot.iter_mut().for_each(FastMap::clear);
+            self.procs.by_slot.iter_mut().for_each(|s| s.procs.clear());
             self.cached = 0;
         }
-        if self.procs.by_slot[slot].insert(p.pid, p.clone()).is_none() {
+        let Slot { procs, pipes, .. } = &mut self.procs.by_slot[slot];
+        if procs.insert(p.pid, p.clone()).is_none() {
             self.cached += 1;
+        }
+        if p.stdin_pipe.is_some() || p.stdout_pipe.is_some() {
+            pipes.observe(p);
         }
     }
 
@@ -292,7 +296,7 @@ impl Engine {
         start: Option<UnixNanos>,
     ) -> Option<&ProcessRecord> {
         let slot = *self.procs.slots.get(source)?;
-        lookup(&self.procs.by_slot[slot], pid, start)
+        lookup(&self.procs.by_slot[slot].procs, pid, start)
     }
 
     /// Evaluates one ingested event: alerts to emit now (first of a group, then
@@ -305,15 +309,13 @@ impl Engine {
         // while the owner process is borrowed from it.
         let procs = std::mem::take(&mut self.procs.by_slot);
         let owner = match &event.record {
-            Record::Flow(f) => lookup(&procs[slot], f.pid, f.process_start_time),
-            Record::Listener(l) => lookup(&procs[slot], l.pid, l.process_start_time),
+            Record::Flow(f) => lookup(&procs[slot].procs, f.pid, f.process_start_time),
+            Record::Listener(l) => lookup(&procs[slot].procs, l.pid, l.process_start_time),
             _ => None,
         };
         let out = match make_ctx(&event.record, owner) {
             Some((_, mut ctx)) => {
-                if let Some(p) = ctx.process {
-                    ctx.parent_listens = Some(self.procs.listening[slot].parent_listens(p));
-                }
+                ctx.source = Some(SourceView::new(&procs[slot]));
                 self.evaluate_in(event, &ctx, &source.workload, &procs, now)
             }
             None => Vec::new(),
@@ -328,7 +330,7 @@ impl Engine {
         event: &Event,
         ctx: &Ctx<'_>,
         workload: &str,
-        procs: &[FastMap<u32, ProcessRecord>],
+        procs: &[Slot],
         now: UnixNanos,
     ) -> Vec<AlertRecord> {
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -345,7 +347,7 @@ impl Engine {
         event: &Event,
         ctx: &Ctx<'_>,
         workload: &str,
-        procs: &[FastMap<u32, ProcessRecord>],
+        procs: &[Slot],
         now: UnixNanos,
         scratch: &mut Scratch,
     ) -> Vec<AlertRecord> {
@@ -471,10 +473,9 @@ impl Engine {
                 // Another process sent most of the values: the alert names it (or no
                 // process when its owner is unknown), with the record that crossed the limit.
                 Some((c, _)) => {
-                    let process =
-                        self.procs.slots.get(c.source.as_str()).and_then(|slot| {
-                            lookup(&procs[*slot], Some(c.pid), Some(c.start_time))
-                        });
+                    let process = self.procs.slots.get(c.source.as_str()).and_then(|slot| {
+                        lookup(&procs[*slot].procs, Some(c.pid), Some(c.start_time))
+                    });
                     let blamed = Ctx {
                         process,
                         ancestor: None,
@@ -517,28 +518,6 @@ pub(super) fn sender_of<'a>(event: &'a Event, ctx: &Ctx<'_>) -> stateful::Sender
     }
 }
 
-/// Process records by source: a slot per collector id, so a record whose source is the
-/// previous record's reaches its processes without hashing the id.
-#[derive(Default)]
-pub(super) struct SourceProcs {
-    slots: FastMap<String, usize>,
-    by_slot: Vec<FastMap<u32, ProcessRecord>>,
-    /// Per slot: which processes own a listener.
-    listening: Vec<Listening>,
-}
-
-impl SourceProcs {
-    fn slot(&mut self, source: &str) -> usize {
-        let next = self.by_slot.len();
-        let slot = *self.slots.entry_ref(source).or_insert(next);
-        if slot == next {
-            self.by_slot.push(FastMap::default());
-            self.listening.push(Listening::default());
-        }
-        slot
-    }
-}
-
 /// A record's source as the engine keeps it between records: a batch's records share one
 /// identity, so most find their slot and `namespace/workload` key prefix here.
 pub(super) struct LastSource {
@@ -570,7 +549,7 @@ pub(super) fn make_ctx<'a>(
         listener,
         ancestor: None,
         audit: None,
-        parent_listens: None,
+        source: None,
     };
     Some(match rec {
         Record::Process(p) => (RecordKind::Process, ctx(Some(p), None, None)),

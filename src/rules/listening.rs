@@ -2,7 +2,7 @@
 //! engine sees: a shell started by a server is judged by whether its parent serves.
 
 use super::stateful::HashMap as FastMap;
-use crate::model::{FlowPhase, ListenerRecord, ProcessRecord, UnixNanos};
+use crate::model::{FlowPhase, ListenerRecord, ProcessRecord, Protocol, UnixNanos};
 
 /// Beyond this many open listeners per source the oldest knowledge is dropped (a reset:
 /// listeners still open are learned again from their next record).
@@ -17,6 +17,10 @@ pub(super) struct Listening {
 
 impl Listening {
     pub(super) fn observe(&mut self, l: &ListenerRecord) {
+        // A packet socket serves nobody: its owner's children are not a server's.
+        if l.protocol == Protocol::Packet {
+            return;
+        }
         let owner = l.pid.map(|pid| (pid, l.process_start_time.unwrap_or(0)));
         let known = self.by_cookie.get(&l.cookie).copied();
         if l.phase == FlowPhase::End || known != owner {

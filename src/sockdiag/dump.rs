@@ -158,7 +158,7 @@ impl Dumper {
             }
             let states = match protocol {
                 Protocol::Tcp => msg::TCP_STATES_TRACKED,
-                Protocol::Udp => msg::ALL_STATES,
+                Protocol::Udp | Protocol::Packet => msg::ALL_STATES,
             };
             stats.add(self.dump(family, protocol, states, &mut each)?);
         }

@@ -126,6 +126,15 @@ impl PidDir {
     /// Reads the file `name` (at most `limit` bytes) into `buf`.
     pub fn read(&self, name: &CStr, buf: &mut Vec<u8>, limit: usize) -> io::Result<()> {
         use std::io::Read;
+        let file = self.open_file(name)?;
+        buf.clear();
+        file.take(limit as u64).read_to_end(buf)?;
+        Ok(())
+    }
+
+    /// Opens the file `name` for reading (a caller that streams a large file, such as
+    /// `net/tcp`, keeps no buffer of its size).
+    pub fn open_file(&self, name: &CStr) -> io::Result<std::fs::File> {
         use std::os::fd::{AsRawFd, FromRawFd};
         // SAFETY: the directory fd is open for as long as `self`, and `name` is NUL-terminated.
         let fd = unsafe {
@@ -139,10 +148,34 @@ impl PidDir {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just opened and nothing else owns it; the File closes it.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        buf.clear();
-        file.take(limit as u64).read_to_end(buf)?;
-        Ok(())
+        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+
+    /// The protocol of the socket an fd link (`fd/0`) points to, as sockfs names it in the
+    /// `system.sockprotoname` attribute (`TCP`, `UDPv6`, `UNIX-STREAM`, `NETLINK`…), into
+    /// `buf`; the name's length. Needs the access `read_link` needs. Reached through this
+    /// process's own fd of the directory, so a reused pid cannot answer.
+    pub fn socket_protocol<'b>(&self, name: &CStr, buf: &'b mut [u8; 32]) -> io::Result<&'b [u8]> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/self/fd/{}/", self.0.as_raw_fd());
+        let mut path = path.into_bytes();
+        path.extend_from_slice(name.to_bytes_with_nul());
+        let path = CStr::from_bytes_with_nul(&path)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: both names are NUL-terminated, and the buffer and its length describe
+        // writable memory we own; a negative result is handled below.
+        let len = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                c"system.sockprotoname".as_ptr(),
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+            )
+        };
+        let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
+        let name = &buf[..len.min(buf.len())];
+        // The kernel counts the name's NUL.
+        Ok(name.strip_suffix(b"\0").unwrap_or(name))
     }
 
     /// The target of the link `name` (`exe`, `cwd`, `fd/0`), up to PATH_MAX bytes, read

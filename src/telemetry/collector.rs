@@ -34,6 +34,8 @@ pub const SOCKDIAG_DUMP_ERRORS: &str = "procflow_sockdiag_dump_errors_total";
 pub const SOCKDIAG_DUMP_SECONDS: &str = "procflow_sockdiag_dump_seconds";
 /// Single-socket lookups of accepted sockets whose owner was not known yet.
 pub const SOCKDIAG_LOOKUPS: &str = "procflow_sockdiag_lookups_total";
+/// Reads of /proc/net/packet that failed, and lines of it that did not parse (skipped).
+pub const PACKET_TABLE_ERRORS: &str = "procflow_packet_table_errors_total";
 /// Destroy events lost by the kernel (ENOBUFS; exact count from SO_MEMINFO).
 pub const DESTROY_OVERFLOW_LOST: &str = "procflow_destroy_events_lost_total";
 /// Destroy events dropped because the engine's channel was full.
@@ -216,6 +218,24 @@ pub struct SocketsLookedUp {
 impl InternalEvent for SocketsLookedUp {
     fn emit(self) {
         metrics::counter!(SOCKDIAG_LOOKUPS).increment(self.sockets);
+    }
+}
+
+/// A read of /proc/net/packet failed, or lines of it did not parse: the packet sockets they
+/// list are not reported (and none is ended by a failed read).
+pub struct PacketTableUnread<'a> {
+    pub errors: u64,
+    pub what: &'a dyn std::fmt::Display,
+}
+
+static PACKET_TABLE_FAILURES: LogSampler = LogSampler::new(3, EVERY_10S);
+
+impl InternalEvent for PacketTableUnread<'_> {
+    fn emit(self) {
+        metrics::counter!(PACKET_TABLE_ERRORS).increment(self.errors);
+        if let Some(held_back) = PACKET_TABLE_FAILURES.sample() {
+            tracing::warn!(errors = self.errors, what = %self.what, held_back, "/proc/net/packet: not read whole (sampled; all counted)");
+        }
     }
 }
 

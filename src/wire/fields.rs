@@ -68,6 +68,7 @@ pub(super) fn protocol_to_proto(p: model::Protocol) -> pb::Protocol {
     match p {
         model::Protocol::Tcp => pb::Protocol::Tcp,
         model::Protocol::Udp => pb::Protocol::Udp,
+        model::Protocol::Packet => pb::Protocol::Packet,
     }
 }
 
@@ -75,6 +76,7 @@ pub(super) fn protocol_from_proto(v: i32) -> Result<model::Protocol, WireError> 
     match pb::Protocol::try_from(v) {
         Ok(pb::Protocol::Tcp) => Ok(model::Protocol::Tcp),
         Ok(pb::Protocol::Udp) => Ok(model::Protocol::Udp),
+        Ok(pb::Protocol::Packet) => Ok(model::Protocol::Packet),
         _ => Err(WireError::BadEnum {
             field: "protocol",
             value: v,

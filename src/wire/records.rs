@@ -108,6 +108,11 @@ pub(super) fn listener_to_proto(l: &model::ListenerRecord) -> pb::Listener {
         process_start_time: l.process_start_time,
         attribution: attribution_to_proto(l.attribution) as i32,
         backlog: l.backlog,
+        packet: l.packet.map(|p| pb::PacketSocket {
+            sock_type: u32::from(p.sock_type),
+            ethertype: u32::from(p.ethertype),
+            ifindex: p.ifindex,
+        }),
     }
 }
 
@@ -142,6 +147,8 @@ pub fn process_to_proto(p: &model::ProcessRecord) -> pb::Process {
         preexisting: p.preexisting,
         forked_no_exec: p.forked_no_exec,
         exe_replaced: p.exe_replaced,
+        stdin_pipe: p.stdin_pipe,
+        stdout_pipe: p.stdout_pipe,
         egid: p.egid,
         pgid: p.pgid,
         stdio_socket_inodes: p.stdio_socket_inodes.clone(),
@@ -205,6 +212,23 @@ pub fn record_from_proto(r: pb::Record, limits: &Limits) -> Result<Record, WireE
             process_start_time: l.process_start_time,
             attribution: attribution_from_proto(l.attribution)?,
             backlog: l.backlog,
+            packet: l
+                .packet
+                .map(|p| -> Result<_, WireError> {
+                    let narrow = |field, v: u32| {
+                        u16::try_from(v).map_err(|_| WireError::TooLarge {
+                            field,
+                            len: v as usize,
+                            limit: usize::from(u16::MAX),
+                        })
+                    };
+                    Ok(model::PacketSocket {
+                        sock_type: narrow("listener.packet.sock_type", p.sock_type)?,
+                        ethertype: narrow("listener.packet.ethertype", p.ethertype)?,
+                        ifindex: p.ifindex,
+                    })
+                })
+                .transpose()?,
         }),
         Kind::Heartbeat(h) => {
             check_len("heartbeat.counters", h.counters.len(), limits.max_argv)?;
@@ -382,7 +406,16 @@ pub(crate) fn flow_from_view(
     check_len("flow.state", f.state.len(), limits.max_string_bytes.min(64))?;
     Ok(model::FlowRecord {
         cookie: f.cookie,
-        protocol: protocol_from_proto(f.protocol)?,
+        protocol: match protocol_from_proto(f.protocol)? {
+            // Packet sockets have no flows: only listeners.
+            model::Protocol::Packet => {
+                return Err(WireError::BadEnum {
+                    field: "protocol",
+                    value: f.protocol,
+                })
+            }
+            p => p,
+        },
         family: family_from_proto(f.family)?,
         local_addr: addr_bytes("flow.local_addr", f.local_addr)?,
         local_port: port("flow.local_port", f.local_port)?,
@@ -506,6 +539,8 @@ pub fn process_from_proto(
         stdio_socket_inodes: p.stdio_socket_inodes,
         forked_no_exec: p.forked_no_exec,
         exe_replaced: p.exe_replaced,
+        stdin_pipe: p.stdin_pipe,
+        stdout_pipe: p.stdout_pipe,
     })
 }
 
@@ -648,6 +683,8 @@ mod tests {
             stdio_socket_inodes: vec![5, 6],
             forked_no_exec: true,
             exe_replaced: Some(false),
+            stdin_pipe: Some(7),
+            stdout_pipe: None,
         }
     }
 

@@ -13,6 +13,10 @@ use procflow::rules::{Engine, RuleSet};
 
 use crate::util::{Collector, Kids, Netns, UNPRIVILEGED};
 
+mod packet;
+mod pipes;
+mod stdio;
+
 /// Every alert of the managed set on `records`: (rule id, pid of the alerted process,
 /// output).
 fn alerts(records: &[Record]) -> Vec<(String, Option<u32>, String)> {

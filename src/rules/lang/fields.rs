@@ -41,6 +41,8 @@ pub enum Field {
     ParentComm,
     ParentCmdline,
     ParentListens,
+    StdinWriterComm,
+    StdoutReaderComm,
     // ancestor inside any(...)
     AComm,
     AExe,
@@ -57,6 +59,7 @@ pub enum Field {
     BytesSent,
     BytesReceived,
     FlowPhase,
+    SockUid,
     // audit records (`ka.*`, see `super::ka`)
     Ka(KaField),
 }
@@ -111,6 +114,8 @@ pub(super) fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Fie
         "proc.pcomm" => (ParentComm, Ty::Bytes),
         "proc.pcmdline" => (ParentCmdline, Ty::Bytes),
         "proc.parent_listens" => (ParentListens, Ty::Bool),
+        "proc.stdin_writer_comm" => (StdinWriterComm, Ty::Bytes),
+        "proc.stdout_reader_comm" => (StdoutReaderComm, Ty::Bytes),
         "a.comm" if in_any => (AComm, Ty::Bytes),
         "a.exe" if in_any => (AExe, Ty::Bytes),
         "a.pid" if in_any => (APid, Ty::Int),
@@ -125,6 +130,7 @@ pub(super) fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Fie
         "fd.bytes_sent" if kind == RecordKind::Flow => (BytesSent, Ty::Int),
         "fd.bytes_received" if kind == RecordKind::Flow => (BytesReceived, Ty::Int),
         "fd.phase" if net => (FlowPhase, Ty::Bytes),
+        "fd.uid" if net => (SockUid, Ty::Int),
         _ => return None,
     };
     Some(f)
@@ -171,9 +177,9 @@ pub struct Ctx<'a> {
     pub listener: Option<&'a ListenerRecord>,
     pub ancestor: Option<&'a Ancestor>,
     pub audit: Option<&'a AuditRecord>,
-    /// Whether the process's parent owns a listener: known to the engine, from the
-    /// listener records of the process's source (`None` outside it).
-    pub parent_listens: Option<bool>,
+    /// What the engine knows of the record's source (its processes, listeners, pipes),
+    /// read by the fields that need it (`None` outside the engine).
+    pub source: Option<crate::rules::source::SourceView<'a>>,
 }
 
 pub enum Val<'a> {
@@ -285,7 +291,20 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .and_then(|p| p.ancestors.first())
             .map(|a| b(&a.comm))
             .unwrap_or(Val::Null),
-        ParentListens => c.parent_listens.map(Val::Bool).unwrap_or(Val::Null),
+        ParentListens => p
+            .zip(c.source)
+            .map(|(p, s)| Val::Bool(s.parent_listens(p)))
+            .unwrap_or(Val::Null),
+        StdinWriterComm => p
+            .zip(c.source)
+            .and_then(|(p, s)| s.stdin_writer(p))
+            .map(b)
+            .unwrap_or(Val::Null),
+        StdoutReaderComm => p
+            .zip(c.source)
+            .and_then(|(p, s)| s.stdout_reader(p))
+            .map(b)
+            .unwrap_or(Val::Null),
         ParentCmdline => p
             .and_then(|p| p.ancestors.first())
             .map(|a| Val::Bytes(std::borrow::Cow::Owned(a.argv.join(&b' '))))
@@ -336,6 +355,12 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .flow
             .and_then(|f| f.bytes_received)
             .map(|x| Val::Int(x as i64))
+            .unwrap_or(Val::Null),
+        SockUid => c
+            .flow
+            .and_then(|f| f.uid)
+            .or(c.listener.and_then(|l| l.uid))
+            .map(|u| Val::Int(u.into()))
             .unwrap_or(Val::Null),
         Ka(k) => c.audit.map_or(Val::Null, |a| ka_val(ka::get(k, a))),
     }
@@ -399,6 +424,8 @@ pub(super) const FIELD_NAMES: &[&str] = &[
     "proc.pcomm",
     "proc.pcmdline",
     "proc.parent_listens",
+    "proc.stdin_writer_comm",
+    "proc.stdout_reader_comm",
     "fd.rip",
     "fd.raddr",
     "fd.rport",
@@ -411,6 +438,7 @@ pub(super) const FIELD_NAMES: &[&str] = &[
     "fd.bytes_sent",
     "fd.bytes_received",
     "fd.phase",
+    "fd.uid",
 ];
 
 /// Every field name usable in output templates.

@@ -126,7 +126,7 @@ fn folded_enum_tests_agree_with_the_tree() {
                                 listener: None,
                                 ancestor: None,
                                 audit: None,
-                                parent_listens: None,
+                                source: None,
                             };
                             assert_eq!(
                                 folded.holds(Facts::of(&c), &c),
@@ -141,7 +141,7 @@ fn folded_enum_tests_agree_with_the_tree() {
             }
         }
     }
-    assert_eq!(checked, conditions.len() * 4 * 4 * 2 * 3 * 2);
+    assert_eq!(checked, conditions.len() * 4 * 4 * 3 * 3 * 2);
     // The folding took the enum tests out of the tree.
     let c = Condition::new(tree(
         r#"fd.direction == "OUTBOUND" and fd.scope != "LOCAL""#,
@@ -164,7 +164,7 @@ fn process_phase_folds_and_absent_never_matches() {
             listener: None,
             ancestor: None,
             audit: None,
-            parent_listens: None,
+            source: None,
         };
         assert_eq!(c.holds(Facts::of(&ctx), &ctx), phase != ProcessPhase::Exit);
     }
@@ -174,7 +174,7 @@ fn process_phase_folds_and_absent_never_matches() {
         listener: None,
         ancestor: None,
         audit: None,
-        parent_listens: None,
+        source: None,
     };
     assert!(!c.holds(Facts::of(&nothing), &nothing));
 }
@@ -209,7 +209,7 @@ fn a_trailing_star_glob_is_a_prefix_test_that_matches_like_the_regex() {
                 listener: None,
                 ancestor: None,
                 audit: None,
-                parent_listens: None,
+                source: None,
             };
             assert_eq!(fast.eval(&c), slow.eval(&c), "{glob} on {value:?}");
         }

@@ -49,6 +49,9 @@ pub fn dump_request(family: Family, protocol: Protocol, states: u32, seq: u32) -
     buf[field::PROTOCOL] = match protocol {
         Protocol::Tcp => IPPROTO_TCP,
         Protocol::Udp => IPPROTO_UDP,
+        // Not an inet_diag protocol (flows::packet reads /proc/net/packet): never asked;
+        // the kernel would refuse protocol 0.
+        Protocol::Packet => 0,
     };
     buf[field::EXT] = 1 << (INET_DIAG_INFO - 1); // request INET_DIAG_INFO
     buf[field::STATES].copy_from_slice(&states.to_ne_bytes());

