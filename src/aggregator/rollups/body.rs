@@ -50,7 +50,8 @@ const SCOPES: [Scope; 4] = [
     Scope::EastWest,
     Scope::NorthSouth,
 ];
-const PROTOCOLS: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+// Every protocol a listener may have: `index_of` would store an unknown one as TCP.
+const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Packet];
 
 fn index_of<T: PartialEq>(all: &[T], v: &T) -> u64 {
     all.iter().position(|x| x == v).unwrap_or(0) as u64
@@ -82,19 +83,24 @@ impl Writer {
     }
 }
 
-/// Interns the strings of one period in order of first use.
+/// Interns the strings of one period in order of first use, by hash: a workload names its
+/// own processes (comm by prctl, exe by path), so a period may hold millions of distinct
+/// ones, and a search of the table per row would be quadratic.
 #[derive(Default)]
-struct Strings(Vec<Vec<u8>>);
+struct Strings {
+    ids: std::collections::HashMap<Vec<u8>, u64>,
+    order: Vec<Vec<u8>>,
+}
 
 impl Strings {
     fn id(&mut self, s: &[u8]) -> u64 {
-        match self.0.iter().position(|known| known == s) {
-            Some(i) => i as u64,
-            None => {
-                self.0.push(s.to_vec());
-                self.0.len() as u64 - 1
-            }
+        if let Some(&id) = self.ids.get(s) {
+            return id;
         }
+        let id = self.order.len() as u64;
+        self.order.push(s.to_vec());
+        self.ids.insert(s.to_vec(), id);
+        id
     }
 }
 
@@ -183,8 +189,8 @@ pub fn encode(p: &PodHour, start: u64) -> Vec<u8> {
     }
     let mut head = Writer::default();
     head.out.extend_from_slice(&MAGIC);
-    head.varint(strings.0.len() as u64);
-    for s in &strings.0 {
+    head.varint(strings.order.len() as u64);
+    for s in &strings.order {
         head.bytes(s);
     }
     head.out.extend_from_slice(&w.out);
@@ -624,6 +630,31 @@ mod tests {
         assert_eq!(borrowed, owned);
         assert_eq!(borrowed.executables.len(), 1);
         assert_eq!(borrowed.starts, p.starts);
+    }
+
+    #[test]
+    fn a_packet_socket_stays_a_packet_socket_across_rollups_and_the_raw_tail() {
+        // A packet socket is a listener of protocol PACKET on port 0: stored as TCP, the
+        // rolled-up hour's and the raw tail's sightings of it were two "new" listeners.
+        let start = 1_000 * HOUR;
+        let mut p = period(start);
+        p.listeners[0].protocol = Protocol::Packet;
+        p.listeners[0].port = 0;
+        let s = segment(&p, start, encode(&p, start));
+        assert_eq!(decode(&s).expect("decoded"), p);
+        let mut tail = p.clone();
+        tail.edges.clear();
+        tail.executables.clear();
+        tail.listeners[0].first_seen = start + HOUR + 1;
+        let mut merger = Merger::new(start, FlowFilter::default(), true);
+        merge(&s, &mut merger).expect("merged");
+        merger.add(tail);
+        let a = merger
+            .finish(&PodDirectory::default(), decode_executable, decode_listener)
+            .expect("finished");
+        assert_eq!(a.listeners.len(), 1, "{:?}", a.listeners);
+        assert_eq!(a.listeners[0].protocol, Protocol::Packet);
+        assert_eq!(a.listeners[0].first_seen, start + 4);
     }
 
     #[test]

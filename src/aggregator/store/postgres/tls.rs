@@ -9,9 +9,11 @@
 //! must lead to a root of `sslrootcert`), `verify-full` (and its certificate must name the
 //! host of the URL). `prefer` and `require` check the chain too when `sslrootcert` is given
 //! (as libpq does when it finds a root file); without it they only encrypt, which an active
-//! attacker on the path defeats — but the session is still bound to the server's
-//! certificate (SCRAM channel binding, `tls-server-end-point`), so such an attacker cannot
-//! relay the password exchange.
+//! attacker on the path defeats: SCRAM channel binding (`tls-server-end-point`) is offered,
+//! which stops the attacker relaying a SCRAM exchange, but not asking for the password in
+//! clear and getting it (tokio-postgres's `channel_binding=prefer`, libpq's default too).
+//! `channel_binding=require` in the URL refuses a server that does not bind the exchange
+//! to its certificate (`mitm_tests`).
 
 use std::future::Future;
 use std::io;
@@ -71,10 +73,15 @@ pub(crate) fn split_url(url: &str) -> Result<(String, Settings), String> {
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Keys decoded too, as tokio-postgres decodes them: `%73slmode=require` kept for
+        // it would be overridden by this mode (prefer), a silent downgrade.
+        let key = percent_encoding::percent_decode_str(key)
+            .decode_utf8()
+            .map_err(|e| format!("{key}: {e}"))?;
         let value = percent_encoding::percent_decode_str(value)
             .decode_utf8()
             .map_err(|e| format!("{key}: {e}"))?;
-        match key {
+        match key.as_ref() {
             "sslmode" => {
                 settings.mode = match value.as_ref() {
                     "disable" => Mode::Disable,
@@ -440,6 +447,21 @@ mod tests {
     }
 
     #[test]
+    fn percent_encoded_keys_are_the_keys_they_encode() {
+        // tokio-postgres decodes keys: had `%73slmode=require` been passed through, the
+        // mode taken here (prefer, the default) would have overridden it.
+        let (url, s) = split_url("postgres://u@h/p?%73slmode=require").expect("split");
+        assert_eq!(
+            (url.as_str(), s.ssl_mode()),
+            ("postgres://u@h/p", SslMode::Require)
+        );
+        assert!(split_url("postgres://u@h/p?ssl%6Dode=verify-full").is_err());
+        let (_, s) =
+            split_url("postgres://u@h/p?sslmode=verify-ca&%73slrootcert=%2Fca.pem").expect("split");
+        assert_eq!(s.root.as_deref(), Some(Path::new("/ca.pem")));
+    }
+
+    #[test]
     fn verifying_modes_without_a_root_and_unknown_modes_are_refused() {
         for url in [
             "postgres://u@h/p?sslmode=verify-full",
@@ -452,3 +474,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tls_mitm_tests.rs"]
+mod mitm_tests;
