@@ -43,7 +43,23 @@ pub struct Investigator {
     store: Arc<dyn Store>,
     baselines: Arc<BaselineCache<Baseline>>,
     api_baselines: Arc<BaselineCache<ApiBaseline>>,
+    names: Arc<Mutex<NamesCache>>,
 }
+
+/// Process names from every process record stored, kept between questions: a month's store
+/// holds hundreds of thousands of process records, and every question needs their names
+/// (for the sockets of its raw records), so each scans only what arrived since the last
+/// (from a little before it: batches still committing then). Rebuilt from the store every
+/// hour, so names of records gone at retention do not pile up; the console's hourly warm-up
+/// takes that scan.
+#[derive(Default)]
+struct NamesCache {
+    names: ProcessNames,
+    scan_from: UnixNanos,
+    built: Option<Instant>,
+}
+
+const NAMES_MARGIN: UnixNanos = 120_000_000_000;
 
 /// Baselines wholly in the past, kept for an hour: a scope's baseline is weeks of records
 /// (45 days before a 24-hour scope is 45 times the scope), and the next question over the
@@ -106,6 +122,7 @@ impl Investigator {
             store,
             baselines: Arc::default(),
             api_baselines: Arc::default(),
+            names: Arc::default(),
         }
     }
 
@@ -122,9 +139,10 @@ impl Investigator {
         limit: usize,
         observe: &mut dyn FnMut(&Event),
     ) -> Result<Talkers, StoreError> {
-        let names = self.process_names(&q.query)?;
+        let names = self.process_names()?;
+        let names = &names.names;
         if self.reads_rollups(q) {
-            if let Some(activity) = rollups::activity(&*self.store, q, &names, false, observe)? {
+            if let Some(activity) = rollups::activity(&*self.store, q, names, false, observe)? {
                 return Ok(investigate::talkers_from(activity, order, limit));
             }
         }
@@ -139,7 +157,7 @@ impl Investigator {
                     _ => true,
                 }
             })?;
-        Ok(investigate::talkers(&sockets, &names, &pods, order, limit))
+        Ok(investigate::talkers(&sockets, names, &pods, order, limit))
     }
 
     /// Whether the question reads rollups (where the store keeps them): when raw records of
@@ -185,7 +203,8 @@ impl Investigator {
         limit: usize,
         observe: &mut dyn FnMut(&Event),
     ) -> Result<Comparison, StoreError> {
-        let names = self.process_names(&q.query)?;
+        let names = self.process_names()?;
+        let names = &names.names;
         let mut pods = self.pod_directory(q)?;
         let until = q.query.since.saturating_sub(1);
         let key = BaselineKey::of(q, baseline_since);
@@ -201,7 +220,7 @@ impl Investigator {
                     },
                     ..q.clone()
                 };
-                let activity = self.activity(&before, &names, &mut pods, &mut |_| {})?;
+                let activity = self.activity(&before, names, &mut pods, &mut |_| {})?;
                 let summary = Arc::new(Baseline::of(&activity));
                 if past {
                     self.baselines.put(key, summary.clone());
@@ -209,7 +228,7 @@ impl Investigator {
                 summary
             }
         };
-        let window = self.activity(q, &names, &mut pods, observe)?;
+        let window = self.activity(q, names, &mut pods, observe)?;
         Ok(investigate::compare(
             &baseline,
             &window,
@@ -336,21 +355,36 @@ impl Investigator {
         Ok(Some(flows.finish()))
     }
 
-    /// Names of the processes of the window's pods, from every process record up to its end
-    /// (a long-lived process was recorded when it started, perhaps long before the window).
-    fn process_names(&self, base: &EventQuery) -> Result<ProcessNames, StoreError> {
-        let mut names = ProcessNames::default();
-        let query = EventQuery {
-            since: 0,
-            ..of_kinds(base, &[RecordKind::Process])
-        };
-        self.store.scan(&query, &mut |e| {
-            if let Record::Process(p) = &e.record {
-                names.add(&e.source, p);
-            }
-            true
-        })?;
-        Ok(names)
+    /// Names of processes, from every process record stored (a long-lived process was
+    /// recorded when it started, perhaps long before the window), held for one question at
+    /// a time.
+    fn process_names(&self) -> Result<std::sync::MutexGuard<'_, NamesCache>, StoreError> {
+        let mut cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.built.is_none_or(|at| at.elapsed() > BASELINE_TTL) {
+            *cache = NamesCache {
+                built: Some(Instant::now()),
+                ..NamesCache::default()
+            };
+        }
+        let started = now_ns();
+        let NamesCache {
+            names, scan_from, ..
+        } = &mut *cache;
+        self.store.scan(
+            &EventQuery {
+                kinds: vec![RecordKind::Process],
+                since: *scan_from,
+                ..EventQuery::default()
+            },
+            &mut |e| {
+                if let Record::Process(p) = &e.record {
+                    names.add(&e.source, p);
+                }
+                true
+            },
+        )?;
+        cache.scan_from = started.saturating_sub(NAMES_MARGIN);
+        Ok(cache)
     }
 
     /// Every collector that reported in the window (of any pod the question may name): their
