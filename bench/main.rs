@@ -8,6 +8,7 @@
 
 mod audit;
 mod churn;
+mod cleanup;
 mod console;
 mod detect;
 mod hostile;
@@ -18,6 +19,7 @@ mod once;
 mod pgstore;
 mod pipeline;
 mod poll;
+mod rawday;
 mod replicakill;
 mod rollups;
 mod rules;
@@ -127,9 +129,9 @@ struct Sizes {
 /// `transport` (the pipeline's transport figure alone), `pgstore` (sustained ingest into
 /// PostgreSQL, a server of scripts/pg.sh), `replica-kill` (two replicas on PostgreSQL, one
 /// SIGKILLed mid-stream), `rollups` (investigation over 30 days of rollups and one day of
-/// raw records) and `detect` (attack and benign scenarios, as root: it creates a user and
+/// raw records), `raw-day` (the same over one day of raw records, over gRPC, both stores) and `detect` (attack and benign scenarios, as root: it creates a user and
 /// network namespaces) run only when named.
-const SCENARIOS: [&str; 18] = [
+const SCENARIOS: [&str; 19] = [
     "poll",
     "churn",
     "lifetime",
@@ -145,6 +147,7 @@ const SCENARIOS: [&str; 18] = [
     "console",
     "pgstore",
     "rollups",
+    "raw-day",
     "audit",
     "replica-kill",
     "detect",
@@ -193,6 +196,7 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    cleanup::install()?;
     let json = args
         .iter()
         .position(|a| a == "--json")
@@ -350,6 +354,11 @@ fn main() -> anyhow::Result<()> {
             pgstore::scenario_pgstore(&mut report, Duration::from_secs(sizes.sustain_secs))
         {
             report.skip("pgstore", format!("{e:#}"));
+        }
+    }
+    if only.iter().any(|o| o == "raw-day") {
+        if let Err(e) = rawday::scenario_raw_day(&mut report) {
+            report.skip("raw-day", format!("{e:#}"));
         }
     }
     if only.iter().any(|o| o == "rollups") {

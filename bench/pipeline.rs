@@ -35,15 +35,19 @@ impl Aggregator {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
+        crate::cleanup::child_started(child.id());
         let ready = Instant::now();
+        let mut agg = Aggregator { child, port, dir };
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(
-                ready.elapsed() < Duration::from_secs(20),
-                "aggregator did not start"
-            );
+            // Exited (a bad flag, a store it cannot open), or not listening in time.
+            let exited = matches!(agg.child.try_wait(), Ok(Some(_)));
+            if exited || ready.elapsed() > Duration::from_secs(60) {
+                agg.kill();
+                anyhow::bail!("aggregator did not start");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Aggregator { child, port, dir })
+        Ok(agg)
     }
 
     pub fn url(&self) -> String {
@@ -58,6 +62,7 @@ impl Aggregator {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::cleanup::child_ended(self.child.id());
     }
 
     /// SIGTERM (graceful: the store flushes), then waits; returns the data directory.
@@ -68,12 +73,14 @@ impl Aggregator {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                crate::cleanup::child_ended(self.child.id());
                 return self.dir;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::cleanup::child_ended(self.child.id());
         self.dir
     }
 }
@@ -98,6 +105,30 @@ pub(crate) fn drive(
     count: u64,
     duration: Duration,
 ) -> anyhow::Result<(u64, f64, f64)> {
+    let template = crate::sample_flow_record();
+    drive_as(
+        config,
+        count,
+        duration,
+        format!("bench-{}", procflow::model::now_ns()),
+        move |n| {
+            let mut record = template.clone();
+            if let Record::Flow(f) = &mut record {
+                f.cookie = n;
+            }
+            record
+        },
+    )
+}
+
+/// [`drive`] as collector `collector_id`, record `n` made by `record(n)`.
+pub(crate) fn drive_as(
+    config: exporter::ExporterConfig,
+    count: u64,
+    duration: Duration,
+    collector_id: String,
+    record: impl Fn(u64) -> Record,
+) -> anyhow::Result<(u64, f64, f64)> {
     // The collector's default `--queue-capacity`; a full queue makes the sender wait.
     let (tx, rx) = procflow::pipeline::record_queue(4096);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -106,7 +137,7 @@ pub(crate) fn drive(
         .build()?;
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(64);
     let identity = CollectorIdentity {
-        collector_id: format!("bench-{}", procflow::model::now_ns()),
+        collector_id,
         pod_name: "bench".into(),
         pod_namespace: "bench".into(),
         ..CollectorIdentity::default()
@@ -125,16 +156,11 @@ pub(crate) fn drive(
             batches_tx,
         )
     });
-    let template = crate::sample_flow_record();
     let mut sent = 0u64;
     while sent < count && started.elapsed() < duration {
         for _ in 0..1024 {
-            let mut record = template.clone();
-            if let Record::Flow(f) = &mut record {
-                f.cookie = sent;
-            }
             // Waits for room, as the collector's sources do.
-            anyhow::ensure!(tx.send(record), "the record queue's consumer stopped");
+            anyhow::ensure!(tx.send(record(sent)), "the record queue's consumer stopped");
             sent += 1;
         }
     }
