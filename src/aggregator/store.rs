@@ -20,7 +20,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::codec::{RawBatch, BATCH_RECORDS_FIELD};
-use crate::model::{Event, Record, RecordKind};
+use crate::model::{CollectorIdentity, Event, Record, RecordKind};
 use crate::proto::v1 as pb;
 use crate::wire::{self, direct};
 
@@ -173,6 +173,21 @@ pub trait Store: Send + Sync {
         query: &EventQuery,
         visit: &mut dyn FnMut(Event) -> bool,
     ) -> Result<bool, StoreError>;
+    /// The identities that sent events matching `query` (its kinds, pods, namespaces and
+    /// window), one per collector, in the order they first appear: who reported in a
+    /// window, without reading every record (a pod's heartbeats are thousands a day).
+    /// Blocking.
+    fn sources(&self, query: &EventQuery) -> Result<Vec<Arc<CollectorIdentity>>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        self.scan(query, &mut |e| {
+            if seen.insert(e.source.collector_id.clone()) {
+                out.push(e.source.clone());
+            }
+            true
+        })?;
+        Ok(out)
+    }
     /// Whether a batch of `collector_id` with a sequence number above `seq` is stored (the
     /// silenced-collector watch asks before it alerts: batches past the last one a replica
     /// read were stored by another); a store one replica owns answers false — the collector
@@ -545,16 +560,7 @@ fn visit_segment(
 ) -> Result<bool, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { id, reason };
     let mut segment = RawBatch::parse(body).map_err(|e| corrupt(e.to_string()))?;
-    let source = Arc::new(
-        wire::identity_from_proto(
-            segment
-                .identity
-                .take()
-                .ok_or_else(|| corrupt("segment without identity".into()))?,
-            limits,
-        )
-        .map_err(|e| corrupt(e.to_string()))?,
-    );
+    let source = segment_source(id, &mut segment, limits)?;
     for record in segment.records() {
         let event = Event {
             source: source.clone(),
@@ -566,6 +572,35 @@ fn visit_segment(
         }
     }
     Ok(true)
+}
+
+/// The identity a stored segment's events share.
+fn segment_source(
+    id: i64,
+    segment: &mut RawBatch,
+    limits: &wire::Limits,
+) -> Result<Arc<CollectorIdentity>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+    let identity = segment
+        .identity
+        .take()
+        .ok_or_else(|| corrupt("segment without identity".into()))?;
+    Ok(Arc::new(
+        wire::identity_from_proto(identity, limits).map_err(|e| corrupt(e.to_string()))?,
+    ))
+}
+
+/// The identity of a stored segment, its records not read.
+fn identity_of_segment(
+    id: i64,
+    body: bytes::Bytes,
+    limits: &wire::Limits,
+) -> Result<Arc<CollectorIdentity>, StoreError> {
+    let mut segment = RawBatch::parse_bounded(body, 0).map_err(|e| StoreError::Corrupt {
+        id,
+        reason: e.to_string(),
+    })?;
+    segment_source(id, &mut segment, limits)
 }
 
 /// Indices of `events` grouped by (record kind, source, arrival time), in order of first

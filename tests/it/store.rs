@@ -167,6 +167,9 @@ struct Answers {
     window: Vec<Event>,
     first_three: Vec<Event>,
     complete: bool,
+    /// Pods that sent processes in the window, by first appearance; the same in `pay`.
+    sources: Vec<String>,
+    pay_sources: Vec<String>,
 }
 
 fn outcome(a: &Appended) -> &'static str {
@@ -270,6 +273,20 @@ fn exercise(backend: Backend) -> Answers {
             first_three.len() < 3
         })
         .expect("scan");
+    let sources = |namespaces: Vec<String>| -> Vec<String> {
+        store
+            .sources(&EventQuery {
+                kinds: vec![RecordKind::Process],
+                since: now - 350,
+                until: now - 95,
+                namespaces,
+                ..EventQuery::default()
+            })
+            .expect("sources")
+            .iter()
+            .map(|s| s.pod_name.clone())
+            .collect()
+    };
     Answers {
         outcomes,
         audit,
@@ -279,6 +296,8 @@ fn exercise(backend: Backend) -> Answers {
         window,
         first_three,
         complete,
+        sources: sources(Vec::new()),
+        pay_sources: sources(vec!["pay".into()]),
     }
 }
 
@@ -304,6 +323,9 @@ fn both_backends_store_deduplicate_and_answer_alike() {
     assert_eq!(sqlite.window.len(), 4 + 3);
     assert_eq!(sqlite.first_three.len(), 3);
     assert!(!sqlite.complete);
+    // One identity per collector, first seen first (api-0 sent two batches in the window).
+    assert_eq!(sqlite.sources, ["web-0", "db-0", "api-0"]);
+    assert_eq!(sqlite.pay_sources, ["api-0"]);
     let postgres = exercise(Backend::Postgres);
     // Arrival times differ between the runs: compare everything else.
     let strip = |mut a: Answers| {

@@ -16,6 +16,7 @@ mod shared;
 mod tls;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -25,10 +26,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{
-    audit_key, encode_segment, request_append, request_audit, segments, visit_segment, Appended,
-    AuditAppended, EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
+    audit_key, encode_segment, identity_of_segment, request_append, request_audit, segments,
+    visit_segment, Appended, AuditAppended, EventQuery, Outcome, ReadRange, Request, Retention,
+    Store, StoreError,
 };
-use crate::model::Event;
+use crate::model::{CollectorIdentity, Event};
 use crate::telemetry::aggregator::StoreExpiredOnArrival;
 use crate::telemetry::InternalEvent;
 use crate::wire::{self, direct};
@@ -359,6 +361,25 @@ impl Store for PgStore {
         Some(self)
     }
 
+    fn sources(&self, q: &EventQuery) -> Result<Vec<Arc<CollectorIdentity>>, StoreError> {
+        let until = if q.until == 0 { u64::MAX } else { q.until };
+        let filter = Filter::of(q, until);
+        // On the store's runtime (the caller may be on another's blocking thread).
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let pool = self.pool.clone();
+        self.handle.spawn(async move {
+            let _ = tx.send(first_segments(&pool, &filter).await);
+        });
+        let segments = rx
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the store's runtime stopped".into()))??;
+        let limits = wire::Limits::default();
+        segments
+            .into_iter()
+            .map(|(id, body)| identity_of_segment(id, body.into(), &limits))
+            .collect()
+    }
+
     fn scan(
         &self,
         q: &EventQuery,
@@ -421,6 +442,43 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// `select` with this filter's WHERE clause, and its parameters.
+    fn clause(&self, select: &str) -> (String, Vec<&(dyn ToSql + Sync)>) {
+        let mut sql = format!("{select} WHERE received_at >= $1 AND received_at <= $2");
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&self.since, &self.until];
+        for (column, values) in [
+            ("kind", &self.kinds),
+            ("pod", &self.pods),
+            ("namespace", &self.namespaces),
+        ] {
+            if !values.is_empty() {
+                params.push(values);
+                sql.push_str(&format!(" AND {column} = ANY(${})", params.len()));
+            }
+        }
+        (sql, params)
+    }
+}
+
+/// Each collector's first segment matching `f`: (id, body), in id order.
+async fn first_segments(pool: &Pool, f: &Filter) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let (sql, params) = f.clause("SELECT min(id) AS id FROM segments");
+    let sql = format!(
+        "SELECT s.id, s.body FROM segments s JOIN ({sql} GROUP BY collector) f USING (id) \
+         ORDER BY s.id"
+    );
+    let rows = client
+        .query(&sql, &params)
+        .await
+        .map_err(pg("reading the window's sources"))?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(pg("reading the window's sources"))
+}
+
 /// Reads the matching segments in id order, a page at a time through a portal (so a long
 /// window is never held in memory), into `tx`; returns early when the reader is gone.
 async fn read_segments(
@@ -436,20 +494,7 @@ async fn read_segments(
         .start()
         .await
         .map_err(pg("starting a read"))?;
-    let mut sql = String::from(
-        "SELECT id, received_at, body FROM segments WHERE received_at >= $1 AND received_at <= $2",
-    );
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&f.since, &f.until];
-    for (column, values) in [
-        ("kind", &f.kinds),
-        ("pod", &f.pods),
-        ("namespace", &f.namespaces),
-    ] {
-        if !values.is_empty() {
-            params.push(values);
-            sql.push_str(&format!(" AND {column} = ANY(${})", params.len()));
-        }
-    }
+    let (mut sql, params) = f.clause("SELECT id, received_at, body FROM segments");
     sql.push_str(" ORDER BY id");
     let statement = read.prepare(&sql).await.map_err(pg("preparing a read"))?;
     let portal = read

@@ -5,16 +5,18 @@
 mod rollups;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    audit_key, encode_segment, request_append, request_audit, segments, visit_segment, Appended,
-    AuditAppended, EventQuery, Outcome, ReadRange, Request, Retention, Store, StoreError,
+    audit_key, encode_segment, identity_of_segment, request_append, request_audit, segments,
+    visit_segment, Appended, AuditAppended, EventQuery, Outcome, ReadRange, Request, Retention,
+    Store, StoreError,
 };
-use crate::model::Event;
+use crate::model::{CollectorIdentity, Event};
 use crate::telemetry::aggregator::StoreTrimmed;
 use crate::telemetry::InternalEvent;
 use crate::wire::{self, direct};
@@ -68,6 +70,14 @@ CREATE TABLE IF NOT EXISTS batches (
 ";
 
 impl SqliteStore {
+    /// A read-only connection inside a transaction: its statements see one snapshot.
+    fn read_transaction(&self) -> Result<Connection, rusqlite::Error> {
+        let conn =
+            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.execute_batch("BEGIN")?;
+        Ok(conn)
+    }
+
     /// Opens (or creates) `dir/procflow.db` and starts the writer thread.
     pub fn open(dir: &Path, retention: Retention) -> Result<SqliteStore, StoreError> {
         Self::open_file(&super::sqlite_path(dir), retention)
@@ -210,6 +220,37 @@ impl Store for SqliteStore {
         Some(self)
     }
 
+    fn sources(&self, q: &EventQuery) -> Result<Vec<Arc<CollectorIdentity>>, StoreError> {
+        let until = if q.until == 0 { u64::MAX } else { q.until };
+        let sqlite = |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.read_transaction().map_err(sqlite)?;
+        // Each collector's first segment in the window: its identity, one body read.
+        let (mut sql, args) = where_clause(q, until, "SELECT min(id) FROM segments");
+        sql.push_str(" GROUP BY collector ORDER BY 1");
+        let ids: Vec<i64> = conn
+            .prepare(&sql)
+            .map_err(sqlite)?
+            .query_map(rusqlite::params_from_iter(args), |row| row.get(0))
+            .map_err(sqlite)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite)?;
+        let mut body_of = conn
+            .prepare("SELECT body FROM segments WHERE id = ?1")
+            .map_err(sqlite)?;
+        let limits = wire::Limits::default();
+        ids.into_iter()
+            .map(|id| {
+                let body: Vec<u8> = body_of
+                    .query_row(params![id], |row| row.get(0))
+                    .map_err(sqlite)?;
+                identity_of_segment(id, body.into(), &limits)
+            })
+            .collect()
+    }
+
     fn scan(
         &self,
         q: &EventQuery,
@@ -228,39 +269,11 @@ impl Store for SqliteStore {
             source: Box::new(source) as Box<dyn std::error::Error + Send + Sync>,
         };
         let sqlite = |source| read_failed(None, source);
-        let conn =
-            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_err(sqlite)?;
         // The matching segments' ids first, sorted, then each body by id: sorting whole rows
         // would copy every body through SQLite's sorter (temporary files for a long window).
         // One read transaction, so both statements see the same snapshot.
-        conn.execute_batch("BEGIN").map_err(sqlite)?;
-        let mut sql = String::from(
-            "SELECT id, received_at FROM segments WHERE received_at >= ?1 AND received_at <= ?2",
-        );
-        let mut args: Vec<rusqlite::types::Value> = vec![
-            i64::try_from(q.since).unwrap_or(i64::MAX).into(),
-            i64::try_from(until).unwrap_or(i64::MAX).into(),
-        ];
-        let mut in_list = |column: &str, values: Vec<String>| {
-            if values.is_empty() {
-                return;
-            }
-            let marks: Vec<String> = values
-                .into_iter()
-                .map(|v| {
-                    args.push(v.into());
-                    format!("?{}", args.len())
-                })
-                .collect();
-            sql.push_str(&format!(" AND {column} IN ({})", marks.join(",")));
-        };
-        in_list(
-            "kind",
-            q.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
-        );
-        in_list("pod", q.pods.clone());
-        in_list("namespace", q.namespaces.clone());
+        let conn = self.read_transaction().map_err(sqlite)?;
+        let (mut sql, args) = where_clause(q, until, "SELECT id, received_at FROM segments");
         sql.push_str(" ORDER BY id");
         let mut stmt = conn.prepare(&sql).map_err(sqlite)?;
         let segments: Vec<(i64, i64)> = stmt
@@ -285,6 +298,36 @@ impl Store for SqliteStore {
         }
         Ok(true)
     }
+}
+
+/// `select` with the WHERE clause of `q` (its window to `until`, kinds, pods and
+/// namespaces), and its arguments.
+fn where_clause(q: &EventQuery, until: u64, select: &str) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = format!("{select} WHERE received_at >= ?1 AND received_at <= ?2");
+    let mut args: Vec<rusqlite::types::Value> = vec![
+        i64::try_from(q.since).unwrap_or(i64::MAX).into(),
+        i64::try_from(until).unwrap_or(i64::MAX).into(),
+    ];
+    let mut in_list = |column: &str, values: Vec<String>| {
+        if values.is_empty() {
+            return;
+        }
+        let marks: Vec<String> = values
+            .into_iter()
+            .map(|v| {
+                args.push(v.into());
+                format!("?{}", args.len())
+            })
+            .collect();
+        sql.push_str(&format!(" AND {column} IN ({})", marks.join(",")));
+    };
+    in_list(
+        "kind",
+        q.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+    );
+    in_list("pod", q.pods.clone());
+    in_list("namespace", q.namespaces.clone());
+    (sql, args)
 }
 
 fn write_loop(
