@@ -54,7 +54,9 @@ pub struct Investigator {
 /// takes that scan.
 #[derive(Default)]
 struct NamesCache {
-    names: ProcessNames,
+    /// Lent to each question: the lock is held only to bring it up to date, so one long
+    /// question (a viewer's month over raw records) does not hold every other one back.
+    names: Arc<ProcessNames>,
     scan_from: UnixNanos,
     built: Option<Instant>,
 }
@@ -140,7 +142,7 @@ impl Investigator {
         observe: &mut dyn FnMut(&Event),
     ) -> Result<Talkers, StoreError> {
         let names = self.process_names()?;
-        let names = &names.names;
+        let names = &*names;
         if self.reads_rollups(q) {
             if let Some(activity) = rollups::activity(&*self.store, q, names, false, observe)? {
                 return Ok(investigate::talkers_from(activity, order, limit));
@@ -204,7 +206,7 @@ impl Investigator {
         observe: &mut dyn FnMut(&Event),
     ) -> Result<Comparison, StoreError> {
         let names = self.process_names()?;
-        let names = &names.names;
+        let names = &*names;
         let mut pods = self.pod_directory(q)?;
         let until = q.query.since.saturating_sub(1);
         let key = BaselineKey::of(q, baseline_since);
@@ -356,9 +358,9 @@ impl Investigator {
     }
 
     /// Names of processes, from every process record stored (a long-lived process was
-    /// recorded when it started, perhaps long before the window), held for one question at
-    /// a time.
-    fn process_names(&self) -> Result<std::sync::MutexGuard<'_, NamesCache>, StoreError> {
+    /// recorded when it started, perhaps long before the window). A question still reading
+    /// the previous names keeps them: what arrived since goes into a copy.
+    fn process_names(&self) -> Result<Arc<ProcessNames>, StoreError> {
         let mut cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
         if cache.built.is_none_or(|at| at.elapsed() > BASELINE_TTL) {
             *cache = NamesCache {
@@ -367,24 +369,30 @@ impl Investigator {
             };
         }
         let started = now_ns();
-        let NamesCache {
-            names, scan_from, ..
-        } = &mut *cache;
+        let mut fresh = Vec::new();
         self.store.scan(
             &EventQuery {
                 kinds: vec![RecordKind::Process],
-                since: *scan_from,
+                since: cache.scan_from,
                 ..EventQuery::default()
             },
             &mut |e| {
-                if let Record::Process(p) = &e.record {
-                    names.add(&e.source, p);
+                if matches!(e.record, Record::Process(_)) {
+                    fresh.push(e);
                 }
                 true
             },
         )?;
+        if !fresh.is_empty() {
+            let names = Arc::make_mut(&mut cache.names);
+            for e in &fresh {
+                if let Record::Process(p) = &e.record {
+                    names.add(&e.source, p);
+                }
+            }
+        }
         cache.scan_from = started.saturating_sub(NAMES_MARGIN);
-        Ok(cache)
+        Ok(cache.names.clone())
     }
 
     /// Every collector that reported in the window (of any pod the question may name): their
@@ -693,8 +701,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_kept_baseline_gives_the_answer_a_fresh_scan_gives() {
+    /// A store of nine baseline hours and one scope hour of flows, and the scope's question.
+    fn flows_store() -> (tempfile::TempDir, Arc<dyn Store>, Question) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(
             SqliteStore::open(
@@ -736,6 +744,12 @@ mod tests {
             },
             ..Question::default()
         };
+        (dir, store, question)
+    }
+
+    #[test]
+    fn a_kept_baseline_gives_the_answer_a_fresh_scan_gives() {
+        let (_dir, store, question) = flows_store();
         let kept = Investigator::new(store.clone());
         let first = kept.compare(&question, 0, 10, &mut |_| {}).expect("first");
         let again = kept.compare(&question, 0, 10, &mut |_| {}).expect("again");
@@ -749,5 +763,30 @@ mod tests {
         assert_eq!(fresh.increased.len(), 1, "{:?}", fresh.increased);
         assert_eq!(fresh.increased[0].edge.port, 443);
         assert_eq!(kept.baselines.entries.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn a_question_in_progress_does_not_hold_back_another() {
+        // A viewer's long question (a month of raw records) ran under the process-names
+        // lock, so every other question, a console page or an API call, waited for it.
+        let (_dir, store, question) = flows_store();
+        let investigator = Investigator::new(store);
+        let (done, finished) = std::sync::mpsc::channel();
+        let mut other = None;
+        investigator
+            .compare(&question, 0, 10, &mut |_| {
+                if other.is_none() {
+                    let (inv, q, done) = (investigator.clone(), question.clone(), done.clone());
+                    other = Some(std::thread::spawn(move || {
+                        let talkers = inv.talkers(&q, EdgeOrder::Bytes, 10, &mut |_| {});
+                        let _ = done.send(talkers.is_ok());
+                    }));
+                    // A deadline, not a measurement: the other question needs milliseconds.
+                    let answered = finished.recv_timeout(Duration::from_secs(60));
+                    assert_eq!(answered, Ok(true), "the other question waited");
+                }
+            })
+            .expect("compare");
+        other.expect("observed").join().expect("other question");
     }
 }

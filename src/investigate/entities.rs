@@ -14,7 +14,7 @@ pub(super) struct ProcessName {
 
 /// Process names by collector and (pid, start time), from process records; the latest image
 /// wins, so a process that exec'd is named by what it became.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ProcessNames {
     by_collector: HashMap<String, HashMap<(u32, UnixNanos), ProcessName>>,
 }
