@@ -53,36 +53,65 @@ type OwnerKey = (u32, Option<u32>, Option<u32>);
 /// A process a rule hit: (rule, source, pid, start time).
 type TreeKey = (u32, u32, u32, UnixNanos);
 
+/// One hit's incident, found when the hit happens (trees and epochs move then) and
+/// written into a key only when a key needs it: most hits of stateful rules fire nothing.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Incident {
+    /// Audit records and the rest name no process: their group is their rule's.
+    None,
+    Session {
+        tty: u32,
+        sid: u32,
+        leader: UnixNanos,
+    },
+    Tree(u32, UnixNanos),
+    Unattributed {
+        uid: Option<u32>,
+        pid: Option<u32>,
+        epoch: u64,
+    },
+}
+
+impl Incident {
+    /// Appends the incident's text to a key.
+    pub(super) fn push(self, key: &mut String) {
+        let _ = match self {
+            Incident::None => Ok(()),
+            Incident::Session { tty, sid, leader } => write!(key, "|tty:{tty}:sid:{sid}:{leader}"),
+            Incident::Tree(pid, start) => write!(key, "|tree:{pid}:{start}"),
+            Incident::Unattributed { uid, pid, epoch } => {
+                write!(key, "|na:uid={uid:?}:pid={pid:?}:e{epoch}")
+            }
+        };
+    }
+}
+
 impl Incidents {
-    /// Appends the incident of `rule`'s hit on `rec` to `key`. `source` tells collectors
-    /// apart.
-    pub(super) fn push(
+    /// The incident of `rule`'s hit on `rec`. `rule` and `source` are numbers from
+    /// [`Incidents::name`] (`source` tells collectors apart).
+    pub(super) fn of(
         &mut self,
-        key: &mut String,
-        rule: &str,
-        source: &str,
+        rule: u32,
+        source: u32,
         rec: &Record,
         ctx: &Ctx<'_>,
         now: UnixNanos,
-    ) {
+    ) -> Incident {
         if let Some(p) = ctx.process {
-            match p.tty {
-                Some(tty) => push_session(key, p, tty),
+            return match p.tty {
+                Some(tty) => session(p, tty),
                 None => {
-                    let (rule, source) = (self.name(rule), self.name(source));
-                    let root = self.tree_of(rule, source, p);
-                    let _ = write!(key, "|tree:{}:{}", root.0, root.1);
+                    let (pid, start) = self.tree_of(rule, source, p);
+                    Incident::Tree(pid, start)
                 }
-            }
-            return;
+            };
         }
         let (uid, pid) = match rec {
             Record::Flow(f) => (f.uid, f.pid),
             Record::Listener(l) => (l.uid, l.pid),
-            // Audit records and the rest name no process: their group is their rule's.
-            _ => return,
+            _ => return Incident::None,
         };
-        let owner = (self.name(source), uid, pid);
+        let owner = (source, uid, pid);
         if self.owners.len() >= OWNERS_MAX && !self.owners.contains_key(&owner) {
             self.owners.clear();
         }
@@ -91,12 +120,16 @@ impl Incidents {
             entry.0 += 1;
         }
         entry.1 = now;
-        let _ = write!(key, "|na:uid={uid:?}:pid={pid:?}:e{}", entry.0);
+        Incident::Unattributed {
+            uid,
+            pid,
+            epoch: entry.0,
+        }
     }
 
     /// The number standing for a rule id or collector id (the map starts over past its
     /// bound, with the trees and owners keyed on the numbers).
-    fn name(&mut self, name: &str) -> u32 {
+    pub(super) fn name(&mut self, name: &str) -> u32 {
         if let Some(&n) = self.names.get(name) {
             return n;
         }
@@ -131,12 +164,16 @@ impl Incidents {
     }
 }
 
-fn push_session(key: &mut String, p: &ProcessRecord, tty: u32) {
+fn session(p: &ProcessRecord, tty: u32) -> Incident {
     let leader = std::iter::once((p.pid, p.start_time))
         .chain(p.ancestors.iter().map(|a| (a.pid, a.start_time)))
         .find(|(pid, _)| *pid == p.session_id)
         .map_or(0, |(_, start)| start);
-    let _ = write!(key, "|tty:{tty}:sid:{}:{leader}", p.session_id);
+    Incident::Session {
+        tty,
+        sid: p.session_id,
+        leader,
+    }
 }
 
 /// The highest ancestor of the process's unbroken run of forks (itself if none).

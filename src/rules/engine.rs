@@ -85,8 +85,6 @@ pub struct Hit {
 pub(super) struct Scratch {
     pub(super) hits: Vec<usize>,
     pub(super) key: String,
-    /// The hit's incident (see `alert_key`), appended to its keys.
-    pub(super) incident: String,
     pub(super) value: String,
     pub(super) rendered: Rendered,
 }
@@ -114,6 +112,8 @@ pub struct Engine {
     groups: FastMap<String, Group>,
     /// The incident part of group keys (and of unattributed records' state keys).
     incidents: Incidents,
+    /// Each rule's id as `incidents` numbers it, by rule index (made at each load).
+    rule_names: Vec<u32>,
     state: stateful::State,
     /// A group re-emits at most once per this many nanoseconds (with its count).
     pub reemit_ns: u64,
@@ -127,14 +127,21 @@ pub(super) const GROUPS_MAX: usize = 100_000;
 
 impl Engine {
     pub fn new(set: RuleSet) -> Self {
+        let mut incidents = Incidents::default();
+        let rule_names = set
+            .rules
+            .iter()
+            .map(|r| incidents.name(&r.spec.id))
+            .collect();
         Engine {
             set,
+            rule_names,
             procs: SourceProcs::default(),
             last_source: None,
             cached: 0,
             scratch: Scratch::default(),
             groups: FastMap::default(),
-            incidents: Incidents::default(),
+            incidents,
             state: stateful::State::default(),
             reemit_ns: 60_000_000_000,
             seq: 0,
@@ -149,6 +156,12 @@ impl Engine {
     /// Loads a new set; on error the current set stays in force.
     pub fn reload(&mut self, dir: Option<&Path>, with_managed: bool) -> Result<(), RuleError> {
         self.set = RuleSet::load(dir, with_managed)?;
+        self.rule_names = self
+            .set
+            .rules
+            .iter()
+            .map(|r| self.incidents.name(&r.spec.id))
+            .collect();
         let ids: std::collections::HashSet<&str> =
             self.set.rules.iter().map(|r| r.spec.id.as_str()).collect();
         self.state.retain_rules(&ids);
@@ -313,9 +326,11 @@ impl Engine {
             Record::Listener(l) => lookup(&procs[slot].procs, l.pid, l.process_start_time),
             _ => None,
         };
+        let cmdline = std::cell::OnceCell::new();
         let out = match make_ctx(&event.record, owner) {
             Some((_, mut ctx)) => {
                 ctx.source = Some(SourceView::new(&procs[slot]));
+                ctx.cmdline = Some(&cmdline);
                 self.evaluate_in(event, &ctx, &source.workload, &procs, now)
             }
             None => Vec::new(),
@@ -353,20 +368,17 @@ impl Engine {
     ) -> Vec<AlertRecord> {
         let mut out = Vec::new();
         let key = &mut scratch.key;
+        if scratch.hits.is_empty() {
+            return out;
+        }
+        let source_name = self.incidents.name(&event.source.collector_id);
         for &index in &scratch.hits {
             let rule = &self.set.rules[index];
             let mut state_evidence = None;
             let mut culprit = None;
-            let incident = &mut scratch.incident;
-            incident.clear();
-            self.incidents.push(
-                incident,
-                &rule.spec.id,
-                &event.source.collector_id,
-                &event.record,
-                ctx,
-                now,
-            );
+            let incident =
+                self.incidents
+                    .of(self.rule_names[index], source_name, &event.record, ctx, now);
             if let Some(kind) = &rule.stateful {
                 key.clear();
                 key.push_str(workload);
@@ -377,7 +389,7 @@ impl Engine {
                 // A sum over "no process" would add separate incidents together; learned
                 // values stay the workload's, and a rate credits each value's sender.
                 if ctx.process.is_none() && matches!(kind, stateful::Kind::Threshold(_)) {
-                    key.push_str(incident);
+                    incident.push(key);
                 }
                 let value = rule.state_value.map(|part| {
                     scratch.value.clear();
@@ -428,7 +440,7 @@ impl Engine {
                 key.push('|');
                 part.push(key, event, ctx, &mut scratch.rendered);
             }
-            key.push_str(&scratch.incident);
+            incident.push(key);
             if self.groups.len() >= GROUPS_MAX && !self.groups.contains_key(key.as_str()) {
                 // Groups not emitted lately go first; a pruned group just alerts afresh.
                 let horizon = now.saturating_sub(self.reemit_ns);
@@ -479,6 +491,7 @@ impl Engine {
                     let blamed = Ctx {
                         process,
                         ancestor: None,
+                        cmdline: None,
                         ..*ctx
                     };
                     alert(rule, event, &blamed, g, now, self.seq, state_evidence)
@@ -550,6 +563,7 @@ pub(super) fn make_ctx<'a>(
         ancestor: None,
         audit: None,
         source: None,
+        cmdline: None,
     };
     Some(match rec {
         Record::Process(p) => (RecordKind::Process, ctx(Some(p), None, None)),

@@ -180,6 +180,10 @@ pub struct Ctx<'a> {
     /// What the engine knows of the record's source (its processes, listeners, pipes),
     /// read by the fields that need it (`None` outside the engine).
     pub source: Option<crate::rules::source::SourceView<'a>>,
+    /// The process's command line, joined once per record however many rules read it
+    /// (`None`: joined at each read). Belongs to `process`: a copy of the context for
+    /// another process must drop it.
+    pub cmdline: Option<&'a std::cell::OnceCell<Vec<u8>>>,
 }
 
 pub enum Val<'a> {
@@ -224,9 +228,11 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .and_then(|p| p.exe.as_deref())
             .map(|e| b(basename(e)))
             .unwrap_or(Val::Null),
-        Cmdline => p
-            .map(|p| Val::Bytes(std::borrow::Cow::Owned(p.argv.join(&b' '))))
-            .unwrap_or(Val::Null),
+        Cmdline => match (p, c.cmdline) {
+            (Some(p), Some(cell)) => b(cell.get_or_init(|| p.argv.join(&b' '))),
+            (Some(p), None) => Val::Bytes(std::borrow::Cow::Owned(p.argv.join(&b' '))),
+            (None, _) => Val::Null,
+        },
         Cwd => p.and_then(|p| p.cwd.as_deref()).map(b).unwrap_or(Val::Null),
         Uid => p.map(|p| Val::Int(p.uid.into())).unwrap_or(Val::Null),
         Euid => p.map(|p| Val::Int(p.euid.into())).unwrap_or(Val::Null),

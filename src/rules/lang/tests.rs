@@ -127,6 +127,7 @@ fn folded_enum_tests_agree_with_the_tree() {
                                 ancestor: None,
                                 audit: None,
                                 source: None,
+                                cmdline: None,
                             };
                             assert_eq!(
                                 folded.holds(Facts::of(&c), &c),
@@ -165,6 +166,7 @@ fn process_phase_folds_and_absent_never_matches() {
             ancestor: None,
             audit: None,
             source: None,
+            cmdline: None,
         };
         assert_eq!(c.holds(Facts::of(&ctx), &ctx), phase != ProcessPhase::Exit);
     }
@@ -175,6 +177,7 @@ fn process_phase_folds_and_absent_never_matches() {
         ancestor: None,
         audit: None,
         source: None,
+        cmdline: None,
     };
     assert!(!c.holds(Facts::of(&nothing), &nothing));
 }
@@ -210,6 +213,7 @@ fn a_trailing_star_glob_is_a_prefix_test_that_matches_like_the_regex() {
                 ancestor: None,
                 audit: None,
                 source: None,
+                cmdline: None,
             };
             assert_eq!(fast.eval(&c), slow.eval(&c), "{glob} on {value:?}");
         }
