@@ -155,7 +155,18 @@ impl MakeRustls {
                     Arc::new(ChainOnly(webpki))
                 }
             }
-            None => Arc::new(Unverified(provider.clone())),
+            None => {
+                if settings.mode != Mode::Disable {
+                    // libpq's semantics, kept; but the operator should know what they buy.
+                    tracing::warn!(
+                        "the store's TLS is not verified (sslmode without sslrootcert): a \
+                         man in the middle can ask for the password in clear and get it; \
+                         use sslmode=verify-full with sslrootcert, or add \
+                         channel_binding=require to the store URL"
+                    );
+                }
+                Arc::new(Unverified(provider.clone()))
+            }
         };
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
