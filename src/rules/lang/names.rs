@@ -50,6 +50,16 @@ const ALTERNATIVES: &[(&[u8], &[&[u8]])] = &[
     (b"c99", &[b"gcc"]),
     (b"cpp", &[b"cpp", b"clang-cpp"]),
     (b"ld", &[b"ld.bfd", b"ld.gold", b"ld.lld", b"lld"]),
+    // rustup's proxies: `~/.cargo/bin/cargo` and its siblings are links to rustup, which
+    // dispatches on argv[0] (a build on a developer's host ran into this under `make run`).
+    (b"cargo", &[b"rustup"]),
+    (b"rustc", &[b"rustup"]),
+    (b"rustdoc", &[b"rustup"]),
+    (b"rustfmt", &[b"rustup"]),
+    (b"cargo-fmt", &[b"rustup"]),
+    (b"cargo-clippy", &[b"rustup"]),
+    (b"clippy-driver", &[b"rustup"]),
+    (b"rust-analyzer", &[b"rustup"]),
 ];
 
 /// Whether `comm` (15 bytes at most) is the name of `exe`'s file: the same name, a
@@ -182,6 +192,13 @@ mod tests {
             ("ld", "/usr/bin/x86_64-linux-gnu-ld.bfd", "/usr/bin/ld"),
             ("c++", "/usr/bin/aarch64-linux-gnu-g++-12", "c++"),
             ("cc", "/usr/bin/x86_64-alpine-linux-musl-gcc", "cc"),
+            // rustup's proxies
+            ("cargo", "/root/.cargo/bin/rustup", "cargo"),
+            (
+                "rustc",
+                "/home/dev/.cargo/bin/rustup",
+                "/home/dev/.cargo/bin/rustc",
+            ),
         ] {
             assert!(
                 comm_matches_exe(comm.as_bytes(), exe.as_bytes(), Some(argv0.as_bytes())),
@@ -207,6 +224,9 @@ mod tests {
             // a triplet does not make any name consistent
             ("sshd", "/tmp/x86_64-linux-gnu-xmrig", "sshd"),
             ("cc", "/tmp/x86_64-linux-gnu-", "cc"),
+            // rustup's proxies are consistent only under their own names
+            ("sshd", "/root/.cargo/bin/rustup", "sshd"),
+            ("cargo", "/root/.cargo/bin/rustup", "/tmp/x"),
         ] {
             assert!(
                 !comm_matches_exe(comm.as_bytes(), exe.as_bytes(), Some(argv0.as_bytes())),
