@@ -50,6 +50,9 @@ const ALTERNATIVES: &[(&[u8], &[&[u8]])] = &[
     (b"c99", &[b"gcc"]),
     (b"cpp", &[b"cpp", b"clang-cpp"]),
     (b"ld", &[b"ld.bfd", b"ld.gold", b"ld.lld", b"lld"]),
+    // procps: pkill and pidwait are links to pgrep.
+    (b"pkill", &[b"pgrep"]),
+    (b"pidwait", &[b"pgrep"]),
     // rustup's proxies: `~/.cargo/bin/cargo` and its siblings are links to rustup, which
     // dispatches on argv[0] (a build on a developer's host ran into this under `make run`).
     (b"cargo", &[b"rustup"]),
@@ -192,6 +195,7 @@ mod tests {
             ("ld", "/usr/bin/x86_64-linux-gnu-ld.bfd", "/usr/bin/ld"),
             ("c++", "/usr/bin/aarch64-linux-gnu-g++-12", "c++"),
             ("cc", "/usr/bin/x86_64-alpine-linux-musl-gcc", "cc"),
+            ("pkill", "/usr/bin/pgrep", "pkill"),
             // rustup's proxies
             ("cargo", "/root/.cargo/bin/rustup", "cargo"),
             (
