@@ -288,15 +288,7 @@ fn a_server_starting_a_shell_fires_and_its_benign_twins_do_not() {
 fn a_download_piped_into_a_shell_fires_in_both_access_modes() {
     let dir = scratch_dir();
     std::fs::write(dir.path().join("x.sh"), "sleep 2\n").expect("script");
-    let mut server = Command::new(PY)
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "0"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("http.server");
-    let port = server_port(&mut server);
-    let server = Kids(vec![server]);
+    let (server, port) = serve_dir(dir.path());
     let url = format!("http://127.0.0.1:{port}/x.sh");
     for prefix in [&[][..], &UNPRIVILEGED[..]] {
         let (records, kids) = observe(prefix, || {
@@ -321,6 +313,19 @@ fn a_download_piped_into_a_shell_fires_in_both_access_modes() {
 }
 
 /// The port `python3 -m http.server 0` prints on its first line.
+/// A local HTTP server of `dir`'s files (the downloads' source), with its port.
+fn serve_dir(dir: &std::path::Path) -> (Kids, u16) {
+    let mut server = Command::new(PY)
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "0"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("http.server");
+    let port = server_port(&mut server);
+    (Kids(vec![server]), port)
+}
+
 fn server_port(server: &mut Child) -> u16 {
     use std::io::{BufRead, BufReader};
     let out = server.stdout.take().expect("stdout");

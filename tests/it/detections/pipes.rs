@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use super::{alerts, family, fired_on, observe, scratch_dir, server_port, PY};
+use super::{alerts, family, fired_on, observe, scratch_dir, serve_dir};
 use crate::util::Kids;
 
 #[test]
@@ -15,15 +15,7 @@ fn a_download_piped_into_a_shell_from_a_script_or_a_terminal_fires_by_its_pipe()
     // (a polling limit, in the rule's description), which is not what this test is about.
     let padding = format!("# {}\n", "x".repeat(2000));
     std::fs::write(dir.path().join("x.sh"), format!("{padding}sleep 2\n")).expect("payload");
-    let mut server = Command::new(PY)
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "0"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("http.server");
-    let port = server_port(&mut server);
-    let _server = Kids(vec![server]);
+    let (_server, port) = serve_dir(dir.path());
     let url = format!("http://127.0.0.1:{port}/x.sh");
     let script = |name: &str, body: String| {
         let path = dir.path().join(name);
