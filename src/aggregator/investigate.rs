@@ -163,13 +163,14 @@ impl Investigator {
     }
 
     /// Whether the question reads rollups (where the store keeps them): when raw records of
-    /// its window may be gone, and when its window is whole hours (the console's scopes,
-    /// Detective's): rollups then give the raw records' answer for the hours built, and
-    /// the raw records give the rest.
+    /// its window may be gone, and when its window holds a whole hour (the console's
+    /// scopes, Detective's, `--since 24h`): rollups then give the raw records' answer for
+    /// the hours built, and the raw records give the rest (`rollups::activity`).
     fn reads_rollups(&self, q: &Question) -> bool {
         let (since, until) = (q.query.since, q.query.until);
-        let whole_hours = since % HOUR == 0 && (until == 0 || (until + 1) % HOUR == 0);
-        whole_hours || since < self.store.raw_horizon(now_ns())
+        let first_whole = since.div_ceil(HOUR).saturating_mul(HOUR);
+        let holds_an_hour = until == 0 || first_whole.saturating_add(HOUR - 1) <= until;
+        holds_an_hour || since < self.store.raw_horizon(now_ns())
     }
 
     /// The activity of the question's window: from rollups when [`Self::reads_rollups`],

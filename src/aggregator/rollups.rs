@@ -2,11 +2,12 @@
 //! replica, every minute; the store keeps the first replica's hour and refuses the others'),
 //! and with a day's last hour the day folded from its hours; [`activity`] answers a window
 //! from them (days for the whole days inside it, hours at its ends), with the raw records
-//! after the last hour built. The pure folding is `investigate::rollup`; the encoding is
+//! of the parts of hours at its ends and after the last hour built (`ends`). The pure folding is `investigate::rollup`; the encoding is
 //! `body` (pod-periods) and `codec` (the rest, and pod-hours stored before `body`).
 
 mod body;
 mod codec;
+mod ends;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::investigate::rollup::{
 };
 use crate::investigate::{Activity, PodDirectory, ProcessNames};
 use crate::model::{Event, Record, RecordKind};
+use ends::Ends;
 
 /// An hour is rolled up this long after it ends: records are timed by arrival, and a batch
 /// received at its end may still be in its transaction.
@@ -251,9 +253,11 @@ pub struct RollupsHandle {
     _stop: crossbeam_channel::Sender<()>,
 }
 
-/// The activity of the question's window from the rollups of its hours and the raw
-/// records after the last hour built (`observe` sees those); None when the store holds
-/// no rollups. Rollups answer whole hours: the window starts at its first hour's start.
+/// The activity of the question's window from the rollups of its whole hours and the raw
+/// records at its ends (`ends`: the hour it starts in, the hour it ends in, and the hours
+/// after the last one built), `observe` seeing those; None when the store holds no rollups,
+/// or they would not spare reading the window raw. Outside the raw retention rollups
+/// answer whole hours: the window starts at its first hour's start.
 /// `firsts`: whether the answer needs executables and listening ports.
 pub fn activity(
     store: &dyn Store,
@@ -268,19 +272,23 @@ pub fn activity(
     let Some(progress) = rollups.rollup_progress()? else {
         return Ok(None);
     };
-    let built_end = progress.hour + HOUR;
-    let since = q.query.since;
     let until = match q.query.until {
         0 => u64::MAX,
         until => until,
     };
-    let mut merger = Merger::new(since, q.flows.clone(), firsts);
+    let horizon = store.raw_horizon(crate::model::now_ns());
+    let Some(mut ends) = Ends::read(rollups, &progress, (q.query.since, until), horizon)? else {
+        return Ok(None);
+    };
+    let plan = ends.plan;
+    let mut merger = Merger::new(plan.first, q.flows.clone(), firsts);
     let mut pods = PodDirectory::default();
+    ends.head(store, q, names, (&mut merger, &mut pods), observe)?;
     let peer = |ns: &str| q.peer_namespaces.is_empty() || q.peer_namespaces.iter().any(|p| p == ns);
     // Consecutive hours and days of a steady fleet see the same pods: a blob equal to the
     // one before names nothing new (the first pod noted for an address keeps it).
     let mut last_blob: Vec<u8> = Vec::new();
-    let mut note_pods = |blob: &[u8]| -> Result<(), StoreError> {
+    let mut note_pods = |pods: &mut PodDirectory, blob: &[u8]| -> Result<(), StoreError> {
         if blob == last_blob.as_slice() {
             return Ok(());
         }
@@ -292,8 +300,7 @@ pub fn activity(
         }
         Ok(())
     };
-    let rolled_until = until.min(built_end - 1);
-    for (grain, from, to, day_pods) in pieces(rollups, hour_of(since), rolled_until)? {
+    for (grain, from, to, day_pods) in pieces(rollups, plan.first, plan.last)? {
         let mut failed = None;
         rollups.scan_rollups(
             grain,
@@ -314,44 +321,15 @@ pub fn activity(
             return Err(e);
         }
         match day_pods {
-            Some(blobs) => blobs.iter().try_for_each(|b| note_pods(b))?,
+            Some(blobs) => blobs.iter().try_for_each(|b| note_pods(&mut pods, b))?,
             None => {
                 for (_, blob) in rollups.rollup_pods(Grain::Hour, from, to)? {
-                    note_pods(&blob)?;
+                    note_pods(&mut pods, &blob)?;
                 }
             }
         }
     }
-    if until >= built_end {
-        let mut carry = codec::decode_carry(&progress.carry)?;
-        let mut builder = HourBuilder::default();
-        let tail = EventQuery {
-            kinds: KINDS.to_vec(),
-            since: since.max(built_end),
-            ..q.query.clone()
-        };
-        store.scan(&tail, &mut |e| {
-            observe(&e);
-            builder.add(&e)
-        })?;
-        // The tail's peers: every pod that reported in it.
-        store.scan(
-            &EventQuery {
-                kinds: vec![RecordKind::Heartbeat],
-                pods: Vec::new(),
-                namespaces: q.peer_namespaces.clone(),
-                ..tail
-            },
-            &mut |e| {
-                pods.note(&e.source);
-                true
-            },
-        )?;
-        let (hours, _) = builder.finish(built_end, names, &mut carry, 0);
-        for hour in hours {
-            merger.add(hour);
-        }
-    }
+    ends.tail(store, q, names, (&mut merger, &mut pods), observe)?;
     merger
         .finish(&pods, body::decode_executable, body::decode_listener)
         .map(Some)

@@ -227,8 +227,13 @@ pub trait RollupStore: Send + Sync {
     /// Blocking.
     fn rollup_progress(&self) -> Result<Option<RollupProgress>, StoreError>;
     /// Stores one hour's rollups (and the day it closes) unless that hour was rolled up
-    /// before (by this replica or another): returns whether they were stored. Blocking.
+    /// before (by this replica or another): returns whether they were stored. Carries are
+    /// kept while their hour's raw records are (a window's ends read raw records beside
+    /// them). Blocking.
     fn put_rollup(&self, hour: RollupHour) -> Result<bool, StoreError>;
+    /// What the hour starting at `hour` carried to the next (its open sockets), if that
+    /// hour was built and its carry is still kept. Blocking.
+    fn rollup_carry(&self, hour: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// Visits the rows of `grain` of periods starting in `[q.since, q.until]` of the pods
     /// and namespaces asked, in time order, until `visit` returns false. Blocking.
     fn scan_rollups(
@@ -245,6 +250,13 @@ pub trait RollupStore: Send + Sync {
         since: u64,
         until: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+}
+
+/// The first hour whose carry is kept once `hour` is stored: the hour of the oldest raw
+/// record kept, or `hour` itself.
+fn carries_from(store: &dyn Store, hour: u64) -> u64 {
+    let horizon = store.raw_horizon(crate::model::now_ns());
+    hour.min(crate::investigate::rollup::hour_of(horizon))
 }
 
 /// The two grains of rollups.

@@ -195,6 +195,13 @@ impl HourBuilder {
         self.period.add(e)
     }
 
+    /// Leaves out the sockets still open at the end of what was added that `forget` names
+    /// (by collector id and cookie): a window's raw head leaves to the rollups the sockets
+    /// they count from a later hour.
+    pub fn forget_open(&mut self, forget: impl FnMut(&str, u64) -> bool) {
+        self.period.sockets.forget_open(forget);
+    }
+
     /// The hour's pod-hours (`hour` is its start) and the pods seen; `carry` goes from the
     /// previous hour's open sockets to this one's. Sockets last seen before
     /// `expire_before` are no longer carried (their raw records are gone too).

@@ -140,6 +140,16 @@ impl Sockets {
         true
     }
 
+    /// Forgets the open sockets (no END seen) that `forget` names by collector id and
+    /// cookie.
+    pub(super) fn forget_open(&mut self, mut forget: impl FnMut(&str, u64) -> bool) {
+        for (source, sockets) in &mut self.collectors {
+            let before = sockets.len();
+            sockets.retain(|cookie, s| s.ended || !forget(&source.collector_id, *cookie));
+            self.count -= before - sockets.len();
+        }
+    }
+
     /// Visits every socket: its collector, cookie and summary.
     pub(super) fn each<'a>(
         &'a self,

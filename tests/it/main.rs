@@ -22,6 +22,7 @@ mod pipeline;
 mod procs;
 mod readers;
 mod replicas;
+mod rollup_ends;
 mod rollups;
 mod rules;
 mod sandbox;

@@ -17,7 +17,7 @@ use crate::store::{append, open, retention, Backend};
 const HOUR: u64 = 3_600_000_000_000;
 const DAY: u64 = 24 * HOUR;
 
-fn pod(collector: &str, name: &str, ip: &str) -> Arc<CollectorIdentity> {
+pub(crate) fn pod(collector: &str, name: &str, ip: &str) -> Arc<CollectorIdentity> {
     Arc::new(CollectorIdentity {
         collector_id: collector.into(),
         pod_name: name.into(),
@@ -27,14 +27,14 @@ fn pod(collector: &str, name: &str, ip: &str) -> Arc<CollectorIdentity> {
     })
 }
 
-struct Flow<'a> {
-    cookie: u64,
-    peer: &'a str,
-    port: u16,
-    inbound: bool,
-    phase: &'a str,
-    sent: u64,
-    born: u64,
+pub(crate) struct Flow<'a> {
+    pub(crate) cookie: u64,
+    pub(crate) peer: &'a str,
+    pub(crate) port: u16,
+    pub(crate) inbound: bool,
+    pub(crate) phase: &'a str,
+    pub(crate) sent: u64,
+    pub(crate) born: u64,
 }
 
 /// Every seventh socket from hour 6 on is the second executable's.
@@ -42,7 +42,7 @@ fn second(cookie: u64) -> bool {
     cookie % 7 == 0 && cookie > 60
 }
 
-fn flow(f: Flow, at: u64) -> Record {
+pub(crate) fn flow(f: Flow, at: u64) -> Record {
     let scope = if f.peer.starts_with("10.") {
         "EAST_WEST"
     } else {
@@ -71,7 +71,7 @@ fn flow(f: Flow, at: u64) -> Record {
     )
 }
 
-fn process(pid: u32, start: u64, exe: &str) -> Record {
+pub(crate) fn process(pid: u32, start: u64, exe: &str) -> Record {
     Record::Process(
         serde_json::from_value(serde_json::json!({
             "kind": "process", "pid": pid, "start_time": start, "ppid": 1,
@@ -88,7 +88,7 @@ fn process(pid: u32, start: u64, exe: &str) -> Record {
     )
 }
 
-fn listener(cookie: u64, port: u16, at: u64) -> Record {
+pub(crate) fn listener(cookie: u64, port: u16, at: u64) -> Record {
     Record::Listener(
         serde_json::from_value(serde_json::json!({
             "cookie": cookie.to_string(), "protocol": "TCP", "family": "IPV4",
@@ -101,7 +101,7 @@ fn listener(cookie: u64, port: u16, at: u64) -> Record {
     )
 }
 
-fn heartbeat(at: u64) -> Record {
+pub(crate) fn heartbeat(at: u64) -> Record {
     Record::Heartbeat(procflow::model::Heartbeat {
         time: at,
         counters: Vec::new(),
@@ -234,7 +234,7 @@ fn workload(base: u64) -> Vec<(String, Vec<Event>)> {
     batches
 }
 
-fn question(since: u64, until: u64) -> Question {
+pub(crate) fn question(since: u64, until: u64) -> Question {
     Question {
         query: EventQuery {
             since,
@@ -288,7 +288,7 @@ fn answers(store: &Arc<dyn Store>, base: u64) -> (Vec<Talkers>, Vec<Comparison>)
 }
 
 /// An hour is rolled up this long after it ends (`aggregator::rollups`).
-const GRACE: u64 = 120_000_000_000;
+pub(crate) const GRACE: u64 = 120_000_000_000;
 
 fn rollups_equal_raw(backend: Backend) {
     let now = now_ns();

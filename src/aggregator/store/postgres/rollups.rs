@@ -1,5 +1,5 @@
 //! PostgreSQL's rollup tables: one row per pod-hour, one per hour built (with the pods seen
-//! and the sockets carried to the next hour, kept for the last hour only). An hour is
+//! and the sockets carried to the next hour, kept while the hour's raw records are). An hour is
 //! claimed by inserting its row in the same transaction as its pod-hours, so replicas
 //! building the same hour store it once: the second waits for the first's commit, finds
 //! the row, and rolls back.
@@ -109,15 +109,30 @@ impl RollupStore for PgStore {
                     insert_rows(&tx, "rollup_days", &day.segments).await?;
                 }
             }
-            // Only the last hour's carry is read.
+            // Carries are read at the last hour (building goes on from it) and at the ends
+            // of a window inside the raw retention.
             tx.execute(
                 "UPDATE rollup_hours SET carry = NULL WHERE hour < $1 AND carry IS NOT NULL",
-                &[&int(hour.hour)],
+                &[&int(super::super::carries_from(self, hour.hour))],
             )
             .await
             .map_err(pg("rollups: trimming carries"))?;
             tx.commit().await.map_err(pg("rollups: committing"))?;
             Ok(true)
+        })
+    }
+
+    fn rollup_carry(&self, hour: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.block_on(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_opt(
+                    "SELECT carry FROM rollup_hours WHERE hour = $1",
+                    &[&int(hour)],
+                )
+                .await
+                .map_err(pg("reading a rollup carry"))?;
+            Ok(row.and_then(|r| r.get::<_, Option<Vec<u8>>>(0)))
         })
     }
 

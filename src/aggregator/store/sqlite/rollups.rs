@@ -1,5 +1,5 @@
 //! SQLite's rollup tables: one row per pod-hour, one per hour built (with the pods seen and
-//! the sockets carried to the next hour, kept for the last hour only); the same per pod-day
+//! the sockets carried to the next hour, kept while the hour's raw records are); the same per pod-day
 //! and day built (schema version 3), stored with the day's last hour.
 
 use std::time::Duration;
@@ -106,15 +106,28 @@ impl RollupStore for SqliteStore {
                     insert_rows(&tx, "rollup_days", &day.segments)?;
                 }
             }
-            // Only the last hour's carry is read.
+            // Carries are read at the last hour (building goes on from it) and at the ends
+            // of a window inside the raw retention.
             tx.execute(
                 "UPDATE rollup_hours SET carry = NULL WHERE hour < ?1 AND carry IS NOT NULL",
-                params![int(hour.hour)],
+                params![int(super::super::carries_from(self, hour.hour))],
             )?;
             tx.commit()?;
             Ok(true)
         };
         put(&mut conn).map_err(|e| self.sqlite(e))
+    }
+
+    fn rollup_carry(&self, hour: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.rollup_conn(true)?;
+        conn.query_row(
+            "SELECT carry FROM rollup_hours WHERE hour = ?1",
+            params![int(hour)],
+            |r| r.get::<_, Option<Vec<u8>>>(0),
+        )
+        .optional()
+        .map(Option::flatten)
+        .map_err(|e| self.sqlite(e))
     }
 
     fn scan_rollups(
