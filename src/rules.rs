@@ -10,6 +10,7 @@ pub mod ka;
 pub mod lang;
 mod listening;
 mod load;
+mod pipes;
 pub mod shared;
 pub mod source;
 pub mod stateful;
@@ -71,3 +72,6 @@ mod detect_tests;
 
 #[cfg(test)]
 mod evasion_tests;
+
+#[cfg(test)]
+mod pipe_tests;

@@ -18,8 +18,8 @@ use crate::model::{now_ns, AlertRecord, CollectorIdentity, Event, Record};
 use crate::rules::stateful::StateError;
 use crate::rules::{Engine, RuleSet};
 use crate::telemetry::aggregator::{
-    AlertsRaised, AlertsUnstored, DetectDropped, DetectQueued, RuleReloadFailed,
-    RuleStateKeysRefused, RuleStateQuarantined, RulesEvaluated, RulesReloaded,
+    AlertsRaised, AlertsUnstored, DetectDropped, DetectQueued, RulePipesForgotten,
+    RuleReloadFailed, RuleStateKeysRefused, RuleStateQuarantined, RulesEvaluated, RulesReloaded,
 };
 use crate::telemetry::InternalEvent;
 
@@ -211,6 +211,7 @@ fn run(
     let mut seq = now_ns();
     let mut last_save = Instant::now();
     let mut dirty = false;
+    let mut pipes_forgotten = 0u64;
     let mut last_reload_check = Instant::now();
     let identity = CollectorIdentity {
         collector_id: RULES_SOURCE.into(),
@@ -336,12 +337,12 @@ fn run(
             }
         }
         if dirty && last_save.elapsed() >= STATE_SAVE_EVERY {
-            save(&engine, &config.state_path);
+            save(&engine, &config.state_path, &mut pipes_forgotten);
             dirty = false;
             last_save = Instant::now();
         }
     }
-    save(&engine, &config.state_path);
+    save(&engine, &config.state_path, &mut pipes_forgotten);
     config.outputs.close();
 }
 
@@ -375,11 +376,22 @@ fn load_state(engine: &mut Engine, path: &Path) -> Result<(), DetectError> {
     }
 }
 
-fn save(engine: &Engine, path: &Path) {
+/// Saves the rule state, and reports the bounds the engine reached since the last save
+/// (`pipes_forgotten`: the pipes forgotten so far when last reported).
+fn save(engine: &Engine, path: &Path, pipes_forgotten: &mut u64) {
     RuleStateKeysRefused {
         keys: engine.state_keys_refused(),
     }
     .emit();
+    let forgotten = engine.pipes_evicted();
+    if forgotten > *pipes_forgotten {
+        RulePipesForgotten {
+            forgotten: forgotten - *pipes_forgotten,
+            total: forgotten,
+        }
+        .emit();
+        *pipes_forgotten = forgotten;
+    }
     if let Err(error) = engine.save_state(path) {
         tracing::error!(%error, "saving rule state failed; a restart would lose windows and learned values");
     }

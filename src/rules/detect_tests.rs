@@ -374,27 +374,11 @@ fn download_into_a_shell_from_the_parents_command_line() {
 /// either order of the execs, also when the download ended before the shell was read.
 #[test]
 fn download_into_a_shell_by_the_pipe_between_them() {
-    let script = ancestor(
-        500,
-        5000,
-        "sh",
-        Some("/usr/bin/dash"),
-        &["sh", "/home/u/setup.sh"],
-    );
-    let side =
-        |pid: u32, comm: &str, exe: &str, forked: bool, stdin: Option<u64>, stdout: Option<u64>| {
-            Record::Process(ProcessRecord {
-                forked_no_exec: forked,
-                stdin_pipe: stdin,
-                stdout_pipe: stdout,
-                ancestors: vec![script.clone()],
-                ..process(pid, comm, Some(exe), &[comm])
-            })
-        };
-    let curl_fork = side(501, "sh", "/usr/bin/dash", true, None, Some(9));
-    let sh_fork = side(502, "sh", "/usr/bin/dash", true, Some(9), None);
-    let curl = side(501, "curl", "/usr/bin/curl", false, None, Some(9));
-    let sh = side(502, "bash", "/usr/bin/bash", false, Some(9), None);
+    use super::pipe_tests::side;
+    let curl_fork = side(501, "sh", true, None, Some(9));
+    let sh_fork = side(502, "sh", true, Some(9), None);
+    let curl = side(501, "curl", false, None, Some(9));
+    let sh = side(502, "bash", false, Some(9), None);
     let curl_exit = match &curl {
         Record::Process(p) => Record::Process(ProcessRecord {
             phase: crate::model::ProcessPhase::Exit,
@@ -414,10 +398,10 @@ fn download_into_a_shell_by_the_pipe_between_them() {
         assert_eq!(n, 1, "{records:?}: {out:?}");
     }
     // Benign twins: a local file into a shell, a download into grep.
-    let cat = side(503, "cat", "/usr/bin/cat", false, None, Some(10));
-    let reader = side(504, "sh", "/usr/bin/dash", false, Some(10), None);
-    let curl2 = side(505, "curl", "/usr/bin/curl", false, None, Some(11));
-    let grep = side(506, "grep", "/usr/bin/grep", false, Some(11), None);
+    let cat = side(503, "cat", false, None, Some(10));
+    let reader = side(504, "sh", false, Some(10), None);
+    let curl2 = side(505, "curl", false, None, Some(11));
+    let grep = side(506, "grep", false, Some(11), None);
     let out = fired(&mut managed(), &[cat, reader, curl2, grep], SEC);
     assert!(!out.iter().any(|r| r == "PF-DOWNLOAD-SHELL"), "{out:?}");
 }

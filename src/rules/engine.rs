@@ -8,6 +8,7 @@ use super::alert::{alert, push_val, render};
 use super::alert_key::Incidents;
 use super::lang::{self, Ctx};
 use super::load::{kind_slot, RuleSet};
+use super::pipes::Tracked;
 use super::shared::{Claim, SharedState};
 use super::source::{Slot, SourceProcs, SourceView};
 use super::stateful::{self, HashMap as FastMap};
@@ -133,10 +134,12 @@ impl Engine {
             .iter()
             .map(|r| incidents.name(&r.spec.id))
             .collect();
+        let mut procs = SourceProcs::default();
+        procs.track(tracked(&set));
         Engine {
             set,
             rule_names,
-            procs: SourceProcs::default(),
+            procs,
             last_source: None,
             cached: 0,
             scratch: Scratch::default(),
@@ -156,6 +159,7 @@ impl Engine {
     /// Loads a new set; on error the current set stays in force.
     pub fn reload(&mut self, dir: Option<&Path>, with_managed: bool) -> Result<(), RuleError> {
         self.set = RuleSet::load(dir, with_managed)?;
+        self.procs.track(tracked(&self.set));
         self.rule_names = self
             .set
             .rules
@@ -194,6 +198,12 @@ impl Engine {
     /// Keys of stateful rules not tracked because a rule hit its bound.
     pub fn state_keys_refused(&self) -> u64 {
         self.state.keys_refused
+    }
+
+    /// Pipes and filter links the engine forgot at their bounds (a workload showing more
+    /// than [`super::pipes::PIPES_MAX`] pipes), so far.
+    pub fn pipes_evicted(&self) -> u64 {
+        self.procs.pipes_evicted()
     }
 
     fn remember(&mut self, slot: usize, rec: &Record) {
@@ -578,4 +588,17 @@ pub(super) fn make_ctx<'a>(
         ),
         _ => return None,
     })
+}
+
+/// The names the rules compare a pipe's other side with: what the pipes carry through
+/// filters.
+fn tracked(set: &RuleSet) -> Tracked {
+    let (mut writers, mut readers) = (Vec::new(), Vec::new());
+    for c in set.by_kind.iter().flatten() {
+        for cond in std::iter::once(&c.condition).chain(&c.exceptions) {
+            cond.names_compared(lang::Field::StdinWriterComm, &mut writers);
+            cond.names_compared(lang::Field::StdoutReaderComm, &mut readers);
+        }
+    }
+    Tracked::new(writers, readers)
 }

@@ -194,3 +194,33 @@ fn a_scan_of_loopback_ports_is_not_judged_and_one_of_another_host_is() {
     let remote = fired(&mut managed(), &scan(Scope::EastWest, [10, 0, 0, 9]), SEC);
     assert!(remote.iter().any(|r| r == "PF-PORT-SCAN"), "{remote:?}");
 }
+
+/// Review (stop 29), failing: PF-DOWNLOAD-SHELL by the pipe names only a downloader
+/// writing straight into the shell. One filter between them (`base64 -d`, `gunzip`, `cat`)
+/// or a pipeline side run as a group (`{ curl …; :; } | { :; sh; }`, whose forked
+/// subshells are each pipe's first end and never exec) hides it, and the parents' command
+/// line (a script file's `sh setup.sh`) says nothing.
+#[test]
+fn a_download_into_a_shell_through_a_filter_or_a_group_is_seen_by_its_pipes() {
+    use super::pipe_tests::side;
+    // curl -s URL | base64 -d | sh
+    let filtered = vec![
+        side(501, "curl", false, None, Some(9)),
+        side(502, "base64", false, Some(9), Some(10)),
+        side(503, "sh", false, Some(10), None),
+    ];
+    // { curl -s URL; :; } | { :; sh; }
+    let grouped = vec![
+        side(511, "sh", true, None, Some(19)),
+        side(512, "sh", true, Some(19), None),
+        side(513, "curl", false, None, Some(19)),
+        side(514, "sh", false, Some(19), None),
+    ];
+    for records in [filtered, grouped] {
+        let out = fired(&mut managed(), &records, SEC);
+        assert!(
+            out.iter().any(|r| r == "PF-DOWNLOAD-SHELL"),
+            "{records:?}: {out:?}"
+        );
+    }
+}

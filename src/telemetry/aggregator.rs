@@ -78,6 +78,8 @@ pub const RULE_RELOAD_FAILURES: &str = "procflow_rule_reload_failures_total";
 pub const RULE_STATE_QUARANTINED: &str = "procflow_rule_state_quarantined_total";
 /// Keys of stateful rules not tracked because a rule reached its bound.
 pub const RULE_STATE_KEYS_REFUSED: &str = "procflow_rule_state_keys_refused";
+/// Pipes (and filter links between them) the rules forgot at their per-source bound.
+pub const RULE_PIPES_FORGOTTEN: &str = "procflow_rule_pipes_forgotten_total";
 
 const EVERY_10S: Duration = Duration::from_secs(10);
 
@@ -486,6 +488,25 @@ pub struct RuleStateKeysRefused {
 impl InternalEvent for RuleStateKeysRefused {
     fn emit(self) {
         metrics::gauge!(RULE_STATE_KEYS_REFUSED).set(self.keys as f64);
+    }
+}
+
+/// The rules forgot pipes at their per-source bound (the oldest first): a workload showed
+/// more pipes than the engine keeps. Reported per state save, not per pipe.
+pub struct RulePipesForgotten {
+    pub forgotten: u64,
+    pub total: u64,
+}
+
+static PIPES_FORGOTTEN: LogSampler = LogSampler::new(5, EVERY_10S);
+
+impl InternalEvent for RulePipesForgotten {
+    fn emit(self) {
+        metrics::counter!(RULE_PIPES_FORGOTTEN).increment(self.forgotten);
+        if let Some(held_back) = PIPES_FORGOTTEN.sample() {
+            tracing::warn!(forgotten = self.forgotten, total = self.total, held_back,
+                "rules forgot the oldest pipes of a source at their bound; a download piped into a shell through them is not seen (sampled; all counted)");
+        }
     }
 }
 

@@ -165,6 +165,21 @@ impl Condition {
         }
     }
 
+    /// The names the condition compares a bytes field with (`f in (…)`, `f = "…"`): what
+    /// the engine must keep track of for that field.
+    pub fn names_compared(&self, f: Field, out: &mut Vec<Vec<u8>>) {
+        fn walk(n: &Node, f: Field, out: &mut Vec<Vec<u8>>) {
+            match n {
+                Node::And(v) | Node::Or(v) => v.iter().for_each(|c| walk(c, f, out)),
+                Node::Not(n) | Node::AnyAncestor(n) => walk(n, f, out),
+                Node::InBytes(g, set) if *g == f => out.extend(set.items.iter().cloned()),
+                Node::CmpBytes(g, true, k) if *g == f => out.push(k.clone()),
+                _ => {}
+            }
+        }
+        walk(&self.rest, f, out);
+    }
+
     pub fn holds(&self, facts: Facts, c: &Ctx<'_>) -> bool {
         facts.0 & self.refused == 0 && self.rest.eval(c)
     }
@@ -184,6 +199,16 @@ pub(super) fn test<'a>(f: Field, c: &Ctx<'a>, mut pred: impl FnMut(Val<'a>) -> b
         if ka::is_list(k) {
             return ka::each(k, a, &mut |v| pred(ka_val(v)));
         }
+    }
+    // A pipe's other side is a list: its first end and the names carried through filters.
+    if let (Field::StdinWriterComm | Field::StdoutReaderComm, Some(p), Some(s)) =
+        (f, c.process, c.source)
+    {
+        let mut names = match f {
+            Field::StdinWriterComm => s.stdin_writers(p),
+            _ => s.stdout_readers(p),
+        };
+        return names.any(|n| pred(Val::Bytes(std::borrow::Cow::Borrowed(n))));
     }
     pred(get(f, c))
 }

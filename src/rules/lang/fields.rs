@@ -303,12 +303,12 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .unwrap_or(Val::Null),
         StdinWriterComm => p
             .zip(c.source)
-            .and_then(|(p, s)| s.stdin_writer(p))
+            .and_then(|(p, s)| s.stdin_writers(p).telling())
             .map(b)
             .unwrap_or(Val::Null),
         StdoutReaderComm => p
             .zip(c.source)
-            .and_then(|(p, s)| s.stdout_reader(p))
+            .and_then(|(p, s)| s.stdout_readers(p).telling())
             .map(b)
             .unwrap_or(Val::Null),
         ParentCmdline => p

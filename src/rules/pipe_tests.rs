@@ -1,0 +1,156 @@
+//! PF-DOWNLOAD-SHELL by the pipe against a hostile workload: a flood of pipes before the
+//! download, filters between the downloader and the shell, and their benign twins.
+
+use super::detect_tests::{ancestor, fired, managed, process};
+use super::pipes::PIPES_MAX;
+use crate::model::{ProcessRecord, Record};
+
+const SEC: u64 = 1_000_000_000;
+
+/// A process of a script file's pipeline (its command lines say nothing): exec'd, or a
+/// fork of the script's shell, with its stdin and stdout pipes.
+pub(super) fn side(
+    pid: u32,
+    comm: &str,
+    forked: bool,
+    stdin: Option<u64>,
+    stdout: Option<u64>,
+) -> Record {
+    let script = ancestor(
+        500,
+        5000,
+        "sh",
+        Some("/usr/bin/dash"),
+        &["sh", "/home/u/setup.sh"],
+    );
+    Record::Process(ProcessRecord {
+        forked_no_exec: forked,
+        stdin_pipe: stdin,
+        stdout_pipe: stdout,
+        ancestors: vec![script],
+        // A fork runs the script's shell (what proc.fork_of_parent sees).
+        ..match forked {
+            true => process(
+                pid,
+                "sh",
+                Some("/usr/bin/dash"),
+                &["sh", "/home/u/setup.sh"],
+            ),
+            false => process(pid, comm, Some(&format!("/usr/bin/{comm}")), &[comm]),
+        }
+    })
+}
+
+fn download_shells(records: &[Record]) -> usize {
+    let out = fired(&mut managed(), records, SEC);
+    out.iter().filter(|r| *r == "PF-DOWNLOAD-SHELL").count()
+}
+
+/// A workload that shows as many pipes as the engine keeps, then its `curl | sh`: the
+/// flood costs the oldest pipes (counted), not the download. Before, the table was cleared
+/// when a new pipe arrived at the bound — here the shell's own stdout pipe, arriving after
+/// curl's, wiped curl's end and the pipeline went unseen.
+#[test]
+fn a_flood_of_pipes_before_a_download_into_a_shell_forgets_the_oldest_not_the_download() {
+    let mut engine = managed();
+    let flood = (0..PIPES_MAX as u64 - 1)
+        .map(|i| side(10_000 + i as u32, "yes", false, None, Some(1_000_000 + i)));
+    for record in flood {
+        assert!(fired(&mut engine, &[record], SEC).is_empty());
+    }
+    assert_eq!(engine.pipes_evicted(), 0);
+    let pipeline = [
+        side(501, "curl", false, None, Some(9)),
+        side(502, "sh", false, Some(9), Some(10)),
+    ];
+    let out = fired(&mut engine, &pipeline, SEC);
+    assert!(out.iter().any(|r| r == "PF-DOWNLOAD-SHELL"), "{out:?}");
+    assert!(
+        engine.pipes_evicted() >= 1,
+        "the flood's oldest pipe is counted"
+    );
+    // Then the flood again, past the bound many times over: still bounded, still seen.
+    for i in 0..2 * PIPES_MAX as u64 {
+        fired(
+            &mut engine,
+            &[side(90_000, "yes", false, None, Some(5_000_000 + i))],
+            SEC,
+        );
+    }
+    assert!(engine.pipes_evicted() >= 2 * PIPES_MAX as u64);
+    let later = [
+        side(511, "wget", false, None, Some(19)),
+        side(512, "bash", false, Some(19), Some(20)),
+    ];
+    let out = fired(&mut engine, &later, SEC);
+    assert!(out.iter().any(|r| r == "PF-DOWNLOAD-SHELL"), "{out:?}");
+}
+
+/// Filters between the download and the shell, in every order of the execs; the fed
+/// shell's inner commands inherit its stdin and stay in its incident.
+#[test]
+fn a_download_through_filters_into_a_shell_is_seen_in_either_order() {
+    // curl | gunzip | base64 -d | sh
+    let curl = side(501, "curl", false, None, Some(9));
+    let gunzip = side(502, "gunzip", false, Some(9), Some(10));
+    let base64 = side(503, "base64", false, Some(10), Some(11));
+    let sh = side(504, "sh", false, Some(11), None);
+    for order in [
+        [&curl, &gunzip, &base64, &sh],
+        [&sh, &base64, &gunzip, &curl],
+        [&base64, &sh, &curl, &gunzip],
+        [&gunzip, &curl, &sh, &base64],
+    ] {
+        let records: Vec<Record> = order.into_iter().cloned().collect();
+        assert_eq!(download_shells(&records), 1, "{records:?}");
+    }
+    // `{ sleep 1; curl …; } | sh`: the first exec'd writer is sleep, curl still feeds it.
+    let sleep_first = [
+        side(511, "sh", true, None, Some(19)),
+        side(512, "sleep", false, None, Some(19)),
+        side(513, "sh", false, Some(19), None),
+        side(514, "curl", false, None, Some(19)),
+    ];
+    assert_eq!(download_shells(&sleep_first), 1);
+    // A `while read` subshell (a fork, never exec'd) passes the download on.
+    let while_read = [
+        side(521, "wget", false, None, Some(29)),
+        side(522, "sh", true, Some(29), Some(30)),
+        side(523, "bash", false, Some(30), None),
+    ];
+    assert_eq!(download_shells(&while_read), 1);
+}
+
+/// Benign twins: a download into filters and no shell, a local file through a filter into
+/// a shell, and a shell piping its own output into curl (an upload, not a download).
+#[test]
+fn filters_without_a_download_or_without_a_shell_stay_silent() {
+    let silent = [
+        // curl | grep x | wc -l
+        vec![
+            side(501, "curl", false, None, Some(9)),
+            side(502, "grep", false, Some(9), Some(10)),
+            side(503, "wc", false, Some(10), None),
+        ],
+        // cat file | base64 -d | sh
+        vec![
+            side(511, "cat", false, None, Some(19)),
+            side(512, "base64", false, Some(19), Some(20)),
+            side(513, "sh", false, Some(20), None),
+        ],
+        // sh report.sh | curl --data-binary @- URL
+        vec![
+            side(521, "sh", false, None, Some(29)),
+            side(522, "curl", false, Some(29), None),
+        ],
+        // `curl | while read l; do echo "$l"; done`: the loop is a fork of the script's
+        // shell, no shell exec'd to run what was downloaded.
+        vec![
+            side(531, "curl", false, None, Some(39)),
+            side(532, "sh", true, Some(39), None),
+        ],
+    ];
+    for records in silent {
+        assert_eq!(download_shells(&records), 0, "{records:?}");
+    }
+}
