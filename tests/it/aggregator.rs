@@ -101,7 +101,7 @@ fn alerts_are_stored_streamed_and_delivered_and_survive_a_bad_reload() {
 
     let work = tempfile::tempdir().expect("work dir");
     let marker = work.path().join("pf-e2e-marker");
-    std::fs::copy("/usr/bin/sleep", &marker).expect("copy");
+    crate::util::copy_executable("/usr/bin/sleep", &marker);
     let started = Instant::now();
     let mut first = Command::new(&marker).arg("30").spawn().expect("marker");
     let alert = wait_for_alert(&lines, first.id(), Duration::from_secs(10))

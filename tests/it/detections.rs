@@ -111,7 +111,7 @@ fn python(code: &str, args: &[&str]) -> Child {
 fn a_runner_deleting_its_binary_fires_and_forks_of_a_replaced_shell_do_not() {
     let dir = scratch_dir();
     let bash = dir.path().join("bash");
-    std::fs::copy("/usr/bin/bash", &bash).expect("copy bash");
+    crate::util::copy_executable("/usr/bin/bash", &bash);
     let payload = dir.path().join("payload");
     let (records, kids) = observe(&[], || {
         // The shell starts, its file is replaced by a file of another owner (so only the
@@ -346,7 +346,7 @@ fn scratch_path_execution_is_judged_from_argv0_without_exe_access() {
         .tempdir_in("/dev/shm")
         .expect("shm dir");
     let agent = dir.path().join("agent");
-    std::fs::copy("/usr/bin/sleep", &agent).expect("copy");
+    crate::util::copy_executable("/usr/bin/sleep", &agent);
     let (records, kids) = observe(&UNPRIVILEGED, || {
         Kids(vec![
             Command::new(&agent).arg("2").spawn().expect("agent"),

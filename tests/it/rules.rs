@@ -102,7 +102,7 @@ fn managed_rules_fire_on_real_attacks() {
     // execution from /tmp, and a user process named like a kernel thread, and apt-get
     for name in ["sleep", "kworker", "apt-get"] {
         let p = dir.path().join(name);
-        std::fs::copy("/usr/bin/sleep", &p).expect("copy sleep");
+        crate::util::copy_executable("/usr/bin/sleep", &p);
         kids.0
             .push(Command::new(&p).arg("30").spawn().expect("tmp exec"));
     }
@@ -181,7 +181,7 @@ fn exec_from_scratch_fires_on_an_execution_the_collector_saw_not_on_one_running_
     // The rule watches /tmp, whatever TMPDIR says.
     let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
     let payload = dir.path().join("payload");
-    std::fs::copy("/usr/bin/sleep", &payload).expect("copy sleep");
+    crate::util::copy_executable("/usr/bin/sleep", &payload);
     let mut kids = Kids(Vec::new());
     kids.0
         .push(Command::new(&payload).arg("30").spawn().expect("before"));

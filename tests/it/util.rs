@@ -147,6 +147,14 @@ pub fn count_phase(flows: &[&FlowRecord], phase: FlowPhase) -> usize {
     flows.iter().filter(|f| f.phase == phase).count()
 }
 
+/// Copies an executable through `cp`, so that its writable fd never lives in this
+/// process: a test thread that forks while the copy is open would hold it, and
+/// exec'ing the copy then fails with ETXTBSY ("Text file busy").
+pub fn copy_executable(from: &str, to: &std::path::Path) {
+    let to = to.to_str().expect("utf-8 path");
+    sh(&["cp", from, to]);
+}
+
 /// Runs a command and panics with its output when it fails.
 pub fn sh(args: &[&str]) {
     let out = Command::new(args[0])
