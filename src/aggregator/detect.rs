@@ -19,7 +19,8 @@ use crate::rules::stateful::StateError;
 use crate::rules::{Engine, RuleSet};
 use crate::telemetry::aggregator::{
     AlertsRaised, AlertsUnstored, DetectDropped, DetectQueued, RulePipesForgotten,
-    RuleReloadFailed, RuleStateKeysRefused, RuleStateQuarantined, RulesEvaluated, RulesReloaded,
+    RuleReloadFailed, RuleStateKeysRefused, RuleStateQuarantined, RuleTreesForgotten,
+    RulesEvaluated, RulesReloaded,
 };
 use crate::telemetry::InternalEvent;
 
@@ -211,7 +212,8 @@ fn run(
     let mut seq = now_ns();
     let mut last_save = Instant::now();
     let mut dirty = false;
-    let mut pipes_forgotten = 0u64;
+    // What the engine had forgotten at its bounds when last reported: pipes, trees.
+    let mut forgotten = (0u64, 0u64);
     let mut last_reload_check = Instant::now();
     let identity = CollectorIdentity {
         collector_id: RULES_SOURCE.into(),
@@ -337,12 +339,12 @@ fn run(
             }
         }
         if dirty && last_save.elapsed() >= STATE_SAVE_EVERY {
-            save(&engine, &config.state_path, &mut pipes_forgotten);
+            save(&engine, &config.state_path, &mut forgotten);
             dirty = false;
             last_save = Instant::now();
         }
     }
-    save(&engine, &config.state_path, &mut pipes_forgotten);
+    save(&engine, &config.state_path, &mut forgotten);
     config.outputs.close();
 }
 
@@ -376,22 +378,28 @@ fn load_state(engine: &mut Engine, path: &Path) -> Result<(), DetectError> {
     }
 }
 
-/// Saves the rule state, and reports the bounds the engine reached since the last save
-/// (`pipes_forgotten`: the pipes forgotten so far when last reported).
-fn save(engine: &Engine, path: &Path, pipes_forgotten: &mut u64) {
+/// Saves the rule state, and reports what the engine forgot at its bounds since the last
+/// save (`forgotten`: its pipes and trees forgotten so far when last reported).
+fn save(engine: &Engine, path: &Path, forgotten: &mut (u64, u64)) {
     RuleStateKeysRefused {
         keys: engine.state_keys_refused(),
     }
     .emit();
-    let forgotten = engine.pipes_evicted();
-    if forgotten > *pipes_forgotten {
+    let now = (engine.pipes_evicted(), engine.trees_forgotten());
+    if now.0 > forgotten.0 {
         RulePipesForgotten {
-            forgotten: forgotten - *pipes_forgotten,
-            total: forgotten,
+            forgotten: now.0 - forgotten.0,
+            total: now.0,
         }
         .emit();
-        *pipes_forgotten = forgotten;
     }
+    if now.1 > forgotten.1 {
+        RuleTreesForgotten {
+            forgotten: now.1 - forgotten.1,
+        }
+        .emit();
+    }
+    *forgotten = now;
     if let Err(error) = engine.save_state(path) {
         tracing::error!(%error, "saving rule state failed; a restart would lose windows and learned values");
     }

@@ -42,7 +42,7 @@ const OWNERS_MAX: usize = 65_536;
 #[derive(Default)]
 pub(super) struct Incidents {
     owners: FastMap<OwnerKey, (u64, UnixNanos)>,
-    trees: FastMap<TreeKey, (u32, UnixNanos)>,
+    trees: Trees,
     /// Rule ids and collector ids, as numbers.
     names: FastMap<String, u32>,
 }
@@ -149,18 +149,51 @@ impl Incidents {
         let root = p
             .ancestors
             .iter()
-            .find_map(|a| {
-                self.trees
-                    .get(&(rule, source, a.pid, a.start_time))
-                    .copied()
-            })
+            .find_map(|a| self.trees.get(&(rule, source, a.pid, a.start_time)))
             .unwrap_or_else(|| fork_root(p));
-        let me = (rule, source, p.pid, p.start_time);
-        if self.trees.len() >= OWNERS_MAX && !self.trees.contains_key(&me) {
-            self.trees.clear();
-        }
-        self.trees.insert(me, root);
+        self.trees.insert((rule, source, p.pid, p.start_time), root);
         root
+    }
+
+    /// Processes' tree entries forgotten at the bound, so far.
+    pub(super) fn trees_forgotten(&self) -> u64 {
+        self.trees.forgotten
+    }
+}
+
+/// The tree of each process a rule hit, in two generations: an entry read (a descendant
+/// joining its tree) moves to the current one, and when the current one is full the
+/// previous one is forgotten. So a tree still growing survives however many other hits a
+/// busy host makes (stateful rules hit most process records); clearing the whole map
+/// there split one apt-get's dpkg children into an alert each.
+#[derive(Default)]
+struct Trees {
+    current: FastMap<TreeKey, (u32, UnixNanos)>,
+    previous: FastMap<TreeKey, (u32, UnixNanos)>,
+    forgotten: u64,
+}
+
+impl Trees {
+    fn get(&mut self, key: &TreeKey) -> Option<(u32, UnixNanos)> {
+        if let Some(root) = self.current.get(key) {
+            return Some(*root);
+        }
+        let root = self.previous.remove(key)?;
+        self.insert(*key, root);
+        Some(root)
+    }
+
+    fn insert(&mut self, key: TreeKey, root: (u32, UnixNanos)) {
+        if self.current.len() >= OWNERS_MAX / 2 && !self.current.contains_key(&key) {
+            self.forgotten += self.previous.len() as u64;
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, root);
+    }
+
+    fn clear(&mut self) {
+        self.current.clear();
+        self.previous.clear();
     }
 }
 

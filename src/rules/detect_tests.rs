@@ -481,6 +481,61 @@ fn a_packet_socket_fires_and_is_no_listener_of_a_server() {
 
 // === One incident, one alert ===
 
+/// A busy host's other hits (a build's processes, every record a stateful rule hits) pass
+/// the bound of remembered trees many times during one long apt-get run; its dpkg
+/// children still join its tree, so the run stays one alert. Before, the whole map was
+/// cleared at the bound and the next dpkg child was an alert of its own.
+#[test]
+fn a_long_package_run_stays_one_alert_however_busy_the_host() {
+    let apt = ancestor(
+        100,
+        1000,
+        "apt-get",
+        Some("/usr/bin/apt-get"),
+        &["apt-get", "install"],
+    );
+    let mut e = managed();
+    let mut ours = 0;
+    let mut count = |e: &mut Engine, r: ProcessRecord| {
+        for a in e.evaluate(&event(Record::Process(r)), SEC) {
+            let pid = a.process.map_or(0, |p| p.pid);
+            if a.rule_id == "PF-PACKAGE-MANAGER" && (pid == 100 || (200..300).contains(&pid)) {
+                ours += 1;
+            }
+        }
+    };
+    count(
+        &mut e,
+        process(
+            100,
+            "apt-get",
+            Some("/usr/bin/apt-get"),
+            &["apt-get", "install"],
+        ),
+    );
+    for round in 0..10u32 {
+        for i in 0..7_000u32 {
+            let pid = 10_000 + round * 7_000 + i;
+            count(
+                &mut e,
+                process(pid, "pip", Some("/usr/bin/pip"), &["pip", "install", "x"]),
+            );
+        }
+        let dpkg = ProcessRecord {
+            ancestors: vec![apt.clone()],
+            ..process(
+                200 + round,
+                "dpkg",
+                Some("/usr/bin/dpkg"),
+                &["/usr/bin/dpkg", "--unpack"],
+            )
+        };
+        count(&mut e, dpkg);
+    }
+    assert!(e.trees_forgotten() > 0, "the bound was passed");
+    assert_eq!(ours, 1);
+}
+
 fn tty_shell(pid: u32, leader: u32) -> ProcessRecord {
     ProcessRecord {
         tty: Some(34816),

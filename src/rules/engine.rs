@@ -206,6 +206,12 @@ impl Engine {
         self.procs.pipes_evicted()
     }
 
+    /// Processes' incident trees the engine forgot at their bound (the least recently
+    /// joined first), so far.
+    pub fn trees_forgotten(&self) -> u64 {
+        self.incidents.trees_forgotten()
+    }
+
     fn remember(&mut self, slot: usize, rec: &Record) {
         if let Record::Listener(l) = rec {
             self.procs.by_slot[slot].listening.observe(l);

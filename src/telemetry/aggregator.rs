@@ -80,6 +80,8 @@ pub const RULE_STATE_QUARANTINED: &str = "procflow_rule_state_quarantined_total"
 pub const RULE_STATE_KEYS_REFUSED: &str = "procflow_rule_state_keys_refused";
 /// Pipes (and filter links between them) the rules forgot at their per-source bound.
 pub const RULE_PIPES_FORGOTTEN: &str = "procflow_rule_pipes_forgotten_total";
+/// Processes' incident trees the rules forgot at their bound (least recently joined first).
+pub const RULE_TREES_FORGOTTEN: &str = "procflow_rule_incident_trees_forgotten_total";
 
 const EVERY_10S: Duration = Duration::from_secs(10);
 
@@ -506,6 +508,28 @@ impl InternalEvent for RulePipesForgotten {
         if let Some(held_back) = PIPES_FORGOTTEN.sample() {
             tracing::warn!(forgotten = self.forgotten, total = self.total, held_back,
                 "rules forgot the oldest pipes of a source at their bound; a download piped into a shell through them is not seen (sampled; all counted)");
+        }
+    }
+}
+
+/// The rules forgot the incident trees of processes no descendant joined lately (a busy
+/// host's hits pass the bound in minutes: expected, logged at info). A process of a
+/// forgotten tree starts a tree (an alert) of its own.
+pub struct RuleTreesForgotten {
+    pub forgotten: u64,
+}
+
+static TREES_FORGOTTEN: LogSampler = LogSampler::new(1, EVERY_10S);
+
+impl InternalEvent for RuleTreesForgotten {
+    fn emit(self) {
+        metrics::counter!(RULE_TREES_FORGOTTEN).increment(self.forgotten);
+        if let Some(held_back) = TREES_FORGOTTEN.sample() {
+            tracing::info!(
+                forgotten = self.forgotten,
+                held_back,
+                "rules forgot the incident trees no process joined lately (sampled; all counted)"
+            );
         }
     }
 }

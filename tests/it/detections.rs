@@ -13,6 +13,7 @@ use procflow::rules::{Engine, RuleSet};
 
 use crate::util::{Collector, Kids, Netns, UNPRIVILEGED};
 
+mod packages;
 mod packet;
 mod pipes;
 mod stdio;
