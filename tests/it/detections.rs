@@ -313,11 +313,17 @@ fn a_download_piped_into_a_shell_fires_in_both_access_modes() {
     drop(server);
 }
 
-/// The port `python3 -m http.server 0` prints on its first line.
-/// A local HTTP server of `dir`'s files (the downloads' source), with its port.
+/// A local HTTP server of `dir`'s files (the downloads' source), with its port. It holds
+/// each body back a second after the headers, so a downloader lives long enough for the
+/// collector to read its exec whatever the file's size: a client's rate limit does not
+/// hold back a file that fits in one read, and a downloader that lives a few ms can end
+/// before the collector reads it (a polling limit, in the rules' descriptions; not what
+/// the tests are about).
+const SLOW_SERVER: &str = "import http.server,time\nclass H(http.server.SimpleHTTPRequestHandler):\n    def copyfile(self, src, dst):\n        time.sleep(1); super().copyfile(src, dst)\n    def log_message(self, *a): pass\ns=http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)\nprint('serving on port', s.server_address[1], flush=True)\ns.serve_forever()";
+
 fn serve_dir(dir: &std::path::Path) -> (Kids, u16) {
     let mut server = Command::new(PY)
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "0"])
+        .args(["-c", SLOW_SERVER])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -327,6 +333,7 @@ fn serve_dir(dir: &std::path::Path) -> (Kids, u16) {
     (Kids(vec![server]), port)
 }
 
+/// The port a server prints on its first line (`… port N …`).
 fn server_port(server: &mut Child) -> u16 {
     use std::io::{BufRead, BufReader};
     let out = server.stdout.take().expect("stdout");

@@ -11,9 +11,10 @@ use crate::util::Kids;
 #[test]
 fn a_download_piped_into_a_shell_from_a_script_or_a_terminal_fires_by_its_pipe() {
     let dir = scratch_dir();
-    // Downloads of a second or so (rate-limited): a downloader that lives a few ms can
-    // end before the collector reads its exec, and the pipe then names no downloader
-    // (a polling limit, in the rule's description), which is not what this test is about.
+    // Downloads of a second or so (serve_dir holds each body back): a downloader that
+    // lives a few ms can end before the collector reads its exec, and the pipe then names
+    // no downloader (a polling limit, in the rule's description), which is not what this
+    // test is about.
     let padding = format!("# {}\n", "x".repeat(2000));
     std::fs::write(dir.path().join("x.sh"), format!("{padding}sleep 2\n")).expect("payload");
     let (_server, port) = serve_dir(dir.path());
