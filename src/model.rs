@@ -285,9 +285,11 @@ pub struct ProcessRecord {
     #[serde(default)]
     pub preexisting: bool,
     /// Whether fd 0, 1 or 2 is an internet socket with a remote peer (not an AF_UNIX
-    /// socketpair, not a listener). Known only with fd access.
+    /// socketpair, not a listener), or stdin and stdout are one AF_UNIX socket whose other
+    /// end an ancestor holds beside such a socket (a relay: socat's `EXEC:`). Known only
+    /// with fd access.
     pub stdio_is_socket: Option<bool>,
-    /// Those sockets' inodes.
+    /// Those internet sockets' inodes (a relay's: the relay's connection).
     pub stdio_socket_inodes: Vec<u64>,
     /// Still running the image it was forked with (`PF_FORKNOEXEC`, world-readable): a
     /// fork, not an execution.

@@ -6,5 +6,6 @@ pub mod exec_watch;
 pub(crate) mod image;
 pub mod monitor;
 pub mod parse;
+pub(crate) mod relay;
 
 pub use monitor::{ProcessConfig, ProcessMonitor, ProcessStats};

@@ -377,6 +377,8 @@ impl ProcessMonitor {
         r.stdio_socket_inodes.clear();
         (r.stdin_pipe, r.stdout_pipe) = (None, None);
         let mut readable = false;
+        // The AF_UNIX sockets on stdin and stdout.
+        let mut unix = [None; 2];
         for (n, fd) in [c"fd/0", c"fd/1", c"fd/2"].into_iter().enumerate() {
             let Ok((socket, pipe)) =
                 dir.read_link(fd, |l| (parse::socket_inode(l), parse::pipe_inode(l)))
@@ -384,12 +386,27 @@ impl ProcessMonitor {
                 continue;
             };
             readable = true;
-            r.stdio_socket_inodes
-                .extend(socket.filter(|&inode| inet_with_peer(&dir, fd, inode)));
+            if let Some(inode) = socket {
+                match stdio_socket(&dir, fd, inode) {
+                    StdioSocket::Connected => r.stdio_socket_inodes.push(inode),
+                    StdioSocket::Unix if n < 2 => unix[n] = Some(inode),
+                    StdioSocket::Unix | StdioSocket::Other => {}
+                }
+            }
             match n {
                 0 => r.stdin_pipe = pipe,
                 1 => r.stdout_pipe = pipe,
                 _ => {}
+            }
+        }
+        // One AF_UNIX socket as stdin and stdout: a relay's socketpair, when the ancestor
+        // holding its other end holds a connection (procs::relay); that connection then
+        // stands for the stdio socket.
+        if let [Some(inn), Some(out)] = unix {
+            if inn == out && r.stdio_socket_inodes.is_empty() {
+                let proc_root = &self.config.proc_root;
+                r.stdio_socket_inodes
+                    .extend(self.relays.connection(proc_root, r.ppid, inn));
             }
         }
         r.stdio_is_socket = readable.then_some(!r.stdio_socket_inodes.is_empty());
@@ -437,16 +454,25 @@ impl ProcessMonitor {
 
 /// How many lines of a `net/tcp`-like table are read looking for one socket: past them
 /// (a namespace with tens of thousands of sockets) the socket counts as having a peer.
-const NET_TABLE_LINES: usize = 65_536;
+pub(crate) const NET_TABLE_LINES: usize = 65_536;
 
-/// Whether the socket on stdio fd `fd` is an internet socket with a remote peer: what a
-/// reverse shell's stdio is, where the AF_UNIX socketpairs Node, npm, systemd and docker
-/// give their children are not, nor a listener handed over by inetd. The protocol comes
-/// from sockfs's `system.sockprotoname`, the peer from the process's own network
-/// namespace's table (`/proc/<pid>/net/tcp`…, read only for an inet socket on stdio, a
-/// rare sight). What cannot be told (an unreadable table, a socket not found in it, a
-/// protocol with no table such as MPTCP or SCTP) counts as a peer, as it did before.
-fn inet_with_peer(dir: &PidDir, fd: &std::ffi::CStr, inode: u64) -> bool {
+/// What a socket on a stdio fd is.
+enum StdioSocket {
+    /// An internet socket with a remote peer: what a reverse shell's stdio is.
+    Connected,
+    /// AF_UNIX: what Node, npm, systemd and docker give their children, and what a relay
+    /// such as socat's `EXEC:` gives its shell (told apart by procs::relay).
+    Unix,
+    /// A listener handed over by inetd, netlink, packet, vsock…
+    Other,
+}
+
+/// What the socket on stdio fd `fd` is. The protocol comes from sockfs's
+/// `system.sockprotoname`, the peer from the process's own network namespace's table
+/// (`/proc/<pid>/net/tcp`…, read only for an inet socket on stdio, a rare sight). What
+/// cannot be told (an unreadable table, a socket not found in it, a protocol with no table
+/// such as MPTCP or SCTP) counts as a peer, as it did before.
+fn stdio_socket(dir: &PidDir, fd: &std::ffi::CStr, inode: u64) -> StdioSocket {
     use std::io::BufRead as _;
     let mut buf = [0u8; 32];
     let table = match dir.socket_protocol(fd, &mut buf) {
@@ -456,22 +482,30 @@ fn inet_with_peer(dir: &PidDir, fd: &std::ffi::CStr, inode: u64) -> bool {
         Ok(b"UDPv6") => c"net/udp6",
         Ok(b"UDP-Lite") => c"net/udplite",
         Ok(b"UDPLITEv6") => c"net/udplite6",
-        Ok(name) if name.starts_with(b"MPTCP") || name.starts_with(b"SCTP") => return true,
-        // AF_UNIX, netlink, packet, vsock…: not a connection to a peer elsewhere.
-        Ok(_) => return false,
+        Ok(name) if name.starts_with(b"MPTCP") || name.starts_with(b"SCTP") => {
+            return StdioSocket::Connected
+        }
+        Ok(name) if name.starts_with(b"UNIX") => return StdioSocket::Unix,
+        // Netlink, packet, vsock…: not a connection to a peer elsewhere.
+        Ok(_) => return StdioSocket::Other,
         // The link was readable, its attribute is not (a kernel without it): as before.
-        Err(_) => return true,
+        Err(_) => return StdioSocket::Connected,
     };
     let Ok(file) = dir.open_file(table) else {
-        return true;
+        return StdioSocket::Connected;
     };
     let mut lines = std::io::BufReader::with_capacity(16 * 1024, file).split(b'\n');
-    lines
+    let peer = lines
         .by_ref()
         .take(NET_TABLE_LINES)
         .map_while(Result::ok)
         .find_map(|line| parse::inet_line_has_peer(&line, inode))
-        .unwrap_or(true)
+        .unwrap_or(true);
+    if peer {
+        StdioSocket::Connected
+    } else {
+        StdioSocket::Other
+    }
 }
 
 /// Whether `comm` is what the kernel names an image run from `exe`: its basename, cut to

@@ -114,6 +114,8 @@ pub struct ProcessMonitor {
     /// Processes started since the last tick, to count pids never seen.
     new_since_last: u64,
     pub(crate) index: crate::procs::attribute::InodeIndex,
+    /// Judges stdio socketpairs relayed to a connection.
+    pub(crate) relays: crate::procs::relay::Relays,
     /// This process's pid as the scanned /proc names it (none when /proc is another pid
     /// namespace's): walking its own fd table opens one fd more than it holds.
     pub(crate) own_pid: Option<u32>,
@@ -197,6 +199,7 @@ impl ProcessMonitor {
             pod_uid_env: std::env::var("POD_UID").ok().filter(|s| !s.is_empty()),
             new_since_last: 0,
             index: Default::default(),
+            relays: Default::default(),
             own_pid,
             containers: HashSet::new(),
             new_container_pids: Vec::new(),

@@ -235,17 +235,21 @@ pub fn pipe_inode(link: &[u8]) -> Option<u64> {
 /// listener's and an unconnected UDP socket's is 0). `None`: another socket's line, the
 /// header, or a malformed one.
 pub fn inet_line_has_peer(line: &[u8], inode: u64) -> Option<bool> {
+    inet_line(line).and_then(|(i, peer)| (i == inode).then_some(peer))
+}
+
+/// One line of a `net/tcp`-like table: the socket's inode and whether it has a remote
+/// peer. `None`: the header or a malformed line.
+pub fn inet_line(line: &[u8]) -> Option<(u64, bool)> {
     let mut fields = line
         .split(u8::is_ascii_whitespace)
         .filter(|f| !f.is_empty());
     // sl, local_address, rem_address, st, queues, tr:tm, retrnsmt, uid, timeout, inode.
     let remote = fields.nth(2)?;
-    if parse_num(fields.nth(6)?)? != inode {
-        return None;
-    }
+    let inode = parse_num(fields.nth(6)?)?;
     let port = remote.rsplit(|&b| b == b':').next()?;
     let port = u16::from_str_radix(std::str::from_utf8(port).ok()?, 16).ok()?;
-    Some(port != 0)
+    Some((inode, port != 0))
 }
 
 fn trim(b: &[u8]) -> &[u8] {

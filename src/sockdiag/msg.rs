@@ -1,7 +1,8 @@
 //! Pure parsers for the kernel's sock_diag bytes: netlink headers ([`netlink`]),
-//! `inet_diag_msg` and its attributes ([`inet_diag`]), `struct tcp_info` ([`tcp_info`]), and
-//! the requests procflow sends ([`request`]). No I/O here; every accessor runs after a length
-//! check, so hostile or truncated input yields a typed error, never a panic.
+//! `inet_diag_msg` and its attributes ([`inet_diag`]), `struct tcp_info` ([`tcp_info`]), the
+//! requests procflow sends ([`request`]), and an AF_UNIX socket's peer ([`unix_diag`]). No
+//! I/O here; every accessor runs after a length check, so hostile or truncated input yields
+//! a typed error, never a panic.
 //!
 //! Layouts follow `include/uapi/linux/{netlink,inet_diag,tcp}.h`, each struct's field offsets
 //! named once beside its reader. `tcp_info` grows with the kernel (280 bytes on 6.18): fields
@@ -11,6 +12,7 @@ mod inet_diag;
 mod netlink;
 mod request;
 mod tcp_info;
+mod unix_diag;
 
 use std::ops::Range;
 
@@ -25,6 +27,7 @@ pub use request::{
     TCP_STATES_TRACKED,
 };
 pub use tcp_info::TcpInfo;
+pub use unix_diag::{parse_unix_peer, unix_peer_request};
 
 pub const NLMSG_NOOP: u16 = 1;
 pub const NLMSG_ERROR: u16 = 2;
