@@ -237,3 +237,58 @@ fn a_download_into_a_shell_through_a_filter_or_a_group_is_seen_by_its_pipes() {
         );
     }
 }
+
+/// Without exe access (another uid) a runner deleting its binary and a binary started
+/// under another name show only what they chose (comm, argv); the command line that
+/// started them tells.
+#[test]
+fn fd_executions_and_forged_names_are_seen_by_the_launching_command_line() {
+    for (rule, argv) in [
+        (
+            "PF-EXEC-FD-CMDLINE",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                "import os,shutil\nshutil.copy('/usr/bin/sleep','/w/x')\nfd=os.open('/w/x',os.O_RDONLY)\nos.unlink('/w/x')\nos.execve(fd,['x','2'],{})",
+            ][..],
+        ),
+        (
+            "PF-EXEC-FD-CMDLINE",
+            &[
+                "python3",
+                "-c",
+                "import os;f=os.memfd_create('k');os.write(f,open('/tmp/p','rb').read());os.execv('/proc/self/fd/%d'%f,['kworker'])",
+            ],
+        ),
+        (
+            "PF-EXEC-FD-CMDLINE",
+            &["perl", "-e", "exec {\"/proc/$$/fd/3\"} 'x'"],
+        ),
+        (
+            "PF-ARGV0-FORGED",
+            &["sh", "-c", "cp /w/renamed /w/xmrig && bash -c 'exec -a awk /w/xmrig'"],
+        ),
+        ("PF-ARGV0-FORGED", &["bash", "-c", "exec -a '[kswapd0]' ./miner"]),
+    ] {
+        let out = fires(process(700, argv[0], None, argv));
+        assert!(out.iter().any(|r| r == rule), "{argv:?}: {out:?}");
+    }
+    for argv in [
+        &[
+            "python3",
+            "-c",
+            "import os; os.execv('/usr/bin/sleep', ['sleep', '1'])",
+        ][..],
+        &["bash", "-c", "exec sleep 1"],
+        &["bash", "-c", "exec 3</dev/null; exec -- sleep 1"],
+        &["diff", "/dev/fd/63", "/dev/fd/62"],
+        &["sh", "-c", "exec /usr/bin/env -i PATH=/bin sh"],
+    ] {
+        let out = fires(process(701, argv[0], None, argv));
+        assert!(
+            !out.iter()
+                .any(|r| r == "PF-EXEC-FD-CMDLINE" || r == "PF-ARGV0-FORGED"),
+            "{argv:?}: {out:?}"
+        );
+    }
+}

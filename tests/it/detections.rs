@@ -13,6 +13,7 @@ use procflow::rules::{Engine, RuleSet};
 
 use crate::util::{Collector, Kids, Netns, UNPRIVILEGED};
 
+mod cmdline;
 mod packages;
 mod packet;
 mod pipes;
