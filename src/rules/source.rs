@@ -82,4 +82,34 @@ impl<'a> SourceView<'a> {
     pub(crate) fn stdout_readers(self, p: &ProcessRecord) -> Names<'a> {
         self.slot.pipes.readers_of(p)
     }
+
+    /// The command lines of `p` and its running siblings (children of the same parent),
+    /// in the order they started, joined by ` | `: a pipeline's commands run side by side
+    /// under one shell, so this is the pipeline as far as it can be told without reading
+    /// its pipes (the siblings nearest `p`, [`PIPELINE_MAX`] at most).
+    pub(crate) fn pipeline(self, p: &ProcessRecord) -> Vec<u8> {
+        let mut siblings: Vec<&ProcessRecord> = self
+            .slot
+            .procs
+            .values()
+            .filter(|q| q.ppid == p.ppid && q.parent_start_time == p.parent_start_time)
+            .collect();
+        siblings.sort_unstable_by_key(|q| (q.start_time, q.pid));
+        let at = siblings
+            .iter()
+            .position(|q| q.pid == p.pid)
+            .unwrap_or_default();
+        let from = at.saturating_sub(PIPELINE_MAX / 2);
+        let mut out = Vec::new();
+        for (i, q) in siblings.iter().skip(from).take(PIPELINE_MAX).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b" | ");
+            }
+            out.extend_from_slice(&q.argv.join(&b' '));
+        }
+        out
+    }
 }
+
+/// How many siblings a pipeline is told from (a server's hundred workers are not one).
+pub(crate) const PIPELINE_MAX: usize = 8;

@@ -85,6 +85,36 @@ fn scratch_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
 }
 
+/// Writes `body` into `dir/name` and runs it as `sh dir/name`, quietly: a script file,
+/// whose command line says nothing of what it runs.
+fn sh_file(dir: &std::path::Path, name: &str, body: &str) -> Child {
+    let path = dir.join(name);
+    std::fs::write(&path, body).expect("script");
+    Command::new("sh")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh")
+}
+
+/// The benign twins of a download into a shell, as script files in `dir`: a download of
+/// `url` piped into grep, and a local file (`dir/x.sh`) piped into a shell.
+fn download_twins(dir: &std::path::Path, url: &str) -> [Child; 2] {
+    [
+        sh_file(
+            dir,
+            "grep.sh",
+            &format!("curl -fsS {url} | grep -q sleep; sleep 2\n"),
+        ),
+        sh_file(
+            dir,
+            "local.sh",
+            &format!("cat {} | sh\n", dir.join("x.sh").display()),
+        ),
+    ]
+}
+
 fn sh(script: &str) -> Child {
     Command::new("sh")
         .args(["-c", script])

@@ -43,6 +43,7 @@ pub enum Field {
     ParentListens,
     StdinWriterComm,
     StdoutReaderComm,
+    PipelineCmdline,
     // ancestor inside any(...)
     AComm,
     AExe,
@@ -116,6 +117,7 @@ pub(super) fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Fie
         "proc.parent_listens" => (ParentListens, Ty::Bool),
         "proc.stdin_writer_comm" => (StdinWriterComm, Ty::Bytes),
         "proc.stdout_reader_comm" => (StdoutReaderComm, Ty::Bytes),
+        "proc.pipeline_cmdline" => (PipelineCmdline, Ty::Bytes),
         "a.comm" if in_any => (AComm, Ty::Bytes),
         "a.exe" if in_any => (AExe, Ty::Bytes),
         "a.pid" if in_any => (APid, Ty::Int),
@@ -311,6 +313,10 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .and_then(|(p, s)| s.stdout_readers(p).telling())
             .map(b)
             .unwrap_or(Val::Null),
+        PipelineCmdline => p
+            .zip(c.source)
+            .map(|(p, s)| Val::Bytes(std::borrow::Cow::Owned(s.pipeline(p))))
+            .unwrap_or(Val::Null),
         ParentCmdline => p
             .and_then(|p| p.ancestors.first())
             .map(|a| Val::Bytes(std::borrow::Cow::Owned(a.argv.join(&b' '))))
@@ -432,6 +438,7 @@ pub(super) const FIELD_NAMES: &[&str] = &[
     "proc.parent_listens",
     "proc.stdin_writer_comm",
     "proc.stdout_reader_comm",
+    "proc.pipeline_cmdline",
     "fd.rip",
     "fd.raddr",
     "fd.rport",

@@ -5,7 +5,7 @@
 
 use std::process::{Command, Stdio};
 
-use super::{alerts, family, fired_on, observe, scratch_dir, serve_dir};
+use super::{alerts, download_twins, family, fired_on, observe, scratch_dir, serve_dir, sh_file};
 use crate::util::Kids;
 
 #[test]
@@ -19,17 +19,9 @@ fn a_download_piped_into_a_shell_from_a_script_or_a_terminal_fires_by_its_pipe()
     std::fs::write(dir.path().join("x.sh"), format!("{padding}sleep 2\n")).expect("payload");
     let (_server, port) = serve_dir(dir.path());
     let url = format!("http://127.0.0.1:{port}/x.sh");
-    let script = |name: &str, body: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, body).expect("script");
-        Command::new("sh")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sh")
-    };
+    let script = |name: &str, body: String| sh_file(dir.path(), name, &body);
     let (records, kids) = observe(&[], || {
+        let [grep, local] = download_twins(dir.path(), &url);
         let typed = Command::new("script")
             .args([
                 "-qc",
@@ -46,14 +38,8 @@ fn a_download_piped_into_a_shell_from_a_script_or_a_terminal_fires_by_its_pipe()
                 format!("wget -qO- --limit-rate=2k {url} | bash\n"),
             ),
             typed,
-            script(
-                "grep.sh",
-                format!("curl -fsS {url} | grep -q sleep; sleep 2\n"),
-            ),
-            script(
-                "local.sh",
-                format!("cat {} | sh\n", dir.path().join("x.sh").display()),
-            ),
+            grep,
+            local,
             // One step between the download and the shell: a filter, or each side run
             // as a group (whose forked subshells are the pipe's first ends).
             script(
