@@ -1,68 +1,149 @@
-//! The web console's figures: server time per page over a store of 10 M records (SQLite,
-//! 30 days of 50 pods in 5 namespaces), the first page's weight, and how long a new alert
-//! takes to appear on an open alerts page after its process started.
+//! The web console's figures: server time per page over a store of 10 M records (30 days
+//! of 50 pods in 5 namespaces, with their rollups), on SQLite and on PostgreSQL (a server
+//! of scripts/pg.sh); the first page's weight, and how long a new alert takes to appear on
+//! an open alerts page after its process started.
 //!
-//! The store is written directly through `SqliteStore` (the ingest path has its own
-//! figures); the aggregator then runs as a separate process on it with `--ui-listen`, and
-//! every page is fetched over HTTP as a signed-in browser would, its server time read from
-//! the `Server-Timing` header the console sets. The live figure runs a collector on this
-//! host against the same aggregator and long-polls `/alerts/live` exactly as the page's htmx
-//! does.
+//! The store is written directly through the store's append path (`fleet`; the ingest path
+//! has its own figures) and its closed hours rolled up; the aggregator then runs as a
+//! separate process on it with `--ui-listen`, and every page is fetched over HTTP as a
+//! signed-in browser would, its server time read from the `Server-Timing` header the
+//! console sets. The live figure (SQLite) runs a collector on this host against the same
+//! aggregator and long-polls `/alerts/live` exactly as the page's htmx does.
+
+mod fleet;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use procflow::aggregator::store::{Retention, SqliteStore, Store};
-use procflow::model::{
-    AlertRecord, Attribution, CollectorIdentity, Direction, EndReason, Event, Family, FlowPhase,
-    FlowRecord, Heartbeat, ProcessPhase, ProcessRecord, Protocol, Record, Scope, Severity,
-    Unavailable,
-};
+use procflow::aggregator::store::{self, OpenOptions, PgOptions, StoreSpec};
+
+pub(crate) use fleet::process;
+use fleet::{pod_name, workload, NAMESPACES, PODS_PER_NAMESPACE};
 
 use crate::{procflow_bin, Report};
 
-const HOUR_NS: u64 = 3_600_000_000_000;
-const NAMESPACES: usize = 5;
-const PODS_PER_NAMESPACE: usize = 10;
 /// Days of data: 30, fewer for a small store (so each pod-hour keeps a realistic batch).
 fn days_for(records: u64) -> u64 {
     (records / (NAMESPACES * PODS_PER_NAMESPACE) as u64 / 24 / 200).clamp(1, 30)
 }
 const CREDENTIAL: &str = "bench-console-credential";
 
+/// The same fleet and pages on SQLite, then on PostgreSQL; `PF_BENCH_CONSOLE_ONLY=SQLite`
+/// (or `PostgreSQL`) runs one.
 pub fn scenario_console(report: &mut Report, records: u64, samples: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let only = std::env::var("PF_BENCH_CONSOLE_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if wanted("SQLite") {
+        let dir = tempfile::tempdir()?;
+        let spec = StoreSpec::Sqlite(Some(dir.path().join("procflow.db")));
+        let backend = Backend {
+            scenario: "console",
+            sqlite: true,
+            options: options(spec, dir.path(), None),
+            args: Vec::new(),
+        };
+        run(report, &backend, dir.path(), records, samples, || {
+            Ok(std::fs::metadata(dir.path().join("procflow.db")).map_or(0, |m| m.len()) as f64)
+        })?;
+    }
+    if wanted("PostgreSQL") {
+        let dir = tempfile::tempdir()?;
+        let server = crate::pgstore::Server::start()?;
+        let password = server.password_file();
+        let backend = Backend {
+            scenario: "console, PostgreSQL",
+            sqlite: false,
+            options: options(
+                StoreSpec::Postgres(server.url.clone()),
+                dir.path(),
+                Some(&password),
+            ),
+            args: vec![
+                "--store".into(),
+                server.url.clone(),
+                "--store-password-file".into(),
+                password.to_string_lossy().into_owned(),
+            ],
+        };
+        run(report, &backend, dir.path(), records, samples, || {
+            server.value("SELECT pg_database_size(current_database())")
+        })?;
+    }
+    Ok(())
+}
+
+/// Where one run keeps the fleet: how the bench opens the store and what the aggregator is
+/// told; its figures go under `scenario`.
+struct Backend {
+    scenario: &'static str,
+    sqlite: bool,
+    options: OpenOptions,
+    args: Vec<String>,
+}
+
+fn options(spec: StoreSpec, dir: &Path, password_file: Option<&Path>) -> OpenOptions {
+    OpenOptions {
+        spec,
+        data_dir: dir.to_path_buf(),
+        retention: fleet::retention(),
+        postgres: PgOptions {
+            password: password_file
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|p| p.trim().to_owned()),
+            ..PgOptions::default()
+        },
+    }
+}
+
+/// Writes the fleet, rolls its closed hours up, serves it and measures the pages (and on
+/// SQLite the first page's weight and the live alert); `size` gives the store's bytes.
+fn run(
+    report: &mut Report,
+    backend: &Backend,
+    dir: &Path,
+    records: u64,
+    samples: usize,
+    size: impl Fn() -> anyhow::Result<f64>,
+) -> anyhow::Result<()> {
+    let scenario = backend.scenario;
     let days = days_for(records);
-    let written = fill_store(dir.path(), records, days)?;
+    let store = store::open(&backend.options)?;
+    let started = Instant::now();
+    let written = fleet::fill_store(&*store, records, days)?;
+    let fill_secs = started.elapsed().as_secs_f64();
     report.add(
-        "console",
+        scenario,
         &format!("records in the store ({days} days, 50 pods in 5 namespaces)"),
         written as f64,
         "records",
         None,
     );
-    let bytes = std::fs::metadata(dir.path().join("procflow.db")).map_or(0, |m| m.len());
     report.add(
-        "console",
+        scenario,
+        "seconds to write them (store append path)",
+        fill_secs,
+        "s",
+        None,
+    );
+    report.add(
+        scenario,
         "store size",
-        bytes as f64 / (1 << 20) as f64,
+        size()? / (1 << 20) as f64,
         "MiB",
         None,
     );
     // The closed hours rolled up, as a running aggregator keeps them (its rollups thread
     // would otherwise build them while the pages are measured).
     let started = Instant::now();
-    let hours = {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), retention())?);
-        procflow::aggregator::rollups::RollupBuilder::new(store)
-            .catch_up(procflow::model::now_ns())?
-    };
+    let hours = procflow::aggregator::rollups::RollupBuilder::new(store.clone())
+        .catch_up(procflow::model::now_ns())?;
+    drop(store);
     report.add(
-        "console",
+        scenario,
         &format!("rolling up the store's closed hours ({hours} hours), in-process"),
         started.elapsed().as_secs_f64(),
         "s",
@@ -71,11 +152,11 @@ pub fn scenario_console(report: &mut Report, records: u64, samples: usize) -> an
 
     let rules = tempfile::tempdir()?;
     std::fs::write(rules.path().join("bench.yaml"), MARKER_RULE)?;
-    let token = dir.path().join("token");
+    let token = dir.join("token");
     std::fs::write(&token, CREDENTIAL)?;
     let grpc = free_port()?;
     let ui = free_port()?;
-    let mut aggregator = Command::new(procflow_bin())
+    let aggregator = Command::new(procflow_bin())
         .args(["aggregator", "--listen", &format!("127.0.0.1:{grpc}")])
         .args([
             "--ui-listen",
@@ -83,31 +164,47 @@ pub fn scenario_console(report: &mut Report, records: u64, samples: usize) -> an
             "--retention",
             "400d",
         ])
+        .args(&backend.args)
         .arg("--token-file")
         .arg(&token)
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
         .arg("--rules")
         .arg(rules.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let result = measure(report, grpc, ui, &token, samples, days);
+    let pid = aggregator.id();
+    crate::cleanup::child_started(pid);
+    let result = measure(report, backend, ui, pid, samples, days).and_then(|session| {
+        if backend.sqlite {
+            first_page_weight(report, ui, &session)?;
+            alert_on_open_page(report, grpc, ui, &token, &session, samples.min(10))
+        } else {
+            Ok(())
+        }
+    });
     let _ = Command::new("kill")
-        .args(["-TERM", &aggregator.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status();
+    let mut aggregator = aggregator;
     let _ = aggregator.wait();
+    crate::cleanup::child_ended(pid);
     result
 }
 
+/// Waits for the console, signs in, waits until the aggregator is idle (its start-up
+/// warm-up done, as a running one's is), then loads each page `samples` times; returns the
+/// session.
 fn measure(
     report: &mut Report,
-    grpc: u16,
+    backend: &Backend,
     ui: u16,
-    token: &std::path::Path,
+    pid: u32,
     samples: usize,
     days: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
+    let scenario = backend.scenario;
     let ready = Instant::now();
     while TcpStream::connect(("127.0.0.1", ui)).is_err() {
         anyhow::ensure!(
@@ -117,6 +214,7 @@ fn measure(
         std::thread::sleep(Duration::from_millis(50));
     }
     let session = sign_in(ui)?;
+    crate::rawday::wait_idle(pid);
     let pod = pod_name(0, 1);
     let pages: Vec<(&str, String)> = vec![
         ("overview", "/?last=24h".into()),
@@ -145,8 +243,24 @@ fn measure(
         ),
         ("rules", "/rules?last=24h".into()),
         ("overview, last 7 days", "/?last=7d".into()),
+        ("overview, last 30 days", "/?last=30d".into()),
     ];
-    crate::machine_speed(report, "before the console pages");
+    crate::machine_speed(report, &format!("before the {scenario} pages"));
+    report.add(
+        scenario,
+        "load average before the pages",
+        crate::pgstore::load_average(),
+        "",
+        None,
+    );
+    if let Some(secs) = std::env::var("PF_BENCH_DEBUG")
+        .ok()
+        .map(|s| s.parse().unwrap_or(10))
+    {
+        // Time to attach a profiler to the aggregator before the cold loads.
+        eprintln!("console: aggregator {pid} idle; cold loads in {secs} s");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     // Cold: a baseline nobody asked for yet (the console summarizes the default one, 24 h
     // against 45 days, at start and every hour; another baseline is summarized on first use
     // and kept for the hour).
@@ -160,15 +274,24 @@ fn measure(
             "/endpoint?last=24h&baseline=30d&ip=198.51.100.7",
         ),
     ] {
+        let started = Instant::now();
         let response = get(ui, path, Some(&session))?;
+        let wall = started.elapsed().as_secs_f64() * 1e3;
         anyhow::ensure!(response.status == 200, "{path}: HTTP {}", response.status);
         let ms = response.server_ms.context("no Server-Timing header")?;
         report.add(
-            "console",
+            scenario,
             &format!("{name}: server time, first load"),
             ms,
             "ms",
             Some(("<=300 ms", ms <= 300.0)),
+        );
+        report.add(
+            scenario,
+            &format!("{name}: whole request at the client"),
+            wall,
+            "ms",
+            None,
         );
     }
     for (name, path) in &pages {
@@ -183,23 +306,33 @@ fn measure(
         }
         let p95 = percentile(&mut server, 0.95);
         report.add(
-            "console",
+            scenario,
             &format!("{name}: server time p95 ({samples} loads, 24 h scope unless said)"),
             p95,
             "ms",
             Some(("<=300 ms", p95 <= 300.0)),
         );
         report.add(
-            "console",
-            &format!("{name}: wall time p50 at the client"),
+            scenario,
+            &format!("{name}: whole request at the client, p50"),
             percentile(&mut wall, 0.5),
             "ms",
             None,
         );
+        report.add(
+            scenario,
+            &format!("{name}: whole request at the client, p95"),
+            percentile(&mut wall, 0.95),
+            "ms",
+            None,
+        );
     }
+    Ok(session)
+}
 
-    // First page weight: the overview's HTML and every file it references, uncompressed.
-    let overview = get(ui, "/?last=24h", Some(&session))?;
+/// First page weight: the overview's HTML and every file it references, uncompressed.
+fn first_page_weight(report: &mut Report, ui: u16, session: &str) -> anyhow::Result<()> {
+    let overview = get(ui, "/?last=24h", Some(session))?;
     let mut weight = overview.body.len();
     let html = String::from_utf8_lossy(&overview.body).into_owned();
     for asset in html.split('"').filter(|s| s.starts_with("/static/")) {
@@ -214,8 +347,7 @@ fn measure(
         "KiB",
         Some(("<=400 KB", weight <= 400_000)),
     );
-
-    alert_on_open_page(report, grpc, ui, token, &session, samples.min(10))
+    Ok(())
 }
 
 const MARKER_RULE: &str = "rules:\n- id: BENCH-CONSOLE-MARKER\n  name: bench console marker\n  severity: high\n  kinds: [process]\n  condition: proc.comm == \"pf-console-mark\" and proc.phase != \"EXIT\"\n  output: 'marker {proc.pid}'\n  group_by: [proc.pid]\n";
@@ -405,294 +537,4 @@ fn sign_in(port: u16) -> anyhow::Result<String> {
         .and_then(|c| c.split(';').next())
         .map(str::to_owned)
         .context("no session in the cookie")
-}
-
-// === The store: 30 days of 50 pods ===
-
-fn workload(i: usize) -> String {
-    format!("api{i}")
-}
-
-fn pod_name(_ns: usize, i: usize) -> String {
-    format!("{}-6d8f9c7b5-x2k4q", workload(i))
-}
-
-fn identity(ns: usize, i: usize) -> Arc<CollectorIdentity> {
-    Arc::new(CollectorIdentity {
-        collector_id: format!("c-{ns}-{i}"),
-        pod_name: pod_name(ns, i),
-        pod_namespace: format!("ns-{ns}"),
-        pod_ip: format!("10.1.{ns}.{i}"),
-        node_name: "bench-node".into(),
-        ..CollectorIdentity::default()
-    })
-}
-
-pub(crate) fn process(pid: u32, start: u64, ppid: u32, comm: &str, argv: &[&str]) -> ProcessRecord {
-    ProcessRecord {
-        pid,
-        start_time: start,
-        ppid,
-        parent_start_time: Some(1),
-        phase: ProcessPhase::Start,
-        comm: comm.as_bytes().to_vec(),
-        exe: Some(format!("/usr/bin/{comm}").into_bytes()),
-        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        cwd: None,
-        uid: 1000,
-        gid: 1000,
-        euid: 1000,
-        egid: 1000,
-        tty: None,
-        session_id: 1,
-        pgid: 1,
-        container_id: None,
-        pod_uid: None,
-        exit_time: None,
-        ancestors: Vec::new(),
-        exe_unavailable: Unavailable::Unspecified,
-        cwd_unavailable: Unavailable::Unspecified,
-        exe_deleted: false,
-        seen_at_exit_only: false,
-        preexisting: false,
-        stdio_is_socket: Some(false),
-        stdio_socket_inodes: Vec::new(),
-        forked_no_exec: false,
-        exe_replaced: None,
-        stdin_pipe: None,
-        stdout_pipe: None,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn flow(
-    cookie: u64,
-    at: u64,
-    phase: FlowPhase,
-    peer: std::net::IpAddr,
-    port: u16,
-    direction: Direction,
-    scope: Scope,
-    bytes: u64,
-    pid: u32,
-    start: u64,
-) -> FlowRecord {
-    FlowRecord {
-        cookie,
-        protocol: Protocol::Tcp,
-        family: Family::Ipv4,
-        local_addr: std::net::IpAddr::from([10, 1, 0, 1]),
-        local_port: if direction == Direction::Inbound {
-            8080
-        } else {
-            40_000 + (cookie % 20_000) as u16
-        },
-        remote_addr: Some(peer),
-        remote_port: Some(if direction == Direction::Inbound {
-            50_000 + (cookie % 10_000) as u16
-        } else {
-            port
-        }),
-        direction,
-        scope,
-        phase,
-        state: if phase == FlowPhase::End {
-            "CLOSE".into()
-        } else {
-            "ESTABLISHED".into()
-        },
-        preexisting: false,
-        bytes_sent: Some(if phase == FlowPhase::End { bytes } else { 0 }),
-        bytes_received: Some(if phase == FlowPhase::End {
-            bytes / 3
-        } else {
-            0
-        }),
-        segs_out: None,
-        segs_in: None,
-        retransmits: None,
-        total_retrans: None,
-        rtt_us: None,
-        first_seen: at,
-        last_seen: at,
-        ended_at: (phase == FlowPhase::End).then_some(at),
-        uid: Some(1000),
-        inode: Some(cookie),
-        pid: Some(pid),
-        process_start_time: Some(start),
-        attribution: Attribution::Fd,
-        end_reason: if phase == FlowPhase::End {
-            EndReason::DestroyEvent
-        } else {
-            EndReason::Unspecified
-        },
-        reset: false,
-        peer_scrubbed: false,
-        cgroup_id: None,
-    }
-}
-
-/// Writes about `records` records: each pod-hour one batch of a heartbeat, a few process
-/// starts and flows (START and END) to external, east-west and inbound peers; a daily alert
-/// per pod. Returns the number written.
-fn retention() -> Retention {
-    Retention {
-        max_age: Duration::from_secs(400 * 86_400),
-        max_bytes: u64::MAX,
-        rollups: procflow::aggregator::store::ROLLUP_RETENTION,
-    }
-}
-
-fn fill_store(dir: &std::path::Path, records: u64, days: u64) -> anyhow::Result<u64> {
-    let store = SqliteStore::open(dir, retention())?;
-    let pods = NAMESPACES * PODS_PER_NAMESPACE;
-    let hours = days * 24;
-    let per_batch = (records / (pods as u64 * hours)).max(8) as usize;
-    let now = procflow::model::now_ns();
-    let first_hour = (now / HOUR_NS + 1 - hours) * HOUR_NS;
-    let main_start = first_hour - HOUR_NS;
-    let mut rng = fastrand::Rng::with_seed(24);
-    let mut written = 0u64;
-    let mut pending = Vec::new();
-    let mut cookie = 0u64;
-    let rules_source = Arc::new(CollectorIdentity {
-        collector_id: "procflow-rules".into(),
-        ..CollectorIdentity::default()
-    });
-    for h in 0..hours {
-        let hour = first_hour + h * HOUR_NS;
-        for ns in 0..NAMESPACES {
-            for i in 0..PODS_PER_NAMESPACE {
-                let source = identity(ns, i);
-                let mut events = Vec::with_capacity(per_batch);
-                let at = hour + rng.u64(0..HOUR_NS);
-                let mut push = |record: Record| {
-                    events.push(Event {
-                        source: source.clone(),
-                        received_at: at,
-                        record,
-                    })
-                };
-                push(Record::Heartbeat(Heartbeat {
-                    time: at,
-                    counters: Vec::new(),
-                    flows_tracked: 100,
-                    processes_tracked: 10,
-                    rss_bytes: 13 << 20,
-                    cpu_time_ns: 0,
-                    features: Vec::new(),
-                    ..Heartbeat::default()
-                }));
-                if h == 0 {
-                    push(Record::Process(process(
-                        100,
-                        main_start,
-                        1,
-                        "api",
-                        &["api", "--port", "8080"],
-                    )));
-                }
-                for k in 0..3u32 {
-                    let pid = 1_000 + (h as u32 * 3 + k) % 30_000;
-                    push(Record::Process(process(
-                        pid,
-                        at + u64::from(k),
-                        100,
-                        "curl",
-                        &["curl", "-s", "https://example.com/health"],
-                    )));
-                }
-                while events.len() + 2 <= per_batch {
-                    cookie += 1;
-                    let (peer, port, direction, scope) = match rng.u8(0..10) {
-                        0..=4 => (
-                            std::net::IpAddr::from([198, 51, 100, rng.u8(1..40)]),
-                            443,
-                            Direction::Outbound,
-                            Scope::NorthSouth,
-                        ),
-                        5..=7 => {
-                            let j = rng.usize(0..PODS_PER_NAMESPACE);
-                            (
-                                std::net::IpAddr::from([10, 1, ns as u8, j as u8]),
-                                8080,
-                                Direction::Outbound,
-                                Scope::EastWest,
-                            )
-                        }
-                        _ => (
-                            std::net::IpAddr::from([10, 2, 0, rng.u8(1..200)]),
-                            8080,
-                            Direction::Inbound,
-                            Scope::EastWest,
-                        ),
-                    };
-                    let bytes = rng.u64(100..200_000);
-                    for phase in [FlowPhase::Start, FlowPhase::End] {
-                        events.push(Event {
-                            source: source.clone(),
-                            received_at: at,
-                            record: Record::Flow(flow(
-                                cookie, at, phase, peer, port, direction, scope, bytes, 100,
-                                main_start,
-                            )),
-                        });
-                    }
-                }
-                written += events.len() as u64;
-                pending.push(store.append(source.collector_id.clone(), h, events));
-                if h % 24 == 23 {
-                    let day = h / 24;
-                    let alert = AlertRecord {
-                        id: format!("bench-alert-{ns}-{i}-{day}"),
-                        rule_id: "BENCH-SHELL".into(),
-                        rule_name: "bench shell".into(),
-                        severity: if i % 3 == 0 {
-                            Severity::High
-                        } else {
-                            Severity::Medium
-                        },
-                        tags: vec!["T1059".into()],
-                        time: at,
-                        first_seen: at,
-                        last_seen: at,
-                        count: 1,
-                        output: "bench alert".into(),
-                        pod_name: source.pod_name.clone(),
-                        pod_namespace: source.pod_namespace.clone(),
-                        node_name: "bench-node".into(),
-                        container_id: None,
-                        process: Some(Box::new(process(100, main_start, 1, "api", &["api"]))),
-                        flows: Vec::new(),
-                        evidence: vec!["bench".into()],
-                        exec: None,
-                    };
-                    let alert_source = Arc::new(CollectorIdentity {
-                        pod_name: source.pod_name.clone(),
-                        pod_namespace: source.pod_namespace.clone(),
-                        ..(*rules_source).clone()
-                    });
-                    pending.push(store.append(
-                        "procflow-rules".into(),
-                        (h * 1_000) + (ns * PODS_PER_NAMESPACE + i) as u64,
-                        vec![Event {
-                            source: alert_source,
-                            received_at: at,
-                            record: Record::Alert(alert),
-                        }],
-                    ));
-                    written += 1;
-                }
-                if pending.len() >= 512 {
-                    for reply in pending.drain(..) {
-                        reply.blocking_recv().context("store writer")??;
-                    }
-                }
-            }
-        }
-    }
-    for reply in pending.drain(..) {
-        reply.blocking_recv().context("store writer")??;
-    }
-    Ok(written)
 }

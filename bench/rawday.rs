@@ -140,7 +140,7 @@ fn fill(store: &dyn Store, end: u64) -> anyhow::Result<()> {
 
 /// Waits until `pid` has used under 5 % of a core over two seconds (done rolling up), up to
 /// ten minutes.
-fn wait_idle(pid: u32) {
+pub(crate) fn wait_idle(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut before = crate::cpu_secs_of(pid);
     while Instant::now() < deadline {
