@@ -479,34 +479,16 @@ async fn first_segments(pool: &Pool, f: &Filter) -> Result<Vec<(i64, Vec<u8>)>, 
         .map_err(pg("reading the window's sources"))
 }
 
-/// Reads the matching segments in id order, a page at a time through a portal (so a long
-/// window is never held in memory), into `tx`; returns early when the reader is gone.
+/// Reads the matching segments in id order (`read_paged`) into `tx`; returns early when
+/// the reader is gone.
 async fn read_segments(
     pool: &Pool,
     f: &Filter,
     tx: &tokio::sync::mpsc::Sender<SegmentRead>,
 ) -> Result<(), StoreError> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let read = client
-        .build_transaction()
-        .read_only(true)
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .start()
-        .await
-        .map_err(pg("starting a read"))?;
     let (mut sql, params) = f.clause("SELECT id, received_at, body FROM segments");
     sql.push_str(" ORDER BY id");
-    let statement = read.prepare(&sql).await.map_err(pg("preparing a read"))?;
-    let portal = read
-        .bind(&statement, &params)
-        .await
-        .map_err(pg("reading segments"))?;
-    loop {
-        let rows = read
-            .query_portal(&portal, 256)
-            .await
-            .map_err(pg("reading segments"))?;
-        let done = rows.len() < 256;
+    read_paged(pool, &sql, &params, "reading segments", |rows| async move {
         for row in rows {
             let segment = (
                 row.try_get::<_, i64>(0).map_err(pg("reading segments"))?,
@@ -515,10 +497,48 @@ async fn read_segments(
                     .map_err(pg("reading segments"))?,
             );
             if tx.send(Ok(segment)).await.is_err() {
-                return Ok(());
+                return Ok(false);
             }
         }
-        if done {
+        Ok(true)
+    })
+    .await
+}
+
+/// Rows a page of [`read_paged`] holds.
+const PAGE_ROWS: i32 = 256;
+
+/// Reads the rows of `sql` in one read-only snapshot, a page at a time through a portal
+/// (so a long read is never held in memory, and the reader works on one page while the
+/// server makes the next), handing each page to `page` until it answers false.
+async fn read_paged<F, Fut>(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+    mut page: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut(Vec<tokio_postgres::Row>) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
+{
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let read = client
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .map_err(pg("starting a read"))?;
+    let statement = read.prepare(sql).await.map_err(pg("preparing a read"))?;
+    let portal = read.bind(&statement, params).await.map_err(pg(what))?;
+    loop {
+        let rows = read
+            .query_portal(&portal, PAGE_ROWS)
+            .await
+            .map_err(pg(what))?;
+        let done = rows.len() < PAGE_ROWS as usize;
+        if !page(rows).await? || done {
             return Ok(());
         }
     }

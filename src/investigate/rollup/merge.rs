@@ -55,9 +55,10 @@ pub enum Kept<T> {
 struct Interner {
     ids: HashMap<Box<[u8]>, u32>,
     names: Vec<Box<[u8]>>,
-    /// The last string looked up, by address: a row's strings are one stored table, and
-    /// consecutive edge rows mostly name the same executable.
-    last: Option<(usize, usize, u32)>,
+    /// The last string looked up in each place (a row's comm, its exe), by address: a
+    /// row's strings are one stored table, and consecutive edge rows mostly name the same
+    /// executable (one slot for both missed twice a row, comm and exe in turn).
+    last: [Option<(usize, usize, u32)>; 2],
 }
 
 const NO_STRING: u32 = u32::MAX;
@@ -78,15 +79,15 @@ impl Interner {
     /// [`Interner::id`] remembering the last string by address: only for strings that
     /// live as long as the row they came from ([`Merger::pod`] forgets it at each row, as
     /// another row's bytes may later sit at the same address).
-    fn id_in_row(&mut self, s: &[u8]) -> u32 {
+    fn id_in_row(&mut self, s: &[u8], place: usize) -> u32 {
         let at = (s.as_ptr() as usize, s.len());
-        if let Some((ptr, len, id)) = self.last {
+        if let Some((ptr, len, id)) = self.last[place] {
             if (ptr, len) == at {
                 return id;
             }
         }
         let id = self.id(s);
-        self.last = Some((at.0, at.1, id));
+        self.last[place] = Some((at.0, at.1, id));
         id
     }
 
@@ -172,7 +173,7 @@ impl Merger {
 
     /// The pod of the row whose parts come next.
     pub fn pod(&mut self, namespace: &str, name: &str) -> PodRef {
-        self.strings.last = None;
+        self.strings.last = [None; 2];
         PodRef {
             namespace: self.strings.id(namespace.as_bytes()),
             name: self.strings.id(name.as_bytes()),
@@ -195,8 +196,10 @@ impl Merger {
         self.flows += connections;
         let id = EdgeId {
             pod,
-            comm: self.strings.id_in_row(row.comm),
-            exe: row.exe.map_or(NO_STRING, |exe| self.strings.id_in_row(exe)),
+            comm: self.strings.id_in_row(row.comm, 0),
+            exe: row
+                .exe
+                .map_or(NO_STRING, |exe| self.strings.id_in_row(exe, 1)),
             unattributed: row.unattributed,
             direction: row.direction,
             scope: row.scope,

@@ -48,6 +48,15 @@ CREATE TABLE rollup_days_built (
 );
 ";
 
+fn segment_of(row: &tokio_postgres::Row) -> Result<RollupSegment, tokio_postgres::Error> {
+    Ok(RollupSegment {
+        hour: row.try_get::<_, i64>(0)? as u64,
+        namespace: row.try_get(1)?,
+        pod: row.try_get(2)?,
+        body: row.try_get(3)?,
+    })
+}
+
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -144,33 +153,43 @@ impl RollupStore for PgStore {
     ) -> Result<bool, StoreError> {
         let until = if q.until == 0 { u64::MAX } else { q.until };
         let (since, until) = (int(q.since), int(until));
-        let rows = self.block_on(async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+        let (pods, namespaces) = (q.pods.clone(), q.namespaces.clone());
+        let table = grain.tables().0;
+        // Rows come a page at a time from a task on the store's runtime, so the caller
+        // folds one page while the server reads the next (a month's question is thousands
+        // of pod-days); the caller stops the read by dropping the queue.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(super::PAGE_ROWS as usize);
+        let pool = self.pool.clone();
+        self.handle.spawn(async move {
             let mut sql = format!(
-                "SELECT hour, namespace, pod, body FROM {} WHERE hour >= $1 AND hour <= $2",
-                grain.tables().0
+                "SELECT hour, namespace, pod, body FROM {table} WHERE hour >= $1 AND hour <= $2"
             );
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since, &until];
-            for (column, values) in [("pod", &q.pods), ("namespace", &q.namespaces)] {
+            for (column, values) in [("pod", &pods), ("namespace", &namespaces)] {
                 if !values.is_empty() {
                     params.push(values);
                     sql.push_str(&format!(" AND {column} = ANY(${})", params.len()));
                 }
             }
             sql.push_str(" ORDER BY hour, namespace, pod");
-            client
-                .query(&sql, &params)
-                .await
-                .map_err(pg("reading rollups"))
-        })?;
-        for row in rows {
-            let segment = RollupSegment {
-                hour: row.get::<_, i64>(0) as u64,
-                namespace: row.get(1),
-                pod: row.get(2),
-                body: row.get(3),
-            };
-            if !visit(segment) {
+            let tx = &tx;
+            let read =
+                super::read_paged(&pool, &sql, &params, "reading rollups", |rows| async move {
+                    for row in rows {
+                        let segment = segment_of(&row).map_err(pg("reading rollups"))?;
+                        if tx.send(Ok(segment)).await.is_err() {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                })
+                .await;
+            if let Err(e) = read {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        while let Some(segment) = rx.blocking_recv() {
+            if !visit(segment?) {
                 return Ok(false);
             }
         }
