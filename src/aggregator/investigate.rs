@@ -174,12 +174,14 @@ impl Investigator {
     }
 
     /// The activity of the question's window: from rollups when [`Self::reads_rollups`],
-    /// from the raw records otherwise; `observe` sees the raw events.
+    /// from the raw records otherwise; `observe` sees the raw events. `pods` is the pod
+    /// directory of `scope`'s window, made the first time raw records need it (rollups
+    /// keep their own: a month's directory is a scan of every heartbeat segment).
     fn activity(
         &self,
         q: &Question,
         names: &ProcessNames,
-        pods: &mut PodDirectory,
+        (scope, pods): (&Question, &mut Option<PodDirectory>),
         observe: &mut dyn FnMut(&Event),
     ) -> Result<Activity, StoreError> {
         if self.reads_rollups(q) {
@@ -187,6 +189,10 @@ impl Investigator {
                 return Ok(activity);
             }
         }
+        let pods = match pods {
+            Some(pods) => pods,
+            None => pods.insert(self.pod_directory(scope)?),
+        };
         let kinds = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
         let mut period = Period::new(q.flows.clone());
         self.store.scan(&of_kinds(&q.query, &kinds), &mut |e| {
@@ -208,7 +214,7 @@ impl Investigator {
     ) -> Result<Comparison, StoreError> {
         let names = self.process_names()?;
         let names = &*names;
-        let mut pods = self.pod_directory(q)?;
+        let mut pods = None;
         let until = q.query.since.saturating_sub(1);
         let key = BaselineKey::of(q, baseline_since);
         let past = until < now_ns();
@@ -223,7 +229,7 @@ impl Investigator {
                     },
                     ..q.clone()
                 };
-                let activity = self.activity(&before, names, &mut pods, &mut |_| {})?;
+                let activity = self.activity(&before, names, (q, &mut pods), &mut |_| {})?;
                 let summary = Arc::new(Baseline::of(&activity));
                 if past {
                     self.baselines.put(key, summary.clone());
@@ -231,7 +237,7 @@ impl Investigator {
                 summary
             }
         };
-        let window = self.activity(q, names, &mut pods, observe)?;
+        let window = self.activity(q, names, (q, &mut pods), observe)?;
         Ok(investigate::compare(
             &baseline,
             &window,
