@@ -258,6 +258,7 @@ fn bench_records() -> Vec<Vec<Record>> {
             exe_replaced: None,
             stdin_pipe: None,
             stdout_pipe: None,
+            comm_is_exe_link: false,
         };
         let mut pod = vec![Record::Process(p)];
         for j in 0..7u32 {

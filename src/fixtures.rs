@@ -78,5 +78,6 @@ pub fn process(pid: u32, comm: &[u8]) -> ProcessRecord {
         exe_replaced: None,
         stdin_pipe: None,
         stdout_pipe: None,
+        comm_is_exe_link: false,
     }
 }

@@ -307,6 +307,12 @@ pub struct ProcessRecord {
     pub stdin_pipe: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout_pipe: Option<u64>,
+    /// comm names a link to the executable in the executable's own directory, root's in a
+    /// directory only root may write, reaching it through such links only (`gmake` →
+    /// `make`): the name it was started under, not a masquerade (`procs::links`). Known
+    /// only with exe access.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub comm_is_exe_link: bool,
 }
 
 // === Collector health ===

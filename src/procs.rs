@@ -4,6 +4,7 @@
 pub mod attribute;
 pub mod exec_watch;
 pub(crate) mod image;
+pub(crate) mod links;
 pub mod monitor;
 pub mod parse;
 pub(crate) mod relay;

@@ -69,6 +69,7 @@ pub(crate) fn process(pid: u32, start: u64, ppid: u32, comm: &str, argv: &[&str]
         exe_replaced: None,
         stdin_pipe: None,
         stdout_pipe: None,
+        comm_is_exe_link: false,
     }
 }
 

@@ -364,6 +364,13 @@ impl ProcessMonitor {
             Ok(()) => parse::parse_cmdline(&self.buf),
             Err(_) => Vec::new(),
         };
+        r.comm_is_exe_link = match &r.exe {
+            Some(exe) if !r.exe_deleted && !comm_matches(&r.comm, exe) => {
+                let root = self.config.proc_root.join(r.pid.to_string()).join("root");
+                crate::procs::links::names_link_to(&root, exe, started_as(r))
+            }
+            _ => false,
+        };
         match dir.read_link(c"cwd", <[u8]>::to_vec) {
             Ok(bytes) => {
                 r.cwd = Some(bytes);
@@ -505,6 +512,20 @@ fn stdio_socket(dir: &PidDir, fd: &std::ffi::CStr, inode: u64) -> StdioSocket {
         StdioSocket::Connected
     } else {
         StdioSocket::Other
+    }
+}
+
+/// The name a process was started under: its comm, or argv[0]'s basename when comm is
+/// that name cut to 15 bytes.
+fn started_as(r: &ProcessRecord) -> &[u8] {
+    let argv0 = r
+        .argv
+        .first()
+        .map_or(&[][..], |a| a.rsplit(|&b| b == b'/').next().unwrap_or(a));
+    if r.comm.len() == 15 && argv0.starts_with(&r.comm) {
+        argv0
+    } else {
+        &r.comm
     }
 }
 

@@ -441,6 +441,7 @@ impl ProcessMonitor {
             exe_replaced: None,
             stdin_pipe: None,
             stdout_pipe: None,
+            comm_is_exe_link: false,
         };
         let read = self.read_image(&mut record, &mut stat, true);
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);

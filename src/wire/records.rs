@@ -149,6 +149,7 @@ pub fn process_to_proto(p: &model::ProcessRecord) -> pb::Process {
         exe_replaced: p.exe_replaced,
         stdin_pipe: p.stdin_pipe,
         stdout_pipe: p.stdout_pipe,
+        comm_is_exe_link: p.comm_is_exe_link,
         egid: p.egid,
         pgid: p.pgid,
         stdio_socket_inodes: p.stdio_socket_inodes.clone(),
@@ -541,6 +542,7 @@ pub fn process_from_proto(
         exe_replaced: p.exe_replaced,
         stdin_pipe: p.stdin_pipe,
         stdout_pipe: p.stdout_pipe,
+        comm_is_exe_link: p.comm_is_exe_link,
     })
 }
 
@@ -685,6 +687,7 @@ mod tests {
             exe_replaced: Some(false),
             stdin_pipe: Some(7),
             stdout_pipe: None,
+            comm_is_exe_link: true,
         }
     }
 

@@ -14,6 +14,7 @@ use procflow::rules::{Engine, RuleSet};
 use crate::util::{Collector, Kids, Netns, UNPRIVILEGED};
 
 mod cmdline;
+mod links;
 mod packages;
 mod packet;
 mod pipes;

@@ -270,7 +270,7 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .and_then(|p| {
                 p.exe.as_deref().map(|e| {
                     let argv0 = p.argv.first().map(Vec::as_slice);
-                    Val::Bool(names::comm_matches_exe(&p.comm, e, argv0))
+                    Val::Bool(p.comm_is_exe_link || names::comm_matches_exe(&p.comm, e, argv0))
                 })
             })
             .unwrap_or(Val::Null),
