@@ -402,7 +402,7 @@ impl ProcessMonitor {
         self.start(stat, now, out);
     }
 
-    fn start(&mut self, mut stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
+    fn start(&mut self, mut stat: Stat, now: UnixNanos, out: &mut Vec<Record>) {
         let start_time = self.boot_time_ns + stat.starttime * self.tick_ns;
         let parent_start_time = self
             .live
@@ -444,6 +444,7 @@ impl ProcessMonitor {
             comm_is_exe_link: false,
         };
         let read = self.read_image(&mut record, &mut stat, true);
+        self.recheck_parent(record.ppid, now, out);
         record.ancestors = self.ancestors_of(record.ppid, record.parent_start_time);
         self.stats.started += 1;
         self.new_since_last += 1;
@@ -466,6 +467,21 @@ impl ProcessMonitor {
                 fd: FdTable::unread(read.fd_capacity, self.index.incremental_passes),
             },
         );
+    }
+
+    /// Reads a known parent again when it was not read this tick: a shell forks right
+    /// after its own exec (`sh -c "cd /dev/shm/x && ./agent"` was a fork of its caller a
+    /// moment before), and its child's lineage must carry the image that started it, its
+    /// EXEC record going out first. One `stat` per new process with a known parent.
+    fn recheck_parent(&mut self, ppid: u32, now: UnixNanos, out: &mut Vec<Record>) {
+        let stale = self
+            .live
+            .get(&ppid)
+            .is_some_and(|parent| parent.read_tick != self.ticks);
+        if stale {
+            let stat = self.read_stat(ppid);
+            self.observe_stat(ppid, stat, now, out);
+        }
     }
 
     fn exec(&mut self, pid: u32, mut stat: Stat, _now: UnixNanos, out: &mut Vec<Record>) {
