@@ -8,6 +8,9 @@ BIN=${BIN:-target/release/procflow}
 DATA_DIR=${DATA_DIR:-$PWD/.procflow}
 LISTEN=${LISTEN:-127.0.0.1:7410}
 UI_LISTEN=${UI_LISTEN:-127.0.0.1:7480}
+# This host is not a pod: rules/host tunes the managed set for it (the host's own package
+# upgrades are expected); RULES= names another directory of rule files.
+RULES=${RULES:-$PWD/rules/host}
 mkdir -p "$DATA_DIR/spool" "$DATA_DIR/logs"
 # One local credential for the collector, the tail and the console's sign-in, made once and
 # readable by this user alone.
@@ -27,7 +30,7 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 "$BIN" aggregator --listen "$LISTEN" --data-dir "$DATA_DIR" --metrics-listen 127.0.0.1:9465 \
-  --token-file "$TOKEN_FILE" --ui-listen "$UI_LISTEN" \
+  --token-file "$TOKEN_FILE" --ui-listen "$UI_LISTEN" --rules "$RULES" \
   >"$DATA_DIR/logs/aggregator.log" 2>&1 &
 pids+=($!)
 
@@ -49,6 +52,7 @@ cat <<MSG
 procflow is running on this host:
   console     http://$UI_LISTEN/  (sign in with the credential in $TOKEN_FILE)
   aggregator  gRPC $LISTEN, store $DATA_DIR/procflow.db (SQLite), log $DATA_DIR/logs/aggregator.log
+              rules: the managed set tuned for a host by $RULES
               metrics http://127.0.0.1:9465/metrics
   collector   log $DATA_DIR/logs/collector.log, metrics http://127.0.0.1:9464/metrics, spool $DATA_DIR/spool
   live tail   below (flows, processes, alerts); Ctrl-C stops everything

@@ -371,3 +371,31 @@ fn a_scripts_download_into_a_shell_is_seen_by_its_siblings_without_fd_access() {
         );
     }
 }
+
+/// `make run` watches a host, not a pod: rules/host expects the host's own package
+/// upgrades (no container in their cgroup) and still alerts on one inside a container.
+#[test]
+fn the_local_runs_host_rules_expect_the_hosts_package_upgrades_only() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
+    let host = || {
+        crate::rules::Engine::new(
+            crate::rules::RuleSet::load(Some(&dir), true).expect("rules/host"),
+        )
+    };
+    let apt = process(900, "apt-get", None, &["apt-get", "install", "-y", "less"]);
+    let in_container = ProcessRecord {
+        container_id: Some("4f1c".repeat(16)),
+        ..apt.clone()
+    };
+    let package = |e: &mut crate::rules::Engine, r: &ProcessRecord| {
+        fired(e, &[Record::Process(r.clone())], SEC)
+            .iter()
+            .any(|r| r == "PF-PACKAGE-MANAGER")
+    };
+    assert!(
+        package(&mut managed(), &apt),
+        "the managed set alone alerts"
+    );
+    assert!(!package(&mut host(), &apt), "the host's own upgrade");
+    assert!(package(&mut host(), &in_container), "one in a container");
+}
