@@ -8,7 +8,8 @@ const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
 pub(crate) fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()> {
     // The profile the target is for: an idle pod (own pid and network namespaces).
-    let (cpu, rss, records) = idle_cost(start_collector_in_pod(&["--output", "stdout"])?, secs)?;
+    let (cpu, rss, settled, records) =
+        idle_cost(start_collector_in_pod(&["--output", "stdout"])?, secs)?;
     // What the pod held, as the collector saw it (the target's pod: about 20 and 50).
     let processes: std::collections::HashSet<u32> = records
         .iter()
@@ -53,6 +54,13 @@ pub(crate) fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()
         "MiB",
         Some(("<=16 MiB", rss <= 16.0)),
     );
+    report.add(
+        "idle pod",
+        "collector RSS at the end (after start-up's code pages are let go)",
+        settled,
+        "MiB",
+        None,
+    );
     // For reference: the same collector watching this whole host.
     let processes = std::fs::read_dir("/proc")?
         .filter(|e| {
@@ -60,7 +68,7 @@ pub(crate) fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()
                 .is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
         })
         .count();
-    let (cpu, rss, _) = idle_cost(start_collector(&["--output", "stdout"])?, secs)?;
+    let (cpu, rss, _, _) = idle_cost(start_collector(&["--output", "stdout"])?, secs)?;
     report.add(
         "idle host",
         "processes on the host",
@@ -73,9 +81,10 @@ pub(crate) fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()
     Ok(())
 }
 
-/// CPU (% of one core) and peak RSS (MiB) of a collector left alone for `secs`, after
-/// the start-up (first sweep and dump, a second of fast ticks) has settled; and its records.
-fn idle_cost(collector: CollectorProc, secs: u64) -> anyhow::Result<(f64, f64, Vec<Record>)> {
+/// CPU (% of one core), peak RSS and RSS at the end (MiB) of a collector left alone for
+/// `secs`, after the start-up (first sweep and dump, a second of fast ticks) has settled;
+/// and its records.
+fn idle_cost(collector: CollectorProc, secs: u64) -> anyhow::Result<(f64, f64, f64, Vec<Record>)> {
     std::thread::sleep(IDLE_SETTLE);
     let (ticks0, runtime0) = (collector.cpu_ticks(), collector.cpu_runtime_ns());
     let started = Instant::now();
@@ -88,6 +97,7 @@ fn idle_cost(collector: CollectorProc, secs: u64) -> anyhow::Result<(f64, f64, V
         _ => (collector.cpu_ticks() - ticks0) as f64 / ticks_per_sec() / elapsed * 100.0,
     };
     let rss = collector.peak_rss_kib() as f64 / 1024.0;
+    let settled = collector.rss_kib() as f64 / 1024.0;
     let records = collector.stop()?;
-    Ok((cpu, rss, records))
+    Ok((cpu, rss, settled, records))
 }

@@ -636,13 +636,11 @@ impl CollectorProc {
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
+        peak_rss_kib_of(self.pid)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        status_kib(self.pid, "VmRSS:")
     }
 
     fn stop(mut self) -> anyhow::Result<Vec<Record>> {

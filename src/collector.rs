@@ -60,6 +60,12 @@ pub struct Args {
     /// owner's fd table come within its life.
     #[arg(long, env = "PROCFLOW_CHURN_INTERVAL", default_value = "1ms", value_parser = parse_duration)]
     pub churn_interval: Duration,
+    /// The share of a core, in percent, that dumps triggered by socket churn may take
+    /// (with the reads of the new sockets' owners). Every dump walks the kernel's whole
+    /// connection hash; a connection of a few ms is attributed by fd only if a dump comes
+    /// within its life, so the share is what a churn's short connections are owned for.
+    #[arg(long, env = "PROCFLOW_CHURN_CPU", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub churn_cpu: u32,
     /// The checks back off to this interval while nothing changes, for 5 s (a connection
     /// opened after a short quiet spell is seen within this long).
     #[arg(long, env = "PROCFLOW_IDLE_INTERVAL", default_value = "40ms", value_parser = parse_duration)]
@@ -141,6 +147,7 @@ pub struct EngineConfig {
     pub idle_poll_interval: Duration,
     pub trigger_interval: Duration,
     pub churn_interval: Duration,
+    pub churn_cpu_percent: u32,
     pub idle_interval: Duration,
     pub deep_idle_interval: Duration,
     pub flows: FlowConfig,
@@ -160,6 +167,7 @@ impl From<&Args> for EngineConfig {
             idle_poll_interval: a.idle_poll_interval.max(a.poll_interval),
             trigger_interval: a.trigger_interval,
             churn_interval: a.churn_interval.min(a.trigger_interval),
+            churn_cpu_percent: a.churn_cpu,
             idle_interval: a.idle_interval.max(a.trigger_interval),
             deep_idle_interval: a
                 .deep_idle_interval
@@ -199,6 +207,24 @@ const ACTIVE_HOLD: Duration = Duration::from_secs(1);
 /// trigger interval: processes are looked at as often as without churn).
 const CHURN_PROCESS_POLL: Duration = Duration::from_millis(5);
 
+/// At most this often the pages of code a busy spell mapped are let go when the engine goes
+/// idle (see [`crate::sys::code_pages::release_code_pages`]).
+const CODE_RELEASE_EVERY: Duration = Duration::from_secs(60);
+
+/// Once the engine is idle after a busy spell (start-up included), unmaps the executable's
+/// pages: only the idle loop's few are mapped again, and the idle pod's resident set is
+/// what the idle collector uses.
+fn release_busy_code(released: &mut Option<Instant>, last_activity: Instant) {
+    if released.is_some_and(|t| t > last_activity || t.elapsed() < CODE_RELEASE_EVERY) {
+        return;
+    }
+    *released = Some(Instant::now());
+    match crate::sys::code_pages::release_code_pages() {
+        Ok(bytes) => tracing::debug!(bytes, "idle: code pages of the busy spell let go"),
+        Err(error) => tracing::debug!(%error, "idle: code pages not let go"),
+    }
+}
+
 /// Runs the engine loop after the [`snapshot`] until `stop` is set: ticks every
 /// `trigger_interval`, pushes records into `tx`. On stop, ends live flows and returns.
 pub fn run_engine(
@@ -216,6 +242,7 @@ pub fn run_engine(
     let mut exec_watch = exec_watch(config, procs.is_some());
     let mut last_process_poll: Option<Instant> = None;
     let mut exec_woke = false;
+    let mut code_released: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let now = now_ns();
         // Processes first: a socket's new owner must be known before the socket is attributed.
@@ -255,6 +282,7 @@ pub fn run_engine(
         } else if quiet < QUIET_AFTER {
             (interval * 2).min(config.idle_interval)
         } else {
+            release_busy_code(&mut code_released, last_activity);
             (interval * 2).min(config.deep_idle_interval)
         };
         if last_heartbeat.elapsed() >= config.heartbeat_interval {

@@ -2,6 +2,7 @@
 //! comment; the rest of the crate denies `unsafe_code`.
 
 pub mod clock;
+pub mod code_pages;
 pub mod inotify;
 pub mod net;
 pub mod ns;

@@ -1,16 +1,13 @@
 //! The share of a core that dumps triggered by socket churn may take.
 //!
 //! Each triggered dump (with the reads of its sockets' owners) spends its CPU time from a
-//! credit that grows with wall time at [`SHARE`] and is capped at [`BURST`]. Under steady
+//! credit that grows with wall time at a share of a core (`--churn-cpu`) and is capped at [`BURST`]. Under steady
 //! churn the dumps take about that share of a core and leave the rest to the process polls;
 //! one expensive dump (a full attribution pass over a busy host) spends from the burst
 //! instead of holding every later dump back four times its cost, as a budget taken from the
 //! last dump alone did (how connections of a few ms went unseen after such a pass).
 
 use std::time::{Duration, Instant};
-
-/// The share of wall time credited: a fifth of a core.
-const SHARE: u32 = 5;
 
 /// The credit's cap: what a burst of dumps after a quiet spell may spend at once.
 pub const BURST: Duration = Duration::from_millis(20);
@@ -21,14 +18,17 @@ pub struct DumpBudget {
     /// What was spent beyond the credit: repaid before the credit grows again.
     debt: Duration,
     at: Instant,
+    /// Percent of wall time credited.
+    percent: u32,
 }
 
 impl DumpBudget {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: Instant, percent: u32) -> Self {
         DumpBudget {
             credit: BURST,
             debt: Duration::ZERO,
             at: now,
+            percent: percent.clamp(1, 100),
         }
     }
 
@@ -50,7 +50,7 @@ impl DumpBudget {
     }
 
     fn earn(&mut self, now: Instant) {
-        let mut earned = now.saturating_duration_since(self.at) / SHARE;
+        let mut earned = now.saturating_duration_since(self.at) * self.percent / 100;
         self.at = now.max(self.at);
         let repaid = earned.min(self.debt);
         self.debt -= repaid;
@@ -68,7 +68,7 @@ mod tests {
     #[test]
     fn a_steady_churn_gets_a_fifth_of_a_core() {
         let start = Instant::now();
-        let mut budget = DumpBudget::new(start);
+        let mut budget = DumpBudget::new(start, 20);
         // Dumps of 2 ms asked for every ms for a second: the burst, then one per 10 ms.
         let mut dumps = 0u32;
         for ms in 0..1000u32 {
@@ -86,9 +86,27 @@ mod tests {
     }
 
     #[test]
+    fn the_share_is_what_was_configured() {
+        let start = Instant::now();
+        let mut budget = DumpBudget::new(start, 50);
+        let mut spent = Duration::ZERO;
+        for ms in 0..1000u32 {
+            let now = start + ms * MS;
+            if budget.allows(now) {
+                budget.spend(MS, now);
+                spent += MS;
+            }
+        }
+        assert!(
+            spent >= 500 * MS && spent <= 500 * MS + BURST + MS,
+            "{spent:?}"
+        );
+    }
+
+    #[test]
     fn one_expensive_dump_is_paid_from_the_burst() {
         let start = Instant::now();
-        let mut budget = DumpBudget::new(start);
+        let mut budget = DumpBudget::new(start, 20);
         budget.spend(14 * MS, start);
         assert!(budget.allows(start + MS), "the burst absorbs it");
         // One far beyond the burst is repaid first: ~74 ms of debt at a fifth of wall time.

@@ -98,7 +98,7 @@ impl SocketMonitor {
             pending: false,
             pending_rise: 0,
             last_dump: None,
-            budget: DumpBudget::new(Instant::now()),
+            budget: DumpBudget::new(Instant::now(), config.churn_cpu_percent),
             resync: false,
             losses_seen: 0,
             awaiting: Vec::new(),
