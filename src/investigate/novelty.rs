@@ -10,8 +10,8 @@ use super::entities::{PodDirectory, ProcessNames};
 use super::rollup::{hour_of, start_series, HourStarts, STARTS};
 use super::sockets::{talkers_of, Sockets};
 use super::{
-    Edge, EdgeOrder, FlowFilter, HashMap, HashSet, NewActivity, NewExecutable, NewListener,
-    Talkers, HOUR_NS, MAX_SOCKETS,
+    Edge, EdgeOrder, FlowFilter, HashSet, NewActivity, NewExecutable, NewListener, Talkers,
+    HOUR_NS, MAX_SOCKETS,
 };
 use crate::model::workload_of;
 use crate::model::{
@@ -194,6 +194,38 @@ fn edge_key(e: &Edge) -> EdgeKey {
     )
 }
 
+/// An edge's [`EdgeKey`] borrowed from the edge, to look it up without allocating (a
+/// month's window asks for thousands of edges, twice). Hashes as the owned key does: a
+/// tuple struct hashes its field, `&str` as `String`, `&[u8]` as `Vec<u8>`.
+#[derive(Hash)]
+struct EdgeKeyRef<'a>(((&'a str, &'a str), &'a [u8], Direction, IpAddr, u16));
+
+fn edge_key_ref(e: &Edge) -> EdgeKeyRef<'_> {
+    EdgeKeyRef((
+        (&e.pod_namespace, workload_of(&e.pod_name)),
+        e.exe.as_deref().unwrap_or(&e.comm),
+        e.direction,
+        e.peer_addr,
+        e.port,
+    ))
+}
+
+impl hashbrown::Equivalent<EdgeKey> for EdgeKeyRef<'_> {
+    fn equivalent(&self, key: &EdgeKey) -> bool {
+        let ((namespace, workload), image, direction, peer, port) = self.0;
+        let ((key_namespace, key_workload), key_image, key_direction, key_peer, key_port) = key;
+        (namespace, workload, image, direction, peer, port)
+            == (
+                key_namespace.as_str(),
+                key_workload.as_str(),
+                key_image.as_slice(),
+                *key_direction,
+                *key_peer,
+                *key_port,
+            )
+    }
+}
+
 fn image_key(x: &NewExecutable) -> (WorkloadKey, Vec<u8>) {
     (
         workload_key(&x.pod_namespace, &x.pod_name),
@@ -214,7 +246,7 @@ fn listener_key(l: &NewListener) -> (WorkloadKey, Protocol, u16) {
 /// edge, not per socket), so a baseline wholly in the past can be kept and reused.
 #[derive(Debug, Clone, Default)]
 pub struct Baseline {
-    edges: HashMap<EdgeKey, u64>,
+    edges: hashbrown::HashMap<EdgeKey, u64, foldhash::fast::RandomState>,
     images: HashSet<(WorkloadKey, Vec<u8>)>,
     ports: HashSet<(WorkloadKey, Protocol, u16)>,
     flows: u64,
@@ -224,7 +256,7 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn of(period: &Activity) -> Baseline {
-        let mut edges: HashMap<EdgeKey, u64> = HashMap::default();
+        let mut edges = hashbrown::HashMap::<EdgeKey, u64, _>::default();
         for e in &period.edges {
             *edges.entry(edge_key(e)).or_default() += e.bytes_sent + e.bytes_received;
         }
@@ -245,7 +277,7 @@ pub fn new_activity(baseline: &Baseline, window: &Activity, limit: usize) -> New
     let mut edges: Vec<Edge> = window
         .edges
         .iter()
-        .filter(|e| !baseline.edges.contains_key(&edge_key(e)))
+        .filter(|e| !baseline.edges.contains_key(&edge_key_ref(e)))
         .cloned()
         .collect();
     edges.sort_by_key(|e| e.first_seen);
@@ -328,7 +360,7 @@ pub fn compare(
     let mut increased: Vec<Increase> = edges
         .iter()
         .filter_map(|edge| {
-            let before = *baseline.edges.get(&edge_key(edge))? as f64 / baseline_hours;
+            let before = *baseline.edges.get(&edge_key_ref(edge))? as f64 / baseline_hours;
             let bytes = (edge.bytes_sent + edge.bytes_received) as f64;
             let now = bytes / window_hours;
             let significant = now >= before * INCREASE_FACTOR
@@ -346,7 +378,7 @@ pub fn compare(
     });
     increased.truncate(limit);
     let talkers = talkers_of(
-        edges.clone(),
+        edges,
         window.flows,
         window.truncated,
         EdgeOrder::Bytes,
@@ -364,6 +396,51 @@ mod tests {
     use super::*;
     use crate::investigate::test_support::{event, flow, identity, process};
     use crate::model::{Attribution, Family};
+
+    #[test]
+    fn a_borrowed_edge_key_finds_what_the_owned_key_stored() {
+        let mut edge = Edge {
+            pod_name: "web-6d8f9c7b5-x2k4q".into(),
+            pod_namespace: "shop".into(),
+            comm: b"curl".to_vec(),
+            exe: None,
+            direction: Direction::Outbound,
+            scope: crate::model::Scope::NorthSouth,
+            protocol: Protocol::Tcp,
+            peer_addr: "203.0.113.7".parse().expect("ip"),
+            port: 443,
+            peer_pod_name: None,
+            peer_pod_namespace: None,
+            connections: 1,
+            bytes_sent: 10,
+            bytes_received: 10,
+            first_seen: 1,
+            last_seen: 1,
+            pids: Vec::new(),
+            unattributed: false,
+        };
+        for exe in [None, Some(b"/usr/bin/curl".to_vec())] {
+            edge.exe = exe;
+            let mut keys =
+                hashbrown::HashMap::<EdgeKey, u64, foldhash::fast::RandomState>::default();
+            keys.insert(edge_key(&edge), 1);
+            assert_eq!(keys.get(&edge_key_ref(&edge)), Some(&1), "{:?}", edge.exe);
+            let other_pod = Edge {
+                pod_name: "web-6d8f9c7b5-q8w2z".into(),
+                ..edge.clone()
+            };
+            assert_eq!(
+                keys.get(&edge_key_ref(&other_pod)),
+                Some(&1),
+                "same workload"
+            );
+            let other_port = Edge {
+                port: 444,
+                ..edge.clone()
+            };
+            assert_eq!(keys.get(&edge_key_ref(&other_port)), None);
+        }
+    }
 
     #[test]
     fn new_activity_compares_workloads_not_pods() {

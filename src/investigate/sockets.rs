@@ -283,7 +283,7 @@ pub fn talkers(
     limit: usize,
 ) -> Talkers {
     talkers_of(
-        sockets.edges(names, pods),
+        &sockets.edges(names, pods),
         sockets.len() as u64,
         sockets.truncated,
         order,
@@ -294,7 +294,7 @@ pub fn talkers(
 /// [`talkers`] from a window's activity (raw or rolled up).
 pub fn talkers_from(activity: super::Activity, order: EdgeOrder, limit: usize) -> Talkers {
     talkers_of(
-        activity.edges,
+        &activity.edges,
         activity.flows,
         activity.truncated,
         order,
@@ -304,24 +304,25 @@ pub fn talkers_from(activity: super::Activity, order: EdgeOrder, limit: usize) -
 
 /// [`talkers`] from the sockets' edges, already grouped.
 pub(super) fn talkers_of(
-    mut edges: Vec<Edge>,
+    edges: &[Edge],
     flows: u64,
     truncated: bool,
     order: EdgeOrder,
     limit: usize,
 ) -> Talkers {
-    let total_edges = edges.len() as u64;
-    sort_edges(&mut edges, order);
-    edges.truncate(limit);
+    // Sorted by reference, only the top cloned: a month's window has thousands of edges
+    // and an answer shows a few.
+    let mut sorted: Vec<&Edge> = edges.iter().collect();
+    sort_edges(&mut sorted, order);
     Talkers {
-        edges,
+        edges: sorted.into_iter().take(limit).cloned().collect(),
         flows,
-        total_edges,
+        total_edges: edges.len() as u64,
         truncated,
     }
 }
 
-fn sort_edges(edges: &mut [Edge], order: EdgeOrder) {
+fn sort_edges(edges: &mut [&Edge], order: EdgeOrder) {
     // Ties broken by the edge's whole identity so answers are stable (and the same from
     // raw records and from rollups, which group in another order).
     // Borrowed: a month's answer sorts thousands of edges, most of them tied on bytes.
