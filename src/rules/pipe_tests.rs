@@ -154,3 +154,56 @@ fn filters_without_a_download_or_without_a_shell_stay_silent() {
         assert_eq!(download_shells(&records), 0, "{records:?}");
     }
 }
+
+/// `curl | base64 -d | sh` where the pipeline also starts a few short filters reading
+/// curl's pipe (`sleep 0 | true` inside the reading group) and writing the shell's
+/// (`echo | sleep 0` inside base64's group), all before curl and sh exec: the filters push
+/// base64's links out of the pipes' link lists, and when curl's name and sh's name arrive
+/// they have no path to each other. Before, 16 processes hid the pipeline from both sides.
+#[test]
+fn short_filters_on_both_pipes_do_not_cut_a_download_off_from_its_shell() {
+    let mut records = vec![side(502, "base64", false, Some(9), Some(10))];
+    for i in 0..16 {
+        // Reads curl's pipe, writes its own.
+        records.push(side(
+            600 + i,
+            "sleep",
+            false,
+            Some(9),
+            Some(1_000 + u64::from(i)),
+        ));
+        // Reads its own pipe, writes the shell's.
+        records.push(side(
+            700 + i,
+            "sleep",
+            false,
+            Some(2_000 + u64::from(i)),
+            Some(10),
+        ));
+    }
+    records.push(side(501, "curl", false, None, Some(9)));
+    records.push(side(503, "sh", false, Some(10), None));
+    assert_eq!(download_shells(&records), 1);
+}
+
+/// Filters among a few hundred pipes, every pair once: the links stay bounded (the oldest
+/// pipes go, counted) though the pipes alone are far below their bound.
+#[test]
+fn a_flood_of_filters_among_few_pipes_is_bounded_and_counted() {
+    let mut engine = managed();
+    for (i, (inp, out)) in (0..400u64)
+        .flat_map(|a| (0..400u64).map(move |b| (a, b)))
+        .filter(|(a, b)| a != b)
+        .enumerate()
+    {
+        let filter = side(
+            20_000 + (i % 1000) as u32,
+            "cat",
+            false,
+            Some(inp),
+            Some(out),
+        );
+        fired(&mut engine, &[filter], SEC);
+    }
+    assert!(engine.pipes_evicted() > 0);
+}

@@ -16,9 +16,12 @@ use crate::model::{ProcessRecord, UnixNanos};
 /// Pipes remembered per source; past it the oldest goes first.
 pub(super) const PIPES_MAX: usize = 65_536;
 
-/// Filters remembered per pipe and direction (a pipe read by many filters is a workload's
-/// choice); past it the oldest link goes first (counted).
-const LINKS_MAX: usize = 8;
+/// Filter links remembered per source, over all pipes (each filter links two pipes, once
+/// each way); past it the oldest pipes go first, with their links (counted). Not a bound
+/// per pipe: a workload chooses how many filters read or write a pipe, and a few short
+/// ones (`sleep 0 | true` in the group reading curl's pipe) pushed out the one filter
+/// between the download and its shell.
+const LINKS_MAX: usize = 4 * PIPES_MAX;
 
 /// How many filters a name is carried through (`a | f1 | … | f8 | sh`).
 const DEPTH_MAX: u8 = 8;
@@ -57,7 +60,9 @@ pub(super) struct Pipes {
     pipes: FastMap<u64, Pipe>,
     order: VecDeque<u64>,
     tracked: Arc<Tracked>,
-    /// Pipes and filter links forgotten at the bounds, so far.
+    /// Filter links held by the pipes in the table.
+    links: usize,
+    /// Pipes forgotten at the bounds, so far.
     pub(super) evicted: u64,
 }
 
@@ -137,6 +142,7 @@ impl Pipes {
         if *self.tracked != **tracked {
             self.pipes.clear();
             self.order.clear();
+            self.links = 0;
         }
         self.tracked = Arc::clone(tracked);
     }
@@ -185,16 +191,21 @@ impl Pipes {
         if self.pipes.contains_key(&pipe) {
             return;
         }
-        while self.pipes.len() >= PIPES_MAX {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            if self.pipes.remove(&oldest).is_some() {
-                self.evicted += 1;
-            }
-        }
+        while self.pipes.len() >= PIPES_MAX && self.evict_oldest() {}
         self.pipes.insert(pipe, Pipe::default());
         self.order.push_back(pipe);
+    }
+
+    /// Forgets the oldest pipe and its links; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some(oldest) = self.order.pop_front() else {
+            return false;
+        };
+        if let Some(pipe) = self.pipes.remove(&oldest) {
+            self.links -= pipe.down.len() + pipe.up.len();
+            self.evicted += 1;
+        }
+        true
     }
 
     /// Records a filter reading `inp` and writing `out`, and carries what each side
@@ -208,14 +219,15 @@ impl Pipes {
                 Way::Down => &mut pipe.down,
                 Way::Up => &mut pipe.up,
             };
-            if !links.contains(&to) {
-                if links.len() >= LINKS_MAX {
-                    links.remove(0);
-                    self.evicted += 1;
-                }
+            // A filter's records come one after another (its fork, its exec): a repeat
+            // further back only spends the bound (`contains` would cost a long list's
+            // length per record).
+            if links.last() != Some(&to) {
                 links.push(to);
+                self.links += 1;
             }
         }
+        while self.links > LINKS_MAX && self.evict_oldest() {}
         let fed = self.pipes.get(&inp).map_or(0, |p| p.fed);
         self.carry(out, fed, Way::Down);
         let feeds = self.pipes.get(&out).map_or(0, |p| p.feeds);
