@@ -20,6 +20,29 @@ use procflow::model::{now_ns, Attribution, FlowPhase, FlowRecord, Protocol, Reco
 
 use crate::{enter_pod_netns, ratio, start_collector, ticks_per_sec, Report};
 
+/// The CPU one dump of this network namespace's socket tables takes while they are empty,
+/// and the buckets of the connection hash each TCP dump walks. A namespace shares the
+/// host's hash unless `tcp_child_ehash_entries` gave it its own, and the kernel sizes the
+/// host's by its memory: on a large host even an empty pod's dump walks a large table,
+/// which is what bounds how often a churning pod can be dumped (`--churn-cpu`).
+fn dump_cost() -> anyhow::Result<(Duration, u64)> {
+    const DUMPS: u32 = 200;
+    let mut dumper = procflow::sockdiag::Dumper::open()?;
+    let mut sockets = Vec::new();
+    let cpu_before = procflow::sys::clock::thread_cpu_time();
+    for _ in 0..DUMPS {
+        sockets.clear();
+        dumper.dump_all(&mut sockets)?;
+    }
+    let cpu = procflow::sys::clock::thread_cpu_time().saturating_sub(cpu_before) / DUMPS;
+    // Negative when the namespace shares the host's hash (kernels from 6.1).
+    let buckets = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_ehash_entries")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .map_or(0, i64::unsigned_abs);
+    Ok((cpu, buckets))
+}
+
 /// One connection a client made: its local port, when it opened and closed (Unix ns),
 /// whether it was reset, and the client's pid.
 #[derive(Debug, Clone, Copy)]
@@ -252,6 +275,21 @@ pub fn scenario_lifetime(report: &mut Report, secs: u64) -> anyhow::Result<()> {
     let scenario = "lifetime";
     // The pod: its own network namespace (the connection hash walks stay the pod's own).
     let _netns = enter_pod_netns()?;
+    let (dump_cpu, hash_buckets) = dump_cost()?;
+    report.add(
+        scenario,
+        "one dump of the pod's (empty) socket tables, CPU",
+        dump_cpu.as_secs_f64() * 1e6,
+        "us",
+        None,
+    );
+    report.add(
+        scenario,
+        "connection hash buckets each TCP dump walks (net.ipv4.tcp_ehash_entries)",
+        hash_buckets as f64,
+        "buckets",
+        None,
+    );
     let collector = start_collector(&["--output", "stdout", "--queue-capacity", "65536"])?;
     let (mut server, server_pid, port) = spawn_server()?;
     let (mut beacon_server, beacon_server_pid, beacon_port) = spawn_server()?;
