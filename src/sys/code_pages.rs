@@ -20,14 +20,36 @@ struct CodeMapping {
 /// The read-only mappings of this process's executable, from `/proc/self/smaps`.
 fn code_mappings() -> io::Result<Vec<CodeMapping>> {
     let exe = std::fs::read_link("/proc/self/exe")?;
-    let exe = exe.to_str().unwrap_or_default();
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    Ok(parse_code_mappings(
+        &smaps,
+        exe.to_str().unwrap_or_default(),
+    ))
+}
+
+/// The read-only mappings of `exe` in `smaps` text. A mapping is written when it holds
+/// private pages, resident (`Anonymous:`) or swapped out (`Swap:`: a relocated RELRO page
+/// the kernel swapped out is counted there alone, and MADV_DONTNEED would drop it for the
+/// file's unrelocated bytes), or when smaps does not say.
+fn parse_code_mappings(smaps: &str, exe: &str) -> Vec<CodeMapping> {
+    let kib = |v: &str| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok();
     let mut mappings = Vec::new();
-    let mut current: Option<CodeMapping> = None;
+    // The mapping being read, and its resident and swapped private kB once read.
+    let mut current: Option<(CodeMapping, Option<u64>, Option<u64>)> = None;
+    let finish = |(mut m, anonymous, swap): (CodeMapping, Option<u64>, Option<u64>)| {
+        m.written = !(anonymous == Some(0) && swap == Some(0));
+        m
+    };
     for line in smaps.lines() {
-        if let Some(anonymous) = line.strip_prefix("Anonymous:") {
-            if let Some(m) = current.as_mut() {
-                m.written = anonymous.trim().trim_end_matches("kB").trim() != "0";
+        if let Some(v) = line.strip_prefix("Anonymous:") {
+            if let Some(c) = current.as_mut() {
+                c.1 = kib(v);
+            }
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("Swap:") {
+            if let Some(c) = current.as_mut() {
+                c.2 = kib(v);
             }
             continue;
         }
@@ -40,7 +62,7 @@ fn code_mappings() -> io::Result<Vec<CodeMapping>> {
         if range.ends_with(':') {
             continue;
         }
-        mappings.extend(current.take());
+        mappings.extend(current.take().map(finish));
         if !perms.starts_with("r-") || fields.nth(3) != Some(exe) {
             continue;
         }
@@ -51,15 +73,16 @@ fn code_mappings() -> io::Result<Vec<CodeMapping>> {
             usize::from_str_radix(start, 16),
             usize::from_str_radix(end, 16),
         ) {
-            current = Some(CodeMapping {
+            let mapping = CodeMapping {
                 start,
                 len: end.saturating_sub(start),
-                written: true, // until smaps says otherwise
-            });
+                written: true,
+            };
+            current = Some((mapping, None, None));
         }
     }
-    mappings.extend(current);
-    Ok(mappings)
+    mappings.extend(current.map(finish));
+    mappings
 }
 
 /// Unmaps the pages of this executable's code and constants that this process never
@@ -104,6 +127,55 @@ mod tests {
         // RELRO (relocated at load, then made read-only) is read-only and written: its
         // private pages must never be released.
         assert!(mappings.iter().any(|m| m.written), "RELRO not told apart");
+    }
+
+    /// A RELRO mapping whose relocated pages are all swapped out shows `Anonymous: 0 kB`
+    /// and its pages under `Swap:`: it is written, and never released. Before, only
+    /// `Anonymous:` was read, and on a host with swap MADV_DONTNEED would have dropped the
+    /// relocated pointers (vtables, the GOT) for the file's unrelocated bytes.
+    #[test]
+    fn a_mapping_with_swapped_out_private_pages_is_written() {
+        let exe = "/usr/local/bin/procflow";
+        let smaps = format!(
+            "5600aa000000-5600aa200000 r--p 00000000 fd:01 1234 {exe}
+Size:               2048 kB
+Rss:                 300 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+VmFlags: rd mr mw me dw sd
+5600aa200000-5600aa900000 r-xp 00200000 fd:01 1234 {exe}
+Size:               7168 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+5600aa900000-5600aaa00000 r--p 00900000 fd:01 1234 {exe}
+Size:               1024 kB
+Rss:                   0 kB
+Anonymous:             0 kB
+Swap:                 96 kB
+VmFlags: rd mr mw me ac sd
+5600aaa00000-5600aaa10000 rw-p 00a00000 fd:01 1234 {exe}
+Anonymous:            64 kB
+Swap:                  0 kB
+7f00aa000000-7f00aa100000 r--p 00000000 fd:01 99 /usr/lib/libc.so.6
+Anonymous:             0 kB
+Swap:                  0 kB
+5600ab000000-5600ab010000 r--p 00000000 fd:01 1234 {exe}
+Anonymous:             0 kB
+"
+        );
+        let found: Vec<(usize, bool)> = parse_code_mappings(&smaps, exe)
+            .iter()
+            .map(|m| (m.start, m.written))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (0x5600aa000000, false),
+                (0x5600aa200000, false),
+                (0x5600aa900000, true), // swapped-out RELRO
+                (0x5600ab000000, true), // smaps did not say
+            ]
+        );
     }
 
     #[test]
