@@ -382,7 +382,11 @@ fn the_local_runs_host_rules_expect_the_hosts_package_upgrades_only() {
             crate::rules::RuleSet::load(Some(&dir), true).expect("rules/host"),
         )
     };
-    let apt = process(900, "apt-get", None, &["apt-get", "install", "-y", "less"]);
+    let apt = ProcessRecord {
+        uid: 0,
+        euid: 0,
+        ..process(900, "apt-get", None, &["apt-get", "install", "-y", "less"])
+    };
     let in_container = ProcessRecord {
         container_id: Some("4f1c".repeat(16)),
         ..apt.clone()
@@ -398,4 +402,39 @@ fn the_local_runs_host_rules_expect_the_hosts_package_upgrades_only() {
     );
     assert!(!package(&mut host(), &apt), "the host's own upgrade");
     assert!(package(&mut host(), &in_container), "one in a container");
+}
+
+/// Containers whose cgroup names no container id the collector knows (LXD/Incus's
+/// `lxc.payload.NAME`, systemd-nspawn's `machine.slice`), and a host user's own installs,
+/// are not the host administrator's upgrades: rules/host expects root's only. Before, the
+/// exception was any process without a container id, so `apt-get` run by an unprivileged
+/// LXD container's root (host uid 1000000) or `pip install` by a host user raised nothing.
+#[test]
+fn the_local_runs_host_rules_alert_on_a_package_manager_in_an_unnamed_container() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
+    let mut host =
+        crate::rules::Engine::new(crate::rules::RuleSet::load(Some(&dir), true).expect("host"));
+    for cgroup in [
+        &b"0::/lxc.payload.web/system.slice/apt-daily-upgrade.service\n"[..],
+        b"0::/machine.slice/systemd-nspawn@deb.service/payload/system.slice/x.service\n",
+    ] {
+        let identity = crate::procs::parse::parse_cgroup(cgroup);
+        assert_eq!(
+            identity.container_id, None,
+            "the collector names no container"
+        );
+    }
+    let lxd_root = ProcessRecord {
+        uid: 1_000_000,
+        euid: 1_000_000,
+        ..process(900, "apt-get", None, &["apt-get", "install", "-y", "nmap"])
+    };
+    let users_pip = process(910, "pip", None, &["pip", "install", "--user", "x"]);
+    for p in [lxd_root, users_pip] {
+        let out = fired(&mut host, &[Record::Process(p.clone())], SEC);
+        assert!(
+            out.iter().any(|r| r == "PF-PACKAGE-MANAGER"),
+            "{p:?}: {out:?}"
+        );
+    }
 }
