@@ -41,9 +41,10 @@ impl Plan {
     /// are rolled up and raw records are kept from `horizon`.
     pub fn of(since: u64, until: u64, built_end: u64, horizon: u64) -> Plan {
         let hour = hour_of(since);
-        let head =
-            (since % HOUR != 0 && since >= horizon && hour + HOUR <= built_end).then_some(since);
-        let first = if head.is_some() { hour + HOUR } else { hour };
+        // Saturating: a reader's window may start in the last hour u64 holds.
+        let next = hour.saturating_add(HOUR);
+        let head = (since % HOUR != 0 && since >= horizon && next <= built_end).then_some(since);
+        let first = if head.is_some() { next } else { hour };
         let last_built = built_end.saturating_sub(HOUR);
         if until >= built_end {
             return Plan {
@@ -277,6 +278,16 @@ mod tests {
             }
         );
         assert_eq!(plan(H + 20 * m, H + 30 * m).tail, None);
+        // A reader's window in the last hour u64 holds (window.since = u64::MAX - 1, open):
+        // nothing rolled up, nothing raw before it. Before, `hour + HOUR` overflowed: a
+        // panic in a debug build, and in a release build a head whose rolled-up hours ran
+        // from the epoch, so the far future's answer was the whole history.
+        for since in [u64::MAX - 1, u64::MAX - 30 * m] {
+            let far = plan(since, u64::MAX);
+            assert_eq!(far.head, None);
+            assert!(far.first > far.last, "{far:?}");
+            assert_eq!(far.tail, Some(since));
+        }
         // The head's hour not built: no head.
         assert_eq!(plan(10 * H + 20 * m, u64::MAX).head, None);
         assert_eq!(plan(10 * H + 20 * m, u64::MAX).tail, Some(10 * H + 20 * m));
