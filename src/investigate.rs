@@ -25,7 +25,7 @@ pub use novelty::{
     compare, new_activity, Activity, Baseline, Comparison, Increase, Period, INCREASE_FACTOR,
     MIN_INCREASE_BYTES,
 };
-pub use sockets::{talkers, talkers_from, Sockets};
+pub use sockets::{talkers, Sockets};
 pub use tree::{PodProcesses, TreeFlows};
 
 // Answers hash every socket of a window (hundreds of thousands) several times: foldhash,

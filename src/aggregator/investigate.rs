@@ -144,8 +144,10 @@ impl Investigator {
         let names = self.process_names()?;
         let names = &*names;
         if self.reads_rollups(q) {
-            if let Some(activity) = rollups::activity(&*self.store, q, names, false, observe)? {
-                return Ok(investigate::talkers_from(activity, order, limit));
+            if let Some(talkers) =
+                rollups::talkers(&*self.store, q, names, (order, limit), observe)?
+            {
+                return Ok(talkers);
             }
         }
         let mut pods = self.pod_directory(q)?;

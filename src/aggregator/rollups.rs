@@ -20,7 +20,7 @@ use crate::investigate::rollup::{
     day_of, fold_day, fold_pods, hour_of, Carry, HourBuilder, Merger, PodAddress, PodHour, DAY,
     HOUR,
 };
-use crate::investigate::{Activity, PodDirectory, ProcessNames};
+use crate::investigate::{Activity, EdgeOrder, PodDirectory, ProcessNames, Talkers};
 use crate::model::{Event, Record, RecordKind};
 use ends::Ends;
 
@@ -266,6 +266,35 @@ pub fn activity(
     firsts: bool,
     observe: &mut dyn FnMut(&Event),
 ) -> Result<Option<Activity>, StoreError> {
+    let Some((merger, pods)) = merged(store, q, names, firsts, observe)? else {
+        return Ok(None);
+    };
+    merger
+        .finish(&pods, body::decode_executable, body::decode_listener)
+        .map(Some)
+}
+
+/// Who talked to whom in the question's window, read as [`activity`] reads it: only the
+/// `limit` edges kept are built.
+pub fn talkers(
+    store: &dyn Store,
+    q: &Question,
+    names: &ProcessNames,
+    (order, limit): (EdgeOrder, usize),
+    observe: &mut dyn FnMut(&Event),
+) -> Result<Option<Talkers>, StoreError> {
+    Ok(merged(store, q, names, false, observe)?
+        .map(|(merger, pods)| merger.talkers(&pods, order, limit)))
+}
+
+/// The window's rows and raw ends folded, with the pods that name its peers.
+fn merged(
+    store: &dyn Store,
+    q: &Question,
+    names: &ProcessNames,
+    firsts: bool,
+    observe: &mut dyn FnMut(&Event),
+) -> Result<Option<(Merger, PodDirectory)>, StoreError> {
     let Some(rollups) = store.rollups() else {
         return Ok(None);
     };
@@ -330,9 +359,7 @@ pub fn activity(
         }
     }
     ends.tail(store, q, names, (&mut merger, &mut pods), observe)?;
-    merger
-        .finish(&pods, body::decode_executable, body::decode_listener)
-        .map(Some)
+    Ok(Some((merger, pods)))
 }
 
 /// A stretch of the window read at one grain: its first and last period, and for days

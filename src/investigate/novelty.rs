@@ -256,7 +256,12 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn of(period: &Activity) -> Baseline {
-        let mut edges = hashbrown::HashMap::<EdgeKey, u64, _>::default();
+        // Sized at once: a day's baseline holds a million edges, and growing the table
+        // step by step rehashed every key (its strings) again and again.
+        let mut edges = hashbrown::HashMap::<EdgeKey, u64, _>::with_capacity_and_hasher(
+            period.edges.len(),
+            Default::default(),
+        );
         for e in &period.edges {
             *edges.entry(edge_key(e)).or_default() += e.bytes_sent + e.bytes_received;
         }

@@ -291,17 +291,6 @@ pub fn talkers(
     )
 }
 
-/// [`talkers`] from a window's activity (raw or rolled up).
-pub fn talkers_from(activity: super::Activity, order: EdgeOrder, limit: usize) -> Talkers {
-    talkers_of(
-        &activity.edges,
-        activity.flows,
-        activity.truncated,
-        order,
-        limit,
-    )
-}
-
 /// [`talkers`] from the sockets' edges, already grouped.
 pub(super) fn talkers_of(
     edges: &[Edge],
@@ -310,52 +299,97 @@ pub(super) fn talkers_of(
     order: EdgeOrder,
     limit: usize,
 ) -> Talkers {
-    // Sorted by reference, only the top cloned: a month's window has thousands of edges
-    // and an answer shows a few.
-    let mut sorted: Vec<&Edge> = edges.iter().collect();
-    sort_edges(&mut sorted, order);
+    // Ranked by reference, only the top cloned: a day's window has a million edges and
+    // an answer shows a few.
+    let mut kept: Vec<&Edge> = edges.iter().collect();
+    top(&mut kept, limit, |e| Rank::of_edge(e, order));
     Talkers {
-        edges: sorted.into_iter().take(limit).cloned().collect(),
+        edges: kept.into_iter().cloned().collect(),
         flows,
         total_edges: edges.len() as u64,
         truncated,
     }
 }
 
-fn sort_edges(edges: &mut [&Edge], order: EdgeOrder) {
-    // Ties broken by the edge's whole identity so answers are stable (and the same from
-    // raw records and from rollups, which group in another order).
-    // Borrowed: a month's answer sorts thousands of edges, most of them tied on bytes.
-    fn identity(e: &Edge) -> impl Ord + '_ {
-        (
-            e.pod_namespace.as_str(),
-            e.pod_name.as_str(),
-            e.peer_addr,
-            e.port,
-            e.exe.as_deref(),
-            e.comm.as_slice(),
-            e.direction as u8,
-            e.scope as u8,
-            e.protocol as u8,
+/// Where an edge stands in an answer: the order's figure (largest first), ties broken by
+/// the edge's whole identity so answers are stable (and the same from raw records and from
+/// rollups, which group in another order). Borrowed: a day's answer ranks a million edges,
+/// most of them tied on bytes.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Rank<'a> {
+    figure: std::cmp::Reverse<u64>,
+    pod_namespace: &'a [u8],
+    pod_name: &'a [u8],
+    peer_addr: IpAddr,
+    port: u16,
+    exe: Option<&'a [u8]>,
+    comm: &'a [u8],
+    direction: u8,
+    scope: u8,
+    protocol: u8,
+    unattributed: bool,
+}
+
+impl<'a> Rank<'a> {
+    /// The rank of an edge `order` sorts by `(bytes, connections, last_seen)`, its
+    /// identity given by `edge` (whose counters are not read).
+    pub(super) fn new(
+        order: EdgeOrder,
+        (bytes, connections, last_seen): (u64, u64, u64),
+        (pod_namespace, pod_name): (&'a [u8], &'a [u8]),
+        (comm, exe): (&'a [u8], Option<&'a [u8]>),
+        edge: (Direction, Scope, Protocol, IpAddr, u16, bool),
+    ) -> Rank<'a> {
+        let (direction, scope, protocol, peer_addr, port, unattributed) = edge;
+        Rank {
+            figure: std::cmp::Reverse(match order {
+                EdgeOrder::Bytes => bytes,
+                EdgeOrder::Connections => connections,
+                EdgeOrder::Recent => last_seen,
+            }),
+            pod_namespace,
+            pod_name,
+            peer_addr,
+            port,
+            exe,
+            comm,
+            direction: direction as u8,
+            scope: scope as u8,
+            protocol: protocol as u8,
+            unattributed,
+        }
+    }
+
+    fn of_edge(e: &'a Edge, order: EdgeOrder) -> Rank<'a> {
+        Rank::new(
+            order,
+            (e.bytes_sent + e.bytes_received, e.connections, e.last_seen),
+            (e.pod_namespace.as_bytes(), e.pod_name.as_bytes()),
+            (&e.comm, e.exe.as_deref()),
+            (
+                e.direction,
+                e.scope,
+                e.protocol,
+                e.peer_addr,
+                e.port,
+                e.unattributed,
+            ),
         )
     }
-    match order {
-        EdgeOrder::Bytes => edges.sort_by(|a, b| {
-            (b.bytes_sent + b.bytes_received)
-                .cmp(&(a.bytes_sent + a.bytes_received))
-                .then_with(|| identity(a).cmp(&identity(b)))
-        }),
-        EdgeOrder::Connections => edges.sort_by(|a, b| {
-            b.connections
-                .cmp(&a.connections)
-                .then_with(|| identity(a).cmp(&identity(b)))
-        }),
-        EdgeOrder::Recent => edges.sort_by(|a, b| {
-            b.last_seen
-                .cmp(&a.last_seen)
-                .then_with(|| identity(a).cmp(&identity(b)))
-        }),
+}
+
+/// Keeps the first `limit` of `items` by `rank`, in order: a selection, then a sort of
+/// what is kept (an answer keeps 20 of a million edges).
+pub(super) fn top<T>(items: &mut Vec<T>, limit: usize, rank: impl Fn(&T) -> Rank<'_>) {
+    if limit == 0 {
+        items.clear();
+        return;
     }
+    if items.len() > limit {
+        items.select_nth_unstable_by(limit - 1, |a, b| rank(a).cmp(&rank(b)));
+        items.truncate(limit);
+    }
+    items.sort_unstable_by(|a, b| rank(a).cmp(&rank(b)));
 }
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,10 @@ use std::net::IpAddr;
 use super::{hour_of, EdgeRow, HourStarts, PodHour, STARTS};
 use crate::investigate::entities::PodDirectory;
 use crate::investigate::novelty::Activity;
-use crate::investigate::{Edge, FlowFilter, HashMap, NewExecutable, NewListener, MAX_EDGE_PIDS};
+use crate::investigate::sockets::{top, Rank};
+use crate::investigate::{
+    Edge, EdgeOrder, FlowFilter, HashMap, NewExecutable, NewListener, Talkers, MAX_EDGE_PIDS,
+};
 use crate::model::{Direction, Protocol, Scope};
 
 /// One edge row as stored, its strings borrowed: the sockets of one edge in one pod's
@@ -100,9 +103,9 @@ impl Interner {
     }
 }
 
+/// An edge within its pod.
 #[derive(PartialEq, Eq, Hash)]
 struct EdgeId {
-    pod: PodRef,
     comm: u32,
     exe: u32,
     unattributed: bool,
@@ -135,7 +138,13 @@ pub struct Merger {
     filter: FlowFilter,
     firsts: bool,
     strings: Interner,
-    edges: HashMap<EdgeId, EdgeSum>,
+    /// Per pod, its edges: a day holds a million, and a pod's few thousand stay in cache
+    /// while its rows are merged and when the table grows (one big table was most of a
+    /// day's answer, in rehashing).
+    edges: Vec<(PodRef, HashMap<EdgeId, EdgeSum>)>,
+    pod_edges: HashMap<PodRef, usize>,
+    /// The pod of the last row and its index in `edges`.
+    last_pod: Option<(PodRef, usize)>,
     executables: HashMap<(PodRef, u32), First<NewExecutable>>,
     listeners: HashMap<(PodRef, Protocol, u16), First<NewListener>>,
     order: usize,
@@ -155,7 +164,9 @@ impl Merger {
             filter,
             firsts,
             strings: Interner::default(),
-            edges: HashMap::default(),
+            edges: Vec::new(),
+            pod_edges: HashMap::default(),
+            last_pod: None,
             executables: HashMap::default(),
             listeners: HashMap::default(),
             order: 0,
@@ -195,7 +206,6 @@ impl Merger {
         };
         self.flows += connections;
         let id = EdgeId {
-            pod,
             comm: self.strings.id_in_row(row.comm, 0),
             exe: row
                 .exe
@@ -207,7 +217,8 @@ impl Merger {
             peer_addr: row.peer_addr,
             port: row.port,
         };
-        let sum = self.edges.entry(id).or_insert_with(|| EdgeSum {
+        let edges = self.pod_edges(pod);
+        let sum = edges.entry(id).or_insert_with(|| EdgeSum {
             connections: 0,
             bytes_sent: 0,
             bytes_received: 0,
@@ -225,6 +236,23 @@ impl Merger {
                 sum.pids.push(pid);
             }
         }
+    }
+
+    /// The edges of `pod`: the last row's pod's without a lookup.
+    fn pod_edges(&mut self, pod: PodRef) -> &mut HashMap<EdgeId, EdgeSum> {
+        let i = match self.last_pod {
+            Some((last, i)) if last == pod => i,
+            _ => {
+                let next = self.edges.len();
+                let i = *self.pod_edges.entry(pod).or_insert(next);
+                if i == next {
+                    self.edges.push((pod, HashMap::default()));
+                }
+                self.last_pod = Some((pod, i));
+                i
+            }
+        };
+        &mut self.edges[i].1
     }
 
     /// An executable first seen in one of `pod`'s periods at `first_seen` (`image` is its
@@ -318,6 +346,50 @@ impl Merger {
         self.totals(period.processes, period.truncated, &period.starts);
     }
 
+    /// Who talked to whom in the window, the first `limit` edges by `order`: ranked on the
+    /// interned edges, only those kept built (a day holds a million edges; an answer 20).
+    pub fn talkers(self, pods: &PodDirectory, order: EdgeOrder, limit: usize) -> Talkers {
+        let strings = &self.strings;
+        let mut ranked: Vec<(PodRef, &EdgeId, &EdgeSum)> = self
+            .edges
+            .iter()
+            .flat_map(|(pod, edges)| edges.iter().map(|(id, sum)| (*pod, id, sum)))
+            .collect();
+        let total_edges = ranked.len() as u64;
+        top(&mut ranked, limit, |(pod, id, sum)| {
+            Rank::new(
+                order,
+                (
+                    sum.bytes_sent + sum.bytes_received,
+                    sum.connections,
+                    sum.last_seen,
+                ),
+                (strings.bytes(pod.namespace), strings.bytes(pod.name)),
+                (
+                    strings.bytes(id.comm),
+                    (id.exe != NO_STRING).then(|| strings.bytes(id.exe)),
+                ),
+                (
+                    id.direction,
+                    id.scope,
+                    id.protocol,
+                    id.peer_addr,
+                    id.port,
+                    id.unattributed,
+                ),
+            )
+        });
+        Talkers {
+            edges: ranked
+                .into_iter()
+                .map(|(pod, id, sum)| edge_of(strings, pods, (pod, id), sum, sum.pids.clone()))
+                .collect(),
+            flows: self.flows,
+            total_edges,
+            truncated: self.truncated,
+        }
+    }
+
     /// The window's activity, its east-west peers named by `pods`; executables and
     /// listeners still encoded are decoded by `executable` and `listener`.
     pub fn finish<E>(
@@ -330,30 +402,11 @@ impl Merger {
         let edges: Vec<Edge> = self
             .edges
             .into_iter()
-            .map(|(id, sum)| {
-                let peer = pods.get(&id.peer_addr);
-                let mut pids = sum.pids;
-                pids.sort_unstable();
-                Edge {
-                    pod_name: strings.string(id.pod.name),
-                    pod_namespace: strings.string(id.pod.namespace),
-                    comm: strings.bytes(id.comm).to_vec(),
-                    exe: (id.exe != NO_STRING).then(|| strings.bytes(id.exe).to_vec()),
-                    direction: id.direction,
-                    scope: id.scope,
-                    protocol: id.protocol,
-                    peer_addr: id.peer_addr,
-                    port: id.port,
-                    peer_pod_name: peer.map(|p| p.0.clone()),
-                    peer_pod_namespace: peer.map(|p| p.1.clone()),
-                    connections: sum.connections,
-                    bytes_sent: sum.bytes_sent,
-                    bytes_received: sum.bytes_received,
-                    first_seen: sum.first_seen,
-                    last_seen: sum.last_seen,
-                    pids,
-                    unattributed: id.unattributed,
-                }
+            .flat_map(|(pod, edges)| {
+                edges.into_iter().map(move |(id, mut sum)| {
+                    let pids = std::mem::take(&mut sum.pids);
+                    edge_of(strings, pods, (pod, &id), &sum, pids)
+                })
             })
             .collect();
         Ok(Activity {
@@ -369,6 +422,38 @@ impl Merger {
                 .collect(),
             truncated: self.truncated,
         })
+    }
+}
+
+/// The answer's form of an interned edge with its `pids`, its peer named by `pods`.
+fn edge_of(
+    strings: &Interner,
+    pods: &PodDirectory,
+    (pod, id): (PodRef, &EdgeId),
+    sum: &EdgeSum,
+    mut pids: Vec<u32>,
+) -> Edge {
+    let peer = pods.get(&id.peer_addr);
+    pids.sort_unstable();
+    Edge {
+        pod_name: strings.string(pod.name),
+        pod_namespace: strings.string(pod.namespace),
+        comm: strings.bytes(id.comm).to_vec(),
+        exe: (id.exe != NO_STRING).then(|| strings.bytes(id.exe).to_vec()),
+        direction: id.direction,
+        scope: id.scope,
+        protocol: id.protocol,
+        peer_addr: id.peer_addr,
+        port: id.port,
+        peer_pod_name: peer.map(|p| p.0.clone()),
+        peer_pod_namespace: peer.map(|p| p.1.clone()),
+        connections: sum.connections,
+        bytes_sent: sum.bytes_sent,
+        bytes_received: sum.bytes_received,
+        first_seen: sum.first_seen,
+        last_seen: sum.last_seen,
+        pids,
+        unattributed: id.unattributed,
     }
 }
 
