@@ -207,3 +207,20 @@ fn a_flood_of_filters_among_few_pipes_is_bounded_and_counted() {
     }
     assert!(engine.pipes_evicted() > 0);
 }
+
+/// `{ sleep 1; exec curl …; } | cat | … (12 cats) … | { sleep 1; exec sh; }`: the filters
+/// are seen before the download and the shell. Before, a name was carried at most 8
+/// filters away, from either end: 9 cats hid the pipeline.
+#[test]
+fn a_download_through_many_filters_into_a_shell_is_seen() {
+    let n = 12u32;
+    let mut records: Vec<Record> = (0..n)
+        .map(|i| {
+            let inp = 100 + u64::from(i);
+            side(600 + i, "cat", false, Some(inp), Some(inp + 1))
+        })
+        .collect();
+    records.push(side(501, "curl", false, None, Some(100)));
+    records.push(side(502, "sh", false, Some(100 + u64::from(n)), None));
+    assert_eq!(download_shells(&records), 1);
+}

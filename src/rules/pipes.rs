@@ -23,9 +23,6 @@ pub(super) const PIPES_MAX: usize = 65_536;
 /// between the download and its shell.
 const LINKS_MAX: usize = 4 * PIPES_MAX;
 
-/// How many filters a name is carried through (`a | f1 | … | f8 | sh`).
-const DEPTH_MAX: u8 = 8;
-
 /// The names whose passage through pipes the rules ask about, found in the loaded rules'
 /// conditions (`proc.stdin_writer_comm in (downloaders)`): writers' names are carried
 /// downstream, readers' names upstream. At most 64 of each (a bit each); the rest are
@@ -234,14 +231,16 @@ impl Pipes {
         self.carry(inp, feeds, Way::Up);
     }
 
-    /// Adds names to a pipe and, through filters, to the pipes beyond it (new names only,
-    /// at most [`DEPTH_MAX`] filters away: each pipe gains each name once).
+    /// Adds names to a pipe and, through filters, to the pipes beyond it, however many
+    /// filters away (a bound on the distance was a workload's way out: nine `cat`s between
+    /// curl and sh). New names only: each pipe gains each name once, so a name's walk
+    /// ends, and all walks together cost each pipe's links once per name.
     fn carry(&mut self, start: u64, bits: u64, way: Way) {
         if bits == 0 {
             return;
         }
-        let mut work = vec![(start, bits, 0u8)];
-        while let Some((at, bits, depth)) = work.pop() {
+        let mut work = vec![(start, bits)];
+        while let Some((at, bits)) = work.pop() {
             let Some(pipe) = self.pipes.get_mut(&at) else {
                 continue;
             };
@@ -254,9 +253,7 @@ impl Pipes {
                 continue;
             }
             *known |= new;
-            if depth < DEPTH_MAX {
-                work.extend(next.iter().map(|&n| (n, new, depth + 1)));
-            }
+            work.extend(next.iter().map(|&n| (n, new)));
         }
     }
 
