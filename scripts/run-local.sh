@@ -19,6 +19,13 @@ if ! [ -s "$TOKEN_FILE" ]; then
   (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE")
 fi
 
+# A second `make run` would find the first one's aggregator answering and report itself
+# running while its own had failed to bind.
+if (exec 3<>"/dev/tcp/${LISTEN%:*}/${LISTEN##*:}") 2>/dev/null; then
+  echo "something already listens on $LISTEN (another make run?): stop it first" >&2
+  exit 1
+fi
+
 pids=()
 cleanup() {
   trap - INT TERM EXIT

@@ -5,7 +5,7 @@
 
 use super::detect_tests::{ancestor, fired, listener, managed, managed_with, process};
 use crate::fixtures;
-use crate::model::{FlowPhase, ProcessPhase, ProcessRecord, Record, Scope, Unavailable};
+use crate::model::{Ancestor, FlowPhase, ProcessPhase, ProcessRecord, Record, Scope, Unavailable};
 
 const SEC: u64 = 1_000_000_000;
 
@@ -483,5 +483,72 @@ fn the_local_runs_host_rules_alert_on_a_package_manager_in_an_unnamed_container(
             out.iter().any(|r| r == "PF-PACKAGE-MANAGER"),
             "{p:?}: {out:?}"
         );
+    }
+}
+
+/// A build in /tmp (a `mktemp -d` checkout) on the host `make run` watches: cargo runs the
+/// crate's build script and its tests from target/ there. rules/host expects executions a
+/// build tool started; the managed set alone, a hand-run binary, and a payload under a
+/// fake build tool in /tmp still alert.
+#[test]
+fn the_local_runs_host_rules_expect_a_builds_own_executions_in_tmp() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
+    let host =
+        || crate::rules::Engine::new(crate::rules::RuleSet::load(Some(&dir), true).expect("host"));
+    let script = "/tmp/tmp.Ldk/demo/target/debug/build/demo-40c6/build-script-build";
+    let run_by = |parent: Ancestor| ProcessRecord {
+        ancestors: vec![
+            parent,
+            ancestor(40, 400, "bash", Some("/usr/bin/bash"), &["bash"]),
+        ],
+        ..process(500, "build-script-bu", Some(script), &[script])
+    };
+    let cargo = ancestor(
+        90,
+        900,
+        "cargo",
+        Some("/root/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/bin/cargo"),
+        &["cargo", "build"],
+    );
+    let tmp_exec = |e: &mut crate::rules::Engine, p: &ProcessRecord| {
+        fired(e, &[Record::Process(p.clone())], SEC)
+            .iter()
+            .any(|r| r == "PF-EXEC-TMP")
+    };
+    assert!(
+        tmp_exec(&mut managed(), &run_by(cargo.clone())),
+        "managed alone"
+    );
+    assert!(
+        !tmp_exec(&mut host(), &run_by(cargo.clone())),
+        "cargo's build script"
+    );
+    let make = ancestor(91, 910, "make", Some("/usr/bin/make"), &["make", "check"]);
+    let sh = ancestor(
+        92,
+        920,
+        "sh",
+        Some("/usr/bin/dash"),
+        &["/bin/sh", "-c", "./t"],
+    );
+    let under_make = ProcessRecord {
+        ancestors: vec![sh, make],
+        ..run_by(cargo.clone())
+    };
+    assert!(!tmp_exec(&mut host(), &under_make), "a make recipe's shell");
+    for parent in [
+        ancestor(93, 930, "bash", Some("/usr/bin/bash"), &["bash"]),
+        ancestor(94, 940, "make", Some("/tmp/.x/make"), &["make"]),
+        ancestor(95, 950, "cargo", Some("/dev/shm/cargo"), &["cargo"]),
+        ancestor(
+            96,
+            960,
+            "cargo",
+            Some("/root/.cargo/bin/cargo (deleted)"),
+            &["cargo"],
+        ),
+        ancestor(97, 970, "cargo", None, &["cargo"]),
+    ] {
+        assert!(tmp_exec(&mut host(), &run_by(parent.clone())), "{parent:?}");
     }
 }
