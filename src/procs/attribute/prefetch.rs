@@ -86,14 +86,28 @@ mod tests {
         let mut out = Vec::new();
         monitor.sweep(now_ns(), &mut out);
         monitor.refresh(&initial, now_ns(), &mut out);
-        let short = holder.open();
-        // As many as the host may open meanwhile (this test binary's other tests do): the
-        // reads stop early only once that many sockets are found.
-        monitor.prefetch(64, now_ns(), &mut out);
-        let _next = holder.reopen(); // `short` closes before the dump
-        monitor.refresh(&[short], now_ns(), &mut out);
-        let owner = monitor.owner(short, None, None);
+        // This test binary's other tests start processes and open sockets beside it, and a
+        // prefetch reads new processes first, at most PREFETCH_TABLES_MAX tables: a try whose
+        // whole budget went to them says nothing of the holder and is made again (bounded).
+        // A miss with budget left is the code's.
+        for attempt in 1..=5 {
+            let short = holder.open();
+            // As many as the host may open meanwhile: the reads stop early only once that
+            // many sockets are found.
+            let read = monitor.prefetch_owners(64, now_ns(), &mut out);
+            let _next = holder.reopen(); // `short` closes before the dump
+            monitor.refresh(&[short], now_ns(), &mut out);
+            let owner = monitor.owner(short, None, None);
+            if owner.pid.is_none() && read >= super::PREFETCH_TABLES_MAX && attempt < 5 {
+                continue;
+            }
+            assert_eq!(
+                (owner.pid, owner.attribution),
+                (Some(pid), Attribution::Fd),
+                "attempt {attempt}, {read} tables read"
+            );
+            break;
+        }
         drop(holder);
-        assert_eq!((owner.pid, owner.attribution), (Some(pid), Attribution::Fd));
     }
 }
