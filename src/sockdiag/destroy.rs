@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 
 use super::msg::{self, SocketInfo, SOCK_DIAG_BY_FAMILY};
@@ -93,7 +93,10 @@ impl DestroyListener {
         ] {
             socket.add_membership(group)?;
         }
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        // Bounded by its one sender (`send`), not by a bounded channel: that one writes
+        // every slot when made (16,384 × 256 B: 4 MiB resident from start-up in a pod
+        // that may never see a burst); this one allocates as events come, frees as read.
+        let (tx, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(DestroyStats::default());
         let thread = std::thread::Builder::new()
@@ -101,7 +104,7 @@ impl DestroyListener {
             .spawn({
                 let stop = stop.clone();
                 let stats = stats.clone();
-                move || read_loop(socket, tx, stop, &stats)
+                move || read_loop(socket, Bounded { tx, capacity }, stop, &stats)
             })?;
         Ok((
             DestroyListener {
@@ -128,12 +131,7 @@ impl Drop for DestroyListener {
     }
 }
 
-fn read_loop(
-    socket: Socket,
-    tx: Sender<DestroyEvent>,
-    stop: Arc<AtomicBool>,
-    stats: &DestroyStats,
-) {
+fn read_loop(socket: Socket, tx: Bounded, stop: Arc<AtomicBool>, stats: &DestroyStats) {
     let mut buf = Vec::with_capacity(RECV_BUF);
     let mut kernel_drops_seen = 0u32;
     let mut overflow_log = OverflowLog::default();
@@ -188,7 +186,7 @@ fn read_loop(
             match parsed {
                 Ok(socket) => {
                     DestroyEventReceived.emit();
-                    send(&tx, DestroyEvent { socket, at }, stats);
+                    tx.send(DestroyEvent { socket, at }, stats);
                 }
                 Err(error) => {
                     SockdiagMalformed {
@@ -239,13 +237,63 @@ impl OverflowLog {
     }
 }
 
-fn send(tx: &Sender<DestroyEvent>, event: DestroyEvent, stats: &DestroyStats) {
-    match tx.try_send(event) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
+/// The reader's end of the channel: at most `capacity` events wait in it. The reader is
+/// its only sender, so the length it reads can only shrink before its own send.
+struct Bounded {
+    tx: Sender<DestroyEvent>,
+    capacity: usize,
+}
+
+impl Bounded {
+    /// Queues `event`, or counts it dropped when `capacity` events already wait.
+    fn send(&self, event: DestroyEvent, stats: &DestroyStats) {
+        if self.tx.len() >= self.capacity.max(1) {
             DestroyEventDropped.emit();
             stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        Err(TrySendError::Disconnected(_)) => {}
+        // Disconnected: the engine is gone, and the reader stops with it.
+        let _ = self.tx.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(cookie: u64) -> DestroyEvent {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 80));
+        let socket = SocketInfo {
+            cookie,
+            protocol: Protocol::Tcp,
+            family: crate::model::Family::Ipv4,
+            state: 7,
+            local: addr,
+            remote: addr,
+            rqueue: 0,
+            wqueue: 0,
+            uid: 0,
+            inode: 0,
+            tcp: None,
+            cgroup_id: None,
+            timewait: false,
+        };
+        DestroyEvent { socket, at: 0 }
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts_and_takes_events_again_once_read() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let tx = Bounded { tx, capacity: 2 };
+        let stats = DestroyStats::default();
+        for cookie in 1..=3 {
+            tx.send(event(cookie), &stats);
+        }
+        assert_eq!(stats.queue_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.recv().map(|e| e.socket.cookie), Ok(1));
+        tx.send(event(4), &stats);
+        let left: Vec<u64> = rx.try_iter().map(|e| e.socket.cookie).collect();
+        assert_eq!(left, [2, 4]);
+        assert_eq!(stats.queue_dropped.load(Ordering::Relaxed), 1);
     }
 }
