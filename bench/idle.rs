@@ -1,5 +1,6 @@
 //! The idle scenario: an idle host and an idle pod at default intervals, the collector's
-//! CPU and memory.
+//! CPU and memory, as a sidecar runs it (`procflow-collector`; `PROCFLOW_BIN` alone: that
+//! binary's `procflow collector`).
 
 use super::*;
 
@@ -68,7 +69,7 @@ pub(crate) fn scenario_idle(report: &mut Report, secs: u64) -> anyhow::Result<()
                 .is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
         })
         .count();
-    let (cpu, rss, _, _) = idle_cost(start_collector(&["--output", "stdout"])?, secs)?;
+    let (cpu, rss, _, _) = idle_cost(start_sidecar(&["--output", "stdout"])?, secs)?;
     report.add(
         "idle host",
         "processes on the host",

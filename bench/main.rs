@@ -5,6 +5,8 @@
 //! sizes. Scenarios: poll, churn, lifetime, quiet, spawn, idle, pipeline, streams, hostile,
 //! rules, http, console, audit, and when named pgstore and replica-kill. Workloads stay on
 //! loopback, are bounded in count and time, and child processes are ended by pid.
+//! The collector is `procflow collector` beside this binary (`PROCFLOW_BIN` another one);
+//! the idle scenario runs the sidecar's `procflow-collector` (`PROCFLOW_COLLECTOR_BIN`).
 
 mod audit;
 mod churn;
@@ -538,12 +540,38 @@ fn start_collector(extra: &[&str]) -> anyhow::Result<CollectorProc> {
     launch_collector(command, false)
 }
 
-/// The collector as in the idle pod of the target: its own pid and network namespaces
+/// The command a sidecar runs: `procflow-collector` beside this bench (or
+/// `PROCFLOW_COLLECTOR_BIN`), and the words before the flags (none). With `PROCFLOW_BIN` set
+/// alone, that binary's `collector` subcommand, so an older build compares as it ran.
+fn sidecar_command() -> (std::path::PathBuf, Option<&'static str>) {
+    if let Some(p) = std::env::var_os("PROCFLOW_COLLECTOR_BIN") {
+        return (p.into(), None);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("procflow-collector")))
+        .filter(|p| p.exists());
+    match beside {
+        Some(p) if std::env::var_os("PROCFLOW_BIN").is_none() => (p, None),
+        _ => (procflow_bin(), Some("collector")),
+    }
+}
+
+/// The collector as a sidecar runs it ([`sidecar_command`]), on this host.
+fn start_sidecar(extra: &[&str]) -> anyhow::Result<CollectorProc> {
+    let (bin, subcommand) = sidecar_command();
+    let mut command = Command::new(bin);
+    command.args(subcommand).args(extra);
+    launch_collector(command, false)
+}
+
+/// The collector as in the idle pod of the target ([`sidecar_command`]): its own pid and network namespaces
 /// (/proc remounted) with about 20 processes and 50 sockets: 17 sleeping processes and an
 /// app process holding 25 loopback connections (50 sockets and its listener), fed by one
 /// more sleeper. The collector is the namespace's first process, as the pause container
 /// would be.
 fn start_collector_in_pod(extra: &[&str]) -> anyhow::Result<CollectorProc> {
+    let (bin, subcommand) = sidecar_command();
     let mut command = Command::new("unshare");
     command
         .args([
@@ -557,9 +585,10 @@ fn start_collector_in_pod(extra: &[&str]) -> anyhow::Result<CollectorProc> {
             "-c",
             IDLE_POD_SCRIPT,
         ])
-        .arg(procflow_bin())
+        .arg(bin)
         .arg(std::env::current_exe()?)
         .arg(IDLE_POD_CONNECTIONS.to_string())
+        .args(subcommand)
         .args(extra);
     launch_collector(command, true)
 }
@@ -568,12 +597,12 @@ fn start_collector_in_pod(extra: &[&str]) -> anyhow::Result<CollectorProc> {
 const IDLE_POD_CONNECTIONS: usize = 25;
 
 /// `$0` the collector, `$1` this bench (its `worker-hold` is the app), `$2` the connections;
-/// the rest are the collector's flags.
+/// the rest are the collector's arguments.
 const IDLE_POD_SCRIPT: &str = r#"bench=$1; connections=$2; shift 2
 ip link set lo up || exit 1
 for i in $(seq 17); do sleep 3600 & done
 sleep 3600 | "$bench" worker-hold "$connections" 127.0.0.1 >/dev/null &
-exec "$0" collector "$@""#;
+exec "$0" "$@""#;
 
 fn launch_collector(mut command: Command, wrapped: bool) -> anyhow::Result<CollectorProc> {
     let dir = tempfile::tempdir()?;

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/procflow}
+# The collector as sidecars run it: the same command as `procflow collector`, its own binary.
+COLLECTOR_BIN=${COLLECTOR_BIN:-target/release/procflow-collector}
 DATA_DIR=${DATA_DIR:-$PWD/.procflow}
 LISTEN=${LISTEN:-127.0.0.1:7410}
 UI_LISTEN=${UI_LISTEN:-127.0.0.1:7480}
@@ -51,7 +53,7 @@ for _ in $(seq 1 100); do
 done
 
 POD_NAME=${POD_NAME:-$(hostname)} POD_NAMESPACE=${POD_NAMESPACE:-local} \
-"$BIN" collector --output grpc --aggregator "http://$LISTEN" --token-file "$TOKEN_FILE" --spool-dir "$DATA_DIR/spool" \
+"$COLLECTOR_BIN" --output grpc --aggregator "http://$LISTEN" --token-file "$TOKEN_FILE" --spool-dir "$DATA_DIR/spool" \
   --metrics-listen 127.0.0.1:9464 >"$DATA_DIR/logs/collector.log" 2>&1 &
 pids+=($!)
 

@@ -11,6 +11,10 @@ fn smoke_run_produces_a_well_formed_report() {
         .args(["smoke", "--json"])
         .arg(&json)
         .env("PROCFLOW_BIN", env!("CARGO_BIN_EXE_procflow"))
+        .env(
+            "PROCFLOW_COLLECTOR_BIN",
+            env!("CARGO_BIN_EXE_procflow-collector"),
+        )
         .output()
         .expect("run procflow-bench");
     assert!(

@@ -38,7 +38,9 @@ fn render_config_reference() -> String {
          Generated from `procflow <command> --help` by `make docs`; a test fails when it drifts.\n\n\
          Every flag is also an environment variable `PROCFLOW_<FLAG>` (shown as `[env: …]`) and a\n\
          key of the TOML file given with `--config` (the flag's name without dashes, e.g.\n\
-         `poll-interval = \"500ms\"`). Precedence: flag > environment > file > default.\n",
+         `poll-interval = \"500ms\"`). Precedence: flag > environment > file > default.\n\n\
+         `procflow-collector` (the sidecar's binary) takes exactly the flags, variables and\n\
+         keys of `procflow collector` below (a test holds them equal).\n",
     );
     for sub in SUBCOMMANDS {
         doc.push_str(&format!(
@@ -129,4 +131,72 @@ fn every_metric_is_documented() {
             "metric {name} is missing from docs/METRICS.md"
         );
     }
+}
+
+/// The options of a help text, each with its description, sorted (a subcommand's help
+/// lists the global flags among its own); `--version` left out (the binary's own).
+fn options(help: &str) -> Vec<String> {
+    let section = help.split_once("\nOptions:\n").map_or("", |(_, o)| o);
+    let mut options: Vec<String> = Vec::new();
+    for line in section.lines() {
+        match options.last_mut() {
+            Some(option) if !line.trim_start().starts_with('-') => option.push_str(line),
+            _ => options.push(line.to_owned()),
+        }
+    }
+    options.retain(|o| !o.contains("--version"));
+    options.sort();
+    options
+}
+
+#[test]
+fn procflow_collector_takes_the_flags_of_procflow_collector() {
+    let out = Command::new(env!("CARGO_BIN_EXE_procflow-collector"))
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("run procflow-collector --help");
+    assert!(out.status.success());
+    let alone = String::from_utf8(out.stdout).expect("help is UTF-8");
+    let sub = help("collector");
+    assert!(options(&sub).len() > 20, "{sub}");
+    assert_eq!(options(&alone), options(&sub));
+}
+
+fn collector_with_config(path: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_procflow-collector"))
+        .arg("--config")
+        .arg(path)
+        .env_clear()
+        .output()
+        .expect("run procflow-collector")
+}
+
+#[test]
+fn procflow_collector_reads_a_config_file_of_procflow_collector_keys() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("collector.toml");
+    std::fs::write(
+        &path,
+        "once = true\nno-processes = true\noutput = \"stdout\"\n",
+    )
+    .expect("write config");
+    let out = collector_with_config(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        records.lines().any(|l| l.contains("\"kind\":\"listener\"")
+            && l.contains(&format!("\"local_port\":{port}"))),
+        "this test's listener is in the snapshot: {records}"
+    );
+    std::fs::write(&path, "definitely-not-a-flag = 3\n").expect("write config");
+    let out = collector_with_config(&path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("definitely-not-a-flag"));
 }
