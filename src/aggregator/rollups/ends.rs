@@ -22,7 +22,13 @@ use crate::investigate::rollup::{hour_of, Carry, HourBuilder, Merger, HOUR};
 use crate::investigate::{PodDirectory, ProcessNames};
 use crate::model::{Event, RecordKind};
 
-use super::{codec, KINDS};
+use super::codec;
+
+/// What the ends read: what a window's answer counts. An hour's rollups read heartbeats and
+/// alerts too, but a window's answer takes neither (its pods come from one heartbeat per
+/// collector: an hour holds a minute's heartbeat from every pod, 60,000 for 1,000 pods,
+/// and they were read twice, more segments than the hour's flows).
+const KINDS: [RecordKind; 3] = [RecordKind::Flow, RecordKind::Process, RecordKind::Listener];
 
 /// How a window `[since, until]` is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,18 +217,15 @@ fn read_raw(
         observe(&e);
         builder.add(&e)
     })?;
-    store.scan(
-        &EventQuery {
-            kinds: vec![RecordKind::Heartbeat],
-            pods: Vec::new(),
-            namespaces: q.peer_namespaces.clone(),
-            ..part
-        },
-        &mut |e| {
-            pods.note(&e.source);
-            true
-        },
-    )?;
+    let reported = store.sources(&EventQuery {
+        kinds: vec![RecordKind::Heartbeat],
+        pods: Vec::new(),
+        namespaces: q.peer_namespaces.clone(),
+        ..part
+    })?;
+    for source in reported {
+        pods.note(&source);
+    }
     Ok(())
 }
 
