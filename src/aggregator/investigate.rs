@@ -191,6 +191,17 @@ impl Investigator {
                 return Ok(activity);
             }
         }
+        self.raw_activity(q, names, (scope, pods), observe)
+    }
+
+    /// The activity of the question's window from its raw records.
+    fn raw_activity(
+        &self,
+        q: &Question,
+        names: &ProcessNames,
+        (scope, pods): (&Question, &mut Option<PodDirectory>),
+        observe: &mut dyn FnMut(&Event),
+    ) -> Result<Activity, StoreError> {
         let pods = match pods {
             Some(pods) => pods,
             None => pods.insert(self.pod_directory(scope)?),
@@ -203,6 +214,22 @@ impl Investigator {
             period.add(&e)
         })?;
         Ok(period.activity(names, pods))
+    }
+
+    /// The question's window as a baseline, read as [`Self::activity`] reads it.
+    fn baseline(
+        &self,
+        q: &Question,
+        names: &ProcessNames,
+        scope: (&Question, &mut Option<PodDirectory>),
+    ) -> Result<Baseline, StoreError> {
+        if self.reads_rollups(q) {
+            if let Some(baseline) = rollups::baseline(&*self.store, q, names)? {
+                return Ok(baseline);
+            }
+        }
+        let activity = self.raw_activity(q, names, scope, &mut |_| {})?;
+        Ok(Baseline::of(&activity))
     }
 
     /// The window against its baseline `[baseline_since, window.since)`: what is new, and
@@ -231,8 +258,7 @@ impl Investigator {
                     },
                     ..q.clone()
                 };
-                let activity = self.activity(&before, names, (q, &mut pods), &mut |_| {})?;
-                let summary = Arc::new(Baseline::of(&activity));
+                let summary = Arc::new(self.baseline(&before, names, (q, &mut pods))?);
                 if past {
                     self.baselines.put(key, summary.clone());
                 }

@@ -20,7 +20,7 @@ use crate::investigate::rollup::{
     day_of, fold_day, fold_pods, hour_of, Carry, HourBuilder, Merger, PodAddress, PodHour, DAY,
     HOUR,
 };
-use crate::investigate::{Activity, EdgeOrder, PodDirectory, ProcessNames, Talkers};
+use crate::investigate::{Activity, Baseline, EdgeOrder, PodDirectory, ProcessNames, Talkers};
 use crate::model::{Event, Record, RecordKind};
 use ends::Ends;
 
@@ -271,6 +271,21 @@ pub fn activity(
     };
     merger
         .finish(&pods, body::decode_executable, body::decode_listener)
+        .map(Some)
+}
+
+/// The question's window as a baseline, read as [`activity`] reads it; its edges are not
+/// built.
+pub fn baseline(
+    store: &dyn Store,
+    q: &Question,
+    names: &ProcessNames,
+) -> Result<Option<Baseline>, StoreError> {
+    let Some((merger, _)) = merged(store, q, names, true, &mut |_| {})? else {
+        return Ok(None);
+    };
+    merger
+        .baseline(body::decode_executable, body::decode_listener)
         .map(Some)
 }
 

@@ -10,8 +10,8 @@ use super::entities::{PodDirectory, ProcessNames};
 use super::rollup::{hour_of, start_series, HourStarts, STARTS};
 use super::sockets::{talkers_of, Sockets};
 use super::{
-    Edge, EdgeOrder, FlowFilter, HashSet, NewActivity, NewExecutable, NewListener, Talkers,
-    HOUR_NS, MAX_SOCKETS,
+    Edge, EdgeOrder, FlowFilter, HashMap, HashSet, NewActivity, NewExecutable, NewListener,
+    Talkers, HOUR_NS, MAX_SOCKETS,
 };
 use crate::model::workload_of;
 use crate::model::{
@@ -182,48 +182,27 @@ pub(super) fn image_of(comm: &[u8], exe: &Option<Vec<u8>>) -> Vec<u8> {
     exe.clone().unwrap_or_else(|| comm.to_vec())
 }
 
-type EdgeKey = (WorkloadKey, Vec<u8>, Direction, IpAddr, u16);
-
-fn edge_key(e: &Edge) -> EdgeKey {
-    (
-        workload_key(&e.pod_namespace, &e.pod_name),
-        image_of(&e.comm, &e.exe),
-        e.direction,
-        e.peer_addr,
-        e.port,
-    )
-}
-
-/// An edge's [`EdgeKey`] borrowed from the edge, to look it up without allocating (a
-/// month's window asks for thousands of edges, twice). Hashes as the owned key does: a
-/// tuple struct hashes its field, `&str` as `String`, `&[u8]` as `Vec<u8>`.
+/// A workload's key borrowed, to look it up without allocating. Hashes as the owned key
+/// does: `&str` as `String`.
 #[derive(Hash)]
-struct EdgeKeyRef<'a>(((&'a str, &'a str), &'a [u8], Direction, IpAddr, u16));
+struct WorkloadRef<'a>((&'a str, &'a str));
 
-fn edge_key_ref(e: &Edge) -> EdgeKeyRef<'_> {
-    EdgeKeyRef((
-        (&e.pod_namespace, workload_of(&e.pod_name)),
-        e.exe.as_deref().unwrap_or(&e.comm),
-        e.direction,
-        e.peer_addr,
-        e.port,
-    ))
+impl hashbrown::Equivalent<WorkloadKey> for WorkloadRef<'_> {
+    fn equivalent(&self, key: &WorkloadKey) -> bool {
+        self.0 == (key.0.as_str(), key.1.as_str())
+    }
 }
 
-impl hashbrown::Equivalent<EdgeKey> for EdgeKeyRef<'_> {
-    fn equivalent(&self, key: &EdgeKey) -> bool {
-        let ((namespace, workload), image, direction, peer, port) = self.0;
-        let ((key_namespace, key_workload), key_image, key_direction, key_peer, key_port) = key;
-        (namespace, workload, image, direction, peer, port)
-            == (
-                key_namespace.as_str(),
-                key_workload.as_str(),
-                key_image.as_slice(),
-                *key_direction,
-                *key_peer,
-                *key_port,
-            )
-    }
+/// A baseline's edge: its workload and image by their ids in the baseline, direction, peer
+/// and port. A day's baseline holds a million edges of a few thousand workloads and
+/// images: keyed by their strings, building it was most of a `new` answer's time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EdgeKey {
+    workload: u32,
+    image: u32,
+    direction: Direction,
+    peer_addr: IpAddr,
+    port: u16,
 }
 
 fn image_key(x: &NewExecutable) -> (WorkloadKey, Vec<u8>) {
@@ -246,7 +225,10 @@ fn listener_key(l: &NewListener) -> (WorkloadKey, Protocol, u16) {
 /// edge, not per socket), so a baseline wholly in the past can be kept and reused.
 #[derive(Debug, Clone, Default)]
 pub struct Baseline {
-    edges: hashbrown::HashMap<EdgeKey, u64, foldhash::fast::RandomState>,
+    /// Ids of the workloads and images its edges name.
+    workloads: hashbrown::HashMap<WorkloadKey, u32, foldhash::fast::RandomState>,
+    names: hashbrown::HashMap<Vec<u8>, u32, foldhash::fast::RandomState>,
+    edges: HashMap<EdgeKey, u64>,
     images: HashSet<(WorkloadKey, Vec<u8>)>,
     ports: HashSet<(WorkloadKey, Protocol, u16)>,
     flows: u64,
@@ -256,23 +238,138 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn of(period: &Activity) -> Baseline {
-        // Sized at once: a day's baseline holds a million edges, and growing the table
-        // step by step rehashed every key (its strings) again and again.
-        let mut edges = hashbrown::HashMap::<EdgeKey, u64, _>::with_capacity_and_hasher(
-            period.edges.len(),
-            Default::default(),
-        );
+        let mut baseline = Baseline::with_capacity(period.edges.len());
         for e in &period.edges {
-            *edges.entry(edge_key(e)).or_default() += e.bytes_sent + e.bytes_received;
+            let workload = baseline.workload(&e.pod_namespace, &e.pod_name);
+            let image = baseline.image(e.exe.as_deref().unwrap_or(&e.comm));
+            baseline.edge(
+                (workload, image),
+                (e.direction, e.peer_addr, e.port),
+                e.bytes_sent + e.bytes_received,
+            );
         }
+        baseline.rest(period);
+        baseline
+    }
+
+    /// An empty baseline with room for `edges` (sized at once: a day's baseline holds a
+    /// million edges, and growing the table step by step rehashed every key again and
+    /// again).
+    pub(in crate::investigate) fn with_capacity(edges: usize) -> Baseline {
         Baseline {
-            edges,
-            images: period.executables.iter().map(image_key).collect(),
-            ports: period.listeners.iter().map(listener_key).collect(),
-            flows: period.flows,
-            processes: period.processes,
-            truncated: period.truncated,
+            edges: HashMap::with_capacity_and_hasher(edges, Default::default()),
+            ..Baseline::default()
         }
+    }
+
+    /// The id of the workload of `pod_name`.
+    pub(in crate::investigate) fn workload(&mut self, namespace: &str, pod_name: &str) -> u32 {
+        let workload = workload_of(pod_name);
+        if let Some(&id) = self.workloads.get(&WorkloadRef((namespace, workload))) {
+            return id;
+        }
+        let id = self.workloads.len() as u32;
+        self.workloads
+            .insert((namespace.to_owned(), workload.to_owned()), id);
+        id
+    }
+
+    /// The id of an image (an exe, or a comm without one).
+    pub(in crate::investigate) fn image(&mut self, image: &[u8]) -> u32 {
+        if let Some(&id) = self.names.get(image) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.insert(image.to_vec(), id);
+        id
+    }
+
+    /// Adds `bytes` of an edge of a workload's image (ids from this baseline).
+    pub(in crate::investigate) fn edge(
+        &mut self,
+        (workload, image): (u32, u32),
+        (direction, peer_addr, port): (Direction, IpAddr, u16),
+        bytes: u64,
+    ) {
+        let key = EdgeKey {
+            workload,
+            image,
+            direction,
+            peer_addr,
+            port,
+        };
+        *self.edges.entry(key).or_default() += bytes;
+    }
+
+    /// Takes the period's executables, listening ports and totals (its edges aside).
+    pub(in crate::investigate) fn rest(&mut self, period: &Activity) {
+        self.images = period.executables.iter().map(image_key).collect();
+        self.ports = period.listeners.iter().map(listener_key).collect();
+        self.flows = period.flows;
+        self.processes = period.processes;
+        self.truncated = period.truncated;
+    }
+
+    /// The bytes of the window's `e` in the baseline (per workload), if it was there.
+    fn bytes_of(&self, e: &Edge) -> Option<u64> {
+        let workload = *self
+            .workloads
+            .get(&WorkloadRef((&e.pod_namespace, workload_of(&e.pod_name))))?;
+        let image = *self.names.get(e.exe.as_deref().unwrap_or(&e.comm))?;
+        self.edges
+            .get(&EdgeKey {
+                workload,
+                image,
+                direction: e.direction,
+                peer_addr: e.peer_addr,
+                port: e.port,
+            })
+            .copied()
+    }
+}
+
+#[cfg(test)]
+impl Baseline {
+    /// What it holds, edges by their strings: baselines built apart, compared.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn summary(
+        &self,
+    ) -> (
+        std::collections::HashMap<(WorkloadKey, Vec<u8>, Direction, IpAddr, u16), u64>,
+        &HashSet<(WorkloadKey, Vec<u8>)>,
+        &HashSet<(WorkloadKey, Protocol, u16)>,
+        (u64, u64, bool),
+    ) {
+        fn by_id<K>(
+            ids: &hashbrown::HashMap<K, u32, foldhash::fast::RandomState>,
+        ) -> std::collections::HashMap<u32, &K> {
+            ids.iter().map(|(k, &id)| (id, k)).collect()
+        }
+        let (workloads, names) = (by_id(&self.workloads), by_id(&self.names));
+        let edges = self
+            .edges
+            .iter()
+            .map(|(k, &bytes)| {
+                let workload: &WorkloadKey = workloads[&k.workload];
+                let image: &Vec<u8> = names[&k.image];
+                (
+                    (
+                        workload.clone(),
+                        image.clone(),
+                        k.direction,
+                        k.peer_addr,
+                        k.port,
+                    ),
+                    bytes,
+                )
+            })
+            .collect();
+        (
+            edges,
+            &self.images,
+            &self.ports,
+            (self.flows, self.processes, self.truncated),
+        )
     }
 }
 
@@ -282,7 +379,7 @@ pub fn new_activity(baseline: &Baseline, window: &Activity, limit: usize) -> New
     let mut edges: Vec<Edge> = window
         .edges
         .iter()
-        .filter(|e| !baseline.edges.contains_key(&edge_key_ref(e)))
+        .filter(|e| baseline.bytes_of(e).is_none())
         .cloned()
         .collect();
     edges.sort_by_key(|e| e.first_seen);
@@ -365,7 +462,7 @@ pub fn compare(
     let mut increased: Vec<Increase> = edges
         .iter()
         .filter_map(|edge| {
-            let before = *baseline.edges.get(&edge_key_ref(edge))? as f64 / baseline_hours;
+            let before = baseline.bytes_of(edge)? as f64 / baseline_hours;
             let bytes = (edge.bytes_sent + edge.bytes_received) as f64;
             let now = bytes / window_hours;
             let significant = now >= before * INCREASE_FACTOR
@@ -403,7 +500,7 @@ mod tests {
     use crate::model::{Attribution, Family};
 
     #[test]
-    fn a_borrowed_edge_key_finds_what_the_owned_key_stored() {
+    fn a_baseline_finds_an_edge_by_workload_image_peer_and_port() {
         let mut edge = Edge {
             pod_name: "web-6d8f9c7b5-x2k4q".into(),
             pod_namespace: "shop".into(),
@@ -426,25 +523,65 @@ mod tests {
         };
         for exe in [None, Some(b"/usr/bin/curl".to_vec())] {
             edge.exe = exe;
-            let mut keys =
-                hashbrown::HashMap::<EdgeKey, u64, foldhash::fast::RandomState>::default();
-            keys.insert(edge_key(&edge), 1);
-            assert_eq!(keys.get(&edge_key_ref(&edge)), Some(&1), "{:?}", edge.exe);
-            let other_pod = Edge {
-                pod_name: "web-6d8f9c7b5-q8w2z".into(),
+            // Two pods of the workload, one edge each: one baseline edge of their sum.
+            let baseline = Baseline::of(&Activity {
+                edges: vec![
+                    edge.clone(),
+                    Edge {
+                        pod_name: "web-6d8f9c7b5-q8w2z".into(),
+                        bytes_sent: 5,
+                        ..edge.clone()
+                    },
+                ],
+                ..Activity::default()
+            });
+            assert_eq!(baseline.bytes_of(&edge), Some(35), "{:?}", edge.exe);
+            let another_pod = Edge {
+                pod_name: "web-6d8f9c7b5-zz9q2".into(),
                 ..edge.clone()
             };
-            assert_eq!(
-                keys.get(&edge_key_ref(&other_pod)),
-                Some(&1),
-                "same workload"
-            );
-            let other_port = Edge {
-                port: 444,
-                ..edge.clone()
-            };
-            assert_eq!(keys.get(&edge_key_ref(&other_port)), None);
+            assert_eq!(baseline.bytes_of(&another_pod), Some(35), "same workload");
+            let misses = [
+                Edge {
+                    port: 444,
+                    ..edge.clone()
+                },
+                Edge {
+                    pod_name: "api-6d8f9c7b5-x2k4q".into(),
+                    ..edge.clone()
+                },
+                Edge {
+                    pod_namespace: "other".into(),
+                    ..edge.clone()
+                },
+                Edge {
+                    comm: b"wget".to_vec(),
+                    exe: edge.exe.as_ref().map(|_| b"/usr/bin/wget".to_vec()),
+                    ..edge.clone()
+                },
+                Edge {
+                    direction: Direction::Inbound,
+                    ..edge.clone()
+                },
+                Edge {
+                    peer_addr: "203.0.113.8".parse().expect("ip"),
+                    ..edge.clone()
+                },
+            ];
+            for miss in misses {
+                assert_eq!(baseline.bytes_of(&miss), None, "{miss:?}");
+            }
         }
+        // The image is the exe, or the comm without one.
+        let by_comm = Baseline::of(&Activity {
+            edges: vec![Edge {
+                comm: b"/usr/bin/curl".to_vec(),
+                exe: None,
+                ..edge.clone()
+            }],
+            ..Activity::default()
+        });
+        assert_eq!(by_comm.bytes_of(&edge), Some(20));
     }
 
     #[test]

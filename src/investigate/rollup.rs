@@ -310,7 +310,7 @@ fn pod_hour<'m>(
 mod tests {
     use super::*;
     use crate::investigate::test_support::{flow, identity, process};
-    use crate::investigate::Activity;
+    use crate::investigate::{Activity, Baseline};
     use crate::model::FlowPhase;
 
     fn event(source: &Arc<CollectorIdentity>, at: u64, record: Record) -> Event {
@@ -321,24 +321,19 @@ mod tests {
         }
     }
 
-    /// Raw and rollup activity over [since, until] of `events` (hour-aligned window); with
-    /// `days`, the whole days of the window read from their pod-days.
-    fn both(events: &[Event], since: u64, until: u64, days: bool) -> (Activity, Activity) {
+    fn names_of(events: &[Event]) -> ProcessNames {
         let mut names = ProcessNames::default();
         for e in events {
             if let Record::Process(p) = &e.record {
                 names.add(&e.source, p);
             }
         }
-        let pods = PodDirectory::default();
-        let mut raw = Period::new(FlowFilter::default());
-        for e in events
-            .iter()
-            .filter(|e| (since..=until).contains(&e.received_at))
-        {
-            raw.add(e);
-        }
-        let raw = raw.activity(&names, &pods);
+        names
+    }
+
+    /// The pod-hours of `events`, by hour, from the start of their first day to the end of
+    /// their last.
+    fn hours_of(events: &[Event], names: &ProcessNames) -> Vec<(u64, Vec<PodHour>)> {
         let mut carry = Carry::new();
         let last = events.iter().map(|e| e.received_at).max().unwrap_or(0);
         let mut hours = Vec::new();
@@ -348,9 +343,26 @@ mod tests {
             for e in events.iter().filter(|e| hour_of(e.received_at) == hour) {
                 builder.add(e);
             }
-            hours.push((hour, builder.finish(hour, &names, &mut carry, 0).0));
+            hours.push((hour, builder.finish(hour, names, &mut carry, 0).0));
             hour += HOUR;
         }
+        hours
+    }
+
+    /// Raw and rollup activity over [since, until] of `events` (hour-aligned window); with
+    /// `days`, the whole days of the window read from their pod-days.
+    fn both(events: &[Event], since: u64, until: u64, days: bool) -> (Activity, Activity) {
+        let names = names_of(events);
+        let pods = PodDirectory::default();
+        let mut raw = Period::new(FlowFilter::default());
+        for e in events
+            .iter()
+            .filter(|e| (since..=until).contains(&e.received_at))
+        {
+            raw.add(e);
+        }
+        let raw = raw.activity(&names, &pods);
+        let hours = hours_of(events, &names);
         let mut merger = Merger::new(since, FlowFilter::default(), true);
         let mut i = 0;
         while i < hours.len() {
@@ -494,5 +506,72 @@ mod tests {
         }
         let (raw, _) = both(&events, 24 * HOUR, 48 * HOUR - 1, true);
         assert_eq!(raw.flows, 5);
+    }
+
+    #[test]
+    fn a_baseline_straight_from_the_merger_is_the_baseline_of_its_activity() {
+        // Two pods of one workload, each running curl: the same peer from both (one baseline
+        // edge of both pods' bytes), and a socket born before the window (counted with its
+        // last counters in it).
+        let web = identity("c1", "web-6d8f9c7b5-x2k4q", "10.0.0.5");
+        let other = identity("c2", "web-6d8f9c7b5-q8w2z", "10.0.0.6");
+        let mut events: Vec<Event> = [&web, &other]
+            .into_iter()
+            .map(|pod| {
+                event(
+                    pod,
+                    10,
+                    Record::Process(process(7, 70, 1, 10, "/usr/bin/curl")),
+                )
+            })
+            .collect();
+        for (pod, h, cookie, port, phase, sent) in [
+            (&web, 0, 1, 443, FlowPhase::Start, 10),
+            (&web, 1, 1, 443, FlowPhase::Update, 30),
+            (&web, 2, 1, 443, FlowPhase::End, 70),
+            (&other, 1, 2, 443, FlowPhase::End, 5),
+            (&other, 2, 3, 5432, FlowPhase::End, 9),
+            (&web, 2, 4, 8080, FlowPhase::End, 11),
+        ] {
+            at(&mut events, pod, (h, cookie, port), phase, sent);
+        }
+        let names = names_of(&events);
+        let hours = hours_of(&events, &names);
+        let merged = || {
+            let mut merger = Merger::new(HOUR, FlowFilter::default(), true);
+            for (hour, rows) in &hours {
+                if (HOUR..3 * HOUR).contains(hour) {
+                    for row in rows.clone() {
+                        merger.add(row);
+                    }
+                }
+            }
+            merger
+        };
+        let activity = merged()
+            .finish(&PodDirectory::default(), |_| Err(()), |_| Err(()))
+            .expect("decoded");
+        let direct = merged()
+            .baseline(|_| Err(()), |_| Err(()))
+            .expect("decoded");
+        let want = Baseline::of(&activity);
+        assert_eq!(direct.summary(), want.summary());
+        let mut edges: Vec<(String, Vec<u8>, u16, u64)> = direct
+            .summary()
+            .0
+            .into_iter()
+            .map(|(k, bytes)| (k.0 .1, k.1, k.4, bytes))
+            .collect();
+        edges.sort();
+        // Sent, and half of it received: cookie 1's 70 and cookie 2's 5 on 443.
+        let curl = || b"/usr/bin/curl".to_vec();
+        assert_eq!(
+            edges,
+            vec![
+                ("web".into(), curl(), 443, 105 + 7),
+                ("web".into(), curl(), 5432, 9 + 4),
+                ("web".into(), curl(), 8080, 11 + 5),
+            ]
+        );
     }
 }

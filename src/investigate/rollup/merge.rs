@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use super::{hour_of, EdgeRow, HourStarts, PodHour, STARTS};
 use crate::investigate::entities::PodDirectory;
-use crate::investigate::novelty::Activity;
+use crate::investigate::novelty::{Activity, Baseline};
 use crate::investigate::sockets::{top, Rank};
 use crate::investigate::{
     Edge, EdgeOrder, FlowFilter, HashMap, NewExecutable, NewListener, Talkers, MAX_EDGE_PIDS,
@@ -422,6 +422,55 @@ impl Merger {
                 .collect(),
             truncated: self.truncated,
         })
+    }
+
+    /// The window as a baseline: its edges summed per workload straight from the interned
+    /// ones, none built (a day's baseline holds a million edges: building each with its
+    /// strings, then its key, was most of a `new` answer). Executables and listeners still
+    /// encoded are decoded by `executable` and `listener`.
+    pub fn baseline<E>(
+        self,
+        executable: impl Fn(&[u8]) -> Result<NewExecutable, E>,
+        listener: impl Fn(&[u8]) -> Result<NewListener, E>,
+    ) -> Result<Baseline, E> {
+        let strings = &self.strings;
+        let mut baseline = Baseline::with_capacity(self.edges.iter().map(|(_, e)| e.len()).sum());
+        // The baseline's image id of each of the merger's strings, once known.
+        let mut images = vec![NO_STRING; strings.names.len()];
+        for (pod, edges) in &self.edges {
+            let workload = baseline.workload(
+                &String::from_utf8_lossy(strings.bytes(pod.namespace)),
+                &String::from_utf8_lossy(strings.bytes(pod.name)),
+            );
+            for (id, sum) in edges {
+                let name = if id.exe == NO_STRING { id.comm } else { id.exe };
+                let image = match images.get(name as usize) {
+                    Some(&known) if known != NO_STRING => known,
+                    _ => {
+                        let image = baseline.image(strings.bytes(name));
+                        if let Some(slot) = images.get_mut(name as usize) {
+                            *slot = image;
+                        }
+                        image
+                    }
+                };
+                baseline.edge(
+                    (workload, image),
+                    (id.direction, id.peer_addr, id.port),
+                    sum.bytes_sent + sum.bytes_received,
+                );
+            }
+        }
+        baseline.rest(&Activity {
+            edges: Vec::new(),
+            flows: self.flows,
+            executables: in_order(self.executables.into_values(), executable)?,
+            listeners: in_order(self.listeners.into_values(), listener)?,
+            processes: self.processes,
+            truncated: self.truncated,
+            starts: Vec::new(),
+        });
+        Ok(baseline)
     }
 }
 
