@@ -247,8 +247,8 @@ impl Investigator {
         let until = q.query.since.saturating_sub(1);
         let key = BaselineKey::of(q, baseline_since);
         let past = until < now_ns();
-        let baseline = match self.baselines.get(&key).filter(|_| past) {
-            Some(known) => known,
+        let (baseline, window) = match self.baselines.get(&key).filter(|_| past) {
+            Some(known) => (known, self.activity(q, names, (q, &mut pods), observe)?),
             None => {
                 let before = Question {
                     query: EventQuery {
@@ -258,14 +258,33 @@ impl Investigator {
                     },
                     ..q.clone()
                 };
-                let summary = Arc::new(self.baseline(&before, names, (q, &mut pods))?);
+                // The baseline on a second thread while this one reads the window: neither
+                // needs the other, and a day's `new` is both (a day of rollups and an hour of
+                // raw records, then another hour raw). Each makes its own pod directory if
+                // it reads raw records.
+                let (baseline, window) = std::thread::scope(|s| {
+                    let before = &before;
+                    let read = move || self.baseline(before, names, (q, &mut None));
+                    let apart = std::thread::Builder::new()
+                        .name("baseline".into())
+                        .spawn_scoped(s, read);
+                    let window = self.activity(q, names, (q, &mut pods), observe);
+                    let baseline = match apart {
+                        Ok(thread) => thread
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                        // No thread to be had: one after the other.
+                        Err(_) => self.baseline(before, names, (q, &mut pods)),
+                    };
+                    (baseline, window)
+                });
+                let summary = Arc::new(baseline?);
                 if past {
                     self.baselines.put(key, summary.clone());
                 }
-                summary
+                (summary, window?)
             }
         };
-        let window = self.activity(q, names, (q, &mut pods), observe)?;
         Ok(investigate::compare(
             &baseline,
             &window,
