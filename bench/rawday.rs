@@ -225,7 +225,15 @@ pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
         rollups: store::ROLLUP_RETENTION,
     };
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("raw.db");
+    // `PF_BENCH_RAW_KEEP=DIR` (SQLite): the day written there once and asked again on later
+    // runs, to profile a change without writing and rolling up the day each time (that day
+    // ends when it was written: not a figure to report).
+    let kept = std::env::var_os("PF_BENCH_RAW_KEEP").map(std::path::PathBuf::from);
+    let db = kept
+        .clone()
+        .unwrap_or_else(|| dir.path().to_path_buf())
+        .join("raw.db");
+    let reuse = kept.is_some() && db.exists();
     let server = crate::pgstore::Server::start();
     let mut backends = vec![("SQLite", StoreSpec::Sqlite(Some(db.clone())), None)];
     match &server {
@@ -254,7 +262,7 @@ pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
             },
         };
         let started = Instant::now();
-        {
+        if !(reuse && name == "SQLite") {
             let store = store::open(&options)?;
             fill(store.as_ref(), end)?;
         }
