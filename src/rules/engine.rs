@@ -222,16 +222,37 @@ impl Engine {
             if per_source.remove(&p.pid).is_some() {
                 self.cached -= 1;
             }
+            self.procs.by_slot[slot].exec_from.remove(&p.pid);
             return;
         }
         if self.cached >= PROC_CACHE_MAX {
             tracing::warn!(size = self.cached, "rule process cache full; starting over");
-            self.procs.by_slot.iter_mut().for_each(|s| s.procs.clear());
+            self.procs.by_slot.iter_mut().for_each(|s| {
+                s.procs.clear();
+                s.exec_from.clear();
+            });
             self.cached = 0;
         }
-        let Slot { procs, pipes, .. } = &mut self.procs.by_slot[slot];
-        if procs.insert(p.pid, p.clone()).is_none() {
-            self.cached += 1;
+        let Slot {
+            procs,
+            pipes,
+            exec_from,
+            ..
+        } = &mut self.procs.by_slot[slot];
+        let before = procs.insert(p.pid, p.clone());
+        match &before {
+            None => self.cached += 1,
+            Some(old)
+                if p.phase == crate::model::ProcessPhase::Exec
+                    && old.start_time == p.start_time
+                    && (old.comm != p.comm || old.exe != p.exe) =>
+            {
+                exec_from.insert(p.pid, (p.start_time, old.comm.clone()));
+            }
+            Some(_) => {}
+        }
+        if p.phase == crate::model::ProcessPhase::Start {
+            exec_from.remove(&p.pid);
         }
         if p.stdin_pipe.is_some() || p.stdout_pipe.is_some() {
             pipes.observe(p);

@@ -552,3 +552,54 @@ fn the_local_runs_host_rules_expect_a_builds_own_executions_in_tmp() {
         assert!(tmp_exec(&mut host(), &run_by(parent.clone())), "{parent:?}");
     }
 }
+
+/// `cargo run` in a /tmp checkout: cargo (through rustup's proxy) execs the program it built
+/// in its own place, so no build tool is its ancestor; rules/host reads the image it ran
+/// before (`proc.exec_from`). A shell exec'ing into a /tmp program still alerts, and so does
+/// a new process of the same pid.
+#[test]
+fn the_local_runs_host_rules_expect_cargo_run_exec_ing_its_program_in_tmp() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
+    let host =
+        || crate::rules::Engine::new(crate::rules::RuleSet::load(Some(&dir), true).expect("host"));
+    let program = "/tmp/tmp.Ldk/demo/target/debug/demo";
+    let toolchain = "/root/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/bin/cargo";
+    let bash = ancestor(40, 400, "bash", Some("/usr/bin/bash"), &["bash"]);
+    let image = |phase, comm: &str, exe: &str, argv: &[&str]| ProcessRecord {
+        phase,
+        ancestors: vec![bash.clone()],
+        ..process(981, comm, Some(exe), argv)
+    };
+    let cargo_run = [
+        image(
+            ProcessPhase::Start,
+            "cargo",
+            "/root/.cargo/bin/rustup",
+            &["cargo", "run"],
+        ),
+        image(ProcessPhase::Exec, "cargo", toolchain, &[toolchain, "run"]),
+        image(ProcessPhase::Exec, "demo", program, &[program]),
+    ];
+    let tmp_exec = |e: &mut crate::rules::Engine, records: &[ProcessRecord]| {
+        let records: Vec<Record> = records.iter().cloned().map(Record::Process).collect();
+        fired(e, &records, SEC).iter().any(|r| r == "PF-EXEC-TMP")
+    };
+    assert!(tmp_exec(&mut managed(), &cargo_run), "managed alone");
+    assert!(!tmp_exec(&mut host(), &cargo_run), "cargo run on the host");
+    let shell_exec = [
+        image(ProcessPhase::Start, "bash", "/usr/bin/bash", &["bash"]),
+        image(ProcessPhase::Exec, "demo", program, &[program]),
+    ];
+    assert!(
+        tmp_exec(&mut host(), &shell_exec),
+        "a shell exec'ing into /tmp"
+    );
+    // The same pid reused by another process: what cargo was is forgotten.
+    let reused = ProcessRecord {
+        start_time: 99_999,
+        ..image(ProcessPhase::Start, "demo", program, &[program])
+    };
+    let mut e = host();
+    assert!(!tmp_exec(&mut e, &cargo_run[..2]));
+    assert!(tmp_exec(&mut e, &[reused]), "a new process of the same pid");
+}

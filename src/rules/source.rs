@@ -15,6 +15,9 @@ use crate::model::ProcessRecord;
 #[derive(Default)]
 pub(super) struct Slot {
     pub(super) procs: FastMap<u32, ProcessRecord>,
+    /// Per pid, the start time and comm of the image the process ran before its last exec
+    /// (`cargo run` becomes the program it built, in place).
+    pub(super) exec_from: FastMap<u32, (u64, Vec<u8>)>,
     pub(super) listening: Listening,
     pub(super) pipes: Pipes,
 }
@@ -69,6 +72,15 @@ impl<'a> SourceView<'a> {
     /// Whether the process's parent (or the forks it descends from) owns a listener.
     pub(crate) fn parent_listens(self, p: &ProcessRecord) -> bool {
         self.slot.listening.parent_listens(p)
+    }
+
+    /// The comm of the image `p` ran before its last exec, as its records said.
+    pub(crate) fn exec_from(self, p: &ProcessRecord) -> Option<&'a [u8]> {
+        self.slot
+            .exec_from
+            .get(&p.pid)
+            .filter(|(start, _)| *start == p.start_time)
+            .map(|(_, comm)| comm.as_slice())
     }
 
     /// The names of what writes `p`'s stdin pipe (`curl` in `curl … | sh`), also through

@@ -41,6 +41,7 @@ pub enum Field {
     ParentComm,
     ParentCmdline,
     ParentListens,
+    ExecFrom,
     StdinWriterComm,
     StdoutReaderComm,
     PipelineCmdline,
@@ -115,6 +116,7 @@ pub(super) fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Fie
         "proc.pcomm" => (ParentComm, Ty::Bytes),
         "proc.pcmdline" => (ParentCmdline, Ty::Bytes),
         "proc.parent_listens" => (ParentListens, Ty::Bool),
+        "proc.exec_from" => (ExecFrom, Ty::Bytes),
         "proc.stdin_writer_comm" => (StdinWriterComm, Ty::Bytes),
         "proc.stdout_reader_comm" => (StdoutReaderComm, Ty::Bytes),
         "proc.pipeline_cmdline" => (PipelineCmdline, Ty::Bytes),
@@ -303,6 +305,11 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .zip(c.source)
             .map(|(p, s)| Val::Bool(s.parent_listens(p)))
             .unwrap_or(Val::Null),
+        ExecFrom => p
+            .zip(c.source)
+            .and_then(|(p, s)| s.exec_from(p))
+            .map(b)
+            .unwrap_or(Val::Null),
         StdinWriterComm => p
             .zip(c.source)
             .and_then(|(p, s)| s.stdin_writers(p).telling())
@@ -436,6 +443,7 @@ pub(super) const FIELD_NAMES: &[&str] = &[
     "proc.pcomm",
     "proc.pcmdline",
     "proc.parent_listens",
+    "proc.exec_from",
     "proc.stdin_writer_comm",
     "proc.stdout_reader_comm",
     "proc.pipeline_cmdline",
