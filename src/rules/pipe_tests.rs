@@ -224,3 +224,85 @@ fn a_download_through_many_filters_into_a_shell_is_seen() {
     records.push(side(502, "sh", false, Some(100 + u64::from(n)), None));
     assert_eq!(download_shells(&records), 1);
 }
+
+/// A pipeline side run with its own command line (`python3 -c …`).
+fn side_argv(pid: u32, argv: &[&str], stdin: Option<u64>, stdout: Option<u64>) -> Record {
+    let mut r = side(pid, argv[0], false, stdin, stdout);
+    if let Record::Process(p) = &mut r {
+        p.argv = argv.iter().map(|a| a.as_bytes().to_vec()).collect();
+    }
+    r
+}
+
+/// A download read as data by an interpreter whose program is on its command line — the
+/// JSON a CI job parses (`curl … | python3 -c 'import json,sys; …'`, `| python3 -m
+/// json.tool`, `| awk -F: …`, `| perl -ne …`, `| node -e …`), also through a filter — is
+/// not a download into an interpreter, in either order of the execs; the same
+/// interpreters reading their program from the download still are. Before, every
+/// interpreter on a downloader's pipe fired, whatever its command line.
+#[test]
+fn an_interpreter_with_its_program_on_its_command_line_reads_a_download_as_data() {
+    let program = "import json,sys; print(json.load(sys.stdin)['tag_name'])";
+    let readers: [&[&str]; 6] = [
+        &["python3", "-c", program],
+        &["python3", "-m", "json.tool"],
+        &["awk", "-F:", "{print $2}"],
+        &["perl", "-ne", "print if /tag/"],
+        &["node", "-e", "let d='';process.stdin.on('data',c=>d+=c)"],
+        &["python3", "/usr/local/bin/parse.py"],
+    ];
+    for argv in readers {
+        let curl = side(501, "curl", false, None, Some(9));
+        let reader = side_argv(502, argv, Some(9), None);
+        for order in [[&curl, &reader], [&reader, &curl]] {
+            let records: Vec<Record> = order.into_iter().cloned().collect();
+            assert_eq!(download_shells(&records), 0, "{argv:?}: {records:?}");
+        }
+        let gunzip = side(512, "gunzip", false, Some(19), Some(20));
+        let filtered = [
+            side(511, "curl", false, None, Some(19)),
+            side_argv(513, argv, Some(20), None),
+            gunzip,
+        ];
+        assert_eq!(download_shells(&filtered), 0, "{argv:?} behind a filter");
+    }
+    let fed: [&[&str]; 6] = [
+        &["python3"],
+        &["python3", "-"],
+        &["python3", "-u", "/dev/stdin"],
+        &["python3", "-c", "import sys; exec(sys.stdin.read())"],
+        &["perl", "-e", "eval join '', <STDIN>"],
+        &["awk", "{ system($0) }"],
+    ];
+    for argv in fed {
+        let curl = side(501, "curl", false, None, Some(9));
+        let reader = side_argv(502, argv, Some(9), None);
+        for order in [[&curl, &reader], [&reader, &curl]] {
+            let records: Vec<Record> = order.into_iter().cloned().collect();
+            assert_eq!(download_shells(&records), 1, "{argv:?}: {records:?}");
+        }
+    }
+}
+
+/// A shell read while exiting (its command line and exe already gone: a pyenv shim's
+/// `$(…)` subshell) on a downloader's pipe cannot be told from a fork of its parent: it
+/// is judged on neither side. Before, it fired as a download into a shell.
+#[test]
+fn a_shell_read_while_exiting_on_a_downloads_pipe_is_not_judged() {
+    let gone = |pid: u32, stdin: Option<u64>| {
+        let mut r = side_argv(pid, &["bash"], stdin, None);
+        if let Record::Process(p) = &mut r {
+            p.argv.clear();
+            p.exe = None;
+            p.exe_unavailable = crate::model::Unavailable::ProcessGone;
+        }
+        r
+    };
+    let curl = side(501, "curl", false, None, Some(9));
+    for order in [
+        [curl.clone(), gone(502, Some(9))],
+        [gone(502, Some(9)), curl],
+    ] {
+        assert_eq!(download_shells(&order), 0, "{order:?}");
+    }
+}

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::lang::names;
 use super::stateful::HashMap as FastMap;
 use crate::model::{ProcessRecord, UnixNanos};
 
@@ -92,10 +93,14 @@ struct End {
     /// A fork still running its parent's image: the shell setting up a pipeline before
     /// each side execs is not yet what runs there.
     forked_no_exec: bool,
+    /// A shell or interpreter whose program is on its command line (`python3 -c …`,
+    /// `awk '…'`, `bash script.sh`), or a process whose command line was not read: as a
+    /// pipe's reader it is not named as what the pipe feeds.
+    program_in_argv: bool,
 }
 
 impl End {
-    fn of(p: &ProcessRecord) -> End {
+    fn of(p: &ProcessRecord, program_in_argv: bool) -> End {
         let mut comm = [0u8; 16];
         let len = p.comm.len().min(comm.len());
         comm[..len].copy_from_slice(&p.comm[..len]);
@@ -105,6 +110,7 @@ impl End {
             comm,
             comm_len: len as u8,
             forked_no_exec: p.forked_no_exec,
+            program_in_argv,
         }
     }
 
@@ -168,6 +174,12 @@ impl Pipes {
     /// carried on when the rules ask about it (exec'd processes only: a fork still runs
     /// its parent's image, whatever its name).
     fn end(&mut self, at: u64, p: &ProcessRecord, way: Way) {
+        // Only a reader's program matters (what the pipe feeds), and only to the rules. A
+        // process read while exiting shows no command line: whether it exec'd a shell or
+        // is a fork of one (a version shim's `$(…)` subshell) cannot be told, and it is
+        // not named either.
+        let program_in_argv = matches!(way, Way::Up)
+            && (p.argv.is_empty() || names::program_in_argv(&p.comm, &p.argv));
         let pipe = self.pipes.entry(at).or_default();
         let (end, names) = match way {
             Way::Down => (&mut pipe.writer, &self.tracked.writers),
@@ -175,10 +187,10 @@ impl Pipes {
         };
         match end {
             Some(end) if !end.yields_to(p) => {}
-            _ => *end = Some(End::of(p)),
+            _ => *end = Some(End::of(p, program_in_argv)),
         }
         let bit = Tracked::bit(names, &p.comm);
-        if !p.forked_no_exec && bit != 0 {
+        if !p.forked_no_exec && bit != 0 && !program_in_argv {
             self.carry(at, bit, way);
         }
     }
@@ -273,7 +285,12 @@ impl Pipes {
     pub(super) fn readers_of<'a>(&'a self, p: &ProcessRecord) -> Names<'a> {
         let pipe = p.stdout_pipe.and_then(|o| self.pipes.get(&o));
         Names {
-            first: pipe.and_then(|x| x.reader.as_ref()?.other_than(p)),
+            first: pipe.and_then(|x| {
+                x.reader
+                    .as_ref()
+                    .filter(|r| !r.program_in_argv)?
+                    .other_than(p)
+            }),
             names: &self.tracked.readers,
             bits: pipe.map_or(0, |x| x.feeds),
         }

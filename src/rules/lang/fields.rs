@@ -45,6 +45,7 @@ pub enum Field {
     StdinWriterComm,
     StdoutReaderComm,
     PipelineCmdline,
+    ProgramInArgv,
     // ancestor inside any(...)
     AComm,
     AExe,
@@ -120,6 +121,7 @@ pub(super) fn resolve(name: &str, kind: RecordKind, in_any: bool) -> Option<(Fie
         "proc.stdin_writer_comm" => (StdinWriterComm, Ty::Bytes),
         "proc.stdout_reader_comm" => (StdoutReaderComm, Ty::Bytes),
         "proc.pipeline_cmdline" => (PipelineCmdline, Ty::Bytes),
+        "proc.program_in_argv" => (ProgramInArgv, Ty::Bool),
         "a.comm" if in_any => (AComm, Ty::Bytes),
         "a.exe" if in_any => (AExe, Ty::Bytes),
         "a.pid" if in_any => (APid, Ty::Int),
@@ -324,6 +326,9 @@ pub fn get<'a>(f: Field, c: &Ctx<'a>) -> Val<'a> {
             .zip(c.source)
             .map(|(p, s)| Val::Bytes(std::borrow::Cow::Owned(s.pipeline(p))))
             .unwrap_or(Val::Null),
+        ProgramInArgv => p
+            .map(|p| Val::Bool(names::program_in_argv(&p.comm, &p.argv)))
+            .unwrap_or(Val::Null),
         ParentCmdline => p
             .and_then(|p| p.ancestors.first())
             .map(|a| Val::Bytes(std::borrow::Cow::Owned(a.argv.join(&b' '))))
@@ -447,6 +452,7 @@ pub(super) const FIELD_NAMES: &[&str] = &[
     "proc.stdin_writer_comm",
     "proc.stdout_reader_comm",
     "proc.pipeline_cmdline",
+    "proc.program_in_argv",
     "fd.rip",
     "fd.raddr",
     "fd.rport",

@@ -61,3 +61,56 @@ fn a_packet_socket_fires_in_both_access_modes_and_other_sockets_do_not() {
     let sniffer = HashSet::from([kids.0[0].id()]);
     assert!(fired_on(&all, "PF-PACKET-SOCKET", &sniffer), "{all:?}");
 }
+
+/// A sniffer in a network namespace of its own (`unshare -rn`: an unprivileged user gets
+/// CAP_NET_RAW there), whose socket is not in the pod's /proc/net/packet: read through
+/// /proc/PID/net/packet, it fires for a collector without privileges (the uid named) and
+/// on the sniffer itself for one that can read its fds; a process in a namespace of its
+/// own with other sockets only raises nothing. Before, both sniffers went unseen.
+#[test]
+fn a_packet_socket_in_a_namespace_of_its_own_fires_in_both_access_modes() {
+    let ns = Netns::new("u", &["pod"]);
+    let in_ns = ["ip", "netns", "exec", ns.name(0)];
+    let unshared = |code: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(0),
+                "unshare",
+                "-rn",
+                PY,
+                "-c",
+                code,
+            ])
+            .spawn()
+            .expect("python in a namespace of its own")
+    };
+    let unprivileged: Vec<&str> = in_ns.iter().chain(UNPRIVILEGED.iter()).copied().collect();
+
+    let (records, _kids) = observe(&unprivileged, || Kids(vec![unshared(OTHERS)]));
+    let all = alerts(&records);
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, Record::Listener(l) if l.protocol == Protocol::Packet)),
+        "{records:?}"
+    );
+    assert!(
+        !all.iter().any(|(r, _, _)| r == "PF-PACKET-SOCKET"),
+        "{all:?}"
+    );
+
+    let (records, _kids) = observe(&unprivileged, || Kids(vec![unshared(SNIFFER)]));
+    let all = alerts(&records);
+    assert!(
+        all.iter()
+            .any(|(r, _, out)| r == "PF-PACKET-SOCKET" && out.contains("uid=0")),
+        "{all:?}"
+    );
+
+    let (records, kids) = observe(&in_ns, || Kids(vec![unshared(SNIFFER)]));
+    let all = alerts(&records);
+    let sniffer = HashSet::from([kids.0[0].id()]);
+    assert!(fired_on(&all, "PF-PACKET-SOCKET", &sniffer), "{all:?}");
+}

@@ -5,6 +5,8 @@
 
 use std::process::{Command, Stdio};
 
+use procflow::model::Record;
+
 use super::{alerts, download_twins, family, fired_on, observe, scratch_dir, serve_dir, sh_file};
 use crate::util::Kids;
 
@@ -80,5 +82,73 @@ fn a_download_piped_into_a_shell_from_a_script_or_a_terminal_fires_by_its_pipe()
             !fired_on(&all, "PF-DOWNLOAD-SHELL", &benign),
             "{what}: {all:?}"
         );
+    }
+}
+
+/// A CI job's download read as data by an interpreter given its program on its command
+/// line — `curl … | python3 -c 'import json,sys; …'`, `| python3 -m json.tool`,
+/// `| awk '{print $1}'` — from a script file (the pipe alone tells) and from `sh -c` (the
+/// parent's command line tells too): no download into a shell, with fd access or without.
+/// Before, each raised PF-DOWNLOAD-SHELL; the same script piping into `python3 -` still does.
+#[test]
+fn a_download_parsed_by_an_interpreter_one_liner_is_not_a_download_into_a_shell() {
+    let dir = scratch_dir();
+    std::fs::write(dir.path().join("x.json"), "{\"tag_name\": \"v1\"}\n").expect("json");
+    std::fs::write(dir.path().join("x.py"), "import time; time.sleep(2)\n").expect("py");
+    let (_server, port) = serve_dir(dir.path());
+    let url = format!("http://127.0.0.1:{port}");
+    let parse = "import json,sys; print(json.load(sys.stdin)['tag_name'])";
+    for prefix in [&[][..], &crate::util::UNPRIVILEGED[..]] {
+        let (records, kids) = observe(prefix, || {
+            Kids(vec![
+                sh_file(
+                    dir.path(),
+                    "parse.sh",
+                    &format!(
+                        "curl -fsS --limit-rate 2k {url}/x.json | python3 -c \"{parse}\"\ncurl -fsS --limit-rate 2k {url}/x.json | python3 -m json.tool\ncurl -fsS --limit-rate 2k {url}/x.json | awk '{{print $1}}'\nsleep 1\n"
+                    ),
+                ),
+                Command::new("sh")
+                    .args([
+                        "-c",
+                        &format!("curl -fsS --limit-rate 2k {url}/x.json | python3 -c \"{parse}\"; sleep 1"),
+                    ])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("sh"),
+                sh_file(
+                    dir.path(),
+                    "attack.sh",
+                    &format!("curl -fsS --limit-rate 2k {url}/x.py | /usr/bin/python3 -\n"),
+                ),
+            ])
+        });
+        let all = alerts(&records);
+        let benign = family(&[kids.0[0].id(), kids.0[1].id()], &records);
+        let parsers = records
+            .iter()
+            .filter(|r| matches!(r, Record::Process(p) if benign.contains(&p.pid) && (p.comm.starts_with(b"python") || p.comm == b"awk")))
+            .count();
+        assert!(parsers > 0, "{prefix:?}: no parser seen");
+        for r in &records {
+            if let Record::Process(p) = r {
+                if benign.contains(&p.pid) && all.iter().any(|(_, a, _)| *a == Some(p.pid)) {
+                    eprintln!(
+                        "benign alerted: {}",
+                        serde_json::to_string(p).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        for rule in ["PF-DOWNLOAD-SHELL", "PF-DOWNLOAD-SHELL-SIBLINGS"] {
+            assert!(!fired_on(&all, rule, &benign), "{prefix:?}: {all:?}");
+        }
+        if prefix.is_empty() {
+            let attack = family(&[kids.0[2].id()], &records);
+            assert!(
+                fired_on(&all, "PF-DOWNLOAD-SHELL", &attack),
+                "{prefix:?}: {all:?}"
+            );
+        }
     }
 }
