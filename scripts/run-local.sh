@@ -31,7 +31,9 @@ fi
 pids=()
 cleanup() {
   trap - INT TERM EXIT
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Only the jobs still running: a pid of one that already ended may belong to another
+  # process by now (pid_max can be 32768, and a busy host wraps it in minutes).
+  for pid in $(jobs -pr); do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   echo
   echo "procflow stopped. Stored records stay in $DATA_DIR (query them with: $BIN query --aggregator http://$LISTEN --token-file $TOKEN_FILE --since 1h after 'make run')."

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use procflow::codec::EncodedBatch;
@@ -22,6 +22,8 @@ pub struct Aggregator {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Launches so far: each says once in the (appended) log that it serves.
+    launches: usize,
 }
 
 impl Aggregator {
@@ -31,7 +33,7 @@ impl Aggregator {
     }
 
     pub fn start_on(port: u16, extra: &[&str]) -> Aggregator {
-        let a = Aggregator::launch_on(port, extra);
+        let mut a = Aggregator::launch_on(port, extra);
         a.wait_listening(Duration::from_secs(20));
         a
     }
@@ -52,6 +54,7 @@ impl Aggregator {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            launches: 0,
         };
         a.launch();
         a
@@ -62,11 +65,33 @@ impl Aggregator {
         TcpStream::connect(("127.0.0.1", self.port)).is_ok()
     }
 
-    /// Waits up to `wait` for it to accept connections.
-    pub fn wait_listening(&self, wait: Duration) {
+    /// Waits up to `wait` for it to accept connections: its own listener, said in its log,
+    /// not whatever else answers on the port (a port can be taken between being chosen and
+    /// bound; a test would then talk to a stranger and fail far from the cause).
+    pub fn wait_listening(&mut self, wait: Duration) {
         let deadline = Instant::now() + wait;
-        while !self.is_listening() {
-            assert!(Instant::now() < deadline, "aggregator did not start");
+        let serving = format!("aggregator serving listen=127.0.0.1:{}", self.port);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "aggregator on port {} exited ({status}) before serving:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            if self.log().matches(&serving).count() >= self.launches && self.is_listening() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aggregator on port {} did not start:\n{}",
+                self.port,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -81,11 +106,13 @@ impl Aggregator {
             ])
             .arg(self.dir.path())
             .args(&self.extra)
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(self.log_file())
             .spawn()
             .expect("start aggregator");
         self.child = Some(child);
+        self.launches += 1;
     }
 
     /// Where its log goes (appended across restarts), beside its data.
@@ -170,16 +197,41 @@ impl Drop for Aggregator {
     }
 }
 
-/// N distinct free ports (held together while chosen, so they differ).
+/// N distinct ports, free when chosen, that nothing else on this host is handed meanwhile.
+///
+/// They come from below the ephemeral range: a port of that range, released here before the
+/// aggregator binds it, can meanwhile become a neighbour test's `bind(0)` listener or the source
+/// port of one of its connections (a test opening a thousand streams takes a thousand), and the
+/// aggregator then fails to bind while the test talks to whatever holds the port. Distinct
+/// within this process by a counter; apart from other test processes by a start drawn from
+/// the pid; free when chosen by a bind.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, span) = ports_below_ephemeral();
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
     let mut ports = [0u16; N];
-    for (p, l) in ports.iter_mut().zip(&listeners) {
-        *p = l.local_addr().expect("addr").port();
+    for p in &mut ports {
+        *p = (0..span)
+            .map(|_| low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span)
+            .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok())
+            .expect("a free port below the ephemeral range") as u16;
     }
     ports
+}
+
+/// The ports below the host's ephemeral range (`ip_local_port_range`) this suite draws from:
+/// up to 12,000 of them, none under 10,000.
+fn ports_below_ephemeral() -> (u32, u32) {
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let low = ephemeral_low.saturating_sub(12_000).max(10_000);
+    assert!(
+        ephemeral_low > low + 1_000,
+        "the ephemeral range starts at {ephemeral_low}: too few ports below it for the tests"
+    );
+    (low, ephemeral_low - low)
 }
 
 pub(crate) fn identity(id: &str) -> CollectorIdentity {

@@ -110,7 +110,7 @@ fn the_database_down_at_start_collectors_spool_and_nothing_is_lost() {
     server.stop();
     let [port] = free_ports::<1>();
     let password = server.password_file();
-    let agg = Aggregator::launch_on(
+    let mut agg = Aggregator::launch_on(
         port,
         &[
             "--store",
