@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use procflow::aggregator::store::{Retention, Store};
+use procflow::fixtures;
 use procflow::model::{
-    AlertRecord, Attribution, CollectorIdentity, Direction, EndReason, Event, Family, FlowPhase,
-    FlowRecord, Heartbeat, ProcessPhase, ProcessRecord, Protocol, Record, Scope, Severity,
-    Unavailable,
+    AlertRecord, CollectorIdentity, Direction, EndReason, Event, FlowPhase, FlowRecord, Heartbeat,
+    ProcessRecord, Record, Scope, Severity,
 };
 
 const HOUR_NS: u64 = 3_600_000_000_000;
@@ -38,38 +38,15 @@ fn identity(ns: usize, i: usize) -> Arc<CollectorIdentity> {
 
 pub(crate) fn process(pid: u32, start: u64, ppid: u32, comm: &str, argv: &[&str]) -> ProcessRecord {
     ProcessRecord {
-        pid,
         start_time: start,
         ppid,
         parent_start_time: Some(1),
-        phase: ProcessPhase::Start,
-        comm: comm.as_bytes().to_vec(),
         exe: Some(format!("/usr/bin/{comm}").into_bytes()),
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        cwd: None,
-        uid: 1000,
-        gid: 1000,
-        euid: 1000,
-        egid: 1000,
-        tty: None,
         session_id: 1,
         pgid: 1,
-        container_id: None,
-        pod_uid: None,
-        exit_time: None,
-        ancestors: Vec::new(),
-        exe_unavailable: Unavailable::Unspecified,
-        cwd_unavailable: Unavailable::Unspecified,
-        exe_deleted: false,
-        seen_at_exit_only: false,
-        preexisting: false,
         stdio_is_socket: Some(false),
-        stdio_socket_inodes: Vec::new(),
-        forked_no_exec: false,
-        exe_replaced: None,
-        stdin_pipe: None,
-        stdout_pipe: None,
-        comm_is_exe_link: false,
+        ..fixtures::process(pid, comm.as_bytes())
     }
 }
 
@@ -86,18 +63,17 @@ fn flow(
     pid: u32,
     start: u64,
 ) -> FlowRecord {
+    let end = phase == FlowPhase::End;
+    let inbound = direction == Direction::Inbound;
     FlowRecord {
-        cookie,
-        protocol: Protocol::Tcp,
-        family: Family::Ipv4,
         local_addr: std::net::IpAddr::from([10, 1, 0, 1]),
-        local_port: if direction == Direction::Inbound {
+        local_port: if inbound {
             8080
         } else {
             40_000 + (cookie % 20_000) as u16
         },
         remote_addr: Some(peer),
-        remote_port: Some(if direction == Direction::Inbound {
+        remote_port: Some(if inbound {
             50_000 + (cookie % 10_000) as u16
         } else {
             port
@@ -105,39 +81,20 @@ fn flow(
         direction,
         scope,
         phase,
-        state: if phase == FlowPhase::End {
-            "CLOSE".into()
-        } else {
-            "ESTABLISHED".into()
-        },
-        preexisting: false,
-        bytes_sent: Some(if phase == FlowPhase::End { bytes } else { 0 }),
-        bytes_received: Some(if phase == FlowPhase::End {
-            bytes / 3
-        } else {
-            0
-        }),
-        segs_out: None,
-        segs_in: None,
-        retransmits: None,
-        total_retrans: None,
-        rtt_us: None,
+        state: if end { "CLOSE" } else { "ESTABLISHED" }.into(),
+        bytes_sent: Some(if end { bytes } else { 0 }),
+        bytes_received: Some(if end { bytes / 3 } else { 0 }),
         first_seen: at,
         last_seen: at,
-        ended_at: (phase == FlowPhase::End).then_some(at),
-        uid: Some(1000),
-        inode: Some(cookie),
+        ended_at: end.then_some(at),
         pid: Some(pid),
         process_start_time: Some(start),
-        attribution: Attribution::Fd,
-        end_reason: if phase == FlowPhase::End {
+        end_reason: if end {
             EndReason::DestroyEvent
         } else {
             EndReason::Unspecified
         },
-        reset: false,
-        peer_scrubbed: false,
-        cgroup_id: None,
+        ..fixtures::flow(cookie)
     }
 }
 

@@ -419,16 +419,17 @@ fn a_scripts_download_into_a_shell_is_seen_by_its_siblings_without_fd_access() {
     }
 }
 
+/// The managed set with rules/host, as `make run` loads it (the managed set, then that
+/// directory's rules and exceptions).
+fn host() -> crate::rules::Engine {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
+    crate::rules::Engine::new(crate::rules::RuleSet::load(Some(&dir), true).expect("rules/host"))
+}
+
 /// `make run` watches a host, not a pod: rules/host expects the host's own package
 /// upgrades (no container in their cgroup) and still alerts on one inside a container.
 #[test]
 fn the_local_runs_host_rules_expect_the_hosts_package_upgrades_only() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
-    let host = || {
-        crate::rules::Engine::new(
-            crate::rules::RuleSet::load(Some(&dir), true).expect("rules/host"),
-        )
-    };
     let apt = ProcessRecord {
         uid: 0,
         euid: 0,
@@ -458,9 +459,7 @@ fn the_local_runs_host_rules_expect_the_hosts_package_upgrades_only() {
 /// LXD container's root (host uid 1000000) or `pip install` by a host user raised nothing.
 #[test]
 fn the_local_runs_host_rules_alert_on_a_package_manager_in_an_unnamed_container() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
-    let mut host =
-        crate::rules::Engine::new(crate::rules::RuleSet::load(Some(&dir), true).expect("host"));
+    let mut host = host();
     for cgroup in [
         &b"0::/lxc.payload.web/system.slice/apt-daily-upgrade.service\n"[..],
         b"0::/machine.slice/systemd-nspawn@deb.service/payload/system.slice/x.service\n",
@@ -492,9 +491,6 @@ fn the_local_runs_host_rules_alert_on_a_package_manager_in_an_unnamed_container(
 /// fake build tool in /tmp still alert.
 #[test]
 fn the_local_runs_host_rules_expect_a_builds_own_executions_in_tmp() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
-    let host =
-        || crate::rules::Engine::new(crate::rules::RuleSet::load(Some(&dir), true).expect("host"));
     let script = "/tmp/tmp.Ldk/demo/target/debug/build/demo-40c6/build-script-build";
     let run_by = |parent: Ancestor| ProcessRecord {
         ancestors: vec![
@@ -559,9 +555,6 @@ fn the_local_runs_host_rules_expect_a_builds_own_executions_in_tmp() {
 /// a new process of the same pid.
 #[test]
 fn the_local_runs_host_rules_expect_cargo_run_exec_ing_its_program_in_tmp() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/host");
-    let host =
-        || crate::rules::Engine::new(crate::rules::RuleSet::load(Some(&dir), true).expect("host"));
     let program = "/tmp/tmp.Ldk/demo/target/debug/demo";
     let toolchain = "/root/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/bin/cargo";
     let bash = ancestor(40, 400, "bash", Some("/usr/bin/bash"), &["bash"]);
