@@ -71,17 +71,22 @@ struct Packets {
 /// where a sniffer's socket is not in the pod's /proc/net/packet). Any user reads a
 /// process's `/proc/PID/net/packet`, which is its namespace's table, and `stat` of it
 /// names the namespace by inode (`/proc/PID/ns/net` needs ptrace access). Each such
-/// table is read once per pass, through the first process found in it; init's namespace
-/// is not (a collector in a pod namespace that sees a host's processes, as the bench's
-/// does, is not watching the host's network).
+/// table is read once per pass, through one process found in it; init's namespace is not
+/// (a collector in a pod namespace that sees a host's processes, as the bench's does, is
+/// not watching the host's network). Past [`FOREIGN_NETS_MAX`] namespaces a pass reads the
+/// next ones after the last pass's, in inode order: a workload that makes decoy namespaces
+/// delays when its sniffer's is read, never hides it.
 struct ForeignNets {
     /// The inode of the collector's own namespace's table (`None`: not known, nothing
     /// is read beyond the own table).
     own: Option<u64>,
     /// The inode of pid 1's namespace's table, when pid 1 is visible.
     init: Option<u64>,
-    /// Scratch: the namespaces read in this pass, and one table's lines.
-    seen: Vec<u64>,
+    /// Scratch: every other namespace found in this pass, by inode, with a pid in it.
+    found: Vec<(u64, u32)>,
+    /// The inode of the last namespace read when a pass could not read them all.
+    cursor: u64,
+    /// Scratch: one table's lines.
     lines: Vec<PacketLine>,
     buf: Vec<u8>,
 }
@@ -99,15 +104,17 @@ impl ForeignNets {
             init: std::fs::metadata("/proc/1/net/packet")
                 .map(|m| m.ino())
                 .ok(),
-            seen: Vec::new(),
+            found: Vec::new(),
+            cursor: 0,
             lines: Vec::new(),
             buf: Vec::new(),
         }
     }
 
-    /// Appends the packet sockets of every other namespace a process lives in to `out`;
-    /// how many tables could not be read whole (a process that exited on the way, a
-    /// namespace past the bound, malformed lines).
+    /// Appends the packet sockets of every other namespace a process lives in to `out`
+    /// (at most [`FOREIGN_NETS_MAX`] of them, see [`ForeignNets`]); how many tables could not
+    /// be read whole (a process that exited on the way, namespaces past the bound, malformed
+    /// lines).
     fn read(&mut self, out: &mut Vec<PacketLine>) -> u64 {
         use std::io::Read;
         use std::os::unix::fs::MetadataExt;
@@ -115,33 +122,36 @@ impl ForeignNets {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return 1;
         };
-        self.seen.clear();
-        let mut unread = 0;
+        self.found.clear();
         for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
+            let Some(pid) = entry
+                .file_name()
                 .to_str()
-                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u32>().ok())
             else {
                 continue;
             };
-            let table = format!("/proc/{pid}/net/packet");
-            let Ok(net) = std::fs::metadata(&table).map(|m| m.ino()) else {
+            let Ok(net) = std::fs::metadata(format!("/proc/{pid}/net/packet")).map(|m| m.ino())
+            else {
                 continue; // exited, or a kernel thread
             };
-            if net == own || self.seen.contains(&net) {
-                continue;
+            if net != own && Some(net) != self.init {
+                self.found.push((net, pid));
             }
-            if self.seen.len() >= FOREIGN_NETS_MAX {
-                unread += 1;
-                continue;
-            }
-            self.seen.push(net);
-            if Some(net) == self.init {
-                continue;
-            }
+        }
+        self.found.sort_unstable_by_key(|&(net, _)| net);
+        self.found.dedup_by_key(|&mut (net, _)| net);
+        let n = self.found.len();
+        let (start, count) = rotation(&self.found, self.cursor, FOREIGN_NETS_MAX);
+        let mut unread = (n - count) as u64;
+        if count > 0 {
+            self.cursor = self.found[(start + count - 1) % n].0;
+        }
+        for i in (0..count).map(|i| (start + i) % n) {
+            let pid = self.found[i].1;
             self.buf.clear();
-            let read = std::fs::File::open(&table).and_then(|mut f| f.read_to_end(&mut self.buf));
+            let read = std::fs::File::open(format!("/proc/{pid}/net/packet"))
+                .and_then(|mut f| f.read_to_end(&mut self.buf));
             if read.is_err() {
                 unread += 1;
                 continue;
@@ -151,6 +161,17 @@ impl ForeignNets {
         }
         unread
     }
+}
+
+/// Which of `found` (sorted by inode) a pass reads, as the first index and how many from it,
+/// wrapping around: all of them when they are at most `max`, else `max` from the first
+/// inode after `cursor`.
+fn rotation(found: &[(u64, u32)], cursor: u64, max: usize) -> (usize, usize) {
+    let n = found.len();
+    if n <= max {
+        return (0, n);
+    }
+    (found.partition_point(|&(net, _)| net <= cursor) % n, max)
 }
 
 /// The packet sockets of the reader's network namespace (`/proc/net` is `/proc/self/net`).
@@ -446,3 +467,30 @@ fn timewait_successor(dumper: &mut Dumper, socket: &SocketInfo) -> bool {
 
 /// How long after the trigger last moved the engine keeps checking at the churn interval.
 const CHURN_HOLD: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::rotation;
+
+    #[test]
+    fn namespaces_past_the_bound_are_read_in_turn_never_left_out() {
+        let found: Vec<(u64, u32)> = (1..=10).map(|net| (net * 100, net as u32)).collect();
+        assert_eq!(rotation(&found, 0, 64), (0, 10), "all when under the bound");
+        assert_eq!(rotation(&found[..0], 0, 4), (0, 0));
+        // Four a pass from the start, then on after the last one read, wrapping around.
+        let mut cursor = 0;
+        let mut read = Vec::new();
+        for _ in 0..3 {
+            let (start, count) = rotation(&found, cursor, 4);
+            let pass: Vec<u64> = (0..count).map(|i| found[(start + i) % 10].0).collect();
+            cursor = *pass.last().expect("read some");
+            read.push(pass);
+        }
+        assert_eq!(read[0], [100, 200, 300, 400]);
+        assert_eq!(read[1], [500, 600, 700, 800]);
+        assert_eq!(read[2], [900, 1000, 100, 200]);
+        // The cursor's namespace gone: on from the next inode after it.
+        assert_eq!(rotation(&found, 450, 4), (4, 4));
+        assert_eq!(rotation(&found, 5000, 4), (0, 4));
+    }
+}

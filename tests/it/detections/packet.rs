@@ -114,3 +114,51 @@ fn a_packet_socket_in_a_namespace_of_its_own_fires_in_both_access_modes() {
     let sniffer = HashSet::from([kids.0[0].id()]);
     assert!(fired_on(&all, "PF-PACKET-SOCKET", &sniffer), "{all:?}");
 }
+
+/// Decoys first: 80 processes, each in a network namespace of its own, then a sniffer in one
+/// more. A pass reads 64 other namespaces' tables at most; before, it read the first 64 in
+/// /proc's order every time (the decoys, started first) and never the sniffer's.
+#[test]
+fn a_sniffer_behind_decoy_namespaces_is_still_seen() {
+    const DECOYS: usize = 80;
+    let ns = Netns::new("d", &["pod"]);
+    let in_ns = ["ip", "netns", "exec", ns.name(0)];
+    let unshared = |program: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(0), "unshare", "-rn"])
+            .args(program)
+            .spawn()
+            .expect("a process in a namespace of its own")
+    };
+    let net_of = |pid: u32| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/net/packet")).map(|m| m.ino())
+    };
+    let unprivileged: Vec<&str> = in_ns.iter().chain(UNPRIVILEGED.iter()).copied().collect();
+    let (records, _kids) = observe(&unprivileged, || {
+        let decoys: Vec<_> = (0..DECOYS).map(|_| unshared(&["sleep", "10"])).collect();
+        // Each in its own namespace before the sniffer starts.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let nets: HashSet<u64> = decoys.iter().filter_map(|d| net_of(d.id()).ok()).collect();
+            if nets.len() == DECOYS {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "decoys in {} namespaces",
+                nets.len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut kids = decoys;
+        kids.push(unshared(&[PY, "-c", SNIFFER]));
+        Kids(kids)
+    });
+    let all = alerts(&records);
+    assert!(
+        all.iter()
+            .any(|(r, _, out)| r == "PF-PACKET-SOCKET" && out.contains("uid=0")),
+        "{all:?}"
+    );
+}
