@@ -325,9 +325,116 @@ fn merged(
         return Ok(None);
     };
     let plan = ends.plan;
-    let mut merger = Merger::new(plan.first, q.flows.clone(), firsts);
+    let merger = Merger::new(plan.first, q.flows.clone(), firsts);
+    // The window's pods in two halves, each merged apart: while this thread reads the
+    // stored rows and merges one half's, a second merges the other's (a day is a million
+    // edge rows; the machine has more than one core). Each piece goes to its pod's half,
+    // numbered in the window's order (`Merger::piece`), so the halves absorbed into one
+    // give what one merger of every piece gives.
+    let mut halves = [merger.apart(), merger];
+    let mut seq = 0;
     let mut pods = PodDirectory::default();
-    ends.head(store, q, names, (&mut merger, &mut pods), observe)?;
+    ends.head(
+        store,
+        q,
+        names,
+        (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
+        observe,
+    )?;
+    let pieces = pieces(rollups, plan.first, plan.last)?;
+    let [mine, theirs] = &mut halves;
+    let apart = std::thread::scope(|s| {
+        let (send, receive) = crossbeam_channel::bounded::<(usize, RollupSegment)>(64);
+        let worker = std::thread::Builder::new()
+            .name("merge".into())
+            .spawn_scoped(s, move || {
+                let mut failed = None;
+                for (n, segment) in receive {
+                    if failed.is_none() {
+                        theirs.piece(n);
+                        failed = body::merge(&segment, theirs).err();
+                    }
+                }
+                failed
+            });
+        // No thread to be had: this one merges both halves (below).
+        let worker = worker.ok()?;
+        let read = read_rows(
+            rollups,
+            q,
+            &pieces,
+            &mut pods,
+            &mut seq,
+            &mut |n, segment| {
+                if Merger::half_of(&segment.namespace, &segment.pod) == 0 {
+                    mine.piece(n);
+                    body::merge(&segment, mine).map(|()| true)
+                } else {
+                    // Refused only when the worker is gone (a panic, resumed below).
+                    Ok(send.send((n, segment)).is_ok())
+                }
+            },
+        );
+        drop(send);
+        let failed = worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Some(read.and_then(|()| failed.map_or(Ok(()), Err)))
+    });
+    match apart {
+        Some(read) => read?,
+        None => read_rows(
+            rollups,
+            q,
+            &pieces,
+            &mut pods,
+            &mut seq,
+            &mut |n, segment| {
+                let half = &mut halves[Merger::half_of(&segment.namespace, &segment.pod)];
+                half.piece(n);
+                body::merge(&segment, half).map(|()| true)
+            },
+        )?,
+    }
+    ends.tail(
+        store,
+        q,
+        names,
+        (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
+        observe,
+    )?;
+    let [apart, mut merger] = halves;
+    merger.absorb(apart);
+    Ok(Some((merger, pods)))
+}
+
+/// Hands a pod-period to its pod's half of the window's mergers as the next piece.
+fn route(halves: &mut [Merger; 2], seq: &mut usize, period: PodHour) {
+    *seq += 1;
+    let half = &mut halves[Merger::half_of(&period.pod_namespace, &period.pod_name)];
+    half.piece(*seq);
+    half.add(period);
+}
+
+/// How many bytes of stored rows [`read_rows`] holds to hand them over pod by pod (a day
+/// of 1,000 pods is about 60 MB).
+const HELD_ROWS: usize = 64 << 20;
+
+/// Reads the stored rows of `pieces` (in time order) for the question, handing each to
+/// `merge` with its number in the order handed (after `seq`, which it advances; `merge`
+/// returns false to stop), and notes their pods in `pods`. Rows are held up to
+/// [`HELD_ROWS`] and handed pod by pod, each pod's in time order: a pod's edge table then
+/// stays in the cache while its hours are merged (read hour by hour, a day's thousand
+/// tables, a hundred megabytes, were each touched once an hour). A pod's rows keep their
+/// order, and pods their order within an hour, so the merge is the same.
+fn read_rows(
+    rollups: &dyn RollupStore,
+    q: &Question,
+    pieces: &[Piece],
+    pods: &mut PodDirectory,
+    seq: &mut usize,
+    merge: &mut dyn FnMut(usize, RollupSegment) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
     let peer = |ns: &str| q.peer_namespaces.is_empty() || q.peer_namespaces.iter().any(|p| p == ns);
     // Consecutive hours and days of a steady fleet see the same pods: a blob equal to the
     // one before names nothing new (the first pod noted for an address keeps it).
@@ -344,37 +451,55 @@ fn merged(
         }
         Ok(())
     };
-    for (grain, from, to, day_pods) in pieces(rollups, plan.first, plan.last)? {
+    let mut held: Vec<RollupSegment> = Vec::new();
+    let mut held_bytes = 0;
+    let mut hand_over = |held: &mut Vec<RollupSegment>| -> Result<bool, StoreError> {
+        // Stable: a pod's rows stay in time order.
+        held.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+        for segment in held.drain(..) {
+            *seq += 1;
+            if !merge(*seq, segment)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    for (grain, from, to, day_pods) in pieces {
         let mut failed = None;
         rollups.scan_rollups(
-            grain,
+            *grain,
             &EventQuery {
-                since: from,
-                until: to,
+                since: *from,
+                until: *to,
                 ..q.query.clone()
             },
-            &mut |segment| match body::merge(&segment, &mut merger) {
-                Ok(()) => true,
-                Err(e) => {
+            &mut |segment| {
+                held_bytes += segment.body.len();
+                held.push(segment);
+                if held_bytes < HELD_ROWS {
+                    return true;
+                }
+                held_bytes = 0;
+                hand_over(&mut held).unwrap_or_else(|e| {
                     failed = Some(e);
                     false
-                }
+                })
             },
         )?;
         if let Some(e) = failed {
             return Err(e);
         }
         match day_pods {
-            Some(blobs) => blobs.iter().try_for_each(|b| note_pods(&mut pods, b))?,
+            Some(blobs) => blobs.iter().try_for_each(|b| note_pods(pods, b))?,
             None => {
-                for (_, blob) in rollups.rollup_pods(Grain::Hour, from, to)? {
-                    note_pods(&mut pods, &blob)?;
+                for (_, blob) in rollups.rollup_pods(Grain::Hour, *from, *to)? {
+                    note_pods(pods, &blob)?;
                 }
             }
         }
     }
-    ends.tail(store, q, names, (&mut merger, &mut pods), observe)?;
-    Ok(Some((merger, pods)))
+    hand_over(&mut held)?;
+    Ok(())
 }
 
 /// A stretch of the window read at one grain: its first and last period, and for days

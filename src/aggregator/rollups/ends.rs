@@ -18,7 +18,7 @@
 
 use crate::aggregator::investigate::Question;
 use crate::aggregator::store::{EventQuery, RollupProgress, RollupStore, Store, StoreError};
-use crate::investigate::rollup::{hour_of, Carry, HourBuilder, Merger, HOUR};
+use crate::investigate::rollup::{hour_of, Carry, HourBuilder, PodHour, HOUR};
 use crate::investigate::{PodDirectory, ProcessNames};
 use crate::model::{Event, RecordKind};
 
@@ -134,14 +134,14 @@ impl Ends {
         }))
     }
 
-    /// Adds the head's raw records to `merger` (call it first: rows come in time order)
-    /// and their pods to `pods`; `observe` sees them.
+    /// Hands the head's raw records to `merge` as pod-hours (call it first: rows come in
+    /// time order) and their pods to `pods`; `observe` sees them.
     pub fn head(
         &mut self,
         store: &dyn Store,
         q: &Question,
         names: &ProcessNames,
-        (merger, pods): (&mut Merger, &mut PodDirectory),
+        (merge, pods): (&mut dyn FnMut(PodHour), &mut PodDirectory),
         observe: &mut dyn FnMut(&Event),
     ) -> Result<(), StoreError> {
         let Some(since) = self.plan.head else {
@@ -160,9 +160,7 @@ impl Ends {
         });
         let mut kept = Carry::new();
         let (hours, _) = builder.finish(hour_of(since), names, &mut kept, 0);
-        for hour in hours {
-            merger.add(hour);
-        }
+        hours.into_iter().for_each(&mut *merge);
         // Counted here: the tail adds only what they grew.
         for (id, _) in kept {
             if let Some(c) = self.carried_out.get_mut(&id) {
@@ -172,14 +170,14 @@ impl Ends {
         Ok(())
     }
 
-    /// Adds the tail's raw records to `merger` and their pods to `pods`; `observe` sees
-    /// them.
+    /// Hands the tail's raw records to `merge` as pod-hours and their pods to `pods`;
+    /// `observe` sees them.
     pub fn tail(
         mut self,
         store: &dyn Store,
         q: &Question,
         names: &ProcessNames,
-        (merger, pods): (&mut Merger, &mut PodDirectory),
+        (merge, pods): (&mut dyn FnMut(PodHour), &mut PodDirectory),
         observe: &mut dyn FnMut(&Event),
     ) -> Result<(), StoreError> {
         let Some(from) = self.plan.tail else {
@@ -189,9 +187,7 @@ impl Ends {
         let mut builder = HourBuilder::default();
         read_raw(store, q, (from, q.query.until), &mut builder, pods, observe)?;
         let (hours, _) = builder.finish(hour_of(from), names, &mut self.carried_out, 0);
-        for hour in hours {
-            merger.add(hour);
-        }
+        hours.into_iter().for_each(&mut *merge);
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! over borrowed from the stored bytes ([`RowRef`]), and a window's executables and
 //! listening ports stay encoded until the first of each is known.
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -175,6 +176,94 @@ impl Merger {
             starts: BTreeMap::new(),
             truncated: false,
         }
+    }
+
+    /// A merger for the same window that merges apart and is then [absorbed] (the other half
+    /// of the pods, on another thread).
+    ///
+    /// [absorbed]: Merger::absorb
+    pub fn apart(&self) -> Merger {
+        Merger::new(self.since, self.filter.clone(), self.firsts)
+    }
+
+    /// Which of two halves of the pods `namespace/name` is in (fixed: a pod's rows always
+    /// go to the same merger, so each edge is in one of them).
+    pub fn half_of(namespace: &str, name: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (namespace, name).hash(&mut h);
+        (h.finish() & 1) as usize
+    }
+
+    /// Marks what comes next as the `seq`-th piece of the window (a pod-period, in the
+    /// order a single merger would have had them): firsts of the same instant from mergers
+    /// apart keep the order they would have had in one.
+    pub fn piece(&mut self, seq: usize) {
+        self.order = seq << 32;
+    }
+
+    /// Takes in `other`'s pods, merged apart (the same window, [`Merger::apart`]): after
+    /// it this merger answers as if it had merged every row itself. A pod merged by both
+    /// adds up, but its pids may then differ from one merger's (the first kept of each
+    /// edge's): route a pod's rows to one merger ([`Merger::half_of`]).
+    pub fn absorb(&mut self, other: Merger) {
+        let ids: Vec<u32> = other
+            .strings
+            .names
+            .iter()
+            .map(|s| self.strings.id(s))
+            .collect();
+        let id = |i: u32| ids.get(i as usize).copied().unwrap_or(NO_STRING);
+        let pod_of = |p: PodRef| PodRef {
+            namespace: id(p.namespace),
+            name: id(p.name),
+        };
+        for (pod, edges) in other.edges {
+            let table = self.pod_edges(pod_of(pod));
+            table.reserve(edges.len());
+            for (e, sum) in edges {
+                let e = EdgeId {
+                    comm: id(e.comm),
+                    exe: id(e.exe),
+                    ..e
+                };
+                match table.entry(e) {
+                    Entry::Vacant(v) => {
+                        v.insert(sum);
+                    }
+                    Entry::Occupied(mut o) => {
+                        let known = o.get_mut();
+                        known.connections += sum.connections;
+                        known.bytes_sent += sum.bytes_sent;
+                        known.bytes_received += sum.bytes_received;
+                        known.first_seen = known.first_seen.min(sum.first_seen);
+                        known.last_seen = known.last_seen.max(sum.last_seen);
+                        for pid in sum.pids {
+                            if known.pids.len() < MAX_EDGE_PIDS && !known.pids.contains(&pid) {
+                                known.pids.push(pid);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.last_pod = None;
+        for ((pod, image), first) in other.executables {
+            keep_earlier(&mut self.executables, (pod_of(pod), id(image)), first);
+        }
+        for ((pod, protocol, port), first) in other.listeners {
+            keep_earlier(&mut self.listeners, (pod_of(pod), protocol, port), first);
+        }
+        self.order = self.order.max(other.order);
+        self.flows += other.flows;
+        self.processes += other.processes;
+        for (hour, counts) in other.starts {
+            let totals = self.starts.entry(hour).or_default();
+            for (total, n) in totals.iter_mut().zip(counts) {
+                *total += n;
+            }
+        }
+        self.truncated |= other.truncated;
     }
 
     /// Whether executables and listeners are wanted (a reader may skip them otherwise).
@@ -532,6 +621,24 @@ fn keep_first<K: std::hash::Hash + Eq, T>(
                     kept: kept(),
                 },
             );
+        }
+    }
+}
+
+/// Keeps the earlier of `first` and what `map` holds of `key` (by instant, then order).
+fn keep_earlier<K: std::hash::Hash + Eq, T>(
+    map: &mut HashMap<K, First<T>>,
+    key: K,
+    first: First<T>,
+) {
+    match map.entry(key) {
+        Entry::Occupied(mut o) => {
+            if (first.at, first.order) < (o.get().at, o.get().order) {
+                o.insert(first);
+            }
+        }
+        Entry::Vacant(v) => {
+            v.insert(first);
         }
     }
 }
