@@ -42,6 +42,8 @@ pub struct Question {
 pub struct Investigator {
     store: Arc<dyn Store>,
     baselines: Arc<BaselineCache<Baseline>>,
+    /// The baselines of rolled-up hours, by the hours (`rollups::baseline`).
+    row_baselines: Arc<BaselineCache<Baseline>>,
     api_baselines: Arc<BaselineCache<ApiBaseline>>,
     names: Arc<Mutex<NamesCache>>,
 }
@@ -68,7 +70,7 @@ const NAMES_MARGIN: UnixNanos = 120_000_000_000;
 /// same scope within the hour asks for exactly the same one. The store only grows at the
 /// present (records are timed by arrival), so a past window's summary stays true, until
 /// retention deletes part of it (hence the hour). Both faces share it.
-struct BaselineCache<T> {
+pub(crate) struct BaselineCache<T> {
     entries: Mutex<HashMap<BaselineKey, (Instant, Arc<T>)>>,
 }
 
@@ -81,7 +83,7 @@ impl<T> Default for BaselineCache<T> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct BaselineKey {
+pub(crate) struct BaselineKey {
     pods: Vec<String>,
     namespaces: Vec<String>,
     scopes: Vec<Scope>,
@@ -95,13 +97,13 @@ const BASELINE_TTL: Duration = Duration::from_secs(3600);
 const BASELINES_KEPT: usize = 64;
 
 impl<T> BaselineCache<T> {
-    fn get(&self, key: &BaselineKey) -> Option<Arc<T>> {
+    pub(crate) fn get(&self, key: &BaselineKey) -> Option<Arc<T>> {
         let entries = self.entries.lock().ok()?;
         let (at, baseline) = entries.get(key)?;
         (at.elapsed() < BASELINE_TTL).then(|| baseline.clone())
     }
 
-    fn put(&self, key: BaselineKey, baseline: Arc<T>) {
+    pub(crate) fn put(&self, key: BaselineKey, baseline: Arc<T>) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.retain(|_, (at, _)| at.elapsed() < BASELINE_TTL);
             if entries.len() >= BASELINES_KEPT {
@@ -123,6 +125,7 @@ impl Investigator {
         Investigator {
             store,
             baselines: Arc::default(),
+            row_baselines: Arc::default(),
             api_baselines: Arc::default(),
             names: Arc::default(),
         }
@@ -224,7 +227,8 @@ impl Investigator {
         scope: (&Question, &mut Option<PodDirectory>),
     ) -> Result<Baseline, StoreError> {
         if self.reads_rollups(q) {
-            if let Some(baseline) = rollups::baseline(&*self.store, q, names)? {
+            if let Some(baseline) = rollups::baseline(&*self.store, q, names, &self.row_baselines)?
+            {
                 return Ok(baseline);
             }
         }
@@ -477,6 +481,15 @@ impl BaselineKey {
             peer_namespaces: q.peer_namespaces.clone(),
             since: baseline_since,
             until: q.query.since.saturating_sub(1),
+        }
+    }
+
+    /// The key of the question's rolled-up hours from `first` to `last` (their starts).
+    pub(crate) fn rows(q: &Question, first: u64, last: u64) -> BaselineKey {
+        BaselineKey {
+            since: first,
+            until: last,
+            ..BaselineKey::of(q, 0)
         }
     }
 }

@@ -12,7 +12,7 @@ mod ends;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aggregator::investigate::Question;
+use crate::aggregator::investigate::{BaselineCache, BaselineKey, Question};
 use crate::aggregator::store::{
     EventQuery, Grain, RollupDay, RollupHour, RollupSegment, RollupStore, Store, StoreError,
 };
@@ -275,18 +275,42 @@ pub fn activity(
 }
 
 /// The question's window as a baseline, read as [`activity`] reads it; its edges are not
-/// built.
-pub fn baseline(
+/// built. The baseline of its rolled-up hours is kept in `kept` (by those hours: the next
+/// question within the hour whose baseline covers the same built hours takes it, however
+/// its ends differ), its raw ends are read each time and laid over it
+/// ([`Baseline::atop`]): the same baseline as one merger of both gives.
+pub(crate) fn baseline(
     store: &dyn Store,
     q: &Question,
     names: &ProcessNames,
+    kept: &BaselineCache<Baseline>,
 ) -> Result<Option<Baseline>, StoreError> {
-    let Some((merger, _)) = merged(store, q, names, true, &mut |_| {})? else {
+    let Some((rollups, mut ends)) = ends_of(store, q)? else {
         return Ok(None);
     };
-    merger
-        .baseline(body::decode_executable, body::decode_listener)
-        .map(Some)
+    let plan = ends.plan;
+    // A baseline names no peers: the pods noted are not asked.
+    let mut pods = PodDirectory::default();
+    let mut raw = Merger::new(plan.first, q.flows.clone(), true);
+    let mut add = |p: PodHour| raw.add(p);
+    ends.head(store, q, names, (&mut add, &mut pods), &mut |_| {})?;
+    ends.tail(store, q, names, (&mut add, &mut pods), &mut |_| {})?;
+    let key = BaselineKey::rows(q, plan.first, plan.last);
+    let rows = match kept.get(&key) {
+        Some(rows) => rows,
+        None => {
+            let merger = Merger::new(plan.first, q.flows.clone(), true);
+            let mut halves = [merger.apart(), merger];
+            merge_rows(rollups, q, &plan, (&mut halves, &mut 0), &mut pods)?;
+            let [apart, mut merger] = halves;
+            merger.absorb(apart);
+            let rows = Arc::new(merger.baseline(body::decode_executable, body::decode_listener)?);
+            kept.put(key, rows.clone());
+            rows
+        }
+    };
+    raw.baseline(body::decode_executable, body::decode_listener)
+        .map(|raw| Some(raw.atop(rows)))
 }
 
 /// Who talked to whom in the question's window, read as [`activity`] reads it: only the
@@ -310,6 +334,43 @@ fn merged(
     firsts: bool,
     observe: &mut dyn FnMut(&Event),
 ) -> Result<Option<(Merger, PodDirectory)>, StoreError> {
+    let Some((rollups, mut ends)) = ends_of(store, q)? else {
+        return Ok(None);
+    };
+    let plan = ends.plan;
+    let merger = Merger::new(plan.first, q.flows.clone(), firsts);
+    // The window's pods in two halves, each merged apart (`merge_rows`); each piece goes
+    // to its pod's half, numbered in the window's order (`Merger::piece`), so the halves
+    // absorbed into one give what one merger of every piece gives.
+    let mut halves = [merger.apart(), merger];
+    let mut seq = 0;
+    let mut pods = PodDirectory::default();
+    ends.head(
+        store,
+        q,
+        names,
+        (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
+        observe,
+    )?;
+    merge_rows(rollups, q, &plan, (&mut halves, &mut seq), &mut pods)?;
+    ends.tail(
+        store,
+        q,
+        names,
+        (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
+        observe,
+    )?;
+    let [apart, mut merger] = halves;
+    merger.absorb(apart);
+    Ok(Some((merger, pods)))
+}
+
+/// The store's rollups and the question's plan with the carries its raw ends need; None
+/// when the store holds no rollups, or they would not spare reading the window raw.
+fn ends_of<'a>(
+    store: &'a dyn Store,
+    q: &Question,
+) -> Result<Option<(&'a dyn RollupStore, Ends)>, StoreError> {
     let Some(rollups) = store.rollups() else {
         return Ok(None);
     };
@@ -321,28 +382,22 @@ fn merged(
         until => until,
     };
     let horizon = store.raw_horizon(crate::model::now_ns());
-    let Some(mut ends) = Ends::read(rollups, &progress, (q.query.since, until), horizon)? else {
-        return Ok(None);
-    };
-    let plan = ends.plan;
-    let merger = Merger::new(plan.first, q.flows.clone(), firsts);
-    // The window's pods in two halves, each merged apart: while this thread reads the
-    // stored rows and merges one half's, a second merges the other's (a day is a million
-    // edge rows; the machine has more than one core). Each piece goes to its pod's half,
-    // numbered in the window's order (`Merger::piece`), so the halves absorbed into one
-    // give what one merger of every piece gives.
-    let mut halves = [merger.apart(), merger];
-    let mut seq = 0;
-    let mut pods = PodDirectory::default();
-    ends.head(
-        store,
-        q,
-        names,
-        (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
-        observe,
-    )?;
+    Ok(Ends::read(rollups, &progress, (q.query.since, until), horizon)?.map(|e| (rollups, e)))
+}
+
+/// Merges the stored rows of the plan's hours into `halves` (pieces numbered after `seq`)
+/// and notes their pods in `pods`: while this thread reads the rows and merges one half's
+/// pods, a second merges the other's (a day is a million edge rows; the machine has more
+/// than one core).
+fn merge_rows(
+    rollups: &dyn RollupStore,
+    q: &Question,
+    plan: &ends::Plan,
+    (halves, seq): (&mut [Merger; 2], &mut usize),
+    pods: &mut PodDirectory,
+) -> Result<(), StoreError> {
     let pieces = pieces(rollups, plan.first, plan.last)?;
-    let [mine, theirs] = &mut halves;
+    let [mine, theirs] = &mut *halves;
     let apart = std::thread::scope(|s| {
         let (send, receive) = crossbeam_channel::bounded::<(usize, RollupSegment)>(64);
         let worker = std::thread::Builder::new()
@@ -359,22 +414,15 @@ fn merged(
             });
         // No thread to be had: this one merges both halves (below).
         let worker = worker.ok()?;
-        let read = read_rows(
-            rollups,
-            q,
-            &pieces,
-            &mut pods,
-            &mut seq,
-            &mut |n, segment| {
-                if Merger::half_of(&segment.namespace, &segment.pod) == 0 {
-                    mine.piece(n);
-                    body::merge(&segment, mine).map(|()| true)
-                } else {
-                    // Refused only when the worker is gone (a panic, resumed below).
-                    Ok(send.send((n, segment)).is_ok())
-                }
-            },
-        );
+        let read = read_rows(rollups, q, &pieces, pods, seq, &mut |n, segment| {
+            if Merger::half_of(&segment.namespace, &segment.pod) == 0 {
+                mine.piece(n);
+                body::merge(&segment, mine).map(|()| true)
+            } else {
+                // Refused only when the worker is gone (a panic, resumed below).
+                Ok(send.send((n, segment)).is_ok())
+            }
+        });
         drop(send);
         let failed = worker
             .join()
@@ -382,30 +430,13 @@ fn merged(
         Some(read.and_then(|()| failed.map_or(Ok(()), Err)))
     });
     match apart {
-        Some(read) => read?,
-        None => read_rows(
-            rollups,
-            q,
-            &pieces,
-            &mut pods,
-            &mut seq,
-            &mut |n, segment| {
-                let half = &mut halves[Merger::half_of(&segment.namespace, &segment.pod)];
-                half.piece(n);
-                body::merge(&segment, half).map(|()| true)
-            },
-        )?,
+        Some(read) => read,
+        None => read_rows(rollups, q, &pieces, pods, seq, &mut |n, segment| {
+            let half = &mut halves[Merger::half_of(&segment.namespace, &segment.pod)];
+            half.piece(n);
+            body::merge(&segment, half).map(|()| true)
+        }),
     }
-    ends.tail(
-        store,
-        q,
-        names,
-        (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
-        observe,
-    )?;
-    let [apart, mut merger] = halves;
-    merger.absorb(apart);
-    Ok(Some((merger, pods)))
 }
 
 /// Hands a pod-period to its pod's half of the window's mergers as the next piece.

@@ -234,6 +234,9 @@ pub struct Baseline {
     flows: u64,
     processes: u64,
     truncated: bool,
+    /// The baseline of the rest of the period, kept apart ([`Baseline::atop`]); its
+    /// totals are in this one's.
+    under: Option<Arc<Baseline>>,
 }
 
 impl Baseline {
@@ -310,8 +313,35 @@ impl Baseline {
         self.truncated = period.truncated;
     }
 
+    /// This baseline of a part of a period over `under`, the baseline of the rest of it
+    /// (built apart, shared): they answer together as the baseline of the whole period
+    /// would (an edge's bytes add up, executables and listening ports are either's).
+    pub fn atop(mut self, under: Arc<Baseline>) -> Baseline {
+        self.flows += under.flows;
+        self.processes += under.processes;
+        self.truncated |= under.truncated;
+        self.under = Some(under);
+        self
+    }
+
     /// The bytes of the window's `e` in the baseline (per workload), if it was there.
     fn bytes_of(&self, e: &Edge) -> Option<u64> {
+        let own = self.own_bytes_of(e);
+        match self.under.as_ref().and_then(|u| u.bytes_of(e)) {
+            Some(under) => Some(own.unwrap_or(0) + under),
+            None => own,
+        }
+    }
+
+    fn has_image(&self, key: &(WorkloadKey, Vec<u8>)) -> bool {
+        self.images.contains(key) || self.under.as_ref().is_some_and(|u| u.has_image(key))
+    }
+
+    fn has_port(&self, key: &(WorkloadKey, Protocol, u16)) -> bool {
+        self.ports.contains(key) || self.under.as_ref().is_some_and(|u| u.has_port(key))
+    }
+
+    fn own_bytes_of(&self, e: &Edge) -> Option<u64> {
         let workload = *self
             .workloads
             .get(&WorkloadRef((&e.pod_namespace, workload_of(&e.pod_name))))?;
@@ -336,8 +366,8 @@ impl Baseline {
         &self,
     ) -> (
         std::collections::HashMap<(WorkloadKey, Vec<u8>, Direction, IpAddr, u16), u64>,
-        &HashSet<(WorkloadKey, Vec<u8>)>,
-        &HashSet<(WorkloadKey, Protocol, u16)>,
+        HashSet<(WorkloadKey, Vec<u8>)>,
+        HashSet<(WorkloadKey, Protocol, u16)>,
         (u64, u64, bool),
     ) {
         fn by_id<K>(
@@ -346,28 +376,33 @@ impl Baseline {
             ids.iter().map(|(k, &id)| (id, k)).collect()
         }
         let (workloads, names) = (by_id(&self.workloads), by_id(&self.names));
-        let edges = self
-            .edges
-            .iter()
-            .map(|(k, &bytes)| {
-                let workload: &WorkloadKey = workloads[&k.workload];
-                let image: &Vec<u8> = names[&k.image];
+        let (mut edges, mut images, mut ports, _) = match &self.under {
+            Some(under) => under.summary(),
+            None => Default::default(),
+        };
+        let own = self.edges.iter().map(|(k, &bytes)| {
+            let workload: &WorkloadKey = workloads[&k.workload];
+            let image: &Vec<u8> = names[&k.image];
+            (
                 (
-                    (
-                        workload.clone(),
-                        image.clone(),
-                        k.direction,
-                        k.peer_addr,
-                        k.port,
-                    ),
-                    bytes,
-                )
-            })
-            .collect();
+                    workload.clone(),
+                    image.clone(),
+                    k.direction,
+                    k.peer_addr,
+                    k.port,
+                ),
+                bytes,
+            )
+        });
+        for (key, bytes) in own {
+            *edges.entry(key).or_default() += bytes;
+        }
+        images.extend(self.images.iter().cloned());
+        ports.extend(self.ports.iter().cloned());
         (
             edges,
-            &self.images,
-            &self.ports,
+            images,
+            ports,
             (self.flows, self.processes, self.truncated),
         )
     }
@@ -391,7 +426,7 @@ pub fn new_activity(baseline: &Baseline, window: &Activity, limit: usize) -> New
         .iter()
         .filter(|x| {
             let key = image_key(x);
-            !baseline.images.contains(&key) && seen.insert(key)
+            !baseline.has_image(&key) && seen.insert(key)
         })
         .cloned()
         .collect();
@@ -403,7 +438,7 @@ pub fn new_activity(baseline: &Baseline, window: &Activity, limit: usize) -> New
         .iter()
         .filter(|l| {
             let key = listener_key(l);
-            !baseline.ports.contains(&key) && seen.insert(key)
+            !baseline.has_port(&key) && seen.insert(key)
         })
         .cloned()
         .collect();

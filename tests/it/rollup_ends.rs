@@ -203,6 +203,19 @@ fn answers(store: &Arc<dyn Store>, base: u64) -> (Vec<(Talkers, usize)>, Vec<Com
                 .unwrap_or_else(|e| panic!("compare {w:?}: {e}"))
         })
         .collect();
+    // Asked again a nanosecond later on the same investigator: the baseline's rolled-up
+    // hours are the ones it kept, its raw ends read again; the answer is a fresh one's.
+    for &w in &[WINDOWS[0], WINDOWS[2]] {
+        let mut q = window(base, w);
+        q.query.since += 1;
+        let again = investigator
+            .compare(&q, base, 100, &mut |_| {})
+            .unwrap_or_else(|e| panic!("compare {w:?} again: {e}"));
+        let fresh = Investigator::new(store.clone())
+            .compare(&q, base, 100, &mut |_| {})
+            .unwrap_or_else(|e| panic!("compare {w:?} fresh: {e}"));
+        assert_eq!(again, fresh, "{w:?}: the kept hours' baseline");
+    }
     (talkers, comparisons)
 }
 
