@@ -310,7 +310,7 @@ fn pod_hour<'m>(
 mod tests {
     use super::*;
     use crate::investigate::test_support::{flow, identity, process};
-    use crate::investigate::{Activity, Baseline};
+    use crate::investigate::{Activity, Baseline, EdgeOrder};
     use crate::model::FlowPhase;
 
     fn event(source: &Arc<CollectorIdentity>, at: u64, record: Record) -> Event {
@@ -573,5 +573,17 @@ mod tests {
                 ("web".into(), curl(), 8080, 11 + 5),
             ]
         );
+        // The first `limit` talkers are the first of all of them, ties included (two
+        // edges of one connection each).
+        let pods = PodDirectory::default();
+        for order in [EdgeOrder::Bytes, EdgeOrder::Connections, EdgeOrder::Recent] {
+            let all = merged().talkers(&pods, order, 100);
+            assert_eq!(all.edges.len(), 4, "{order:?}");
+            for limit in 0..all.edges.len() {
+                let some = merged().talkers(&pods, order, limit);
+                assert_eq!(some.edges, all.edges[..limit], "{order:?}, {limit}");
+                assert_eq!(some.total_edges, all.total_edges);
+            }
+        }
     }
 }

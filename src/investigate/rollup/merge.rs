@@ -439,12 +439,29 @@ impl Merger {
     /// interned edges, only those kept built (a day holds a million edges; an answer 20).
     pub fn talkers(self, pods: &PodDirectory, order: EdgeOrder, limit: usize) -> Talkers {
         let strings = &self.strings;
-        let mut ranked: Vec<(PodRef, &EdgeId, &EdgeSum)> = self
-            .edges
-            .iter()
-            .flat_map(|(pod, edges)| edges.iter().map(|(id, sum)| (*pod, id, sum)))
-            .collect();
-        let total_edges = ranked.len() as u64;
+        let all = || {
+            self.edges
+                .iter()
+                .flat_map(|(pod, edges)| edges.iter().map(|(id, sum)| (*pod, id, sum)))
+        };
+        // The order's figure leads the rank: only edges at least the `limit`-th largest
+        // figure can be kept, so only those are ranked (a day holds a million edges; its
+        // figures alone are a small array to select in, the edges a large one).
+        let figure = |sum: &EdgeSum| match order {
+            EdgeOrder::Bytes => sum.bytes_sent + sum.bytes_received,
+            EdgeOrder::Connections => sum.connections,
+            EdgeOrder::Recent => sum.last_seen,
+        };
+        let mut figures: Vec<u64> = all().map(|(_, _, sum)| figure(sum)).collect();
+        let total_edges = figures.len() as u64;
+        let least = match limit {
+            0 => u64::MAX,
+            _ if figures.len() <= limit => 0,
+            _ => *figures.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a)).1,
+        };
+        drop(figures);
+        let mut ranked: Vec<(PodRef, &EdgeId, &EdgeSum)> =
+            all().filter(|(_, _, sum)| figure(sum) >= least).collect();
         top(&mut ranked, limit, |(pod, id, sum)| {
             Rank::new(
                 order,
