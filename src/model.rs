@@ -219,6 +219,9 @@ serialized_names! {
     Scope { Unspecified => "UNSPECIFIED", Local => "LOCAL", EastWest => "EAST_WEST", NorthSouth => "NORTH_SOUTH" }
     FlowPhase { Start => "START", Update => "UPDATE", End => "END" }
     ProcessPhase { Start => "START", Exec => "EXEC", Exit => "EXIT" }
+    Family { Ipv4 => "IPV4", Ipv6 => "IPV6" }
+    Attribution { None => "NONE", Fd => "FD", Uid => "UID", Listener => "LISTENER", InferredFromPeer => "INFERRED_FROM_PEER" }
+    EndReason { Unspecified => "UNSPECIFIED", DestroyEvent => "DESTROY_EVENT", Vanished => "VANISHED", Recovered => "RECOVERED", Shutdown => "SHUTDOWN" }
 }
 
 /// Why a ptrace-guarded field (exe, cwd) is absent.
@@ -633,6 +636,9 @@ mod tests {
         check(Direction::VARIANTS, Direction::NAMES, Direction::name);
         check(Scope::VARIANTS, Scope::NAMES, Scope::name);
         check(FlowPhase::VARIANTS, FlowPhase::NAMES, FlowPhase::name);
+        check(Family::VARIANTS, Family::NAMES, Family::name);
+        check(Attribution::VARIANTS, Attribution::NAMES, Attribution::name);
+        check(EndReason::VARIANTS, EndReason::NAMES, EndReason::name);
         check(
             ProcessPhase::VARIANTS,
             ProcessPhase::NAMES,

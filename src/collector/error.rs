@@ -16,4 +16,6 @@ pub enum EngineError {
     Trigger(#[source] io::Error),
     #[error("reading /proc: {0}")]
     Proc(#[source] io::Error),
+    #[error("starting a thread: {0}")]
+    Thread(#[source] io::Error),
 }

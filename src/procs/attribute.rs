@@ -22,6 +22,9 @@ use crate::telemetry::collector::{AttributionMissed, ProcReadDenied};
 use crate::telemetry::InternalEvent;
 
 mod prefetch;
+mod walk;
+
+pub use walk::WholeWalk;
 
 /// What attribution knows of one process's fd table.
 #[derive(Debug, Clone)]
@@ -409,42 +412,64 @@ impl ProcessMonitor {
     /// socket and knows none of their inodes before its dump, which then finds each owner
     /// without a pass of its own.
     pub fn index_every_table(&mut self) {
-        let mut index = std::mem::take(&mut self.index);
-        index.incremental_passes += 1;
-        index.full_passes += 1;
-        let pass = index.incremental_passes;
-        let pids: Vec<u32> = self
+        let pids = self
             .live
             .iter()
             .filter(|(_, p)| p.fd.maybe_readable())
             .map(|(&pid, _)| pid)
             .collect();
-        // The walks are nearly all system calls on tables no one else holds: spread over
-        // the cores, they finish in a fraction of the time (`--once` waits for all of them).
+        let walk = self.start_whole_walk(pids);
+        self.index_whole_walk(walk);
+    }
+
+    /// Starts reading the fd table of every pid /proc lists now, before the monitor has
+    /// read the processes (`--once` sweeps meanwhile); [`Self::index_whole_walk`] keeps the
+    /// tables of the processes the sweep found.
+    pub fn start_walk_of_every_pid(&self) -> WholeWalk {
+        self.start_whole_walk(self.list_pids())
+    }
+
+    /// Starts reading the fd tables of `pids` on as many threads as there are cores; the
+    /// caller may go on (with the process sweep) meanwhile. The walks are nearly all system
+    /// calls on tables no one else holds: spread over the cores, they finish in a fraction
+    /// of the time.
+    fn start_whole_walk(&self, pids: Vec<u32>) -> WholeWalk {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, MAX_WALK_THREADS);
-        let root = self.proc_root().to_path_buf();
-        let chunk = pids.len().div_ceil(threads).max(1);
-        let tables: Vec<(u32, std::io::Result<FdsRead>)> = std::thread::scope(|scope| {
-            let walkers: Vec<_> = pids
-                .chunks(chunk)
-                .map(|pids| {
-                    let root = &root;
-                    scope.spawn(move || {
-                        pids.iter()
-                            .map(|&pid| (pid, read_fd_table(root, pid)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            walkers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
+        WholeWalk::start(self.proc_root().to_path_buf(), pids, threads)
+    }
+
+    /// Puts the tables of a whole walk into the index, for the processes the monitor knows
+    /// (a pid that exited meanwhile is left out); a readable process the walk did not cover
+    /// (one started after its pids were listed) is read here.
+    pub fn index_whole_walk(&mut self, walk: WholeWalk) {
+        let mut index = std::mem::take(&mut self.index);
+        index.incremental_passes += 1;
+        index.full_passes += 1;
+        let pass = index.incremental_passes;
+        let tables = walk.join();
+        // One allocation for the whole index, not a rehash at every doubling.
+        let sockets = tables
+            .iter()
+            .filter_map(|(_, t)| Some(t.as_ref().ok()?.socket_inodes.len()))
+            .sum();
+        index.owners.reserve(sockets);
+        let mut walked = HashSet::default();
         for (pid, table) in tables {
-            self.index_fd_table(pid, table, pass, &mut index);
+            let readable = self.live.get(&pid).is_some_and(|p| p.fd.maybe_readable());
+            if readable && walked.insert(pid) {
+                self.index_fd_table(pid, table, pass, &mut index);
+            }
+        }
+        let missed: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|(pid, p)| p.fd.maybe_readable() && !walked.contains(*pid))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in missed {
+            self.scan_fds(pid, pass, &mut index);
         }
         self.index = index;
     }
@@ -553,6 +578,7 @@ impl ProcessMonitor {
 const MAX_WALK_THREADS: usize = 4;
 
 /// One process's fd table as read: how many fds it held and which were sockets.
+#[derive(Default)]
 struct FdsRead {
     count: u64,
     socket_inodes: Vec<u64>,

@@ -330,7 +330,7 @@ impl ProcessMonitor {
         }
     }
 
-    fn list_pids(&mut self) -> Vec<u32> {
+    pub(crate) fn list_pids(&self) -> Vec<u32> {
         let Ok(dir) = fs::read_dir(&self.config.proc_root) else {
             return Vec::new();
         };

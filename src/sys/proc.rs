@@ -16,84 +16,147 @@ use std::path::Path;
 /// kernel looks up every fd once for the listing and again for each readlink). A sparse
 /// table, or one that shrank meanwhile, exhausts the probe budget and is listed from the
 /// first fd not yet probed, so no fd is reported twice.
-pub fn for_each_fd_link(fd_dir: &Path, mut each: impl FnMut(&[u8])) -> io::Result<u64> {
-    let path = CString::new(fd_dir.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `path` is a valid NUL-terminated string; a negative result is handled below.
-    let dir_fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if dir_fd < 0 {
-        return Err(io::Error::last_os_error());
+pub fn for_each_fd_link(fd_dir: &Path, each: impl FnMut(&[u8])) -> io::Result<u64> {
+    FdDir::open(fd_dir)?.finish(0, 0, each)
+}
+
+/// An open `/proc/<pid>/fd`, walked as [`for_each_fd_link`] walks it, but in parts: several
+/// threads can probe disjoint ranges of fd numbers of one large table at once
+/// ([`FdDir::probe`]), and [`FdDir::finish`] then reads whatever the ranges left.
+#[derive(Debug)]
+pub struct FdDir {
+    dir: std::os::fd::OwnedFd,
+    open_fds: u64,
+}
+
+impl FdDir {
+    pub fn open(fd_dir: &Path) -> io::Result<FdDir> {
+        use std::os::fd::FromRawFd;
+        let path = CString::new(fd_dir.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `path` is a valid NUL-terminated string; a negative result is handled below.
+        let dir_fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if dir_fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let open_fds = fd_dir_size(dir_fd);
+        // SAFETY: `dir_fd` was just opened and nothing else owns it.
+        let dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(dir_fd) };
+        Ok(FdDir { dir, open_fds })
     }
-    // "socket:[18446744073709551615]" is 29 bytes; longer targets are not sockets.
-    let mut target = [0u8; 64];
-    let open_fds = fd_dir_size(dir_fd);
-    let mut count = 0u64;
-    let mut probed_below = 0u64;
-    if open_fds > 0 {
-        // A failed probe costs about what a listed entry does: a small slack bounds the
-        // waste on a sparse table, and a dense one needs none.
-        let budget = open_fds + open_fds / 8 + 8;
+
+    /// The open-fd count when the directory was opened (0 before Linux 6.2, which does not
+    /// say).
+    pub fn open_fds(&self) -> u64 {
+        self.open_fds
+    }
+
+    /// Probes the fd numbers of `range`, calling `each` with every open fd's link target;
+    /// how many answered.
+    pub fn probe(&self, range: std::ops::Range<u64>, mut each: impl FnMut(&[u8])) -> u64 {
+        use std::os::fd::AsRawFd;
+        let mut target = [0u8; 64];
         let mut name = [0u8; 24];
-        while count < open_fds && probed_below < budget {
-            let fd_name = decimal_c_str(probed_below, &mut name);
-            probed_below += 1;
-            if let Ok(len @ 1..) = read_link_at(dir_fd, fd_name, &mut target) {
-                count += 1;
+        let mut answered = 0;
+        for fd in range {
+            let fd_name = decimal_c_str(fd, &mut name);
+            if let Ok(len @ 1..) = read_link_at(self.dir.as_raw_fd(), fd_name, &mut target) {
+                answered += 1;
                 each(&target[..len]);
             }
         }
-        if count == open_fds {
-            // SAFETY: `dir_fd` is open and closed exactly once.
-            unsafe { libc::close(dir_fd) };
-            return Ok(count);
-        }
+        answered
     }
-    // SAFETY: `dir_fd` is an open directory; on success the DIR* owns it (closedir closes it).
-    let dir = unsafe { libc::fdopendir(dir_fd) };
-    if dir.is_null() {
-        let error = io::Error::last_os_error();
-        // SAFETY: fdopendir failed, so `dir_fd` is still ours to close, once.
-        unsafe { libc::close(dir_fd) };
-        return Err(error);
+
+    /// Completes a walk whose fds below `probed_below` were probed already, `count` of them
+    /// open: probes on while the table may still hold fds above (the budget bounds the
+    /// waste on a sparse table), then lists the directory for fds not probed. Returns the
+    /// table's fd count.
+    pub fn finish(
+        &self,
+        mut probed_below: u64,
+        mut count: u64,
+        mut each: impl FnMut(&[u8]),
+    ) -> io::Result<u64> {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        // "socket:[18446744073709551615]" is 29 bytes; longer targets are not sockets.
+        let mut target = [0u8; 64];
+        let open_fds = self.open_fds;
+        let dir_fd = self.dir.as_raw_fd();
+        if open_fds > 0 {
+            // A failed probe costs about what a listed entry does: a small slack bounds the
+            // waste on a sparse table, and a dense one needs none.
+            let budget = open_fds + open_fds / 8 + 8;
+            let mut name = [0u8; 24];
+            while count < open_fds && probed_below < budget {
+                let fd_name = decimal_c_str(probed_below, &mut name);
+                probed_below += 1;
+                if let Ok(len @ 1..) = read_link_at(dir_fd, fd_name, &mut target) {
+                    count += 1;
+                    each(&target[..len]);
+                }
+            }
+            if count >= open_fds {
+                return Ok(count);
+            }
+        }
+        // The listing takes a descriptor of its own (closedir closes it); `self` keeps its.
+        let listed = self.dir.try_clone()?.into_raw_fd();
+        // SAFETY: `listed` is an open directory; on success the DIR* owns it (closedir
+        // closes it).
+        let dir = unsafe { libc::fdopendir(listed) };
+        if dir.is_null() {
+            let error = io::Error::last_os_error();
+            // SAFETY: fdopendir failed, so `listed` is still ours to close, once.
+            unsafe { libc::close(listed) };
+            return Err(error);
+        }
+        loop {
+            // SAFETY: `dir` is open; the entry pointer is only used before the next readdir.
+            let entry = unsafe { libc::readdir(dir) };
+            if entry.is_null() {
+                break;
+            }
+            // SAFETY: `d_name` of a live dirent is a NUL-terminated string.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+            let Some(fd) = std::str::from_utf8(name.to_bytes())
+                .ok()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue; // "." and ".."
+            };
+            if fd < probed_below {
+                continue; // probed above: reported already if it was open
+            }
+            count += 1;
+            if let Ok(len @ 1..) = read_link_at(dir_fd, name, &mut target) {
+                each(&target[..len]);
+            }
+        }
+        // SAFETY: `dir` was returned by fdopendir and is closed exactly once.
+        unsafe { libc::closedir(dir) };
+        Ok(count)
     }
-    loop {
-        // SAFETY: `dir` is open; the entry pointer is only used before the next readdir.
-        let entry = unsafe { libc::readdir(dir) };
-        if entry.is_null() {
-            break;
-        }
-        // SAFETY: `d_name` of a live dirent is a NUL-terminated string.
-        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
-        let Some(fd) = std::str::from_utf8(name.to_bytes())
-            .ok()
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue; // "." and ".."
-        };
-        if fd < probed_below {
-            continue; // probed above: reported already if it was open
-        }
-        count += 1;
-        if let Ok(len @ 1..) = read_link_at(dir_fd, name, &mut target) {
-            each(&target[..len]);
-        }
-    }
-    // SAFETY: `dir` was returned by fdopendir and is closed exactly once.
-    unsafe { libc::closedir(dir) };
-    Ok(count)
 }
 
 /// `n` in decimal as a C string, in `buf` (20 digits and the NUL fit in 24 bytes).
-fn decimal_c_str(n: u64, buf: &mut [u8; 24]) -> &CStr {
-    use std::io::Write;
-    let mut cursor = &mut buf[..];
-    let _ = write!(cursor, "{n}\0"); // cannot overflow: 21 bytes at most
-    CStr::from_bytes_until_nul(buf).unwrap_or_default()
+fn decimal_c_str(mut n: u64, buf: &mut [u8; 24]) -> &CStr {
+    let mut at = buf.len() - 1;
+    buf[at] = 0;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    CStr::from_bytes_with_nul(&buf[at..]).unwrap_or_default()
 }
 
 /// `st_size` of an open `/proc/<pid>/fd`: the open-fd count on Linux ≥ 6.2, 0 before.
@@ -331,11 +394,28 @@ mod tests {
                 .collect();
             let mut walked = Vec::new();
             let count = for_each_fd_link(&dir, |l| walked.push(l.to_vec())).expect("walk");
+            // The same table in parts, as several threads walk one large table: ranges of
+            // fd numbers up to the open count, then what they left.
+            let parts = FdDir::open(&dir).expect("open");
+            let mut in_parts = Vec::new();
+            let mut answered = 0;
+            let mut from = 0;
+            while from < parts.open_fds() {
+                let to = (from + 97).min(parts.open_fds());
+                answered += parts.probe(from..to, |l| in_parts.push(l.to_vec()));
+                from = to;
+            }
+            let parts_count = parts
+                .finish(from, answered, |l| in_parts.push(l.to_vec()))
+                .expect("finish");
             drop(holder);
             listed.sort();
             walked.sort();
+            in_parts.sort();
             assert_eq!(count as usize, listed.len(), "{top_fd:?}");
             assert_eq!(walked, listed, "{top_fd:?}");
+            assert_eq!(parts_count, count, "{top_fd:?}");
+            assert_eq!(in_parts, listed, "{top_fd:?}");
             assert!(count > 300, "{count}");
         }
     }
@@ -345,6 +425,7 @@ mod tests {
         let mut buf = [0u8; 24];
         assert_eq!(decimal_c_str(0, &mut buf), c"0");
         assert_eq!(decimal_c_str(1907, &mut buf), c"1907");
+        assert_eq!(decimal_c_str(10, &mut buf), c"10");
         assert_eq!(decimal_c_str(u64::MAX, &mut buf), c"18446744073709551615");
     }
 }

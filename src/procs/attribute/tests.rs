@@ -198,3 +198,39 @@ fn a_first_pass_reads_the_biggest_tables_first_and_stops_when_all_are_found() {
         assert_eq!(sleepers_read, 0, "small tables left unread");
     }
 }
+
+/// A whole walk shares large tables out in parts: each table as a single walk reads it,
+/// every socket once, whether dense, sparse (an fd far above the rest) or small, with more
+/// walkers than tables and with one.
+#[test]
+fn a_whole_walk_in_parts_reads_each_table_as_a_single_walk_does() {
+    let (dense, dense_inodes) = SocketHolder::start(3 * walk::PART_FDS as usize + 17);
+    let (mut sparse, sparse_inodes) = SocketHolder::start(walk::PART_FDS as usize + 5);
+    sparse.dup_to(9_000);
+    let (small, small_inodes) = SocketHolder::start(3);
+    let root = std::path::Path::new("/proc");
+    let pids = vec![small.pid(), dense.pid(), 4_000_000_000, sparse.pid()];
+    for threads in [4, 1] {
+        let walk = WholeWalk::start(root.to_path_buf(), pids.clone(), threads);
+        let mut tables: HashMap<u32, std::io::Result<FdsRead>> = walk.join().into_iter().collect();
+        assert_eq!(tables.len(), pids.len());
+        assert!(tables.remove(&4_000_000_000).expect("gone").is_err());
+        for (holder, inodes) in [
+            (&dense, &dense_inodes),
+            (&sparse, &sparse_inodes),
+            (&small, &small_inodes),
+        ] {
+            let mut walked = tables
+                .remove(&holder.pid())
+                .expect("walked")
+                .expect("readable");
+            let single = read_fd_table(root, holder.pid()).expect("single walk");
+            assert_eq!(walked.count, single.count, "{threads} walkers");
+            walked.socket_inodes.sort_unstable();
+            let mut expected = single.socket_inodes;
+            expected.sort_unstable();
+            assert_eq!(walked.socket_inodes, expected, "{threads} walkers");
+            assert!(inodes.iter().all(|i| expected.binary_search(i).is_ok()));
+        }
+    }
+}
