@@ -14,7 +14,7 @@ use crate::model::{FlowRecord, ListenerRecord, Record};
 /// Appends `record` and a newline to `out`.
 pub fn push_record_line(out: &mut Vec<u8>, record: &Record) -> serde_json::Result<()> {
     match record {
-        Record::Flow(flow) => push_flow(out, flow),
+        Record::Flow(flow) => push_flow(out, flow)?,
         Record::Listener(listener) if listener.packet.is_none() => push_listener(out, listener),
         other => serde_json::to_writer(&mut *out, other)?,
     }
@@ -22,7 +22,7 @@ pub fn push_record_line(out: &mut Vec<u8>, record: &Record) -> serde_json::Resul
     Ok(())
 }
 
-fn push_flow(out: &mut Vec<u8>, flow: &FlowRecord) {
+fn push_flow(out: &mut Vec<u8>, flow: &FlowRecord) -> serde_json::Result<()> {
     let FlowRecord {
         cookie,
         protocol,
@@ -56,16 +56,15 @@ fn push_flow(out: &mut Vec<u8>, flow: &FlowRecord) {
         peer_scrubbed,
         cgroup_id,
     } = flow;
-    out.extend_from_slice(br#"{"kind":"flow","cookie":""#);
-    push_u64(out, *cookie);
-    out.extend_from_slice(br#"","protocol":""#);
-    out.extend_from_slice(protocol.name().as_bytes());
-    out.extend_from_slice(br#"","family":""#);
-    out.extend_from_slice(family.name().as_bytes());
-    out.extend_from_slice(br#"","local_addr":"#);
-    push_ip(out, Some(local_addr));
-    out.extend_from_slice(br#","local_port":"#);
-    push_u64(out, u64::from(*local_port));
+    push_head(
+        out,
+        b"flow",
+        *cookie,
+        protocol.name(),
+        family.name(),
+        local_addr,
+        *local_port,
+    );
     out.extend_from_slice(br#","remote_addr":"#);
     push_ip(out, remote_addr.as_ref());
     out.extend_from_slice(br#","remote_port":"#);
@@ -77,28 +76,28 @@ fn push_flow(out: &mut Vec<u8>, flow: &FlowRecord) {
     out.extend_from_slice(br#"","phase":""#);
     out.extend_from_slice(phase.name().as_bytes());
     out.extend_from_slice(br#"","state":"#);
-    push_str(out, state);
+    push_str(out, state)?;
     out.extend_from_slice(br#","preexisting":"#);
     push_bool(out, *preexisting);
-    for (name, value) in [
-        (&br#","bytes_sent":"#[..], *bytes_sent),
-        (br#","bytes_received":"#, *bytes_received),
-        (br#","segs_out":"#, *segs_out),
-        (br#","segs_in":"#, *segs_in),
-        (br#","retransmits":"#, retransmits.map(u64::from)),
-        (br#","total_retrans":"#, total_retrans.map(u64::from)),
-        (br#","rtt_us":"#, rtt_us.map(u64::from)),
-        (br#","first_seen":"#, Some(*first_seen)),
-        (br#","last_seen":"#, Some(*last_seen)),
-        (br#","ended_at":"#, *ended_at),
-        (br#","uid":"#, uid.map(u64::from)),
-        (br#","inode":"#, *inode),
-        (br#","pid":"#, pid.map(u64::from)),
-        (br#","process_start_time":"#, *process_start_time),
-    ] {
-        out.extend_from_slice(name);
-        push_opt(out, value);
-    }
+    push_opts(
+        out,
+        &[
+            (&br#","bytes_sent":"#[..], *bytes_sent),
+            (br#","bytes_received":"#, *bytes_received),
+            (br#","segs_out":"#, *segs_out),
+            (br#","segs_in":"#, *segs_in),
+            (br#","retransmits":"#, retransmits.map(u64::from)),
+            (br#","total_retrans":"#, total_retrans.map(u64::from)),
+            (br#","rtt_us":"#, rtt_us.map(u64::from)),
+            (br#","first_seen":"#, Some(*first_seen)),
+            (br#","last_seen":"#, Some(*last_seen)),
+            (br#","ended_at":"#, *ended_at),
+            (br#","uid":"#, uid.map(u64::from)),
+            (br#","inode":"#, *inode),
+            (br#","pid":"#, pid.map(u64::from)),
+            (br#","process_start_time":"#, *process_start_time),
+        ],
+    );
     out.extend_from_slice(br#","attribution":""#);
     out.extend_from_slice(attribution.name().as_bytes());
     out.extend_from_slice(br#"","end_reason":""#);
@@ -110,6 +109,7 @@ fn push_flow(out: &mut Vec<u8>, flow: &FlowRecord) {
     out.extend_from_slice(br#","cgroup_id":"#);
     push_opt(out, *cgroup_id);
     out.push(b'}');
+    Ok(())
 }
 
 /// A listener without a packet socket's details (those take serde's path).
@@ -132,36 +132,68 @@ fn push_listener(out: &mut Vec<u8>, listener: &ListenerRecord) {
         backlog,
         packet: _,
     } = listener;
-    out.extend_from_slice(br#"{"kind":"listener","cookie":""#);
-    push_u64(out, *cookie);
-    out.extend_from_slice(br#"","protocol":""#);
-    out.extend_from_slice(protocol.name().as_bytes());
-    out.extend_from_slice(br#"","family":""#);
-    out.extend_from_slice(family.name().as_bytes());
-    out.extend_from_slice(br#"","local_addr":"#);
-    push_ip(out, Some(local_addr));
-    out.extend_from_slice(br#","local_port":"#);
-    push_u64(out, u64::from(*local_port));
+    push_head(
+        out,
+        b"listener",
+        *cookie,
+        protocol.name(),
+        family.name(),
+        local_addr,
+        *local_port,
+    );
     out.extend_from_slice(br#","phase":""#);
     out.extend_from_slice(phase.name().as_bytes());
     out.extend_from_slice(br#"","preexisting":"#);
     push_bool(out, *preexisting);
-    for (name, value) in [
-        (&br#","first_seen":"#[..], Some(*first_seen)),
-        (br#","ended_at":"#, *ended_at),
-        (br#","uid":"#, uid.map(u64::from)),
-        (br#","inode":"#, *inode),
-        (br#","pid":"#, pid.map(u64::from)),
-        (br#","process_start_time":"#, *process_start_time),
-    ] {
-        out.extend_from_slice(name);
-        push_opt(out, value);
-    }
+    push_opts(
+        out,
+        &[
+            (&br#","first_seen":"#[..], Some(*first_seen)),
+            (br#","ended_at":"#, *ended_at),
+            (br#","uid":"#, uid.map(u64::from)),
+            (br#","inode":"#, *inode),
+            (br#","pid":"#, pid.map(u64::from)),
+            (br#","process_start_time":"#, *process_start_time),
+        ],
+    );
     out.extend_from_slice(br#","attribution":""#);
     out.extend_from_slice(attribution.name().as_bytes());
     out.extend_from_slice(br#"","backlog":"#);
     push_opt(out, backlog.map(u64::from));
     out.push(b'}');
+}
+
+/// `{"kind":KIND,"cookie":"…","protocol":…,"family":…,"local_addr":…,"local_port":…`, the
+/// fields flows and listeners open with.
+fn push_head(
+    out: &mut Vec<u8>,
+    kind: &[u8],
+    cookie: u64,
+    protocol: &str,
+    family: &str,
+    local_addr: &IpAddr,
+    local_port: u16,
+) {
+    out.extend_from_slice(br#"{"kind":""#);
+    out.extend_from_slice(kind);
+    out.extend_from_slice(br#"","cookie":""#);
+    push_u64(out, cookie);
+    out.extend_from_slice(br#"","protocol":""#);
+    out.extend_from_slice(protocol.as_bytes());
+    out.extend_from_slice(br#"","family":""#);
+    out.extend_from_slice(family.as_bytes());
+    out.extend_from_slice(br#"","local_addr":"#);
+    push_ip(out, Some(local_addr));
+    out.extend_from_slice(br#","local_port":"#);
+    push_u64(out, u64::from(local_port));
+}
+
+/// Each `,"name":` with its number or `null`.
+fn push_opts(out: &mut Vec<u8>, fields: &[(&[u8], Option<u64>)]) {
+    for &(name, value) in fields {
+        out.extend_from_slice(name);
+        push_opt(out, value);
+    }
 }
 
 fn push_bool(out: &mut Vec<u8>, value: bool) {
@@ -175,30 +207,8 @@ fn push_opt(out: &mut Vec<u8>, value: Option<u64>) {
     }
 }
 
-/// `n` in decimal, two digits at a time (as `itoa` does).
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    while n >= 100 {
-        let pair = usize::try_from(n % 100).unwrap_or(0) * 2;
-        n /= 100;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if n >= 10 {
-        let pair = usize::try_from(n).unwrap_or(0) * 2;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        digits[at] = b'0' + n as u8;
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// An address as a JSON string (its `Display` form, as serde writes it), or `null`.
@@ -225,38 +235,9 @@ fn push_ip(out: &mut Vec<u8>, ip: Option<&IpAddr>) {
     }
 }
 
-/// `text` as a JSON string, escaped as serde_json escapes: `"`, `\` and the control
-/// characters below U+0020 (the short forms where JSON has them); everything else, any
-/// Unicode included, as it is.
-fn push_str(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = text.as_bytes();
-    let mut plain = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short = match b {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x08 => b'b',
-            0x0c => b'f',
-            0..0x20 => b'u',
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[plain..i]);
-        plain = i + 1;
-        out.push(b'\\');
-        out.push(short);
-        if short == b'u' {
-            out.extend_from_slice(b"00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        }
-    }
-    out.extend_from_slice(&bytes[plain..]);
-    out.push(b'"');
+/// `text` as a JSON string, escaped by serde_json itself (the only free string here).
+fn push_str(out: &mut Vec<u8>, text: &str) -> serde_json::Result<()> {
+    serde_json::to_writer(&mut *out, text)
 }
 
 #[cfg(test)]
