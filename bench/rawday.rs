@@ -215,6 +215,37 @@ fn ask(url: &str) -> anyhow::Result<(f64, f64, f64, u64, bool)> {
     })
 }
 
+/// Asks to time as a user runs them: whole `procflow investigate` commands.
+const CLI_SAMPLES: usize = 5;
+
+/// `procflow investigate talkers --since 24h` and `new --since 1h --baseline 23h`, each the
+/// whole command (start-up, connection, answer, printed output read to its end), asked
+/// after [`ask`] (so `new` finds the built hours' baseline kept, as a user asking again
+/// does): the p95 of each, in ms.
+fn ask_cli(url: &str) -> anyhow::Result<(f64, f64)> {
+    let run = |args: &[&str]| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let out = std::process::Command::new(crate::procflow_bin())
+            .args(["investigate"])
+            .args(args)
+            .args(["--aggregator", url])
+            .output()?;
+        let took = started.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(
+            out.status.success() && !out.stdout.is_empty(),
+            "procflow investigate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(took)
+    };
+    let (mut talkers, mut new) = (Vec::new(), Vec::new());
+    for _ in 0..CLI_SAMPLES {
+        talkers.push(run(&["talkers", "--since", "24h"])?);
+        new.push(run(&["new", "--since", "1h", "--baseline", "23h"])?);
+    }
+    Ok((percentile(&mut talkers, 0.95), percentile(&mut new, 0.95)))
+}
+
 pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
     let now = now_ns();
     // The day ends a little before now: every record is inside the raw retention.
@@ -278,9 +309,9 @@ pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
         let agg = Aggregator::start(&args)?;
         wait_idle(agg.pid());
         let load = crate::pgstore::load_average();
-        let answers = ask(&agg.url());
+        let answers = ask(&agg.url()).and_then(|grpc| Ok((grpc, ask_cli(&agg.url())?)));
         agg.stop();
-        let (talkers, first_new, new, flows, truncated) = answers?;
+        let ((talkers, first_new, new, flows, truncated), (cli_talkers, cli_new)) = answers?;
         let scenario = "raw-day";
         report.add(
             scenario,
@@ -310,6 +341,20 @@ pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
             "ms",
             Some(("<=1000 ms", new <= 1000.0)),
         );
+        for (what, ms) in [
+            ("talkers --since 24h", cli_talkers),
+            ("new --since 1h --baseline 23h, asked again", cli_new),
+        ] {
+            report.add(
+                scenario,
+                &format!(
+                    "{name}: `procflow investigate {what}`, whole command, p95 of {CLI_SAMPLES}"
+                ),
+                ms,
+                "ms",
+                Some(("<=1000 ms", ms <= 1000.0)),
+            );
+        }
         report.add(
             scenario,
             &format!("{name}: load average before the answers"),
