@@ -256,7 +256,7 @@ pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
         rollups: store::ROLLUP_RETENTION,
     };
     let dir = tempfile::tempdir()?;
-    // `PF_BENCH_RAW_KEEP=DIR` (SQLite): the day written there once and asked again on later
+    // `PF_BENCH_RAW_KEEP=DIR`: the day written there once and asked again on later
     // runs, to profile a change without writing and rolling up the day each time (that day
     // ends when it was written: not a figure to report).
     let kept = std::env::var_os("PF_BENCH_RAW_KEEP").map(std::path::PathBuf::from);
@@ -265,13 +265,23 @@ pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
         .unwrap_or_else(|| dir.path().to_path_buf())
         .join("raw.db");
     let reuse = kept.is_some() && db.exists();
-    let server = crate::pgstore::Server::start();
+    // With `PF_BENCH_RAW_KEEP`, PostgreSQL's day is kept the same way: in a cluster of
+    // scripts/pg.sh in DIR/pg, left running (stop and remove it yourself), where a later
+    // run finds it (its statements can then be explained on the kept day).
+    let kept_pg = kept.as_ref().map(|k| k.join("pg"));
+    let reuse_pg = kept_pg.as_ref().is_some_and(|d| d.join("url").exists());
+    let server = match &kept_pg {
+        Some(dir) => kept_cluster(dir, reuse_pg).map(|url| (url, dir.join("password"), None)),
+        None => {
+            crate::pgstore::Server::start().map(|s| (s.url.clone(), s.password_file(), Some(s)))
+        }
+    };
     let mut backends = vec![("SQLite", StoreSpec::Sqlite(Some(db.clone())), None)];
     match &server {
-        Ok(server) => backends.push((
+        Ok((url, password_file, _)) => backends.push((
             "PostgreSQL",
-            StoreSpec::Postgres(server.url.clone()),
-            Some(server.password_file()),
+            StoreSpec::Postgres(url.clone()),
+            Some(password_file.clone()),
         )),
         Err(e) => report.skip("raw-day", format!("PostgreSQL: {e:#}")),
     }
@@ -293,7 +303,7 @@ pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
             },
         };
         let started = Instant::now();
-        if !(reuse && name == "SQLite") {
+        if !(reuse && name == "SQLite" || reuse_pg && name == "PostgreSQL") {
             let store = store::open(&options)?;
             fill(store.as_ref(), end)?;
         }
@@ -372,4 +382,18 @@ pub fn scenario_raw_day(report: &mut Report) -> anyhow::Result<()> {
     }
     drop(server);
     Ok(())
+}
+
+/// The URL of the kept cluster in `dir`: started again when `reuse` (it may have been
+/// stopped), else made there (scripts/pg.sh, fsync on as the bench's own).
+fn kept_cluster(dir: &std::path::Path, reuse: bool) -> anyhow::Result<String> {
+    let mut command = std::process::Command::new(crate::pgstore::script());
+    if reuse {
+        command.arg("restart").arg(dir);
+    } else {
+        command.arg("start").arg(dir).arg("--fsync");
+    }
+    let status = command.stdout(std::process::Stdio::null()).status()?;
+    anyhow::ensure!(status.success(), "scripts/pg.sh on {}", dir.display());
+    Ok(std::fs::read_to_string(dir.join("url"))?.trim().to_owned())
 }
