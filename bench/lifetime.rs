@@ -243,23 +243,29 @@ fn sockets_by_port(records: &[Record]) -> HashMap<u16, Vec<Socket<'_>>> {
     by_port
 }
 
-/// The socket among `candidates` first seen within the connection's life (a port is reused
-/// across a run; loopback reuses even ports in TIME_WAIT).
+/// The socket among `candidates` first seen within the connection's life: of those, the
+/// first seen. A port is reused across a run (loopback reuses even ports in TIME_WAIT), and a
+/// later connection on the same port — the beacon's, whose RST-scrubbed END shows remote port
+/// 0 — also falls in the window: taking any match, in hash order, judged some connections by
+/// another one's socket.
 fn find<'s, 'a>(
     candidates: Option<&'s Vec<Socket<'a>>>,
     m: &Made,
     remote: Option<u16>,
 ) -> Option<&'s Socket<'a>> {
-    candidates?.iter().find(|s| {
-        let t = s.first_seen();
-        t + 5_000_000 >= m.opened
-            && t <= m.closed + 3_000_000_000
-            && remote.is_none_or(|r| {
-                s.records
-                    .iter()
-                    .any(|f| f.remote_port == Some(r) || f.remote_port == Some(0))
-            })
-    })
+    candidates?
+        .iter()
+        .filter(|s| {
+            let t = s.first_seen();
+            t + 5_000_000 >= m.opened
+                && t <= m.closed + 3_000_000_000
+                && remote.is_none_or(|r| {
+                    s.records
+                        .iter()
+                        .any(|f| f.remote_port == Some(r) || f.remote_port == Some(0))
+                })
+        })
+        .min_by_key(|s| s.first_seen())
 }
 
 #[derive(Default, Clone, Copy)]
@@ -271,11 +277,56 @@ struct Tally {
     rst_peer: u64,
 }
 
-pub fn scenario_lifetime(report: &mut Report, secs: u64) -> anyhow::Result<()> {
-    let scenario = "lifetime";
+/// The buckets of a pod's own connection hash: what the kernel of a 2 GiB microVM sizes for
+/// itself (one per 128 KiB of memory). A Fargate pod is such a VM; a namespace on this host
+/// shares the host's hash, sized by the host's memory, unless it was made with one of its own.
+pub const POD_HASH_BUCKETS: u64 = 16_384;
+
+/// Enters a new network namespace with a connection hash of its own of `buckets`
+/// (`net.ipv4.tcp_child_ehash_entries`, set for the unshare and put back at once). Fails
+/// where that cannot be set: not root, or a kernel before 6.1.
+fn enter_pod_netns_with_hash(buckets: u64) -> anyhow::Result<procflow::sys::ns::NetnsGuard> {
+    use std::os::unix::fs::FileExt;
+    const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
+    // Opened in the host's namespace: writes through it stay the host's after the unshare.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(SYSCTL)
+        .with_context(|| format!("{SYSCTL} (a namespace with a hash of its own needs root)"))?;
+    let mut before = String::new();
+    (&file).read_to_string(&mut before)?;
+    file.write_at(buckets.to_string().as_bytes(), 0)?;
+    let entered = enter_pod_netns();
+    file.write_at(before.trim().as_bytes(), 0)
+        .with_context(|| format!("putting {SYSCTL} back to {}", before.trim()))?;
+    entered
+}
+
+/// The lifetime scenario in a pod whose connection hash is the host's (`own_hash` None:
+/// every dump walks the host's table) or one of its own of that many buckets.
+pub fn scenario_lifetime(
+    report: &mut Report,
+    secs: u64,
+    own_hash: Option<u64>,
+) -> anyhow::Result<()> {
+    let scenario = if own_hash.is_some() {
+        "lifetime-pod"
+    } else {
+        "lifetime"
+    };
     // The pod: its own network namespace (the connection hash walks stay the pod's own).
-    let _netns = enter_pod_netns()?;
+    let _netns = match own_hash {
+        Some(buckets) => enter_pod_netns_with_hash(buckets)?,
+        None => enter_pod_netns()?,
+    };
     let (dump_cpu, hash_buckets) = dump_cost()?;
+    if let Some(buckets) = own_hash {
+        anyhow::ensure!(
+            hash_buckets == buckets,
+            "the namespace walks {hash_buckets} buckets, not its own {buckets}"
+        );
+    }
     report.add(
         scenario,
         "one dump of the pod's (empty) socket tables, CPU",
@@ -375,11 +426,13 @@ pub fn scenario_lifetime(report: &mut Report, secs: u64) -> anyhow::Result<()> {
         let sv = &mut served[b];
         sv.n += 1;
         let accepted = by_port.get(&m.server).and_then(|list| {
-            list.iter().find(|s| {
-                s.records.iter().any(|f| f.remote_port == Some(m.port))
-                    && s.first_seen() + 5_000_000 >= m.opened
-                    && s.first_seen() <= m.closed + 3_000_000_000
-            })
+            list.iter()
+                .filter(|s| {
+                    s.records.iter().any(|f| f.remote_port == Some(m.port))
+                        && s.first_seen() + 5_000_000 >= m.opened
+                        && s.first_seen() <= m.closed + 3_000_000_000
+                })
+                .min_by_key(|s| s.first_seen())
         });
         if let Some(s) = accepted {
             sv.alive += u64::from(s.seen_alive());

@@ -312,8 +312,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if wanted("lifetime") {
-        if let Err(e) = lifetime::scenario_lifetime(&mut report, sizes.lifetime_secs) {
+        if let Err(e) = lifetime::scenario_lifetime(&mut report, sizes.lifetime_secs, None) {
             report.skip("lifetime", format!("{e:#}"));
+        }
+        // The same in a pod as Fargate runs one: a microVM whose kernel's hash is its own.
+        let own = Some(lifetime::POD_HASH_BUCKETS);
+        if let Err(e) = lifetime::scenario_lifetime(&mut report, sizes.lifetime_secs, own) {
+            report.skip("lifetime-pod", format!("{e:#}"));
         }
     }
     if wanted("quiet") && sizes.quiet_spells > 0 {
@@ -614,11 +619,26 @@ fn launch_collector(mut command: Command, wrapped: bool) -> anyhow::Result<Colle
         .spawn()
         .context("starting the collector (build it: cargo build --release --bins)")?;
     let stderr = child.stderr.take().context("stderr")?;
+    // `PF_BENCH_COLLECTOR_LOG=FILE`: the collector's log kept (appended), e.g. with
+    // `RUST_LOG=procflow::tick=trace` to see each tick of a scenario.
+    let mut kept_log = match std::env::var_os("PF_BENCH_COLLECTOR_LOG") {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("PF_BENCH_COLLECTOR_LOG {}", path.to_string_lossy()))?,
+        ),
+        None => None,
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("collector running") {
                 let _ = tx.send(());
+            }
+            if let Some(log) = kept_log.as_mut() {
+                let _ = writeln!(log, "{line}");
             }
         }
     });

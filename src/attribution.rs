@@ -48,6 +48,19 @@ pub trait OwnerLookup {
     /// into `out`, ahead of the flows they own.
     fn refresh(&mut self, new_inodes: &[u64], now: UnixNanos, out: &mut Vec<Record>);
 
+    /// [`OwnerLookup::refresh`], able to ask whether a socket (by inode) is still held by an
+    /// fd: one closed since its dump is in no table, and looking for it reads every table,
+    /// for nothing, while the sockets of the next dump wait.
+    fn refresh_probed(
+        &mut self,
+        new_inodes: &[u64],
+        _still_held: &mut dyn FnMut(u64) -> bool,
+        now: UnixNanos,
+        out: &mut Vec<Record>,
+    ) {
+        self.refresh(new_inodes, now, out);
+    }
+
     /// The owner of a socket by inode (0 when the kernel gave none) and uid.
     /// `listener` is the owner of the local listener an inbound socket was accepted from,
     /// if any: the fallback when the fd table is not readable.

@@ -339,7 +339,19 @@ impl SocketMonitor {
         match self.dumper.dump_all_with(|batch| table.observe(batch)) {
             Ok(stats) => {
                 let dumped = started.elapsed();
-                table.finish_dump(!stats.interrupted, lookup, out);
+                let dumper = &mut self.dumper;
+                // Closed since the dump (or left to TIME_WAIT or an orphan's close): no fd.
+                // A failed lookup says nothing: the socket is looked for.
+                let mut still_held = |s: &SocketInfo| match dumper.lookup(
+                    s.family,
+                    s.local,
+                    s.remote,
+                    Some(s.cookie),
+                ) {
+                    Ok(found) => found.is_some_and(|now| now.inode != 0 && !now.timewait),
+                    Err(_) => true,
+                };
+                table.finish_dump_probed(!stats.interrupted, lookup, &mut still_held, out);
                 DumpFinished {
                     elapsed: started.elapsed(),
                 }

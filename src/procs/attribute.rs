@@ -150,6 +150,7 @@ fn trace_refresh(
         target: "procflow::tick",
         wanted,
         unknown,
+        closed_unread = index.closed_unread,
         read = index.tables_read - read,
         us = started.elapsed().as_micros() as u64,
         "owners read after the dump"
@@ -162,6 +163,10 @@ fn open_fd_count(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
         .map(|m| m.len())
         .ok()
 }
+
+/// Sockets still unknown after the small tables that a pass asks the kernel about, one
+/// lookup each; past it the pass reads on.
+const PROBED_MAX: usize = 64;
 
 /// The shortest gap between two full passes of an incremental attribution.
 const FULL_PASS_GAP: std::time::Duration = std::time::Duration::from_secs(1);
@@ -203,6 +208,9 @@ pub struct InodeIndex {
     /// fd tables read (each a directory walk and one readlink per fd).
     pub tables_read: u64,
     pub misses: u64,
+    /// Sockets whose owner was not yet read when a pass found them closed (no fd left to
+    /// read): not looked for further.
+    pub closed_unread: u64,
     /// Reads of likely owners at a rise of the trigger, before the dump.
     pub prefetches: u64,
 }
@@ -219,6 +227,21 @@ impl ProcessMonitor {
     /// the big tables of holders; every readable table only if some are still unknown.
     /// Nothing is read when nothing is wanted.
     pub fn refresh_inodes(&mut self, wanted: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
+        self.refresh_inodes_probed(wanted, &mut |_| true, now, out);
+    }
+
+    /// [`ProcessMonitor::refresh_inodes`]; after the small tables of socket holders,
+    /// `still_held` is asked of each socket still unknown (a kernel lookup of that socket,
+    /// µs), and one no fd holds any more is no longer looked for: every table would be read
+    /// for it. Under a churn of short connections that search held the engine for tens of
+    /// ms after a dump, while the next connections opened and closed unseen.
+    pub fn refresh_inodes_probed(
+        &mut self,
+        wanted: &[u64],
+        still_held: &mut dyn FnMut(u64) -> bool,
+        now: UnixNanos,
+        out: &mut Vec<Record>,
+    ) {
         let mut index = std::mem::take(&mut self.index);
         let fd_count_works = self.tidy(&mut index);
         // Sized up front: a first pass wants every socket of the pod, and growing a map of
@@ -264,6 +287,12 @@ impl ProcessMonitor {
             for inode in index.held.get(&pid).into_iter().flatten() {
                 unknown.remove(inode);
             }
+        }
+        // A first pass (every socket of the pod unknown) reads every table anyway.
+        if !unknown.is_empty() && unknown.len() <= PROBED_MAX {
+            let before = unknown.len();
+            unknown.retain(|&inode| still_held(inode));
+            index.closed_unread += (before - unknown.len()) as u64;
         }
         if unknown.is_empty() {
             trace_refresh(&index, unknown.len(), trace);
@@ -600,7 +629,17 @@ fn read_fd_table(proc_root: &std::path::Path, pid: u32) -> std::io::Result<FdsRe
 
 impl OwnerLookup for ProcessMonitor {
     fn refresh(&mut self, new_inodes: &[u64], now: UnixNanos, out: &mut Vec<Record>) {
-        self.refresh_inodes(new_inodes, now, out);
+        self.refresh_probed(new_inodes, &mut |_| true, now, out);
+    }
+
+    fn refresh_probed(
+        &mut self,
+        new_inodes: &[u64],
+        still_held: &mut dyn FnMut(u64) -> bool,
+        now: UnixNanos,
+        out: &mut Vec<Record>,
+    ) {
+        self.refresh_inodes_probed(new_inodes, still_held, now, out);
         // A socket is judged with its owner's current image: an exec since the owner was
         // last read (a shim's `exec python3` that then listens) goes out before the socket.
         let owners: Vec<u32> = new_inodes

@@ -84,6 +84,19 @@ impl FlowTable {
         lookup: &mut dyn OwnerLookup,
         out: &mut Vec<Record>,
     ) {
+        self.finish_dump_probed(complete, lookup, &mut |_| true, out);
+    }
+
+    /// [`FlowTable::finish_dump`], with `still_held` telling whether a TCP socket of the
+    /// dump still has an fd (a lookup of that one socket): the owners' search stops looking
+    /// for those that closed since.
+    pub fn finish_dump_probed(
+        &mut self,
+        complete: bool,
+        lookup: &mut dyn OwnerLookup,
+        still_held: &mut dyn FnMut(&SocketInfo) -> bool,
+        out: &mut Vec<Record>,
+    ) {
         let (generation, now) = (self.generation, self.dump_now);
         self.new_flows.clear();
         self.new_listeners.clear();
@@ -147,7 +160,19 @@ impl FlowTable {
         }
 
         if !self.new_inodes.is_empty() {
-            lookup.refresh(&self.new_inodes, now, out);
+            // Asked only of the few sockets a pass could not find in the likeliest tables.
+            let mut by_inode: Option<HashMap<u64, &SocketInfo>> = None;
+            let mut probe = |inode: u64| {
+                let by_inode = by_inode.get_or_insert_with(|| {
+                    sockets
+                        .iter()
+                        .filter(|s| s.inode != 0 && s.protocol == Protocol::Tcp)
+                        .map(|s| (s.inode, s))
+                        .collect()
+                });
+                by_inode.get(&inode).is_none_or(|s| still_held(s))
+            };
+            lookup.refresh_probed(&self.new_inodes, &mut probe, now, out);
         }
         for i in 0..self.new_listeners.len() {
             let cookie = self.new_listeners[i];
