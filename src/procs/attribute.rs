@@ -164,9 +164,23 @@ fn open_fd_count(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Sockets still unknown after the small tables that a pass asks the kernel about, one
-/// lookup each; past it the pass reads on.
+/// Sockets still unknown that a pass asks the kernel about, one lookup each; past it the
+/// pass reads on (a first pass, every socket of the pod unknown, reads every table anyway).
 const PROBED_MAX: usize = 64;
+
+/// Leaves out of `unknown` the sockets no fd holds any more (`still_held` false).
+fn probe_unknown(
+    unknown: &mut HashSet<u64>,
+    still_held: &mut dyn FnMut(u64) -> bool,
+    index: &mut InodeIndex,
+) {
+    if unknown.is_empty() || unknown.len() > PROBED_MAX {
+        return;
+    }
+    let before = unknown.len();
+    unknown.retain(|&inode| still_held(inode));
+    index.closed_unread += (before - unknown.len()) as u64;
+}
 
 /// The shortest gap between two full passes of an incremental attribution.
 const FULL_PASS_GAP: std::time::Duration = std::time::Duration::from_secs(1);
@@ -261,6 +275,9 @@ impl ProcessMonitor {
         index.owners.reserve(unknown.len());
         // For `RUST_LOG=procflow::tick=trace`: what the pass wanted and what it cost.
         let trace = (std::time::Instant::now(), index.tables_read, unknown.len());
+        // Sockets that closed between the dump and now are in no table: asked first (µs
+        // each) and again after the small tables, before anything slower.
+        probe_unknown(&mut unknown, still_held, &mut index);
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
         let mut scanned = HashSet::default();
@@ -288,12 +305,7 @@ impl ProcessMonitor {
                 unknown.remove(inode);
             }
         }
-        // A first pass (every socket of the pod unknown) reads every table anyway.
-        if !unknown.is_empty() && unknown.len() <= PROBED_MAX {
-            let before = unknown.len();
-            unknown.retain(|&inode| still_held(inode));
-            index.closed_unread += (before - unknown.len()) as u64;
-        }
+        probe_unknown(&mut unknown, still_held, &mut index);
         if unknown.is_empty() {
             trace_refresh(&index, unknown.len(), trace);
             self.index = index;
