@@ -266,7 +266,7 @@ impl SocketMonitor {
         let due = self
             .last_dump
             .is_none_or(|t| now.duration_since(t) >= period);
-        // Under heavy churn, triggered dumps take about a fifth of a core; the periodic
+        // Under heavy churn, triggered dumps take their share of a core; the periodic
         // dump always runs. The cost is CPU time: a dump that was merely preempted (a busy
         // node) must not hold the next ones back.
         let allowed = due || self.budget.allows(now);

@@ -103,6 +103,14 @@ pub struct ProcessMonitor {
     tombstones: HashMap<(u32, UnixNanos), Tombstone>,
     tombstone_order: VecDeque<(Instant, (u32, UnixNanos))>,
     last_pid: Option<u32>,
+    /// The last pid before the latest move of `last_pid`: a scan lists /proc from the pid
+    /// after it. Not from the latest's: a pid shows in /proc only once its process is
+    /// attached, µs after loadavg counts it, so one listed during that gap is listed again.
+    scan_floor: Option<u32>,
+    /// Whether /proc can be listed from a pid on ([`crate::sys::proc::pid_seek_works`]):
+    /// a thread-per-connection server moves the last pid at every connection, and listing
+    /// every process each time took a tenth of a churning collector's CPU.
+    pid_seek: bool,
     /// The pid counter wraps past this (`/proc/sys/kernel/pid_max`), back to 300.
     pid_max: u32,
     last_sweep: Option<Instant>,
@@ -174,6 +182,7 @@ impl ProcessMonitor {
             .ok()
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(PID_MAX_LIMIT);
+        let pid_seek = crate::sys::proc::pid_seek_works(&config.proc_root);
         let own_pid = fs::read_link(config.proc_root.join("self"))
             .ok()
             .and_then(|p| p.to_str()?.parse().ok());
@@ -190,6 +199,8 @@ impl ProcessMonitor {
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
             last_pid: None,
+            scan_floor: None,
+            pid_seek,
             pid_max,
             last_sweep: None,
             loadavg,
@@ -266,8 +277,16 @@ impl ProcessMonitor {
             self.sweep_all(now, out);
             scanned = true;
         } else if last_pid.is_some() && last_pid != self.last_pid {
-            self.scan_new(now, out);
+            // From the floor up, unless the counter wrapped since (then every process).
+            let from = self
+                .scan_floor
+                .filter(|&floor| last_pid.is_some_and(|l| floor < l) && self.pid_seek)
+                .map(|floor| floor + 1);
+            self.scan_new(from, now, out);
             scanned = true;
+        }
+        if last_pid.is_some() && last_pid != self.last_pid {
+            self.scan_floor = self.last_pid;
         }
         if let (Some(before), Some(after)) = (self.last_pid, last_pid) {
             let allocated = pids_allocated(before, after, self.pid_max);
@@ -302,10 +321,15 @@ impl ProcessMonitor {
         self.expire_tombstones();
     }
 
-    /// Reads only pids not yet known (after the last-pid trigger moved).
-    fn scan_new(&mut self, now: UnixNanos, out: &mut Vec<Record>) {
+    /// Reads only pids not yet known (after the last-pid trigger moved), listing /proc from
+    /// `from` when given.
+    fn scan_new(&mut self, from: Option<u32>, now: UnixNanos, out: &mut Vec<Record>) {
         self.stats.scans += 1;
-        let mut pids = self.list_pids();
+        let mut pids = match from {
+            Some(first) => crate::sys::proc::pids_from(&self.config.proc_root, first)
+                .unwrap_or_else(|_| self.list_pids()),
+            None => self.list_pids(),
+        };
         pids.retain(|pid| !self.live.contains_key(pid));
         self.observe_all(&pids, now, out);
     }

@@ -7,6 +7,91 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+/// Where pid `n` sits in a listing of the proc root: `proc_pid_readdir` numbers its entries
+/// `TGID_OFFSET + tgid` (`FIRST_PROCESS_ENTRY` + 2), the same since Linux 2.6.
+const TGID_OFFSET: i64 = 258;
+
+/// The process ids (thread-group leaders) listed in the proc root `proc_root` from `first`
+/// on: the listing is started at `first`'s position, so its cost is the processes from
+/// there, not every process. Only for a procfs root that [`pid_seek_works`] checked.
+pub fn pids_from(proc_root: &Path, first: u32) -> io::Result<Vec<u32>> {
+    let path = CString::new(proc_root.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a NUL-terminated string; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open; a seek of a directory only sets where its listing resumes.
+    if unsafe { libc::lseek(fd, TGID_OFFSET + i64::from(first), libc::SEEK_SET) } < 0 {
+        let error = io::Error::last_os_error();
+        // SAFETY: `fd` is ours and closed once.
+        unsafe { libc::close(fd) };
+        return Err(error);
+    }
+    // SAFETY: `fd` is an open directory; on success the DIR* owns it.
+    let dir = unsafe { libc::fdopendir(fd) };
+    if dir.is_null() {
+        let error = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `fd` is still ours to close, once.
+        unsafe { libc::close(fd) };
+        return Err(error);
+    }
+    let mut pids = Vec::new();
+    loop {
+        // SAFETY: `dir` is open; the entry is only used before the next readdir.
+        let entry = unsafe { libc::readdir(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: `d_name` of a live dirent is a NUL-terminated string.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if let Some(pid) = std::str::from_utf8(name.to_bytes())
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            pids.push(pid);
+        }
+    }
+    // SAFETY: `dir` came from fdopendir and is closed exactly once.
+    unsafe { libc::closedir(dir) };
+    Ok(pids)
+}
+
+/// Whether [`pids_from`] lists `proc_root` from a pid on: it is a procfs whose listing
+/// numbers pids as expected — a listing started at a live process's position begins with
+/// that process, and has none before it. Checked against a whole listing, a few times (a
+/// process may exit in between).
+pub fn pid_seek_works(proc_root: &Path) -> bool {
+    const PROC_SUPER_MAGIC: libc::c_long = 0x9fa0;
+    let Ok(path) = CString::new(proc_root.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is a valid value for statfs to overwrite.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `fs` writable.
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0
+        || fs.f_type as libc::c_long != PROC_SUPER_MAGIC
+    {
+        return false;
+    }
+    (0..3).any(|_| {
+        let Ok(mut all) = pids_from(proc_root, 0) else {
+            return false;
+        };
+        all.sort_unstable();
+        let Some(&middle) = all.get(all.len() / 2) else {
+            return false;
+        };
+        pids_from(proc_root, middle)
+            .is_ok_and(|from| from.first() == Some(&middle) && from.iter().all(|&p| p >= middle))
+    })
+}
+
 /// Calls `each` with the link target of every fd in `fd_dir` (`/proc/<pid>/fd`) and returns
 /// how many fds there were. Fds closed during the walk are skipped.
 ///
@@ -290,6 +375,30 @@ pub fn reread(file: &std::fs::File, buf: &mut Vec<u8>) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listing from a pid on starts there: the process of that pid is in it, nothing
+    /// before it is; a directory that is not /proc is never listed so.
+    #[test]
+    fn proc_is_listed_from_a_pid_on() {
+        assert!(pid_seek_works(Path::new("/proc")));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let from = pids_from(Path::new("/proc"), pid).expect("list");
+        let after = pids_from(Path::new("/proc"), pid + 1).expect("list");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(from.first(), Some(&pid), "{from:?}");
+        assert!(from.iter().all(|&p| p >= pid), "{from:?}");
+        assert!(!after.contains(&pid), "{after:?}");
+        let not_proc = tempfile::tempdir().expect("tempdir");
+        for n in [1, 2, 300] {
+            std::fs::create_dir(not_proc.path().join(n.to_string())).expect("dir");
+        }
+        assert!(!pid_seek_works(not_proc.path()));
+    }
 
     /// Files and links read relative to an open /proc/<pid>; once the process has exited
     /// and been reaped, the open directory answers nothing (a reused pid cannot answer).
