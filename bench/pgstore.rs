@@ -56,20 +56,29 @@ impl Server {
 
     /// One value from `sql`.
     pub(crate) fn value(&self, sql: &str) -> anyhow::Result<f64> {
-        let out = Command::new("psql")
-            .args(["-qAtX", &self.url, "-c", sql])
-            .env(
-                "PGPASSWORD",
-                std::fs::read_to_string(self.password_file())?.trim(),
-            )
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+        value_at(&self.url, &self.password_file(), sql)
     }
+}
+
+/// One value from `sql` on the server at `url`.
+pub(crate) fn value_at<T: std::str::FromStr>(
+    url: &str,
+    password_file: &Path,
+    sql: &str,
+) -> anyhow::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let out = Command::new("psql")
+        .args(["-qAtX", url, "-c", sql])
+        .env("PGPASSWORD", std::fs::read_to_string(password_file)?.trim())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
 impl Drop for Server {
