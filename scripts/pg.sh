@@ -95,7 +95,10 @@ start() {
     { cat "$dir/initdb.log" >&2; die "initdb failed"; }
   local port tries=0
   while :; do
-    port=$((20000 + RANDOM % 40000))
+    # Below both the ports the test suite draws for its aggregators (the 12,000 under the
+    # ephemeral range: tests/it/pipeline.rs free_ports) and the ephemeral range itself, so a
+    # restart on the same port never finds it taken by a test or an outgoing connection.
+    port=$((10000 + RANDOM % 10000))
     echo "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c fsync=$fsync -c synchronous_commit=$fsync -c full_page_writes=$fsync -c max_connections=200 -c shared_buffers=256MB -c max_wal_size=2GB$tls_options" >"$dir/options"
     if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
       -o "$(cat "$dir/options")" start >/dev/null; then
