@@ -46,6 +46,10 @@ pub fn day_of(t: u64) -> u64 {
 /// (north-south out, north-south in, east-west, local, other), then process starts.
 pub const STARTS: usize = 6;
 
+/// At most this many rows are sized for at once when an hour's sockets are folded: a row per
+/// socket is the most there can be, and past this the table grows as it needs.
+const MAX_ROWS_RESERVED: usize = 1 << 20;
+
 /// One hour's counts of new connections and process starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct HourStarts {
@@ -213,7 +217,13 @@ impl HourBuilder {
         expire_before: u64,
     ) -> (Vec<PodHour>, Vec<PodAddress>) {
         let no_peers = PodDirectory::default();
-        let mut rows: HashMap<EdgeKey<Option<u64>>, EdgeRow> = HashMap::default();
+        // Sized at once for a row per socket (at most; bounded): an hour's rows are
+        // hundreds of thousands, and growing the table rehashed their string keys again and
+        // again.
+        let mut rows: HashMap<EdgeKey<Option<u64>>, EdgeRow> = HashMap::with_capacity_and_hasher(
+            self.period.sockets.len().min(MAX_ROWS_RESERVED),
+            Default::default(),
+        );
         self.period.sockets.each(|source, cookie, s| {
             let id = (source.collector_id.clone(), cookie);
             let before = carry.get(&id).copied();

@@ -6,6 +6,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use super::{hour_of, EdgeRow, HourStarts, PodHour, STARTS};
@@ -105,7 +106,7 @@ impl Interner {
 }
 
 /// An edge within its pod.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq)]
 struct EdgeId {
     comm: u32,
     exe: u32,
@@ -117,13 +118,85 @@ struct EdgeId {
     port: u16,
 }
 
+/// Hashed as two or three words, not field by field: a day's merge hashes a million edges,
+/// each again whenever its pod's table grows.
+impl Hash for EdgeId {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let flags = u64::from(self.unattributed)
+            | (self.direction as u64) << 2
+            | (self.scope as u64) << 4
+            | (self.protocol as u64) << 6;
+        h.write_u64(u64::from(self.comm) << 32 | u64::from(self.exe));
+        let port = u64::from(self.port) << 32 | flags << 48;
+        match self.peer_addr {
+            IpAddr::V4(a) => h.write_u64(u64::from(u32::from(a)) | port),
+            IpAddr::V6(a) => {
+                h.write_u128(u128::from(a));
+                h.write_u64(port | 1 << 63);
+            }
+        }
+    }
+}
+
+/// No heap of its own (its pids past the first few are in the merger's `spilled`): a day's
+/// million edges are made and dropped without a call to the allocator each.
+#[derive(Clone, Copy)]
 struct EdgeSum {
     connections: u64,
     bytes_sent: u64,
     bytes_received: u64,
     first_seen: u64,
     last_seen: u64,
-    pids: Vec<u32>,
+    pids: Pids,
+}
+
+// Dropping a day's tables is one free each, not a walk over their million edges.
+const _: () = assert!(!std::mem::needs_drop::<EdgeSum>());
+
+/// Pids kept inline; an edge with more keeps the rest in its merger's `spilled`.
+const INLINE_PIDS: usize = 4;
+
+/// An edge's first [`MAX_EDGE_PIDS`] distinct pids, in the order they came: the first
+/// [`INLINE_PIDS`] here, the others in `spilled[more - 1]` of the merger.
+#[derive(Clone, Copy, Default)]
+struct Pids {
+    inline: [u32; INLINE_PIDS],
+    len: u8,
+    more: u32,
+}
+
+impl Pids {
+    fn add(&mut self, pid: u32, spilled: &mut Vec<Vec<u32>>) {
+        let len = usize::from(self.len);
+        if self.inline[..len].contains(&pid) {
+            return;
+        }
+        if len < INLINE_PIDS {
+            self.inline[len] = pid;
+            self.len += 1;
+            return;
+        }
+        if self.more == 0 {
+            spilled.push(Vec::new());
+            self.more = spilled.len() as u32;
+        }
+        if let Some(more) = spilled.get_mut(self.more as usize - 1) {
+            if more.len() < MAX_EDGE_PIDS - INLINE_PIDS && !more.contains(&pid) {
+                more.push(pid);
+            }
+        }
+    }
+
+    fn iter<'a>(&'a self, spilled: &'a [Vec<u32>]) -> impl Iterator<Item = u32> + 'a {
+        let more = match self.more {
+            0 => &[][..],
+            i => spilled.get(i as usize - 1).map_or(&[][..], Vec::as_slice),
+        };
+        self.inline[..usize::from(self.len)]
+            .iter()
+            .chain(more)
+            .copied()
+    }
 }
 
 /// The first of something in the window: when, in which order it came, and what it was.
@@ -143,6 +216,8 @@ pub struct Merger {
     /// while its rows are merged and when the table grows (one big table was most of a
     /// day's answer, in rehashing).
     edges: Vec<(PodRef, HashMap<EdgeId, EdgeSum>)>,
+    /// The pids of edges with more than [`INLINE_PIDS`] ([`Pids`]).
+    spilled: Vec<Vec<u32>>,
     pod_edges: HashMap<PodRef, usize>,
     /// The pod of the last row and its index in `edges`.
     last_pod: Option<(PodRef, usize)>,
@@ -166,6 +241,7 @@ impl Merger {
             firsts,
             strings: Interner::default(),
             edges: Vec::new(),
+            spilled: Vec::new(),
             pod_edges: HashMap::default(),
             last_pod: None,
             executables: HashMap::default(),
@@ -218,10 +294,12 @@ impl Merger {
             namespace: id(p.namespace),
             name: id(p.name),
         };
+        let mut their_spilled = other.spilled;
         for (pod, edges) in other.edges {
-            let table = self.pod_edges(pod_of(pod));
+            let i = self.pod_index(pod_of(pod));
+            let (table, spilled) = (&mut self.edges[i].1, &mut self.spilled);
             table.reserve(edges.len());
-            for (e, sum) in edges {
+            for (e, mut sum) in edges {
                 let e = EdgeId {
                     comm: id(e.comm),
                     exe: id(e.exe),
@@ -229,6 +307,14 @@ impl Merger {
                 };
                 match table.entry(e) {
                     Entry::Vacant(v) => {
+                        if sum.pids.more != 0 {
+                            let more = their_spilled
+                                .get_mut(sum.pids.more as usize - 1)
+                                .map(std::mem::take)
+                                .unwrap_or_default();
+                            spilled.push(more);
+                            sum.pids.more = spilled.len() as u32;
+                        }
                         v.insert(sum);
                     }
                     Entry::Occupied(mut o) => {
@@ -238,10 +324,8 @@ impl Merger {
                         known.bytes_received += sum.bytes_received;
                         known.first_seen = known.first_seen.min(sum.first_seen);
                         known.last_seen = known.last_seen.max(sum.last_seen);
-                        for pid in sum.pids {
-                            if known.pids.len() < MAX_EDGE_PIDS && !known.pids.contains(&pid) {
-                                known.pids.push(pid);
-                            }
+                        for pid in sum.pids.iter(&their_spilled) {
+                            known.pids.add(pid, spilled);
                         }
                     }
                 }
@@ -306,14 +390,15 @@ impl Merger {
             peer_addr: row.peer_addr,
             port: row.port,
         };
-        let edges = self.pod_edges(pod);
+        let i = self.pod_index(pod);
+        let (edges, spilled) = (&mut self.edges[i].1, &mut self.spilled);
         let sum = edges.entry(id).or_insert_with(|| EdgeSum {
             connections: 0,
             bytes_sent: 0,
             bytes_received: 0,
             first_seen: row.first_seen,
             last_seen: row.last_seen,
-            pids: Vec::new(),
+            pids: Pids::default(),
         });
         sum.connections += connections;
         sum.bytes_sent += sent;
@@ -321,15 +406,13 @@ impl Merger {
         sum.first_seen = sum.first_seen.min(row.first_seen);
         sum.last_seen = sum.last_seen.max(row.last_seen);
         for &pid in row.pids {
-            if sum.pids.len() < MAX_EDGE_PIDS && !sum.pids.contains(&pid) {
-                sum.pids.push(pid);
-            }
+            sum.pids.add(pid, spilled);
         }
     }
 
-    /// The edges of `pod`: the last row's pod's without a lookup.
-    fn pod_edges(&mut self, pod: PodRef) -> &mut HashMap<EdgeId, EdgeSum> {
-        let i = match self.last_pod {
+    /// The index in `edges` of `pod`'s: the last row's pod's without a lookup.
+    fn pod_index(&mut self, pod: PodRef) -> usize {
+        match self.last_pod {
             Some((last, i)) if last == pod => i,
             _ => {
                 let next = self.edges.len();
@@ -340,8 +423,7 @@ impl Merger {
                 self.last_pod = Some((pod, i));
                 i
             }
-        };
-        &mut self.edges[i].1
+        }
     }
 
     /// An executable first seen in one of `pod`'s periods at `first_seen` (`image` is its
@@ -488,7 +570,10 @@ impl Merger {
         Talkers {
             edges: ranked
                 .into_iter()
-                .map(|(pod, id, sum)| edge_of(strings, pods, (pod, id), sum, sum.pids.clone()))
+                .map(|(pod, id, sum)| {
+                    let pids = sum.pids.iter(&self.spilled).collect();
+                    edge_of(strings, pods, (pod, id), sum, pids)
+                })
                 .collect(),
             flows: self.flows,
             total_edges,
@@ -504,13 +589,13 @@ impl Merger {
         executable: impl Fn(&[u8]) -> Result<NewExecutable, E>,
         listener: impl Fn(&[u8]) -> Result<NewListener, E>,
     ) -> Result<Activity, E> {
-        let strings = &self.strings;
+        let (strings, spilled) = (&self.strings, &self.spilled);
         let edges: Vec<Edge> = self
             .edges
             .into_iter()
             .flat_map(|(pod, edges)| {
-                edges.into_iter().map(move |(id, mut sum)| {
-                    let pids = std::mem::take(&mut sum.pids);
+                edges.into_iter().map(move |(id, sum)| {
+                    let pids = sum.pids.iter(spilled).collect();
                     edge_of(strings, pods, (pod, &id), &sum, pids)
                 })
             })
@@ -674,4 +759,65 @@ fn in_order<T, E>(
             Kept::Encoded(bytes) => decode(&bytes),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pids: &[u32]) -> RowRef<'_> {
+        RowRef {
+            comm: b"curl",
+            exe: None,
+            unattributed: false,
+            direction: Direction::Outbound,
+            scope: Scope::NorthSouth,
+            protocol: Protocol::Tcp,
+            peer_addr: IpAddr::from([203, 0, 113, 7]),
+            port: 443,
+            connections: 1,
+            bytes_sent: 10,
+            bytes_received: 5,
+            sent_delta: 0,
+            received_delta: 0,
+            first_seen: 1,
+            last_seen: 2,
+            prev_hour: None,
+            pids,
+        }
+    }
+
+    #[test]
+    fn an_edge_keeps_its_first_pids_past_those_held_inline() {
+        // Seven rows of one edge naming 21 distinct pids (100 again in each): the first
+        // `MAX_EDGE_PIDS` in the order they came, whether one merger took every row or two
+        // took them apart and one absorbed the other.
+        let rows: Vec<Vec<u32>> = (0..7)
+            .map(|i| vec![100 + 3 * i, 101 + 3 * i, 102 + 3 * i, 100])
+            .collect();
+        let pods = PodDirectory::default();
+        let mut one = Merger::new(0, FlowFilter::default(), false);
+        let pod = one.pod("shop", "web-0");
+        for pids in &rows {
+            one.edge(pod, &row(pids));
+        }
+        let one = one.talkers(&pods, EdgeOrder::Bytes, 10);
+        let first: Vec<u32> = (100..100 + MAX_EDGE_PIDS as u32).collect();
+        assert_eq!(one.edges.len(), 1);
+        assert_eq!(one.edges[0].pids, first);
+        assert_eq!(one.edges[0].connections, 7);
+        for split in [1, 2, 5] {
+            let mut a = Merger::new(0, FlowFilter::default(), false);
+            let mut b = a.apart();
+            let (pa, pb) = (a.pod("shop", "web-0"), b.pod("shop", "web-0"));
+            rows[..split].iter().for_each(|pids| a.edge(pa, &row(pids)));
+            rows[split..].iter().for_each(|pids| b.edge(pb, &row(pids)));
+            a.absorb(b);
+            assert_eq!(
+                a.talkers(&pods, EdgeOrder::Bytes, 10).edges,
+                one.edges,
+                "{split}"
+            );
+        }
+    }
 }
