@@ -193,16 +193,29 @@ impl hashbrown::Equivalent<WorkloadKey> for WorkloadRef<'_> {
     }
 }
 
-/// A baseline's edge: its workload and image by their ids in the baseline, direction, peer
-/// and port. A day's baseline holds a million edges of a few thousand workloads and
+/// A baseline's edge within its workload: its image by its id in the baseline, direction,
+/// peer and port. A day's baseline holds a million edges of a few thousand workloads and
 /// images: keyed by their strings, building it was most of a `new` answer's time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct EdgeKey {
-    workload: u32,
     image: u32,
     direction: Direction,
     peer_addr: IpAddr,
     port: u16,
+}
+
+/// Hashed as one or two words, not field by field.
+impl std::hash::Hash for EdgeKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let rest = u64::from(self.image) << 32 | u64::from(self.port) << 8 | self.direction as u64;
+        match self.peer_addr {
+            IpAddr::V4(a) => h.write_u128(u128::from(u32::from(a)) << 64 | u128::from(rest)),
+            IpAddr::V6(a) => {
+                h.write_u128(u128::from(a));
+                h.write_u64(rest | 1 << 7);
+            }
+        }
+    }
 }
 
 fn image_key(x: &NewExecutable) -> (WorkloadKey, Vec<u8>) {
@@ -228,7 +241,10 @@ pub struct Baseline {
     /// Ids of the workloads and images its edges name.
     workloads: hashbrown::HashMap<WorkloadKey, u32, foldhash::fast::RandomState>,
     names: hashbrown::HashMap<Vec<u8>, u32, foldhash::fast::RandomState>,
-    edges: HashMap<EdgeKey, u64>,
+    /// Per workload id, its edges: a table each, sized from what is merged into it (one
+    /// table of a day's million edges was most of a first `new`'s baseline, in page faults
+    /// on its fresh memory; a workload's table takes the memory its pods' merge just freed).
+    edges: Vec<HashMap<EdgeKey, u64>>,
     images: HashSet<(WorkloadKey, Vec<u8>)>,
     ports: HashSet<(WorkloadKey, Protocol, u16)>,
     flows: u64,
@@ -241,7 +257,7 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn of(period: &Activity) -> Baseline {
-        let mut baseline = Baseline::with_capacity(period.edges.len());
+        let mut baseline = Baseline::default();
         for e in &period.edges {
             let workload = baseline.workload(&e.pod_namespace, &e.pod_name);
             let image = baseline.image(e.exe.as_deref().unwrap_or(&e.comm));
@@ -255,13 +271,12 @@ impl Baseline {
         baseline
     }
 
-    /// An empty baseline with room for `edges` (sized at once: a day's baseline holds a
-    /// million edges, and growing the table step by step rehashed every key again and
-    /// again).
-    pub(in crate::investigate) fn with_capacity(edges: usize) -> Baseline {
-        Baseline {
-            edges: HashMap::with_capacity_and_hasher(edges, Default::default()),
-            ..Baseline::default()
+    /// Makes room for `edges` more edges of `workload` (sized at once: a day's baseline
+    /// holds a million edges, and growing the tables step by step rehashed every key again
+    /// and again).
+    pub(in crate::investigate) fn reserve(&mut self, workload: u32, edges: usize) {
+        if let Some(table) = self.edges.get_mut(workload as usize) {
+            table.reserve(edges);
         }
     }
 
@@ -274,6 +289,7 @@ impl Baseline {
         let id = self.workloads.len() as u32;
         self.workloads
             .insert((namespace.to_owned(), workload.to_owned()), id);
+        self.edges.push(HashMap::default());
         id
     }
 
@@ -295,13 +311,14 @@ impl Baseline {
         bytes: u64,
     ) {
         let key = EdgeKey {
-            workload,
             image,
             direction,
             peer_addr,
             port,
         };
-        *self.edges.entry(key).or_default() += bytes;
+        if let Some(table) = self.edges.get_mut(workload as usize) {
+            *table.entry(key).or_default() += bytes;
+        }
     }
 
     /// Takes the period's executables, listening ports and totals (its edges aside).
@@ -347,8 +364,8 @@ impl Baseline {
             .get(&WorkloadRef((&e.pod_namespace, workload_of(&e.pod_name))))?;
         let image = *self.names.get(e.exe.as_deref().unwrap_or(&e.comm))?;
         self.edges
+            .get(workload as usize)?
             .get(&EdgeKey {
-                workload,
                 image,
                 direction: e.direction,
                 peer_addr: e.peer_addr,
@@ -380,8 +397,13 @@ impl Baseline {
             Some(under) => under.summary(),
             None => Default::default(),
         };
-        let own = self.edges.iter().map(|(k, &bytes)| {
-            let workload: &WorkloadKey = workloads[&k.workload];
+        let own = self.edges.iter().enumerate().flat_map(|(workload, edges)| {
+            edges
+                .iter()
+                .map(move |(k, &bytes)| (workload as u32, k, bytes))
+        });
+        let own = own.map(|(workload, k, bytes)| {
+            let workload: &WorkloadKey = workloads[&workload];
             let image: &Vec<u8> = names[&k.image];
             (
                 (

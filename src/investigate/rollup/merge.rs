@@ -625,14 +625,30 @@ impl Merger {
         listener: impl Fn(&[u8]) -> Result<NewListener, E>,
     ) -> Result<Baseline, E> {
         let strings = &self.strings;
-        let mut baseline = Baseline::with_capacity(self.edges.iter().map(|(_, e)| e.len()).sum());
-        // The baseline's image id of each of the merger's strings, once known.
-        let mut images = vec![NO_STRING; strings.names.len()];
-        for (pod, edges) in &self.edges {
-            let workload = baseline.workload(
+        let mut baseline = Baseline::default();
+        let workload = |baseline: &mut Baseline, pod: &PodRef| {
+            baseline.workload(
                 &String::from_utf8_lossy(strings.bytes(pod.namespace)),
                 &String::from_utf8_lossy(strings.bytes(pod.name)),
-            );
+            )
+        };
+        // Each workload's table sized at once for its pods' edges, then filled pod by pod,
+        // each pod's table dropped once taken: the next workload's table takes its memory.
+        let workloads: Vec<u32> = self
+            .edges
+            .iter()
+            .map(|(pod, _)| workload(&mut baseline, pod))
+            .collect();
+        let mut sizes = vec![0; workloads.iter().max().map_or(0, |&w| w as usize + 1)];
+        for (&w, (_, edges)) in workloads.iter().zip(&self.edges) {
+            sizes[w as usize] += edges.len();
+        }
+        for (w, size) in sizes.into_iter().enumerate() {
+            baseline.reserve(w as u32, size);
+        }
+        // The baseline's image id of each of the merger's strings, once known.
+        let mut images = vec![NO_STRING; strings.names.len()];
+        for ((_, edges), workload) in self.edges.into_iter().zip(workloads) {
             for (id, sum) in edges {
                 let name = if id.exe == NO_STRING { id.comm } else { id.exe };
                 let image = match images.get(name as usize) {
