@@ -13,7 +13,7 @@ use crate::procs::monitor::ProcessMonitor;
 /// fd tables a prefetch reads at most: the engine's tick stays short whatever the host.
 const PREFETCH_TABLES_MAX: usize = 16;
 
-/// Of those, tables whose open-fd count did not move since their last read. Such a process
+/// Of those, tables whose open-fd count did not grow since their last read. Such a process
 /// opened a socket only if it also closed an fd in between; the rise also counts sockets
 /// that already closed (a sub-ms churn's), which no table will show: reading every earlier
 /// opener for those took most of a churning pod's dump budget (16 tables at each of 750
@@ -24,7 +24,7 @@ impl ProcessMonitor {
     /// About `expected` sockets just opened: reads the fd tables of the processes likeliest
     /// to hold them, until that many sockets new to the index are found. The likeliest:
     /// processes started since the last look (their START records to `out`), then small
-    /// tables of processes that held sockets — those whose open-fd count moved first, then
+    /// tables of processes that held sockets — those whose open-fd count grew first, then
     /// the most recent openers; a daemon holding the same sockets since it was first read
     /// comes last, and the reads stop once the sockets are found. Returns the tables read.
     pub fn prefetch_owners(
@@ -38,7 +38,7 @@ impl ProcessMonitor {
         let fd_count_works = self.tidy(&mut index);
         index.incremental_passes += 1;
         let pass = index.incremental_passes;
-        // (class, recency, pid): 0 new since the last pass, 1 its count moved, 2 an earlier
+        // (class, recency, pid): 0 new since the last pass, 1 its count grew, 2 an earlier
         // opener; sorted so that the best is popped first.
         let mut candidates: Vec<(u8, u64, u32)> = Vec::new();
         for (&pid, p) in &self.live {
@@ -55,9 +55,12 @@ impl ProcessMonitor {
             if fd.socket_pass == 0 && fd.gained_pass == 0 {
                 continue;
             }
-            let moved = fd_count_works
-                && open_fd_count(self.proc_root(), pid).is_some_and(|c| Some(c) != fd.count);
-            candidates.push((if moved { 1 } else { 2 }, fd.gained_pass, pid));
+            // A table that grew holds a new fd; one that shrank or stayed level opened one
+            // only if it also closed as many (a client closing its connection shrinks).
+            let grew = fd_count_works
+                && open_fd_count(self.proc_root(), pid)
+                    .is_some_and(|c| fd.count.is_some_and(|known| c > known));
+            candidates.push((if grew { 1 } else { 2 }, fd.gained_pass, pid));
         }
         candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut found = 0u64;
