@@ -297,10 +297,16 @@ fn enter_pod_netns_with_hash(buckets: u64) -> anyhow::Result<procflow::sys::ns::
     let mut before = String::new();
     (&file).read_to_string(&mut before)?;
     file.write_at(buckets.to_string().as_bytes(), 0)?;
-    let entered = enter_pod_netns();
+    // Put back at once: only the namespace made here gets the small hash.
+    let entered = procflow::sys::ns::NetnsGuard::enter_new();
     file.write_at(before.trim().as_bytes(), 0)
         .with_context(|| format!("putting {SYSCTL} back to {}", before.trim()))?;
-    entered
+    let entered = entered.context("unshare(CLONE_NEWNET)")?;
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()?;
+    anyhow::ensure!(up.success(), "ip link set lo up: {up}");
+    Ok(entered)
 }
 
 /// The lifetime scenario in a pod whose connection hash is the host's (`own_hash` None:

@@ -342,12 +342,7 @@ impl SocketMonitor {
                 let dumper = &mut self.dumper;
                 // Closed since the dump (or left to TIME_WAIT or an orphan's close): no fd.
                 // A failed lookup says nothing: the socket is looked for.
-                let mut still_held = |s: &SocketInfo| match dumper.lookup(
-                    s.family,
-                    s.local,
-                    s.remote,
-                    Some(s.cookie),
-                ) {
+                let mut still_held = |s: &SocketInfo| match dumper.lookup_again(s) {
                     Ok(found) => found.is_some_and(|now| now.inode != 0 && !now.timewait),
                     Err(_) => true,
                 };

@@ -182,10 +182,13 @@ impl ProcessMonitor {
             .ok()
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(PID_MAX_LIMIT);
-        let pid_seek = crate::sys::proc::pid_seek_works(&config.proc_root);
         let own_pid = fs::read_link(config.proc_root.join("self"))
             .ok()
             .and_then(|p| p.to_str()?.parse().ok());
+        // loadavg's last pid is of this process's pid namespace, a listing's position of the
+        // proc root's: the floor means something only when they are the same one.
+        let pid_seek = own_pid == Some(std::process::id())
+            && crate::sys::proc::pid_seek_works(&config.proc_root);
         let started_ticks = u64::try_from(
             crate::sys::clock::since_boot().as_nanos() * u128::from(ticks) / 1_000_000_000,
         )
@@ -278,10 +281,18 @@ impl ProcessMonitor {
             scanned = true;
         } else if last_pid.is_some() && last_pid != self.last_pid {
             // From the floor up, unless the counter wrapped since (then every process).
-            let from = self
-                .scan_floor
-                .filter(|&floor| last_pid.is_some_and(|l| floor < l) && self.pid_seek)
-                .map(|floor| floor + 1);
+            let from = match (self.scan_floor, self.last_pid, last_pid) {
+                (Some(floor), Some(before), Some(after))
+                    if self.pid_seek
+                        && floor < before
+                        && before < after
+                        && pids_allocated(floor, after, self.pid_max)
+                            < u64::from(self.pid_max / 4) =>
+                {
+                    Some(floor + 1)
+                }
+                _ => None,
+            };
             self.scan_new(from, now, out);
             scanned = true;
         }

@@ -274,6 +274,7 @@ mod tests {
             wqueue: 0,
             uid: 0,
             inode: 0,
+            interface: 0,
             tcp: None,
             cgroup_id: None,
             timewait: false,

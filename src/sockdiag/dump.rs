@@ -203,13 +203,30 @@ impl Dumper {
         remote: std::net::SocketAddr,
         cookie: Option<u64>,
     ) -> Result<Option<SocketInfo>, DumpError> {
+        self.lookup_on(family, local, remote, 0, cookie)
+    }
+
+    /// The socket a dump showed, now: asked with its device too (one bound to a device,
+    /// `SO_BINDTODEVICE` or an IPv6 link-local address, is not found without it).
+    pub fn lookup_again(&mut self, s: &SocketInfo) -> Result<Option<SocketInfo>, DumpError> {
+        self.lookup_on(s.family, s.local, s.remote, s.interface, Some(s.cookie))
+    }
+
+    fn lookup_on(
+        &mut self,
+        family: Family,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        interface: u32,
+        cookie: Option<u64>,
+    ) -> Result<Option<SocketInfo>, DumpError> {
         let protocol = Protocol::Tcp;
         let table = Table {
             family: Some(family),
             protocol,
         };
         self.seq = self.seq.wrapping_add(1);
-        let request = msg::lookup_request(family, local, remote, cookie, self.seq);
+        let request = msg::lookup_request(family, local, remote, interface, cookie, self.seq);
         self.send(&request, table)?;
         loop {
             let Some(len) = self.recv(table)? else {
@@ -221,7 +238,13 @@ impl Dumper {
                 }
                 match message.kind {
                     SOCK_DIAG_BY_FAMILY => {
-                        return Ok(msg::parse_socket(message.payload, protocol).ok());
+                        // A reply that does not parse says nothing of the socket.
+                        return msg::parse_socket(message.payload, protocol)
+                            .map(Some)
+                            .map_err(|_| DumpError::Kernel {
+                                table,
+                                errno: libc::EPROTO,
+                            });
                     }
                     NLMSG_ERROR => {
                         let errno = msg::error_code(message.payload)
@@ -398,6 +421,39 @@ mod tests {
             )
             .expect("lookup");
         assert!(other.is_none(), "another cookie: {other:?}");
+    }
+
+    /// A socket bound to a device (`SO_BINDTODEVICE`, which any process may set) is found
+    /// by a lookup only when asked with that device: asked without it, a live connection
+    /// reads as gone (and the owners' search once stopped looking for it).
+    #[test]
+    fn a_socket_bound_to_a_device_is_found_again_with_its_device() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let server_addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(server_addr).expect("connect");
+        let client_addr = client.local_addr().expect("local");
+        crate::sys::net::bind_to_device(client.as_fd(), c"lo").expect("SO_BINDTODEVICE");
+        let mut dumper = Dumper::open().expect("sock_diag");
+        let mut sockets = Vec::new();
+        dumper.dump_all(&mut sockets).expect("dump");
+        let dumped = sockets
+            .iter()
+            .find(|s| s.local == client_addr && s.remote == server_addr)
+            .expect("the client in the dump")
+            .clone();
+        assert_ne!(dumped.interface, 0, "the dump names the device");
+        let without = dumper
+            .lookup(Family::Ipv4, client_addr, server_addr, Some(dumped.cookie))
+            .expect("lookup");
+        assert!(
+            without.is_none(),
+            "the kernel wants the device: {without:?}"
+        );
+        let again = dumper
+            .lookup_again(&dumped)
+            .expect("lookup")
+            .expect("found with its device");
+        assert_eq!((again.cookie, again.inode), (dumped.cookie, dumped.inode));
     }
 
     /// A listener with `TCP_DEFER_ACCEPT` keeps a connection whose handshake completed

@@ -48,6 +48,27 @@ pub fn set_tcp_defer_accept(fd: BorrowedFd<'_>, seconds: i32) -> io::Result<()> 
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, seconds)
 }
 
+/// Binds a socket to a device by name (`SO_BINDTODEVICE`: any process may, on Linux ≥ 5.7),
+/// as a workload that pins a connection to an interface does; tests use it.
+#[cfg(test)]
+pub fn bind_to_device(fd: BorrowedFd<'_>, device: &std::ffi::CStr) -> io::Result<()> {
+    let name = device.to_bytes_with_nul();
+    // SAFETY: `name` is a valid buffer for the duration of the call and its length is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes blocking receives return `EAGAIN` after `timeout`, so a reader thread can notice a
 /// shutdown request.
 pub fn set_receive_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {

@@ -166,7 +166,9 @@ impl FlowTable {
                 let by_inode = by_inode.get_or_insert_with(|| {
                     sockets
                         .iter()
-                        .filter(|s| s.inode != 0 && s.protocol == Protocol::Tcp)
+                        // Connections only: a lookup of a listener in a SO_REUSEPORT group
+                        // finds one member of the group, by hash, and not the others.
+                        .filter(|s| s.inode != 0 && s.protocol == Protocol::Tcp && !is_listener(s))
                         .map(|s| (s.inode, s))
                         .collect()
                 });
@@ -644,5 +646,61 @@ mod tests {
             ]
         );
         assert_eq!(t.stats().updated_early, 1);
+    }
+
+    /// After a dump, only connections are asked about: a lookup of a listener in a
+    /// SO_REUSEPORT group finds one member, by hash, and would call the others closed.
+    #[test]
+    fn the_owners_search_asks_about_connections_not_listeners() {
+        use crate::attribution::{Owner, OwnerLookup};
+        use crate::model::Record;
+        struct AsksAll(Vec<u64>);
+        impl OwnerLookup for AsksAll {
+            fn refresh(&mut self, _: &[u64], _: UnixNanos, _: &mut Vec<Record>) {}
+            fn refresh_probed(
+                &mut self,
+                new_inodes: &[u64],
+                still_held: &mut dyn FnMut(u64) -> bool,
+                _: UnixNanos,
+                _: &mut Vec<Record>,
+            ) {
+                for &inode in new_inodes {
+                    if still_held(inode) {
+                        continue;
+                    }
+                    self.0.push(inode);
+                }
+            }
+            fn owner(&mut self, _: u64, _: Option<u32>, _: Option<Owner>) -> Owner {
+                Owner::NONE
+            }
+        }
+        let mut t = table();
+        let mut out = Vec::new();
+        let listener = tcp_socket(1, "127.0.0.1:80", "0.0.0.0:0", msg::TCP_LISTEN, 0, 0, 0);
+        let conn = tcp_socket(
+            2,
+            "127.0.0.1:80",
+            "127.0.0.1:5555",
+            msg::TCP_ESTABLISHED,
+            0,
+            0,
+            0,
+        );
+        let mut lookup = AsksAll(Vec::new());
+        let mut asked = Vec::new();
+        t.begin_dump(10_000);
+        t.observe(&[listener.clone(), conn.clone()]);
+        t.finish_dump_probed(
+            true,
+            &mut lookup,
+            &mut |s| {
+                asked.push(s.inode);
+                false
+            },
+            &mut out,
+        );
+        assert_eq!(asked, [conn.inode], "only the connection is looked up");
+        assert_eq!(lookup.0, [conn.inode], "the listener reads as held");
     }
 }

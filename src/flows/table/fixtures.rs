@@ -27,6 +27,7 @@ pub(super) fn tcp_socket(
         wqueue: 0,
         uid: 1000,
         inode: cookie + 1000,
+        interface: 0,
         tcp: Some(TcpInfo {
             len: 232,
             state,

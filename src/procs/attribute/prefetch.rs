@@ -69,7 +69,8 @@ impl ProcessMonitor {
             if found >= expected || read >= PREFETCH_TABLES_MAX {
                 break;
             }
-            if class == 2 {
+            // Without fd counts (kernels before 6.2) no table is known to have grown.
+            if class == 2 && fd_count_works {
                 if unmoved >= PREFETCH_UNMOVED_MAX {
                     break;
                 }

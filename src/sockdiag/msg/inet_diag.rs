@@ -192,6 +192,9 @@ pub struct SocketInfo {
     pub wqueue: u32,
     pub uid: u32,
     pub inode: u64,
+    /// The device the socket is bound to (`idiag_if`, 0 when none): a lookup of a bound
+    /// socket finds it only when asked with it.
+    pub interface: u32,
     pub tcp: Option<TcpInfo>,
     pub cgroup_id: Option<u64>,
     /// A TIME_WAIT minisocket (`idiag_timer == 3`): what remains of a closed socket, under
@@ -225,6 +228,7 @@ pub fn parse_socket(payload: &[u8], protocol: Protocol) -> Result<SocketInfo, Pa
         wqueue: msg.wqueue(),
         uid: msg.uid(),
         inode: u64::from(msg.inode()),
+        interface: msg.interface(),
         tcp: None,
         cgroup_id: None,
         timewait: msg.timer() == TIMER_TIMEWAIT,

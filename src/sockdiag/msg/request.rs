@@ -33,6 +33,7 @@ mod field {
     pub const DPORT: Range<usize> = BODY + 10..BODY + 12;
     pub const SRC: usize = BODY + 12;
     pub const DST: usize = BODY + 28;
+    pub const INTERFACE: Range<usize> = BODY + 44..BODY + 48;
     pub const COOKIE_LOW: Range<usize> = BODY + 48..BODY + 52;
     pub const COOKIE_HIGH: Range<usize> = BODY + 52..BODY + 56;
 }
@@ -97,6 +98,7 @@ pub fn lookup_request(
     family: Family,
     local: SocketAddr,
     remote: SocketAddr,
+    interface: u32,
     cookie: Option<u64>,
     seq: u32,
 ) -> Request {
@@ -111,6 +113,7 @@ pub fn lookup_request(
             IpAddr::V6(v6) => buf[at..at + 16].copy_from_slice(&v6.octets()),
         }
     }
+    buf[field::INTERFACE].copy_from_slice(&interface.to_ne_bytes());
     match cookie {
         // Two host-order u32 words, low word first, as the kernel reports it.
         Some(c) => {

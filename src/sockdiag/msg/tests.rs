@@ -158,7 +158,7 @@ fn request_fields_land_where_the_kernel_reads_them() {
     assert_eq!(req[NLMSG_HDR_LEN + 2], 2, "asks for INET_DIAG_INFO");
     let local: std::net::SocketAddr = "[::1]:40000".parse().expect("addr");
     let remote: std::net::SocketAddr = "[::1]:5000".parse().expect("addr");
-    let lookup = lookup_request(Family::Ipv6, local, remote, Some(0x1_0000_0042), 3);
+    let lookup = lookup_request(Family::Ipv6, local, remote, 7, Some(0x1_0000_0042), 3);
     let body = &lookup[NLMSG_HDR_LEN..];
     // inet_diag_sockid from byte 8 of inet_diag_req_v2 has inet_diag_msg's id layout.
     let id = InetDiagMsgBuffer::new_checked([&[0u8; 4][..], &body[8..], &[0u8; 20][..]].concat())
@@ -166,6 +166,11 @@ fn request_fields_land_where_the_kernel_reads_them() {
     assert_eq!(
         (id.source_port(), id.destination_port(), id.cookie()),
         (40000, 5000, 0x1_0000_0042)
+    );
+    assert_eq!(
+        id.interface(),
+        7,
+        "a bound socket is found only with its device"
     );
     assert_eq!(id.source(), std::net::Ipv6Addr::LOCALHOST.octets());
     assert_eq!(
