@@ -52,21 +52,12 @@ pub fn set_tcp_defer_accept(fd: BorrowedFd<'_>, seconds: i32) -> io::Result<()> 
 /// as a workload that pins a connection to an interface does; tests use it.
 #[cfg(test)]
 pub fn bind_to_device(fd: BorrowedFd<'_>, device: &std::ffi::CStr) -> io::Result<()> {
-    let name = device.to_bytes_with_nul();
-    // SAFETY: `name` is a valid buffer for the duration of the call and its length is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            name.as_ptr().cast(),
-            name.len() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_option(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_BINDTODEVICE,
+        device.to_bytes_with_nul(),
+    )
 }
 
 /// Makes blocking receives return `EAGAIN` after `timeout`, so a reader thread can notice a
@@ -76,20 +67,7 @@ pub fn set_receive_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
     };
-    // SAFETY: `tv` is a valid `timeval` for the duration of the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_option(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
 }
 
 /// Makes the socket's close an abortive one (`SO_LINGER` on with a zero timeout): an RST,
@@ -99,20 +77,7 @@ pub fn reset_on_close(fd: BorrowedFd<'_>) -> io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `linger` is a valid `linger` for the duration of the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_option(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger)
 }
 
 fn set_int(
@@ -121,14 +86,25 @@ fn set_int(
     option: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: `value` is a valid c_int for the duration of the call and its size is passed.
+    set_option(fd, level, option, &value)
+}
+
+/// `setsockopt` with `value`'s bytes (a plain C value or a byte string): the one unsafe call.
+fn set_option<T: ?Sized>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is readable for `size_of_val(value)` bytes for the whole call, and
+    // that length is what is passed.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            std::mem::size_of_val(value) as libc::socklen_t,
         )
     };
     if rc != 0 {
