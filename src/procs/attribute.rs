@@ -323,10 +323,8 @@ impl ProcessMonitor {
         // earlier pass left unread (it stopped once every socket it wanted was found) comes
         // after the known holders.
         let mut heap: BinaryHeap<(Reverse<u8>, u64, u64, Reverse<u32>)> = self
-            .live
-            .iter()
-            .filter(|(pid, p)| p.fd.maybe_readable() && !scanned.contains(*pid))
-            .map(|(&pid, p)| {
+            .readable_except(&scanned)
+            .map(|(pid, p)| {
                 let fd = &p.fd;
                 let (class, size) = if fd.count.is_none() && fd.passes_before_seen + 1 >= pass {
                     (0, fd.size_hint)
@@ -413,18 +411,24 @@ impl ProcessMonitor {
             index.full_passes += 1;
             index.last_full_pass = Some(std::time::Instant::now());
             // Whoever was just read is not read twice: an fd table is the pass's whole cost.
-            let rest: Vec<u32> = self
-                .live
-                .iter()
-                .filter(|(pid, p)| p.fd.maybe_readable() && !scanned.contains(*pid))
-                .map(|(&pid, _)| pid)
-                .collect();
+            let rest: Vec<u32> = self.readable_except(&scanned).map(|(pid, _)| pid).collect();
             for pid in rest {
                 self.scan_fds(pid, pass, &mut index);
             }
         }
         trace_refresh(&index, unknown.len(), trace);
         self.index = index;
+    }
+
+    /// The live processes whose fd table may be readable, but for those in `read`.
+    fn readable_except<'a>(
+        &'a self,
+        read: &'a HashSet<u32>,
+    ) -> impl Iterator<Item = (u32, &'a crate::procs::monitor::Proc)> + 'a {
+        self.live
+            .iter()
+            .filter(move |(pid, p)| p.fd.maybe_readable() && !read.contains(*pid))
+            .map(|(&pid, p)| (pid, p))
     }
 
     /// Whether the open-fd count of a table shows in its directory's size (checked once),
@@ -503,12 +507,7 @@ impl ProcessMonitor {
                 self.index_fd_table(pid, table, pass, &mut index);
             }
         }
-        let missed: Vec<u32> = self
-            .live
-            .iter()
-            .filter(|(pid, p)| p.fd.maybe_readable() && !walked.contains(*pid))
-            .map(|(&pid, _)| pid)
-            .collect();
+        let missed: Vec<u32> = self.readable_except(&walked).map(|(pid, _)| pid).collect();
         for pid in missed {
             self.scan_fds(pid, pass, &mut index);
         }

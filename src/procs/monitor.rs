@@ -109,8 +109,9 @@ pub struct ProcessMonitor {
     scan_floor: Option<u32>,
     /// Whether /proc can be listed from a pid on ([`crate::sys::proc::pid_seek_works`]):
     /// a thread-per-connection server moves the last pid at every connection, and listing
-    /// every process each time took a tenth of a churning collector's CPU.
-    pid_seek: bool,
+    /// every process each time took a tenth of a churning collector's CPU. Checked at the
+    /// first scan that would use it, not at start (`--once` never does; the check lists /proc).
+    pid_seek: Option<bool>,
     /// The pid counter wraps past this (`/proc/sys/kernel/pid_max`), back to 300.
     pid_max: u32,
     last_sweep: Option<Instant>,
@@ -185,10 +186,6 @@ impl ProcessMonitor {
         let own_pid = fs::read_link(config.proc_root.join("self"))
             .ok()
             .and_then(|p| p.to_str()?.parse().ok());
-        // loadavg's last pid is of this process's pid namespace, a listing's position of the
-        // proc root's: the floor means something only when they are the same one.
-        let pid_seek = own_pid == Some(std::process::id())
-            && crate::sys::proc::pid_seek_works(&config.proc_root);
         let started_ticks = u64::try_from(
             crate::sys::clock::since_boot().as_nanos() * u128::from(ticks) / 1_000_000_000,
         )
@@ -203,7 +200,7 @@ impl ProcessMonitor {
             tombstone_order: VecDeque::new(),
             last_pid: None,
             scan_floor: None,
-            pid_seek,
+            pid_seek: None,
             pid_max,
             last_sweep: None,
             loadavg,
@@ -281,10 +278,9 @@ impl ProcessMonitor {
             scanned = true;
         } else if last_pid.is_some() && last_pid != self.last_pid {
             // From the floor up, unless the counter wrapped since (then every process).
-            let from = match (self.scan_floor, self.last_pid, last_pid) {
+            let window = match (self.scan_floor, self.last_pid, last_pid) {
                 (Some(floor), Some(before), Some(after))
-                    if self.pid_seek
-                        && floor < before
+                    if floor < before
                         && before < after
                         && pids_allocated(floor, after, self.pid_max)
                             < u64::from(self.pid_max / 4) =>
@@ -293,6 +289,7 @@ impl ProcessMonitor {
                 }
                 _ => None,
             };
+            let from = window.filter(|_| self.pid_seek_works());
             self.scan_new(from, now, out);
             scanned = true;
         }
@@ -363,6 +360,16 @@ impl ProcessMonitor {
         for pid in young {
             self.observe(pid, now, out);
         }
+    }
+
+    /// Whether /proc lists from a pid on, checked once. loadavg's last pid is of this
+    /// process's pid namespace, a listing's position of the proc root's: the floor means
+    /// something only when they are the same one.
+    fn pid_seek_works(&mut self) -> bool {
+        let (own_pid, root) = (self.own_pid, &self.config.proc_root);
+        *self.pid_seek.get_or_insert_with(|| {
+            own_pid == Some(std::process::id()) && crate::sys::proc::pid_seek_works(root)
+        })
     }
 
     pub(crate) fn list_pids(&self) -> Vec<u32> {
