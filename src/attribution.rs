@@ -68,8 +68,29 @@ pub trait OwnerLookup {
 
     /// About `expected` sockets just opened and a dump will name them: read their likeliest
     /// owners now, while the sockets are still open (a connection of a few ms closes before
-    /// a dump of a big connection hash ends). Processes found are reported into `out`.
-    fn prefetch(&mut self, _expected: u64, _now: UnixNanos, _out: &mut Vec<Record>) {}
+    /// a dump of a big connection hash ends). `reach` says how far to guess. Processes found
+    /// are reported into `out`.
+    fn prefetch(
+        &mut self,
+        _expected: u64,
+        _reach: PrefetchReach,
+        _now: UnixNanos,
+        _out: &mut Vec<Record>,
+    ) {
+    }
+}
+
+/// How far a read of owners before a dump guesses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchReach {
+    /// Only tables known to have grown since their last read (and processes never read):
+    /// where the dump comes within a fraction of a ms, the pass after it finds the rest
+    /// exactly, for the sockets still open.
+    Grown,
+    /// Those, then a few earlier openers whose count stayed level (one that closed a
+    /// connection and opened the next): the dump takes ms, and a socket of a few ms is gone
+    /// before the pass after it.
+    Likeliest,
 }
 
 /// Attributes nothing: for `--no-attribution` and tests of the socket side alone.

@@ -14,7 +14,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs;
 
-use crate::attribution::{Owner, OwnerLookup};
+use crate::attribution::{Owner, OwnerLookup, PrefetchReach};
 use crate::model::{Attribution, Record, UnixNanos};
 use crate::procs::monitor::ProcessMonitor;
 use crate::procs::parse;
@@ -660,8 +660,14 @@ impl OwnerLookup for ProcessMonitor {
         self.recheck_owners(owners, now, out);
     }
 
-    fn prefetch(&mut self, expected: u64, now: UnixNanos, out: &mut Vec<Record>) {
-        self.prefetch_owners(expected, now, out);
+    fn prefetch(
+        &mut self,
+        expected: u64,
+        reach: PrefetchReach,
+        now: UnixNanos,
+        out: &mut Vec<Record>,
+    ) {
+        self.prefetch_owners(expected, reach, now, out);
     }
 
     fn owner(&mut self, inode: u64, uid: Option<u32>, listener: Option<Owner>) -> Owner {

@@ -7,6 +7,7 @@
 //! the index keeps it (released sockets stay for a grace period) for the dump to find.
 
 use super::{open_fd_count, SMALL_HOLDER_TABLE};
+use crate::attribution::PrefetchReach;
 use crate::model::{Record, UnixNanos};
 use crate::procs::monitor::ProcessMonitor;
 
@@ -26,10 +27,13 @@ impl ProcessMonitor {
     /// processes started since the last look (their START records to `out`), then small
     /// tables of processes that held sockets — those whose open-fd count grew first, then
     /// the most recent openers; a daemon holding the same sockets since it was first read
-    /// comes last, and the reads stop once the sockets are found. Returns the tables read.
+    /// comes last, and the reads stop once the sockets are found. With
+    /// [`PrefetchReach::Grown`] no earlier opener whose count stayed level is read (none at
+    /// all where fd counts are unknown, before Linux 6.2). Returns the tables read.
     pub fn prefetch_owners(
         &mut self,
         expected: u64,
+        reach: PrefetchReach,
         now: UnixNanos,
         out: &mut Vec<Record>,
     ) -> usize {
@@ -64,14 +68,20 @@ impl ProcessMonitor {
         }
         candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut found = 0u64;
+        // Without fd counts (kernels before 6.2) no table is known to have grown: every
+        // earlier opener is a guess alike.
+        let unmoved_max = match reach {
+            PrefetchReach::Grown => 0,
+            PrefetchReach::Likeliest if fd_count_works => PREFETCH_UNMOVED_MAX,
+            PrefetchReach::Likeliest => PREFETCH_TABLES_MAX,
+        };
         let (mut read, mut unmoved) = (0, 0);
         while let Some((class, _, pid)) = candidates.pop() {
             if found >= expected || read >= PREFETCH_TABLES_MAX {
                 break;
             }
-            // Without fd counts (kernels before 6.2) no table is known to have grown.
-            if class == 2 && fd_count_works {
-                if unmoved >= PREFETCH_UNMOVED_MAX {
+            if class == 2 {
+                if unmoved >= unmoved_max {
                     break;
                 }
                 unmoved += 1;
@@ -88,7 +98,7 @@ impl ProcessMonitor {
 
 #[cfg(test)]
 mod tests {
-    use crate::attribution::OwnerLookup;
+    use crate::attribution::{OwnerLookup, PrefetchReach};
     use crate::model::{now_ns, Attribution};
     use crate::procs::monitor::{ProcessConfig, ProcessMonitor};
     use crate::socket_holder::SocketHolder;
@@ -111,7 +121,7 @@ mod tests {
         let mut tries = Vec::new();
         for _ in 0..5 {
             let short = holder.open();
-            let read = monitor.prefetch_owners(64, now_ns(), &mut out);
+            let read = monitor.prefetch_owners(64, PrefetchReach::Likeliest, now_ns(), &mut out);
             let _next = holder.reopen(); // `short` closes before the dump
             monitor.refresh(&[short], now_ns(), &mut out);
             let owner = monitor.owner(short, None, None);
@@ -128,5 +138,47 @@ mod tests {
             "tries (owner, attribution, tables read): {tries:?}"
         );
         drop(holder);
+    }
+
+    /// Reaching only grown tables, a prefetch leaves a table whose count stayed level (a
+    /// socket closed and another opened in its place) to the pass after the dump, and reads
+    /// one that grew.
+    #[test]
+    fn a_prefetch_of_grown_tables_leaves_level_ones_unread() {
+        if std::fs::metadata("/proc/self/fd").map_or(true, |m| m.len() == 0) {
+            eprintln!("skipped: this kernel (before 6.2) gives no fd counts");
+            return;
+        }
+        let (mut holder, initial) = SocketHolder::start(1);
+        let pid = holder.pid();
+        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
+        let mut out = Vec::new();
+        monitor.sweep(now_ns(), &mut out);
+        monitor.refresh(&initial, now_ns(), &mut out);
+        assert_eq!(monitor.owner(initial[0], None, None).pid, Some(pid));
+        let level = holder.reopen();
+        monitor.prefetch_owners(64, PrefetchReach::Grown, now_ns(), &mut out);
+        assert_eq!(
+            monitor.owner(level, None, None).attribution,
+            Attribution::None,
+            "a level table was read"
+        );
+        // The same reach reads a table that grew; other tests' processes starting beside
+        // this one are read first (new processes) and can take a try's reads: up to five.
+        let mut tries = Vec::new();
+        for _ in 0..5 {
+            let grown = holder.open();
+            let read = monitor.prefetch_owners(64, PrefetchReach::Grown, now_ns(), &mut out);
+            let owner = monitor.owner(grown, None, None);
+            tries.push((owner.pid, read));
+            if owner.pid == Some(pid) {
+                break;
+            }
+        }
+        assert_eq!(
+            tries.last().and_then(|t| t.0),
+            Some(pid),
+            "tries (owner, tables read): {tries:?}"
+        );
     }
 }
