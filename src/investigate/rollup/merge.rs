@@ -6,8 +6,10 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
+
+use hashbrown::hash_table::{Entry as TableEntry, HashTable};
 
 use super::{hour_of, EdgeRow, HourStarts, PodHour, STARTS};
 use crate::investigate::entities::PodDirectory;
@@ -106,7 +108,7 @@ impl Interner {
 }
 
 /// An edge within its pod.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct EdgeId {
     comm: u32,
     exe: u32,
@@ -199,6 +201,70 @@ impl Pids {
     }
 }
 
+/// One pod's edges: their ids and sums in the order first seen, found through a table of
+/// their indices. A pod's ~900 edges of a day come over rows it cannot be sized from (a
+/// steady pod's 22 hours are 22 rows of each edge): a table of the 96-byte entries
+/// themselves, growing, moved each again and again into fresh pages (a quarter of a day's
+/// merge); growing this one moves 4 bytes an edge, and the entries grow in one vector.
+struct PodEdges {
+    pod: PodRef,
+    edges: Vec<(EdgeId, EdgeSum)>,
+    /// Indices into `edges` by their id's hash. It covers all of `edges` or, after
+    /// [`Merger::absorb`] took the pod in and re-keyed its edges, none of them (rebuilt if
+    /// the pod gets more rows).
+    index: HashTable<u32>,
+}
+
+impl PodEdges {
+    fn new(pod: PodRef) -> PodEdges {
+        PodEdges {
+            pod,
+            edges: Vec::new(),
+            index: HashTable::new(),
+        }
+    }
+
+    /// The sum of edge `id` (made by `new` if it is not there yet), and whether it is new.
+    fn sum(
+        &mut self,
+        id: EdgeId,
+        hasher: &EdgeHasher,
+        new: impl FnOnce() -> EdgeSum,
+    ) -> (&mut EdgeSum, bool) {
+        if self.index.len() != self.edges.len() {
+            self.reindex(hasher);
+        }
+        let edges = &mut self.edges;
+        let at = |k: &u32| &edges[*k as usize].0;
+        let (k, made) = match self.index.entry(
+            hasher.hash_one(id),
+            |k| *at(k) == id,
+            |k| hasher.hash_one(at(k)),
+        ) {
+            TableEntry::Occupied(o) => (*o.get() as usize, false),
+            TableEntry::Vacant(v) => {
+                v.insert(edges.len() as u32);
+                edges.push((id, new()));
+                (edges.len() - 1, true)
+            }
+        };
+        (&mut edges[k].1, made)
+    }
+
+    fn reindex(&mut self, hasher: &EdgeHasher) {
+        let edges = &self.edges;
+        let hash = |k: &u32| hasher.hash_one(edges[*k as usize].0);
+        self.index.clear();
+        self.index.reserve(edges.len(), hash);
+        for (k, (id, _)) in edges.iter().enumerate() {
+            self.index
+                .insert_unique(hasher.hash_one(id), k as u32, hash);
+        }
+    }
+}
+
+type EdgeHasher = foldhash::fast::RandomState;
+
 /// The first of something in the window: when, in which order it came, and what it was.
 struct First<T> {
     at: u64,
@@ -215,7 +281,8 @@ pub struct Merger {
     /// Per pod, its edges: a day holds a million, and a pod's few thousand stay in cache
     /// while its rows are merged and when the table grows (one big table was most of a
     /// day's answer, in rehashing).
-    edges: Vec<(PodRef, HashMap<EdgeId, EdgeSum>)>,
+    edges: Vec<PodEdges>,
+    hasher: EdgeHasher,
     /// The pids of edges with more than [`INLINE_PIDS`] ([`Pids`]).
     spilled: Vec<Vec<u32>>,
     pod_edges: HashMap<PodRef, usize>,
@@ -241,6 +308,7 @@ impl Merger {
             firsts,
             strings: Interner::default(),
             edges: Vec::new(),
+            hasher: EdgeHasher::default(),
             spilled: Vec::new(),
             pod_edges: HashMap::default(),
             last_pod: None,
@@ -295,39 +363,37 @@ impl Merger {
             name: id(p.name),
         };
         let mut their_spilled = other.spilled;
-        for (pod, edges) in other.edges {
-            let i = self.pod_index(pod_of(pod));
-            let (table, spilled) = (&mut self.edges[i].1, &mut self.spilled);
-            table.reserve(edges.len());
-            for (e, mut sum) in edges {
-                let e = EdgeId {
-                    comm: id(e.comm),
-                    exe: id(e.exe),
-                    ..e
-                };
-                match table.entry(e) {
-                    Entry::Vacant(v) => {
-                        if sum.pids.more != 0 {
-                            let more = their_spilled
-                                .get_mut(sum.pids.more as usize - 1)
-                                .map(std::mem::take)
-                                .unwrap_or_default();
-                            spilled.push(more);
-                            sum.pids.more = spilled.len() as u32;
-                        }
-                        v.insert(sum);
-                    }
-                    Entry::Occupied(mut o) => {
-                        let known = o.get_mut();
-                        known.connections += sum.connections;
-                        known.bytes_sent += sum.bytes_sent;
-                        known.bytes_received += sum.bytes_received;
-                        known.first_seen = known.first_seen.min(sum.first_seen);
-                        known.last_seen = known.last_seen.max(sum.last_seen);
-                        for pid in sum.pids.iter(&their_spilled) {
-                            known.pids.add(pid, spilled);
-                        }
-                    }
+        for mut theirs in other.edges {
+            for (e, _) in &mut theirs.edges {
+                (e.comm, e.exe) = (id(e.comm), id(e.exe));
+            }
+            let pod = pod_of(theirs.pod);
+            let Some(&i) = self.pod_edges.get(&pod) else {
+                // A pod this merger has not seen (each half merges its own pods): taken as
+                // it is, its pids renumbered; its index is rebuilt if it gets more rows.
+                for (_, sum) in &mut theirs.edges {
+                    take_spilled(&mut sum.pids, &mut their_spilled, &mut self.spilled);
+                }
+                theirs.pod = pod;
+                theirs.index = HashTable::new();
+                self.pod_edges.insert(pod, self.edges.len());
+                self.edges.push(theirs);
+                continue;
+            };
+            let (mine, spilled) = (&mut self.edges[i], &mut self.spilled);
+            for (e, sum) in theirs.edges {
+                let (known, made) = mine.sum(e, &self.hasher, || sum);
+                if made {
+                    take_spilled(&mut known.pids, &mut their_spilled, spilled);
+                    continue;
+                }
+                known.connections += sum.connections;
+                known.bytes_sent += sum.bytes_sent;
+                known.bytes_received += sum.bytes_received;
+                known.first_seen = known.first_seen.min(sum.first_seen);
+                known.last_seen = known.last_seen.max(sum.last_seen);
+                for pid in sum.pids.iter(&their_spilled) {
+                    known.pids.add(pid, spilled);
                 }
             }
         }
@@ -391,8 +457,8 @@ impl Merger {
             port: row.port,
         };
         let i = self.pod_index(pod);
-        let (edges, spilled) = (&mut self.edges[i].1, &mut self.spilled);
-        let sum = edges.entry(id).or_insert_with(|| EdgeSum {
+        let (edges, spilled) = (&mut self.edges[i], &mut self.spilled);
+        let (sum, _) = edges.sum(id, &self.hasher, || EdgeSum {
             connections: 0,
             bytes_sent: 0,
             bytes_received: 0,
@@ -418,7 +484,7 @@ impl Merger {
                 let next = self.edges.len();
                 let i = *self.pod_edges.entry(pod).or_insert(next);
                 if i == next {
-                    self.edges.push((pod, HashMap::default()));
+                    self.edges.push(PodEdges::new(pod));
                 }
                 self.last_pod = Some((pod, i));
                 i
@@ -524,7 +590,7 @@ impl Merger {
         let all = || {
             self.edges
                 .iter()
-                .flat_map(|(pod, edges)| edges.iter().map(|(id, sum)| (*pod, id, sum)))
+                .flat_map(|p| p.edges.iter().map(|(id, sum)| (p.pod, id, sum)))
         };
         // The order's figure leads the rank: only edges at least the `limit`-th largest
         // figure can be kept, so only those are ranked (a day holds a million edges; its
@@ -593,7 +659,7 @@ impl Merger {
         let edges: Vec<Edge> = self
             .edges
             .into_iter()
-            .flat_map(|(pod, edges)| {
+            .flat_map(|PodEdges { pod, edges, .. }| {
                 edges.into_iter().map(move |(id, sum)| {
                     let pids = sum.pids.iter(spilled).collect();
                     edge_of(strings, pods, (pod, &id), &sum, pids)
@@ -637,19 +703,19 @@ impl Merger {
         let workloads: Vec<u32> = self
             .edges
             .iter()
-            .map(|(pod, _)| workload(&mut baseline, pod))
+            .map(|p| workload(&mut baseline, &p.pod))
             .collect();
         let mut sizes = vec![0; workloads.iter().max().map_or(0, |&w| w as usize + 1)];
-        for (&w, (_, edges)) in workloads.iter().zip(&self.edges) {
-            sizes[w as usize] += edges.len();
+        for (&w, p) in workloads.iter().zip(&self.edges) {
+            sizes[w as usize] += p.edges.len();
         }
         for (w, size) in sizes.into_iter().enumerate() {
             baseline.reserve(w as u32, size);
         }
         // The baseline's image id of each of the merger's strings, once known.
         let mut images = vec![NO_STRING; strings.names.len()];
-        for ((_, edges), workload) in self.edges.into_iter().zip(workloads) {
-            for (id, sum) in edges {
+        for (p, workload) in self.edges.into_iter().zip(workloads) {
+            for (id, sum) in p.edges {
                 let name = if id.exe == NO_STRING { id.comm } else { id.exe };
                 let image = match images.get(name as usize) {
                     Some(&known) if known != NO_STRING => known,
@@ -678,6 +744,18 @@ impl Merger {
             starts: Vec::new(),
         });
         Ok(baseline)
+    }
+}
+
+/// Moves the pids `pids` keeps in `theirs` (another merger's `spilled`) into `mine`.
+fn take_spilled(pids: &mut Pids, theirs: &mut [Vec<u32>], mine: &mut Vec<Vec<u32>>) {
+    if pids.more != 0 {
+        let more = theirs
+            .get_mut(pids.more as usize - 1)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        mine.push(more);
+        pids.more = mine.len() as u32;
     }
 }
 
@@ -835,5 +913,52 @@ mod tests {
                 "{split}"
             );
         }
+    }
+
+    #[test]
+    fn a_pod_taken_from_the_other_half_still_finds_its_edges() {
+        // Two pods, each merged by one half; the second half's pod, taken in by the first,
+        // then gets rows of an edge it has and of a new one: the answer one merger of every
+        // row gives (its edges re-keyed into the first half's strings and found again).
+        let row_to = |port: u16, pids: &'static [u32]| RowRef {
+            port,
+            exe: Some(&b"/usr/bin/curl"[..]),
+            ..row(pids)
+        };
+        let rows = [
+            ("web-0", row_to(443, &[1])),
+            ("api-0", row_to(80, &[2])),
+            ("api-0", row_to(443, &[3])),
+            ("api-0", row_to(80, &[4, 5, 6, 7, 8])),
+            ("api-0", row_to(8080, &[9])),
+        ];
+        let pods = PodDirectory::default();
+        let mut one = Merger::new(0, FlowFilter::default(), false);
+        for (name, r) in &rows {
+            let pod = one.pod("shop", name);
+            one.edge(pod, r);
+        }
+        let one = one.talkers(&pods, EdgeOrder::Bytes, 10);
+        assert_eq!(one.edges.len(), 4);
+        let mut a = Merger::new(0, FlowFilter::default(), false);
+        let mut b = a.apart();
+        let pod = a.pod("shop", "web-0");
+        a.edge(pod, &rows[0].1);
+        for (name, r) in &rows[1..3] {
+            let pod = b.pod("shop", name);
+            b.edge(pod, r);
+        }
+        a.absorb(b);
+        for (name, r) in &rows[3..] {
+            let pod = a.pod("shop", name);
+            a.edge(pod, r);
+        }
+        let mut two = a.talkers(&pods, EdgeOrder::Bytes, 10);
+        let mut one = one.edges;
+        for edges in [&mut two.edges, &mut one] {
+            edges.sort_by(|x, y| (&x.pod_name, x.port).cmp(&(&y.pod_name, y.port)));
+        }
+        assert_eq!(two.edges, one);
+        assert_eq!(two.edges[0].pids, [2, 4, 5, 6, 7, 8]);
     }
 }
