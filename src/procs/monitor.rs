@@ -165,6 +165,24 @@ fn pids_allocated(before: u32, after: u32, pid_max: u32) -> u64 {
     }
 }
 
+/// The pid a listing of new processes starts from: the one after `floor` (the last pid at
+/// the look before the last), while the counter moved forward from `floor` through
+/// `before` (the last look's) to `after` (now) by less than a quarter of `pid_max`. `None`
+/// (list every process) after a wrap, a large move, or without a floor: a pid below the
+/// floor may be new then.
+fn listing_start(
+    floor: Option<u32>,
+    before: Option<u32>,
+    after: Option<u32>,
+    pid_max: u32,
+) -> Option<u32> {
+    let (floor, before, after) = (floor?, before?, after?);
+    (floor < before
+        && before < after
+        && pids_allocated(floor, after, pid_max) < u64::from(pid_max / 4))
+    .then_some(floor + 1)
+}
+
 /// An exited process, kept for the lineage of its descendants.
 #[derive(Debug, Clone)]
 struct Tombstone {
@@ -277,18 +295,7 @@ impl ProcessMonitor {
             self.sweep_all(now, out);
             scanned = true;
         } else if last_pid.is_some() && last_pid != self.last_pid {
-            // From the floor up, unless the counter wrapped since (then every process).
-            let window = match (self.scan_floor, self.last_pid, last_pid) {
-                (Some(floor), Some(before), Some(after))
-                    if floor < before
-                        && before < after
-                        && pids_allocated(floor, after, self.pid_max)
-                            < u64::from(self.pid_max / 4) =>
-                {
-                    Some(floor + 1)
-                }
-                _ => None,
-            };
+            let window = listing_start(self.scan_floor, self.last_pid, last_pid, self.pid_max);
             let from = window.filter(|_| self.pid_seek_works());
             self.scan_new(from, now, out);
             scanned = true;

@@ -64,6 +64,39 @@ impl FakeProc {
 /// A new pid gone before its stat was read is a loss (`raced_exit`); a known process
 /// whose stat is gone has exited, and is reported so, not counted as a race.
 #[test]
+fn new_processes_are_listed_from_the_floor_only_while_the_counter_moved_forward_a_little() {
+    const MAX: u32 = 4_194_304;
+    // The usual tick: listed from the pid after the floor.
+    assert_eq!(
+        listing_start(Some(100), Some(150), Some(180), MAX),
+        Some(101)
+    );
+    // No floor yet, or no last pid read: every process.
+    assert_eq!(listing_start(None, Some(150), Some(180), MAX), None);
+    assert_eq!(listing_start(Some(100), Some(150), None, MAX), None);
+    // The counter wrapped since the floor (a pid below it may be new): every process.
+    assert_eq!(
+        listing_start(Some(MAX - 10), Some(MAX - 5), Some(400), MAX),
+        None
+    );
+    assert_eq!(
+        listing_start(Some(4_000_000), Some(100), Some(200), MAX),
+        None
+    );
+    // It went back between the two looks, or did not move: every process.
+    assert_eq!(listing_start(Some(100), Some(150), Some(150), MAX), None);
+    // A quarter of the pid space allocated since the floor: it may have wrapped unseen.
+    assert_eq!(
+        listing_start(Some(100), Some(150), Some(100 + MAX / 4), MAX),
+        None
+    );
+    assert_eq!(
+        listing_start(Some(100), Some(150), Some(99 + MAX / 4), MAX),
+        Some(101)
+    );
+}
+
+#[test]
 fn only_new_pids_that_vanish_count_as_raced() {
     let fake = FakeProc::new();
     fake.process(4242, "app", b"app\0");
