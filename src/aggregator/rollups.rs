@@ -289,28 +289,36 @@ pub(crate) fn baseline(
         return Ok(None);
     };
     let plan = ends.plan;
-    // A baseline names no peers: the pods noted are not asked.
-    let mut pods = PodDirectory::default();
-    let mut raw = Merger::new(plan.first, q.flows.clone(), true);
-    let mut add = |p: PodHour| raw.add(p);
-    ends.head(store, q, names, (&mut add, &mut pods), &mut |_| {})?;
-    ends.tail(store, q, names, (&mut add, &mut pods), &mut |_| {})?;
     let key = BaselineKey::rows(q, plan.first, plan.last);
-    let rows = match kept.get(&key) {
-        Some(rows) => rows,
-        None => {
-            let merger = Merger::new(plan.first, q.flows.clone(), true);
-            let mut halves = [merger.apart(), merger];
-            merge_rows(rollups, q, &plan, (&mut halves, &mut 0), &mut pods)?;
-            let [apart, mut merger] = halves;
-            merger.absorb(apart);
-            let rows = Arc::new(merger.baseline(body::decode_executable, body::decode_listener)?);
-            kept.put(key, rows.clone());
-            rows
-        }
-    };
-    raw.baseline(body::decode_executable, body::decode_listener)
-        .map(|raw| Some(raw.atop(rows)))
+    let kept_rows = kept.get(&key);
+    std::thread::scope(|s| {
+        // The rows on a thread of their own while this one reads the raw ends (unless the
+        // built hours' baseline is kept).
+        let rows = kept_rows.is_none().then(|| Rows::read(s, rollups, q, plan));
+        // A baseline names no peers: the pods noted are not asked.
+        let mut pods = PodDirectory::default();
+        let mut raw = Merger::new(plan.first, q.flows.clone(), true);
+        let mut add = |p: PodHour| raw.add(p);
+        ends.head(store, q, names, (&mut add, &mut pods), &mut |_| {})?;
+        ends.tail(store, q, names, (&mut add, &mut pods), &mut |_| {})?;
+        let rows = match (kept_rows, rows) {
+            (Some(rows), _) => rows,
+            (None, rows) => {
+                let rows = rows.unwrap_or_else(|| Rows::here(rollups, q, plan));
+                let merger = Merger::new(plan.first, q.flows.clone(), true);
+                let mut halves = [merger.apart(), merger];
+                merge_rows(rows, q, (&mut halves, &mut 0), &mut pods)?;
+                let [apart, mut merger] = halves;
+                merger.absorb(apart);
+                let rows =
+                    Arc::new(merger.baseline(body::decode_executable, body::decode_listener)?);
+                kept.put(key, rows.clone());
+                rows
+            }
+        };
+        raw.baseline(body::decode_executable, body::decode_listener)
+            .map(|raw| Some(raw.atop(rows)))
+    })
 }
 
 /// Who talked to whom in the question's window, read as [`activity`] reads it: only the
@@ -345,21 +353,27 @@ fn merged(
     let mut halves = [merger.apart(), merger];
     let mut seq = 0;
     let mut pods = PodDirectory::default();
-    ends.head(
-        store,
-        q,
-        names,
-        (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
-        observe,
-    )?;
-    merge_rows(rollups, q, &plan, (&mut halves, &mut seq), &mut pods)?;
-    ends.tail(
-        store,
-        q,
-        names,
-        (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
-        observe,
-    )?;
+    std::thread::scope(|s| {
+        // The rows on a thread of their own while this one reads the raw head: neither
+        // needs the other, and on PostgreSQL each is a few hundred milliseconds of waiting
+        // on the server.
+        let rows = Rows::read(s, rollups, q, plan);
+        ends.head(
+            store,
+            q,
+            names,
+            (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
+            observe,
+        )?;
+        merge_rows(rows, q, (&mut halves, &mut seq), &mut pods)?;
+        ends.tail(
+            store,
+            q,
+            names,
+            (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
+            observe,
+        )
+    })?;
     let [apart, mut merger] = halves;
     merger.absorb(apart);
     Ok(Some((merger, pods)))
@@ -385,18 +399,94 @@ fn ends_of<'a>(
     Ok(Ends::read(rollups, &progress, (q.query.since, until), horizon)?.map(|e| (rollups, e)))
 }
 
-/// Merges the stored rows of the plan's hours into `halves` (pieces numbered after `seq`)
-/// and notes their pods in `pods`: while this thread reads the rows and merges one half's
-/// pods, a second merges the other's (a day is a million edge rows; the machine has more
-/// than one core).
+/// A window's stored rows, as [`read_rows`] hands them over.
+enum Rows<'a> {
+    /// Read on a thread of their own, a batch at a time.
+    Apart(crossbeam_channel::Receiver<Result<Batch, StoreError>>),
+    /// To be read by the merge (no thread was to be had).
+    Here {
+        rollups: &'a dyn RollupStore,
+        q: &'a Question,
+        plan: ends::Plan,
+    },
+}
+
+impl<'a> Rows<'a> {
+    /// Starts reading the plan's rows on a thread of `scope`: the first batch is read while
+    /// the caller reads the raw head, each next one while the last is merged.
+    fn read<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        rollups: &'a dyn RollupStore,
+        q: &'a Question,
+        plan: ends::Plan,
+    ) -> Rows<'a>
+    where
+        'a: 'scope,
+    {
+        // One batch waits while the other is merged: two at most held.
+        let (send, receive) = crossbeam_channel::bounded(0);
+        let reader = std::thread::Builder::new()
+            .name("rows".into())
+            .spawn_scoped(scope, move || {
+                let read = read_rows(rollups, q, plan, &mut |batch| send.send(Ok(batch)).is_ok());
+                if let Err(e) = read {
+                    let _ = send.send(Err(e));
+                }
+            });
+        match reader {
+            Ok(_) => Rows::Apart(receive),
+            Err(_) => Rows::here(rollups, q, plan),
+        }
+    }
+
+    fn here(rollups: &'a dyn RollupStore, q: &'a Question, plan: ends::Plan) -> Rows<'a> {
+        Rows::Here { rollups, q, plan }
+    }
+
+    /// Hands each batch to `take` in the order read, until it answers false.
+    fn each(
+        &self,
+        take: &mut dyn FnMut(Batch) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Rows::Apart(batches) => {
+                for batch in batches {
+                    if !take(batch?)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Rows::Here { rollups, q, plan } => {
+                let mut failed = None;
+                read_rows(*rollups, q, *plan, &mut |batch| {
+                    take(batch).unwrap_or_else(|e| {
+                        failed = Some(e);
+                        false
+                    })
+                })?;
+                failed.map_or(Ok(()), Err)
+            }
+        }
+    }
+}
+
+/// Stored rows handed over pod by pod, each pod's in time order, with the pods blobs of
+/// the pieces read since the batch before.
+struct Batch {
+    rows: Vec<RollupSegment>,
+    pods: Vec<Vec<u8>>,
+}
+
+/// Merges `rows` into `halves` (pieces numbered after `seq`) and notes their pods in
+/// `pods`: while this thread merges one half's pods, a second merges the other's (a day
+/// is a million edge rows; the machine has more than one core).
 fn merge_rows(
-    rollups: &dyn RollupStore,
+    rows: Rows,
     q: &Question,
-    plan: &ends::Plan,
     (halves, seq): (&mut [Merger; 2], &mut usize),
     pods: &mut PodDirectory,
 ) -> Result<(), StoreError> {
-    let pieces = pieces(rollups, plan.first, plan.last)?;
     let [mine, theirs] = &mut *halves;
     let apart = std::thread::scope(|s| {
         let (send, receive) = crossbeam_channel::bounded::<(usize, RollupSegment)>(64);
@@ -414,7 +504,7 @@ fn merge_rows(
             });
         // No thread to be had: this one merges both halves (below).
         let worker = worker.ok()?;
-        let read = read_rows(rollups, q, &pieces, pods, seq, &mut |n, segment| {
+        let read = take_rows(&rows, q, pods, seq, &mut |n, segment| {
             if Merger::half_of(&segment.namespace, &segment.pod) == 0 {
                 mine.piece(n);
                 body::merge(&segment, mine).map(|()| true)
@@ -431,7 +521,7 @@ fn merge_rows(
     });
     match apart {
         Some(read) => read,
-        None => read_rows(rollups, q, &pieces, pods, seq, &mut |n, segment| {
+        None => take_rows(&rows, q, pods, seq, &mut |n, segment| {
             let half = &mut halves[Merger::half_of(&segment.namespace, &segment.pod)];
             half.piece(n);
             body::merge(&segment, half).map(|()| true)
@@ -447,89 +537,110 @@ fn route(halves: &mut [Merger; 2], seq: &mut usize, period: PodHour) {
     half.add(period);
 }
 
-/// How many bytes of stored rows [`read_rows`] holds to hand them over pod by pod (a day
-/// of 1,000 pods is about 60 MB).
-const HELD_ROWS: usize = 64 << 20;
-
-/// Reads the stored rows of `pieces` (in time order) for the question, handing each to
-/// `merge` with its number in the order handed (after `seq`, which it advances; `merge`
-/// returns false to stop), and notes their pods in `pods`. Rows are held up to
-/// [`HELD_ROWS`] and handed pod by pod, each pod's in time order: a pod's edge table then
-/// stays in the cache while its hours are merged (read hour by hour, a day's thousand
-/// tables, a hundred megabytes, were each touched once an hour). A pod's rows keep their
-/// order, and pods their order within an hour, so the merge is the same.
-fn read_rows(
-    rollups: &dyn RollupStore,
+/// Hands each of `rows` to `merge` with its number in the order handed (after `seq`, which
+/// it advances; `merge` returns false to stop), and notes their pods in `pods`.
+fn take_rows(
+    rows: &Rows,
     q: &Question,
-    pieces: &[Piece],
     pods: &mut PodDirectory,
     seq: &mut usize,
     merge: &mut dyn FnMut(usize, RollupSegment) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
     let peer = |ns: &str| q.peer_namespaces.is_empty() || q.peer_namespaces.iter().any(|p| p == ns);
-    // Consecutive hours and days of a steady fleet see the same pods: a blob equal to the
-    // one before names nothing new (the first pod noted for an address keeps it).
-    let mut last_blob: Vec<u8> = Vec::new();
-    let mut note_pods = |pods: &mut PodDirectory, blob: &[u8]| -> Result<(), StoreError> {
-        if blob == last_blob.as_slice() {
-            return Ok(());
-        }
-        last_blob = blob.to_vec();
-        for a in codec::decode_pods(blob)? {
-            if peer(&a.pod_namespace) {
-                pods.note_pod(a.ip, &a.pod_name, &a.pod_namespace);
-            }
-        }
-        Ok(())
-    };
-    let mut held: Vec<RollupSegment> = Vec::new();
-    let mut held_bytes = 0;
-    let mut hand_over = |held: &mut Vec<RollupSegment>| -> Result<bool, StoreError> {
-        // Stable: a pod's rows stay in time order.
-        held.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
-        for segment in held.drain(..) {
+    rows.each(&mut |batch| {
+        for segment in batch.rows {
             *seq += 1;
             if !merge(*seq, segment)? {
                 return Ok(false);
             }
         }
+        for blob in batch.pods {
+            for a in codec::decode_pods(&blob)? {
+                if peer(&a.pod_namespace) {
+                    pods.note_pod(a.ip, &a.pod_name, &a.pod_namespace);
+                }
+            }
+        }
         Ok(true)
+    })
+}
+
+/// How many bytes of stored rows [`read_rows`] holds to hand them over pod by pod (a day
+/// of 1,000 pods is about 60 MB).
+const HELD_ROWS: usize = 64 << 20;
+
+/// Reads the stored rows of the plan's hours for the question (whole days as days, in time
+/// order) and hands them to `hand_over` in batches (it returns false to stop). Rows are
+/// held up to [`HELD_ROWS`] and handed pod by pod, each pod's in time order: a pod's edge
+/// table then stays in the cache while its hours are merged (read hour by hour, a day's
+/// thousand tables, a hundred megabytes, were each touched once an hour). A pod's rows keep
+/// their order, and pods their order within an hour, so the merge is the same.
+fn read_rows(
+    rollups: &dyn RollupStore,
+    q: &Question,
+    plan: ends::Plan,
+    hand_over: &mut dyn FnMut(Batch) -> bool,
+) -> Result<(), StoreError> {
+    let mut batch = Batch {
+        rows: Vec::new(),
+        pods: Vec::new(),
     };
-    for (grain, from, to, day_pods) in pieces {
-        let mut failed = None;
+    let mut held_bytes = 0;
+    let mut send = |batch: &mut Batch| {
+        // Stable: a pod's rows stay in time order.
+        batch
+            .rows
+            .sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+        hand_over(std::mem::replace(
+            batch,
+            Batch {
+                rows: Vec::new(),
+                pods: Vec::new(),
+            },
+        ))
+    };
+    // Consecutive hours and days of a steady fleet see the same pods: a blob equal to the
+    // one before names nothing new (the first pod noted for an address keeps it).
+    let mut last_blob: Vec<u8> = Vec::new();
+    let mut note_pods = |batch: &mut Batch, blob: Vec<u8>| {
+        if blob != last_blob {
+            last_blob.clone_from(&blob);
+            batch.pods.push(blob);
+        }
+    };
+    for (grain, from, to, day_pods) in pieces(rollups, plan.first, plan.last)? {
+        let mut stopped = false;
         rollups.scan_rollups(
-            *grain,
+            grain,
             &EventQuery {
-                since: *from,
-                until: *to,
+                since: from,
+                until: to,
                 ..q.query.clone()
             },
             &mut |segment| {
                 held_bytes += segment.body.len();
-                held.push(segment);
+                batch.rows.push(segment);
                 if held_bytes < HELD_ROWS {
                     return true;
                 }
                 held_bytes = 0;
-                hand_over(&mut held).unwrap_or_else(|e| {
-                    failed = Some(e);
-                    false
-                })
+                stopped = !send(&mut batch);
+                !stopped
             },
         )?;
-        if let Some(e) = failed {
-            return Err(e);
+        if stopped {
+            return Ok(());
         }
         match day_pods {
-            Some(blobs) => blobs.iter().try_for_each(|b| note_pods(pods, b))?,
+            Some(blobs) => blobs.into_iter().for_each(|b| note_pods(&mut batch, b)),
             None => {
-                for (_, blob) in rollups.rollup_pods(Grain::Hour, *from, *to)? {
-                    note_pods(pods, &blob)?;
+                for (_, blob) in rollups.rollup_pods(Grain::Hour, from, to)? {
+                    note_pods(&mut batch, blob);
                 }
             }
         }
     }
-    hand_over(&mut held)?;
+    send(&mut batch);
     Ok(())
 }
 
