@@ -392,9 +392,11 @@ impl Store for PgStore {
             until,
             after,
         };
-        // Rows come from a task on the store's runtime through a small queue: the caller
-        // decodes and visits at its pace, and stops the read by dropping the queue.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<SegmentRead>(64);
+        // Rows come from a task on the store's runtime through a small queue, a page at a
+        // time (not a row at a time: waking this thread for each row cost more than
+        // reading it): the caller decodes and visits at its pace, and stops the read by
+        // dropping the queue.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SegmentRead>(4);
         let pool = self.pool.clone();
         let filter = Filter::of(q, until);
         self.handle.spawn(async move {
@@ -404,22 +406,24 @@ impl Store for PgStore {
         });
         let limits = wire::Limits::default();
         let mut last = None;
-        while let Some(row) = rx.blocking_recv() {
-            let (id, received_at, body) = row.map_err(|e| StoreError::Read {
+        while let Some(page) = rx.blocking_recv() {
+            let page = page.map_err(|e| StoreError::Read {
                 range: Box::new(range(last)),
                 source: e.into(),
             })?;
-            if !visit_segment(id, received_at, body.into(), &limits, visit)? {
-                return Ok(false);
+            for (id, received_at, body) in page {
+                if !visit_segment(id, received_at, body.into(), &limits, visit)? {
+                    return Ok(false);
+                }
+                last = Some((id, received_at));
             }
-            last = Some((id, received_at));
         }
         Ok(true)
     }
 }
 
-/// One segment read (id, arrival time, body), or why the read failed.
-type SegmentRead = Result<(i64, i64, Vec<u8>), String>;
+/// A page of segments read (id, arrival time, body), or why the read failed.
+type SegmentRead = Result<Vec<(i64, i64, Vec<u8>)>, String>;
 
 /// A scan's WHERE clause, owned so the reading task can take it.
 struct Filter {
@@ -496,18 +500,12 @@ async fn read_segments(
     let (mut sql, params) = f.clause("SELECT id, received_at, body FROM segments");
     sql.push_str(" ORDER BY id");
     read_paged(pool, &sql, &params, "reading segments", |rows| async move {
-        for row in rows {
-            let segment = (
-                row.try_get::<_, i64>(0).map_err(pg("reading segments"))?,
-                row.try_get::<_, i64>(1).map_err(pg("reading segments"))?,
-                row.try_get::<_, Vec<u8>>(2)
-                    .map_err(pg("reading segments"))?,
-            );
-            if tx.send(Ok(segment)).await.is_err() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let page = rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(pg("reading segments"))?;
+        Ok(tx.send(Ok(page)).await.is_ok())
     })
     .await
 }
@@ -516,8 +514,11 @@ async fn read_segments(
 const PAGE_ROWS: i32 = 256;
 
 /// Reads the rows of `sql` in one read-only snapshot, a page at a time through a portal
-/// (so a long read is never held in memory, and the reader works on one page while the
-/// server makes the next), handing each page to `page` until it answers false.
+/// (so a long read is never held in memory), handing each page to `page` until it answers
+/// false. The next page is asked for before this one is handed over, so the server makes
+/// it while `page` works: asked for only after, the server idled for each page's round
+/// trip and hand-over (a day's rollup rows are ~90 pages: 400–570 ms wall for 150–330 ms
+/// of the server's work at load 4). A reader that stops early costs one page more.
 async fn read_paged<F, Fut>(
     pool: &Pool,
     sql: &str,
@@ -539,16 +540,39 @@ where
         .map_err(pg("starting a read"))?;
     let statement = read.prepare(sql).await.map_err(pg("preparing a read"))?;
     let portal = read.bind(&statement, params).await.map_err(pg(what))?;
+    let mut next = read
+        .query_portal_raw(&portal, PAGE_ROWS)
+        .await
+        .map_err(pg(what))?;
     loop {
-        let rows = read
-            .query_portal(&portal, PAGE_ROWS)
+        let rows = page_of(next).await.map_err(pg(what))?;
+        let done = rows.len() < PAGE_ROWS as usize;
+        if done {
+            return page(rows).await.map(drop);
+        }
+        // Sent now; its rows queue behind this page's (an exhausted portal answers none).
+        next = read
+            .query_portal_raw(&portal, PAGE_ROWS)
             .await
             .map_err(pg(what))?;
-        let done = rows.len() < PAGE_ROWS as usize;
-        if !page(rows).await? || done {
+        if !page(rows).await? {
             return Ok(());
         }
     }
+}
+
+/// The rows of one page's answer.
+async fn page_of(
+    answer: tokio_postgres::RowStream,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    use tokio_stream::StreamExt;
+
+    let mut answer = std::pin::pin!(answer);
+    let mut rows = Vec::with_capacity(PAGE_ROWS as usize);
+    while let Some(row) = answer.next().await {
+        rows.push(row?);
+    }
+    Ok(rows)
 }
 
 fn write_loop(
