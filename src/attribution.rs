@@ -85,7 +85,8 @@ pub trait OwnerLookup {
 pub enum PrefetchReach {
     /// Only tables known to have grown since their last read (and processes never read):
     /// where the dump comes within a fraction of a ms, the pass after it finds the rest
-    /// exactly, for the sockets still open.
+    /// exactly, for the sockets still open. Without fd counts (before Linux 6.2) no table
+    /// is known to have grown: read as `Likeliest`.
     Grown,
     /// Those, then a few earlier openers whose count stayed level (one that closed a
     /// connection and opened the next): the dump takes ms, and a socket of a few ms is gone

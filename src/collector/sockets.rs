@@ -41,9 +41,10 @@ pub struct SocketMonitor {
     /// the next dump looks for.
     pending_rise: u64,
     last_dump: Option<Instant>,
-    /// The CPU the last TCP/UDP walk took (the dump alone, not its owners' reads): whether
-    /// reading owners before a dump is worth its cost (see [`PREFETCH_DUMP_CPU`]).
-    last_dump_cpu: Duration,
+    /// The wall time the last dump took (the walk and the flow table's intake, not its
+    /// owners' reads; a failed dump counts too): whether reading owners before a dump is
+    /// worth its cost (see [`PREFETCH_DUMP_WALL`]).
+    last_dump_wall: Duration,
     /// The CPU time triggered dumps may spend, flow-table diff and attribution included
     /// (and the owners' reads at rises, see [`OwnerLookup::prefetch`]): what bounds the
     /// engine's share of a core under churn, and leaves its time to the process polls.
@@ -183,14 +184,15 @@ const PACKET_TABLE: &str = "/proc/net/packet";
 /// Accepted sockets looked up per tick at most (each one request and one reply).
 const LOOKUPS_PER_TICK: usize = 64;
 
-/// Below this CPU per walk, the owners' read at a rise takes only the tables that grew
+/// Below this wall time of a dump, the owners' read at a rise takes only the tables that grew
 /// ([`PrefetchReach::Grown`]): the dump reaches a socket within a fraction of a ms of the
-/// rise, and the pass after it reads for the sockets still open and unknown. The rise
-/// counts sockets that closed already, and guessing their owners among the level tables
-/// read 6 tables per rise in a pod's own hash (0.2–0.5 ms a walk): more than the dump, so
-/// dumps came half as often. On a host's large hash (1.3–2.3 ms a walk) a socket of a few
-/// ms closes while the dump walks, and the guess at the rise is what finds its owner.
-const PREFETCH_DUMP_CPU: Duration = Duration::from_millis(1);
+/// rise, and the pass after it reads for the sockets still open and unknown. The rise counts sockets that closed already, and guessing their owners among
+/// the level tables read 6 tables per rise in a pod's own hash (0.2–0.5 ms a walk): more
+/// than the dump, so dumps came half as often. On a host's large hash (1.3–2.3 ms a walk), or
+/// on cores so busy that the dump's wall time stretches, a socket of a few ms closes while
+/// the dump runs, and the guess at the rise is what finds its owner. Wall time, not CPU: a
+/// workload that keeps the cores busy stretches the dump without adding to its CPU.
+const PREFETCH_DUMP_WALL: Duration = Duration::from_millis(1);
 
 impl SocketMonitor {
     /// Opens the netlink sockets and joins the destroy groups; no dump yet.
@@ -220,7 +222,7 @@ impl SocketMonitor {
             pending: false,
             pending_rise: 0,
             last_dump: None,
-            last_dump_cpu: Duration::ZERO,
+            last_dump_wall: Duration::ZERO,
             budget: DumpBudget::new(Instant::now(), config.churn_cpu_percent),
             resync: false,
             losses_seen: 0,
@@ -294,7 +296,7 @@ impl SocketMonitor {
             // 10-50 ms in the lifetime scenario). Their cost counts against the budget.
             let rise = std::mem::take(&mut self.pending_rise);
             if rise > 0 {
-                let reach = if self.last_dump_cpu >= PREFETCH_DUMP_CPU {
+                let reach = if self.last_dump_wall >= PREFETCH_DUMP_WALL {
                     PrefetchReach::Likeliest
                 } else {
                     PrefetchReach::Grown
@@ -354,11 +356,11 @@ impl SocketMonitor {
         // The table takes each datagram's sockets as they arrive.
         let table = &mut self.table;
         table.begin_dump(now_ns());
-        match self.dumper.dump_all_with(|batch| table.observe(batch)) {
+        let walked = self.dumper.dump_all_with(|batch| table.observe(batch));
+        let dumped = started.elapsed();
+        self.last_dump_wall = dumped;
+        match walked {
             Ok(stats) => {
-                let dumped = started.elapsed();
-                self.last_dump_cpu =
-                    crate::sys::clock::thread_cpu_time().saturating_sub(cpu_before);
                 let dumper = &mut self.dumper;
                 // Closed since the dump (or left to TIME_WAIT or an orphan's close): no fd.
                 // A failed lookup says nothing: the socket is looked for.

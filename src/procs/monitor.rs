@@ -180,7 +180,7 @@ fn listing_start(
     (floor < before
         && before < after
         && pids_allocated(floor, after, pid_max) < u64::from(pid_max / 4))
-    .then_some(floor + 1)
+    .then(|| floor + 1)
 }
 
 /// An exited process, kept for the lineage of its descendants.

@@ -28,8 +28,9 @@ impl ProcessMonitor {
     /// tables of processes that held sockets — those whose open-fd count grew first, then
     /// the most recent openers; a daemon holding the same sockets since it was first read
     /// comes last, and the reads stop once the sockets are found. With
-    /// [`PrefetchReach::Grown`] no earlier opener whose count stayed level is read (none at
-    /// all where fd counts are unknown, before Linux 6.2). Returns the tables read.
+    /// [`PrefetchReach::Grown`] no earlier opener whose count stayed level is read (where fd
+    /// counts are unknown, before Linux 6.2, it reads as [`PrefetchReach::Likeliest`]).
+    /// Returns the tables read.
     pub fn prefetch_owners(
         &mut self,
         expected: u64,
@@ -69,11 +70,11 @@ impl ProcessMonitor {
         candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut found = 0u64;
         // Without fd counts (kernels before 6.2) no table is known to have grown: every
-        // earlier opener is a guess alike.
+        // earlier opener is a guess alike, and a read of grown tables alone would read none.
         let unmoved_max = match reach {
-            PrefetchReach::Grown => 0,
-            PrefetchReach::Likeliest if fd_count_works => PREFETCH_UNMOVED_MAX,
-            PrefetchReach::Likeliest => PREFETCH_TABLES_MAX,
+            PrefetchReach::Grown if fd_count_works => 0,
+            _ if fd_count_works => PREFETCH_UNMOVED_MAX,
+            _ => PREFETCH_TABLES_MAX,
         };
         let (mut read, mut unmoved) = (0, 0);
         while let Some((class, _, pid)) = candidates.pop() {
@@ -142,7 +143,7 @@ mod tests {
 
     /// Reaching only grown tables, a prefetch leaves a table whose count stayed level (a
     /// socket closed and another opened in its place) to the pass after the dump, and reads
-    /// one that grew.
+    /// one that grew; reaching further, it reads the level table of the latest opener.
     #[test]
     fn a_prefetch_of_grown_tables_leaves_level_ones_unread() {
         if std::fs::metadata("/proc/self/fd").map_or(true, |m| m.len() == 0) {
@@ -155,7 +156,11 @@ mod tests {
         let mut out = Vec::new();
         monitor.sweep(now_ns(), &mut out);
         monitor.refresh(&initial, now_ns(), &mut out);
-        assert_eq!(monitor.owner(initial[0], None, None).pid, Some(pid));
+        // A socket new to a table read before: the holder is now the latest opener, the
+        // first level table a wider reach reads.
+        let opened = holder.open();
+        monitor.refresh(&[opened], now_ns(), &mut out);
+        assert_eq!(monitor.owner(opened, None, None).pid, Some(pid));
         let level = holder.reopen();
         monitor.prefetch_owners(64, PrefetchReach::Grown, now_ns(), &mut out);
         assert_eq!(
@@ -163,22 +168,27 @@ mod tests {
             Attribution::None,
             "a level table was read"
         );
-        // The same reach reads a table that grew; other tests' processes starting beside
-        // this one are read first (new processes) and can take a try's reads: up to five.
+        // Other tests' processes starting beside this one are read first (new processes)
+        // and can take a try's reads: up to five tries each.
         let mut tries = Vec::new();
-        for _ in 0..5 {
-            let grown = holder.open();
-            let read = monitor.prefetch_owners(64, PrefetchReach::Grown, now_ns(), &mut out);
-            let owner = monitor.owner(grown, None, None);
-            tries.push((owner.pid, read));
-            if owner.pid == Some(pid) {
-                break;
+        for reach in [PrefetchReach::Likeliest, PrefetchReach::Grown] {
+            for _ in 0..5 {
+                let socket = match reach {
+                    PrefetchReach::Likeliest => holder.reopen(),
+                    PrefetchReach::Grown => holder.open(),
+                };
+                let read = monitor.prefetch_owners(64, reach, now_ns(), &mut out);
+                let owner = monitor.owner(socket, None, None);
+                tries.push((reach, owner.pid, read));
+                if owner.pid == Some(pid) {
+                    break;
+                }
             }
+            assert_eq!(
+                tries.last().and_then(|t| t.1),
+                Some(pid),
+                "tries (reach, owner, tables read): {tries:?}"
+            );
         }
-        assert_eq!(
-            tries.last().and_then(|t| t.0),
-            Some(pid),
-            "tries (owner, tables read): {tries:?}"
-        );
     }
 }

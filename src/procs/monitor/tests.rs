@@ -61,8 +61,6 @@ impl FakeProc {
     }
 }
 
-/// A new pid gone before its stat was read is a loss (`raced_exit`); a known process
-/// whose stat is gone has exited, and is reported so, not counted as a race.
 #[test]
 fn new_processes_are_listed_from_the_floor_only_while_the_counter_moved_forward_a_little() {
     const MAX: u32 = 4_194_304;
@@ -83,8 +81,13 @@ fn new_processes_are_listed_from_the_floor_only_while_the_counter_moved_forward_
         listing_start(Some(4_000_000), Some(100), Some(200), MAX),
         None
     );
-    // It went back between the two looks, or did not move: every process.
+    // It went back between the two looks, or did not move, or the floor is not below the
+    // last look's pid: every process.
+    assert_eq!(listing_start(Some(100), Some(150), Some(120), MAX), None);
     assert_eq!(listing_start(Some(100), Some(150), Some(150), MAX), None);
+    assert_eq!(listing_start(Some(150), Some(150), Some(180), MAX), None);
+    // No overflow at the top of the range.
+    assert_eq!(listing_start(Some(u32::MAX), Some(1), Some(2), MAX), None);
     // A quarter of the pid space allocated since the floor: it may have wrapped unseen.
     assert_eq!(
         listing_start(Some(100), Some(150), Some(100 + MAX / 4), MAX),
@@ -96,6 +99,8 @@ fn new_processes_are_listed_from_the_floor_only_while_the_counter_moved_forward_
     );
 }
 
+/// A new pid gone before its stat was read is a loss (`raced_exit`); a known process
+/// whose stat is gone has exited, and is reported so, not counted as a race.
 #[test]
 fn only_new_pids_that_vanish_count_as_raced() {
     let fake = FakeProc::new();
