@@ -22,7 +22,7 @@ use crate::investigate::rollup::{
 };
 use crate::investigate::{Activity, Baseline, EdgeOrder, PodDirectory, ProcessNames, Talkers};
 use crate::model::{Event, Record, RecordKind};
-use ends::Ends;
+use ends::{Ends, RawEnds};
 
 /// An hour is rolled up this long after it ends: records are timed by arrival, and a batch
 /// received at its end may still be in its transaction.
@@ -289,36 +289,57 @@ pub(crate) fn baseline(
         return Ok(None);
     };
     let plan = ends.plan;
-    let key = BaselineKey::rows(q, plan.first, plan.last);
-    let kept_rows = kept.get(&key);
-    std::thread::scope(|s| {
-        // The rows on a thread of their own while this one reads the raw ends (unless the
-        // built hours' baseline is kept).
-        let rows = kept_rows.is_none().then(|| Rows::read(s, rollups, q, plan));
-        // A baseline names no peers: the pods noted are not asked.
-        let mut pods = PodDirectory::default();
+    let raw_ends = move || {
+        // A baseline names no peers: the pods that reported are not asked.
         let mut raw = Merger::new(plan.first, q.flows.clone(), true);
         let mut add = |p: PodHour| raw.add(p);
-        ends.head(store, q, names, (&mut add, &mut pods), &mut |_| {})?;
-        ends.tail(store, q, names, (&mut add, &mut pods), &mut |_| {})?;
-        let rows = match (kept_rows, rows) {
-            (Some(rows), _) => rows,
-            (None, rows) => {
-                let rows = rows.unwrap_or_else(|| Rows::here(rollups, q, plan));
-                let merger = Merger::new(plan.first, q.flows.clone(), true);
-                let mut halves = [merger.apart(), merger];
-                merge_rows(rows, q, (&mut halves, &mut 0), &mut pods)?;
-                let [apart, mut merger] = halves;
-                merger.absorb(apart);
-                let rows =
-                    Arc::new(merger.baseline(body::decode_executable, body::decode_listener)?);
-                kept.put(key, rows.clone());
-                rows
-            }
-        };
+        ends.head(store, q, names, (&mut add, None), &mut |_| {})?;
+        ends.tail(store, q, names, (&mut add, None), &mut |_| {})?;
         raw.baseline(body::decode_executable, body::decode_listener)
-            .map(|raw| Some(raw.atop(rows)))
-    })
+    };
+    let rows = || -> Result<Arc<Baseline>, StoreError> {
+        let merger = Merger::new(plan.first, q.flows.clone(), true);
+        let mut halves = [merger.apart(), merger];
+        let mut pods = PodDirectory::default();
+        std::thread::scope(|s| {
+            let rows = Rows::read(s, rollups, q, plan);
+            merge_rows(rows, q, (&mut halves, &mut 0), &mut pods)
+        })?;
+        let [apart, mut merger] = halves;
+        merger.absorb(apart);
+        Ok(Arc::new(merger.baseline(
+            body::decode_executable,
+            body::decode_listener,
+        )?))
+    };
+    let key = BaselineKey::rows(q, plan.first, plan.last);
+    let (raw, rows) = match kept.get(&key) {
+        Some(rows) => (raw_ends()?, rows),
+        None => {
+            // The rows read and merged on threads of their own while this one reads the
+            // raw ends: neither needs the other, and one after the other they were most of
+            // a first `new` (an hour of raw records, then 22 hours of rows, while the
+            // window's reader had finished).
+            let (raw, rows) = std::thread::scope(|s| {
+                let apart = std::thread::Builder::new()
+                    .name("baseline-rows".into())
+                    .spawn_scoped(s, rows);
+                let raw = raw_ends();
+                let rows = match apart {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    // No thread to be had: one after the other.
+                    Err(_) => rows(),
+                };
+                (raw, rows)
+            });
+            let rows = rows?;
+            kept.put(key, rows.clone());
+            (raw?, rows)
+        }
+    };
+    Ok(Some(raw.atop(rows)))
 }
 
 /// Who talked to whom in the question's window, read as [`activity`] reads it: only the
@@ -342,7 +363,7 @@ fn merged(
     firsts: bool,
     observe: &mut dyn FnMut(&Event),
 ) -> Result<Option<(Merger, PodDirectory)>, StoreError> {
-    let Some((rollups, mut ends)) = ends_of(store, q)? else {
+    let Some((rollups, ends)) = ends_of(store, q)? else {
         return Ok(None);
     };
     let plan = ends.plan;
@@ -352,28 +373,57 @@ fn merged(
     // absorbed into one give what one merger of every piece gives.
     let mut halves = [merger.apart(), merger];
     let mut seq = 0;
-    let mut pods = PodDirectory::default();
-    std::thread::scope(|s| {
-        // The rows on a thread of their own while this one reads the raw head: neither
-        // needs the other, and on PostgreSQL each is a few hundred milliseconds of waiting
-        // on the server.
-        let rows = Rows::read(s, rollups, q, plan);
-        ends.head(
-            store,
-            q,
-            names,
-            (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
-            observe,
-        )?;
-        merge_rows(rows, q, (&mut halves, &mut seq), &mut pods)?;
-        ends.tail(
-            store,
-            q,
-            names,
-            (&mut |p: PodHour| route(&mut halves, &mut seq, p), &mut pods),
-            observe,
+    let mut rows_pods = PodDirectory::default();
+    // The rows read and merged on threads of their own while this one reads both raw
+    // ends: neither needs the other (an hour of raw records, and a day of rows: one after
+    // the other, the merge's second core sat idle while the head was read).
+    let mut ends = Some(ends);
+    let mut read_ends = || {
+        ends.take().map_or_else(
+            || Ok(RawEnds::default()),
+            |e| e.collect(store, q, names, observe),
         )
-    })?;
+    };
+    let rows = |halves: &mut [Merger; 2], seq: &mut usize, pods: &mut PodDirectory| {
+        std::thread::scope(|s| merge_rows(Rows::read(s, rollups, q, plan), q, (halves, seq), pods))
+    };
+    let apart = std::thread::scope(|s| {
+        let merging = std::thread::Builder::new()
+            .name("rows-merge".into())
+            .spawn_scoped(s, || rows(&mut halves, &mut seq, &mut rows_pods))
+            .ok()?;
+        let raw = read_ends();
+        let rows = merging
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Some((raw, rows))
+    });
+    let (raw, rows) = match apart {
+        Some(both) => both,
+        // No thread to be had: one after the other.
+        None => (read_ends(), rows(&mut halves, &mut seq, &mut rows_pods)),
+    };
+    let RawEnds {
+        head,
+        mut pods,
+        tail,
+        tail_pods,
+    } = raw?;
+    rows?;
+    // The head's periods under the rows, last first (`Merger::add_before`); numbered after
+    // them, as the head's instants are all before the rows' and the tail's after.
+    let first_of_head = seq + 1;
+    seq += head.len();
+    for (n, period) in head.into_iter().enumerate().rev() {
+        let half = &mut halves[Merger::half_of(&period.pod_namespace, &period.pod_name)];
+        half.piece(first_of_head + n);
+        half.add_before(period);
+    }
+    for period in tail {
+        route(&mut halves, &mut seq, period);
+    }
+    pods.extend(rows_pods);
+    pods.extend(tail_pods);
     let [apart, mut merger] = halves;
     merger.absorb(apart);
     Ok(Some((merger, pods)))

@@ -95,6 +95,14 @@ impl PodDirectory {
         }
     }
 
+    /// Takes the pods noted in `later` (after this directory's: an address noted here
+    /// keeps its pod).
+    pub fn extend(&mut self, later: PodDirectory) {
+        for (ip, pod) in later.by_ip {
+            self.by_ip.entry(ip).or_insert(pod);
+        }
+    }
+
     pub(super) fn get(&self, ip: &IpAddr) -> Option<&(String, String)> {
         self.by_ip.get(ip)
     }

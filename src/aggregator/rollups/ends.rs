@@ -74,6 +74,16 @@ impl Plan {
     }
 }
 
+/// A window's raw ends read ([`Ends::collect`]): the head's and the tail's pod-periods,
+/// each with the pods that reported then.
+#[derive(Default)]
+pub(super) struct RawEnds {
+    pub head: Vec<PodHour>,
+    pub pods: PodDirectory,
+    pub tail: Vec<PodHour>,
+    pub tail_pods: PodDirectory,
+}
+
 /// A window's plan with the carries its raw ends need.
 pub(super) struct Ends {
     pub plan: Plan,
@@ -134,14 +144,43 @@ impl Ends {
         }))
     }
 
+    /// The head and the tail read apart from the rows ([`Ends::head`], then
+    /// [`Ends::tail`]); `observe` sees their records.
+    pub fn collect(
+        mut self,
+        store: &dyn Store,
+        q: &Question,
+        names: &ProcessNames,
+        observe: &mut dyn FnMut(&Event),
+    ) -> Result<RawEnds, StoreError> {
+        let mut raw = RawEnds::default();
+        let head = &mut raw.head;
+        self.head(
+            store,
+            q,
+            names,
+            (&mut |p| head.push(p), Some(&mut raw.pods)),
+            observe,
+        )?;
+        let tail = &mut raw.tail;
+        self.tail(
+            store,
+            q,
+            names,
+            (&mut |p| tail.push(p), Some(&mut raw.tail_pods)),
+            observe,
+        )?;
+        Ok(raw)
+    }
+
     /// Hands the head's raw records to `merge` as pod-hours (call it first: rows come in
-    /// time order) and their pods to `pods`; `observe` sees them.
+    /// time order) and their pods to `pods` (if wanted); `observe` sees them.
     pub fn head(
         &mut self,
         store: &dyn Store,
         q: &Question,
         names: &ProcessNames,
-        (merge, pods): (&mut dyn FnMut(PodHour), &mut PodDirectory),
+        (merge, pods): (&mut dyn FnMut(PodHour), Option<&mut PodDirectory>),
         observe: &mut dyn FnMut(&Event),
     ) -> Result<(), StoreError> {
         let Some(since) = self.plan.head else {
@@ -170,14 +209,14 @@ impl Ends {
         Ok(())
     }
 
-    /// Hands the tail's raw records to `merge` as pod-hours and their pods to `pods`;
-    /// `observe` sees them.
+    /// Hands the tail's raw records to `merge` as pod-hours and their pods to `pods` (if
+    /// wanted); `observe` sees them.
     pub fn tail(
         mut self,
         store: &dyn Store,
         q: &Question,
         names: &ProcessNames,
-        (merge, pods): (&mut dyn FnMut(PodHour), &mut PodDirectory),
+        (merge, pods): (&mut dyn FnMut(PodHour), Option<&mut PodDirectory>),
         observe: &mut dyn FnMut(&Event),
     ) -> Result<(), StoreError> {
         let Some(from) = self.plan.tail else {
@@ -194,13 +233,14 @@ impl Ends {
 
 /// The question's raw records in `[from, to]` (0: open) into `builder`, `observe` seeing
 /// them, and every pod that reported then (in the namespaces that may name peers) into
-/// `pods`.
+/// `pods`, if wanted: a baseline names no peers, and each collector's first heartbeat of
+/// an end was a scan of the end's heartbeats (60,000 an hour for 1,000 pods).
 fn read_raw(
     store: &dyn Store,
     q: &Question,
     (from, to): (u64, u64),
     builder: &mut HourBuilder,
-    pods: &mut PodDirectory,
+    pods: Option<&mut PodDirectory>,
     observe: &mut dyn FnMut(&Event),
 ) -> Result<(), StoreError> {
     let part = EventQuery {
@@ -213,6 +253,9 @@ fn read_raw(
         observe(&e);
         builder.add(&e)
     })?;
+    let Some(pods) = pods else {
+        return Ok(());
+    };
     let reported = store.sources(&EventQuery {
         kinds: vec![RecordKind::Heartbeat],
         pods: Vec::new(),

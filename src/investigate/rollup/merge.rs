@@ -189,6 +189,36 @@ impl Pids {
         }
     }
 
+    /// Puts `first` (pids that came before those kept) ahead of those kept: the first
+    /// [`MAX_EDGE_PIDS`] distinct of both, as if they had come in that order.
+    fn put_first(&mut self, first: &[u32], spilled: &mut Vec<Vec<u32>>) {
+        if first.is_empty() {
+            return;
+        }
+        let mut all = [0; MAX_EDGE_PIDS];
+        let mut n = 0;
+        for pid in first.iter().copied().chain(self.iter(spilled)) {
+            if n == MAX_EDGE_PIDS {
+                break;
+            }
+            if !all[..n].contains(&pid) {
+                all[n] = pid;
+                n += 1;
+            }
+        }
+        // Kept again in that order (in the spilled vector this edge has, if any).
+        if let Some(more) = spilled.get_mut((self.more as usize).wrapping_sub(1)) {
+            more.clear();
+        }
+        *self = Pids {
+            more: self.more,
+            ..Pids::default()
+        };
+        for &pid in &all[..n] {
+            self.add(pid, spilled);
+        }
+    }
+
     fn iter<'a>(&'a self, spilled: &'a [Vec<u32>]) -> impl Iterator<Item = u32> + 'a {
         let more = match self.more {
             0 => &[][..],
@@ -432,6 +462,11 @@ impl Merger {
 
     /// Adds one edge row of `pod` (the last one [`Merger::pod`] gave).
     pub fn edge(&mut self, pod: PodRef, row: &RowRef) {
+        self.fold(pod, row, false);
+    }
+
+    /// Adds an edge row; `before`: it came before every row added so far (its pids first).
+    fn fold(&mut self, pod: PodRef, row: &RowRef, before: bool) {
         if !self.filter.admits_edge(row.scope, row.direction) {
             return;
         }
@@ -471,8 +506,12 @@ impl Merger {
         sum.bytes_received += received;
         sum.first_seen = sum.first_seen.min(row.first_seen);
         sum.last_seen = sum.last_seen.max(row.last_seen);
-        for &pid in row.pids {
-            sum.pids.add(pid, spilled);
+        if before {
+            sum.pids.put_first(row.pids, spilled);
+        } else {
+            for &pid in row.pids {
+                sum.pids.add(pid, spilled);
+            }
         }
     }
 
@@ -540,15 +579,29 @@ impl Merger {
     /// Adds a decoded pod-period (the raw tail's hours, rows stored before the compact
     /// encoding).
     pub fn add(&mut self, period: PodHour) {
+        self.add_period(period, false);
+    }
+
+    /// Adds a decoded pod-period that came before every row added so far (the raw head,
+    /// read while the rows merged): what depends on the order (an edge's first pids) is
+    /// what it would have been with the period added first. Periods added this way go in
+    /// last to first; their firsts are earlier than any row's (a head's instants are before
+    /// the window's first whole hour).
+    pub fn add_before(&mut self, period: PodHour) {
+        self.add_period(period, true);
+    }
+
+    fn add_period(&mut self, period: PodHour, before: bool) {
         let pod = self.pod(&period.pod_namespace, &period.pod_name);
-        for EdgeRow {
-            edge,
-            prev_hour,
-            sent_delta,
-            received_delta,
-        } in &period.edges
-        {
-            self.edge(
+        let n = period.edges.len();
+        for i in 0..n {
+            let EdgeRow {
+                edge,
+                prev_hour,
+                sent_delta,
+                received_delta,
+            } = &period.edges[if before { n - 1 - i } else { i }];
+            self.fold(
                 pod,
                 &RowRef {
                     comm: &edge.comm,
@@ -569,6 +622,7 @@ impl Merger {
                     prev_hour: *prev_hour,
                     pids: &edge.pids,
                 },
+                before,
             );
         }
         if self.firsts {
@@ -913,6 +967,69 @@ mod tests {
                 "{split}"
             );
         }
+    }
+
+    /// A period of pod `shop/web-0` with one edge row to port `port` naming `pids`.
+    fn period(port: u16, pids: &[u32]) -> PodHour {
+        let r = row(pids);
+        PodHour {
+            pod_namespace: "shop".into(),
+            pod_name: "web-0".into(),
+            edges: vec![EdgeRow {
+                edge: Edge {
+                    pod_name: "web-0".into(),
+                    pod_namespace: "shop".into(),
+                    comm: r.comm.to_vec(),
+                    exe: None,
+                    direction: r.direction,
+                    scope: r.scope,
+                    protocol: r.protocol,
+                    peer_addr: r.peer_addr,
+                    port,
+                    peer_pod_name: None,
+                    peer_pod_namespace: None,
+                    connections: 1,
+                    bytes_sent: 10,
+                    bytes_received: 5,
+                    first_seen: 1,
+                    last_seen: 2,
+                    pids: pids.to_vec(),
+                    unattributed: false,
+                },
+                prev_hour: None,
+                sent_delta: 0,
+                received_delta: 0,
+            }],
+            ..PodHour::default()
+        }
+    }
+
+    #[test]
+    fn periods_added_before_the_rows_answer_as_if_added_first() {
+        // A head of two periods and rows whose pids together pass `MAX_EDGE_PIDS`, on an
+        // edge the rows have (443) and one they do not (80): the head added after the
+        // rows, last period first, keeps the pids one merger in time order keeps.
+        let head = [
+            period(443, &[1, 2, 3]),
+            period(443, &[4, 5, 1, 6]),
+            period(80, &[7]),
+        ];
+        let rows: Vec<PodHour> = (0..4)
+            .map(|i| period(443, &[10 + 3 * i, 11 + 3 * i, 12 + 3 * i, 5]))
+            .collect();
+        let pods = PodDirectory::default();
+        let mut one = Merger::new(0, FlowFilter::default(), false);
+        head.iter().chain(&rows).for_each(|p| one.add(p.clone()));
+        let one = one.talkers(&pods, EdgeOrder::Bytes, 10);
+        let mut pids: Vec<u32> = [1, 2, 3, 4, 5, 6].into();
+        pids.extend(10..20);
+        assert_eq!(one.edges[0].pids, pids);
+        let mut later = Merger::new(0, FlowFilter::default(), false);
+        rows.iter().for_each(|p| later.add(p.clone()));
+        head.iter().rev().for_each(|p| later.add_before(p.clone()));
+        let later = later.talkers(&pods, EdgeOrder::Bytes, 10);
+        assert_eq!(later.edges, one.edges);
+        assert_eq!(later.flows, one.flows);
     }
 
     #[test]
