@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entities::{PodDirectory, ProcessNames};
 use super::rollup::{hour_of, start_series, HourStarts, STARTS};
-use super::sockets::{talkers_of, Sockets};
+use super::sockets::{talkers_of, Rank, Sockets};
 use super::{
     Edge, EdgeOrder, FlowFilter, HashMap, HashSet, NewActivity, NewExecutable, NewListener,
     Talkers, HOUR_NS, MAX_SOCKETS,
@@ -432,6 +432,11 @@ impl Baseline {
 
 /// What `window` holds that `baseline` does not, per workload: peers (by executable,
 /// direction, address and port), executables and listening ports.
+/// An edge's place among equals: its figures, then its whole identity ([`Rank`]).
+fn identity(e: &Edge) -> Rank<'_> {
+    Rank::of_edge(e, EdgeOrder::Bytes)
+}
+
 pub fn new_activity(baseline: &Baseline, window: &Activity, limit: usize) -> NewActivity {
     let mut edges: Vec<Edge> = window
         .edges
@@ -439,7 +444,13 @@ pub fn new_activity(baseline: &Baseline, window: &Activity, limit: usize) -> New
         .filter(|e| baseline.bytes_of(e).is_none())
         .cloned()
         .collect();
-    edges.sort_by_key(|e| e.first_seen);
+    // Ties (the sockets of one dump share a first sight) broken by the edge's identity:
+    // which edges make the cut must not hang on the order the merge produced them in.
+    edges.sort_by(|a, b| {
+        a.first_seen
+            .cmp(&b.first_seen)
+            .then_with(|| identity(a).cmp(&identity(b)))
+    });
     edges.truncate(limit);
 
     let mut seen = HashSet::default();
@@ -533,7 +544,9 @@ pub fn compare(
         .collect();
     increased.sort_by(|a, b| {
         let excess = |i: &Increase| i.window_per_hour - i.baseline_per_hour;
-        excess(b).total_cmp(&excess(a))
+        excess(b)
+            .total_cmp(&excess(a))
+            .then_with(|| identity(&a.edge).cmp(&identity(&b.edge)))
     });
     increased.truncate(limit);
     let talkers = talkers_of(
@@ -639,6 +652,42 @@ mod tests {
             ..Activity::default()
         });
         assert_eq!(by_comm.bytes_of(&edge), Some(20));
+    }
+
+    #[test]
+    fn new_edges_tied_on_first_sight_make_the_cut_whatever_the_merge_order() {
+        let edge = |port: u16| Edge {
+            pod_name: "web-0".into(),
+            pod_namespace: "shop".into(),
+            comm: b"curl".to_vec(),
+            exe: None,
+            direction: Direction::Outbound,
+            scope: crate::model::Scope::NorthSouth,
+            protocol: Protocol::Tcp,
+            peer_addr: "203.0.113.7".parse().expect("ip"),
+            port,
+            peer_pod_name: None,
+            peer_pod_namespace: None,
+            connections: 1,
+            bytes_sent: 10,
+            bytes_received: 10,
+            first_seen: 5,
+            last_seen: 5,
+            pids: Vec::new(),
+            unattributed: false,
+        };
+        let baseline = Baseline::of(&Activity::default());
+        let cut = |edges: Vec<Edge>| {
+            let window = Activity {
+                edges,
+                ..Activity::default()
+            };
+            new_activity(&baseline, &window, 1).edges
+        };
+        assert_eq!(
+            cut(vec![edge(443), edge(80)]),
+            cut(vec![edge(80), edge(443)])
+        );
     }
 
     #[test]

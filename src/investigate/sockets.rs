@@ -257,9 +257,11 @@ pub(super) fn edge_of(
 impl Edge {
     /// Counts one socket into the edge.
     pub(super) fn absorb(&mut self, s: &SocketSummary) {
-        self.connections += 1;
-        self.bytes_sent += s.bytes_sent;
-        self.bytes_received += s.bytes_received;
+        // Saturating: counters near u64::MAX from a hostile collector must not wrap the edge
+        // to a small figure and hide it from a ranking by bytes.
+        self.connections = self.connections.saturating_add(1);
+        self.bytes_sent = self.bytes_sent.saturating_add(s.bytes_sent);
+        self.bytes_received = self.bytes_received.saturating_add(s.bytes_received);
         self.first_seen = self.first_seen.min(s.first_seen);
         self.last_seen = self.last_seen.max(s.last_seen);
         if let Some((pid, _)) = s.process {
@@ -360,7 +362,7 @@ impl<'a> Rank<'a> {
         }
     }
 
-    fn of_edge(e: &'a Edge, order: EdgeOrder) -> Rank<'a> {
+    pub(super) fn of_edge(e: &'a Edge, order: EdgeOrder) -> Rank<'a> {
         Rank::new(
             order,
             (e.bytes_sent + e.bytes_received, e.connections, e.last_seen),

@@ -417,9 +417,9 @@ impl Merger {
                     take_spilled(&mut known.pids, &mut their_spilled, spilled);
                     continue;
                 }
-                known.connections += sum.connections;
-                known.bytes_sent += sum.bytes_sent;
-                known.bytes_received += sum.bytes_received;
+                known.connections = known.connections.saturating_add(sum.connections);
+                known.bytes_sent = known.bytes_sent.saturating_add(sum.bytes_sent);
+                known.bytes_received = known.bytes_received.saturating_add(sum.bytes_received);
                 known.first_seen = known.first_seen.min(sum.first_seen);
                 known.last_seen = known.last_seen.max(sum.last_seen);
                 for pid in sum.pids.iter(&their_spilled) {
@@ -501,9 +501,11 @@ impl Merger {
             last_seen: row.last_seen,
             pids: Pids::default(),
         });
-        sum.connections += connections;
-        sum.bytes_sent += sent;
-        sum.bytes_received += received;
+        // Saturating: a collector's counters near u64::MAX must not wrap an edge to a small
+        // figure and hide it from a ranking by bytes.
+        sum.connections = sum.connections.saturating_add(connections);
+        sum.bytes_sent = sum.bytes_sent.saturating_add(sent);
+        sum.bytes_received = sum.bytes_received.saturating_add(received);
         sum.first_seen = sum.first_seen.min(row.first_seen);
         sum.last_seen = sum.last_seen.max(row.last_seen);
         if before {

@@ -159,8 +159,9 @@ impl RollupStore for PgStore {
         // folds one page while the server reads the next (a month's question is thousands
         // of pod-days); the caller stops the read by dropping the queue. Handed over a
         // page at a time: a row at a time, waking the caller for each row was most of the
-        // task's time (a day is 23,000 rows).
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        // task's time (a day is 23,000 rows). One page queued: with the page being read and
+        // the one being folded, three pages of bodies at most are held.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let pool = self.pool.clone();
         self.handle.spawn(async move {
             let mut sql = format!(
