@@ -18,8 +18,8 @@ pub struct ConnectArgs {
     #[arg(long, env = "PROCFLOW_STORE_PASSWORD_FILE")]
     pub store_password_file: Option<PathBuf>,
     /// Connections this process keeps to PostgreSQL (one writes, one keeps partitions,
-    /// the rest read).
-    #[arg(long, env = "PROCFLOW_STORE_POOL_SIZE", default_value_t = 8)]
+    /// the rest read; a first `investigate new` reads on four at once).
+    #[arg(long, env = "PROCFLOW_STORE_POOL_SIZE", default_value_t = 12)]
     pub store_pool_size: usize,
     /// How long to wait at start for a PostgreSQL server that is down or starting.
     #[arg(long, env = "PROCFLOW_STORE_CONNECT_WAIT", default_value = "60s", value_parser = parse_duration)]

@@ -40,7 +40,9 @@ use crate::wire::{self, direct};
 pub struct PgOptions {
     /// The password (from a file or the environment; never in the URL).
     pub password: Option<String>,
-    /// Connections in the pool: one for the writer, one for maintenance, the rest for reads.
+    /// Connections in the pool: one for the writer, one for maintenance, the rest for reads
+    /// (a first `new` reads its window's and its baseline's rows and ends on four at once:
+    /// 12 lets two such asks run side by side without waiting on the pool).
     pub pool_size: usize,
     /// How long to wait for the server at start before giving up.
     pub connect_wait: Duration,
@@ -50,7 +52,7 @@ impl Default for PgOptions {
     fn default() -> Self {
         PgOptions {
             password: None,
-            pool_size: 8,
+            pool_size: 12,
             connect_wait: Duration::from_secs(60),
         }
     }
