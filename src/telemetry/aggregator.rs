@@ -42,6 +42,8 @@ pub const INGEST_ADMISSION_WAITS: &str = "procflow_ingest_admission_waits_total"
 pub const INGEST_RECORDS_IN_FLIGHT: &str = "procflow_ingest_records_in_flight";
 /// Batches rejected as invalid.
 pub const BATCHES_REJECTED: &str = "procflow_batches_rejected_total";
+/// Ingest streams the client left (reset, or its connection closed): no batch was refused.
+pub const INGEST_STREAMS_HUNG_UP: &str = "procflow_ingest_streams_hung_up_total";
 /// Batches received again (at-least-once delivery) and not stored twice.
 pub const BATCHES_DEDUPLICATED: &str = "procflow_batches_deduplicated_total";
 /// Records received in valid batches.
@@ -219,6 +221,17 @@ static STREAM_FAILURES: LogSampler = LogSampler::new(5, EVERY_10S);
 
 impl InternalEvent for IngestStreamFailed<'_> {
     fn emit(self) {
+        // A client that hung up (its stream reset: CANCELLED; its connection gone: UNKNOWN,
+        // the transport's error) had nothing refused: what it sent unacked it sends again.
+        // Counted as a rejected batch, a collector that read its ack and left counted as two.
+        if matches!(
+            self.status.code(),
+            tonic::Code::Cancelled | tonic::Code::Unknown
+        ) {
+            metrics::counter!(INGEST_STREAMS_HUNG_UP).increment(1);
+            tracing::debug!(peer = ?self.peer, status = %self.status, "ingest stream left by the client");
+            return;
+        }
         metrics::counter!(BATCHES_REJECTED).increment(1);
         if let Some(held_back) = STREAM_FAILURES.sample() {
             tracing::warn!(peer = ?self.peer, status = %self.status, held_back, "ingest stream failed (sampled; all counted)");

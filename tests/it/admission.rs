@@ -350,6 +350,36 @@ fn a_frame_of_millions_of_empty_records_is_refused_before_it_costs_memory() {
     fill(&agg, "frame-after", 1, 10);
 }
 
+#[test]
+fn a_client_that_hangs_up_is_counted_as_such_not_as_a_rejected_batch() {
+    let (agg, metrics) = aggregator(&["--no-detection"]);
+    let id = identity("hang-up");
+    runtime().block_on(async {
+        let mut client = pb::ingest_client::IngestClient::connect(agg.url())
+            .await
+            .expect("connect");
+        // One valid batch, then a request stream that never ends: the client leaves with
+        // its stream open, as a collector that read its ack and was killed does.
+        let batches = tokio_stream::StreamExt::chain(
+            tokio_stream::iter(vec![batch(&id, 1, 1, 10)]),
+            tokio_stream::pending(),
+        );
+        let mut acks = client.stream(batches).await.expect("stream").into_inner();
+        let ack = acks.message().await.expect("ack").expect("an ack");
+        assert!(!ack.rejected, "{ack:?}");
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(metrics, "procflow_ingest_streams_hung_up_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hang-up was not counted: rejected {}",
+            metric(metrics, "procflow_batches_rejected_total")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(metrics, "procflow_batches_rejected_total"), 0.0);
+}
+
 /// A condition 3,000 levels deep (it overflowed the parser's stack).
 fn deep_rule() -> String {
     format!(
