@@ -11,12 +11,12 @@ use std::path::Path;
 /// `TGID_OFFSET + tgid` (`FIRST_PROCESS_ENTRY` + 2), the same since Linux 2.6.
 const TGID_OFFSET: i64 = 258;
 
-/// The process ids (thread-group leaders) listed in the proc root `proc_root` from `first`
-/// on: the listing is started at `first`'s position, so its cost is the processes from
-/// there, not every process. Only for a procfs root that [`pid_seek_works`] checked.
-pub fn pids_from(proc_root: &Path, first: u32) -> io::Result<Vec<u32>> {
-    let path = CString::new(proc_root.as_os_str().as_bytes())?;
-    // SAFETY: `path` is a NUL-terminated string; the result is checked.
+/// Opens a directory for listing or `*at` calls (close-on-exec).
+fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `path` is a valid NUL-terminated string; a negative result is handled below.
     let fd = unsafe {
         libc::open(
             path.as_ptr(),
@@ -26,13 +26,28 @@ pub fn pids_from(proc_root: &Path, first: u32) -> io::Result<Vec<u32>> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The process ids (thread-group leaders) listed in the proc root `proc_root` from `first`
+/// on: the listing is started at `first`'s position, so its cost is the processes from
+/// there, not every process. Only for a procfs root that [`pid_seek_works`] checked.
+pub fn pids_from(proc_root: &Path, first: u32) -> io::Result<Vec<u32>> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    let fd = open_dir(proc_root)?;
     // SAFETY: `fd` is open; a seek of a directory only sets where its listing resumes.
-    if unsafe { libc::lseek(fd, TGID_OFFSET + i64::from(first), libc::SEEK_SET) } < 0 {
-        let error = io::Error::last_os_error();
-        // SAFETY: `fd` is ours and closed once.
-        unsafe { libc::close(fd) };
-        return Err(error);
+    if unsafe {
+        libc::lseek(
+            fd.as_raw_fd(),
+            TGID_OFFSET + i64::from(first),
+            libc::SEEK_SET,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
     }
+    let fd = fd.into_raw_fd();
     // SAFETY: `fd` is an open directory; on success the DIR* owns it.
     let dir = unsafe { libc::fdopendir(fd) };
     if dir.is_null() {
@@ -116,22 +131,9 @@ pub struct FdDir {
 
 impl FdDir {
     pub fn open(fd_dir: &Path) -> io::Result<FdDir> {
-        use std::os::fd::FromRawFd;
-        let path = CString::new(fd_dir.as_os_str().as_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: `path` is a valid NUL-terminated string; a negative result is handled below.
-        let dir_fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if dir_fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let open_fds = fd_dir_size(dir_fd);
-        // SAFETY: `dir_fd` was just opened and nothing else owns it.
-        let dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(dir_fd) };
+        use std::os::fd::AsRawFd;
+        let dir = open_dir(fd_dir)?;
+        let open_fds = fd_dir_size(dir.as_raw_fd());
         Ok(FdDir { dir, open_fds })
     }
 
