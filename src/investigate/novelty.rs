@@ -569,9 +569,9 @@ mod tests {
     use crate::investigate::test_support::{event, flow, identity, process};
     use crate::model::{Attribution, Family};
 
-    #[test]
-    fn a_baseline_finds_an_edge_by_workload_image_peer_and_port() {
-        let mut edge = Edge {
+    /// One pod's curl talking to 203.0.113.7:443, one connection of 20 bytes.
+    fn curl_edge() -> Edge {
+        Edge {
             pod_name: "web-6d8f9c7b5-x2k4q".into(),
             pod_namespace: "shop".into(),
             comm: b"curl".to_vec(),
@@ -590,7 +590,12 @@ mod tests {
             last_seen: 1,
             pids: Vec::new(),
             unattributed: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_baseline_finds_an_edge_by_workload_image_peer_and_port() {
+        let mut edge = curl_edge();
         for exe in [None, Some(b"/usr/bin/curl".to_vec())] {
             edge.exe = exe;
             // Two pods of the workload, one edge each: one baseline edge of their sum.
@@ -657,24 +662,9 @@ mod tests {
     #[test]
     fn new_edges_tied_on_first_sight_make_the_cut_whatever_the_merge_order() {
         let edge = |port: u16| Edge {
-            pod_name: "web-0".into(),
-            pod_namespace: "shop".into(),
-            comm: b"curl".to_vec(),
-            exe: None,
-            direction: Direction::Outbound,
-            scope: crate::model::Scope::NorthSouth,
-            protocol: Protocol::Tcp,
-            peer_addr: "203.0.113.7".parse().expect("ip"),
             port,
-            peer_pod_name: None,
-            peer_pod_namespace: None,
-            connections: 1,
-            bytes_sent: 10,
-            bytes_received: 10,
             first_seen: 5,
-            last_seen: 5,
-            pids: Vec::new(),
-            unattributed: false,
+            ..curl_edge()
         };
         let baseline = Baseline::of(&Activity::default());
         let cut = |edges: Vec<Edge>| {

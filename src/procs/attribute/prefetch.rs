@@ -100,20 +100,27 @@ impl ProcessMonitor {
 #[cfg(test)]
 mod tests {
     use crate::attribution::{OwnerLookup, PrefetchReach};
+    use crate::model::Record;
     use crate::model::{now_ns, Attribution};
     use crate::procs::monitor::{ProcessConfig, ProcessMonitor};
     use crate::socket_holder::SocketHolder;
+
+    /// A socket holder with one socket, and a monitor that has read its table once.
+    fn holder_read_once() -> (SocketHolder, ProcessMonitor, Vec<Record>) {
+        let (holder, initial) = SocketHolder::start(1);
+        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
+        let mut out = Vec::new();
+        monitor.sweep(now_ns(), &mut out);
+        monitor.refresh(&initial, now_ns(), &mut out);
+        (holder, monitor, out)
+    }
 
     /// A socket opened and closed before the dump that names it is attributed: its owner was
     /// read at the rise. Read only after the dump, its fd is gone from every table.
     #[test]
     fn a_socket_read_at_the_rise_is_owned_after_it_closed() {
-        let (mut holder, initial) = SocketHolder::start(1);
+        let (mut holder, mut monitor, mut out) = holder_read_once();
         let pid = holder.pid();
-        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
-        let mut out = Vec::new();
-        monitor.sweep(now_ns(), &mut out);
-        monitor.refresh(&initial, now_ns(), &mut out);
         // A prefetch reads new processes first and stops once as many sockets as it was
         // told are found: this test binary's other tests (and the host) start processes
         // holding sockets beside it, which can take the reads of one try. A try that missed
@@ -150,12 +157,8 @@ mod tests {
             eprintln!("skipped: this kernel (before 6.2) gives no fd counts");
             return;
         }
-        let (mut holder, initial) = SocketHolder::start(1);
+        let (mut holder, mut monitor, mut out) = holder_read_once();
         let pid = holder.pid();
-        let mut monitor = ProcessMonitor::new(ProcessConfig::default()).expect("monitor");
-        let mut out = Vec::new();
-        monitor.sweep(now_ns(), &mut out);
-        monitor.refresh(&initial, now_ns(), &mut out);
         // A socket new to a table read before: the holder is now the latest opener, the
         // first level table a wider reach reads.
         let opened = holder.open();
